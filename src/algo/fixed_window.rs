@@ -1,0 +1,75 @@
+//! Fixed window: a window opens at the first request after the previous
+//! one ended (as Flask-Limiter's "fixed-window" does), so clients' resets
+//! are not synchronised.
+//!
+//! Word layout: `b` = window start + 1 in nanoseconds (0 = no window open),
+//! `a` = count charged in the window.
+
+use super::{until, Eval, LimitParams, Payload};
+
+/// `(start, count)` of the open window at `now`, if one is open.
+#[inline(always)]
+fn open_window(l: &LimitParams, p: Payload, now: u64) -> Option<(u64, u64)> {
+    if p.b == 0 {
+        return None;
+    }
+    let start = p.b - 1;
+    (now < start.saturating_add(l.period_ns)).then_some((start, p.a as u64))
+}
+
+#[inline]
+pub(crate) fn evaluate(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Eval {
+    let open = open_window(l, p, now);
+    let (start, count) = open.unwrap_or((now, 0));
+    let end = start.saturating_add(l.period_ns);
+    if count + cost <= l.count {
+        Eval {
+            allowed: true,
+            limit: l.count,
+            remaining: l.count - count - cost,
+            retry_after_ns: 0,
+            reset_after_ns: until(end, now),
+        }
+    } else {
+        let reset = if open.is_some() { until(end, now) } else { 0 };
+        Eval {
+            allowed: false,
+            limit: l.count,
+            remaining: l.count.saturating_sub(count),
+            retry_after_ns: if cost > l.count { u64::MAX } else { reset },
+            reset_after_ns: reset,
+        }
+    }
+}
+
+#[inline]
+pub(crate) fn charge(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
+    match open_window(l, p, now) {
+        Some((start, count)) => Payload {
+            a: (count + cost) as u32,
+            b: start + 1,
+        },
+        None => Payload {
+            a: cost as u32,
+            b: now.saturating_add(1),
+        },
+    }
+}
+
+pub(crate) fn refund(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
+    match open_window(l, p, now) {
+        Some((start, count)) => Payload {
+            a: count.saturating_sub(cost) as u32,
+            b: start + 1,
+        },
+        None => p,
+    }
+}
+
+pub(crate) fn expiry(l: &LimitParams, p: Payload) -> u64 {
+    if p.b == 0 {
+        0
+    } else {
+        (p.b - 1).saturating_add(l.period_ns)
+    }
+}

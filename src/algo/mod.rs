@@ -1,0 +1,168 @@
+//! The five algorithms as pure functions of (state, limit, cost, now).
+//!
+//! No `unsafe`, no atomics: the table reads a slot's words, calls these to
+//! decide and to compute the new words, and then installs them with a
+//! compare-and-swap. Every figure follows DESIGN.md's formulas, in
+//! nanoseconds, with the emission interval `T = period_ns / count` (floor).
+
+pub(crate) mod concurrency;
+pub(crate) mod fixed_window;
+pub(crate) mod gcra;
+pub(crate) mod sliding_log;
+pub(crate) mod sliding_window;
+
+use crate::policy::{Algorithm, Limit};
+use crate::Error;
+
+/// The 96 payload bits of a table word: `a` (32 bits) and `b` (64 bits).
+/// What they mean is up to each algorithm; all zero is always "fresh".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Payload {
+    pub a: u32,
+    pub b: u64,
+}
+
+/// One limit's verdict on one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Eval {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub retry_after_ns: u64,
+    pub reset_after_ns: u64,
+}
+
+/// Largest cost a single request may carry (the intent word keeps 24 bits
+/// for it). A larger cost is denied with `retry_after_ns = u64::MAX`.
+pub const MAX_COST: u64 = (1 << 24) - 1;
+
+/// Largest `count` of a `sliding_log` limit (one 16-byte word per entry).
+pub const MAX_LOG_ENTRIES: u64 = 4096;
+
+/// Largest `count` of a `concurrency` limit (one 16-byte word per lease).
+pub const MAX_LEASES: u64 = 1024;
+
+/// A limit with everything the hot path needs precomputed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LimitParams {
+    pub algorithm: Algorithm,
+    pub count: u64,
+    pub period_ns: u64,
+    pub burst: u64,
+    /// Emission interval `period_ns / count`.
+    pub t_ns: u64,
+    /// GCRA's tolerance `burst * t_ns`.
+    pub tol_ns: u64,
+    /// Index of this limit's first word within the slot.
+    pub offset: usize,
+}
+
+impl LimitParams {
+    /// Validates `limit` against what the packed state can hold.
+    pub fn new(limit: &Limit, offset: usize) -> Result<LimitParams, Error> {
+        let unsupported = |m: String| Err(Error::Unsupported(m));
+        if limit.count == 0 || limit.period_ns == 0 {
+            return unsupported("count and period must be at least 1".into());
+        }
+        let t_ns = limit.period_ns / limit.count;
+        match limit.algorithm {
+            Algorithm::Gcra => {
+                if t_ns == 0 {
+                    return unsupported(format!(
+                        "gcra {}/{} ns: more than one request per nanosecond",
+                        limit.count, limit.period_ns
+                    ));
+                }
+            }
+            Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+                if limit.count > u32::MAX as u64 {
+                    return unsupported(format!(
+                        "{} counts up to {} per window",
+                        limit.algorithm.name(),
+                        u32::MAX
+                    ));
+                }
+            }
+            Algorithm::SlidingLog => {
+                if limit.count > MAX_LOG_ENTRIES {
+                    return unsupported(format!(
+                        "sliding_log keeps at most {MAX_LOG_ENTRIES} timestamps per key (asked for {}); use sliding_window for large counts",
+                        limit.count
+                    ));
+                }
+            }
+            Algorithm::Concurrency => {
+                if limit.count > MAX_LEASES {
+                    return unsupported(format!(
+                        "concurrency allows at most {MAX_LEASES} permits per key (asked for {})",
+                        limit.count
+                    ));
+                }
+            }
+        }
+        let tol = (limit.burst as u128) * (t_ns as u128);
+        if tol > (u64::MAX / 4) as u128 {
+            return unsupported("burst * period / count overflows the clock".into());
+        }
+        Ok(LimitParams {
+            algorithm: limit.algorithm,
+            count: limit.count,
+            period_ns: limit.period_ns,
+            burst: limit.burst,
+            t_ns,
+            tol_ns: tol as u64,
+            offset,
+        })
+    }
+
+    /// Words this limit keeps per key.
+    pub fn words(&self) -> usize {
+        match self.algorithm {
+            Algorithm::Gcra | Algorithm::FixedWindow | Algorithm::SlidingWindow => 1,
+            Algorithm::SlidingLog => 1 + self.count as usize,
+            Algorithm::Concurrency => self.count as usize,
+        }
+    }
+
+}
+
+/// Reads word `i` of a limit's words (the table passes a closure over its
+/// snapshot, a test passes a slice).
+pub(crate) trait Words {
+    fn word(&self, i: usize) -> Payload;
+}
+
+impl Words for [Payload] {
+    fn word(&self, i: usize) -> Payload {
+        self[i]
+    }
+}
+
+/// Evaluates a request of `cost` at `now` against one limit.
+pub(crate) fn evaluate(l: &LimitParams, w: &(impl Words + ?Sized), cost: u64, now: u64) -> Eval {
+    match l.algorithm {
+        Algorithm::Gcra => gcra::evaluate(l, w.word(0), cost, now),
+        Algorithm::FixedWindow => fixed_window::evaluate(l, w.word(0), cost, now),
+        Algorithm::SlidingWindow => sliding_window::evaluate(l, w.word(0), cost, now),
+        Algorithm::SlidingLog => sliding_log::evaluate(l, w, cost, now),
+        Algorithm::Concurrency => concurrency::evaluate(l, w, now),
+    }
+}
+
+/// The time from which a limit's state is equivalent to fresh: an entry
+/// whose every limit has reached its expiry can be reclaimed.
+pub(crate) fn expiry(l: &LimitParams, w: &(impl Words + ?Sized), now: u64) -> u64 {
+    match l.algorithm {
+        Algorithm::Gcra => w.word(0).b,
+        Algorithm::FixedWindow => fixed_window::expiry(l, w.word(0)),
+        Algorithm::SlidingWindow => sliding_window::expiry(l, w.word(0), now),
+        Algorithm::SlidingLog => sliding_log::expiry(l, w),
+        Algorithm::Concurrency => concurrency::expiry(l, w),
+    }
+}
+
+/// Saturating `a - b` for times.
+#[inline(always)]
+pub(crate) fn until(later: u64, now: u64) -> u64 {
+    later.saturating_sub(now)
+}

@@ -1,0 +1,511 @@
+//! The engine: named policies over tables, decisions, statistics.
+
+use crate::algo::LimitParams;
+use crate::clock::Clock;
+use crate::hash::{siphash13, Seed};
+use crate::policy::{self, PolicySpec};
+use crate::stats::{Counter, Counters, Stats};
+use crate::table::memory::Memory;
+use crate::table::{Layout, Lease, Outcome, Table, Verdict, WhenFull};
+use crate::Error;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// Default number of keys a policy tracks.
+pub const DEFAULT_CAPACITY: usize = 65_536;
+
+/// Most policies one engine holds.
+pub const MAX_POLICIES: usize = 256;
+
+/// Options for [`Engine::new`].
+///
+/// ```
+/// let opts = ratekeeper::EngineOptions { capacity: 1024, ..Default::default() };
+/// let engine = ratekeeper::Engine::new(opts)?;
+/// # Ok::<(), ratekeeper::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Keys each policy tracks unless the policy asks for another number
+    /// (default 65,536). Rounded up to a whole number of buckets.
+    pub capacity: usize,
+    /// The clock `check` reads (default `CLOCK_MONOTONIC`).
+    pub clock: Clock,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            capacity: DEFAULT_CAPACITY,
+            clock: Clock::Monotonic,
+        }
+    }
+}
+
+/// Per-policy options for [`Engine::add_policy_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyOptions {
+    /// Keys this policy tracks (default: the engine's `capacity`).
+    pub capacity: Option<usize>,
+    /// What happens when a new key finds its bucket full of live entries.
+    pub when_full: WhenFull,
+}
+
+/// A policy of one engine. Cheap to copy; only meaningful to that engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PolicyId(pub(crate) u32);
+
+impl PolicyId {
+    /// The policy's index in its engine (also its C ABI id).
+    pub fn index(self) -> u32 {
+        self.0
+    }
+}
+
+/// The outcome of a check.
+///
+/// Maps onto HTTP: `retry_after_ns` is `Retry-After`; `limit`, `remaining`
+/// and `reset_after_ns` feed the `RateLimit` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The request may proceed.
+    pub allowed: bool,
+    /// Quota of the binding limit (for GCRA, the burst).
+    pub limit: u64,
+    /// Requests of cost 1 still allowed now under the binding limit.
+    pub remaining: u64,
+    /// When denied: wait at least this long (`u64::MAX`: never, the cost
+    /// exceeds what the limit can ever allow); 0 when allowed.
+    pub retry_after_ns: u64,
+    /// Time until the binding limit is back to full quota.
+    pub reset_after_ns: u64,
+    /// Index of the binding limit within the policy.
+    pub limit_index: u32,
+}
+
+impl From<Verdict> for Decision {
+    fn from(v: Verdict) -> Self {
+        Decision {
+            allowed: v.allowed,
+            limit: v.limit,
+            remaining: v.remaining,
+            retry_after_ns: v.retry_after_ns,
+            reset_after_ns: v.reset_after_ns,
+            limit_index: v.limit_index,
+        }
+    }
+}
+
+/// A concurrency permit from [`Engine::acquire`]: give it back with
+/// [`Engine::release`]; if you never do, it expires after the policy's TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permit {
+    pub(crate) engine: u64,
+    pub(crate) policy: u32,
+    pub(crate) lease: Lease,
+}
+
+impl Permit {
+    /// The policy the permit belongs to.
+    pub fn policy(&self) -> PolicyId {
+        PolicyId(self.policy)
+    }
+}
+
+struct Policy {
+    name: String,
+    spec: PolicySpec,
+    canonical: String,
+    table: Table,
+    counters: Counters,
+    seed: Seed,
+    /// Bumped on every release; waiters sleep on it.
+    released: AtomicU32,
+    /// Threads sleeping in `acquire_timeout`.
+    waiters: AtomicU32,
+}
+
+/// The rate-limit engine: a set of named policies.
+///
+/// `Engine` is `Send + Sync`; share one by reference or `Arc`. `check`
+/// never allocates, never blocks and never takes a lock.
+///
+/// ```
+/// use ratekeeper::{Engine, EngineOptions};
+/// let engine = Engine::new(EngineOptions::default())?;
+/// let login = engine.add_policy("login", "5/minute;20/hour")?;
+/// let d = engine.check_at(login, b"ip:203.0.113.7", 1, 1_000_000_000);
+/// assert!(d.allowed);
+/// assert_eq!((d.limit, d.remaining, d.limit_index), (5, 4, 0));
+/// # Ok::<(), ratekeeper::Error>(())
+/// ```
+pub struct Engine {
+    id: u64,
+    seed: Seed,
+    options: EngineOptions,
+    policies: Box<[OnceLock<Policy>]>,
+    count: AtomicU32,
+    add_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("policies", &self.count.load(Ordering::Relaxed))
+            .field("capacity", &self.options.capacity)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// A new in-process engine.
+    pub fn new(options: EngineOptions) -> Result<Engine, Error> {
+        crate::sync::check_cpu()?;
+        if options.capacity == 0 {
+            return Err(Error::InvalidArgument("capacity must be at least 1".into()));
+        }
+        let seed = Seed::random();
+        Ok(Engine {
+            id: seed.k0 ^ seed.k1.rotate_left(32) | 1,
+            seed,
+            options,
+            policies: (0..MAX_POLICIES).map(|_| OnceLock::new()).collect(),
+            count: AtomicU32::new(0),
+            add_lock: Mutex::new(()),
+        })
+    }
+
+    /// Adds a policy named `name` with the limits of `spec` (see the README
+    /// for the grammar), or returns the existing one if `name` already has
+    /// exactly these limits.
+    ///
+    /// ```
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let api = engine.add_policy("api", "10/second;1000/hour")?;
+    /// assert_eq!(engine.add_policy("api", "10 per second, 1000/hour")?, api);
+    /// assert!(engine.add_policy("api", "5/second").is_err());
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
+    pub fn add_policy(&self, name: &str, spec: &str) -> Result<PolicyId, Error> {
+        self.add_policy_with(name, spec, PolicyOptions::default())
+    }
+
+    /// [`add_policy`](Self::add_policy) with a capacity and table-full
+    /// behaviour of the policy's own.
+    pub fn add_policy_with(&self, name: &str, spec: &str, options: PolicyOptions) -> Result<PolicyId, Error> {
+        if name.is_empty() || name.len() > 128 {
+            return Err(Error::InvalidArgument(
+                "a policy name must be 1 to 128 bytes long".into(),
+            ));
+        }
+        let parsed = policy::parse(spec)?;
+        let capacity = options.capacity.unwrap_or(self.options.capacity);
+        if capacity == 0 {
+            return Err(Error::InvalidArgument("capacity must be at least 1".into()));
+        }
+        let _guard = self.add_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.count.load(Ordering::Acquire) as usize;
+        for (i, slot) in self.policies[..n].iter().enumerate() {
+            let p = slot.get().expect("policies below count are set");
+            if p.name == name {
+                if p.spec == parsed {
+                    return Ok(PolicyId(i as u32));
+                }
+                return Err(Error::PolicyMismatch {
+                    name: name.into(),
+                    existing: p.canonical.clone(),
+                    requested: parsed.to_string(),
+                });
+            }
+        }
+        if n >= MAX_POLICIES {
+            return Err(Error::TooManyPolicies(MAX_POLICIES));
+        }
+        let layout = layout_for(&parsed)?;
+        let buckets = Table::buckets_for(capacity);
+        let mem = Memory::heap(Table::units_needed(&layout, buckets))?;
+        let policy = Policy {
+            name: name.into(),
+            canonical: parsed.to_string(),
+            spec: parsed,
+            table: Table::new(layout, options.when_full, buckets, mem),
+            counters: Counters::new(),
+            seed: self.seed.for_policy(n as u32),
+            released: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+        };
+        if self.policies[n].set(policy).is_err() {
+            unreachable!("slot {n} is set only under the add lock");
+        }
+        // Release: publishes the policy to readers that load `count` with Acquire.
+        self.count.store(n as u32 + 1, Ordering::Release);
+        Ok(PolicyId(n as u32))
+    }
+
+    /// The id of the policy named `name`, if any.
+    pub fn policy(&self, name: &str) -> Option<PolicyId> {
+        let n = self.count.load(Ordering::Acquire) as usize;
+        (0..n)
+            .find(|&i| self.policies[i].get().is_some_and(|p| p.name == name))
+            .map(|i| PolicyId(i as u32))
+    }
+
+    /// Ids of all policies, in the order they were added.
+    pub fn policies(&self) -> Vec<PolicyId> {
+        (0..self.count.load(Ordering::Acquire)).map(PolicyId).collect()
+    }
+
+    /// The name of a policy.
+    pub fn policy_name(&self, id: PolicyId) -> Result<&str, Error> {
+        Ok(&self.get(id)?.name)
+    }
+
+    /// The parsed limits of a policy.
+    pub fn policy_spec(&self, id: PolicyId) -> Result<&PolicySpec, Error> {
+        Ok(&self.get(id)?.spec)
+    }
+
+    #[inline(always)]
+    fn get(&self, id: PolicyId) -> Result<&Policy, Error> {
+        self.policies
+            .get(id.0 as usize)
+            .and_then(|p| p.get())
+            .ok_or(Error::UnknownPolicy(id.0))
+    }
+
+    #[inline(always)]
+    fn hash(p: &Policy, key: &[u8]) -> u64 {
+        match siphash13(p.seed, key) {
+            0 => 1,
+            h => h,
+        }
+    }
+
+    /// The engine's current time (its clock, in nanoseconds).
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        self.options.clock.now_ns()
+    }
+
+    /// Checks and charges `cost` for `key` at the engine clock's time.
+    ///
+    /// # Panics
+    /// If `policy` does not belong to this engine (as indexing out of bounds
+    /// does); [`try_check_at`](Self::try_check_at) returns an error instead.
+    #[inline]
+    pub fn check(&self, policy: PolicyId, key: &[u8], cost: u32) -> Decision {
+        self.check_at(policy, key, cost, self.now_ns())
+    }
+
+    /// [`check`](Self::check) at an explicit time `now_ns`.
+    #[inline]
+    pub fn check_at(&self, policy: PolicyId, key: &[u8], cost: u32, now_ns: u64) -> Decision {
+        match self.try_check_at(policy, key, cost, now_ns) {
+            Ok(d) => d,
+            Err(e) => panic!("ratekeeper: {e}"),
+        }
+    }
+
+    /// [`check_at`](Self::check_at) that reports a foreign policy id or a
+    /// concurrency policy (which needs [`acquire`](Self::acquire)) as an error.
+    #[inline]
+    pub fn try_check_at(&self, policy: PolicyId, key: &[u8], cost: u32, now_ns: u64) -> Result<Decision, Error> {
+        let p = self.get(policy)?;
+        if p.table.layout.concurrency {
+            return Err(Error::WrongPolicyKind(format!(
+                "policy {:?} is a concurrency limit: use acquire/release",
+                p.name
+            )));
+        }
+        let h = Self::hash(p, key);
+        let outcome = p.table.check(h, cost as u64, now_ns, true);
+        Ok(Self::conclude(p, outcome, cost as u64, now_ns, true))
+    }
+
+    /// What `check` would decide now, without charging anything.
+    pub fn peek(&self, policy: PolicyId, key: &[u8], cost: u32) -> Result<Decision, Error> {
+        self.peek_at(policy, key, cost, self.now_ns())
+    }
+
+    /// [`peek`](Self::peek) at an explicit time.
+    pub fn peek_at(&self, policy: PolicyId, key: &[u8], cost: u32, now_ns: u64) -> Result<Decision, Error> {
+        let p = self.get(policy)?;
+        let h = Self::hash(p, key);
+        let outcome = p.table.check(h, cost as u64, now_ns, false);
+        Ok(Self::conclude(p, outcome, cost as u64, now_ns, false))
+    }
+
+    fn conclude(p: &Policy, outcome: Outcome, cost: u64, now: u64, count: bool) -> Decision {
+        match outcome {
+            Outcome::Decided { verdict, evicted } => {
+                if evicted {
+                    p.counters.add(Counter::Evictions, 1);
+                }
+                if count {
+                    let c = if verdict.allowed {
+                        Counter::Allowed
+                    } else {
+                        Counter::Denied
+                    };
+                    p.counters.add(c, 1);
+                }
+                verdict.into()
+            }
+            Outcome::Full { retry_after_ns } => {
+                if count {
+                    p.counters.add(Counter::TableFull, 1);
+                }
+                let fresh = p.table.fresh_verdict(cost, now);
+                match p.table.when_full {
+                    WhenFull::FailClosed => Decision {
+                        allowed: false,
+                        remaining: 0,
+                        retry_after_ns: retry_after_ns.max(1),
+                        reset_after_ns: retry_after_ns.max(1),
+                        ..fresh.into()
+                    },
+                    _ => fresh.into(),
+                }
+            }
+        }
+    }
+
+    /// Gives back `cost` charged earlier to `key` (e.g. charge every login
+    /// attempt, then refund the successful ones). Returns false if the key
+    /// holds no state. A refund never takes a limit beyond its full quota.
+    pub fn refund(&self, policy: PolicyId, key: &[u8], cost: u32) -> Result<bool, Error> {
+        self.refund_at(policy, key, cost, self.now_ns())
+    }
+
+    /// [`refund`](Self::refund) at an explicit time.
+    pub fn refund_at(&self, policy: PolicyId, key: &[u8], cost: u32, now_ns: u64) -> Result<bool, Error> {
+        let p = self.get(policy)?;
+        if p.table.layout.concurrency {
+            return Err(Error::WrongPolicyKind(format!(
+                "policy {:?} is a concurrency limit: release its permits instead",
+                p.name
+            )));
+        }
+        Ok(p.table.refund(Self::hash(p, key), cost as u64, now_ns))
+    }
+
+    /// Forgets everything about `key` under `policy` (its quota is full
+    /// again). Returns false if the key held no state.
+    pub fn reset(&self, policy: PolicyId, key: &[u8]) -> Result<bool, Error> {
+        let p = self.get(policy)?;
+        Ok(p.table.reset(Self::hash(p, key)))
+    }
+
+    /// Takes a permit of a concurrency policy if one is free now. The
+    /// decision says how many remain; the permit is `None` when denied.
+    pub fn acquire(&self, policy: PolicyId, key: &[u8]) -> Result<(Decision, Option<Permit>), Error> {
+        self.acquire_at(policy, key, self.now_ns())
+    }
+
+    /// [`acquire`](Self::acquire) at an explicit time.
+    pub fn acquire_at(&self, policy: PolicyId, key: &[u8], now_ns: u64) -> Result<(Decision, Option<Permit>), Error> {
+        let p = self.get(policy)?;
+        if !p.table.layout.concurrency {
+            return Err(Error::WrongPolicyKind(format!(
+                "policy {:?} is a rate limit: use check",
+                p.name
+            )));
+        }
+        // SAFETY: getpid has no preconditions and cannot fail.
+        let holder = unsafe { libc::getpid() } as u32;
+        let (outcome, lease) = p.table.acquire(Self::hash(p, key), now_ns, holder);
+        let d = Self::conclude(p, outcome, 1, now_ns, true);
+        let permit = lease.map(|lease| Permit {
+            engine: self.id,
+            policy: policy.0,
+            lease,
+        });
+        Ok((d, permit))
+    }
+
+    /// [`acquire`](Self::acquire), waiting up to `timeout` for a permit to
+    /// be released or to expire. Sleeps (on a futex), never spins.
+    pub fn acquire_timeout(&self, policy: PolicyId, key: &[u8], timeout: Duration) -> Result<(Decision, Option<Permit>), Error> {
+        let p = self.get(policy)?;
+        let start = self.now_ns();
+        let deadline = start.saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
+        loop {
+            // SeqCst (here and in `release`): the waiter's "read word, then
+            // register as waiter" and the releaser's "bump word, then read
+            // waiters" must not both miss each other.
+            let seen = p.released.load(Ordering::SeqCst);
+            let now = self.now_ns();
+            let (d, permit) = self.acquire_at(policy, key, now)?;
+            if permit.is_some() || now >= deadline {
+                return Ok((d, permit));
+            }
+            let wait_ns = (deadline - now).min(d.retry_after_ns.max(1_000));
+            p.waiters.fetch_add(1, Ordering::SeqCst);
+            crate::wait::wait(&p.released, seen, wait_ns);
+            p.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Gives a permit back. `Ok(false)` if it had already expired (its
+    /// lease may now belong to someone else, who keeps it).
+    pub fn release(&self, permit: &Permit) -> Result<bool, Error> {
+        if permit.engine != self.id {
+            return Err(Error::InvalidPermit);
+        }
+        let p = self.get(PolicyId(permit.policy))?;
+        if !p.table.lease_in_range(&permit.lease) {
+            return Err(Error::InvalidPermit);
+        }
+        let released = p.table.release(&permit.lease);
+        if released {
+            p.released.fetch_add(1, Ordering::SeqCst);
+            if p.waiters.load(Ordering::SeqCst) > 0 {
+                crate::wait::wake_all(&p.released);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Releases every permit of `policy` held by process `pid` (for a
+    /// supervisor that saw a worker die). Returns how many were released.
+    pub fn release_holder(&self, policy: PolicyId, pid: u32) -> Result<u64, Error> {
+        let p = self.get(policy)?;
+        let n = p.table.release_holder(pid);
+        if n > 0 {
+            p.released.fetch_add(1, Ordering::SeqCst);
+            crate::wait::wake_all(&p.released);
+        }
+        Ok(n)
+    }
+
+    /// The policy's counters (summed over shards) and occupancy.
+    pub fn stats(&self, policy: PolicyId) -> Result<Stats, Error> {
+        let p = self.get(policy)?;
+        Ok(Stats {
+            allowed: p.counters.sum(Counter::Allowed),
+            denied: p.counters.sum(Counter::Denied),
+            evictions: p.counters.sum(Counter::Evictions),
+            table_full: p.counters.sum(Counter::TableFull),
+            occupancy: p.table.occupancy(),
+            capacity: p.table.capacity() as u64,
+        })
+    }
+
+    /// Bytes of table memory the policy uses.
+    pub fn policy_bytes(&self, policy: PolicyId) -> Result<usize, Error> {
+        Ok(self.get(policy)?.table.bytes())
+    }
+}
+
+/// Validates a parsed spec against the engine's limits and lays it out.
+pub(crate) fn layout_for(spec: &PolicySpec) -> Result<Layout, Error> {
+    let mut offset = 0;
+    let mut limits = Vec::with_capacity(spec.limits.len());
+    for l in &spec.limits {
+        let p = LimitParams::new(l, offset)?;
+        offset += p.words();
+        limits.push(p);
+    }
+    Ok(Layout::new(limits))
+}

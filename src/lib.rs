@@ -1,0 +1,48 @@
+//! # ratekeeper
+//!
+//! An embedded rate-limit engine: GCRA, fixed window, sliding window,
+//! sliding log and concurrency limits over a lock-free, allocation-free
+//! table of 16-byte atomic words, with a C ABI.
+//!
+//! ```
+//! use ratekeeper::{Engine, EngineOptions};
+//! let engine = Engine::new(EngineOptions::default())?;
+//! let api = engine.add_policy("api", "10/second;1000/hour")?;
+//! let d = engine.check(api, b"key:alice", 1);
+//! assert!(d.allowed);
+//! # Ok::<(), ratekeeper::Error>(())
+//! ```
+//!
+//! See the README for the policy grammar, the exact semantics of every
+//! algorithm and the concurrency protocol of the table.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub(crate) mod algo;
+pub mod clock;
+mod engine;
+mod error;
+pub(crate) mod hash;
+pub mod policy;
+mod stats;
+pub(crate) mod sync;
+pub(crate) mod table;
+mod wait;
+
+pub use algo::{MAX_COST, MAX_LEASES, MAX_LOG_ENTRIES};
+pub use clock::{Clock, ManualClock};
+pub use engine::{
+    Decision, Engine, EngineOptions, Permit, PolicyId, PolicyOptions, DEFAULT_CAPACITY,
+    MAX_POLICIES,
+};
+pub use error::{Error, ParseError};
+pub use policy::{Algorithm, Limit, PolicySpec};
+pub use stats::Stats;
+pub use table::WhenFull;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Internals exposed for the loom models and benches; not a stable API.
+    pub use crate::sync::Atomic128;
+}

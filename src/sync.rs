@@ -1,0 +1,200 @@
+//! The one place atomics come from: std's normally, loom's under `--cfg loom`.
+//!
+//! Besides re-exporting the 64-bit atomics, this module provides
+//! [`Atomic128`], the 16-byte atomic word every table slot is made of.
+//! On x86_64 it is a `lock cmpxchg16b` for compare-and-swap and an aligned
+//! `movdqa` for loads (atomic on every processor that enumerates AVX, per
+//! the Intel SDM vol. 3A §9.1.1 and AMD APM vol. 2 §7.3.2; the engine checks
+//! for AVX and CMPXCHG16B before it touches a table). Under loom it is a
+//! loom mutex around a `u128`, so that loom explores every interleaving of
+//! whole 128-bit operations.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+
+#[cfg(all(not(loom), not(target_arch = "x86_64")))]
+compile_error!(
+    "ratekeeper's lock-free table needs a 16-byte compare-and-swap; only x86_64 is implemented so far"
+);
+
+/// A 16-byte atomic word. All operations are sequentially consistent: a
+/// `lock`-prefixed instruction is a full barrier on x86, and an x86 load is
+/// never reordered with older loads or with later stores (TSO), which is
+/// what every reader of a table word relies on.
+#[cfg(not(loom))]
+#[repr(C, align(16))]
+pub struct Atomic128 {
+    v: std::cell::UnsafeCell<u128>,
+}
+
+// SAFETY:
+// - every access to `v` goes through `load` or `compare_exchange`, which are
+//   single atomic instructions, so sharing between threads cannot race.
+#[cfg(not(loom))]
+unsafe impl Sync for Atomic128 {}
+// SAFETY:
+// - `Atomic128` owns plain integer data with no thread affinity.
+#[cfg(not(loom))]
+unsafe impl Send for Atomic128 {}
+
+#[cfg(not(loom))]
+impl Atomic128 {
+    /// A new word holding `v`.
+    pub const fn new(v: u128) -> Self {
+        Atomic128 {
+            v: std::cell::UnsafeCell::new(v),
+        }
+    }
+
+    /// Atomically reads the word.
+    #[inline(always)]
+    pub fn load(&self) -> u128 {
+        let (lo, hi): (u64, u64);
+        // SAFETY:
+        // - `self.v` is 16-byte aligned (`repr(align(16))`) and valid for reads
+        //   for the lifetime of `&self`;
+        // - `movdqa` of an aligned 16-byte location is a single atomic access on
+        //   processors with AVX, which `check_cpu` requires before any table is
+        //   built; the asm reads memory only (`readonly`) and uses no stack.
+        unsafe {
+            std::arch::asm!(
+                "movdqa {x}, xmmword ptr [{src}]",
+                "movq {lo}, {x}",
+                "pextrq {hi}, {x}, 1",
+                src = in(reg) self.v.get(),
+                x = out(xmm_reg) _,
+                lo = out(reg) lo,
+                hi = out(reg) hi,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        ((hi as u128) << 64) | lo as u128
+    }
+
+    /// Atomically replaces the word with `new` if it holds `current`.
+    /// Returns `Ok(current)` on success, `Err(actual)` otherwise.
+    #[inline(always)]
+    pub fn compare_exchange(&self, current: u128, new: u128) -> Result<u128, u128> {
+        let (prev_lo, prev_hi): (u64, u64);
+        let ok: u8;
+        // SAFETY:
+        // - `self.v` is 16-byte aligned and valid for reads and writes through
+        //   the `UnsafeCell` for the lifetime of `&self`;
+        // - `lock cmpxchg16b` is one atomic read-modify-write (and a full
+        //   barrier); `check_cpu` verified the instruction exists;
+        // - rbx is reserved by LLVM, so the new low half is swapped into rbx
+        //   around the instruction and rbx is restored before the asm ends.
+        unsafe {
+            std::arch::asm!(
+                "xchg {rbx_tmp}, rbx",
+                "lock cmpxchg16b xmmword ptr [{dst}]",
+                "sete {ok}",
+                "mov rbx, {rbx_tmp}",
+                rbx_tmp = inout(reg) new as u64 => _,
+                in("rcx") (new >> 64) as u64,
+                inout("rax") current as u64 => prev_lo,
+                inout("rdx") (current >> 64) as u64 => prev_hi,
+                dst = in(reg) self.v.get(),
+                ok = out(reg_byte) ok,
+                options(nostack)
+            );
+        }
+        let prev = ((prev_hi as u128) << 64) | prev_lo as u128;
+        if ok != 0 {
+            Ok(prev)
+        } else {
+            Err(prev)
+        }
+    }
+}
+
+/// Loom model of [`Atomic128`]: a mutex makes each operation one atomic step.
+#[cfg(loom)]
+pub struct Atomic128 {
+    v: loom::sync::Mutex<u128>,
+}
+
+#[cfg(loom)]
+impl Atomic128 {
+    /// A new word holding `v`.
+    pub fn new(v: u128) -> Self {
+        Atomic128 {
+            v: loom::sync::Mutex::new(v),
+        }
+    }
+
+    /// Atomically reads the word.
+    pub fn load(&self) -> u128 {
+        *self.v.lock().unwrap()
+    }
+
+    /// Atomically replaces the word with `new` if it holds `current`.
+    pub fn compare_exchange(&self, current: u128, new: u128) -> Result<u128, u128> {
+        let mut g = self.v.lock().unwrap();
+        if *g == current {
+            *g = new;
+            Ok(current)
+        } else {
+            Err(*g)
+        }
+    }
+}
+
+/// Checks that this CPU has what [`Atomic128`] needs.
+pub(crate) fn check_cpu() -> Result<(), crate::Error> {
+    #[cfg(all(not(loom), target_arch = "x86_64"))]
+    {
+        if !std::arch::is_x86_feature_detected!("cmpxchg16b") {
+            return Err(crate::Error::UnsupportedPlatform(
+                "this CPU lacks CMPXCHG16B (16-byte compare-and-swap)".into(),
+            ));
+        }
+        if !std::arch::is_x86_feature_detected!("avx") {
+            return Err(crate::Error::UnsupportedPlatform(
+                "this CPU lacks AVX, without which 16-byte loads are not guaranteed atomic".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_exchange_swaps_only_on_match_and_reports_the_actual_value() {
+        check_cpu().unwrap();
+        let a = Atomic128::new(5 | (9 << 64));
+        assert_eq!(a.compare_exchange(5, 7), Err(5 | (9 << 64)));
+        assert_eq!(a.compare_exchange(5 | (9 << 64), 7 | (3 << 64)), Ok(5 | (9 << 64)));
+        assert_eq!(a.load(), 7 | (3 << 64));
+    }
+
+    #[test]
+    fn concurrent_increments_of_both_halves_are_never_torn_or_lost() {
+        check_cpu().unwrap();
+        let a = Atomic128::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..100_000 {
+                        let mut cur = a.load();
+                        loop {
+                            let (lo, hi) = (cur as u64, (cur >> 64) as u64);
+                            assert_eq!(lo, hi, "torn read");
+                            let next = ((hi as u128 + 1) << 64) | (lo as u128 + 1);
+                            match a.compare_exchange(cur, next) {
+                                Ok(_) => break,
+                                Err(actual) => cur = actual,
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(a.load(), 200_000 | (200_000 << 64));
+    }
+}

@@ -1,0 +1,817 @@
+//! The sharded atomic table: fixed capacity, allocated once, updated by
+//! compare-and-swap only.
+//!
+//! # Layout
+//!
+//! A table is an array of buckets; a key lives in the bucket its hash picks
+//! (`hash & (buckets - 1)`), in one of [`SLOTS`] slots. Every unit is an
+//! [`Atomic128`] word. A bucket is:
+//!
+//! ```text
+//! [ intent 0 | intent 1 | key 0 .. key 7 | slot 0 words | ... | slot 7 words ]
+//! ```
+//!
+//! A key or state word:
+//!
+//! | bits    | field   | meaning                                            |
+//! |---------|---------|----------------------------------------------------|
+//! | 0..32   | tag     | sequence number of the transaction that wrote it   |
+//! | 32..64  | `a`     | payload (algorithm-defined)                        |
+//! | 64..128 | `b`     | payload (algorithm-defined; for a key word, the key's 64-bit hash, 0 = empty) |
+//!
+//! An intent word (one transaction of the bucket):
+//!
+//! | bits    | field   | meaning                                             |
+//! |---------|---------|-----------------------------------------------------|
+//! | 0..32   | seq     | the transaction's sequence number                   |
+//! | 32..56  | cost    | cost of a charge or refund                          |
+//! | 56..59  | op      | `CHARGE`, `REFUND`, `CLAIM`, `RESET`                 |
+//! | 59      | pending | set until every word of the transaction is written  |
+//! | 60..64  | slot    | the slot the transaction changes                    |
+//! | 64..128 | arg     | `now` for charge/refund, the key hash for a claim   |
+//!
+//! # Protocol
+//!
+//! Transactions of one bucket are totally ordered by `seq`; transaction
+//! `s` lives in intent word `s & 1`. The *latest* transaction is the one
+//! whose intent has the higher seq (the other holds `seq - 1`; a fresh,
+//! all-zero bucket has both at 0 and the latest is intent 0).
+//!
+//! | state of latest intent | meaning                                      |
+//! |------------------------|----------------------------------------------|
+//! | pending                | its words are being written; anyone helps    |
+//! | done                   | every word is at state `seq`; a new txn may start |
+//!
+//! * **Snapshot**: read both intents; help the latest if pending; read the
+//!   words; read both intents again. If they are unchanged, no transaction
+//!   started in between, so the words read are the state at `seq`.
+//! * **Transaction** (claiming a slot for a key, resetting a slot, or
+//!   charging a multi-word policy): compare-and-swap the other intent from
+//!   its value in the snapshot (`seq - 1`) to `seq + 1, pending`. That one
+//!   CAS is the commit point: it succeeds only if nothing changed since the
+//!   snapshot. Then every word the transaction changes is written by CAS
+//!   from its pre-transaction value to `(tag = seq + 1, f(value))`, and the
+//!   intent is marked done. Every step is idempotent and a pure function of
+//!   the intent and the pre-transaction words, so any thread that sees a
+//!   pending intent completes it: a process killed mid-transaction cannot
+//!   wedge a bucket.
+//! * A helper writes a word only after checking, *after* loading the word,
+//!   that the intent is still pending: a stale helper can never overwrite a
+//!   later state (the word it loaded would have to be unchanged, and a word
+//!   the transaction must write cannot be unchanged once it is done).
+//! * **Direct update** (policies whose whole state is one word, and
+//!   concurrency leases): snapshot, decide, then one CAS of that word from
+//!   the value read to the new value, tagged with the snapshot's seq. A slot
+//!   reused by another key in between was rewritten with a newer tag by the
+//!   claim, so the CAS fails: a stale update after reuse is impossible.
+//! * **Duplicates are impossible**: a key is added only by a claim
+//!   transaction proposed from a snapshot in which the key is absent, and
+//!   the proposal fails if any transaction happened since.
+
+pub(crate) mod memory;
+
+use crate::algo::{self, concurrency, sliding_log, LimitParams, Payload, Words};
+use crate::policy::Algorithm;
+use crate::sync::Atomic128;
+use memory::Memory;
+
+/// Slots per bucket.
+pub(crate) const SLOTS: usize = 8;
+
+const OP_CHARGE: u8 = 1;
+const OP_REFUND: u8 = 2;
+const OP_CLAIM: u8 = 3;
+const OP_RESET: u8 = 4;
+
+const PENDING: u128 = 1 << 59;
+
+#[inline(always)]
+fn tag(w: u128) -> u32 {
+    w as u32
+}
+#[inline(always)]
+fn payload(w: u128) -> Payload {
+    Payload {
+        a: (w >> 32) as u32,
+        b: (w >> 64) as u64,
+    }
+}
+#[inline(always)]
+fn word(tag: u32, p: Payload) -> u128 {
+    tag as u128 | (p.a as u128) << 32 | (p.b as u128) << 64
+}
+
+#[inline(always)]
+fn seq(e: u128) -> u32 {
+    e as u32
+}
+#[inline(always)]
+fn intent(seq: u32, op: u8, slot: usize, cost: u64, arg: u64) -> u128 {
+    debug_assert!(cost <= algo::MAX_COST && slot < 16);
+    seq as u128
+        | (cost as u128) << 32
+        | (op as u128) << 56
+        | PENDING
+        | (slot as u128) << 60
+        | (arg as u128) << 64
+}
+#[inline(always)]
+fn intent_cost(e: u128) -> u64 {
+    ((e >> 32) as u64) & 0xff_ffff
+}
+#[inline(always)]
+fn intent_op(e: u128) -> u8 {
+    ((e >> 56) & 7) as u8
+}
+#[inline(always)]
+fn intent_slot(e: u128) -> usize {
+    ((e >> 60) & 0xf) as usize
+}
+#[inline(always)]
+fn intent_arg(e: u128) -> u64 {
+    (e >> 64) as u64
+}
+
+/// What to do when a key arrives and its bucket has no free or expired slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Evict the entry that would expire soonest (the default).
+    #[default]
+    Evict,
+    /// Let the request through, uncounted.
+    FailOpen,
+    /// Deny the request.
+    FailClosed,
+}
+
+/// How one policy's per-key state is laid out in a slot.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub limits: Vec<LimitParams>,
+    /// Words per slot.
+    pub words: usize,
+    /// The policy's whole state is one word: charge by direct CAS.
+    pub single_word: bool,
+    /// The policy is one concurrency limit.
+    pub concurrency: bool,
+}
+
+impl Layout {
+    pub fn new(limits: Vec<LimitParams>) -> Layout {
+        let words = limits.iter().map(|l| l.words()).sum();
+        let concurrency = limits.len() == 1 && limits[0].algorithm == Algorithm::Concurrency;
+        Layout {
+            single_word: words == 1 && !concurrency,
+            concurrency,
+            words,
+            limits,
+        }
+    }
+}
+
+/// A decision before it is turned into the public [`crate::Decision`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub retry_after_ns: u64,
+    pub reset_after_ns: u64,
+    pub limit_index: u32,
+}
+
+/// What a table operation did, for the engine's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Decided; `evicted` is set if a live entry was evicted to make room.
+    Decided { verdict: Verdict, evicted: bool },
+    /// No room, and the policy does not evict: the engine fails open or closed.
+    Full { retry_after_ns: u64 },
+}
+
+/// A lease held by [`Table::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub bucket: u32,
+    pub slot: u8,
+    pub index: u16,
+    pub word: u128,
+}
+
+/// Combines per-limit verdicts: a denial binds by largest retry-after, an
+/// allow by fewest remaining; ties go to the lowest index.
+fn combine(limits: &[LimitParams], mut eval: impl FnMut(usize, &LimitParams) -> algo::Eval) -> Verdict {
+    let mut best: Option<(usize, algo::Eval)> = None;
+    let mut allowed = true;
+    for (i, l) in limits.iter().enumerate() {
+        let e = eval(i, l);
+        let better = match &best {
+            None => true,
+            Some((_, b)) => match (e.allowed, allowed) {
+                (false, true) => true,
+                (true, false) => false,
+                (false, false) => e.retry_after_ns > b.retry_after_ns,
+                (true, true) => e.remaining < b.remaining,
+            },
+        };
+        allowed &= e.allowed;
+        if better {
+            best = Some((i, e));
+        }
+    }
+    let (i, e) = best.expect("a policy has at least one limit");
+    Verdict {
+        allowed,
+        limit: e.limit,
+        remaining: e.remaining,
+        retry_after_ns: if allowed { 0 } else { e.retry_after_ns },
+        reset_after_ns: e.reset_after_ns,
+        limit_index: i as u32,
+    }
+}
+
+/// The words of one slot, read live (callers validate the snapshot after).
+struct SlotView<'a> {
+    words: &'a [Atomic128],
+}
+
+impl Words for SlotView<'_> {
+    #[inline(always)]
+    fn word(&self, i: usize) -> Payload {
+        payload(self.words[i].load())
+    }
+}
+
+/// One limit's words within a slot.
+struct LimitView<'a, W: Words + ?Sized> {
+    slot: &'a W,
+    offset: usize,
+}
+
+impl<W: Words + ?Sized> Words for LimitView<'_, W> {
+    #[inline(always)]
+    fn word(&self, i: usize) -> Payload {
+        self.slot.word(self.offset + i)
+    }
+}
+
+/// The state of a key that has none yet.
+struct Fresh;
+
+impl Words for Fresh {
+    fn word(&self, _: usize) -> Payload {
+        Payload::default()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Snapshot {
+    e0: u128,
+    e1: u128,
+    seq: u32,
+}
+
+enum Victim {
+    Empty(usize),
+    Expired(usize),
+    Live(usize, u64),
+}
+
+/// One policy's table.
+pub(crate) struct Table {
+    pub layout: Layout,
+    pub when_full: WhenFull,
+    mask: usize,
+    bucket_units: usize,
+    mem: Memory,
+}
+
+impl Table {
+    /// Units a table of `buckets` buckets needs for `layout`.
+    pub fn units_needed(layout: &Layout, buckets: usize) -> usize {
+        buckets * (2 + SLOTS + SLOTS * layout.words)
+    }
+
+    /// Buckets for at least `capacity` keys (a power of two).
+    pub fn buckets_for(capacity: usize) -> usize {
+        capacity.div_ceil(SLOTS).next_power_of_two().max(1)
+    }
+
+    /// A table over `mem`, which must hold `units_needed(layout, buckets)`
+    /// units, all zero or left by an earlier table of the same layout.
+    pub fn new(layout: Layout, when_full: WhenFull, buckets: usize, mem: Memory) -> Table {
+        assert!(buckets.is_power_of_two());
+        let bucket_units = 2 + SLOTS + SLOTS * layout.words;
+        assert!(mem.units().len() >= buckets * bucket_units);
+        Table {
+            layout,
+            when_full,
+            mask: buckets - 1,
+            bucket_units,
+            mem,
+        }
+    }
+
+    /// Keys the table can hold.
+    pub fn capacity(&self) -> usize {
+        (self.mask + 1) * SLOTS
+    }
+
+    /// Bytes of memory the table uses.
+    pub fn bytes(&self) -> usize {
+        (self.mask + 1) * self.bucket_units * std::mem::size_of::<Atomic128>()
+    }
+
+    #[inline(always)]
+    fn bucket(&self, b: usize) -> &[Atomic128] {
+        let start = b * self.bucket_units;
+        &self.mem.units()[start..start + self.bucket_units]
+    }
+
+    #[inline(always)]
+    fn bucket_of(&self, h: u64) -> usize {
+        // The low bits pick the bucket; keys compare on all 64 bits.
+        h as usize & self.mask
+    }
+
+    #[inline(always)]
+    fn key_unit(j: usize) -> usize {
+        2 + j
+    }
+
+    #[inline(always)]
+    fn slot_words<'a>(&self, b: &'a [Atomic128], j: usize) -> &'a [Atomic128] {
+        let start = 2 + SLOTS + j * self.layout.words;
+        &b[start..start + self.layout.words]
+    }
+
+    /// The latest completed transaction of bucket `b`, helping a pending one.
+    #[inline]
+    fn snapshot(&self, b: &[Atomic128]) -> Snapshot {
+        loop {
+            let e0 = b[0].load();
+            let e1 = b[1].load();
+            let (cur, other) = if seq(e1) == seq(e0).wrapping_add(1) {
+                (e1, e0)
+            } else {
+                (e0, e1)
+            };
+            let consistent = seq(other) == seq(cur).wrapping_sub(1) || (e0 == 0 && e1 == 0);
+            if !consistent {
+                // Read across a transaction boundary; read again.
+                continue;
+            }
+            if cur & PENDING != 0 {
+                self.apply(b, cur);
+                continue;
+            }
+            return Snapshot {
+                e0,
+                e1,
+                seq: seq(cur),
+            };
+        }
+    }
+
+    /// True if no transaction started since `s` was taken.
+    #[inline(always)]
+    fn still(b: &[Atomic128], s: &Snapshot) -> bool {
+        b[0].load() == s.e0 && b[1].load() == s.e1
+    }
+
+    #[inline]
+    fn find(b: &[Atomic128], h: u64) -> Option<usize> {
+        (0..SLOTS).find(|&j| (b[Self::key_unit(j)].load() >> 64) as u64 == h)
+    }
+
+    /// Commits transaction `snap.seq + 1`; on success, completes it.
+    fn transact(&self, b: &[Atomic128], snap: &Snapshot, op: u8, slot: usize, cost: u64, arg: u64) -> bool {
+        let s1 = snap.seq.wrapping_add(1);
+        let idx = (s1 & 1) as usize;
+        let expected = if idx == 0 { snap.e0 } else { snap.e1 };
+        let e = intent(s1, op, slot, cost, arg);
+        if b[idx].compare_exchange(expected, e).is_err() {
+            return false;
+        }
+        self.apply(b, e);
+        true
+    }
+
+    /// Writes one word of transaction `e` (see the module docs); `None` if
+    /// the transaction turned out to be complete already.
+    #[inline]
+    fn write(b: &[Atomic128], unit: &Atomic128, e: u128, f: impl Fn(Payload) -> Payload) -> Option<Payload> {
+        let s1 = seq(e);
+        let idx = (s1 & 1) as usize;
+        loop {
+            let cur = unit.load();
+            if tag(cur) == s1 {
+                return Some(payload(cur));
+            }
+            if b[idx].load() != e {
+                return None;
+            }
+            let new = word(s1, f(payload(cur)));
+            if unit.compare_exchange(cur, new).is_ok() {
+                return Some(payload(new));
+            }
+        }
+    }
+
+    /// Completes transaction `e` (idempotent; any thread may call it).
+    fn apply(&self, b: &[Atomic128], e: u128) {
+        let slot = intent_slot(e);
+        let words = self.slot_words(b, slot);
+        let done = match intent_op(e) {
+            OP_CLAIM => {
+                let h = intent_arg(e);
+                Self::write(b, &b[Self::key_unit(slot)], e, |_| Payload { a: 0, b: h }).is_some()
+                    && words.iter().all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
+            }
+            OP_RESET => words
+                .iter()
+                .all(|w| Self::write(b, w, e, |_| Payload::default()).is_some()),
+            op @ (OP_CHARGE | OP_REFUND) => {
+                let refund = op == OP_REFUND;
+                let (cost, now) = (intent_cost(e), intent_arg(e));
+                self.layout
+                    .limits
+                    .iter()
+                    .all(|l| Self::apply_limit(b, words, l, e, refund, cost, now))
+            }
+            _ => true,
+        };
+        if done {
+            // Mark done; failure means another helper already did.
+            let _ = b[(seq(e) & 1) as usize].compare_exchange(e, e & !PENDING);
+        }
+    }
+
+    fn apply_limit(b: &[Atomic128], words: &[Atomic128], l: &LimitParams, e: u128, refund: bool, cost: u64, now: u64) -> bool {
+        let w = &words[l.offset..l.offset + l.words()];
+        let single = |f: fn(&LimitParams, Payload, u64, u64) -> Payload| {
+            Self::write(b, &w[0], e, |p| f(l, p, cost, now)).is_some()
+        };
+        match (l.algorithm, refund) {
+            (Algorithm::Gcra, false) => single(algo::gcra::charge),
+            (Algorithm::Gcra, true) => single(algo::gcra::refund),
+            (Algorithm::FixedWindow, false) => single(algo::fixed_window::charge),
+            (Algorithm::FixedWindow, true) => single(algo::fixed_window::refund),
+            (Algorithm::SlidingWindow, false) => single(algo::sliding_window::charge),
+            (Algorithm::SlidingWindow, true) => single(algo::sliding_window::refund),
+            (Algorithm::SlidingLog, _) => {
+                let n = l.count as usize;
+                let meta = Self::write(b, &w[0], e, |m| {
+                    if refund {
+                        let keeper = sliding_log::refund_keeper(l, m, cost);
+                        sliding_log::refund_meta(l, m, cost, payload(w[1 + keeper].load()))
+                    } else {
+                        sliding_log::charge_meta(l, m, cost, now)
+                    }
+                });
+                let Some(meta) = meta else { return false };
+                let (from, len, value) = sliding_log::entries_written(l, meta, refund);
+                (0..len).all(|i| Self::write(b, &w[1 + (from + i) % n], e, |_| value).is_some())
+            }
+            // Leases change by direct CAS only.
+            (Algorithm::Concurrency, _) => true,
+        }
+    }
+
+    /// The verdict on `words` (a slot, or `Fresh`).
+    #[inline]
+    fn decide(&self, words: &(impl Words + ?Sized), cost: u64, now: u64) -> Verdict {
+        if cost > algo::MAX_COST {
+            let mut v = combine(&self.layout.limits, |_, l| {
+                algo::evaluate(l, &LimitView { slot: words, offset: l.offset }, 0, now)
+            });
+            v.allowed = false;
+            v.retry_after_ns = u64::MAX;
+            return v;
+        }
+        combine(&self.layout.limits, |_, l| {
+            algo::evaluate(l, &LimitView { slot: words, offset: l.offset }, cost, now)
+        })
+    }
+
+    /// The verdict for a key with no state yet.
+    pub fn fresh_verdict(&self, cost: u64, now: u64) -> Verdict {
+        self.decide(&Fresh, cost, now)
+    }
+
+    /// Single-word policies: the verdict on one word's payload.
+    #[inline(always)]
+    fn decide_single(&self, p: Payload, cost: u64, now: u64) -> Verdict {
+        let words = [p];
+        self.decide(&words[..], cost, now)
+    }
+
+    fn expiry(&self, b: &[Atomic128], j: usize, now: u64) -> u64 {
+        let view = SlotView {
+            words: self.slot_words(b, j),
+        };
+        self.layout
+            .limits
+            .iter()
+            .map(|l| algo::expiry(l, &LimitView { slot: &view, offset: l.offset }, now))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn choose_victim(&self, b: &[Atomic128], now: u64) -> Victim {
+        let mut soonest: Option<(usize, u64)> = None;
+        for j in 0..SLOTS {
+            if (b[Self::key_unit(j)].load() >> 64) as u64 == 0 {
+                return Victim::Empty(j);
+            }
+            let exp = self.expiry(b, j, now);
+            if exp <= now {
+                return Victim::Expired(j);
+            }
+            if soonest.is_none_or(|(_, e)| exp < e) {
+                soonest = Some((j, exp));
+            }
+        }
+        let (j, e) = soonest.expect("SLOTS > 0");
+        Victim::Live(j, e)
+    }
+
+    /// Finds the slot of `h`, claiming one if `claim` and the key is new.
+    /// `Err(outcome)` when the operation ends without a slot.
+    fn locate(&self, b: &[Atomic128], snap: &Snapshot, h: u64, now: u64) -> Result<Option<usize>, Outcome> {
+        if let Some(j) = Self::find(b, h) {
+            return Ok(Some(j));
+        }
+        let victim = self.choose_victim(b, now);
+        let (j, evicted) = match victim {
+            Victim::Empty(j) | Victim::Expired(j) => (j, false),
+            Victim::Live(j, exp) => match self.when_full {
+                WhenFull::Evict => (j, true),
+                _ => {
+                    if !Self::still(b, snap) {
+                        return Ok(None);
+                    }
+                    return Err(Outcome::Full {
+                        retry_after_ns: algo::until(exp, now),
+                    });
+                }
+            },
+        };
+        if self.transact(b, snap, OP_CLAIM, j, 0, h) && evicted {
+            // Report the eviction through the next decision.
+            return Err(Outcome::Decided {
+                verdict: Verdict {
+                    allowed: false,
+                    limit: 0,
+                    remaining: 0,
+                    retry_after_ns: 0,
+                    reset_after_ns: 0,
+                    limit_index: u32::MAX,
+                },
+                evicted: true,
+            });
+        }
+        Ok(None)
+    }
+
+    /// Checks (and if `charge`, charges) `cost` for key hash `h` at `now`.
+    pub fn check(&self, h: u64, cost: u64, now: u64, charge: bool) -> Outcome {
+        let b = self.bucket(self.bucket_of(h));
+        let mut evicted = false;
+        loop {
+            let snap = self.snapshot(b);
+            let j = match Self::find(b, h) {
+                Some(j) => j,
+                None => {
+                    let verdict = self.decide(&Fresh, cost, now);
+                    if !charge || !verdict.allowed || cost == 0 {
+                        if !Self::still(b, &snap) {
+                            continue;
+                        }
+                        return Outcome::Decided { verdict, evicted };
+                    }
+                    match self.locate(b, &snap, h, now) {
+                        Ok(_) => continue,
+                        Err(Outcome::Decided { evicted: true, .. }) => {
+                            evicted = true;
+                            continue;
+                        }
+                        Err(full) => return full,
+                    }
+                }
+            };
+            if self.layout.single_word {
+                let unit = &self.slot_words(b, j)[0];
+                let cur = unit.load();
+                let verdict = self.decide_single(payload(cur), cost, now);
+                if !Self::still(b, &snap) {
+                    continue;
+                }
+                if !charge || !verdict.allowed || cost == 0 {
+                    return Outcome::Decided { verdict, evicted };
+                }
+                let l = &self.layout.limits[0];
+                let new = match l.algorithm {
+                    Algorithm::Gcra => algo::gcra::charge(l, payload(cur), cost, now),
+                    Algorithm::FixedWindow => algo::fixed_window::charge(l, payload(cur), cost, now),
+                    _ => algo::sliding_window::charge(l, payload(cur), cost, now),
+                };
+                if unit.compare_exchange(cur, word(snap.seq, new)).is_ok() {
+                    return Outcome::Decided { verdict, evicted };
+                }
+                continue;
+            }
+            let view = SlotView {
+                words: self.slot_words(b, j),
+            };
+            let verdict = self.decide(&view, cost, now);
+            if !Self::still(b, &snap) {
+                continue;
+            }
+            if !charge || !verdict.allowed || cost == 0 || self.layout.concurrency {
+                return Outcome::Decided { verdict, evicted };
+            }
+            if self.transact(b, &snap, OP_CHARGE, j, cost, now) {
+                return Outcome::Decided { verdict, evicted };
+            }
+        }
+    }
+
+    /// Gives back `cost` previously charged to `h`. Returns false if the
+    /// key holds no state (never seen, reset or evicted).
+    pub fn refund(&self, h: u64, cost: u64, now: u64) -> bool {
+        if self.layout.concurrency || cost == 0 {
+            return false;
+        }
+        let cost = cost.min(algo::MAX_COST);
+        let b = self.bucket(self.bucket_of(h));
+        loop {
+            let snap = self.snapshot(b);
+            let Some(j) = Self::find(b, h) else {
+                if Self::still(b, &snap) {
+                    return false;
+                }
+                continue;
+            };
+            if self.layout.single_word {
+                let unit = &self.slot_words(b, j)[0];
+                let cur = unit.load();
+                if !Self::still(b, &snap) {
+                    continue;
+                }
+                let l = &self.layout.limits[0];
+                let new = match l.algorithm {
+                    Algorithm::Gcra => algo::gcra::refund(l, payload(cur), cost, now),
+                    Algorithm::FixedWindow => algo::fixed_window::refund(l, payload(cur), cost, now),
+                    _ => algo::sliding_window::refund(l, payload(cur), cost, now),
+                };
+                if unit.compare_exchange(cur, word(snap.seq, new)).is_ok() {
+                    return true;
+                }
+                continue;
+            }
+            if self.transact(b, &snap, OP_REFUND, j, cost, now) {
+                return true;
+            }
+        }
+    }
+
+    /// Forgets all state of `h`. Returns false if there was none.
+    pub fn reset(&self, h: u64) -> bool {
+        let b = self.bucket(self.bucket_of(h));
+        loop {
+            let snap = self.snapshot(b);
+            let Some(j) = Self::find(b, h) else {
+                if Self::still(b, &snap) {
+                    return false;
+                }
+                continue;
+            };
+            if self.transact(b, &snap, OP_RESET, j, 0, 0) {
+                return true;
+            }
+        }
+    }
+
+    /// Takes a concurrency lease for `h` held by `holder` until `now + ttl`.
+    pub fn acquire(&self, h: u64, now: u64, holder: u32) -> (Outcome, Option<Lease>) {
+        let l = self.layout.limits[0];
+        let bi = self.bucket_of(h);
+        let b = self.bucket(bi);
+        let mut evicted = false;
+        loop {
+            let snap = self.snapshot(b);
+            let j = match Self::find(b, h) {
+                Some(j) => j,
+                None => {
+                    let verdict = self.decide(&Fresh, 1, now);
+                    if !verdict.allowed {
+                        return (Outcome::Decided { verdict, evicted }, None);
+                    }
+                    match self.locate(b, &snap, h, now) {
+                        Ok(_) => continue,
+                        Err(Outcome::Decided { evicted: true, .. }) => {
+                            evicted = true;
+                            continue;
+                        }
+                        Err(full) => return (full, None),
+                    }
+                }
+            };
+            let words = self.slot_words(b, j);
+            let view = SlotView { words };
+            let verdict = self.decide(&view, 1, now);
+            let free = concurrency::free_lease(&l, &view, now);
+            if !Self::still(b, &snap) {
+                continue;
+            }
+            if !verdict.allowed {
+                return (Outcome::Decided { verdict, evicted }, None);
+            }
+            let Some(i) = free else { continue };
+            let cur = words[i].load();
+            if payload(cur).b > now {
+                continue;
+            }
+            let new = word(
+                snap.seq,
+                Payload {
+                    a: holder,
+                    b: now.saturating_add(l.period_ns).max(1),
+                },
+            );
+            if words[i].compare_exchange(cur, new).is_ok() {
+                let lease = Lease {
+                    bucket: bi as u32,
+                    slot: j as u8,
+                    index: i as u16,
+                    word: new,
+                };
+                return (Outcome::Decided { verdict, evicted }, Some(lease));
+            }
+        }
+    }
+
+    /// Releases a lease. False if it had already expired and been reused,
+    /// or the key was evicted or reset.
+    pub fn release(&self, lease: &Lease) -> bool {
+        let Some(unit) = self.lease_unit(lease) else {
+            return false;
+        };
+        let freed = word(tag(lease.word), Payload::default());
+        unit.compare_exchange(lease.word, freed).is_ok()
+    }
+
+    fn lease_unit(&self, lease: &Lease) -> Option<&Atomic128> {
+        if !self.layout.concurrency
+            || lease.bucket as usize > self.mask
+            || lease.slot as usize >= SLOTS
+            || lease.index as usize >= self.layout.words
+        {
+            return None;
+        }
+        let b = self.bucket(lease.bucket as usize);
+        Some(&self.slot_words(b, lease.slot as usize)[lease.index as usize])
+    }
+
+    /// True if `lease` is a well-formed lease position of this table.
+    pub fn lease_in_range(&self, lease: &Lease) -> bool {
+        self.lease_unit(lease).is_some()
+    }
+
+    /// Releases every live lease held by `holder`; returns how many.
+    pub fn release_holder(&self, holder: u32) -> u64 {
+        if !self.layout.concurrency {
+            return 0;
+        }
+        let mut n = 0;
+        for bi in 0..=self.mask {
+            let b = self.bucket(bi);
+            for j in 0..SLOTS {
+                for unit in self.slot_words(b, j) {
+                    let cur = unit.load();
+                    let p = payload(cur);
+                    if p.b != 0 && p.a == holder && unit.compare_exchange(cur, word(tag(cur), Payload::default())).is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Keys currently held (a scan: for statistics, not the hot path).
+    pub fn occupancy(&self) -> u64 {
+        (0..=self.mask)
+            .map(|bi| {
+                let b = self.bucket(bi);
+                (0..SLOTS)
+                    .filter(|&j| (b[Self::key_unit(j)].load() >> 64) as u64 != 0)
+                    .count() as u64
+            })
+            .sum()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;
