@@ -1,0 +1,248 @@
+//! Engine behaviour end to end: exactness under threads, eviction, refunds,
+//! resets, concurrency permits, statistics.
+
+use ratekeeper::{Engine, EngineOptions, PolicyOptions, WhenFull};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const S: u64 = 1_000_000_000;
+
+fn engine(capacity: usize) -> Engine {
+    Engine::new(EngineOptions {
+        capacity,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn gcra_admits_the_burst_then_one_per_emission_interval() {
+    let e = engine(1024);
+    let p = e.add_policy("p", "10/second").unwrap();
+    let now = 100 * S;
+    for i in 0..10 {
+        let d = e.check_at(p, b"k", 1, now);
+        assert!(d.allowed, "request {i}");
+        assert_eq!(d.remaining, 9 - i);
+    }
+    let d = e.check_at(p, b"k", 1, now);
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after_ns, S / 10);
+    assert!(e.check_at(p, b"k", 1, now + S / 10).allowed);
+    assert!(!e.check_at(p, b"k", 1, now + S / 10).allowed);
+}
+
+#[test]
+fn every_algorithm_admits_exactly_its_quota_at_one_instant() {
+    for spec in [
+        "10/second",
+        "fixed_window 10/second",
+        "sliding_window 10/second",
+        "sliding_log 10/second",
+        "10/second;1000/hour",
+        "sliding_log 10/second; fixed_window 12/minute",
+    ] {
+        let e = engine(1024);
+        let p = e.add_policy("p", spec).unwrap();
+        let allowed = (0..25)
+            .filter(|_| e.check_at(p, b"key", 1, 7 * S).allowed)
+            .count();
+        assert_eq!(allowed, 10, "{spec}");
+    }
+}
+
+#[test]
+fn threads_hammering_one_key_at_one_instant_admit_exactly_the_quota() {
+    for spec in [
+        "100/second",
+        "fixed_window 100/minute",
+        "sliding_window 100/minute",
+        "sliding_log 100/minute",
+        "100/second;150/hour",
+        "gcra 200/second burst 100; sliding_log 120/minute",
+    ] {
+        let e = engine(4096);
+        let p = e.add_policy("p", spec).unwrap();
+        let admitted = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..500 {
+                        if e.check_at(p, b"hot", 1, 42 * S).allowed {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::Relaxed), 100, "{spec}");
+        let st = e.stats(p).unwrap();
+        assert_eq!((st.allowed, st.denied), (100, 1900), "{spec}");
+    }
+}
+
+#[test]
+fn a_flood_of_one_shot_keys_does_not_evict_hot_limited_keys() {
+    let e = engine(1024);
+    let p = e.add_policy("p", "5/minute").unwrap();
+    let now = 1000 * S;
+    let hot: Vec<String> = (0..64).map(|i| format!("hot:{i}")).collect();
+    for k in &hot {
+        for _ in 0..5 {
+            assert!(e.check_at(p, k.as_bytes(), 1, now).allowed);
+        }
+        assert!(!e.check_at(p, k.as_bytes(), 1, now).allowed);
+    }
+    // Each one-shot key charges once: its entry expires in 12 s, well before
+    // the hot keys' (60 s), so one-shot keys evict one another first.
+    for i in 0..10 * 1024 {
+        let k = format!("oneshot:{i}");
+        e.check_at(p, k.as_bytes(), 1, now + i as u64 * 1000);
+    }
+    for k in &hot {
+        assert!(!e.check_at(p, k.as_bytes(), 1, now + 5 * S).allowed, "{k} was evicted");
+    }
+}
+
+#[test]
+fn fail_closed_denies_and_fail_open_allows_when_every_entry_is_live() {
+    for (when_full, allowed) in [(WhenFull::FailClosed, false), (WhenFull::FailOpen, true)] {
+        let e = engine(8);
+        let p = e
+            .add_policy_with(
+                "p",
+                "1/hour",
+                PolicyOptions {
+                    capacity: Some(8),
+                    when_full,
+                },
+            )
+            .unwrap();
+        for i in 0..8 {
+            assert!(e.check_at(p, format!("k{i}").as_bytes(), 1, S).allowed);
+        }
+        let d = e.check_at(p, b"newcomer", 1, S);
+        assert_eq!(d.allowed, allowed, "{when_full:?}");
+        assert_eq!(e.stats(p).unwrap().table_full, 1);
+        assert_eq!(e.stats(p).unwrap().occupancy, 8);
+    }
+}
+
+#[test]
+fn denied_request_consumes_nothing_and_opens_no_window() {
+    let e = engine(64);
+    let p = e
+        .add_policy("p", "fixed_window 5/minute; fixed_window 2/second")
+        .unwrap();
+    // Cost 3 exceeds the 2/second limit: denied, and no window opens for either limit.
+    let d = e.check_at(p, b"k", 3, 10 * S);
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after_ns, u64::MAX);
+    assert_eq!(d.limit_index, 1);
+    assert_eq!(e.stats(p).unwrap().occupancy, 0);
+    let d = e.check_at(p, b"k", 1, 20 * S);
+    assert!(d.allowed);
+    assert_eq!(d.reset_after_ns, S, "the second limit's window opened at 20 s");
+}
+
+#[test]
+fn refund_gives_back_exactly_what_was_charged() {
+    for spec in ["3/minute", "fixed_window 3/minute", "sliding_window 3/minute", "sliding_log 3/minute", "3/minute;10/hour"] {
+        let e = engine(64);
+        let p = e.add_policy("p", spec).unwrap();
+        for _ in 0..3 {
+            assert!(e.check_at(p, b"k", 1, 5 * S).allowed);
+        }
+        assert!(!e.check_at(p, b"k", 1, 5 * S).allowed, "{spec}");
+        assert!(e.refund_at(p, b"k", 1, 5 * S).unwrap());
+        assert!(e.check_at(p, b"k", 1, 5 * S).allowed, "{spec}");
+        assert!(!e.check_at(p, b"k", 1, 5 * S).allowed, "{spec}");
+        assert!(!e.refund_at(p, b"unknown", 1, 5 * S).unwrap());
+    }
+}
+
+#[test]
+fn reset_gives_a_key_its_full_quota_back() {
+    let e = engine(64);
+    let p = e.add_policy("p", "sliding_log 2/minute; 5/hour").unwrap();
+    assert!(e.check_at(p, b"k", 2, S).allowed);
+    assert!(!e.check_at(p, b"k", 1, S).allowed);
+    assert!(e.reset(p, b"k").unwrap());
+    assert_eq!(e.check_at(p, b"k", 1, S).remaining, 1);
+    assert!(!e.reset(p, b"other").unwrap());
+}
+
+#[test]
+fn peek_reports_without_charging() {
+    let e = engine(64);
+    let p = e.add_policy("p", "2/minute").unwrap();
+    for _ in 0..5 {
+        let d = e.peek_at(p, b"k", 1, S).unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 1);
+    }
+    assert_eq!(e.stats(p).unwrap().occupancy, 0);
+}
+
+#[test]
+fn concurrency_permits_are_exact_and_expire_after_their_ttl() {
+    let e = engine(64);
+    let p = e.add_policy("p", "concurrency 2 ttl 10 seconds").unwrap();
+    let (d1, p1) = e.acquire_at(p, b"k", S).unwrap();
+    let (d2, p2) = e.acquire_at(p, b"k", S).unwrap();
+    let (d3, p3) = e.acquire_at(p, b"k", S).unwrap();
+    assert!(d1.allowed && d2.allowed && !d3.allowed);
+    assert_eq!((d1.remaining, d2.remaining), (1, 0));
+    assert_eq!(d3.retry_after_ns, 10 * S);
+    assert!(p1.is_some() && p2.is_some() && p3.is_none());
+    assert!(e.release(&p1.unwrap()).unwrap());
+    assert!(!e.release(&p1.unwrap()).unwrap(), "a permit is released once");
+    assert!(e.acquire_at(p, b"k", S).unwrap().1.is_some());
+    // The never-released permits expire after the TTL.
+    assert!(e.acquire_at(p, b"k", 11 * S).unwrap().1.is_some());
+    assert!(e.acquire_at(p, b"k", 11 * S).unwrap().1.is_some());
+    assert!(e.acquire_at(p, b"k", 11 * S).unwrap().1.is_none());
+    let _ = p2;
+}
+
+#[test]
+fn a_permit_from_another_engine_is_rejected() {
+    let a = engine(64);
+    let b = engine(64);
+    let pa = a.add_policy("p", "concurrency 1").unwrap();
+    b.add_policy("p", "concurrency 1").unwrap();
+    let (_, permit) = a.acquire(pa, b"k").unwrap();
+    assert_eq!(b.release(&permit.unwrap()), Err(ratekeeper::Error::InvalidPermit));
+}
+
+#[test]
+fn acquire_timeout_wakes_when_a_permit_is_released() {
+    let e = engine(64);
+    let p = e.add_policy("p", "concurrency 1").unwrap();
+    let (_, held) = e.acquire(p, b"k").unwrap();
+    let held = held.unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| e.acquire_timeout(p, b"k", std::time::Duration::from_secs(30)).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(e.release(&held).unwrap());
+        let (d, permit) = waiter.join().unwrap();
+        assert!(d.allowed && permit.is_some());
+    });
+    let (d, permit) = e.acquire_timeout(p, b"k", std::time::Duration::from_millis(20)).unwrap();
+    assert!(!d.allowed && permit.is_none());
+}
+
+#[test]
+fn the_same_name_with_other_limits_is_an_error_naming_both_specs() {
+    let e = engine(64);
+    e.add_policy("login", "5/minute").unwrap();
+    let err = e.add_policy("login", "6/minute").unwrap_err().to_string();
+    assert!(err.contains("5/minute") && err.contains("6/minute"), "{err}");
+}
+
+#[test]
+fn bad_specs_are_errors_not_panics() {
+    let e = engine(64);
+    assert!(matches!(e.add_policy("a", "10/fortnight"), Err(ratekeeper::Error::Parse(_))));
+    assert!(matches!(e.add_policy("b", "sliding_log 100000/hour"), Err(ratekeeper::Error::Unsupported(_))));
+    assert!(matches!(e.add_policy("", "1/second"), Err(ratekeeper::Error::InvalidArgument(_))));
+}
