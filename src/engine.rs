@@ -32,6 +32,11 @@ pub struct EngineOptions {
     pub capacity: usize,
     /// The clock `check` reads (default `CLOCK_MONOTONIC`).
     pub clock: Clock,
+    /// Shared engines: the largest size in bytes the mapping may grow to
+    /// as policies are added (default 1 GiB; pages are only touched when used).
+    pub shared_max_bytes: u64,
+    /// Shared engines: permission bits of a newly created file (default 0o600).
+    pub shared_file_mode: u32,
 }
 
 impl Default for EngineOptions {
@@ -39,6 +44,8 @@ impl Default for EngineOptions {
         EngineOptions {
             capacity: DEFAULT_CAPACITY,
             clock: Clock::Monotonic,
+            shared_max_bytes: 1 << 30,
+            shared_file_mode: 0o600,
         }
     }
 }
@@ -174,6 +181,14 @@ impl Engine {
             count: AtomicU32::new(0),
             add_lock: Mutex::new(()),
         })
+    }
+
+    /// Creates or attaches the shared engine backed by the file at `path`
+    /// (normally under `/dev/shm`): every process that opens the same path
+    /// enforces the same limits together.
+    pub fn open_shared(path: impl AsRef<std::path::Path>, options: EngineOptions) -> Result<Engine, Error> {
+        let _ = (path.as_ref(), options);
+        Err(Error::Io("shared engines are not implemented yet".into()))
     }
 
     /// Adds a policy named `name` with the limits of `spec` (see the README
