@@ -78,31 +78,30 @@ impl Atomic128 {
     #[inline(always)]
     pub fn compare_exchange(&self, current: u128, new: u128) -> Result<u128, u128> {
         let (prev_lo, prev_hi): (u64, u64);
-        let ok: u8;
         // SAFETY:
         // - `self.v` is 16-byte aligned and valid for reads and writes through
         //   the `UnsafeCell` for the lifetime of `&self`;
         // - `lock cmpxchg16b` is one atomic read-modify-write (and a full
         //   barrier); `check_cpu` verified the instruction exists;
         // - rbx is reserved by LLVM, so the new low half is swapped into rbx
-        //   around the instruction and rbx is restored before the asm ends.
+        //   around the instruction and rbx is restored before the asm ends;
+        //   the address is pinned to rdi so that it can never be given rbx.
         unsafe {
             std::arch::asm!(
                 "xchg {rbx_tmp}, rbx",
-                "lock cmpxchg16b xmmword ptr [{dst}]",
-                "sete {ok}",
+                "lock cmpxchg16b xmmword ptr [rdi]",
                 "mov rbx, {rbx_tmp}",
                 rbx_tmp = inout(reg) new as u64 => _,
                 in("rcx") (new >> 64) as u64,
                 inout("rax") current as u64 => prev_lo,
                 inout("rdx") (current >> 64) as u64 => prev_hi,
-                dst = in(reg) self.v.get(),
-                ok = out(reg_byte) ok,
+                in("rdi") self.v.get(),
                 options(nostack)
             );
         }
+        // On success rdx:rax keep `current`; on failure they hold the value found.
         let prev = ((prev_hi as u128) << 64) | prev_lo as u128;
-        if ok != 0 {
+        if prev == current {
             Ok(prev)
         } else {
             Err(prev)

@@ -75,8 +75,12 @@ use crate::policy::Algorithm;
 use crate::sync::Atomic128;
 use memory::Memory;
 
-/// Slots per bucket.
+/// Slots per bucket (two under loom, so that models stay small and a
+/// bucket fills after two keys).
+#[cfg(not(loom))]
 pub(crate) const SLOTS: usize = 8;
+#[cfg(loom)]
+pub(crate) const SLOTS: usize = 2;
 
 const OP_CHARGE: u8 = 1;
 const OP_REFUND: u8 = 2;
@@ -815,3 +819,5 @@ impl Table {
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+#[cfg(all(test, loom))]
+mod loom_tests;

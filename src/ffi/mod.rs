@@ -1,0 +1,48 @@
+//! The C ABI: `include/ratekeeper.h` is generated from this module by
+//! cbindgen (see `build.rs` and `cbindgen.toml`). This is the only module of
+//! the crate with `#[no_mangle]` functions.
+//!
+//! One module per C "class":
+//!
+//! | module | C names |
+//! |---|---|
+//! | [`status`] | `rk_status`, `rk_status_str`, `rk_last_error` |
+//! | [`engine`] | `rk_engine`, `rk_engine_options`, `rk_engine_*`, `rk_version`, `rk_now_ns` |
+//! | [`policy`] | `rk_policy_options`, `rk_limit`, `rk_stats`, `rk_policy_*` |
+//! | [`check`] | `rk_decision`, `rk_check*`, `rk_peek*`, `rk_refund*`, `rk_reset` |
+//! | [`permit`] | `rk_permit`, `rk_acquire*`, `rk_release*` |
+//!
+//! The plumbing lives in private modules: `boundary` (the panic boundary
+//! and the thread-local last-error message) and `args` (turning C pointers
+//! into Rust references and slices, each check reported as a [`Failure`]).
+//!
+//! Conventions, which every function's documentation repeats where it matters:
+//!
+//! - Every function returns an `rk_status`; `RK_OK` (0) is success. A denied
+//!   request is a decision (`rk_decision.allowed == false`), never an error.
+//! - Out-parameters are written only on success.
+//! - On failure, `rk_last_error()` describes what went wrong, on the calling
+//!   thread. Successful calls never touch it (the hot path stays free of
+//!   thread-local accesses and allocation).
+//! - No panic crosses the boundary: one becomes `RK_ERR_PANIC`.
+//! - An `rk_engine*` is thread-safe: share one pointer between all threads.
+//!
+//! Rust programs use [`crate::Engine`] directly; these functions are public
+//! so that Rust fuzzers and tests can drive the exact code that C runs.
+
+#![allow(non_camel_case_types)]
+
+mod args;
+mod boundary;
+
+// In the order the header presents them.
+pub mod status;
+pub mod engine;
+pub mod policy;
+pub mod check;
+pub mod permit;
+
+pub(crate) use args::Failure;
+
+#[cfg(test)]
+mod tests;
