@@ -1,1 +1,183 @@
-fn main() {}
+//! ratekeeper vs governor, side by side in the same groups.
+//!
+//! `cargo bench --bench check` (add `-- <filter>` for one group).
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use governor::{Quota, RateLimiter};
+use ratekeeper::{Clock, Engine, EngineOptions, PolicyId};
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+const RATE: u32 = 1_000_000_000; // per second: nearly everything is allowed, so every check charges
+
+fn engine(capacity: usize, clock: Clock) -> (Engine, PolicyId) {
+    let e = Engine::new(EngineOptions {
+        capacity,
+        clock,
+        ..Default::default()
+    })
+    .unwrap();
+    let p = e.add_policy("bench", &format!("{RATE}/second")).unwrap();
+    (e, p)
+}
+
+fn governor_keyed() -> governor::DefaultKeyedRateLimiter<u64> {
+    RateLimiter::keyed(Quota::per_second(NonZeroU32::new(RATE).unwrap()))
+}
+
+/// Key `i` of `n`, visited in a scattered order.
+#[inline(always)]
+fn scatter(i: u64, n: u64) -> u64 {
+    i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % n
+}
+
+fn hot_key(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gcra_hot_key");
+    g.throughput(Throughput::Elements(1));
+    let (e, p) = engine(1024, Clock::Monotonic);
+    g.bench_function(BenchmarkId::new("ratekeeper", "check"), |b| {
+        b.iter(|| e.check(p, black_box(&7u64.to_le_bytes()), 1))
+    });
+    let (ec, pc) = engine(1024, Clock::MonotonicCoarse);
+    g.bench_function(BenchmarkId::new("ratekeeper", "check_coarse_clock"), |b| {
+        b.iter(|| ec.check(pc, black_box(&7u64.to_le_bytes()), 1))
+    });
+    let (ea, pa) = engine(1024, Clock::Monotonic);
+    let mut now = 1u64 << 40;
+    g.bench_function(BenchmarkId::new("ratekeeper", "check_at"), |b| {
+        b.iter(|| {
+            now += 1;
+            ea.check_at(pa, black_box(&7u64.to_le_bytes()), 1, now)
+        })
+    });
+    let gov = governor_keyed();
+    g.bench_function(BenchmarkId::new("governor", "check_key"), |b| {
+        b.iter(|| gov.check_key(black_box(&7u64)))
+    });
+    g.finish();
+}
+
+fn many_keys(c: &mut Criterion) {
+    for n in [100_000u64, 1_000_000] {
+        let mut g = c.benchmark_group(format!("gcra_{}k_keys", n / 1000));
+        g.throughput(Throughput::Elements(1));
+        let (e, p) = engine((n as usize) * 5 / 4, Clock::Monotonic);
+        for k in 0..n {
+            e.check(p, &k.to_le_bytes(), 1);
+        }
+        let mut i = 0u64;
+        g.bench_function(BenchmarkId::new("ratekeeper", "check"), |b| {
+            b.iter(|| {
+                i += 1;
+                e.check(p, &scatter(i, n).to_le_bytes(), 1)
+            })
+        });
+        let gov = governor_keyed();
+        for k in 0..n {
+            let _ = gov.check_key(&k);
+        }
+        g.bench_function(BenchmarkId::new("governor", "check_key"), |b| {
+            b.iter(|| {
+                i += 1;
+                gov.check_key(&scatter(i, n))
+            })
+        });
+        g.finish();
+    }
+}
+
+fn algorithms(c: &mut Criterion) {
+    let mut g = c.benchmark_group("algorithm_hot_key");
+    g.throughput(Throughput::Elements(1));
+    for (name, spec) in [
+        ("gcra", "1000000000/second"),
+        ("fixed_window", "fixed_window 4000000000/second"),
+        ("sliding_window", "sliding_window 4000000000/second"),
+        ("sliding_log", "sliding_log 64/second"),
+        ("gcra+fixed_window", "1000000000/second; fixed_window 4000000000/hour"),
+    ] {
+        let e = Engine::new(EngineOptions {
+            capacity: 1024,
+            ..Default::default()
+        })
+        .unwrap();
+        let p = e.add_policy("p", spec).unwrap();
+        // sliding_log: advance a full period per call so each check charges.
+        let step = if name == "sliding_log" { 1_000_000_000 } else { 1 };
+        let mut now = 1u64 << 40;
+        g.bench_function(BenchmarkId::new("ratekeeper", name), |b| {
+            b.iter(|| {
+                now += step;
+                e.check_at(p, black_box(b"hot"), 1, now)
+            })
+        });
+    }
+    let e = Engine::new(EngineOptions {
+        capacity: 1024,
+        ..Default::default()
+    })
+    .unwrap();
+    let p = e.add_policy("c", "concurrency 4").unwrap();
+    g.bench_function(BenchmarkId::new("ratekeeper", "concurrency_acquire_release"), |b| {
+        b.iter(|| {
+            let (_, permit) = e.acquire_at(p, black_box(b"hot"), 1 << 40).unwrap();
+            e.release(&permit.unwrap()).unwrap()
+        })
+    });
+    g.finish();
+}
+
+/// Runs `f(thread, i)` for `iters` iterations split over `threads` threads;
+/// returns wall time.
+fn parallel(threads: u64, iters: u64, f: &(dyn Fn(u64, u64) + Sync)) -> Duration {
+    let per = iters / threads;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                for i in 0..per {
+                    f(t, i);
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gcra_threads");
+    g.throughput(Throughput::Elements(1));
+    let n = 100_000u64;
+    for threads in [1u64, 2] {
+        let (e, p) = engine(1 << 17, Clock::MonotonicCoarse);
+        g.bench_function(BenchmarkId::new(format!("ratekeeper_hot_key_{threads}t"), threads), |b| {
+            b.iter_custom(|iters| parallel(threads, iters, &|_, _| {
+                black_box(e.check(p, &7u64.to_le_bytes(), 1));
+            }))
+        });
+        g.bench_function(BenchmarkId::new(format!("ratekeeper_distinct_keys_{threads}t"), threads), |b| {
+            b.iter_custom(|iters| parallel(threads, iters, &|t, i| {
+                black_box(e.check(p, &(t * n + scatter(i, n)).to_le_bytes(), 1));
+            }))
+        });
+        let gov = governor_keyed();
+        g.bench_function(BenchmarkId::new(format!("governor_hot_key_{threads}t"), threads), |b| {
+            b.iter_custom(|iters| parallel(threads, iters, &|_, _| {
+                let _ = black_box(gov.check_key(&7u64));
+            }))
+        });
+        g.bench_function(BenchmarkId::new(format!("governor_distinct_keys_{threads}t"), threads), |b| {
+            b.iter_custom(|iters| parallel(threads, iters, &|t, i| {
+                let _ = black_box(gov.check_key(&(t * n + scatter(i, n))));
+            }))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(30);
+    targets = hot_key, many_keys, algorithms, threads
+}
+criterion_main!(benches);

@@ -30,7 +30,7 @@ pub struct EngineOptions {
     /// Keys each policy tracks unless the policy asks for another number
     /// (default 65,536). Rounded up to a whole number of buckets.
     pub capacity: usize,
-    /// The clock `check` reads (default `CLOCK_MONOTONIC`).
+    /// The clock `check` reads (default `CLOCK_MONOTONIC_COARSE`; see [`Clock`]).
     pub clock: Clock,
     /// Shared engines: the largest size in bytes the mapping may grow to
     /// as policies are added (default 1 GiB; pages are only touched when used).
@@ -43,7 +43,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             capacity: DEFAULT_CAPACITY,
-            clock: Clock::Monotonic,
+            clock: Clock::MonotonicCoarse,
             shared_max_bytes: 1 << 30,
             shared_file_mode: 0o600,
         }
@@ -314,17 +314,25 @@ impl Engine {
     }
 
     /// [`check`](Self::check) at an explicit time `now_ns`.
+    ///
+    /// On a concurrency policy (which is used through
+    /// [`acquire`](Self::acquire)) this charges nothing and reports whether
+    /// a permit is free, as [`peek_at`](Self::peek_at) does.
+    ///
+    /// # Panics
+    /// If `policy` does not belong to this engine.
     #[inline]
     pub fn check_at(&self, policy: PolicyId, key: &[u8], cost: u32, now_ns: u64) -> Decision {
-        match self.try_check_at(policy, key, cost, now_ns) {
-            Ok(d) => d,
-            Err(e) => panic!("ratekeeper: {e}"),
-        }
+        let Some(p) = self.policies.get(policy.0 as usize).and_then(OnceLock::get) else {
+            unknown_policy(policy)
+        };
+        let charge = !p.table.layout.concurrency;
+        let outcome = p.table.check(Self::hash(p, key), cost as u64, now_ns, charge);
+        Self::conclude(p, outcome, cost as u64, now_ns, charge)
     }
 
     /// [`check_at`](Self::check_at) that reports a foreign policy id or a
     /// concurrency policy (which needs [`acquire`](Self::acquire)) as an error.
-    #[inline]
     pub fn try_check_at(&self, policy: PolicyId, key: &[u8], cost: u32, now_ns: u64) -> Result<Decision, Error> {
         let p = self.get(policy)?;
         if p.table.layout.concurrency {
@@ -333,9 +341,7 @@ impl Engine {
                 p.name
             )));
         }
-        let h = Self::hash(p, key);
-        let outcome = p.table.check(h, cost as u64, now_ns, true);
-        Ok(Self::conclude(p, outcome, cost as u64, now_ns, true))
+        Ok(self.check_at(policy, key, cost, now_ns))
     }
 
     /// What `check` would decide now, without charging anything.
@@ -351,6 +357,7 @@ impl Engine {
         Ok(Self::conclude(p, outcome, cost as u64, now_ns, false))
     }
 
+    #[inline(always)]
     fn conclude(p: &Policy, outcome: Outcome, cost: u64, now: u64, count: bool) -> Decision {
         match outcome {
             Outcome::Decided { verdict, evicted } => {
@@ -511,6 +518,12 @@ impl Engine {
     pub fn policy_bytes(&self, policy: PolicyId) -> Result<usize, Error> {
         Ok(self.get(policy)?.table.bytes())
     }
+}
+
+#[cold]
+#[inline(never)]
+fn unknown_policy(policy: PolicyId) -> ! {
+    panic!("ratekeeper: policy id {} does not belong to this engine", policy.0)
 }
 
 /// Validates a parsed spec against the engine's limits and lays it out.

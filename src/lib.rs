@@ -23,6 +23,7 @@ pub(crate) mod algo;
 pub mod clock;
 mod engine;
 mod error;
+pub mod ffi;
 pub(crate) mod hash;
 pub mod policy;
 mod stats;

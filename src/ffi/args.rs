@@ -27,6 +27,8 @@ pub(crate) enum Failure {
     Utf8(&'static str, Utf8Error),
     /// Any other invalid argument.
     Invalid(String),
+    /// No policy has this name.
+    NoSuchPolicy(String),
     /// The caller's buffer holds `given` bytes; `needed` are needed.
     BufferTooSmall { needed: usize, given: usize },
     /// The engine refused.
@@ -50,6 +52,7 @@ impl Failure {
                 rk_status::RK_ERR_INVALID_ARGUMENT
             }
             Failure::BufferTooSmall { .. } => rk_status::RK_ERR_BUFFER_TOO_SMALL,
+            Failure::NoSuchPolicy(_) => rk_status::RK_ERR_UNKNOWN_POLICY,
             Failure::Engine(e) => rk_status::of(e),
         }
     }
@@ -69,6 +72,7 @@ impl fmt::Display for Failure {
             }
             Failure::Utf8(name, e) => write!(f, "`{name}` is not valid UTF-8: {e}"),
             Failure::Invalid(m) => write!(f, "invalid argument: {m}"),
+            Failure::NoSuchPolicy(name) => write!(f, "no policy is named {name:?}"),
             Failure::BufferTooSmall { needed, given } => write!(
                 f,
                 "the buffer holds {given} bytes; {needed} are needed (including the NUL)"

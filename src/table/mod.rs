@@ -156,6 +156,9 @@ pub(crate) struct Layout {
     pub words: usize,
     /// The policy's whole state is one word: charge by direct CAS.
     pub single_word: bool,
+    /// The policy's first limit (the only one when `single_word`), kept
+    /// inline for the hot path.
+    pub first: LimitParams,
     /// The policy is one concurrency limit.
     pub concurrency: bool,
 }
@@ -166,6 +169,7 @@ impl Layout {
         let concurrency = limits.len() == 1 && limits[0].algorithm == Algorithm::Concurrency;
         Layout {
             single_word: words == 1 && !concurrency,
+            first: limits[0],
             concurrency,
             words,
             limits,
@@ -506,8 +510,34 @@ impl Table {
     /// Single-word policies: the verdict on one word's payload.
     #[inline(always)]
     fn decide_single(&self, p: Payload, cost: u64, now: u64) -> Verdict {
-        let words = [p];
-        self.decide(&words[..], cost, now)
+        let l = &self.layout.first;
+        let e = match l.algorithm {
+            Algorithm::Gcra => algo::gcra::evaluate(l, p, cost.min(algo::MAX_COST + 1), now),
+            Algorithm::FixedWindow => algo::fixed_window::evaluate(l, p, cost.min(algo::MAX_COST + 1), now),
+            _ => algo::sliding_window::evaluate(l, p, cost.min(algo::MAX_COST + 1), now),
+        };
+        if cost > algo::MAX_COST {
+            return self.decide(&[p][..], cost, now);
+        }
+        Verdict {
+            allowed: e.allowed,
+            limit: e.limit,
+            remaining: e.remaining,
+            retry_after_ns: e.retry_after_ns,
+            reset_after_ns: e.reset_after_ns,
+            limit_index: 0,
+        }
+    }
+
+    /// Single-word policies: the state after charging.
+    #[inline(always)]
+    fn charge_single(&self, p: Payload, cost: u64, now: u64) -> Payload {
+        let l = &self.layout.first;
+        match l.algorithm {
+            Algorithm::Gcra => algo::gcra::charge(l, p, cost, now),
+            Algorithm::FixedWindow => algo::fixed_window::charge(l, p, cost, now),
+            _ => algo::sliding_window::charge(l, p, cost, now),
+        }
     }
 
     fn expiry(&self, b: &[Atomic128], j: usize, now: u64) -> u64 {
@@ -579,6 +609,7 @@ impl Table {
     }
 
     /// Checks (and if `charge`, charges) `cost` for key hash `h` at `now`.
+    #[inline]
     pub fn check(&self, h: u64, cost: u64, now: u64, charge: bool) -> Outcome {
         let b = self.bucket(self.bucket_of(h));
         let mut evicted = false;
@@ -614,12 +645,7 @@ impl Table {
                 if !charge || !verdict.allowed || cost == 0 {
                     return Outcome::Decided { verdict, evicted };
                 }
-                let l = &self.layout.limits[0];
-                let new = match l.algorithm {
-                    Algorithm::Gcra => algo::gcra::charge(l, payload(cur), cost, now),
-                    Algorithm::FixedWindow => algo::fixed_window::charge(l, payload(cur), cost, now),
-                    _ => algo::sliding_window::charge(l, payload(cur), cost, now),
-                };
+                let new = self.charge_single(payload(cur), cost, now);
                 if unit.compare_exchange(cur, word(snap.seq, new)).is_ok() {
                     return Outcome::Decided { verdict, evicted };
                 }

@@ -1,0 +1,308 @@
+//! Rate-limit checks: `rk_decision`, `rk_check*`, `rk_peek*`, `rk_refund*`,
+//! `rk_reset`.
+
+use super::args::{self, Out};
+use super::boundary;
+use super::engine::rk_engine;
+use super::status::rk_status;
+use crate::{Decision, PolicyId};
+
+/// The outcome of a check, peek or acquire. A plain value the caller owns.
+///
+/// Maps onto HTTP: `retry_after_ns` is `Retry-After`; `limit`, `remaining`
+/// and `reset_after_ns` feed the `RateLimit` / `X-RateLimit-*` fields.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct rk_decision {
+    /// The request may proceed.
+    pub allowed: bool,
+    /// Quota of the binding limit (for GCRA, the burst).
+    pub limit: u64,
+    /// Requests of cost 1 still allowed now under the binding limit.
+    pub remaining: u64,
+    /// When denied: wait at least this long (`UINT64_MAX`: never, the cost
+    /// exceeds what the limit can ever allow); 0 when allowed.
+    pub retry_after_ns: u64,
+    /// Time until the binding limit is back to full quota.
+    pub reset_after_ns: u64,
+    /// Index of the binding limit within the policy (see `rk_policy_limit`).
+    pub limit_index: u32,
+}
+
+impl From<Decision> for rk_decision {
+    #[inline(always)]
+    fn from(d: Decision) -> Self {
+        rk_decision {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            retry_after_ns: d.retry_after_ns,
+            reset_after_ns: d.reset_after_ns,
+            limit_index: d.limit_index,
+        }
+    }
+}
+
+/// What a check does with the state.
+#[derive(Clone, Copy)]
+enum Mode {
+    Charge,
+    Peek,
+}
+
+/// The body of `rk_check`, `rk_check_at`, `rk_peek` and `rk_peek_at`.
+///
+/// # Safety
+/// The contract of `rk_check_at`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn check(
+    function: &'static str,
+    mode: Mode,
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    cost: u32,
+    now_ns: Option<u64>,
+    out: *mut rk_decision,
+) -> rk_status {
+    boundary::run(function, || {
+        // SAFETY: forwarded from the caller's contract.
+        let engine = unsafe { args::engine(engine)? };
+        // SAFETY: forwarded from the caller's contract.
+        let key = unsafe { args::key(key, key_len)? };
+        // SAFETY: forwarded from the caller's contract.
+        let out = unsafe { Out::new(out, "out")? };
+        let now_ns = now_ns.unwrap_or_else(|| engine.now_ns());
+        let policy = PolicyId(policy);
+        let d = match mode {
+            Mode::Charge => engine.try_check_at(policy, key, cost, now_ns)?,
+            Mode::Peek => engine.peek_at(policy, key, cost, now_ns)?,
+        };
+        out.write(d.into());
+        Ok(())
+    })
+}
+
+/// Checks `key` against `policy` at the engine clock's time and, if every
+/// limit allows, charges `cost` to each (a denied request is charged
+/// nothing). Stores the decision in `*out`.
+///
+/// `key` is `key_len` arbitrary bytes, only read during the call (NULL with
+/// `key_len` 0 is the empty key). `cost` may be 0 (a check that charges
+/// nothing); a cost above what a limit can ever allow is denied with
+/// `retry_after_ns == UINT64_MAX`.
+///
+/// The hot path: lock-free, allocation-free, never blocks, touches no
+/// thread-local state on success. Thread-safe.
+///
+/// Errors: `RK_ERR_NULL_POINTER` (`engine` or `out`), `RK_ERR_NULL_KEY`,
+/// `RK_ERR_UNKNOWN_POLICY`, `RK_ERR_WRONG_POLICY_KIND` (a concurrency
+/// policy: use `rk_acquire`). `*out` is written only on success (`RK_OK`,
+/// allowed or denied).
+///
+/// # Safety
+/// `engine` is NULL or a live engine; `key` is NULL or points to `key_len`
+/// readable bytes; `out` is NULL or valid for writing an `rk_decision`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_check(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    cost: u32,
+    out: *mut rk_decision,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { check("rk_check", Mode::Charge, engine, policy, key, key_len, cost, None, out) }
+}
+
+/// `rk_check` at the explicit time `now_ns` (nanoseconds of
+/// `CLOCK_MONOTONIC`, see `rk_now_ns`) instead of the engine's clock: for
+/// tests, simulations, and callers that read the clock once per request.
+///
+/// # Safety
+/// As for `rk_check`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_check_at(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    cost: u32,
+    now_ns: u64,
+    out: *mut rk_decision,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        check(
+            "rk_check_at",
+            Mode::Charge,
+            engine,
+            policy,
+            key,
+            key_len,
+            cost,
+            Some(now_ns),
+            out,
+        )
+    }
+}
+
+/// What `rk_check` would decide now, without charging anything or changing
+/// any state. Same arguments, ownership, threading and errors as
+/// `rk_check`, except that a concurrency policy is accepted (the decision
+/// tells whether a permit is free).
+///
+/// # Safety
+/// As for `rk_check`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_peek(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    cost: u32,
+    out: *mut rk_decision,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { check("rk_peek", Mode::Peek, engine, policy, key, key_len, cost, None, out) }
+}
+
+/// `rk_peek` at the explicit time `now_ns`.
+///
+/// # Safety
+/// As for `rk_check`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_peek_at(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    cost: u32,
+    now_ns: u64,
+    out: *mut rk_decision,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        check(
+            "rk_peek_at",
+            Mode::Peek,
+            engine,
+            policy,
+            key,
+            key_len,
+            cost,
+            Some(now_ns),
+            out,
+        )
+    }
+}
+
+/// Gives back `cost` charged earlier to `key` under `policy` (e.g. charge
+/// every login attempt, then refund the successful ones). A refund never
+/// takes a limit beyond its full quota. If `refunded_out` is not NULL, it
+/// receives whether the key held any state to refund.
+///
+/// Key rules, threading and errors as for `rk_check` (a concurrency policy
+/// is `RK_ERR_WRONG_POLICY_KIND`: release its permits instead).
+///
+/// # Safety
+/// As for `rk_check`; `refunded_out` is NULL or valid for writing a `bool`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_refund(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    cost: u32,
+    refunded_out: *mut bool,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { refund("rk_refund", engine, policy, key, key_len, cost, None, refunded_out) }
+}
+
+/// `rk_refund` at the explicit time `now_ns`.
+///
+/// # Safety
+/// As for `rk_refund`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_refund_at(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    cost: u32,
+    now_ns: u64,
+    refunded_out: *mut bool,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        refund(
+            "rk_refund_at",
+            engine,
+            policy,
+            key,
+            key_len,
+            cost,
+            Some(now_ns),
+            refunded_out,
+        )
+    }
+}
+
+/// # Safety
+/// The contract of `rk_refund_at`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn refund(
+    function: &'static str,
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    cost: u32,
+    now_ns: Option<u64>,
+    refunded_out: *mut bool,
+) -> rk_status {
+    boundary::run(function, || {
+        // SAFETY: forwarded from the caller's contract.
+        let engine = unsafe { args::engine(engine)? };
+        // SAFETY: forwarded from the caller's contract.
+        let key = unsafe { args::key(key, key_len)? };
+        // SAFETY: forwarded from the caller's contract.
+        let out = unsafe { Out::optional(refunded_out, "refunded_out")? };
+        let now_ns = now_ns.unwrap_or_else(|| engine.now_ns());
+        let refunded = engine.refund_at(PolicyId(policy), key, cost, now_ns)?;
+        if let Some(out) = out {
+            out.write(refunded);
+        }
+        Ok(())
+    })
+}
+
+/// Forgets everything about `key` under `policy`: its quota is full again
+/// (for a concurrency policy, its permits are dropped). Resetting a key
+/// that holds no state is not an error.
+///
+/// Key rules, threading and errors as for `rk_check` (any kind of policy).
+///
+/// # Safety
+/// `engine` is NULL or a live engine; `key` is NULL or points to `key_len`
+/// readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rk_reset(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+) -> rk_status {
+    boundary::run("rk_reset", || {
+        // SAFETY: forwarded from this function's contract.
+        let engine = unsafe { args::engine(engine)? };
+        // SAFETY: forwarded from this function's contract.
+        let key = unsafe { args::key(key, key_len)? };
+        engine.reset(PolicyId(policy), key)?;
+        Ok(())
+    })
+}

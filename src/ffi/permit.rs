@@ -1,0 +1,314 @@
+//! Concurrency permits: `rk_permit`, `rk_acquire*`, `rk_release*`.
+
+use super::args::{self, Failure, Out};
+use super::boundary;
+use super::check::rk_decision;
+use super::engine::rk_engine;
+use super::status::rk_status;
+use crate::engine::Permit;
+use crate::table::Lease;
+use crate::{Decision, PolicyId};
+use std::time::Duration;
+
+/// A permit of a concurrency policy, from `rk_acquire*`. A plain value the
+/// caller owns: copy it, store it, give it back with `rk_release`. Its
+/// `opaque` words identify the engine and the lease; do not change them
+/// (an altered or foreign permit is refused with `RK_ERR_INVALID_PERMIT`).
+/// A permit never released expires after the policy's lease TTL.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct rk_permit {
+    /// The policy the permit belongs to.
+    pub policy: u32,
+    /// Reserved (0).
+    pub reserved: u32,
+    /// The engine and the lease, in the library's own encoding.
+    pub opaque: [u64; 5],
+}
+
+// Encoding of `opaque`:
+//
+// | word | leased permit                          | unleased permit         |
+// |------|----------------------------------------|-------------------------|
+// | 0    | engine id (`Permit::engine`)           | address of `rk_engine`  |
+// | 1    | bucket (bits 0-31), slot (32-39), index (40-55) | 0              |
+// | 2, 3 | lease word, low and high halves        | 0                       |
+// | 4    | 0                                      | `UNLEASED`              |
+//
+// An unleased permit is what a policy with `RK_WHEN_FULL_FAIL_OPEN` hands
+// out when it admits a request without room for a lease: releasing it does
+// nothing, so callers can treat every allowed acquire alike.
+const SLOT_SHIFT: u32 = 32;
+const INDEX_SHIFT: u32 = 40;
+const UNLEASED: u64 = 1;
+
+impl From<Permit> for rk_permit {
+    fn from(p: Permit) -> Self {
+        let l = p.lease;
+        rk_permit {
+            policy: p.policy,
+            reserved: 0,
+            opaque: [
+                p.engine,
+                u64::from(l.bucket) | u64::from(l.slot) << SLOT_SHIFT | u64::from(l.index) << INDEX_SHIFT,
+                l.word as u64,
+                (l.word >> 64) as u64,
+                0,
+            ],
+        }
+    }
+}
+
+impl rk_permit {
+    /// The permit of a request admitted without a lease (fail-open).
+    fn unleased(engine: *const rk_engine, policy: u32) -> rk_permit {
+        rk_permit {
+            policy,
+            reserved: 0,
+            opaque: [engine as u64, 0, 0, 0, UNLEASED],
+        }
+    }
+
+    /// Decodes a permit presented to `engine`: `Ok(None)` for an unleased
+    /// one. Any encoding this module cannot produce is refused.
+    fn decode(&self, engine: *const rk_engine) -> Result<Option<Permit>, Failure> {
+        let invalid = || Failure::Engine(crate::Error::InvalidPermit);
+        if *self == rk_permit::unleased(engine, self.policy) {
+            return Ok(None);
+        }
+        let [id, place, lo, hi, _] = self.opaque;
+        let permit = Permit {
+            engine: id,
+            policy: self.policy,
+            lease: Lease {
+                bucket: place as u32,
+                slot: (place >> SLOT_SHIFT) as u8,
+                index: (place >> INDEX_SHIFT) as u16,
+                word: u128::from(lo) | u128::from(hi) << 64,
+            },
+        };
+        // A live lease word is never 0 (it holds an expiry time of at least 1).
+        if permit.lease.word == 0 || rk_permit::from(permit) != *self {
+            return Err(invalid());
+        }
+        Ok(Some(permit))
+    }
+}
+
+/// The body of the `rk_acquire*` functions: `timeout` is `None` for a
+/// single attempt at `now_ns` (`None`: the engine clock).
+///
+/// # Safety
+/// The contract of `rk_acquire_at`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn acquire(
+    function: &'static str,
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    now_ns: Option<u64>,
+    timeout: Option<Duration>,
+    permit_out: *mut rk_permit,
+    out: *mut rk_decision,
+) -> rk_status {
+    let engine_ptr = engine.cast_const();
+    boundary::run(function, || {
+        // SAFETY: forwarded from the caller's contract.
+        let engine = unsafe { args::engine(engine)? };
+        // SAFETY: forwarded from the caller's contract.
+        let key = unsafe { args::key(key, key_len)? };
+        // SAFETY: forwarded from the caller's contract.
+        let permit_out = unsafe { Out::new(permit_out, "permit_out")? };
+        // SAFETY: forwarded from the caller's contract.
+        let out = unsafe { Out::new(out, "out")? };
+        let policy = PolicyId(policy);
+        let (d, permit): (Decision, Option<Permit>) = match timeout {
+            Some(t) => engine.acquire_timeout(policy, key, t)?,
+            None => {
+                let now_ns = now_ns.unwrap_or_else(|| engine.now_ns());
+                engine.acquire_at(policy, key, now_ns)?
+            }
+        };
+        // `allowed` tells the caller whether `*permit_out` was written.
+        match permit {
+            Some(permit) => permit_out.write(permit.into()),
+            None if d.allowed => permit_out.write(rk_permit::unleased(engine_ptr, policy.index())),
+            None => {}
+        }
+        out.write(d.into());
+        Ok(())
+    })
+}
+
+/// Takes a permit of the concurrency policy `policy` for `key` if one is
+/// free now, at the engine clock's time.
+///
+/// Returns `RK_OK` whether or not a permit was free: `out->allowed` says
+/// which. When allowed, the permit is stored in `*permit_out` and the
+/// caller must give it back with `rk_release` (or it expires after the
+/// policy's lease TTL); when denied, `*permit_out` is left untouched and
+/// `out->retry_after_ns` tells when a lease expires at the latest. (A
+/// policy added with `RK_WHEN_FULL_FAIL_OPEN` that admits a request
+/// without room for a lease still writes a permit, whose release does
+/// nothing.)
+/// Never blocks. Thread-safe.
+///
+/// Errors: `RK_ERR_NULL_POINTER` (`engine`, `permit_out` or `out`),
+/// `RK_ERR_NULL_KEY`, `RK_ERR_UNKNOWN_POLICY`, `RK_ERR_WRONG_POLICY_KIND`
+/// (a rate-limit policy: use `rk_check`).
+///
+/// # Safety
+/// `engine` is NULL or a live engine; `key` is NULL or points to `key_len`
+/// readable bytes; `permit_out` and `out` are NULL or valid for writing an
+/// `rk_permit` and an `rk_decision`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_acquire(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    permit_out: *mut rk_permit,
+    out: *mut rk_decision,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        acquire(
+            "rk_acquire",
+            engine,
+            policy,
+            key,
+            key_len,
+            None,
+            None,
+            permit_out,
+            out,
+        )
+    }
+}
+
+/// `rk_acquire` at the explicit time `now_ns` (the lease expires at
+/// `now_ns` plus the policy's TTL).
+///
+/// # Safety
+/// As for `rk_acquire`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_acquire_at(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    now_ns: u64,
+    permit_out: *mut rk_permit,
+    out: *mut rk_decision,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        acquire(
+            "rk_acquire_at",
+            engine,
+            policy,
+            key,
+            key_len,
+            Some(now_ns),
+            None,
+            permit_out,
+            out,
+        )
+    }
+}
+
+/// `rk_acquire`, waiting up to `timeout_ns` nanoseconds for a permit to be
+/// released or to expire. Sleeps (on a futex), never spins; other threads
+/// may keep using the engine meanwhile.
+///
+/// Running out of time is not an error: the call returns `RK_OK` with
+/// `out->allowed == false` and `*permit_out` untouched, exactly as
+/// `rk_acquire` does when no permit is free. Errors as for `rk_acquire`.
+///
+/// # Safety
+/// As for `rk_acquire`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_acquire_timeout(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    timeout_ns: u64,
+    permit_out: *mut rk_permit,
+    out: *mut rk_decision,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        acquire(
+            "rk_acquire_timeout",
+            engine,
+            policy,
+            key,
+            key_len,
+            None,
+            Some(Duration::from_nanos(timeout_ns)),
+            permit_out,
+            out,
+        )
+    }
+}
+
+/// Gives a permit back, waking one waiting `rk_acquire_timeout`. Releasing
+/// a permit whose lease already expired (and may now belong to someone
+/// else, who keeps it) or that was already released is not an error: it
+/// does nothing.
+///
+/// `permit` is only read during the call. Thread-safe.
+///
+/// Errors: `RK_ERR_NULL_POINTER` (`engine` or `permit`),
+/// `RK_ERR_INVALID_PERMIT` (a permit of another engine, or altered),
+/// `RK_ERR_UNKNOWN_POLICY`.
+///
+/// # Safety
+/// `engine` is NULL or a live engine; `permit` is NULL or points to a
+/// readable `rk_permit`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_release(engine: *mut rk_engine, permit: *const rk_permit) -> rk_status {
+    let engine_ptr = engine.cast_const();
+    boundary::run("rk_release", || {
+        // SAFETY: forwarded from this function's contract.
+        let engine = unsafe { args::engine(engine)? };
+        // SAFETY: forwarded from this function's contract.
+        let permit = unsafe { args::input(permit, "permit")? };
+        if let Some(permit) = permit.decode(engine_ptr)? {
+            engine.release(&permit)?;
+        }
+        Ok(())
+    })
+}
+
+/// Releases every permit of `policy` held by process `pid` (for a
+/// supervisor that saw a worker die) and, if `released_out` is not NULL,
+/// stores how many were released. Thread-safe.
+///
+/// Errors: `RK_ERR_NULL_POINTER` (`engine`), `RK_ERR_UNKNOWN_POLICY`. On
+/// a rate-limit policy it releases nothing (0).
+///
+/// # Safety
+/// `engine` is NULL or a live engine; `released_out` is NULL or valid for
+/// writing a `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_release_holder(
+    engine: *mut rk_engine,
+    policy: u32,
+    pid: u32,
+    released_out: *mut u64,
+) -> rk_status {
+    boundary::run("rk_release_holder", || {
+        // SAFETY: forwarded from this function's contract.
+        let engine = unsafe { args::engine(engine)? };
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { Out::optional(released_out, "released_out")? };
+        let n = engine.release_holder(PolicyId(policy), pid)?;
+        if let Some(out) = out {
+            out.write(n);
+        }
+        Ok(())
+    })
+}
