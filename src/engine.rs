@@ -4,12 +4,13 @@ use crate::algo::LimitParams;
 use crate::clock::Clock;
 use crate::hash::{siphash13, Seed};
 use crate::policy::{self, PolicySpec};
-use crate::stats::{Counter, Counters, Stats};
+use crate::shm::{self, Mapping};
+use crate::stats::{Counter, RegionHead, Stats, HEAD_UNITS};
 use crate::table::memory::Memory;
 use crate::table::{Layout, Lease, Outcome, Table, Verdict, WhenFull};
 use crate::Error;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Default number of keys a policy tracks.
@@ -120,17 +121,52 @@ impl Permit {
     }
 }
 
+/// A policy: its table and, in the units before the table, its
+/// [`RegionHead`] (counters and wait words), on the heap or in a shared file.
 struct Policy {
     name: String,
     spec: PolicySpec,
     canonical: String,
     table: Table,
-    counters: Counters,
     seed: Seed,
-    /// Bumped on every release; waiters sleep on it.
-    released: AtomicU32,
-    /// Threads sleeping in `acquire_timeout`.
-    waiters: AtomicU32,
+}
+
+impl Policy {
+    /// The region's head: counters and wait words.
+    #[inline(always)]
+    fn head(&self) -> &RegionHead {
+        let units = self.table.memory().units();
+        debug_assert!(units.len() >= HEAD_UNITS);
+        // SAFETY:
+        // - every policy region starts with `HEAD_UNITS` units reserved for a
+        //   `RegionHead` (see `region_units`), 128-byte aligned (heap regions
+        //   are allocated with that alignment, shared regions are 4096-aligned);
+        // - `RegionHead` is repr(C) of atomics, valid for all-zero bytes, and
+        //   only ever accessed through atomic operations;
+        // - the memory lives as long as the table that owns it.
+        unsafe { &*(units.as_ptr() as *const RegionHead) }
+    }
+}
+
+/// Units of a policy region: the head, then the table.
+fn region_units(layout: &Layout, buckets: usize) -> usize {
+    HEAD_UNITS + Table::units_needed(layout, buckets)
+}
+
+fn when_full_code(w: WhenFull) -> u32 {
+    match w {
+        WhenFull::Evict => 0,
+        WhenFull::FailOpen => 1,
+        WhenFull::FailClosed => 2,
+    }
+}
+
+fn when_full_from(code: u32) -> WhenFull {
+    match code {
+        1 => WhenFull::FailOpen,
+        2 => WhenFull::FailClosed,
+        _ => WhenFull::Evict,
+    }
 }
 
 /// The rate-limit engine: a set of named policies.
@@ -154,6 +190,7 @@ pub struct Engine {
     policies: Box<[OnceLock<Policy>]>,
     count: AtomicU32,
     add_lock: Mutex<()>,
+    shared: Option<Arc<Mapping>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -172,23 +209,38 @@ impl Engine {
         if options.capacity == 0 {
             return Err(Error::InvalidArgument("capacity must be at least 1".into()));
         }
-        let seed = Seed::random();
-        Ok(Engine {
-            id: seed.k0 ^ seed.k1.rotate_left(32) | 1,
+        Ok(Self::with(Seed::random(), options, None))
+    }
+
+    fn with(seed: Seed, options: EngineOptions, shared: Option<Arc<Mapping>>) -> Engine {
+        let mut id = [0u8; 8];
+        crate::clock::fill_random(&mut id);
+        Engine {
+            id: u64::from_le_bytes(id) | 1,
             seed,
             options,
             policies: (0..MAX_POLICIES).map(|_| OnceLock::new()).collect(),
             count: AtomicU32::new(0),
             add_lock: Mutex::new(()),
-        })
+            shared,
+        }
     }
 
     /// Creates or attaches the shared engine backed by the file at `path`
     /// (normally under `/dev/shm`): every process that opens the same path
     /// enforces the same limits together.
     pub fn open_shared(path: impl AsRef<std::path::Path>, options: EngineOptions) -> Result<Engine, Error> {
-        let _ = (path.as_ref(), options);
-        Err(Error::Io("shared engines are not implemented yet".into()))
+        crate::sync::check_cpu()?;
+        if options.capacity == 0 {
+            return Err(Error::InvalidArgument("capacity must be at least 1".into()));
+        }
+        let map = Mapping::open(path.as_ref(), options.shared_max_bytes, options.shared_file_mode)?;
+        Ok(Self::with(map.seed(), options, Some(map)))
+    }
+
+    /// The path of a shared engine's file (`None` for an in-process engine).
+    pub fn shared_path(&self) -> Option<&std::path::Path> {
+        self.shared.as_deref().map(Mapping::path)
     }
 
     /// Adds a policy named `name` with the limits of `spec` (see the README
@@ -219,6 +271,9 @@ impl Engine {
         if capacity == 0 {
             return Err(Error::InvalidArgument("capacity must be at least 1".into()));
         }
+        if let Some(map) = &self.shared {
+            return self.add_shared(map, name, parsed, capacity, options.when_full);
+        }
         let _guard = self.add_lock.lock().unwrap_or_else(|e| e.into_inner());
         let n = self.count.load(Ordering::Acquire) as usize;
         for (i, slot) in self.policies[..n].iter().enumerate() {
@@ -239,16 +294,13 @@ impl Engine {
         }
         let layout = layout_for(&parsed)?;
         let buckets = Table::buckets_for(capacity);
-        let mem = Memory::heap(Table::units_needed(&layout, buckets))?;
+        let mem = Memory::heap(region_units(&layout, buckets))?;
         let policy = Policy {
             name: name.into(),
             canonical: parsed.to_string(),
             spec: parsed,
-            table: Table::new(layout, options.when_full, buckets, mem),
-            counters: Counters::new(),
+            table: Table::new(layout, options.when_full, buckets, mem, HEAD_UNITS),
             seed: self.seed.for_policy(n as u32),
-            released: AtomicU32::new(0),
-            waiters: AtomicU32::new(0),
         };
         if self.policies[n].set(policy).is_err() {
             unreachable!("slot {n} is set only under the add lock");
@@ -258,16 +310,80 @@ impl Engine {
         Ok(PolicyId(n as u32))
     }
 
-    /// The id of the policy named `name`, if any.
-    pub fn policy(&self, name: &str) -> Option<PolicyId> {
-        let n = self.count.load(Ordering::Acquire) as usize;
-        (0..n)
-            .find(|&i| self.policies[i].get().is_some_and(|p| p.name == name))
-            .map(|i| PolicyId(i as u32))
+    /// `add_policy` on a shared engine: find the policy in the file's
+    /// directory, or append it, under the file lock.
+    fn add_shared(&self, map: &Arc<Mapping>, name: &str, parsed: PolicySpec, capacity: usize, when_full: WhenFull) -> Result<PolicyId, Error> {
+        let canonical = parsed.to_string();
+        let _file = map.lock()?;
+        for i in 0..map.policy_count() {
+            let e = map.entry_checked(i)?;
+            let (n, spec) = shm::entry_strings(e);
+            if n == name {
+                let existing = policy::parse(spec).map_err(|err| {
+                    Error::Corrupt(format!("policy {name:?} in the shared file has an unreadable spec {spec:?}: {err}"))
+                })?;
+                if existing != parsed {
+                    return Err(Error::PolicyMismatch {
+                        name: name.into(),
+                        existing: spec.into(),
+                        requested: canonical,
+                    });
+                }
+                return self.attach(map, i);
+            }
+        }
+        let layout = layout_for(&parsed)?;
+        let buckets = Table::buckets_for(capacity);
+        let bytes = region_units(&layout, buckets) as u64 * 16;
+        let i = map.add_entry(name, &canonical, buckets as u64, when_full_code(when_full), bytes)?;
+        self.attach(map, i)
     }
 
-    /// Ids of all policies, in the order they were added.
+    /// Makes directory entry `i` of the shared file usable in this process.
+    fn attach(&self, map: &Arc<Mapping>, i: usize) -> Result<PolicyId, Error> {
+        let _guard = self.add_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.policies[i].get().is_some() {
+            return Ok(PolicyId(i as u32));
+        }
+        let e = map.entry_checked(i)?;
+        let (name, spec) = shm::entry_strings(e);
+        let corrupt = |m: String| Error::Corrupt(format!("{}: policy {name:?}: {m}", map.path().display()));
+        let parsed = policy::parse(spec).map_err(|err| corrupt(format!("unreadable spec {spec:?}: {err}")))?;
+        let layout = layout_for(&parsed)?;
+        let buckets = e.buckets as usize;
+        let units = region_units(&layout, buckets);
+        if (units as u64) * 16 > e.region_bytes {
+            return Err(corrupt(format!("region of {} bytes is too small for its table", e.region_bytes)));
+        }
+        let mem = Memory::Mapped {
+            ptr: map.at(e.region_offset) as *const crate::sync::Atomic128,
+            len: units,
+            _owner: map.clone(),
+        };
+        let policy = Policy {
+            name: name.into(),
+            canonical: spec.into(),
+            spec: parsed,
+            table: Table::new(layout, when_full_from(e.when_full), buckets, mem, HEAD_UNITS),
+            seed: self.seed.for_policy(i as u32),
+        };
+        let _ = self.policies[i].set(policy);
+        self.count.fetch_max(i as u32 + 1, Ordering::AcqRel);
+        Ok(PolicyId(i as u32))
+    }
+
+    /// The id of the policy named `name`, if any (for a shared engine,
+    /// also a policy another process added).
+    pub fn policy(&self, name: &str) -> Option<PolicyId> {
+        self.policies().into_iter().find(|&id| self.get(id).is_ok_and(|p| p.name == name))
+    }
+
+    /// Ids of all policies, in the order they were added (for a shared
+    /// engine, by any process; a corrupt entry is skipped).
     pub fn policies(&self) -> Vec<PolicyId> {
+        if let Some(map) = &self.shared {
+            return (0..map.policy_count()).filter_map(|i| self.attach(map, i).ok()).collect();
+        }
         (0..self.count.load(Ordering::Acquire)).map(PolicyId).collect()
     }
 
@@ -362,7 +478,7 @@ impl Engine {
         match outcome {
             Outcome::Decided { verdict, evicted } => {
                 if evicted {
-                    p.counters.add(Counter::Evictions, 1);
+                    p.head().add(Counter::Evictions, 1);
                 }
                 if count {
                     let c = if verdict.allowed {
@@ -370,13 +486,13 @@ impl Engine {
                     } else {
                         Counter::Denied
                     };
-                    p.counters.add(c, 1);
+                    p.head().add(c, 1);
                 }
                 verdict.into()
             }
             Outcome::Full { retry_after_ns } => {
                 if count {
-                    p.counters.add(Counter::TableFull, 1);
+                    p.head().add(Counter::TableFull, 1);
                 }
                 let fresh = p.table.fresh_verdict(cost, now);
                 match p.table.when_full {
@@ -456,16 +572,17 @@ impl Engine {
             // SeqCst (here and in `release`): the waiter's "read word, then
             // register as waiter" and the releaser's "bump word, then read
             // waiters" must not both miss each other.
-            let seen = p.released.load(Ordering::SeqCst);
+            let cells = &p.head().cells;
+            let seen = cells.released.load(Ordering::SeqCst);
             let now = self.now_ns();
             let (d, permit) = self.acquire_at(policy, key, now)?;
             if permit.is_some() || now >= deadline {
                 return Ok((d, permit));
             }
             let wait_ns = (deadline - now).min(d.retry_after_ns.max(1_000));
-            p.waiters.fetch_add(1, Ordering::SeqCst);
-            crate::wait::wait(&p.released, seen, wait_ns);
-            p.waiters.fetch_sub(1, Ordering::SeqCst);
+            cells.waiters.fetch_add(1, Ordering::SeqCst);
+            crate::wait::wait(&cells.released, seen, wait_ns);
+            cells.waiters.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -481,9 +598,10 @@ impl Engine {
         }
         let released = p.table.release(&permit.lease);
         if released {
-            p.released.fetch_add(1, Ordering::SeqCst);
-            if p.waiters.load(Ordering::SeqCst) > 0 {
-                crate::wait::wake_all(&p.released);
+            let cells = &p.head().cells;
+            cells.released.fetch_add(1, Ordering::SeqCst);
+            if cells.waiters.load(Ordering::SeqCst) > 0 {
+                crate::wait::wake_all(&cells.released);
             }
         }
         Ok(released)
@@ -495,8 +613,9 @@ impl Engine {
         let p = self.get(policy)?;
         let n = p.table.release_holder(pid);
         if n > 0 {
-            p.released.fetch_add(1, Ordering::SeqCst);
-            crate::wait::wake_all(&p.released);
+            let cells = &p.head().cells;
+            cells.released.fetch_add(1, Ordering::SeqCst);
+            crate::wait::wake_all(&cells.released);
         }
         Ok(n)
     }
@@ -505,10 +624,10 @@ impl Engine {
     pub fn stats(&self, policy: PolicyId) -> Result<Stats, Error> {
         let p = self.get(policy)?;
         Ok(Stats {
-            allowed: p.counters.sum(Counter::Allowed),
-            denied: p.counters.sum(Counter::Denied),
-            evictions: p.counters.sum(Counter::Evictions),
-            table_full: p.counters.sum(Counter::TableFull),
+            allowed: p.head().sum(Counter::Allowed),
+            denied: p.head().sum(Counter::Denied),
+            evictions: p.head().sum(Counter::Evictions),
+            table_full: p.head().sum(Counter::TableFull),
             occupancy: p.table.occupancy(),
             capacity: p.table.capacity() as u64,
         })

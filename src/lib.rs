@@ -26,6 +26,7 @@ mod error;
 pub mod ffi;
 pub(crate) mod hash;
 pub mod policy;
+pub(crate) mod shm;
 mod stats;
 pub(crate) mod sync;
 pub(crate) mod table;
@@ -40,6 +41,7 @@ pub use engine::{
 pub use error::{Error, ParseError};
 pub use policy::{Algorithm, Limit, PolicySpec};
 pub use stats::Stats;
+pub use shm::{MAX_NAME_BYTES, MAX_SHARED_POLICIES, MAX_SPEC_BYTES};
 pub use table::WhenFull;
 
 #[doc(hidden)]

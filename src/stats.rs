@@ -1,13 +1,16 @@
-//! Per-policy counters: sharded over cache-padded atomics so that no single
-//! word is written by every thread on the hot path; summed on read.
+//! Per-policy counters: sharded over cache-line-padded atomics so that no
+//! single word is written by every thread on the hot path; summed on read.
+//!
+//! The counters sit at the start of the policy's memory region (see
+//! [`RegionHead`]), so for a shared engine they live in the mapping and any
+//! process — or the CLI — reads the totals of all workers.
 
-use crate::sync::{AtomicU64, Ordering};
-use crossbeam_utils::CachePadded;
+use crate::sync::{FutexWord, SharedOrdering as Ordering, SharedU64 as AtomicU64};
 
-/// Number of shards (threads map onto them by a per-thread index).
+/// Number of shards (threads map onto them round-robin).
 pub(crate) const SHARDS: usize = 16;
 
-/// Counter indices.
+/// Counter indices (room for 16 per shard; the layout reserves them).
 #[derive(Debug, Clone, Copy)]
 #[repr(usize)]
 pub(crate) enum Counter {
@@ -17,26 +20,44 @@ pub(crate) enum Counter {
     TableFull = 3,
 }
 
-const COUNTERS: usize = 4;
-
-/// One shard: a cache line of counters.
-#[derive(Default)]
+/// One shard: a 128-byte line of counters (the size and alignment of
+/// `crossbeam_utils::CachePadded` on x86_64, as a `repr(C)` type so that the
+/// shared-memory layout is fixed).
+#[repr(C, align(128))]
 pub(crate) struct Shard {
-    counts: [AtomicU64; COUNTERS],
+    counts: [AtomicU64; 16],
 }
 
-/// The counters of one policy.
-pub(crate) struct Counters {
-    shards: Box<[CachePadded<Shard>]>,
+/// Wait/wake words of a policy (for blocking `acquire`).
+#[repr(C, align(128))]
+pub(crate) struct Cells {
+    /// Bumped on every release; waiters sleep on it.
+    pub released: FutexWord,
+    /// Threads (of any process) sleeping in `acquire_timeout`.
+    pub waiters: FutexWord,
 }
 
-impl Counters {
-    pub fn new() -> Counters {
-        Counters {
-            shards: (0..SHARDS).map(|_| CachePadded::new(Shard::default())).collect(),
-        }
-    }
+/// The start of every policy's memory region, before its table.
+#[repr(C)]
+pub(crate) struct RegionHead {
+    pub cells: Cells,
+    pub shards: [Shard; SHARDS],
+}
 
+const _: () = {
+    assert!(std::mem::size_of::<Shard>() == 128);
+    assert!(
+        std::mem::size_of::<Shard>()
+            == std::mem::size_of::<crossbeam_utils::CachePadded<[u64; 16]>>()
+    );
+    assert!(std::mem::size_of::<RegionHead>() == 128 * (1 + SHARDS));
+    assert!(std::mem::size_of::<RegionHead>() % 16 == 0);
+};
+
+/// Units (16-byte words) the head takes.
+pub(crate) const HEAD_UNITS: usize = std::mem::size_of::<RegionHead>() / 16;
+
+impl RegionHead {
     #[inline(always)]
     pub fn add(&self, c: Counter, n: u64) {
         // Relaxed: counters are statistics; no other memory is published through them.
@@ -54,29 +75,22 @@ impl Counters {
 /// This thread's shard: assigned round-robin on first use.
 #[inline(always)]
 fn shard_index() -> usize {
-    #[cfg(not(loom))]
-    {
-        use std::cell::Cell;
-        use std::sync::atomic::AtomicUsize;
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|i| {
+        let v = i.get();
+        if v != usize::MAX {
+            return v;
         }
-        INDEX.with(|i| {
-            let v = i.get();
-            if v != usize::MAX {
-                return v;
-            }
-            // Relaxed: only uniqueness-ish spreading matters, not ordering.
-            let v = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS;
-            i.set(v);
-            v
-        })
-    }
-    #[cfg(loom)]
-    {
-        0
-    }
+        // Relaxed: only spreading matters, not ordering.
+        let v = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS;
+        i.set(v);
+        v
+    })
 }
 
 /// A policy's statistics at one moment.

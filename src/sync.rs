@@ -9,10 +9,15 @@
 //! loom mutex around a `u128`, so that loom explores every interleaving of
 //! whole 128-bit operations.
 
-#[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
-#[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+/// A 32-bit word a futex can sleep on: always std's (the kernel reads it),
+/// also under loom, where nothing that blocks is modelled.
+pub(crate) type FutexWord = std::sync::atomic::AtomicU32;
+
+/// Atomics of memory shared with other processes (file headers, counters):
+/// always std's, since loom models threads of one process only.
+pub(crate) use std::sync::atomic::{
+    AtomicU32 as SharedU32, AtomicU64 as SharedU64, Ordering as SharedOrdering,
+};
 
 #[cfg(all(not(loom), not(target_arch = "x86_64")))]
 compile_error!(

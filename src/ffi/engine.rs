@@ -22,10 +22,11 @@ pub struct rk_engine {
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum rk_clock {
-    /// `CLOCK_MONOTONIC`, nanosecond resolution (the default).
+    /// `CLOCK_MONOTONIC`, nanosecond resolution.
     RK_CLOCK_MONOTONIC = 0,
-    /// `CLOCK_MONOTONIC_COARSE`: the same time base, updated once per kernel
-    /// tick (1-4 ms), cheaper to read.
+    /// `CLOCK_MONOTONIC_COARSE` (the default): the same time base, updated
+    /// once per kernel tick (1-4 ms), several times cheaper to read.
+    /// Decisions stay exact for the time read, which may lag by one tick.
     RK_CLOCK_MONOTONIC_COARSE = 1,
 }
 
@@ -46,7 +47,7 @@ pub struct rk_engine_options {
     /// Keys each policy tracks unless it asks for another number (default
     /// 65536, at least 1); rounded up to a whole number of buckets.
     pub capacity: u64,
-    /// An `rk_clock` value (default `RK_CLOCK_MONOTONIC`).
+    /// An `rk_clock` value (default `RK_CLOCK_MONOTONIC_COARSE`).
     pub clock: u32,
     /// Shared engines: the largest size in bytes the mapping may grow to as
     /// policies are added (default 1 GiB; pages are touched only when used).
@@ -61,7 +62,10 @@ impl rk_engine_options {
         rk_engine_options {
             struct_size: size_of::<rk_engine_options>() as u32,
             capacity: d.capacity as u64,
-            clock: rk_clock::RK_CLOCK_MONOTONIC as u32,
+            clock: match d.clock {
+                Clock::MonotonicCoarse => rk_clock::RK_CLOCK_MONOTONIC_COARSE,
+                _ => rk_clock::RK_CLOCK_MONOTONIC,
+            } as u32,
             shared_max_bytes: d.shared_max_bytes,
             shared_file_mode: d.shared_file_mode,
         }
@@ -158,9 +162,9 @@ pub unsafe extern "C" fn rk_engine_new(
 ) -> rk_status {
     boundary::run("rk_engine_new", || {
         // SAFETY: forwarded from this function's contract.
-        let options = unsafe { read_options(opts)? };
-        // SAFETY: forwarded from this function's contract.
         let out = unsafe { Out::new(out, "out")? };
+        // SAFETY: forwarded from this function's contract.
+        let options = unsafe { read_options(opts)? };
         let engine = Engine::new(options)?;
         out.write(Box::into_raw(Box::new(rk_engine { engine })));
         Ok(())
@@ -194,9 +198,9 @@ pub unsafe extern "C" fn rk_engine_open_shared(
         // SAFETY: forwarded from this function's contract.
         let path = unsafe { args::path(path, "path")? };
         // SAFETY: forwarded from this function's contract.
-        let options = unsafe { read_options(opts)? };
-        // SAFETY: forwarded from this function's contract.
         let out = unsafe { Out::new(out, "out")? };
+        // SAFETY: forwarded from this function's contract.
+        let options = unsafe { read_options(opts)? };
         let engine = Engine::open_shared(path, options)?;
         out.write(Box::into_raw(Box::new(rk_engine { engine })));
         Ok(())

@@ -222,9 +222,9 @@ unsafe fn add(
         // SAFETY: as above.
         let spec = unsafe { args::utf8(spec, "spec")? };
         // SAFETY: as above.
-        let options = unsafe { read_options(opts)? };
-        // SAFETY: as above.
         let out = unsafe { Out::new(policy_out, "policy_out")? };
+        // SAFETY: as above.
+        let options = unsafe { read_options(opts)? };
         out.write(engine.add_policy_with(name, spec, options)?.index());
         Ok(())
     })

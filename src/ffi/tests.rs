@@ -223,11 +223,22 @@ fn permits_round_trip_and_altered_permits_are_refused() {
         assert!(d.assume_init().allowed);
         let permit = permit.assume_init();
         assert_eq!(permit.policy, p);
-        for (i, delta) in [(0usize, 2u64), (1, 1 << 60), (2, 1), (3, 1), (4, 2)] {
+        for (i, delta) in [(0usize, 2u64), (1, 1 << 60), (4, 2)] {
             let mut bad = permit;
             bad.opaque[i] ^= delta;
             assert_eq!(rk_release(e, &bad), rk_status::RK_ERR_INVALID_PERMIT, "opaque[{i}]");
         }
+        // A lease word that is not the live one is a stale permit: released
+        // as a no-op, and the real lease stays held.
+        for i in [2usize, 3] {
+            let mut stale = permit;
+            stale.opaque[i] ^= 1;
+            assert_eq!(rk_release(e, &stale), rk_status::RK_OK, "opaque[{i}]");
+        }
+        let mut peek = std::mem::zeroed::<rk_decision>();
+        assert_eq!(rk_peek_at(e, p, b"k".as_ptr(), 1, 1, S, &mut peek), rk_status::RK_OK);
+        // `remaining` counts after this (peeked) request's own charge.
+        assert_eq!((peek.allowed, peek.remaining), (true, 0), "one of two permits still held");
         let mut bad = permit;
         bad.reserved = 1;
         assert_eq!(rk_release(e, &bad), rk_status::RK_ERR_INVALID_PERMIT);
@@ -236,6 +247,8 @@ fn permits_round_trip_and_altered_permits_are_refused() {
         assert_ne!(rk_release(e, &bad), rk_status::RK_OK);
         assert_eq!(rk_release(e, &permit), rk_status::RK_OK);
         assert_eq!(rk_release(e, &permit), rk_status::RK_OK, "a second release does nothing");
+        assert_eq!(rk_peek_at(e, p, b"k".as_ptr(), 1, 1, S, &mut peek), rk_status::RK_OK);
+        assert_eq!((peek.allowed, peek.remaining), (true, 1), "both permits free again");
         let zero = std::mem::zeroed::<rk_permit>();
         assert_eq!(rk_release(e, &zero), rk_status::RK_ERR_INVALID_PERMIT);
     }
@@ -293,5 +306,23 @@ fn zero_and_impossible_costs_are_decisions_not_errors() {
     let d = check_at(e, p, b"k", u32::MAX, S).unwrap();
     assert!(!d.allowed);
     assert_eq!(d.retry_after_ns, u64::MAX);
+    free(e);
+}
+
+#[test]
+fn a_misaligned_out_pointer_is_an_invalid_argument_and_is_not_written() {
+    let e = new_engine(64);
+    let p = add(e, c"p", c"10/second").unwrap();
+    // u64s: the buffer is 8-aligned, so one byte in is misaligned for sure.
+    let mut buf = [u64::MAX; 2 * size_of::<rk_decision>() / 8];
+    // SAFETY: live engine; the (misaligned) pointer is inside `buf` and is
+    // only checked, never written.
+    let s = unsafe {
+        let out = buf.as_mut_ptr().cast::<u8>().add(1).cast::<rk_decision>();
+        rk_check_at(e, p, b"k".as_ptr(), 1, 1, S, out)
+    };
+    assert_eq!(s, rk_status::RK_ERR_INVALID_ARGUMENT);
+    assert!(last_error_string().contains("`out` is not aligned"));
+    assert!(buf.iter().all(|&w| w == u64::MAX));
     free(e);
 }

@@ -18,7 +18,7 @@ const S: u64 = 1_000_000_000;
 fn table(spec: &str) -> Arc<Table> {
     let layout = layout_for(&parse(spec).unwrap()).unwrap();
     let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
-    Arc::new(Table::new(layout, WhenFull::Evict, 1, mem))
+    Arc::new(Table::new(layout, WhenFull::Evict, 1, mem, 0))
 }
 
 fn allowed(o: Outcome) -> bool {

@@ -291,6 +291,8 @@ pub(crate) struct Table {
     pub when_full: WhenFull,
     mask: usize,
     bucket_units: usize,
+    /// Index of the table's first unit within `mem`.
+    base: usize,
     mem: Memory,
 }
 
@@ -305,19 +307,25 @@ impl Table {
         capacity.div_ceil(SLOTS).next_power_of_two().max(1)
     }
 
-    /// A table over `mem`, which must hold `units_needed(layout, buckets)`
-    /// units, all zero or left by an earlier table of the same layout.
-    pub fn new(layout: Layout, when_full: WhenFull, buckets: usize, mem: Memory) -> Table {
+    /// A table over `mem[base..]`, which must hold `units_needed(layout,
+    /// buckets)` units, all zero or left by an earlier table of the same layout.
+    pub fn new(layout: Layout, when_full: WhenFull, buckets: usize, mem: Memory, base: usize) -> Table {
         assert!(buckets.is_power_of_two());
         let bucket_units = 2 + SLOTS + SLOTS * layout.words;
-        assert!(mem.units().len() >= buckets * bucket_units);
+        assert!(mem.units().len() >= base + buckets * bucket_units);
         Table {
             layout,
             when_full,
             mask: buckets - 1,
             bucket_units,
+            base,
             mem,
         }
+    }
+
+    /// The memory the table lives in (and, before `base`, its policy's head).
+    pub fn memory(&self) -> &Memory {
+        &self.mem
     }
 
     /// Keys the table can hold.
@@ -332,7 +340,7 @@ impl Table {
 
     #[inline(always)]
     fn bucket(&self, b: usize) -> &[Atomic128] {
-        let start = b * self.bucket_units;
+        let start = self.base + b * self.bucket_units;
         &self.mem.units()[start..start + self.bucket_units]
     }
 

@@ -1,0 +1,500 @@
+//! Shared memory: a file-backed mapping (normally under `/dev/shm`) that
+//! holds a header, a directory of policies and every policy's region
+//! (counters, wait words and table), so that all processes of a host that
+//! open the same path enforce the same limits together.
+//!
+//! # File layout
+//!
+//! | offset            | what                                                |
+//! |-------------------|-----------------------------------------------------|
+//! | 0                 | [`Header`]: magic, layout version, sizes, hash seed, boot id, directory |
+//! | `HEADER_BYTES`..  | policy regions, each 4096-aligned, allocated in order |
+//!
+//! Everything in the file is integers and atomics (`repr(C)`), located by
+//! offsets, never pointers. The header is written once, before the file
+//! appears under its name (it is built under a temporary name and
+//! `link(2)`ed into place), so no process ever sees a half-written header.
+//! Adding a policy takes an `flock(2)` on the file (not on the hot path; the
+//! kernel drops it if the holder dies); a directory entry is complete before
+//! `policy_count` is raised (release) past it, and never changes after.
+//! A file whose boot id differs from the running kernel's is from an earlier
+//! boot: its contents are wiped and it is initialised afresh.
+
+use crate::hash::Seed;
+use crate::sync::{SharedOrdering as Ordering, SharedU32 as AtomicU32, SharedU64 as AtomicU64};
+use crate::Error;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// "RATEKEEP" in ASCII, little-endian.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RATEKEEP");
+/// Bumped on any change of the file layout or of the table format.
+pub(crate) const LAYOUT_VERSION: u32 = 1;
+/// Policies one shared file can hold.
+pub const MAX_SHARED_POLICIES: usize = 128;
+/// Longest policy name in a shared file.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest canonical spec in a shared file.
+pub const MAX_SPEC_BYTES: usize = 1024;
+/// Alignment of policy regions.
+const REGION_ALIGN: u64 = 4096;
+
+/// One policy of the directory. Written once under the file lock, before
+/// `Header::policy_count` covers it; read-only afterwards.
+#[repr(C)]
+pub(crate) struct DirEntry {
+    pub name_len: u32,
+    pub spec_len: u32,
+    pub name: [u8; MAX_NAME_BYTES],
+    pub spec: [u8; MAX_SPEC_BYTES],
+    /// Buckets of the policy's table.
+    pub buckets: u64,
+    /// 0 evict, 1 fail open, 2 fail closed.
+    pub when_full: u32,
+    pub _pad: u32,
+    /// Byte offset of the policy's region from the start of the file.
+    pub region_offset: u64,
+    /// Bytes of the region.
+    pub region_bytes: u64,
+}
+
+/// The file header.
+#[repr(C)]
+pub(crate) struct Header {
+    pub magic: u64,
+    pub version: u32,
+    pub header_bytes: u32,
+    /// Size of the file and of the mapping.
+    pub total_bytes: u64,
+    pub boot_id: [u8; 16],
+    pub seed_k0: u64,
+    pub seed_k1: u64,
+    /// Bytes allocated so far (header included).
+    pub used_bytes: AtomicU64,
+    /// Directory entries in use; raised with release ordering after an
+    /// entry is complete.
+    pub policy_count: AtomicU32,
+    pub _pad: u32,
+    pub policies: [DirEntry; MAX_SHARED_POLICIES],
+}
+
+/// Bytes the header takes, rounded up to the region alignment.
+pub(crate) const HEADER_BYTES: u64 = (std::mem::size_of::<Header>() as u64).div_ceil(REGION_ALIGN) * REGION_ALIGN;
+
+const _: () = {
+    assert!(std::mem::size_of::<DirEntry>() == 8 + MAX_NAME_BYTES + MAX_SPEC_BYTES + 32);
+    assert!(std::mem::size_of::<Header>() == 72 + MAX_SHARED_POLICIES * std::mem::size_of::<DirEntry>());
+    assert!(std::mem::align_of::<Header>() == 8);
+};
+
+/// A mapping of a whole shared file.
+pub(crate) struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+// SAFETY:
+// - the mapping is plain shared memory; every access to its contents from
+//   more than one thread goes through atomics (header counters, table words)
+//   or happens under the file lock (directory entries being written) before
+//   being published with release/acquire.
+unsafe impl Send for Mapping {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned; nothing borrows
+        // the mapping any more (every borrower holds an `Arc<Mapping>`).
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
+
+fn os_error(what: &str, path: &Path) -> Error {
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => Error::Io(format!(
+            "{what} {}: permission denied ({e}); shared files must be readable and writable by every worker",
+            path.display()
+        )),
+        _ => Error::Io(format!("{what} {}: {e}", path.display())),
+    }
+}
+
+fn cpath(path: &Path) -> Result<CString, Error> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidArgument(format!("path {:?} contains a NUL byte", path)))
+}
+
+/// The running kernel's boot id (`/proc/sys/kernel/random/boot_id`).
+pub(crate) fn boot_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+        let hex: Vec<u8> = text.bytes().filter(|b| b.is_ascii_hexdigit()).collect();
+        for (i, pair) in hex.chunks(2).take(16).enumerate() {
+            let s = std::str::from_utf8(pair).unwrap_or("0");
+            id[i] = u8::from_str_radix(s, 16).unwrap_or(0);
+        }
+    }
+    id
+}
+
+/// An exclusive `flock` on the shared file, released on drop.
+pub(crate) struct FileLock<'a> {
+    fd: &'a OwnedFd,
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the fd is open for the lifetime of the borrow.
+        unsafe {
+            libc::flock(self.fd.as_raw_fd(), libc::LOCK_UN);
+        }
+    }
+}
+
+impl Mapping {
+    /// Creates the file at `path` if it does not exist, then maps and
+    /// validates it (resetting it if it is from an earlier boot).
+    pub fn open(path: &Path, total_bytes: u64, mode: u32) -> Result<Arc<Mapping>, Error> {
+        if !(HEADER_BYTES + REGION_ALIGN..=(1u64 << 46)).contains(&total_bytes) {
+            return Err(Error::InvalidArgument(format!(
+                "shared_max_bytes must be between {} and 2^46 bytes (got {total_bytes})",
+                HEADER_BYTES + REGION_ALIGN
+            )));
+        }
+        let total_bytes = total_bytes.div_ceil(REGION_ALIGN) * REGION_ALIGN;
+        if !path.exists() {
+            Self::create(path, total_bytes, mode)?;
+        }
+        let c = cpath(path)?;
+        // SAFETY: `c` is a valid NUL-terminated path; the flags open an existing file.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(os_error("cannot open shared file", path));
+        }
+        // SAFETY: `fd` was just returned by open and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let size = Self::file_size(&fd, path)?;
+        let header = std::mem::size_of::<Header>() as u64;
+        if size < header {
+            return Err(Error::Corrupt(format!(
+                "{} is {size} bytes, shorter than a ratekeeper header ({header} bytes): truncated or not a ratekeeper file",
+                path.display()
+            )));
+        }
+        let map = Self::map(fd, size, path)?;
+        map.validate(size)?;
+        if map.header().boot_id != boot_id() {
+            map.reset_for_new_boot()?;
+        }
+        Ok(Arc::new(map))
+    }
+
+    fn file_size(fd: &OwnedFd, path: &Path) -> Result<u64, Error> {
+        // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is open and `st` is a valid out-pointer.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(os_error("cannot stat shared file", path));
+        }
+        Ok(st.st_size as u64)
+    }
+
+    fn map(fd: OwnedFd, size: u64, path: &Path) -> Result<Mapping, Error> {
+        // SAFETY: mapping `size` bytes of an open, read-write file as shared;
+        // the result is checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(os_error("cannot map shared file", path));
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len: size as usize,
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Builds a complete file under a temporary name, then links it into
+    /// place: whoever links first wins, the others use the winner's file.
+    fn create(path: &Path, total_bytes: u64, mode: u32) -> Result<(), Error> {
+        let mut rnd = [0u8; 8];
+        crate::clock::fill_random(&mut rnd);
+        let tmp = PathBuf::from(format!(
+            "{}.tmp.{}.{:016x}",
+            path.display(),
+            std::process::id(),
+            u64::from_le_bytes(rnd)
+        ));
+        let c = cpath(&tmp)?;
+        // SAFETY: valid path; O_EXCL creates a new file only this call owns.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(os_error("cannot create shared file", &tmp));
+        }
+        // SAFETY: `fd` was just returned by open and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let result = (|| {
+            // SAFETY: `fd` is open; fchmod sets the exact mode despite the umask.
+            if unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) } != 0 {
+                return Err(os_error("cannot set the mode of", &tmp));
+            }
+            // SAFETY: `fd` is open for writing.
+            if unsafe { libc::ftruncate(fd.as_raw_fd(), total_bytes as libc::off_t) } != 0 {
+                return Err(os_error("cannot size shared file", &tmp));
+            }
+            let map = Self::map(fd, total_bytes, &tmp)?;
+            map.init_header(total_bytes);
+            let link_to = cpath(path)?;
+            // SAFETY: both are valid paths; link fails with EEXIST if the
+            // name is taken, which is how a creation race is decided.
+            if unsafe { libc::link(c.as_ptr(), link_to.as_ptr()) } != 0
+                && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
+            {
+                return Err(os_error("cannot create shared file", path));
+            }
+            Ok(())
+        })();
+        // SAFETY: `c` is a valid path; the temporary name is ours alone.
+        unsafe {
+            libc::unlink(c.as_ptr());
+        }
+        result
+    }
+
+    /// Writes a fresh header (the rest of the file must be zero).
+    fn init_header(&self, total_bytes: u64) {
+        let seed = Seed::random();
+        let h = self.header_mut();
+        h.magic = MAGIC;
+        h.version = LAYOUT_VERSION;
+        h.header_bytes = std::mem::size_of::<Header>() as u32;
+        h.total_bytes = total_bytes;
+        h.boot_id = boot_id();
+        h.seed_k0 = seed.k0;
+        h.seed_k1 = seed.k1;
+        h.used_bytes.store(HEADER_BYTES, Ordering::SeqCst);
+        h.policy_count.store(0, Ordering::SeqCst);
+    }
+
+    fn validate(&self, size: u64) -> Result<(), Error> {
+        let h = self.header();
+        let p = self.path.display();
+        if h.magic != MAGIC {
+            return Err(Error::Corrupt(format!("{p} is not a ratekeeper shared file (bad magic number)")));
+        }
+        if h.version != LAYOUT_VERSION {
+            return Err(Error::Corrupt(format!(
+                "{p} has layout version {}, this build of ratekeeper reads version {LAYOUT_VERSION}; remove the file (or stop the processes using it) to recreate it",
+                h.version
+            )));
+        }
+        if h.header_bytes as usize != std::mem::size_of::<Header>() {
+            return Err(Error::Corrupt(format!("{p}: header size {} is not {}", h.header_bytes, std::mem::size_of::<Header>())));
+        }
+        if h.total_bytes != size {
+            return Err(Error::Corrupt(format!(
+                "{p} is {size} bytes but its header says {}: truncated or corrupt",
+                h.total_bytes
+            )));
+        }
+        let used = h.used_bytes.load(Ordering::SeqCst);
+        if !(HEADER_BYTES..=size).contains(&used) {
+            return Err(Error::Corrupt(format!("{p}: allocated size {used} is outside the file")));
+        }
+        let n = h.policy_count.load(Ordering::Acquire) as usize;
+        if n > MAX_SHARED_POLICIES {
+            return Err(Error::Corrupt(format!("{p}: {n} policies listed, at most {MAX_SHARED_POLICIES} fit")));
+        }
+        for i in 0..n {
+            self.entry_checked(i)?;
+        }
+        Ok(())
+    }
+
+    /// Wipes a file left by an earlier boot and writes a fresh header.
+    fn reset_for_new_boot(&self) -> Result<(), Error> {
+        let _lock = self.lock()?;
+        if self.header().boot_id == boot_id() {
+            return Ok(()); // another process reset it while we waited
+        }
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: the fd is open for writing; truncating to 0 and back zeroes
+        // the file. No other process of this boot uses it yet: they all take
+        // this lock and see the new boot id after us.
+        unsafe {
+            if libc::ftruncate(fd, 0) != 0 || libc::ftruncate(fd, self.len as libc::off_t) != 0 {
+                return Err(os_error("cannot reset shared file", &self.path));
+            }
+        }
+        self.init_header(self.len as u64);
+        Ok(())
+    }
+
+    pub fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least `size_of::<Header>()` bytes
+        // (checked before mapping) and page-aligned; `Header` is repr(C) of
+        // integers and atomics, valid for any bit pattern.
+        unsafe { &*(self.ptr as *const Header) }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn header_mut(&self) -> &mut Header {
+        // SAFETY: only called on a mapping no other process can see yet
+        // (during creation) or under the file lock after a boot reset, when
+        // no other reference to the header is alive in this process.
+        unsafe { &mut *(self.ptr as *mut Header) }
+    }
+
+    /// The seed all processes hash keys with.
+    pub fn seed(&self) -> Seed {
+        let h = self.header();
+        Seed {
+            k0: h.seed_k0,
+            k1: h.seed_k1,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the file lock (blocking).
+    pub fn lock(&self) -> Result<FileLock<'_>, Error> {
+        loop {
+            // SAFETY: the fd is open for the lifetime of `self`.
+            if unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(FileLock { fd: &self.fd });
+            }
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return Err(os_error("cannot lock shared file", &self.path));
+            }
+        }
+    }
+
+    /// Published directory entries.
+    pub fn policy_count(&self) -> usize {
+        // Acquire: pairs with the release in `add_entry`; entries below the
+        // count are complete.
+        (self.header().policy_count.load(Ordering::Acquire) as usize).min(MAX_SHARED_POLICIES)
+    }
+
+    /// Entry `i` (`i < policy_count()`), validated.
+    pub fn entry_checked(&self, i: usize) -> Result<&DirEntry, Error> {
+        let e = &self.header().policies[i];
+        let p = self.path.display();
+        let bad = |what: &str| Err(Error::Corrupt(format!("{p}: policy entry {i}: {what}")));
+        if e.name_len as usize > MAX_NAME_BYTES || e.name_len == 0 {
+            return bad("bad name length");
+        }
+        if e.spec_len as usize > MAX_SPEC_BYTES || e.spec_len == 0 {
+            return bad("bad spec length");
+        }
+        let end = e.region_offset.checked_add(e.region_bytes);
+        if e.region_offset < HEADER_BYTES
+            || e.region_offset % REGION_ALIGN != 0
+            || end.is_none_or(|end| end > self.len as u64)
+        {
+            return bad("region outside the file");
+        }
+        if !e.buckets.is_power_of_two() || e.when_full > 2 {
+            return bad("bad table parameters");
+        }
+        if std::str::from_utf8(&e.name[..e.name_len as usize]).is_err()
+            || std::str::from_utf8(&e.spec[..e.spec_len as usize]).is_err()
+        {
+            return bad("name or spec is not UTF-8");
+        }
+        Ok(e)
+    }
+
+    /// Appends a directory entry and allocates its region; call under the lock.
+    pub fn add_entry(&self, name: &str, spec: &str, buckets: u64, when_full: u32, region_bytes: u64) -> Result<usize, Error> {
+        let h = self.header();
+        let i = self.policy_count();
+        if i >= MAX_SHARED_POLICIES {
+            return Err(Error::TooManyPolicies(MAX_SHARED_POLICIES));
+        }
+        if name.len() > MAX_NAME_BYTES || spec.len() > MAX_SPEC_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "shared policies have names of at most {MAX_NAME_BYTES} bytes and specs of at most {MAX_SPEC_BYTES}"
+            )));
+        }
+        let offset = h.used_bytes.load(Ordering::SeqCst).div_ceil(REGION_ALIGN) * REGION_ALIGN;
+        let size = region_bytes.div_ceil(REGION_ALIGN) * REGION_ALIGN;
+        if offset + size > self.len as u64 {
+            return Err(Error::OutOfMemory(format!(
+                "{}: no room for policy {name:?} ({size} bytes needed, {} of {} bytes free); raise shared_max_bytes or lower the policy's capacity",
+                self.path.display(),
+                self.len as u64 - offset,
+                self.len
+            )));
+        }
+        // Reserve the pages now, so that a full /dev/shm is an error here
+        // rather than SIGBUS on first touch.
+        // SAFETY: the fd is open for writing; the range lies inside the file.
+        let rc = unsafe { libc::fallocate(self.fd.as_raw_fd(), 0, offset as libc::off_t, size as libc::off_t) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(Error::OutOfMemory(format!(
+                    "{}: cannot reserve {size} bytes for policy {name:?}: {e}",
+                    self.path.display()
+                )));
+            }
+        }
+        // SAFETY: entry `i` is beyond `policy_count`, so no process reads it;
+        // writers are serialised by the file lock, which the caller holds.
+        let e = unsafe { &mut *(std::ptr::addr_of!(h.policies[i]) as *mut DirEntry) };
+        e.name_len = name.len() as u32;
+        e.spec_len = spec.len() as u32;
+        e.name[..name.len()].copy_from_slice(name.as_bytes());
+        e.spec[..spec.len()].copy_from_slice(spec.as_bytes());
+        e.buckets = buckets;
+        e.when_full = when_full;
+        e.region_offset = offset;
+        e.region_bytes = size;
+        h.used_bytes.store(offset + size, Ordering::SeqCst);
+        // Release: the entry's fields are visible to whoever acquires the count.
+        h.policy_count.store(i as u32 + 1, Ordering::Release);
+        Ok(i)
+    }
+
+    /// A pointer to byte `offset` of the mapping (`offset` within it).
+    pub fn at(&self, offset: u64) -> *const u8 {
+        debug_assert!(offset <= self.len as u64);
+        // SAFETY: callers pass offsets validated to lie within the mapping.
+        unsafe { self.ptr.add(offset as usize) }
+    }
+}
+
+/// Name and spec of a directory entry (validated as UTF-8 by `entry_checked`).
+pub(crate) fn entry_strings(e: &DirEntry) -> (&str, &str) {
+    (
+        std::str::from_utf8(&e.name[..e.name_len as usize]).unwrap_or(""),
+        std::str::from_utf8(&e.spec[..e.spec_len as usize]).unwrap_or(""),
+    )
+}
