@@ -444,9 +444,11 @@ impl Table {
                 Self::write(b, &b[Self::key_unit(slot)], e, |_| Payload { a: 0, b: h }).is_some()
                     && words.iter().all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
             }
-            OP_RESET => words
-                .iter()
-                .all(|w| Self::write(b, w, e, |_| Payload::default()).is_some()),
+            // A reset frees the slot: the key word goes back to empty.
+            OP_RESET => {
+                Self::write(b, &b[Self::key_unit(slot)], e, |_| Payload::default()).is_some()
+                    && words.iter().all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
+            }
             op @ (OP_CHARGE | OP_REFUND) => {
                 let refund = op == OP_REFUND;
                 let (cost, now) = (intent_cost(e), intent_arg(e));

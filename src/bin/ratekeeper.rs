@@ -1,0 +1,197 @@
+//! `ratekeeper`: inspect and operate a shared ratekeeper file.
+//!
+//! Exit codes: 0 success (for `check`: allowed), 1 denied / nothing to
+//! reset, 2 usage or file errors.
+
+use clap::{Parser, Subcommand};
+use ratekeeper::{Engine, EngineOptions, PolicyId};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ratekeeper", version, about = "Inspect and operate ratekeeper shared-memory limits")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the shared file if needed and add a policy (idempotent; an
+    /// existing policy of that name with other limits is an error).
+    Add {
+        path: PathBuf,
+        policy: String,
+        spec: String,
+        /// Keys the policy tracks.
+        #[arg(long)]
+        capacity: Option<usize>,
+    },
+    /// List the policies of a shared file.
+    Policies { path: PathBuf },
+    /// Counters and occupancy of every policy (totals of all processes).
+    Stats {
+        path: PathBuf,
+        /// One JSON object per policy, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check (and charge) a key; exit 0 if allowed, 1 if denied.
+    Check {
+        path: PathBuf,
+        policy: String,
+        key: String,
+        /// Cost of the request.
+        #[arg(long, default_value_t = 1)]
+        cost: u32,
+        /// Report without charging.
+        #[arg(long)]
+        peek: bool,
+    },
+    /// Forget a key's state (its quota is full again); exit 1 if it had none.
+    Reset { path: PathBuf, policy: String, key: String },
+    /// Release every concurrency permit held by a (dead) process.
+    ReleasePid { path: PathBuf, pid: u32 },
+}
+
+fn open(path: &Path) -> Result<Engine, String> {
+    if !path.exists() {
+        return Err(format!("{}: no such shared file", path.display()));
+    }
+    Engine::open_shared(path, EngineOptions::default()).map_err(|e| e.to_string())
+}
+
+fn policy(e: &Engine, name: &str) -> Result<PolicyId, String> {
+    e.policy(name).ok_or_else(|| {
+        let names: Vec<String> = e
+            .policies()
+            .into_iter()
+            .filter_map(|p| e.policy_name(p).ok().map(str::to_owned))
+            .collect();
+        format!("no policy named {name:?} (policies: {})", names.join(", "))
+    })
+}
+
+fn secs(ns: u64) -> String {
+    if ns == u64::MAX {
+        "never".into()
+    } else {
+        format!("{:.3}s", ns as f64 / 1e9)
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Add { path, policy, spec, capacity } => {
+            let e = Engine::open_shared(&path, EngineOptions::default()).map_err(|e| e.to_string())?;
+            let opts = ratekeeper::PolicyOptions { capacity, ..Default::default() };
+            let id = e.add_policy_with(&policy, &spec, opts).map_err(|e| e.to_string())?;
+            println!("{policy}\t{}", e.policy_spec(id).map_err(|e| e.to_string())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policies { path } => {
+            let e = open(&path)?;
+            for p in e.policies() {
+                let spec = e.policy_spec(p).map_err(|e| e.to_string())?;
+                let st = e.stats(p).map_err(|e| e.to_string())?;
+                println!("{}\t{}\tcapacity={}", e.policy_name(p).unwrap_or("?"), spec, st.capacity);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { path, json } => {
+            let e = open(&path)?;
+            if !json {
+                println!(
+                    "{:<20} {:>12} {:>12} {:>10} {:>10} {:>21}  limits",
+                    "policy", "allowed", "denied", "evictions", "table_full", "occupancy"
+                );
+            }
+            for p in e.policies() {
+                let name = e.policy_name(p).unwrap_or("?");
+                let spec = e.policy_spec(p).map_err(|e| e.to_string())?.to_string();
+                let s = e.stats(p).map_err(|e| e.to_string())?;
+                if json {
+                    println!(
+                        "{{\"policy\":{},\"limits\":{},\"allowed\":{},\"denied\":{},\"evictions\":{},\"table_full\":{},\"occupancy\":{},\"capacity\":{}}}",
+                        json_str(name), json_str(&spec), s.allowed, s.denied, s.evictions, s.table_full, s.occupancy, s.capacity
+                    );
+                } else {
+                    println!(
+                        "{:<20} {:>12} {:>12} {:>10} {:>10} {:>21}  {}",
+                        name,
+                        s.allowed,
+                        s.denied,
+                        s.evictions,
+                        s.table_full,
+                        format!("{}/{}", s.occupancy, s.capacity),
+                        spec
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { path, policy: name, key, cost, peek } => {
+            let e = open(&path)?;
+            let p = policy(&e, &name)?;
+            let d = if peek {
+                e.peek(p, key.as_bytes(), cost).map_err(|e| e.to_string())?
+            } else {
+                e.try_check_at(p, key.as_bytes(), cost, e.now_ns()).map_err(|e| e.to_string())?
+            };
+            println!(
+                "{} limit={} remaining={} retry_after={} reset_after={} limit_index={}",
+                if d.allowed { "allowed" } else { "denied" },
+                d.limit,
+                d.remaining,
+                secs(d.retry_after_ns),
+                secs(d.reset_after_ns),
+                d.limit_index
+            );
+            Ok(if d.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Reset { path, policy: name, key } => {
+            let e = open(&path)?;
+            let p = policy(&e, &name)?;
+            if e.reset(p, key.as_bytes()).map_err(|e| e.to_string())? {
+                println!("reset {name} {key}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{name} {key}: no state to reset");
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::ReleasePid { path, pid } => {
+            let e = open(&path)?;
+            let mut total = 0;
+            for p in e.policies() {
+                total += e.release_holder(p, pid).map_err(|e| e.to_string())?;
+            }
+            println!("released {total} permits held by pid {pid}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("ratekeeper: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
