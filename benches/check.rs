@@ -94,7 +94,10 @@ fn algorithms(c: &mut Criterion) {
         ("fixed_window", "fixed_window 4000000000/second"),
         ("sliding_window", "sliding_window 4000000000/second"),
         ("sliding_log", "sliding_log 64/second"),
-        ("gcra+fixed_window", "1000000000/second; fixed_window 4000000000/hour"),
+        (
+            "gcra+fixed_window",
+            "1000000000/second; fixed_window 4000000000/hour",
+        ),
     ] {
         let e = Engine::new(EngineOptions {
             capacity: 1024,
@@ -103,7 +106,11 @@ fn algorithms(c: &mut Criterion) {
         .unwrap();
         let p = e.add_policy("p", spec).unwrap();
         // sliding_log: advance a full period per call so each check charges.
-        let step = if name == "sliding_log" { 1_000_000_000 } else { 1 };
+        let step = if name == "sliding_log" {
+            1_000_000_000
+        } else {
+            1
+        };
         let mut now = 1u64 << 40;
         g.bench_function(BenchmarkId::new("ratekeeper", name), |b| {
             b.iter(|| {
@@ -118,12 +125,15 @@ fn algorithms(c: &mut Criterion) {
     })
     .unwrap();
     let p = e.add_policy("c", "concurrency 4").unwrap();
-    g.bench_function(BenchmarkId::new("ratekeeper", "concurrency_acquire_release"), |b| {
-        b.iter(|| {
-            let (_, permit) = e.acquire_at(p, black_box(b"hot"), 1 << 40).unwrap();
-            e.release(&permit.unwrap()).unwrap()
-        })
-    });
+    g.bench_function(
+        BenchmarkId::new("ratekeeper", "concurrency_acquire_release"),
+        |b| {
+            b.iter(|| {
+                let (_, permit) = e.acquire_at(p, black_box(b"hot"), 1 << 40).unwrap();
+                e.release(&permit.unwrap()).unwrap()
+            })
+        },
+    );
     g.finish();
 }
 
@@ -150,27 +160,47 @@ fn threads(c: &mut Criterion) {
     let n = 100_000u64;
     for threads in [1u64, 2] {
         let (e, p) = engine(1 << 17, Clock::MonotonicCoarse);
-        g.bench_function(BenchmarkId::new(format!("ratekeeper_hot_key_{threads}t"), threads), |b| {
-            b.iter_custom(|iters| parallel(threads, iters, &|_, _| {
-                black_box(e.check(p, &7u64.to_le_bytes(), 1));
-            }))
-        });
-        g.bench_function(BenchmarkId::new(format!("ratekeeper_distinct_keys_{threads}t"), threads), |b| {
-            b.iter_custom(|iters| parallel(threads, iters, &|t, i| {
-                black_box(e.check(p, &(t * n + scatter(i, n)).to_le_bytes(), 1));
-            }))
-        });
+        g.bench_function(
+            BenchmarkId::new(format!("ratekeeper_hot_key_{threads}t"), threads),
+            |b| {
+                b.iter_custom(|iters| {
+                    parallel(threads, iters, &|_, _| {
+                        black_box(e.check(p, &7u64.to_le_bytes(), 1));
+                    })
+                })
+            },
+        );
+        g.bench_function(
+            BenchmarkId::new(format!("ratekeeper_distinct_keys_{threads}t"), threads),
+            |b| {
+                b.iter_custom(|iters| {
+                    parallel(threads, iters, &|t, i| {
+                        black_box(e.check(p, &(t * n + scatter(i, n)).to_le_bytes(), 1));
+                    })
+                })
+            },
+        );
         let gov = governor_keyed();
-        g.bench_function(BenchmarkId::new(format!("governor_hot_key_{threads}t"), threads), |b| {
-            b.iter_custom(|iters| parallel(threads, iters, &|_, _| {
-                let _ = black_box(gov.check_key(&7u64));
-            }))
-        });
-        g.bench_function(BenchmarkId::new(format!("governor_distinct_keys_{threads}t"), threads), |b| {
-            b.iter_custom(|iters| parallel(threads, iters, &|t, i| {
-                let _ = black_box(gov.check_key(&(t * n + scatter(i, n))));
-            }))
-        });
+        g.bench_function(
+            BenchmarkId::new(format!("governor_hot_key_{threads}t"), threads),
+            |b| {
+                b.iter_custom(|iters| {
+                    parallel(threads, iters, &|_, _| {
+                        let _ = black_box(gov.check_key(&7u64));
+                    })
+                })
+            },
+        );
+        g.bench_function(
+            BenchmarkId::new(format!("governor_distinct_keys_{threads}t"), threads),
+            |b| {
+                b.iter_custom(|iters| {
+                    parallel(threads, iters, &|t, i| {
+                        let _ = black_box(gov.check_key(&(t * n + scatter(i, n))));
+                    })
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -91,13 +91,8 @@ pub(crate) fn fill_random(buf: &mut [u8]) {
         // SAFETY:
         // - the pointer and length describe the unfilled tail of `buf`, which is
         //   valid for writes; getrandom writes at most that many bytes.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n > 0 {
             filled += n as usize;
         } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {

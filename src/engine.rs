@@ -229,12 +229,19 @@ impl Engine {
     /// Creates or attaches the shared engine backed by the file at `path`
     /// (normally under `/dev/shm`): every process that opens the same path
     /// enforces the same limits together.
-    pub fn open_shared(path: impl AsRef<std::path::Path>, options: EngineOptions) -> Result<Engine, Error> {
+    pub fn open_shared(
+        path: impl AsRef<std::path::Path>,
+        options: EngineOptions,
+    ) -> Result<Engine, Error> {
         crate::sync::check_cpu()?;
         if options.capacity == 0 {
             return Err(Error::InvalidArgument("capacity must be at least 1".into()));
         }
-        let map = Mapping::open(path.as_ref(), options.shared_max_bytes, options.shared_file_mode)?;
+        let map = Mapping::open(
+            path.as_ref(),
+            options.shared_max_bytes,
+            options.shared_file_mode,
+        )?;
         Ok(Self::with(map.seed(), options, Some(map)))
     }
 
@@ -260,7 +267,12 @@ impl Engine {
 
     /// [`add_policy`](Self::add_policy) with a capacity and table-full
     /// behaviour of the policy's own.
-    pub fn add_policy_with(&self, name: &str, spec: &str, options: PolicyOptions) -> Result<PolicyId, Error> {
+    pub fn add_policy_with(
+        &self,
+        name: &str,
+        spec: &str,
+        options: PolicyOptions,
+    ) -> Result<PolicyId, Error> {
         if name.is_empty() || name.len() > 128 {
             return Err(Error::InvalidArgument(
                 "a policy name must be 1 to 128 bytes long".into(),
@@ -312,7 +324,14 @@ impl Engine {
 
     /// `add_policy` on a shared engine: find the policy in the file's
     /// directory, or append it, under the file lock.
-    fn add_shared(&self, map: &Arc<Mapping>, name: &str, parsed: PolicySpec, capacity: usize, when_full: WhenFull) -> Result<PolicyId, Error> {
+    fn add_shared(
+        &self,
+        map: &Arc<Mapping>,
+        name: &str,
+        parsed: PolicySpec,
+        capacity: usize,
+        when_full: WhenFull,
+    ) -> Result<PolicyId, Error> {
         let canonical = parsed.to_string();
         let _file = map.lock()?;
         for i in 0..map.policy_count() {
@@ -320,7 +339,9 @@ impl Engine {
             let (n, spec) = shm::entry_strings(e);
             if n == name {
                 let existing = policy::parse(spec).map_err(|err| {
-                    Error::Corrupt(format!("policy {name:?} in the shared file has an unreadable spec {spec:?}: {err}"))
+                    Error::Corrupt(format!(
+                        "policy {name:?} in the shared file has an unreadable spec {spec:?}: {err}"
+                    ))
                 })?;
                 if existing != parsed {
                     return Err(Error::PolicyMismatch {
@@ -335,7 +356,13 @@ impl Engine {
         let layout = layout_for(&parsed)?;
         let buckets = Table::buckets_for(capacity);
         let bytes = region_units(&layout, buckets) as u64 * 16;
-        let i = map.add_entry(name, &canonical, buckets as u64, when_full_code(when_full), bytes)?;
+        let i = map.add_entry(
+            name,
+            &canonical,
+            buckets as u64,
+            when_full_code(when_full),
+            bytes,
+        )?;
         self.attach(map, i)
     }
 
@@ -347,13 +374,18 @@ impl Engine {
         }
         let e = map.entry_checked(i)?;
         let (name, spec) = shm::entry_strings(e);
-        let corrupt = |m: String| Error::Corrupt(format!("{}: policy {name:?}: {m}", map.path().display()));
-        let parsed = policy::parse(spec).map_err(|err| corrupt(format!("unreadable spec {spec:?}: {err}")))?;
+        let corrupt =
+            |m: String| Error::Corrupt(format!("{}: policy {name:?}: {m}", map.path().display()));
+        let parsed = policy::parse(spec)
+            .map_err(|err| corrupt(format!("unreadable spec {spec:?}: {err}")))?;
         let layout = layout_for(&parsed)?;
         let buckets = e.buckets as usize;
         let units = region_units(&layout, buckets);
         if (units as u64) * 16 > e.region_bytes {
-            return Err(corrupt(format!("region of {} bytes is too small for its table", e.region_bytes)));
+            return Err(corrupt(format!(
+                "region of {} bytes is too small for its table",
+                e.region_bytes
+            )));
         }
         let mem = Memory::Mapped {
             ptr: map.at(e.region_offset) as *const crate::sync::Atomic128,
@@ -364,7 +396,13 @@ impl Engine {
             name: name.into(),
             canonical: spec.into(),
             spec: parsed,
-            table: Table::new(layout, when_full_from(e.when_full), buckets, mem, HEAD_UNITS),
+            table: Table::new(
+                layout,
+                when_full_from(e.when_full),
+                buckets,
+                mem,
+                HEAD_UNITS,
+            ),
             seed: self.seed.for_policy(i as u32),
         };
         let _ = self.policies[i].set(policy);
@@ -375,16 +413,22 @@ impl Engine {
     /// The id of the policy named `name`, if any (for a shared engine,
     /// also a policy another process added).
     pub fn policy(&self, name: &str) -> Option<PolicyId> {
-        self.policies().into_iter().find(|&id| self.get(id).is_ok_and(|p| p.name == name))
+        self.policies()
+            .into_iter()
+            .find(|&id| self.get(id).is_ok_and(|p| p.name == name))
     }
 
     /// Ids of all policies, in the order they were added (for a shared
     /// engine, by any process; a corrupt entry is skipped).
     pub fn policies(&self) -> Vec<PolicyId> {
         if let Some(map) = &self.shared {
-            return (0..map.policy_count()).filter_map(|i| self.attach(map, i).ok()).collect();
+            return (0..map.policy_count())
+                .filter_map(|i| self.attach(map, i).ok())
+                .collect();
         }
-        (0..self.count.load(Ordering::Acquire)).map(PolicyId).collect()
+        (0..self.count.load(Ordering::Acquire))
+            .map(PolicyId)
+            .collect()
     }
 
     /// The name of a policy.
@@ -443,13 +487,21 @@ impl Engine {
             unknown_policy(policy)
         };
         let charge = !p.table.layout.concurrency;
-        let outcome = p.table.check(Self::hash(p, key), cost as u64, now_ns, charge);
+        let outcome = p
+            .table
+            .check(Self::hash(p, key), cost as u64, now_ns, charge);
         Self::conclude(p, outcome, cost as u64, now_ns, charge)
     }
 
     /// [`check_at`](Self::check_at) that reports a foreign policy id or a
     /// concurrency policy (which needs [`acquire`](Self::acquire)) as an error.
-    pub fn try_check_at(&self, policy: PolicyId, key: &[u8], cost: u32, now_ns: u64) -> Result<Decision, Error> {
+    pub fn try_check_at(
+        &self,
+        policy: PolicyId,
+        key: &[u8],
+        cost: u32,
+        now_ns: u64,
+    ) -> Result<Decision, Error> {
         let p = self.get(policy)?;
         if p.table.layout.concurrency {
             return Err(Error::WrongPolicyKind(format!(
@@ -466,7 +518,13 @@ impl Engine {
     }
 
     /// [`peek`](Self::peek) at an explicit time.
-    pub fn peek_at(&self, policy: PolicyId, key: &[u8], cost: u32, now_ns: u64) -> Result<Decision, Error> {
+    pub fn peek_at(
+        &self,
+        policy: PolicyId,
+        key: &[u8],
+        cost: u32,
+        now_ns: u64,
+    ) -> Result<Decision, Error> {
         let p = self.get(policy)?;
         let h = Self::hash(p, key);
         let outcome = p.table.check(h, cost as u64, now_ns, false);
@@ -517,7 +575,13 @@ impl Engine {
     }
 
     /// [`refund`](Self::refund) at an explicit time.
-    pub fn refund_at(&self, policy: PolicyId, key: &[u8], cost: u32, now_ns: u64) -> Result<bool, Error> {
+    pub fn refund_at(
+        &self,
+        policy: PolicyId,
+        key: &[u8],
+        cost: u32,
+        now_ns: u64,
+    ) -> Result<bool, Error> {
         let p = self.get(policy)?;
         if p.table.layout.concurrency {
             return Err(Error::WrongPolicyKind(format!(
@@ -537,12 +601,21 @@ impl Engine {
 
     /// Takes a permit of a concurrency policy if one is free now. The
     /// decision says how many remain; the permit is `None` when denied.
-    pub fn acquire(&self, policy: PolicyId, key: &[u8]) -> Result<(Decision, Option<Permit>), Error> {
+    pub fn acquire(
+        &self,
+        policy: PolicyId,
+        key: &[u8],
+    ) -> Result<(Decision, Option<Permit>), Error> {
         self.acquire_at(policy, key, self.now_ns())
     }
 
     /// [`acquire`](Self::acquire) at an explicit time.
-    pub fn acquire_at(&self, policy: PolicyId, key: &[u8], now_ns: u64) -> Result<(Decision, Option<Permit>), Error> {
+    pub fn acquire_at(
+        &self,
+        policy: PolicyId,
+        key: &[u8],
+        now_ns: u64,
+    ) -> Result<(Decision, Option<Permit>), Error> {
         let p = self.get(policy)?;
         if !p.table.layout.concurrency {
             return Err(Error::WrongPolicyKind(format!(
@@ -564,7 +637,12 @@ impl Engine {
 
     /// [`acquire`](Self::acquire), waiting up to `timeout` for a permit to
     /// be released or to expire. Sleeps (on a futex), never spins.
-    pub fn acquire_timeout(&self, policy: PolicyId, key: &[u8], timeout: Duration) -> Result<(Decision, Option<Permit>), Error> {
+    pub fn acquire_timeout(
+        &self,
+        policy: PolicyId,
+        key: &[u8],
+        timeout: Duration,
+    ) -> Result<(Decision, Option<Permit>), Error> {
         let p = self.get(policy)?;
         let start = self.now_ns();
         let deadline = start.saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
@@ -642,7 +720,10 @@ impl Engine {
 #[cold]
 #[inline(never)]
 fn unknown_policy(policy: PolicyId) -> ! {
-    panic!("ratekeeper: policy id {} does not belong to this engine", policy.0)
+    panic!(
+        "ratekeeper: policy id {} does not belong to this engine",
+        policy.0
+    )
 }
 
 /// Validates a parsed spec against the engine's limits and lays it out.

@@ -93,7 +93,11 @@ mod tests {
         for len in 0..=64 {
             let mut h = DefaultHasher::new();
             h.write(&data[..len]);
-            assert_eq!(siphash13(Seed { k0: 0, k1: 0 }, &data[..len]), h.finish(), "len {len}");
+            assert_eq!(
+                siphash13(Seed { k0: 0, k1: 0 }, &data[..len]),
+                h.finish(),
+                "len {len}"
+            );
         }
     }
 
@@ -101,6 +105,9 @@ mod tests {
     fn different_seeds_give_different_hashes() {
         let a = Seed { k0: 1, k1: 2 };
         let b = Seed { k0: 1, k1: 3 };
-        assert_ne!(siphash13(a, b"ip:203.0.113.7"), siphash13(b, b"ip:203.0.113.7"));
+        assert_ne!(
+            siphash13(a, b"ip:203.0.113.7"),
+            siphash13(b, b"ip:203.0.113.7")
+        );
     }
 }

@@ -40,8 +40,8 @@ pub use engine::{
 };
 pub use error::{Error, ParseError};
 pub use policy::{Algorithm, Limit, PolicySpec};
-pub use stats::Stats;
 pub use shm::{MAX_NAME_BYTES, MAX_SHARED_POLICIES, MAX_SPEC_BYTES};
+pub use stats::Stats;
 pub use table::WhenFull;
 
 #[doc(hidden)]

@@ -173,7 +173,10 @@ mod tests {
         check_cpu().unwrap();
         let a = Atomic128::new(5 | (9 << 64));
         assert_eq!(a.compare_exchange(5, 7), Err(5 | (9 << 64)));
-        assert_eq!(a.compare_exchange(5 | (9 << 64), 7 | (3 << 64)), Ok(5 | (9 << 64)));
+        assert_eq!(
+            a.compare_exchange(5 | (9 << 64), 7 | (3 << 64)),
+            Ok(5 | (9 << 64))
+        );
         assert_eq!(a.load(), 7 | (3 << 64));
     }
 

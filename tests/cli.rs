@@ -3,7 +3,10 @@
 use std::process::Command;
 
 fn rk(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ratekeeper")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ratekeeper"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),
@@ -28,19 +31,34 @@ fn add_check_stats_reset_and_policies_work_end_to_end_with_shell_exit_codes() {
     assert!(out.starts_with("allowed limit=2 remaining=0 "), "{out}");
     let (code, out, _) = rk(&["check", &p, "login", "ip:1"]);
     assert_eq!(code, 1, "denied exits 1");
-    assert!(out.starts_with("denied limit=2 remaining=0 retry_after="), "{out}");
+    assert!(
+        out.starts_with("denied limit=2 remaining=0 retry_after="),
+        "{out}"
+    );
     let (code, out, _) = rk(&["stats", &p]);
     assert_eq!(code, 0);
     let row = out.lines().find(|l| l.starts_with("login")).unwrap();
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cols[1..6], &["2", "1", "0", "0", "1/1024"], "{row}");
     let (_, out, _) = rk(&["stats", "--json", &p]);
-    assert!(out.contains("\"policy\":\"login\"") && out.contains("\"allowed\":2") && out.contains("\"denied\":1"), "{out}");
+    assert!(
+        out.contains("\"policy\":\"login\"")
+            && out.contains("\"allowed\":2")
+            && out.contains("\"denied\":1"),
+        "{out}"
+    );
     assert_eq!(rk(&["reset", &p, "login", "ip:1"]).0, 0);
-    assert_eq!(rk(&["reset", &p, "login", "ip:1"]).0, 1, "nothing left to reset");
+    assert_eq!(
+        rk(&["reset", &p, "login", "ip:1"]).0,
+        1,
+        "nothing left to reset"
+    );
     assert_eq!(rk(&["check", &p, "login", "ip:1", "--peek"]).0, 0);
     let (code, out, _) = rk(&["policies", &p]);
-    assert_eq!((code, out.as_str()), (0, "login\t2/minute\tcapacity=1024\n"));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "login\t2/minute\tcapacity=1024\n")
+    );
 }
 
 #[test]
@@ -52,10 +70,16 @@ fn mistakes_exit_2_with_a_message() {
     rk(&["add", &p, "login", "5/minute"]);
     let (code, _, err) = rk(&["check", &p, "nope", "k"]);
     assert_eq!(code, 2);
-    assert!(err.contains("no policy named \"nope\" (policies: login)"), "{err}");
+    assert!(
+        err.contains("no policy named \"nope\" (policies: login)"),
+        "{err}"
+    );
     let (code, _, err) = rk(&["add", &p, "login", "6/minute"]);
     assert_eq!(code, 2);
-    assert!(err.contains("5/minute") && err.contains("6/minute"), "{err}");
+    assert!(
+        err.contains("5/minute") && err.contains("6/minute"),
+        "{err}"
+    );
     let (code, _, err) = rk(&["add", &p, "x", "5/fortnight"]);
     assert_eq!(code, 2);
     assert!(err.contains("at byte 2"), "{err}");

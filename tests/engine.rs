@@ -99,7 +99,10 @@ fn a_flood_of_one_shot_keys_does_not_evict_hot_limited_keys() {
         e.check_at(p, k.as_bytes(), 1, now + i as u64 * 1000);
     }
     for k in &hot {
-        assert!(!e.check_at(p, k.as_bytes(), 1, now + 5 * S).allowed, "{k} was evicted");
+        assert!(
+            !e.check_at(p, k.as_bytes(), 1, now + 5 * S).allowed,
+            "{k} was evicted"
+        );
     }
 }
 
@@ -141,12 +144,21 @@ fn denied_request_consumes_nothing_and_opens_no_window() {
     assert_eq!(e.stats(p).unwrap().occupancy, 0);
     let d = e.check_at(p, b"k", 1, 20 * S);
     assert!(d.allowed);
-    assert_eq!(d.reset_after_ns, S, "the second limit's window opened at 20 s");
+    assert_eq!(
+        d.reset_after_ns, S,
+        "the second limit's window opened at 20 s"
+    );
 }
 
 #[test]
 fn refund_gives_back_exactly_what_was_charged() {
-    for spec in ["3/minute", "fixed_window 3/minute", "sliding_window 3/minute", "sliding_log 3/minute", "3/minute;10/hour"] {
+    for spec in [
+        "3/minute",
+        "fixed_window 3/minute",
+        "sliding_window 3/minute",
+        "sliding_log 3/minute",
+        "3/minute;10/hour",
+    ] {
         let e = engine(64);
         let p = e.add_policy("p", spec).unwrap();
         for _ in 0..3 {
@@ -195,7 +207,10 @@ fn concurrency_permits_are_exact_and_expire_after_their_ttl() {
     assert_eq!(d3.retry_after_ns, 10 * S);
     assert!(p1.is_some() && p2.is_some() && p3.is_none());
     assert!(e.release(&p1.unwrap()).unwrap());
-    assert!(!e.release(&p1.unwrap()).unwrap(), "a permit is released once");
+    assert!(
+        !e.release(&p1.unwrap()).unwrap(),
+        "a permit is released once"
+    );
     assert!(e.acquire_at(p, b"k", S).unwrap().1.is_some());
     // The never-released permits expire after the TTL.
     assert!(e.acquire_at(p, b"k", 11 * S).unwrap().1.is_some());
@@ -211,7 +226,10 @@ fn a_permit_from_another_engine_is_rejected() {
     let pa = a.add_policy("p", "concurrency 1").unwrap();
     b.add_policy("p", "concurrency 1").unwrap();
     let (_, permit) = a.acquire(pa, b"k").unwrap();
-    assert_eq!(b.release(&permit.unwrap()), Err(ratekeeper::Error::InvalidPermit));
+    assert_eq!(
+        b.release(&permit.unwrap()),
+        Err(ratekeeper::Error::InvalidPermit)
+    );
 }
 
 #[test]
@@ -221,13 +239,18 @@ fn acquire_timeout_wakes_when_a_permit_is_released() {
     let (_, held) = e.acquire(p, b"k").unwrap();
     let held = held.unwrap();
     std::thread::scope(|s| {
-        let waiter = s.spawn(|| e.acquire_timeout(p, b"k", std::time::Duration::from_secs(30)).unwrap());
+        let waiter = s.spawn(|| {
+            e.acquire_timeout(p, b"k", std::time::Duration::from_secs(30))
+                .unwrap()
+        });
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(e.release(&held).unwrap());
         let (d, permit) = waiter.join().unwrap();
         assert!(d.allowed && permit.is_some());
     });
-    let (d, permit) = e.acquire_timeout(p, b"k", std::time::Duration::from_millis(20)).unwrap();
+    let (d, permit) = e
+        .acquire_timeout(p, b"k", std::time::Duration::from_millis(20))
+        .unwrap();
     assert!(!d.allowed && permit.is_none());
 }
 
@@ -236,13 +259,25 @@ fn the_same_name_with_other_limits_is_an_error_naming_both_specs() {
     let e = engine(64);
     e.add_policy("login", "5/minute").unwrap();
     let err = e.add_policy("login", "6/minute").unwrap_err().to_string();
-    assert!(err.contains("5/minute") && err.contains("6/minute"), "{err}");
+    assert!(
+        err.contains("5/minute") && err.contains("6/minute"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_specs_are_errors_not_panics() {
     let e = engine(64);
-    assert!(matches!(e.add_policy("a", "10/fortnight"), Err(ratekeeper::Error::Parse(_))));
-    assert!(matches!(e.add_policy("b", "sliding_log 100000/hour"), Err(ratekeeper::Error::Unsupported(_))));
-    assert!(matches!(e.add_policy("", "1/second"), Err(ratekeeper::Error::InvalidArgument(_))));
+    assert!(matches!(
+        e.add_policy("a", "10/fortnight"),
+        Err(ratekeeper::Error::Parse(_))
+    ));
+    assert!(matches!(
+        e.add_policy("b", "sliding_log 100000/hour"),
+        Err(ratekeeper::Error::Unsupported(_))
+    ));
+    assert!(matches!(
+        e.add_policy("", "1/second"),
+        Err(ratekeeper::Error::InvalidArgument(_))
+    ));
 }

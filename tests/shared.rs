@@ -34,7 +34,13 @@ fn open(p: &Path) -> Engine {
 /// Starts a child running `role` with `args` (passed in the environment).
 fn child(role: &str, p: &Path, args: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("RK_CHILD_ROLE", role)
         .env("RK_CHILD_PATH", p)
         .env("RK_CHILD_ARGS", args)
@@ -78,7 +84,9 @@ fn child_entry() {
             let (spec, n) = args.split_once('|').unwrap();
             let pol = e.add_policy("p", spec).unwrap();
             let n: u64 = n.parse().unwrap();
-            let admitted = (0..n).filter(|_| e.check_at(pol, b"hot", 1, NOW).allowed).count();
+            let admitted = (0..n)
+                .filter(|_| e.check_at(pol, b"hot", 1, NOW).allowed)
+                .count();
             println!("RESULT {admitted}");
         }
         // Many keys: report admissions per key.
@@ -89,7 +97,9 @@ fn child_entry() {
                 // Each round visits the keys from a different starting point.
                 for i in 0..500 {
                     let k = (i + round * 37) % 500;
-                    counts[k] += e.check_at(pol, format!("key:{k}").as_bytes(), 1, NOW).allowed as u32;
+                    counts[k] += e
+                        .check_at(pol, format!("key:{k}").as_bytes(), 1, NOW)
+                        .allowed as u32;
                 }
             }
             let s: Vec<String> = counts.iter().map(|c| c.to_string()).collect();
@@ -98,8 +108,12 @@ fn child_entry() {
         // Hammer forever (until killed), reporting each admission at once.
         "forever" => {
             use std::io::Write;
-            let pol = e.add_policy("crash", "sliding_log 300/minute; 1000/hour").unwrap();
-            let lease = e.add_policy("lease", "concurrency 3 ttl 10 seconds").unwrap();
+            let pol = e
+                .add_policy("crash", "sliding_log 300/minute; 1000/hour")
+                .unwrap();
+            let lease = e
+                .add_policy("lease", "concurrency 3 ttl 10 seconds")
+                .unwrap();
             let mut out = std::io::stdout().lock();
             let mut i = 0u64;
             loop {
@@ -115,7 +129,9 @@ fn child_entry() {
         }
         "open_and_add" => {
             let pol = e.add_policy("race", "5/minute").unwrap();
-            let admitted = (0..3).filter(|_| e.check_at(pol, b"k", 1, NOW).allowed).count();
+            let admitted = (0..3)
+                .filter(|_| e.check_at(pol, b"k", 1, NOW).allowed)
+                .count();
             println!("RESULT {admitted}");
         }
         other => panic!("unknown role {other}"),
@@ -139,10 +155,19 @@ fn two_engines_on_one_file_share_one_limit() {
 
 #[test]
 fn four_processes_hammering_one_key_admit_exactly_the_quota() {
-    for spec in ["100/minute", "sliding_log 100/minute; 500/hour", "fixed_window 100/minute"] {
+    for spec in [
+        "100/minute",
+        "sliding_log 100/minute; 500/hour",
+        "fixed_window 100/minute",
+    ] {
         let p = path("hammer");
-        let children: Vec<Child> = (0..4).map(|_| child("hammer", &p, &format!("{spec}|400"))).collect();
-        let total: u64 = children.into_iter().map(|c| result(c).parse::<u64>().unwrap()).sum();
+        let children: Vec<Child> = (0..4)
+            .map(|_| child("hammer", &p, &format!("{spec}|400")))
+            .collect();
+        let total: u64 = children
+            .into_iter()
+            .map(|c| result(c).parse::<u64>().unwrap())
+            .sum();
         assert_eq!(total, 100, "{spec}");
         let e = open(&p);
         let st = e.stats(e.policy("p").unwrap()).unwrap();
@@ -168,8 +193,12 @@ fn processes_killed_mid_traffic_never_wedge_or_overrun_the_table() {
     use std::io::Read;
     let p = path("crash");
     let e = open(&p);
-    let pol = e.add_policy("crash", "sliding_log 300/minute; 1000/hour").unwrap();
-    let lease = e.add_policy("lease", "concurrency 3 ttl 10 seconds").unwrap();
+    let pol = e
+        .add_policy("crash", "sliding_log 300/minute; 1000/hour")
+        .unwrap();
+    let lease = e
+        .add_policy("lease", "concurrency 3 ttl 10 seconds")
+        .unwrap();
     let mut reported = 0usize;
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for round in 0..6 {
@@ -196,14 +225,21 @@ fn processes_killed_mid_traffic_never_wedge_or_overrun_the_table() {
     // their admission and its report, so reported <= charged <= 300).
     let v = e.peek_at(pol, b"hot", 1, NOW).unwrap();
     let charged = 300 - v.remaining - v.allowed as u64;
-    assert!(reported as u64 <= charged, "{reported} reported, {charged} charged");
+    assert!(
+        reported as u64 <= charged,
+        "{reported} reported, {charged} charged"
+    );
     assert!(charged <= 300);
     // The state is consistent: exactly the remaining quota is still admitted.
-    let left = (0..400).filter(|_| e.check_at(pol, b"hot", 1, NOW).allowed).count() as u64;
+    let left = (0..400)
+        .filter(|_| e.check_at(pol, b"hot", 1, NOW).allowed)
+        .count() as u64;
     assert_eq!(left + charged, 300);
     // Leases held by killed processes come back after their TTL.
     let later = NOW + 11 * S;
-    let got = (0..5).filter(|_| e.acquire_at(lease, b"hot", later).unwrap().1.is_some()).count();
+    let got = (0..5)
+        .filter(|_| e.acquire_at(lease, b"hot", later).unwrap().1.is_some())
+        .count();
     assert_eq!(got, 3);
 }
 
@@ -211,7 +247,10 @@ fn processes_killed_mid_traffic_never_wedge_or_overrun_the_table() {
 fn eight_processes_creating_one_new_file_at_once_share_one_table() {
     let p = path("race");
     let children: Vec<Child> = (0..8).map(|_| child("open_and_add", &p, "")).collect();
-    let total: u64 = children.into_iter().map(|c| result(c).parse::<u64>().unwrap()).sum();
+    let total: u64 = children
+        .into_iter()
+        .map(|c| result(c).parse::<u64>().unwrap())
+        .sum();
     assert_eq!(total, 5);
     let leftovers: Vec<_> = std::fs::read_dir(p.parent().unwrap())
         .unwrap()
@@ -226,10 +265,23 @@ fn a_new_file_is_private_to_its_owner_by_default() {
     use std::os::unix::fs::PermissionsExt;
     let p = path("mode");
     let _e = open(&p);
-    assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let q = path("mode-group");
-    let _g = Engine::open_shared(&q, EngineOptions { shared_file_mode: 0o660, ..opts() }).unwrap();
-    assert_eq!(std::fs::metadata(&q).unwrap().permissions().mode() & 0o777, 0o660);
+    let _g = Engine::open_shared(
+        &q,
+        EngineOptions {
+            shared_file_mode: 0o660,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::metadata(&q).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
 }
 
 #[test]
@@ -239,7 +291,10 @@ fn the_same_name_with_other_limits_in_another_engine_is_an_error_naming_both() {
     let err = open(&p).add_policy("login", "50/minute").unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::PolicyMismatch { .. }));
-    assert!(msg.contains("5/minute") && msg.contains("50/minute"), "{msg}");
+    assert!(
+        msg.contains("5/minute") && msg.contains("50/minute"),
+        "{msg}"
+    );
 }
 
 fn corrupt_err(p: &Path) -> String {
@@ -257,7 +312,9 @@ fn bad_files_get_clear_errors() {
     assert!(corrupt_err(&p).contains("truncated or not a ratekeeper file"));
     // Random bytes.
     let p = path("random");
-    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(&p, &bytes).unwrap();
     assert!(corrupt_err(&p).contains("bad magic"));
     // A real file, truncated.
@@ -306,7 +363,13 @@ fn a_read_only_file_is_a_permission_error() {
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(p.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new(&exe)
-        .args(["--ignored", "--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("RK_CHILD_ROLE", "open_only")
         .env("RK_CHILD_PATH", &p)
         .env("RK_CHILD_ARGS", "")
@@ -345,9 +408,23 @@ fn a_file_from_an_earlier_boot_is_reset_not_misread() {
 #[test]
 fn a_policy_that_does_not_fit_the_file_is_a_clear_error() {
     let p = path("small");
-    let e = Engine::open_shared(&p, EngineOptions { shared_max_bytes: 1 << 20, ..opts() }).unwrap();
+    let e = Engine::open_shared(
+        &p,
+        EngineOptions {
+            shared_max_bytes: 1 << 20,
+            ..opts()
+        },
+    )
+    .unwrap();
     let err = e
-        .add_policy_with("big", "1/second", ratekeeper::PolicyOptions { capacity: Some(1 << 20), ..Default::default() })
+        .add_policy_with(
+            "big",
+            "1/second",
+            ratekeeper::PolicyOptions {
+                capacity: Some(1 << 20),
+                ..Default::default()
+            },
+        )
         .unwrap_err();
     assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
     assert!(err.to_string().contains("raise shared_max_bytes"), "{err}");

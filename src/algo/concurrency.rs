@@ -43,5 +43,8 @@ pub(crate) fn free_lease(l: &LimitParams, w: &(impl Words + ?Sized), now: u64) -
 }
 
 pub(crate) fn expiry(l: &LimitParams, w: &(impl Words + ?Sized)) -> u64 {
-    (0..l.count as usize).map(|i| w.word(i).b).max().unwrap_or(0)
+    (0..l.count as usize)
+        .map(|i| w.word(i).b)
+        .max()
+        .unwrap_or(0)
 }

@@ -123,7 +123,6 @@ impl LimitParams {
             Algorithm::Concurrency => self.count as usize,
         }
     }
-
 }
 
 /// Reads word `i` of a limit's words (the table passes a closure over its

@@ -92,7 +92,11 @@ pub(crate) fn evaluate(l: &LimitParams, w: &(impl Words + ?Sized), cost: u64, no
 pub(crate) fn charge_meta(l: &LimitParams, meta: Payload, cost: u64, now: u64) -> Payload {
     let n = l.count as usize;
     let h = head(meta);
-    let stamp = if meta.b != 0 { (meta.b - 1).max(now) } else { now };
+    let stamp = if meta.b != 0 {
+        (meta.b - 1).max(now)
+    } else {
+        now
+    };
     Payload {
         a: (((h + cost as usize) % n) as u32) | ((h as u32) << 16),
         b: stamp.saturating_add(1),
@@ -102,7 +106,12 @@ pub(crate) fn charge_meta(l: &LimitParams, meta: Payload, cost: u64, now: u64) -
 /// The meta word after refunding `cost`: the newest `cost` entries go.
 /// `before_new_head` is the entry just before the new head (the newest one
 /// that stays), which this transaction does not write.
-pub(crate) fn refund_meta(l: &LimitParams, meta: Payload, cost: u64, before_new_head: Payload) -> Payload {
+pub(crate) fn refund_meta(
+    l: &LimitParams,
+    meta: Payload,
+    cost: u64,
+    before_new_head: Payload,
+) -> Payload {
     let n = l.count as usize;
     let c = (cost as usize).min(n);
     let h = head(meta);
@@ -123,7 +132,11 @@ pub(crate) fn refund_keeper(l: &LimitParams, meta: Payload, cost: u64) -> usize 
 
 /// Entries (ring positions) a transaction with meta word `meta_after`
 /// writes, and what it writes there.
-pub(crate) fn entries_written(l: &LimitParams, meta_after: Payload, refund: bool) -> (usize, usize, Payload) {
+pub(crate) fn entries_written(
+    l: &LimitParams,
+    meta_after: Payload,
+    refund: bool,
+) -> (usize, usize, Payload) {
     let n = l.count as usize;
     let (from, to) = if refund {
         (head(meta_after), prev_head(meta_after))
@@ -136,7 +149,10 @@ pub(crate) fn entries_written(l: &LimitParams, meta_after: Payload, refund: bool
     let value = if refund {
         Payload::default()
     } else {
-        Payload { a: 0, b: meta_after.b }
+        Payload {
+            a: 0,
+            b: meta_after.b,
+        }
     };
     (from, len, value)
 }

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ratekeeper", version, about = "Inspect and operate ratekeeper shared-memory limits")]
+#[command(
+    name = "ratekeeper",
+    version,
+    about = "Inspect and operate ratekeeper shared-memory limits"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +53,11 @@ enum Command {
         peek: bool,
     },
     /// Forget a key's state (its quota is full again); exit 1 if it had none.
-    Reset { path: PathBuf, policy: String, key: String },
+    Reset {
+        path: PathBuf,
+        policy: String,
+        key: String,
+    },
     /// Release every concurrency permit held by a (dead) process.
     ReleasePid { path: PathBuf, pid: u32 },
 }
@@ -96,11 +104,25 @@ fn json_str(s: &str) -> String {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Add { path, policy, spec, capacity } => {
-            let e = Engine::open_shared(&path, EngineOptions::default()).map_err(|e| e.to_string())?;
-            let opts = ratekeeper::PolicyOptions { capacity, ..Default::default() };
-            let id = e.add_policy_with(&policy, &spec, opts).map_err(|e| e.to_string())?;
-            println!("{policy}\t{}", e.policy_spec(id).map_err(|e| e.to_string())?);
+        Command::Add {
+            path,
+            policy,
+            spec,
+            capacity,
+        } => {
+            let e =
+                Engine::open_shared(&path, EngineOptions::default()).map_err(|e| e.to_string())?;
+            let opts = ratekeeper::PolicyOptions {
+                capacity,
+                ..Default::default()
+            };
+            let id = e
+                .add_policy_with(&policy, &spec, opts)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{policy}\t{}",
+                e.policy_spec(id).map_err(|e| e.to_string())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Policies { path } => {
@@ -108,7 +130,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             for p in e.policies() {
                 let spec = e.policy_spec(p).map_err(|e| e.to_string())?;
                 let st = e.stats(p).map_err(|e| e.to_string())?;
-                println!("{}\t{}\tcapacity={}", e.policy_name(p).unwrap_or("?"), spec, st.capacity);
+                println!(
+                    "{}\t{}\tcapacity={}",
+                    e.policy_name(p).unwrap_or("?"),
+                    spec,
+                    st.capacity
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -144,13 +171,20 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { path, policy: name, key, cost, peek } => {
+        Command::Check {
+            path,
+            policy: name,
+            key,
+            cost,
+            peek,
+        } => {
             let e = open(&path)?;
             let p = policy(&e, &name)?;
             let d = if peek {
                 e.peek(p, key.as_bytes(), cost).map_err(|e| e.to_string())?
             } else {
-                e.try_check_at(p, key.as_bytes(), cost, e.now_ns()).map_err(|e| e.to_string())?
+                e.try_check_at(p, key.as_bytes(), cost, e.now_ns())
+                    .map_err(|e| e.to_string())?
             };
             println!(
                 "{} limit={} remaining={} retry_after={} reset_after={} limit_index={}",
@@ -161,9 +195,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 secs(d.reset_after_ns),
                 d.limit_index
             );
-            Ok(if d.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if d.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Reset { path, policy: name, key } => {
+        Command::Reset {
+            path,
+            policy: name,
+            key,
+        } => {
             let e = open(&path)?;
             let p = policy(&e, &name)?;
             if e.reset(p, key.as_bytes()).map_err(|e| e.to_string())? {

@@ -82,11 +82,14 @@ pub(crate) struct Header {
 }
 
 /// Bytes the header takes, rounded up to the region alignment.
-pub(crate) const HEADER_BYTES: u64 = (std::mem::size_of::<Header>() as u64).div_ceil(REGION_ALIGN) * REGION_ALIGN;
+pub(crate) const HEADER_BYTES: u64 =
+    (std::mem::size_of::<Header>() as u64).div_ceil(REGION_ALIGN) * REGION_ALIGN;
 
 const _: () = {
     assert!(std::mem::size_of::<DirEntry>() == 8 + MAX_NAME_BYTES + MAX_SPEC_BYTES + 32);
-    assert!(std::mem::size_of::<Header>() == 72 + MAX_SHARED_POLICIES * std::mem::size_of::<DirEntry>());
+    assert!(
+        std::mem::size_of::<Header>() == 72 + MAX_SHARED_POLICIES * std::mem::size_of::<DirEntry>()
+    );
     assert!(std::mem::align_of::<Header>() == 8);
 };
 
@@ -304,7 +307,9 @@ impl Mapping {
         let h = self.header();
         let p = self.path.display();
         if h.magic != MAGIC {
-            return Err(Error::Corrupt(format!("{p} is not a ratekeeper shared file (bad magic number)")));
+            return Err(Error::Corrupt(format!(
+                "{p} is not a ratekeeper shared file (bad magic number)"
+            )));
         }
         if h.version != LAYOUT_VERSION {
             return Err(Error::Corrupt(format!(
@@ -313,7 +318,11 @@ impl Mapping {
             )));
         }
         if h.header_bytes as usize != std::mem::size_of::<Header>() {
-            return Err(Error::Corrupt(format!("{p}: header size {} is not {}", h.header_bytes, std::mem::size_of::<Header>())));
+            return Err(Error::Corrupt(format!(
+                "{p}: header size {} is not {}",
+                h.header_bytes,
+                std::mem::size_of::<Header>()
+            )));
         }
         if h.total_bytes != size {
             return Err(Error::Corrupt(format!(
@@ -323,11 +332,15 @@ impl Mapping {
         }
         let used = h.used_bytes.load(Ordering::SeqCst);
         if !(HEADER_BYTES..=size).contains(&used) {
-            return Err(Error::Corrupt(format!("{p}: allocated size {used} is outside the file")));
+            return Err(Error::Corrupt(format!(
+                "{p}: allocated size {used} is outside the file"
+            )));
         }
         let n = h.policy_count.load(Ordering::Acquire) as usize;
         if n > MAX_SHARED_POLICIES {
-            return Err(Error::Corrupt(format!("{p}: {n} policies listed, at most {MAX_SHARED_POLICIES} fit")));
+            return Err(Error::Corrupt(format!(
+                "{p}: {n} policies listed, at most {MAX_SHARED_POLICIES} fit"
+            )));
         }
         for i in 0..n {
             self.entry_checked(i)?;
@@ -432,7 +445,14 @@ impl Mapping {
     }
 
     /// Appends a directory entry and allocates its region; call under the lock.
-    pub fn add_entry(&self, name: &str, spec: &str, buckets: u64, when_full: u32, region_bytes: u64) -> Result<usize, Error> {
+    pub fn add_entry(
+        &self,
+        name: &str,
+        spec: &str,
+        buckets: u64,
+        when_full: u32,
+        region_bytes: u64,
+    ) -> Result<usize, Error> {
         let h = self.header();
         let i = self.policy_count();
         if i >= MAX_SHARED_POLICIES {
@@ -456,7 +476,14 @@ impl Mapping {
         // Reserve the pages now, so that a full /dev/shm is an error here
         // rather than SIGBUS on first touch.
         // SAFETY: the fd is open for writing; the range lies inside the file.
-        let rc = unsafe { libc::fallocate(self.fd.as_raw_fd(), 0, offset as libc::off_t, size as libc::off_t) };
+        let rc = unsafe {
+            libc::fallocate(
+                self.fd.as_raw_fd(),
+                0,
+                offset as libc::off_t,
+                size as libc::off_t,
+            )
+        };
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EOPNOTSUPP) {

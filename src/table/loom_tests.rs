@@ -108,7 +108,11 @@ fn loom_slot_reuse_never_applies_a_stale_update_to_the_new_key() {
         // of key 1 landing on its slot would show as more. (A peek of cost 1
         // reports what remains after it: 5 - 1 - 1.)
         if Table::find(t.bucket(0), 3).is_some() {
-            assert_eq!(peek(&t, 3, now).remaining, 3, "key 3 saw another key's charge");
+            assert_eq!(
+                peek(&t, 3, now).remaining,
+                3,
+                "key 3 saw another key's charge"
+            );
         }
         // Key 2, if still present, has only its own charge.
         if Table::find(t.bucket(0), 2).is_some() {
@@ -179,7 +183,10 @@ fn loom_composite_charge_is_all_or_nothing() {
             thread::spawn(move || allowed(t.check(7, 1, S, true)))
         };
         let (a, b) = (ta.join().unwrap(), tb.join().unwrap());
-        assert!(a ^ b, "exactly one of cost 2 and cost 1 fits after the other");
+        assert!(
+            a ^ b,
+            "exactly one of cost 2 and cost 1 fits after the other"
+        );
         // Whatever won, both limits hold exactly its charge: 1 left after
         // the cost-1 request, none after the cost-2 one.
         let left = if a { 0 } else { 1 };
@@ -207,7 +214,11 @@ fn loom_leases_are_exclusive_and_expired_leases_are_reclaimed_once() {
                 thread::spawn(move || {
                     if let (_, Some(lease)) = t.acquire(7, 2 * S, 10 + i) {
                         got.fetch_add(1, Ordering::SeqCst);
-                        assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                        assert_eq!(
+                            holders.fetch_add(1, Ordering::SeqCst),
+                            0,
+                            "two holders at once"
+                        );
                         holders.fetch_sub(1, Ordering::SeqCst);
                         assert!(t.release(&lease));
                     }
@@ -218,7 +229,10 @@ fn loom_leases_are_exclusive_and_expired_leases_are_reclaimed_once() {
             h.join().unwrap();
         }
         assert!(got.load(Ordering::SeqCst) >= 1);
-        assert!(t.acquire(7, 2 * S, 99).1.is_some(), "released leases are free");
+        assert!(
+            t.acquire(7, 2 * S, 99).1.is_some(),
+            "released leases are free"
+        );
     });
 }
 

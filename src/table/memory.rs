@@ -34,7 +34,9 @@ unsafe impl Sync for Memory {}
 #[cfg(not(loom))]
 fn heap_layout(len: usize) -> Result<std::alloc::Layout, Error> {
     len.checked_mul(std::mem::size_of::<Atomic128>())
-        .and_then(|bytes| std::alloc::Layout::from_size_align(bytes.max(HEAP_ALIGN), HEAP_ALIGN).ok())
+        .and_then(|bytes| {
+            std::alloc::Layout::from_size_align(bytes.max(HEAP_ALIGN), HEAP_ALIGN).ok()
+        })
         .ok_or_else(|| Error::OutOfMemory(format!("{len} table words")))
 }
 

@@ -208,7 +208,10 @@ pub(crate) struct Lease {
 
 /// Combines per-limit verdicts: a denial binds by largest retry-after, an
 /// allow by fewest remaining; ties go to the lowest index.
-fn combine(limits: &[LimitParams], mut eval: impl FnMut(usize, &LimitParams) -> algo::Eval) -> Verdict {
+fn combine(
+    limits: &[LimitParams],
+    mut eval: impl FnMut(usize, &LimitParams) -> algo::Eval,
+) -> Verdict {
     let mut best: Option<(usize, algo::Eval)> = None;
     let mut allowed = true;
     for (i, l) in limits.iter().enumerate() {
@@ -309,7 +312,13 @@ impl Table {
 
     /// A table over `mem[base..]`, which must hold `units_needed(layout,
     /// buckets)` units, all zero or left by an earlier table of the same layout.
-    pub fn new(layout: Layout, when_full: WhenFull, buckets: usize, mem: Memory, base: usize) -> Table {
+    pub fn new(
+        layout: Layout,
+        when_full: WhenFull,
+        buckets: usize,
+        mem: Memory,
+        base: usize,
+    ) -> Table {
         assert!(buckets.is_power_of_two());
         let bucket_units = 2 + SLOTS + SLOTS * layout.words;
         assert!(mem.units().len() >= base + buckets * bucket_units);
@@ -401,7 +410,15 @@ impl Table {
     }
 
     /// Commits transaction `snap.seq + 1`; on success, completes it.
-    fn transact(&self, b: &[Atomic128], snap: &Snapshot, op: u8, slot: usize, cost: u64, arg: u64) -> bool {
+    fn transact(
+        &self,
+        b: &[Atomic128],
+        snap: &Snapshot,
+        op: u8,
+        slot: usize,
+        cost: u64,
+        arg: u64,
+    ) -> bool {
         let s1 = snap.seq.wrapping_add(1);
         let idx = (s1 & 1) as usize;
         let expected = if idx == 0 { snap.e0 } else { snap.e1 };
@@ -416,7 +433,12 @@ impl Table {
     /// Writes one word of transaction `e` (see the module docs); `None` if
     /// the transaction turned out to be complete already.
     #[inline]
-    fn write(b: &[Atomic128], unit: &Atomic128, e: u128, f: impl Fn(Payload) -> Payload) -> Option<Payload> {
+    fn write(
+        b: &[Atomic128],
+        unit: &Atomic128,
+        e: u128,
+        f: impl Fn(Payload) -> Payload,
+    ) -> Option<Payload> {
         let s1 = seq(e);
         let idx = (s1 & 1) as usize;
         loop {
@@ -442,12 +464,16 @@ impl Table {
             OP_CLAIM => {
                 let h = intent_arg(e);
                 Self::write(b, &b[Self::key_unit(slot)], e, |_| Payload { a: 0, b: h }).is_some()
-                    && words.iter().all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
+                    && words
+                        .iter()
+                        .all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
             }
             // A reset frees the slot: the key word goes back to empty.
             OP_RESET => {
                 Self::write(b, &b[Self::key_unit(slot)], e, |_| Payload::default()).is_some()
-                    && words.iter().all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
+                    && words
+                        .iter()
+                        .all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
             }
             op @ (OP_CHARGE | OP_REFUND) => {
                 let refund = op == OP_REFUND;
@@ -465,7 +491,15 @@ impl Table {
         }
     }
 
-    fn apply_limit(b: &[Atomic128], words: &[Atomic128], l: &LimitParams, e: u128, refund: bool, cost: u64, now: u64) -> bool {
+    fn apply_limit(
+        b: &[Atomic128],
+        words: &[Atomic128],
+        l: &LimitParams,
+        e: u128,
+        refund: bool,
+        cost: u64,
+        now: u64,
+    ) -> bool {
         let w = &words[l.offset..l.offset + l.words()];
         let single = |f: fn(&LimitParams, Payload, u64, u64) -> Payload| {
             Self::write(b, &w[0], e, |p| f(l, p, cost, now)).is_some()
@@ -501,14 +535,30 @@ impl Table {
     fn decide(&self, words: &(impl Words + ?Sized), cost: u64, now: u64) -> Verdict {
         if cost > algo::MAX_COST {
             let mut v = combine(&self.layout.limits, |_, l| {
-                algo::evaluate(l, &LimitView { slot: words, offset: l.offset }, 0, now)
+                algo::evaluate(
+                    l,
+                    &LimitView {
+                        slot: words,
+                        offset: l.offset,
+                    },
+                    0,
+                    now,
+                )
             });
             v.allowed = false;
             v.retry_after_ns = u64::MAX;
             return v;
         }
         combine(&self.layout.limits, |_, l| {
-            algo::evaluate(l, &LimitView { slot: words, offset: l.offset }, cost, now)
+            algo::evaluate(
+                l,
+                &LimitView {
+                    slot: words,
+                    offset: l.offset,
+                },
+                cost,
+                now,
+            )
         })
     }
 
@@ -523,7 +573,9 @@ impl Table {
         let l = &self.layout.first;
         let e = match l.algorithm {
             Algorithm::Gcra => algo::gcra::evaluate(l, p, cost.min(algo::MAX_COST + 1), now),
-            Algorithm::FixedWindow => algo::fixed_window::evaluate(l, p, cost.min(algo::MAX_COST + 1), now),
+            Algorithm::FixedWindow => {
+                algo::fixed_window::evaluate(l, p, cost.min(algo::MAX_COST + 1), now)
+            }
             _ => algo::sliding_window::evaluate(l, p, cost.min(algo::MAX_COST + 1), now),
         };
         if cost > algo::MAX_COST {
@@ -557,7 +609,16 @@ impl Table {
         self.layout
             .limits
             .iter()
-            .map(|l| algo::expiry(l, &LimitView { slot: &view, offset: l.offset }, now))
+            .map(|l| {
+                algo::expiry(
+                    l,
+                    &LimitView {
+                        slot: &view,
+                        offset: l.offset,
+                    },
+                    now,
+                )
+            })
             .max()
             .unwrap_or(0)
     }
@@ -582,7 +643,13 @@ impl Table {
 
     /// Finds the slot of `h`, claiming one if `claim` and the key is new.
     /// `Err(outcome)` when the operation ends without a slot.
-    fn locate(&self, b: &[Atomic128], snap: &Snapshot, h: u64, now: u64) -> Result<Option<usize>, Outcome> {
+    fn locate(
+        &self,
+        b: &[Atomic128],
+        snap: &Snapshot,
+        h: u64,
+        now: u64,
+    ) -> Result<Option<usize>, Outcome> {
         if let Some(j) = Self::find(b, h) {
             return Ok(Some(j));
         }
@@ -702,7 +769,9 @@ impl Table {
                 let l = &self.layout.limits[0];
                 let new = match l.algorithm {
                     Algorithm::Gcra => algo::gcra::refund(l, payload(cur), cost, now),
-                    Algorithm::FixedWindow => algo::fixed_window::refund(l, payload(cur), cost, now),
+                    Algorithm::FixedWindow => {
+                        algo::fixed_window::refund(l, payload(cur), cost, now)
+                    }
                     _ => algo::sliding_window::refund(l, payload(cur), cost, now),
                 };
                 if unit.compare_exchange(cur, word(snap.seq, new)).is_ok() {
@@ -831,7 +900,12 @@ impl Table {
                 for unit in self.slot_words(b, j) {
                     let cur = unit.load();
                     let p = payload(cur);
-                    if p.b != 0 && p.a == holder && unit.compare_exchange(cur, word(tag(cur), Payload::default())).is_ok() {
+                    if p.b != 0
+                        && p.a == holder
+                        && unit
+                            .compare_exchange(cur, word(tag(cur), Payload::default()))
+                            .is_ok()
+                    {
                         n += 1;
                     }
                 }
@@ -853,7 +927,7 @@ impl Table {
     }
 }
 
-#[cfg(all(test, not(loom)))]
-mod tests;
 #[cfg(all(test, loom))]
 mod loom_tests;
+#[cfg(all(test, not(loom)))]
+mod tests;

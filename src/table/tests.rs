@@ -76,7 +76,10 @@ fn a_transaction_abandoned_halfway_is_completed_exactly_once() {
     // Write only the first limit's word, as the dying writer would have.
     let words = t.slot_words(b, j);
     let l0 = t.layout.limits[0];
-    Table::write(b, &words[0], e, |p| algo::fixed_window::charge(&l0, p, 2, S)).unwrap();
+    Table::write(b, &words[0], e, |p| {
+        algo::fixed_window::charge(&l0, p, 2, S)
+    })
+    .unwrap();
     // Completion writes the second word only; the first keeps its 3.
     let v0 = verdict(t.check(h, 1, S, false));
     assert_eq!(v0.remaining, 5 - 3 - 1, "limit 0 charged once, not twice");
@@ -93,12 +96,24 @@ fn a_stale_helper_never_rewrites_a_word_of_a_completed_transaction() {
     let b = t.bucket(0);
     // The intent of the transaction that just completed.
     let snap = t.snapshot(b);
-    let done = if seq(snap.e0) == snap.seq { snap.e0 } else { snap.e1 };
+    let done = if seq(snap.e0) == snap.seq {
+        snap.e0
+    } else {
+        snap.e1
+    };
     let stale = done | PENDING;
     // A helper that read the intent while it was pending and wakes up now.
-    let before: Vec<u128> = t.slot_words(b, Table::find(b, h).unwrap()).iter().map(|w| w.load()).collect();
+    let before: Vec<u128> = t
+        .slot_words(b, Table::find(b, h).unwrap())
+        .iter()
+        .map(|w| w.load())
+        .collect();
     t.apply(b, stale);
-    let after: Vec<u128> = t.slot_words(b, Table::find(b, h).unwrap()).iter().map(|w| w.load()).collect();
+    let after: Vec<u128> = t
+        .slot_words(b, Table::find(b, h).unwrap())
+        .iter()
+        .map(|w| w.load())
+        .collect();
     assert_eq!(before, after);
 }
 

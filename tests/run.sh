@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (README "Tests"). Installs what it
+# needs on a fresh Debian machine; safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "system packages"
+need=()
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v g++ >/dev/null || need+=(g++)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
+step "the committed C header is what cbindgen generates"
+cargo build --lib
+git diff --exit-code -- include/ || { echo "include/ratekeeper.h is stale: commit the regenerated header"; exit 1; }
+
+step "unit, model, multi-process and CLI tests (debug: overflow checks on)"
+cargo test
+
+step "the same in release (what users run)"
+cargo test --release
+
+step "loom models of the lock-free protocol"
+RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 CARGO_TARGET_DIR=target/loom \
+  cargo test --release --lib loom_
+
+if [ -x tests/c/run.sh ]; then
+  step "C ABI: plain, ASan+UBSan, valgrind, pkg-config example"
+  tests/c/run.sh
+fi
+
+if [ -x fuzz/smoke.sh ]; then
+  step "fuzz smoke (${FUZZ_SECONDS:-20} s per target)"
+  fuzz/smoke.sh
+fi
+
+step "all green"
