@@ -105,6 +105,17 @@ impl From<Verdict> for Decision {
     }
 }
 
+/// One item of [`Engine::check_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckItem<'a> {
+    /// The policy.
+    pub policy: PolicyId,
+    /// The key under that policy.
+    pub key: &'a [u8],
+    /// The cost to charge.
+    pub cost: u32,
+}
+
 /// A concurrency permit from [`Engine::acquire`]: give it back with
 /// [`Engine::release`]; if you never do, it expires after the policy's TTL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,6 +521,75 @@ impl Engine {
             )));
         }
         Ok(self.check_at(policy, key, cost, now_ns))
+    }
+
+    /// Checks several (policy, key, cost) items — e.g. every limit that
+    /// applies to one HTTP request — as one request: if every item allows,
+    /// every item is charged; if any denies, none is. Returns the binding
+    /// decision (a denying item with the largest retry-after, else the item
+    /// with the fewest remaining; ties to the lowest index) and its index.
+    ///
+    /// Items are first peeked, then charged in order; if a concurrent request
+    /// takes the last unit of an item between the two, the items already
+    /// charged are refunded and the batch is denied. Across different keys
+    /// that is the strongest guarantee a lock-free engine can give: a charge
+    /// may be visible to other requests for that instant.
+    pub fn check_many_at(
+        &self,
+        items: &[CheckItem<'_>],
+        now_ns: u64,
+    ) -> Result<(Decision, usize), Error> {
+        if items.is_empty() {
+            return Err(Error::InvalidArgument(
+                "check_many needs at least one item".into(),
+            ));
+        }
+        let mut best: Option<(Decision, usize)> = None;
+        let better = |d: &Decision, b: &Decision| match (d.allowed, b.allowed) {
+            (false, true) => true,
+            (true, false) => false,
+            (false, false) => d.retry_after_ns > b.retry_after_ns,
+            (true, true) => d.remaining < b.remaining,
+        };
+        for (i, it) in items.iter().enumerate() {
+            let p = self.get(it.policy)?;
+            if p.table.layout.concurrency {
+                return Err(Error::WrongPolicyKind(format!(
+                    "policy {:?} is a concurrency limit: use acquire/release",
+                    p.name
+                )));
+            }
+            let d = self.peek_at(it.policy, it.key, it.cost, now_ns)?;
+            if best.as_ref().is_none_or(|(b, _)| better(&d, b)) {
+                best = Some((d, i));
+            }
+        }
+        let (d, i) = best.expect("items is not empty");
+        if !d.allowed {
+            // Count the denial against the binding item only.
+            let p = self.get(items[i].policy)?;
+            p.head().add(Counter::Denied, 1);
+            return Ok((d, i));
+        }
+        let mut best: Option<(Decision, usize)> = None;
+        for (i, it) in items.iter().enumerate() {
+            let d = self.check_at(it.policy, it.key, it.cost, now_ns);
+            if !d.allowed {
+                for done in &items[..i] {
+                    self.refund_at(done.policy, done.key, done.cost, now_ns)?;
+                }
+                return Ok((d, i));
+            }
+            if best.as_ref().is_none_or(|(b, _)| better(&d, b)) {
+                best = Some((d, i));
+            }
+        }
+        Ok(best.expect("items is not empty"))
+    }
+
+    /// [`check_many_at`](Self::check_many_at) at the engine clock's time.
+    pub fn check_many(&self, items: &[CheckItem<'_>]) -> Result<(Decision, usize), Error> {
+        self.check_many_at(items, self.now_ns())
     }
 
     /// What `check` would decide now, without charging anything.

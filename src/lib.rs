@@ -35,7 +35,7 @@ mod wait;
 pub use algo::{MAX_COST, MAX_LEASES, MAX_LOG_ENTRIES};
 pub use clock::{Clock, ManualClock};
 pub use engine::{
-    Decision, Engine, EngineOptions, Permit, PolicyId, PolicyOptions, DEFAULT_CAPACITY,
+    CheckItem, Decision, Engine, EngineOptions, Permit, PolicyId, PolicyOptions, DEFAULT_CAPACITY,
     MAX_POLICIES,
 };
 pub use error::{Error, ParseError};

@@ -281,3 +281,47 @@ fn bad_specs_are_errors_not_panics() {
         Err(ratekeeper::Error::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn check_many_charges_every_item_or_none() {
+    use ratekeeper::CheckItem;
+    let e = engine(64);
+    let ip = e.add_policy("ip", "3/minute").unwrap();
+    let route = e.add_policy("route", "2/minute").unwrap();
+    let items = |k: &'static [u8]| {
+        [
+            CheckItem {
+                policy: ip,
+                key: b"ip:1",
+                cost: 1,
+            },
+            CheckItem {
+                policy: route,
+                key: k,
+                cost: 1,
+            },
+        ]
+    };
+    let (d, i) = e.check_many_at(&items(b"user:a"), S).unwrap();
+    assert!(d.allowed);
+    assert_eq!(
+        (i, d.remaining),
+        (1, 1),
+        "the route limit binds with fewest remaining"
+    );
+    assert!(e.check_many_at(&items(b"user:a"), S).unwrap().0.allowed);
+    // The route limit for user:a is spent: denied, and the ip limit is not charged.
+    let (d, i) = e.check_many_at(&items(b"user:a"), S).unwrap();
+    assert!(!d.allowed);
+    assert_eq!(i, 1);
+    assert_eq!(
+        e.peek_at(ip, b"ip:1", 1, S).unwrap().remaining,
+        0,
+        "ip has 1 left, not 0 left after"
+    );
+    // Another user from the same ip still gets the ip's last unit.
+    assert!(e.check_many_at(&items(b"user:b"), S).unwrap().0.allowed);
+    let (d, i) = e.check_many_at(&items(b"user:c"), S).unwrap();
+    assert!(!d.allowed && i == 0);
+    assert!(e.check_many_at(&[], S).is_err());
+}
