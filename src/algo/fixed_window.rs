@@ -28,7 +28,12 @@ pub(crate) fn evaluate(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Eval
             limit: l.count,
             remaining: l.count - count - cost,
             retry_after_ns: 0,
-            reset_after_ns: until(end, now),
+            // A request of cost 0 opens no window.
+            reset_after_ns: if open.is_none() && cost == 0 {
+                0
+            } else {
+                until(end, now)
+            },
         }
     } else {
         let reset = if open.is_some() { until(end, now) } else { 0 };

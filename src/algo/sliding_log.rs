@@ -56,13 +56,19 @@ pub(crate) fn evaluate(l: &LimitParams, w: &(impl Words + ?Sized), cost: u64, no
     let counted = l.count - first as u64;
     let newest = (meta.b != 0).then(|| meta.b - 1);
     if counted + cost <= l.count {
-        let stamp = newest.map_or(now, |t| t.max(now));
+        // A request of cost 0 writes no entry.
+        let stamp = match newest {
+            _ if cost == 0 && counted == 0 => None,
+            _ if cost == 0 => newest,
+            Some(t) => Some(t.max(now)),
+            None => Some(now),
+        };
         Eval {
             allowed: true,
             limit: l.count,
             remaining: l.count - counted - cost,
             retry_after_ns: 0,
-            reset_after_ns: until(stamp.saturating_add(l.period_ns), now),
+            reset_after_ns: stamp.map_or(0, |t| until(t.saturating_add(l.period_ns), now)),
         }
     } else {
         let retry = if cost > l.count {

@@ -623,12 +623,14 @@ impl Table {
             .unwrap_or(0)
     }
 
+    /// A slot for a new key: a free one, else an expired one, else the one
+    /// that would expire soonest.
     fn choose_victim(&self, b: &[Atomic128], now: u64) -> Victim {
+        if let Some(j) = (0..SLOTS).find(|&j| (b[Self::key_unit(j)].load() >> 64) as u64 == 0) {
+            return Victim::Empty(j);
+        }
         let mut soonest: Option<(usize, u64)> = None;
         for j in 0..SLOTS {
-            if (b[Self::key_unit(j)].load() >> 64) as u64 == 0 {
-                return Victim::Empty(j);
-            }
             let exp = self.expiry(b, j, now);
             if exp <= now {
                 return Victim::Expired(j);
@@ -747,7 +749,7 @@ impl Table {
     /// Gives back `cost` previously charged to `h`. Returns false if the
     /// key holds no state (never seen, reset or evicted).
     pub fn refund(&self, h: u64, cost: u64, now: u64) -> bool {
-        if self.layout.concurrency || cost == 0 {
+        if self.layout.concurrency {
             return false;
         }
         let cost = cost.min(algo::MAX_COST);
@@ -760,6 +762,13 @@ impl Table {
                 }
                 continue;
             };
+            if cost == 0 {
+                // Nothing to give back; report whether the key has state.
+                if Self::still(b, &snap) {
+                    return true;
+                }
+                continue;
+            }
             if self.layout.single_word {
                 let unit = &self.slot_words(b, j)[0];
                 let cur = unit.load();
