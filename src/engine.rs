@@ -1,5 +1,6 @@
 //! The engine: named policies over tables, decisions, statistics.
 
+use crate::abuse::Penalty;
 use crate::algo::LimitParams;
 use crate::clock::Clock;
 use crate::hash::{siphash13, Seed};
@@ -58,6 +59,23 @@ pub struct PolicyOptions {
     pub capacity: Option<usize>,
     /// What happens when a new key finds its bucket full of live entries.
     pub when_full: WhenFull,
+    /// Shadow mode: decisions are computed, counted and reported as if
+    /// enforced, but every request passes (`Decision::shadow_denied` tells
+    /// which would have been denied). For rolling out a new limit safely.
+    pub shadow: bool,
+    /// Adds a random extra of up to this many nanoseconds to the
+    /// retry-after of a denial, so that synchronised clients spread out.
+    /// Never makes retry-after shorter than the true wait.
+    pub retry_jitter_ns: u64,
+    /// Penalty box: ban a key that keeps getting denied (see [`Penalty`]).
+    pub penalty: Option<Penalty>,
+}
+
+impl PolicyOptions {
+    /// The options of a policy as they must match across processes.
+    fn behaviour(&self) -> (bool, u64, Option<Penalty>) {
+        (self.shadow, self.retry_jitter_ns, self.penalty)
+    }
 }
 
 /// A policy of one engine. Cheap to copy; only meaningful to that engine.
@@ -90,6 +108,12 @@ pub struct Decision {
     pub reset_after_ns: u64,
     /// Index of the binding limit within the policy.
     pub limit_index: u32,
+    /// Denied because the key is in the penalty box (`retry_after_ns` is
+    /// the ban's remaining time).
+    pub banned: bool,
+    /// Shadow mode: the request passes (`allowed` is true) but would have
+    /// been denied; the other fields describe that denial.
+    pub shadow_denied: bool,
 }
 
 impl From<Verdict> for Decision {
@@ -101,6 +125,8 @@ impl From<Verdict> for Decision {
             retry_after_ns: v.retry_after_ns,
             reset_after_ns: v.reset_after_ns,
             limit_index: v.limit_index,
+            banned: v.banned,
+            shadow_denied: false,
         }
     }
 }
@@ -140,6 +166,7 @@ struct Policy {
     canonical: String,
     table: Table,
     seed: Seed,
+    options: PolicyOptions,
 }
 
 impl Policy {
@@ -162,22 +189,6 @@ impl Policy {
 /// Units of a policy region: the head, then the table.
 fn region_units(layout: &Layout, buckets: usize) -> usize {
     HEAD_UNITS + Table::units_needed(layout, buckets)
-}
-
-fn when_full_code(w: WhenFull) -> u32 {
-    match w {
-        WhenFull::Evict => 0,
-        WhenFull::FailOpen => 1,
-        WhenFull::FailClosed => 2,
-    }
-}
-
-fn when_full_from(code: u32) -> WhenFull {
-    match code {
-        1 => WhenFull::FailOpen,
-        2 => WhenFull::FailClosed,
-        _ => WhenFull::Evict,
-    }
 }
 
 /// The rate-limit engine: a set of named policies.
@@ -294,28 +305,31 @@ impl Engine {
         if capacity == 0 {
             return Err(Error::InvalidArgument("capacity must be at least 1".into()));
         }
+        if let Some(pen) = &options.penalty {
+            pen.validate()?;
+        }
         if let Some(map) = &self.shared {
-            return self.add_shared(map, name, parsed, capacity, options.when_full);
+            return self.add_shared(map, name, parsed, capacity, options);
         }
         let _guard = self.add_lock.lock().unwrap_or_else(|e| e.into_inner());
         let n = self.count.load(Ordering::Acquire) as usize;
         for (i, slot) in self.policies[..n].iter().enumerate() {
             let p = slot.get().expect("policies below count are set");
             if p.name == name {
-                if p.spec == parsed {
+                if p.spec == parsed && p.options.behaviour() == options.behaviour() {
                     return Ok(PolicyId(i as u32));
                 }
                 return Err(Error::PolicyMismatch {
                     name: name.into(),
-                    existing: p.canonical.clone(),
-                    requested: parsed.to_string(),
+                    existing: describe(&p.canonical, &p.options),
+                    requested: describe(&parsed.to_string(), &options),
                 });
             }
         }
         if n >= MAX_POLICIES {
             return Err(Error::TooManyPolicies(MAX_POLICIES));
         }
-        let layout = layout_for(&parsed)?;
+        let layout = layout_for(&parsed, options.penalty)?;
         let buckets = Table::buckets_for(capacity);
         let mem = Memory::heap(region_units(&layout, buckets))?;
         let policy = Policy {
@@ -324,6 +338,7 @@ impl Engine {
             spec: parsed,
             table: Table::new(layout, options.when_full, buckets, mem, HEAD_UNITS),
             seed: self.seed.for_policy(n as u32),
+            options,
         };
         if self.policies[n].set(policy).is_err() {
             unreachable!("slot {n} is set only under the add lock");
@@ -341,7 +356,7 @@ impl Engine {
         name: &str,
         parsed: PolicySpec,
         capacity: usize,
-        when_full: WhenFull,
+        options: PolicyOptions,
     ) -> Result<PolicyId, Error> {
         let canonical = parsed.to_string();
         let _file = map.lock()?;
@@ -354,26 +369,21 @@ impl Engine {
                         "policy {name:?} in the shared file has an unreadable spec {spec:?}: {err}"
                     ))
                 })?;
-                if existing != parsed {
+                let theirs = shm::entry_options(e);
+                if existing != parsed || theirs.behaviour() != options.behaviour() {
                     return Err(Error::PolicyMismatch {
                         name: name.into(),
-                        existing: spec.into(),
-                        requested: canonical,
+                        existing: describe(spec, &theirs),
+                        requested: describe(&canonical, &options),
                     });
                 }
                 return self.attach(map, i);
             }
         }
-        let layout = layout_for(&parsed)?;
+        let layout = layout_for(&parsed, options.penalty)?;
         let buckets = Table::buckets_for(capacity);
         let bytes = region_units(&layout, buckets) as u64 * 16;
-        let i = map.add_entry(
-            name,
-            &canonical,
-            buckets as u64,
-            when_full_code(when_full),
-            bytes,
-        )?;
+        let i = map.add_entry(name, &canonical, buckets as u64, &options, bytes)?;
         self.attach(map, i)
     }
 
@@ -389,7 +399,8 @@ impl Engine {
             |m: String| Error::Corrupt(format!("{}: policy {name:?}: {m}", map.path().display()));
         let parsed = policy::parse(spec)
             .map_err(|err| corrupt(format!("unreadable spec {spec:?}: {err}")))?;
-        let layout = layout_for(&parsed)?;
+        let options = shm::entry_options(e);
+        let layout = layout_for(&parsed, options.penalty)?;
         let buckets = e.buckets as usize;
         let units = region_units(&layout, buckets);
         if (units as u64) * 16 > e.region_bytes {
@@ -407,14 +418,9 @@ impl Engine {
             name: name.into(),
             canonical: spec.into(),
             spec: parsed,
-            table: Table::new(
-                layout,
-                when_full_from(e.when_full),
-                buckets,
-                mem,
-                HEAD_UNITS,
-            ),
+            table: Table::new(layout, options.when_full, buckets, mem, HEAD_UNITS),
             seed: self.seed.for_policy(i as u32),
+            options,
         };
         let _ = self.policies[i].set(policy);
         self.count.fetch_max(i as u32 + 1, Ordering::AcqRel);
@@ -613,18 +619,27 @@ impl Engine {
 
     #[inline(always)]
     fn conclude(p: &Policy, outcome: Outcome, cost: u64, now: u64, count: bool) -> Decision {
-        match outcome {
+        let mut d: Decision = match outcome {
             Outcome::Decided { verdict, evicted } => {
+                let head = p.head();
                 if evicted {
-                    p.head().add(Counter::Evictions, 1);
+                    head.add(Counter::Evictions, 1);
                 }
                 if count {
-                    let c = if verdict.allowed {
-                        Counter::Allowed
-                    } else {
-                        Counter::Denied
-                    };
-                    p.head().add(c, 1);
+                    head.add(
+                        if verdict.allowed {
+                            Counter::Allowed
+                        } else {
+                            Counter::Denied
+                        },
+                        1,
+                    );
+                    if verdict.banned {
+                        head.add(Counter::Banned, 1);
+                    }
+                    if verdict.new_ban {
+                        head.add(Counter::Bans, 1);
+                    }
                 }
                 verdict.into()
             }
@@ -644,7 +659,22 @@ impl Engine {
                     _ => fresh.into(),
                 }
             }
+        };
+        if !d.allowed {
+            if p.options.retry_jitter_ns > 0 && d.retry_after_ns != u64::MAX {
+                d.retry_after_ns = d
+                    .retry_after_ns
+                    .saturating_add(crate::abuse::jitter(p.options.retry_jitter_ns));
+            }
+            if p.options.shadow {
+                if count {
+                    p.head().add(Counter::ShadowDenied, 1);
+                }
+                d.allowed = true;
+                d.shadow_denied = true;
+            }
         }
+        d
     }
 
     /// Gives back `cost` charged earlier to `key` (e.g. charge every login
@@ -786,6 +816,9 @@ impl Engine {
             denied: p.head().sum(Counter::Denied),
             evictions: p.head().sum(Counter::Evictions),
             table_full: p.head().sum(Counter::TableFull),
+            shadow_denied: p.head().sum(Counter::ShadowDenied),
+            banned: p.head().sum(Counter::Banned),
+            bans: p.head().sum(Counter::Bans),
             occupancy: p.table.occupancy(),
             capacity: p.table.capacity() as u64,
         })
@@ -806,8 +839,26 @@ fn unknown_policy(policy: PolicyId) -> ! {
     )
 }
 
+/// A spec with its behaviour options, for error messages.
+fn describe(spec: &str, o: &PolicyOptions) -> String {
+    let mut s = spec.to_string();
+    if o.shadow {
+        s.push_str(" (shadow)");
+    }
+    if o.retry_jitter_ns > 0 {
+        s.push_str(&format!(" (retry jitter {} ns)", o.retry_jitter_ns));
+    }
+    if let Some(p) = &o.penalty {
+        s.push_str(&format!(
+            " (ban {} ns after {} denials in {} ns, up to {} ns)",
+            p.ban_ns, p.strikes, p.window_ns, p.max_ban_ns
+        ));
+    }
+    s
+}
+
 /// Validates a parsed spec against the engine's limits and lays it out.
-pub(crate) fn layout_for(spec: &PolicySpec) -> Result<Layout, Error> {
+pub(crate) fn layout_for(spec: &PolicySpec, penalty: Option<Penalty>) -> Result<Layout, Error> {
     let mut offset = 0;
     let mut limits = Vec::with_capacity(spec.limits.len());
     for l in &spec.limits {
@@ -815,5 +866,10 @@ pub(crate) fn layout_for(spec: &PolicySpec) -> Result<Layout, Error> {
         offset += p.words();
         limits.push(p);
     }
-    Ok(Layout::new(limits))
+    if penalty.is_some() && spec.is_concurrency() {
+        return Err(Error::Unsupported(
+            "a penalty box needs a rate limit, not a concurrency limit".into(),
+        ));
+    }
+    Ok(Layout::new(limits, penalty))
 }

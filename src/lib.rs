@@ -19,6 +19,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub(crate) mod abuse;
 pub(crate) mod algo;
 pub mod clock;
 mod engine;
@@ -32,6 +33,7 @@ pub(crate) mod sync;
 pub(crate) mod table;
 mod wait;
 
+pub use abuse::Penalty;
 pub use algo::{MAX_COST, MAX_LEASES, MAX_LOG_ENTRIES};
 pub use clock::{Clock, ManualClock};
 pub use engine::{

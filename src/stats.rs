@@ -18,6 +18,9 @@ pub(crate) enum Counter {
     Denied = 1,
     Evictions = 2,
     TableFull = 3,
+    ShadowDenied = 4,
+    Banned = 5,
+    Bans = 6,
 }
 
 /// One shard: a 128-byte line of counters (the size and alignment of
@@ -104,6 +107,12 @@ pub struct Stats {
     pub evictions: u64,
     /// Requests that found no room and were failed open or closed.
     pub table_full: u64,
+    /// Shadow mode: requests that passed but would have been denied.
+    pub shadow_denied: u64,
+    /// Requests denied because their key was in the penalty box.
+    pub banned: u64,
+    /// Bans imposed.
+    pub bans: u64,
     /// Keys currently tracked.
     pub occupancy: u64,
     /// Keys the table can track.

@@ -117,6 +117,7 @@ fn fail_closed_denies_and_fail_open_allows_when_every_entry_is_live() {
                 PolicyOptions {
                     capacity: Some(8),
                     when_full,
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -385,6 +385,8 @@ impl Model {
             retry_after_ns: if allowed { 0 } else { e.retry_after },
             reset_after_ns: e.reset_after,
             limit_index: i as u32,
+            banned: false,
+            shadow_denied: false,
         }
     }
 
@@ -932,6 +934,8 @@ fn dec(allowed: bool, limit: u64, remaining: u64, retry: u64, reset: u64, index:
         retry_after_ns: retry,
         reset_after_ns: reset,
         limit_index: index,
+        banned: false,
+        shadow_denied: false,
     })
 }
 

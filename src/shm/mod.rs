@@ -20,9 +20,12 @@
 //! A file whose boot id differs from the running kernel's is from an earlier
 //! boot: its contents are wiped and it is initialised afresh.
 
+use crate::abuse::Penalty;
 use crate::hash::Seed;
 use crate::sync::{SharedOrdering as Ordering, SharedU32 as AtomicU32, SharedU64 as AtomicU64};
+use crate::table::WhenFull;
 use crate::Error;
+use crate::PolicyOptions;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -54,7 +57,11 @@ pub(crate) struct DirEntry {
     pub buckets: u64,
     /// 0 evict, 1 fail open, 2 fail closed.
     pub when_full: u32,
-    pub _pad: u32,
+    /// 1 if the policy runs in shadow mode.
+    pub shadow: u32,
+    pub retry_jitter_ns: u64,
+    /// Penalty box: `strikes` (0 = none), `window_ns`, `ban_ns`, `max_ban_ns`.
+    pub penalty: [u64; 4],
     /// Byte offset of the policy's region from the start of the file.
     pub region_offset: u64,
     /// Bytes of the region.
@@ -86,7 +93,7 @@ pub(crate) const HEADER_BYTES: u64 =
     (std::mem::size_of::<Header>() as u64).div_ceil(REGION_ALIGN) * REGION_ALIGN;
 
 const _: () = {
-    assert!(std::mem::size_of::<DirEntry>() == 8 + MAX_NAME_BYTES + MAX_SPEC_BYTES + 32);
+    assert!(std::mem::size_of::<DirEntry>() == 8 + MAX_NAME_BYTES + MAX_SPEC_BYTES + 72);
     assert!(
         std::mem::size_of::<Header>() == 72 + MAX_SHARED_POLICIES * std::mem::size_of::<DirEntry>()
     );
@@ -433,8 +440,13 @@ impl Mapping {
         {
             return bad("region outside the file");
         }
-        if !e.buckets.is_power_of_two() || e.when_full > 2 {
+        if !e.buckets.is_power_of_two() || e.when_full > 2 || e.shadow > 1 {
             return bad("bad table parameters");
+        }
+        if let Some(p) = entry_options(e).penalty {
+            if p.validate().is_err() || e.penalty[0] > u32::MAX as u64 {
+                return bad("bad penalty settings");
+            }
         }
         if std::str::from_utf8(&e.name[..e.name_len as usize]).is_err()
             || std::str::from_utf8(&e.spec[..e.spec_len as usize]).is_err()
@@ -450,7 +462,7 @@ impl Mapping {
         name: &str,
         spec: &str,
         buckets: u64,
-        when_full: u32,
+        options: &PolicyOptions,
         region_bytes: u64,
     ) -> Result<usize, Error> {
         let h = self.header();
@@ -501,7 +513,16 @@ impl Mapping {
         e.name[..name.len()].copy_from_slice(name.as_bytes());
         e.spec[..spec.len()].copy_from_slice(spec.as_bytes());
         e.buckets = buckets;
-        e.when_full = when_full;
+        e.when_full = match options.when_full {
+            WhenFull::Evict => 0,
+            WhenFull::FailOpen => 1,
+            WhenFull::FailClosed => 2,
+        };
+        e.shadow = options.shadow as u32;
+        e.retry_jitter_ns = options.retry_jitter_ns;
+        e.penalty = options.penalty.map_or([0; 4], |p| {
+            [p.strikes as u64, p.window_ns, p.ban_ns, p.max_ban_ns]
+        });
         e.region_offset = offset;
         e.region_bytes = size;
         h.used_bytes.store(offset + size, Ordering::SeqCst);
@@ -515,6 +536,26 @@ impl Mapping {
         debug_assert!(offset <= self.len as u64);
         // SAFETY: callers pass offsets validated to lie within the mapping.
         unsafe { self.ptr.add(offset as usize) }
+    }
+}
+
+/// The behaviour options recorded in a directory entry.
+pub(crate) fn entry_options(e: &DirEntry) -> PolicyOptions {
+    PolicyOptions {
+        capacity: None,
+        when_full: match e.when_full {
+            1 => WhenFull::FailOpen,
+            2 => WhenFull::FailClosed,
+            _ => WhenFull::Evict,
+        },
+        shadow: e.shadow == 1,
+        retry_jitter_ns: e.retry_jitter_ns,
+        penalty: (e.penalty[0] != 0).then(|| Penalty {
+            strikes: e.penalty[0].min(u32::MAX as u64) as u32,
+            window_ns: e.penalty[1],
+            ban_ns: e.penalty[2],
+            max_ban_ns: e.penalty[3],
+        }),
     }
 }
 

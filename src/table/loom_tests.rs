@@ -16,7 +16,7 @@ const S: u64 = 1_000_000_000;
 
 /// A one-bucket table for `spec`.
 fn table(spec: &str) -> Arc<Table> {
-    let layout = layout_for(&parse(spec).unwrap()).unwrap();
+    let layout = layout_for(&parse(spec).unwrap(), None).unwrap();
     let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
     Arc::new(Table::new(layout, WhenFull::Evict, 1, mem, 0))
 }
@@ -259,5 +259,45 @@ fn loom_a_reset_racing_a_charge_leaves_either_order_never_a_mix() {
         assert!(v.remaining <= 1, "{v:?}");
         let more = (0..3).filter(|_| allowed(t.check(7, 1, S, true))).count() as u64;
         assert_eq!(more, v.remaining + 1);
+    });
+}
+
+#[test]
+fn loom_racing_strikes_start_exactly_one_ban() {
+    loom::model(|| {
+        let layout = layout_for(
+            &parse("1/second").unwrap(),
+            Some(crate::abuse::Penalty {
+                strikes: 2,
+                window_ns: 10 * S,
+                ban_ns: 100 * S,
+                max_ban_ns: 1000 * S,
+            }),
+        )
+        .unwrap();
+        let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
+        let t = Arc::new(Table::new(layout, WhenFull::Evict, 1, mem, 0));
+        assert!(allowed(t.check(7, 1, S, true)));
+        let new_bans = Arc::new(AtomicUsize::new(0));
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                let (t, new_bans) = (t.clone(), new_bans.clone());
+                thread::spawn(move || {
+                    if let Outcome::Decided { verdict, .. } = t.check(7, 1, S, true) {
+                        assert!(!verdict.allowed);
+                        if verdict.new_ban {
+                            new_bans.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(new_bans.load(Ordering::SeqCst), 1, "two strikes, one ban");
+        let v = peek(&t, 7, 2 * S);
+        assert!(v.banned);
+        assert_eq!(v.retry_after_ns, 99 * S);
     });
 }

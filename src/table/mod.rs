@@ -25,7 +25,7 @@
 //! |---------|---------|-----------------------------------------------------|
 //! | 0..32   | seq     | the transaction's sequence number                   |
 //! | 32..56  | cost    | cost of a charge or refund                          |
-//! | 56..59  | op      | `CHARGE`, `REFUND`, `CLAIM`, `RESET`                 |
+//! | 56..59  | op      | `CHARGE`, `REFUND`, `CLAIM`, `RESET`, `STRIKE`       |
 //! | 59      | pending | set until every word of the transaction is written  |
 //! | 60..64  | slot    | the slot the transaction changes                    |
 //! | 64..128 | arg     | `now` for charge/refund, the key hash for a claim   |
@@ -70,6 +70,7 @@
 
 pub(crate) mod memory;
 
+use crate::abuse::{self, Penalty};
 use crate::algo::{self, concurrency, sliding_log, LimitParams, Payload, Words};
 use crate::policy::Algorithm;
 use crate::sync::Atomic128;
@@ -86,6 +87,7 @@ const OP_CHARGE: u8 = 1;
 const OP_REFUND: u8 = 2;
 const OP_CLAIM: u8 = 3;
 const OP_RESET: u8 = 4;
+const OP_STRIKE: u8 = 5;
 
 const PENDING: u128 = 1 << 59;
 
@@ -161,11 +163,15 @@ pub(crate) struct Layout {
     pub first: LimitParams,
     /// The policy is one concurrency limit.
     pub concurrency: bool,
+    /// Penalty box, with its two words at `penalty_offset`.
+    pub penalty: Option<Penalty>,
+    pub penalty_offset: usize,
 }
 
 impl Layout {
-    pub fn new(limits: Vec<LimitParams>) -> Layout {
-        let words = limits.iter().map(|l| l.words()).sum();
+    pub fn new(limits: Vec<LimitParams>, penalty: Option<Penalty>) -> Layout {
+        let limit_words: usize = limits.iter().map(|l| l.words()).sum();
+        let words = limit_words + if penalty.is_some() { 2 } else { 0 };
         let concurrency = limits.len() == 1 && limits[0].algorithm == Algorithm::Concurrency;
         Layout {
             single_word: words == 1 && !concurrency,
@@ -173,6 +179,8 @@ impl Layout {
             concurrency,
             words,
             limits,
+            penalty,
+            penalty_offset: limit_words,
         }
     }
 }
@@ -186,6 +194,10 @@ pub(crate) struct Verdict {
     pub retry_after_ns: u64,
     pub reset_after_ns: u64,
     pub limit_index: u32,
+    /// Denied because the key is in the penalty box.
+    pub banned: bool,
+    /// This request's strike started the ban.
+    pub new_ban: bool,
 }
 
 /// What a table operation did, for the engine's statistics.
@@ -238,6 +250,8 @@ fn combine(
         retry_after_ns: if allowed { 0 } else { e.retry_after_ns },
         reset_after_ns: e.reset_after_ns,
         limit_index: i as u32,
+        banned: false,
+        new_ban: false,
     }
 }
 
@@ -475,6 +489,27 @@ impl Table {
                         .iter()
                         .all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
             }
+            OP_STRIKE => {
+                let (Some(pen), off, now) = (
+                    self.layout.penalty,
+                    self.layout.penalty_offset,
+                    intent_arg(e),
+                ) else {
+                    return;
+                };
+                match Self::write(b, &words[off], e, |p| abuse::strike(&pen, p, now)) {
+                    // A strike word reset to 0 means this strike starts a ban.
+                    Some(strikes) => Self::write(b, &words[off + 1], e, |p| {
+                        if strikes.b == 0 {
+                            abuse::ban(&pen, p, now)
+                        } else {
+                            p
+                        }
+                    })
+                    .is_some(),
+                    None => false,
+                }
+            }
             op @ (OP_CHARGE | OP_REFUND) => {
                 let refund = op == OP_REFUND;
                 let (cost, now) = (intent_cost(e), intent_arg(e));
@@ -588,6 +623,8 @@ impl Table {
             retry_after_ns: e.retry_after_ns,
             reset_after_ns: e.reset_after_ns,
             limit_index: 0,
+            banned: false,
+            new_ban: false,
         }
     }
 
@@ -680,6 +717,8 @@ impl Table {
                     retry_after_ns: 0,
                     reset_after_ns: 0,
                     limit_index: u32::MAX,
+                    banned: false,
+                    new_ban: false,
                 },
                 evicted: true,
             });
@@ -733,8 +772,37 @@ impl Table {
             let view = SlotView {
                 words: self.slot_words(b, j),
             };
-            let verdict = self.decide(&view, cost, now);
+            let mut verdict = self.decide(&view, cost, now);
+            let mut strike = None;
+            if let Some(pen) = &self.layout.penalty {
+                let off = self.layout.penalty_offset;
+                let until = abuse::banned_until(view.word(off + 1));
+                if until > now {
+                    verdict.allowed = false;
+                    verdict.banned = true;
+                    verdict.remaining = 0;
+                    verdict.retry_after_ns = until - now;
+                    verdict.reset_after_ns = verdict.reset_after_ns.max(until - now);
+                } else if !verdict.allowed && charge && cost <= algo::MAX_COST {
+                    // This denial is a strike; the one over budget starts a ban.
+                    if abuse::strike(pen, view.word(off), now).b == 0 {
+                        let ban = abuse::ban(pen, view.word(off + 1), now);
+                        verdict.banned = true;
+                        verdict.new_ban = true;
+                        verdict.remaining = 0;
+                        verdict.retry_after_ns = ban.b - now;
+                        verdict.reset_after_ns = verdict.reset_after_ns.max(ban.b - now);
+                    }
+                    strike = Some(());
+                }
+            }
             if !Self::still(b, &snap) {
+                continue;
+            }
+            if strike.is_some() {
+                if self.transact(b, &snap, OP_STRIKE, j, 0, now) {
+                    return Outcome::Decided { verdict, evicted };
+                }
                 continue;
             }
             if !charge || !verdict.allowed || cost == 0 || self.layout.concurrency {

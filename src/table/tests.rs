@@ -5,7 +5,7 @@ use crate::policy::parse;
 const S: u64 = 1_000_000_000;
 
 fn table(spec: &str, buckets: usize) -> Table {
-    let layout = layout_for(&parse(spec).unwrap()).unwrap();
+    let layout = layout_for(&parse(spec).unwrap(), None).unwrap();
     let mem = Memory::heap(Table::units_needed(&layout, buckets)).unwrap();
     Table::new(layout, WhenFull::Evict, buckets, mem, 0)
 }

@@ -1,0 +1,191 @@
+//! Abuse control: penalty box, retry jitter, shadow mode.
+
+use ratekeeper::{Engine, EngineOptions, Penalty, PolicyOptions};
+
+const S: u64 = 1_000_000_000;
+const MIN: u64 = 60 * S;
+
+fn engine() -> Engine {
+    Engine::new(EngineOptions {
+        capacity: 256,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Login protection: 5/minute; 3 denials within 10 minutes ban for 15
+/// minutes, doubling up to 4 hours.
+fn login_options() -> PolicyOptions {
+    PolicyOptions {
+        penalty: Some(Penalty {
+            strikes: 3,
+            window_ns: 10 * MIN,
+            ban_ns: 15 * MIN,
+            max_ban_ns: 240 * MIN,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_third_denial_bans_the_key_for_the_ban_length_and_bans_escalate() {
+    let e = engine();
+    let p = e
+        .add_policy_with("login", "5/minute", login_options())
+        .unwrap();
+    let t0 = 1000 * S;
+    for _ in 0..5 {
+        assert!(e.check_at(p, b"ip:1", 1, t0).allowed);
+    }
+    // Two strikes: ordinary denials.
+    for _ in 0..2 {
+        let d = e.check_at(p, b"ip:1", 1, t0);
+        assert!(!d.allowed && !d.banned);
+        assert_eq!(d.retry_after_ns, 12 * S);
+    }
+    // The third strike starts a 15-minute ban.
+    let d = e.check_at(p, b"ip:1", 1, t0);
+    assert!(!d.allowed && d.banned);
+    assert_eq!(d.retry_after_ns, 15 * MIN);
+    // Banned even though the 5/minute quota has long refilled.
+    let d = e.check_at(p, b"ip:1", 1, t0 + 10 * MIN);
+    assert!(d.banned && !d.allowed);
+    assert_eq!(d.retry_after_ns, 5 * MIN);
+    // Other keys are not affected.
+    assert!(e.check_at(p, b"ip:2", 1, t0 + 10 * MIN).allowed);
+    // After the ban: allowed again.
+    let t1 = t0 + 15 * MIN;
+    assert!(e.check_at(p, b"ip:1", 1, t1).allowed);
+    // Breach again soon after: the second ban lasts 30 minutes.
+    for _ in 0..4 {
+        e.check_at(p, b"ip:1", 1, t1);
+    }
+    let d = (0..3)
+        .map(|_| e.check_at(p, b"ip:1", 1, t1))
+        .last()
+        .unwrap();
+    assert!(d.banned);
+    assert_eq!(d.retry_after_ns, 30 * MIN);
+    let st = e.stats(p).unwrap();
+    assert_eq!(st.bans, 2);
+    assert_eq!(
+        st.banned, 3,
+        "two ban-starting denials and one denial during a ban"
+    );
+}
+
+#[test]
+fn denials_spread_out_over_more_than_the_window_never_ban() {
+    let e = engine();
+    let p = e
+        .add_policy_with("login", "1/hour", login_options())
+        .unwrap();
+    let t0 = 1000 * S;
+    assert!(e.check_at(p, b"k", 1, t0).allowed);
+    for i in 1..30 {
+        let d = e.check_at(p, b"k", 1, t0 + i * 5 * MIN);
+        assert!(!d.banned, "denial {i}");
+    }
+    assert_eq!(e.stats(p).unwrap().bans, 0);
+}
+
+#[test]
+fn reset_lifts_a_ban() {
+    let e = engine();
+    let p = e
+        .add_policy_with("login", "1/minute", login_options())
+        .unwrap();
+    for _ in 0..4 {
+        e.check_at(p, b"k", 1, S);
+    }
+    assert!(e.check_at(p, b"k", 1, 5 * MIN).banned);
+    assert!(e.reset(p, b"k").unwrap());
+    assert!(e.check_at(p, b"k", 1, 5 * MIN).allowed);
+}
+
+#[test]
+fn retry_jitter_adds_a_bounded_random_extra_never_less_than_the_true_wait() {
+    let e = engine();
+    let jitter = 2 * S;
+    let p = e
+        .add_policy_with(
+            "p",
+            "1/minute",
+            PolicyOptions {
+                retry_jitter_ns: jitter,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(e.check_at(p, b"k", 1, S).allowed);
+    let waits: Vec<u64> = (0..200)
+        .map(|_| e.check_at(p, b"k", 1, S).retry_after_ns)
+        .collect();
+    assert!(
+        waits.iter().all(|&w| (MIN..=MIN + jitter).contains(&w)),
+        "{waits:?}"
+    );
+    let distinct: std::collections::HashSet<_> = waits.iter().collect();
+    assert!(distinct.len() > 150, "synchronised clients must spread out");
+    // A cost that can never pass keeps retry_after = MAX.
+    assert_eq!(e.check_at(p, b"k", 5, S).retry_after_ns, u64::MAX);
+}
+
+#[test]
+fn shadow_mode_passes_every_request_but_counts_and_flags_would_be_denials() {
+    let e = engine();
+    let p = e
+        .add_policy_with(
+            "new-limit",
+            "2/minute",
+            PolicyOptions {
+                shadow: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let ds: Vec<_> = (0..5).map(|_| e.check_at(p, b"k", 1, S)).collect();
+    assert!(ds.iter().all(|d| d.allowed));
+    assert_eq!(ds.iter().filter(|d| d.shadow_denied).count(), 3);
+    assert_eq!(
+        ds[4].retry_after_ns,
+        30 * S,
+        "the denial it would have been"
+    );
+    let st = e.stats(p).unwrap();
+    assert_eq!((st.allowed, st.denied, st.shadow_denied), (2, 3, 3));
+    // Would-be denials charge nothing: after 30 s one more fits, exactly.
+    let d = e.check_at(p, b"k", 1, 31 * S);
+    assert!(d.allowed && !d.shadow_denied);
+}
+
+#[test]
+fn a_shared_policy_must_be_asked_for_with_the_same_abuse_options() {
+    let path = std::env::temp_dir().join(format!("rk-abuse-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let opts = EngineOptions {
+        shared_max_bytes: 16 << 20,
+        capacity: 1024,
+        ..Default::default()
+    };
+    let a = Engine::open_shared(&path, opts.clone()).unwrap();
+    let b = Engine::open_shared(&path, opts).unwrap();
+    let pa = a
+        .add_policy_with("login", "5/minute", login_options())
+        .unwrap();
+    let err = b.add_policy("login", "5/minute").unwrap_err().to_string();
+    assert!(err.contains("ban") && err.contains("5/minute"), "{err}");
+    let pb = b
+        .add_policy_with("login", "5/minute", login_options())
+        .unwrap();
+    // One penalty box for both processes: strikes from either count.
+    for _ in 0..5 {
+        a.check_at(pa, b"ip", 1, S);
+    }
+    a.check_at(pa, b"ip", 1, S);
+    b.check_at(pb, b"ip", 1, S);
+    assert!(a.check_at(pa, b"ip", 1, S).banned);
+    assert!(b.check_at(pb, b"ip", 1, 2 * S).banned);
+    assert_eq!(b.stats(pb).unwrap().bans, 1);
+    std::fs::remove_file(&path).unwrap();
+}
