@@ -186,9 +186,13 @@ impl Policy {
     }
 }
 
-/// Units of a policy region: the head, then the table.
+/// Keys of one policy that can carry a quota override.
+pub const MAX_OVERRIDES: usize = 1024;
+const OVERRIDE_UNITS: usize = MAX_OVERRIDES;
+
+/// Units of a policy region: the head, the override table, then the table.
 fn region_units(layout: &Layout, buckets: usize) -> usize {
-    HEAD_UNITS + Table::units_needed(layout, buckets)
+    HEAD_UNITS + OVERRIDE_UNITS + Table::units_needed(layout, buckets)
 }
 
 /// The rate-limit engine: a set of named policies.
@@ -336,7 +340,15 @@ impl Engine {
             name: name.into(),
             canonical: parsed.to_string(),
             spec: parsed,
-            table: Table::new(layout, options.when_full, buckets, mem, HEAD_UNITS),
+            table: Table::with_overrides(
+                layout,
+                options.when_full,
+                buckets,
+                mem,
+                HEAD_UNITS + OVERRIDE_UNITS,
+                HEAD_UNITS,
+                OVERRIDE_UNITS,
+            ),
             seed: self.seed.for_policy(n as u32),
             options,
         };
@@ -418,7 +430,15 @@ impl Engine {
             name: name.into(),
             canonical: spec.into(),
             spec: parsed,
-            table: Table::new(layout, options.when_full, buckets, mem, HEAD_UNITS),
+            table: Table::with_overrides(
+                layout,
+                options.when_full,
+                buckets,
+                mem,
+                HEAD_UNITS + OVERRIDE_UNITS,
+                HEAD_UNITS,
+                OVERRIDE_UNITS,
+            ),
             seed: self.seed.for_policy(i as u32),
             options,
         };
@@ -504,10 +524,9 @@ impl Engine {
             unknown_policy(policy)
         };
         let charge = !p.table.layout.concurrency;
-        let outcome = p
-            .table
-            .check(Self::hash(p, key), cost as u64, now_ns, charge);
-        Self::conclude(p, outcome, cost as u64, now_ns, charge)
+        let h = Self::hash(p, key);
+        let outcome = p.table.check(h, cost as u64, now_ns, charge);
+        Self::conclude(p, outcome, h, cost as u64, now_ns, charge)
     }
 
     /// [`check_at`](Self::check_at) that reports a foreign policy id or a
@@ -614,11 +633,18 @@ impl Engine {
         let p = self.get(policy)?;
         let h = Self::hash(p, key);
         let outcome = p.table.check(h, cost as u64, now_ns, false);
-        Ok(Self::conclude(p, outcome, cost as u64, now_ns, false))
+        Ok(Self::conclude(p, outcome, h, cost as u64, now_ns, false))
     }
 
     #[inline(always)]
-    fn conclude(p: &Policy, outcome: Outcome, cost: u64, now: u64, count: bool) -> Decision {
+    fn conclude(
+        p: &Policy,
+        outcome: Outcome,
+        h: u64,
+        cost: u64,
+        now: u64,
+        count: bool,
+    ) -> Decision {
         let mut d: Decision = match outcome {
             Outcome::Decided { verdict, evicted } => {
                 let head = p.head();
@@ -647,7 +673,7 @@ impl Engine {
                 if count {
                     p.head().add(Counter::TableFull, 1);
                 }
-                let fresh = p.table.fresh_verdict(cost, now);
+                let fresh = p.table.fresh_verdict(h, cost, now);
                 match p.table.when_full {
                     WhenFull::FailClosed => Decision {
                         allowed: false,
@@ -735,8 +761,9 @@ impl Engine {
         }
         // SAFETY: getpid has no preconditions and cannot fail.
         let holder = unsafe { libc::getpid() } as u32;
-        let (outcome, lease) = p.table.acquire(Self::hash(p, key), now_ns, holder);
-        let d = Self::conclude(p, outcome, 1, now_ns, true);
+        let h = Self::hash(p, key);
+        let (outcome, lease) = p.table.acquire(h, now_ns, holder);
+        let d = Self::conclude(p, outcome, h, 1, now_ns, true);
         let permit = lease.map(|lease| Permit {
             engine: self.id,
             policy: policy.0,
@@ -806,6 +833,51 @@ impl Engine {
             crate::wait::wake_all(&cells.released);
         }
         Ok(n)
+    }
+
+    /// Gives `key` a quota of `factor` times the policy's own (e.g. 10.0 for
+    /// a partner API key), from now on and for every process sharing the
+    /// engine. Applies to `gcra`, `fixed_window` and `sliding_window` limits
+    /// (count and burst are scaled, at least 1); `sliding_log` limits keep
+    /// their count. `factor` is kept in thousandths, from 0.001 to 16,777.
+    ///
+    /// ```
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let api = engine.add_policy("api", "10/second")?;
+    /// engine.set_override(api, b"key:partner", 10.0)?;
+    /// assert_eq!(engine.check_at(api, b"key:partner", 1, 1).limit, 100);
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
+    pub fn set_override(&self, policy: PolicyId, key: &[u8], factor: f64) -> Result<(), Error> {
+        let milli = (factor * 1000.0).round();
+        if !(1.0..=crate::algo::MAX_COST as f64).contains(&milli) {
+            return Err(Error::InvalidArgument(format!(
+                "an override factor must be between 0.001 and {} (got {factor})",
+                crate::algo::MAX_COST as f64 / 1000.0
+            )));
+        }
+        let p = self.get(policy)?;
+        if p.table.layout.concurrency {
+            return Err(Error::WrongPolicyKind(
+                "overrides apply to rate limits".into(),
+            ));
+        }
+        p.table.set_override(Self::hash(p, key), milli as u32)
+    }
+
+    /// Removes `key`'s override: it gets the policy's own quota again.
+    pub fn clear_override(&self, policy: PolicyId, key: &[u8]) -> Result<(), Error> {
+        let p = self.get(policy)?;
+        p.table.set_override(Self::hash(p, key), 0)
+    }
+
+    /// `key`'s override factor, if it has one.
+    pub fn override_of(&self, policy: PolicyId, key: &[u8]) -> Result<Option<f64>, Error> {
+        let p = self.get(policy)?;
+        Ok(match p.table.override_of(Self::hash(p, key)) {
+            0 => None,
+            m => Some(m as f64 / 1000.0),
+        })
     }
 
     /// The policy's counters (summed over shards) and occupancy.

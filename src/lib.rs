@@ -38,7 +38,7 @@ pub use algo::{MAX_COST, MAX_LEASES, MAX_LOG_ENTRIES};
 pub use clock::{Clock, ManualClock};
 pub use engine::{
     CheckItem, Decision, Engine, EngineOptions, Permit, PolicyId, PolicyOptions, DEFAULT_CAPACITY,
-    MAX_POLICIES,
+    MAX_OVERRIDES, MAX_POLICIES,
 };
 pub use error::{Error, ParseError};
 pub use policy::{Algorithm, Limit, PolicySpec};

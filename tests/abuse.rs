@@ -189,3 +189,87 @@ fn a_shared_policy_must_be_asked_for_with_the_same_abuse_options() {
     assert_eq!(b.stats(pb).unwrap().bans, 1);
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn an_override_gives_one_key_a_multiple_of_the_quota_at_once() {
+    let e = engine();
+    let p = e
+        .add_policy("api", "10/second; fixed_window 100/minute")
+        .unwrap();
+    assert!(e.check_at(p, b"key:partner", 1, S).allowed);
+    e.set_override(p, b"key:partner", 10.0).unwrap();
+    assert_eq!(e.override_of(p, b"key:partner").unwrap(), Some(10.0));
+    // Already-tracked key: the new quota applies at once. GCRA keeps its
+    // state as time, so the tenth of a second the first request used (one
+    // unit of 10/second) is ten units of 100/second: 90 remain.
+    let admitted = (0..500)
+        .filter(|_| e.check_at(p, b"key:partner", 1, S).allowed)
+        .count();
+    assert_eq!(admitted, 90);
+    let d = e.peek_at(p, b"key:partner", 1, S).unwrap();
+    assert_eq!(d.limit, 100);
+    // Other keys keep the policy's quota.
+    let others = (0..50)
+        .filter(|_| e.check_at(p, b"key:other", 1, S).allowed)
+        .count();
+    assert_eq!(others, 10);
+    // Cleared: the policy's own quota again (and its state is kept).
+    e.clear_override(p, b"key:partner").unwrap();
+    assert_eq!(e.override_of(p, b"key:partner").unwrap(), None);
+    assert_eq!(e.peek_at(p, b"key:partner", 1, S).unwrap().limit, 10);
+}
+
+#[test]
+fn an_override_outlives_the_eviction_of_its_key() {
+    let e = engine();
+    let p = e
+        .add_policy_with(
+            "api",
+            "5/minute",
+            PolicyOptions {
+                capacity: Some(8),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    e.set_override(p, b"partner", 4.0).unwrap();
+    assert_eq!(e.check_at(p, b"partner", 1, S).limit, 20);
+    // A flood of other keys takes every slot (the table holds 8).
+    for i in 0..100 {
+        e.check_at(p, format!("k{i}").as_bytes(), 1, S);
+    }
+    assert!(e.stats(p).unwrap().evictions > 0);
+    let d = e.check_at(p, b"partner", 1, 2 * S);
+    assert_eq!(d.limit, 20, "the override is kept outside the key's slot");
+}
+
+#[test]
+fn an_override_set_in_one_process_is_seen_by_every_process_of_the_file() {
+    let path = std::env::temp_dir().join(format!("rk-override-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let opts = EngineOptions {
+        shared_max_bytes: 16 << 20,
+        capacity: 1024,
+        ..Default::default()
+    };
+    let a = Engine::open_shared(&path, opts.clone()).unwrap();
+    let b = Engine::open_shared(&path, opts).unwrap();
+    let pa = a.add_policy("api", "gcra 2/second burst 2").unwrap();
+    let pb = b.add_policy("api", "2/second").unwrap();
+    a.set_override(pa, b"key:p", 3.0).unwrap();
+    let admitted = (0..20).filter(|i| if i % 2 == 0 { a.check_at(pa, b"key:p", 1, S) } else { b.check_at(pb, b"key:p", 1, S) }.allowed).count();
+    assert_eq!(admitted, 6);
+    assert_eq!(b.override_of(pb, b"key:p").unwrap(), Some(3.0));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn bad_override_factors_are_errors() {
+    let e = engine();
+    let p = e.add_policy("api", "10/second").unwrap();
+    for bad in [0.0, -1.0, 0.0001, 1e9, f64::NAN] {
+        assert!(e.set_override(p, b"k", bad).is_err(), "{bad}");
+    }
+    let c = e.add_policy("c", "concurrency 2").unwrap();
+    assert!(e.set_override(c, b"k", 2.0).is_err());
+}

@@ -115,6 +115,38 @@ impl LimitParams {
         })
     }
 
+    /// This limit with its quota scaled by `factor_milli / 1000` (a runtime
+    /// override for one key). `gcra`, `fixed_window` and `sliding_window`
+    /// scale their count and burst (at least 1); `sliding_log` and
+    /// `concurrency` keep theirs, since their state has one word per unit.
+    pub fn scaled(&self, factor_milli: u32) -> LimitParams {
+        let scale =
+            |n: u64| ((n as u128 * factor_milli as u128) / 1000).clamp(1, u32::MAX as u128) as u64;
+        match self.algorithm {
+            Algorithm::SlidingLog | Algorithm::Concurrency => *self,
+            Algorithm::Gcra => {
+                let count = scale(self.count);
+                let burst = scale(self.burst);
+                let t_ns = (self.period_ns / count).max(1);
+                LimitParams {
+                    count,
+                    burst,
+                    t_ns,
+                    tol_ns: burst.saturating_mul(t_ns).min(u64::MAX / 4),
+                    ..*self
+                }
+            }
+            _ => {
+                let count = scale(self.count);
+                LimitParams {
+                    count,
+                    burst: count,
+                    ..*self
+                }
+            }
+        }
+    }
+
     /// Words this limit keeps per key.
     pub fn words(&self) -> usize {
         match self.algorithm {

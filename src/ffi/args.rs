@@ -208,7 +208,10 @@ impl<'a, T> Out<'a, T> {
     /// # Safety
     /// As for [`new`](Self::new).
     #[inline(always)]
-    pub(crate) unsafe fn optional(p: *mut T, name: &'static str) -> Result<Option<Out<'a, T>>, Failure> {
+    pub(crate) unsafe fn optional(
+        p: *mut T,
+        name: &'static str,
+    ) -> Result<Option<Out<'a, T>>, Failure> {
         if p.is_null() {
             return Ok(None);
         }
@@ -282,7 +285,11 @@ pub(crate) unsafe fn copy_str_out(
 /// # Safety
 /// `p` is non-NULL, aligned, and points to at least 4 readable,
 /// initialised bytes (the `struct_size` field).
-pub(crate) unsafe fn struct_size<T>(p: *const T, min: usize, name: &'static str) -> Result<usize, Failure> {
+pub(crate) unsafe fn struct_size<T>(
+    p: *const T,
+    min: usize,
+    name: &'static str,
+) -> Result<usize, Failure> {
     // SAFETY:
     // - `p` is non-NULL and aligned for `T`, hence for its leading `u32`;
     //   the caller's contract makes those 4 bytes readable and initialised.

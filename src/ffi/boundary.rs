@@ -89,7 +89,9 @@ fn panicked(function: &'static str, payload: Box<dyn Any + Send>) -> rk_status {
     } else {
         "(a panic payload that is not a string)"
     };
-    record(format_args!("{function}: internal error (panic): {message}"));
+    record(format_args!(
+        "{function}: internal error (panic): {message}"
+    ));
     // Dropping the payload runs foreign code that could itself panic:
     // contain that too (and leak the second payload rather than recurse).
     if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {

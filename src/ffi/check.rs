@@ -1,7 +1,7 @@
 //! Rate-limit checks: `rk_decision`, `rk_check*`, `rk_peek*`, `rk_refund*`,
 //! `rk_reset`.
 
-use super::args::{self, Out};
+use super::args::{self, Failure, Out};
 use super::boundary;
 use super::engine::rk_engine;
 use super::status::rk_status;
@@ -77,12 +77,30 @@ unsafe fn check(
         let now_ns = now_ns.unwrap_or_else(|| engine.now_ns());
         let policy = PolicyId(policy);
         let d = match mode {
-            Mode::Charge => engine.try_check_at(policy, key, cost, now_ns)?,
+            Mode::Charge => {
+                // What `try_check_at` checks, but with `check_at`'s inlined
+                // hot path (measured: `try_check_at` costs ~13 ns more).
+                // Policies are never removed, so `check_at` cannot panic on
+                // an id that `policy_spec` accepted.
+                if engine.policy_spec(policy)?.is_concurrency() {
+                    return Err(wrong_kind(engine, policy));
+                }
+                engine.check_at(policy, key, cost, now_ns)
+            }
             Mode::Peek => engine.peek_at(policy, key, cost, now_ns)?,
         };
         out.write(d.into());
         Ok(())
     })
+}
+
+#[cold]
+#[inline(never)]
+fn wrong_kind(engine: &crate::Engine, policy: PolicyId) -> Failure {
+    let name = engine.policy_name(policy).unwrap_or("?");
+    Failure::Engine(crate::Error::WrongPolicyKind(format!(
+        "policy {name:?} is a concurrency limit: use rk_acquire/rk_release"
+    )))
 }
 
 /// Checks `key` against `policy` at the engine clock's time and, if every
@@ -115,7 +133,19 @@ pub unsafe extern "C" fn rk_check(
     out: *mut rk_decision,
 ) -> rk_status {
     // SAFETY: forwarded from this function's contract.
-    unsafe { check("rk_check", Mode::Charge, engine, policy, key, key_len, cost, None, out) }
+    unsafe {
+        check(
+            "rk_check",
+            Mode::Charge,
+            engine,
+            policy,
+            key,
+            key_len,
+            cost,
+            None,
+            out,
+        )
+    }
 }
 
 /// `rk_check` at the explicit time `now_ns` (nanoseconds of
@@ -167,7 +197,19 @@ pub unsafe extern "C" fn rk_peek(
     out: *mut rk_decision,
 ) -> rk_status {
     // SAFETY: forwarded from this function's contract.
-    unsafe { check("rk_peek", Mode::Peek, engine, policy, key, key_len, cost, None, out) }
+    unsafe {
+        check(
+            "rk_peek",
+            Mode::Peek,
+            engine,
+            policy,
+            key,
+            key_len,
+            cost,
+            None,
+            out,
+        )
+    }
 }
 
 /// `rk_peek` at the explicit time `now_ns`.
@@ -220,7 +262,18 @@ pub unsafe extern "C" fn rk_refund(
     refunded_out: *mut bool,
 ) -> rk_status {
     // SAFETY: forwarded from this function's contract.
-    unsafe { refund("rk_refund", engine, policy, key, key_len, cost, None, refunded_out) }
+    unsafe {
+        refund(
+            "rk_refund",
+            engine,
+            policy,
+            key,
+            key_len,
+            cost,
+            None,
+            refunded_out,
+        )
+    }
 }
 
 /// `rk_refund` at the explicit time `now_ns`.

@@ -36,11 +36,11 @@ mod args;
 mod boundary;
 
 // In the order the header presents them.
-pub mod status;
-pub mod engine;
-pub mod policy;
 pub mod check;
+pub mod engine;
 pub mod permit;
+pub mod policy;
+pub mod status;
 
 pub(crate) use args::Failure;
 

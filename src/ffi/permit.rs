@@ -50,7 +50,9 @@ impl From<Permit> for rk_permit {
             reserved: 0,
             opaque: [
                 p.engine,
-                u64::from(l.bucket) | u64::from(l.slot) << SLOT_SHIFT | u64::from(l.index) << INDEX_SHIFT,
+                u64::from(l.bucket)
+                    | u64::from(l.slot) << SLOT_SHIFT
+                    | u64::from(l.index) << INDEX_SHIFT,
                 l.word as u64,
                 (l.word >> 64) as u64,
                 0,

@@ -180,7 +180,16 @@ pub unsafe extern "C" fn rk_policy_add(
     policy_out: *mut u32,
 ) -> rk_status {
     // SAFETY: forwarded from this function's contract (NULL options are defaults).
-    unsafe { add("rk_policy_add", engine, name, spec, std::ptr::null(), policy_out) }
+    unsafe {
+        add(
+            "rk_policy_add",
+            engine,
+            name,
+            spec,
+            std::ptr::null(),
+            policy_out,
+        )
+    }
 }
 
 /// `rk_policy_add` with options of the policy's own: its capacity and what

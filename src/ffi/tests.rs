@@ -37,10 +37,26 @@ fn add(engine: *mut rk_engine, name: &CStr, spec: &CStr) -> Result<u32, rk_statu
     }
 }
 
-fn check_at(engine: *mut rk_engine, policy: u32, key: &[u8], cost: u32, now: u64) -> Result<rk_decision, rk_status> {
+fn check_at(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: &[u8],
+    cost: u32,
+    now: u64,
+) -> Result<rk_decision, rk_status> {
     let mut d = std::mem::MaybeUninit::uninit();
     // SAFETY: live engine, key slice, writable out.
-    match unsafe { rk_check_at(engine, policy, key.as_ptr(), key.len(), cost, now, d.as_mut_ptr()) } {
+    match unsafe {
+        rk_check_at(
+            engine,
+            policy,
+            key.as_ptr(),
+            key.len(),
+            cost,
+            now,
+            d.as_mut_ptr(),
+        )
+    } {
         // SAFETY: RK_OK means `d` was written.
         rk_status::RK_OK => Ok(unsafe { d.assume_init() }),
         s => Err(s),
@@ -105,10 +121,16 @@ fn every_engine_error_has_its_own_status() {
 fn a_panic_inside_the_boundary_becomes_rk_err_panic_with_its_message() {
     let status = boundary::run("rk_test", || panic!("boom {}", 42));
     assert_eq!(status, rk_status::RK_ERR_PANIC);
-    assert_eq!(last_error_string(), "rk_test: internal error (panic): boom 42");
+    assert_eq!(
+        last_error_string(),
+        "rk_test: internal error (panic): boom 42"
+    );
     let value = boundary::run_infallible("rk_test_value", 7u32, || panic!("static message"));
     assert_eq!(value, 7);
-    assert_eq!(last_error_string(), "rk_test_value: internal error (panic): static message");
+    assert_eq!(
+        last_error_string(),
+        "rk_test_value: internal error (panic): static message"
+    );
 }
 
 #[test]
@@ -117,7 +139,10 @@ fn a_failure_sets_the_message_and_success_leaves_it_alone() {
         assert_eq!(c(rk_last_error()), "", "empty before any failure");
         let e = new_engine(64);
         let p = add(e, c"p", c"10/second").unwrap();
-        assert_eq!(check_at(e, 99, b"k", 1, S), Err(rk_status::RK_ERR_UNKNOWN_POLICY));
+        assert_eq!(
+            check_at(e, 99, b"k", 1, S),
+            Err(rk_status::RK_ERR_UNKNOWN_POLICY)
+        );
         assert_eq!(c(rk_last_error()), "rk_check_at: unknown policy id 99");
         let before = rk_last_error();
         assert!(check_at(e, p, b"k", 1, S).unwrap().allowed);
@@ -155,10 +180,20 @@ fn engine_options_read_only_the_fields_within_struct_size() {
         let mut e = null_mut();
 
         opts.struct_size = 0;
-        assert_eq!(rk_engine_new(&opts, &mut e), rk_status::RK_ERR_INVALID_ARGUMENT);
-        assert!(last_error_string().contains("struct_size is 0"), "{}", last_error_string());
+        assert_eq!(
+            rk_engine_new(&opts, &mut e),
+            rk_status::RK_ERR_INVALID_ARGUMENT
+        );
+        assert!(
+            last_error_string().contains("struct_size is 0"),
+            "{}",
+            last_error_string()
+        );
         opts.struct_size = 12;
-        assert_eq!(rk_engine_new(&opts, &mut e), rk_status::RK_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            rk_engine_new(&opts, &mut e),
+            rk_status::RK_ERR_INVALID_ARGUMENT
+        );
         assert!(e.is_null(), "out untouched on failure");
 
         // A caller that knows only `struct_size` and `capacity`: the bad
@@ -170,17 +205,26 @@ fn engine_options_read_only_the_fields_within_struct_size() {
         free(e);
 
         opts.struct_size = size_of::<rk_engine_options>() as u32;
-        assert_eq!(rk_engine_new(&opts, &mut e), rk_status::RK_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            rk_engine_new(&opts, &mut e),
+            rk_status::RK_ERR_INVALID_ARGUMENT
+        );
         assert!(last_error_string().contains("opts->clock is 77"));
         opts.clock = rk_clock::RK_CLOCK_MONOTONIC_COARSE as u32;
         opts.capacity = 0;
-        assert_eq!(rk_engine_new(&opts, &mut e), rk_status::RK_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            rk_engine_new(&opts, &mut e),
+            rk_status::RK_ERR_INVALID_ARGUMENT
+        );
         opts.capacity = 1;
         assert_eq!(rk_engine_new(&opts, &mut e), rk_status::RK_OK);
         free(e);
         assert_eq!(rk_engine_new(null(), &mut e), rk_status::RK_OK);
         free(e);
-        assert_eq!(rk_engine_new(null(), null_mut()), rk_status::RK_ERR_NULL_POINTER);
+        assert_eq!(
+            rk_engine_new(null(), null_mut()),
+            rk_status::RK_ERR_NULL_POINTER
+        );
         rk_engine_options_init(null_mut());
         rk_engine_free(null_mut());
     }
@@ -192,12 +236,18 @@ fn the_policy_name_limit_matches_the_engine() {
     let ok = std::ffi::CString::new("n".repeat(RK_MAX_POLICY_NAME_LEN as usize)).unwrap();
     let long = std::ffi::CString::new("n".repeat(RK_MAX_POLICY_NAME_LEN as usize + 1)).unwrap();
     let p = add(e, &ok, c"1/second").unwrap();
-    assert_eq!(add(e, &long, c"1/second"), Err(rk_status::RK_ERR_INVALID_ARGUMENT));
+    assert_eq!(
+        add(e, &long, c"1/second"),
+        Err(rk_status::RK_ERR_INVALID_ARGUMENT)
+    );
     let mut buf = [0 as c_char; RK_MAX_POLICY_NAME_LEN as usize + 1];
     let mut len = 0;
     // SAFETY: live engine; buffer and length are writable locals.
     unsafe {
-        assert_eq!(rk_policy_name(e, p, buf.as_mut_ptr(), buf.len(), &mut len), rk_status::RK_OK);
+        assert_eq!(
+            rk_policy_name(e, p, buf.as_mut_ptr(), buf.len(), &mut len),
+            rk_status::RK_OK
+        );
         assert_eq!(len, RK_MAX_POLICY_NAME_LEN as usize);
         assert_eq!(CStr::from_ptr(buf.as_ptr()), ok.as_c_str());
         assert_eq!(
@@ -217,7 +267,15 @@ fn permits_round_trip_and_altered_permits_are_refused() {
     // SAFETY (whole block): live engine, writable locals, read only after RK_OK.
     unsafe {
         assert_eq!(
-            rk_acquire_at(e, p, b"k".as_ptr(), 1, S, permit.as_mut_ptr(), d.as_mut_ptr()),
+            rk_acquire_at(
+                e,
+                p,
+                b"k".as_ptr(),
+                1,
+                S,
+                permit.as_mut_ptr(),
+                d.as_mut_ptr()
+            ),
             rk_status::RK_OK
         );
         assert!(d.assume_init().allowed);
@@ -226,7 +284,11 @@ fn permits_round_trip_and_altered_permits_are_refused() {
         for (i, delta) in [(0usize, 2u64), (1, 1 << 60), (4, 2)] {
             let mut bad = permit;
             bad.opaque[i] ^= delta;
-            assert_eq!(rk_release(e, &bad), rk_status::RK_ERR_INVALID_PERMIT, "opaque[{i}]");
+            assert_eq!(
+                rk_release(e, &bad),
+                rk_status::RK_ERR_INVALID_PERMIT,
+                "opaque[{i}]"
+            );
         }
         // A lease word that is not the live one is a stale permit: released
         // as a no-op, and the real lease stays held.
@@ -236,9 +298,16 @@ fn permits_round_trip_and_altered_permits_are_refused() {
             assert_eq!(rk_release(e, &stale), rk_status::RK_OK, "opaque[{i}]");
         }
         let mut peek = std::mem::zeroed::<rk_decision>();
-        assert_eq!(rk_peek_at(e, p, b"k".as_ptr(), 1, 1, S, &mut peek), rk_status::RK_OK);
+        assert_eq!(
+            rk_peek_at(e, p, b"k".as_ptr(), 1, 1, S, &mut peek),
+            rk_status::RK_OK
+        );
         // `remaining` counts after this (peeked) request's own charge.
-        assert_eq!((peek.allowed, peek.remaining), (true, 0), "one of two permits still held");
+        assert_eq!(
+            (peek.allowed, peek.remaining),
+            (true, 0),
+            "one of two permits still held"
+        );
         let mut bad = permit;
         bad.reserved = 1;
         assert_eq!(rk_release(e, &bad), rk_status::RK_ERR_INVALID_PERMIT);
@@ -246,9 +315,20 @@ fn permits_round_trip_and_altered_permits_are_refused() {
         bad.policy = 7;
         assert_ne!(rk_release(e, &bad), rk_status::RK_OK);
         assert_eq!(rk_release(e, &permit), rk_status::RK_OK);
-        assert_eq!(rk_release(e, &permit), rk_status::RK_OK, "a second release does nothing");
-        assert_eq!(rk_peek_at(e, p, b"k".as_ptr(), 1, 1, S, &mut peek), rk_status::RK_OK);
-        assert_eq!((peek.allowed, peek.remaining), (true, 1), "both permits free again");
+        assert_eq!(
+            rk_release(e, &permit),
+            rk_status::RK_OK,
+            "a second release does nothing"
+        );
+        assert_eq!(
+            rk_peek_at(e, p, b"k".as_ptr(), 1, 1, S, &mut peek),
+            rk_status::RK_OK
+        );
+        assert_eq!(
+            (peek.allowed, peek.remaining),
+            (true, 1),
+            "both permits free again"
+        );
         let zero = std::mem::zeroed::<rk_permit>();
         assert_eq!(rk_release(e, &zero), rk_status::RK_ERR_INVALID_PERMIT);
     }
@@ -266,7 +346,13 @@ fn a_fail_open_acquire_without_room_hands_out_a_permit_whose_release_does_nothin
         let mut opts = opts.assume_init();
         opts.when_full = rk_when_full::RK_WHEN_FULL_FAIL_OPEN as u32;
         assert_eq!(
-            rk_policy_add_with(e, c"jobs".as_ptr(), c"concurrency 1".as_ptr(), &opts, &mut id),
+            rk_policy_add_with(
+                e,
+                c"jobs".as_ptr(),
+                c"concurrency 1".as_ptr(),
+                &opts,
+                &mut id
+            ),
             rk_status::RK_OK
         );
         let mut stats = std::mem::zeroed::<rk_stats>();
@@ -276,7 +362,15 @@ fn a_fail_open_acquire_without_room_hands_out_a_permit_whose_release_does_nothin
             let key = k.to_le_bytes();
             let mut permit = std::mem::MaybeUninit::<rk_permit>::uninit();
             let mut d = std::mem::MaybeUninit::<rk_decision>::uninit();
-            let s = rk_acquire_at(e, id, key.as_ptr(), key.len(), S, permit.as_mut_ptr(), d.as_mut_ptr());
+            let s = rk_acquire_at(
+                e,
+                id,
+                key.as_ptr(),
+                key.len(),
+                S,
+                permit.as_mut_ptr(),
+                d.as_mut_ptr(),
+            );
             assert_eq!(s, rk_status::RK_OK);
             assert!(d.assume_init().allowed, "fail open admits key {k}");
             let permit = permit.assume_init();
@@ -290,7 +384,10 @@ fn a_fail_open_acquire_without_room_hands_out_a_permit_whose_release_does_nothin
         assert!(stats.table_full >= 1);
         assert_eq!(rk_release(e, &unleased), rk_status::RK_OK);
         let other = new_engine(1);
-        assert_eq!(rk_release(other, &unleased), rk_status::RK_ERR_INVALID_PERMIT);
+        assert_eq!(
+            rk_release(other, &unleased),
+            rk_status::RK_ERR_INVALID_PERMIT
+        );
         free(other);
     }
     free(e);

@@ -301,3 +301,39 @@ fn loom_racing_strikes_start_exactly_one_ban() {
         assert_eq!(v.retry_after_ns, 99 * S);
     });
 }
+
+#[test]
+fn loom_an_override_set_while_its_key_is_claimed_always_reaches_the_slot() {
+    loom::model(|| {
+        let layout = layout_for(&parse("2/second").unwrap(), None).unwrap();
+        let units = Table::units_needed(&layout, 1);
+        let mem = Memory::heap(2 + units).unwrap();
+        let t = Arc::new(Table::with_overrides(
+            layout,
+            WhenFull::Evict,
+            1,
+            mem,
+            2,
+            0,
+            2,
+        ));
+        let ta = {
+            let t = t.clone();
+            thread::spawn(move || {
+                assert!(allowed(t.check(7, 1, S, true)));
+            })
+        };
+        let tb = {
+            let t = t.clone();
+            thread::spawn(move || t.set_override(7, 3000).unwrap())
+        };
+        ta.join().unwrap();
+        tb.join().unwrap();
+        // However they interleaved, the key now has 3 × 2 = 6 per second:
+        // 5 more if A charged under the override; 2 more if A charged half a
+        // second of the old 2/second first (GCRA state is time). Without the
+        // override (the race lost) only 1 more would fit.
+        let admitted = (0..10).filter(|_| allowed(t.check(7, 1, S, true))).count();
+        assert!(admitted == 5 || admitted == 2, "{admitted}");
+    });
+}

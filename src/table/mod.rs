@@ -16,7 +16,7 @@
 //! | bits    | field   | meaning                                            |
 //! |---------|---------|----------------------------------------------------|
 //! | 0..32   | tag     | sequence number of the transaction that wrote it   |
-//! | 32..64  | `a`     | payload (algorithm-defined)                        |
+//! | 32..64  | `a`     | payload (algorithm-defined; for a key word, the key's quota override in thousandths, 0 = none) |
 //! | 64..128 | `b`     | payload (algorithm-defined; for a key word, the key's 64-bit hash, 0 = empty) |
 //!
 //! An intent word (one transaction of the bucket):
@@ -25,7 +25,7 @@
 //! |---------|---------|-----------------------------------------------------|
 //! | 0..32   | seq     | the transaction's sequence number                   |
 //! | 32..56  | cost    | cost of a charge or refund                          |
-//! | 56..59  | op      | `CHARGE`, `REFUND`, `CLAIM`, `RESET`, `STRIKE`       |
+//! | 56..59  | op      | `CHARGE`, `REFUND`, `CLAIM`, `RESET`, `STRIKE`, `FACTOR`, `TOUCH` |
 //! | 59      | pending | set until every word of the transaction is written  |
 //! | 60..64  | slot    | the slot the transaction changes                    |
 //! | 64..128 | arg     | `now` for charge/refund, the key hash for a claim   |
@@ -88,6 +88,10 @@ const OP_REFUND: u8 = 2;
 const OP_CLAIM: u8 = 3;
 const OP_RESET: u8 = 4;
 const OP_STRIKE: u8 = 5;
+/// Sets the override factor in a slot's key word.
+const OP_FACTOR: u8 = 6;
+/// Changes nothing; makes concurrent proposals from older snapshots fail.
+const OP_TOUCH: u8 = 7;
 
 const PENDING: u128 = 1 << 59;
 
@@ -310,6 +314,9 @@ pub(crate) struct Table {
     bucket_units: usize,
     /// Index of the table's first unit within `mem`.
     base: usize,
+    /// The override table: `overrides_len` units from `overrides_base`.
+    overrides_base: usize,
+    overrides_len: usize,
     mem: Memory,
 }
 
@@ -326,6 +333,7 @@ impl Table {
 
     /// A table over `mem[base..]`, which must hold `units_needed(layout,
     /// buckets)` units, all zero or left by an earlier table of the same layout.
+    #[cfg(test)]
     pub fn new(
         layout: Layout,
         when_full: WhenFull,
@@ -333,15 +341,32 @@ impl Table {
         mem: Memory,
         base: usize,
     ) -> Table {
+        Self::with_overrides(layout, when_full, buckets, mem, base, 0, 0)
+    }
+
+    /// [`new`](Self::new), with `overrides_len` units of `mem` from
+    /// `overrides_base` holding the policy's per-key quota overrides.
+    pub fn with_overrides(
+        layout: Layout,
+        when_full: WhenFull,
+        buckets: usize,
+        mem: Memory,
+        base: usize,
+        overrides_base: usize,
+        overrides_len: usize,
+    ) -> Table {
         assert!(buckets.is_power_of_two());
         let bucket_units = 2 + SLOTS + SLOTS * layout.words;
         assert!(mem.units().len() >= base + buckets * bucket_units);
+        assert!(overrides_base + overrides_len <= base || overrides_len == 0);
         Table {
             layout,
             when_full,
             mask: buckets - 1,
             bucket_units,
             base,
+            overrides_base,
+            overrides_len,
             mem,
         }
     }
@@ -476,8 +501,12 @@ impl Table {
         let words = self.slot_words(b, slot);
         let done = match intent_op(e) {
             OP_CLAIM => {
-                let h = intent_arg(e);
-                Self::write(b, &b[Self::key_unit(slot)], e, |_| Payload { a: 0, b: h }).is_some()
+                let (h, factor) = (intent_arg(e), intent_cost(e) as u32);
+                Self::write(b, &b[Self::key_unit(slot)], e, |_| Payload {
+                    a: factor,
+                    b: h,
+                })
+                .is_some()
                     && words
                         .iter()
                         .all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
@@ -489,6 +518,15 @@ impl Table {
                         .iter()
                         .all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
             }
+            OP_FACTOR => {
+                let factor = intent_cost(e) as u32;
+                Self::write(b, &b[Self::key_unit(slot)], e, |p| Payload {
+                    a: factor,
+                    ..p
+                })
+                .is_some()
+            }
+            OP_TOUCH => true,
             OP_STRIKE => {
                 let (Some(pen), off, now) = (
                     self.layout.penalty,
@@ -513,10 +551,14 @@ impl Table {
             op @ (OP_CHARGE | OP_REFUND) => {
                 let refund = op == OP_REFUND;
                 let (cost, now) = (intent_cost(e), intent_arg(e));
-                self.layout
-                    .limits
-                    .iter()
-                    .all(|l| Self::apply_limit(b, words, l, e, refund, cost, now))
+                // The key word's override is stable during a charge: only
+                // CLAIM and FACTOR transactions write it.
+                let factor = payload(b[Self::key_unit(slot)].load()).a;
+                self.with_limits(factor, |limits| {
+                    limits
+                        .iter()
+                        .all(|l| Self::apply_limit(b, words, l, e, refund, cost, now))
+                })
             }
             _ => true,
         };
@@ -565,47 +607,52 @@ impl Table {
         }
     }
 
-    /// The verdict on `words` (a slot, or `Fresh`).
+    /// The policy's limits for a key with override `factor` (0: none).
+    #[inline(always)]
+    fn with_limits<R>(&self, factor: u32, f: impl FnOnce(&[LimitParams]) -> R) -> R {
+        if factor == 0 {
+            return f(&self.layout.limits);
+        }
+        let mut buf = [self.layout.first; crate::policy::MAX_LIMITS];
+        let n = self.layout.limits.len();
+        for (d, l) in buf.iter_mut().zip(&self.layout.limits) {
+            *d = l.scaled(factor);
+        }
+        f(&buf[..n])
+    }
+
+    /// The verdict on `words` (a slot, or `Fresh`) under `limits`.
     #[inline]
-    fn decide(&self, words: &(impl Words + ?Sized), cost: u64, now: u64) -> Verdict {
+    fn decide(
+        &self,
+        limits: &[LimitParams],
+        words: &(impl Words + ?Sized),
+        cost: u64,
+        now: u64,
+    ) -> Verdict {
+        let view = |l: &LimitParams| LimitView {
+            slot: words,
+            offset: l.offset,
+        };
         if cost > algo::MAX_COST {
-            let mut v = combine(&self.layout.limits, |_, l| {
-                algo::evaluate(
-                    l,
-                    &LimitView {
-                        slot: words,
-                        offset: l.offset,
-                    },
-                    0,
-                    now,
-                )
-            });
+            let mut v = combine(limits, |_, l| algo::evaluate(l, &view(l), 0, now));
             v.allowed = false;
             v.retry_after_ns = u64::MAX;
             return v;
         }
-        combine(&self.layout.limits, |_, l| {
-            algo::evaluate(
-                l,
-                &LimitView {
-                    slot: words,
-                    offset: l.offset,
-                },
-                cost,
-                now,
-            )
-        })
+        combine(limits, |_, l| algo::evaluate(l, &view(l), cost, now))
     }
 
     /// The verdict for a key with no state yet.
-    pub fn fresh_verdict(&self, cost: u64, now: u64) -> Verdict {
-        self.decide(&Fresh, cost, now)
+    pub fn fresh_verdict(&self, h: u64, cost: u64, now: u64) -> Verdict {
+        self.with_limits(self.override_of(h), |limits| {
+            self.decide(limits, &Fresh, cost, now)
+        })
     }
 
     /// Single-word policies: the verdict on one word's payload.
     #[inline(always)]
-    fn decide_single(&self, p: Payload, cost: u64, now: u64) -> Verdict {
-        let l = &self.layout.first;
+    fn decide_single(&self, l: &LimitParams, p: Payload, cost: u64, now: u64) -> Verdict {
         let e = match l.algorithm {
             Algorithm::Gcra => algo::gcra::evaluate(l, p, cost.min(algo::MAX_COST + 1), now),
             Algorithm::FixedWindow => {
@@ -614,7 +661,7 @@ impl Table {
             _ => algo::sliding_window::evaluate(l, p, cost.min(algo::MAX_COST + 1), now),
         };
         if cost > algo::MAX_COST {
-            return self.decide(&[p][..], cost, now);
+            return self.decide(std::slice::from_ref(l), &[p][..], cost, now);
         }
         Verdict {
             allowed: e.allowed,
@@ -630,8 +677,7 @@ impl Table {
 
     /// Single-word policies: the state after charging.
     #[inline(always)]
-    fn charge_single(&self, p: Payload, cost: u64, now: u64) -> Payload {
-        let l = &self.layout.first;
+    fn charge_single(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
         match l.algorithm {
             Algorithm::Gcra => algo::gcra::charge(l, p, cost, now),
             Algorithm::FixedWindow => algo::fixed_window::charge(l, p, cost, now),
@@ -707,7 +753,7 @@ impl Table {
                 }
             },
         };
-        if self.transact(b, snap, OP_CLAIM, j, 0, h) && evicted {
+        if self.transact(b, snap, OP_CLAIM, j, self.override_of(h) as u64, h) && evicted {
             // Report the eviction through the next decision.
             return Err(Outcome::Decided {
                 verdict: Verdict {
@@ -736,7 +782,7 @@ impl Table {
             let j = match Self::find(b, h) {
                 Some(j) => j,
                 None => {
-                    let verdict = self.decide(&Fresh, cost, now);
+                    let verdict = self.fresh_verdict(h, cost, now);
                     if !charge || !verdict.allowed || cost == 0 {
                         if !Self::still(b, &snap) {
                             continue;
@@ -753,17 +799,23 @@ impl Table {
                     }
                 }
             };
+            let factor = payload(b[Self::key_unit(j)].load()).a;
             if self.layout.single_word {
+                let l = if factor == 0 {
+                    self.layout.first
+                } else {
+                    self.layout.first.scaled(factor)
+                };
                 let unit = &self.slot_words(b, j)[0];
                 let cur = unit.load();
-                let verdict = self.decide_single(payload(cur), cost, now);
+                let verdict = self.decide_single(&l, payload(cur), cost, now);
                 if !Self::still(b, &snap) {
                     continue;
                 }
                 if !charge || !verdict.allowed || cost == 0 {
                     return Outcome::Decided { verdict, evicted };
                 }
-                let new = self.charge_single(payload(cur), cost, now);
+                let new = Self::charge_single(&l, payload(cur), cost, now);
                 if unit.compare_exchange(cur, word(snap.seq, new)).is_ok() {
                     return Outcome::Decided { verdict, evicted };
                 }
@@ -772,7 +824,8 @@ impl Table {
             let view = SlotView {
                 words: self.slot_words(b, j),
             };
-            let mut verdict = self.decide(&view, cost, now);
+            let mut verdict =
+                self.with_limits(factor, |limits| self.decide(limits, &view, cost, now));
             let mut strike = None;
             if let Some(pen) = &self.layout.penalty {
                 let off = self.layout.penalty_offset;
@@ -843,7 +896,12 @@ impl Table {
                 if !Self::still(b, &snap) {
                     continue;
                 }
-                let l = &self.layout.limits[0];
+                let factor = payload(b[Self::key_unit(j)].load()).a;
+                let l = &if factor == 0 {
+                    self.layout.first
+                } else {
+                    self.layout.first.scaled(factor)
+                };
                 let new = match l.algorithm {
                     Algorithm::Gcra => algo::gcra::refund(l, payload(cur), cost, now),
                     Algorithm::FixedWindow => {
@@ -890,7 +948,7 @@ impl Table {
             let j = match Self::find(b, h) {
                 Some(j) => j,
                 None => {
-                    let verdict = self.decide(&Fresh, 1, now);
+                    let verdict = self.fresh_verdict(h, 1, now);
                     if !verdict.allowed {
                         return (Outcome::Decided { verdict, evicted }, None);
                     }
@@ -906,7 +964,7 @@ impl Table {
             };
             let words = self.slot_words(b, j);
             let view = SlotView { words };
-            let verdict = self.decide(&view, 1, now);
+            let verdict = self.decide(&self.layout.limits, &view, 1, now);
             let free = concurrency::free_lease(&l, &view, now);
             if !Self::still(b, &snap) {
                 continue;
@@ -934,6 +992,95 @@ impl Table {
                     word: new,
                 };
                 return (Outcome::Decided { verdict, evicted }, Some(lease));
+            }
+        }
+    }
+
+    /// The override entry units.
+    fn override_units(&self) -> &[Atomic128] {
+        &self.mem.units()[self.overrides_base..self.overrides_base + self.overrides_len]
+    }
+
+    /// The quota override of key `h` in thousandths (0: none).
+    #[inline]
+    pub fn override_of(&self, h: u64) -> u32 {
+        let units = self.override_units();
+        let n = units.len();
+        for i in 0..n {
+            let p = payload(units[((h >> 32) as usize + i) % n].load());
+            if p.b == h {
+                return p.a;
+            }
+            if p.b == 0 {
+                return 0;
+            }
+        }
+        0
+    }
+
+    /// Sets (or with 0, clears) the quota override of key `h`, in
+    /// thousandths, and applies it to the key's live state at once.
+    /// Override entries are keyed once and never removed (a cleared one
+    /// keeps its key with factor 0), so racing setters of one key always
+    /// meet on the same entry.
+    pub fn set_override(&self, h: u64, factor_milli: u32) -> Result<(), crate::Error> {
+        let units = self.override_units();
+        let n = units.len();
+        let mut done = false;
+        'probe: for i in 0..n {
+            let unit = &units[((h >> 32) as usize + i) % n];
+            let mut cur = unit.load();
+            loop {
+                let p = payload(cur);
+                if p.b != h && p.b != 0 {
+                    continue 'probe;
+                }
+                if p.b == 0 && factor_milli == 0 {
+                    break 'probe; // nothing to clear
+                }
+                let new = word(
+                    0,
+                    Payload {
+                        a: factor_milli,
+                        b: h,
+                    },
+                );
+                match unit.compare_exchange(cur, new) {
+                    Ok(_) => {
+                        done = true;
+                        break 'probe;
+                    }
+                    Err(actual) => cur = actual,
+                }
+            }
+        }
+        if !done && factor_milli != 0 {
+            return Err(crate::Error::Unsupported(format!(
+                "the policy's override table is full ({n} keys)"
+            )));
+        }
+        // Bring the live slot in line; with no slot, a no-op transaction
+        // makes any claim proposed from an older snapshot (which may have
+        // read the old override) fail and read it again.
+        let b = self.bucket(self.bucket_of(h));
+        loop {
+            let snap = self.snapshot(b);
+            match Self::find(b, h) {
+                Some(j) if payload(b[Self::key_unit(j)].load()).a == factor_milli => {
+                    if Self::still(b, &snap) {
+                        return Ok(());
+                    }
+                }
+                Some(j) => {
+                    if self.transact(b, &snap, OP_FACTOR, j, factor_milli as u64, 0) {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    if self.transact(b, &snap, OP_TOUCH, 0, 0, 0) {
+                        return Ok(());
+                    }
+                }
             }
         }
     }
