@@ -3,6 +3,7 @@
 use crate::abuse::Penalty;
 use crate::algo::LimitParams;
 use crate::clock::Clock;
+use crate::events::{DenyEvent, Entry, Record, Ring, RingHead, RING_ENTRIES, RING_UNITS};
 use crate::hash::{siphash13, Seed};
 use crate::policy::{self, PolicySpec};
 use crate::shm::{self, Mapping};
@@ -69,12 +70,20 @@ pub struct PolicyOptions {
     pub retry_jitter_ns: u64,
     /// Penalty box: ban a key that keeps getting denied (see [`Penalty`]).
     pub penalty: Option<Penalty>,
+    /// Keep up to 80 bytes of the key in the deny-event ring (off by
+    /// default: keys can be personal data; the key's hash is always kept).
+    pub record_keys: bool,
 }
 
 impl PolicyOptions {
     /// The options of a policy as they must match across processes.
-    fn behaviour(&self) -> (bool, u64, Option<Penalty>) {
-        (self.shadow, self.retry_jitter_ns, self.penalty)
+    fn behaviour(&self) -> (bool, u64, Option<Penalty>, bool) {
+        (
+            self.shadow,
+            self.retry_jitter_ns,
+            self.penalty,
+            self.record_keys,
+        )
     }
 }
 
@@ -189,10 +198,39 @@ impl Policy {
 /// Keys of one policy that can carry a quota override.
 pub const MAX_OVERRIDES: usize = 1024;
 const OVERRIDE_UNITS: usize = MAX_OVERRIDES;
+/// Where the deny-event ring starts in a region.
+const RING_BASE: usize = HEAD_UNITS;
+/// Where the override table starts in a region.
+const OVERRIDE_BASE: usize = RING_BASE + RING_UNITS;
+/// Where the table starts in a region.
+const TABLE_BASE: usize = OVERRIDE_BASE + OVERRIDE_UNITS;
 
-/// Units of a policy region: the head, the override table, then the table.
+impl Policy {
+    /// The deny-event ring.
+    fn ring(&self) -> Ring<'_> {
+        let units = self.table.memory().units();
+        debug_assert!(units.len() >= RING_BASE + RING_UNITS);
+        let base = units[RING_BASE..].as_ptr() as *const u8;
+        // SAFETY:
+        // - units RING_BASE..RING_BASE+RING_UNITS of every region are reserved
+        //   for the ring (see `region_units`): a 128-byte `RingHead` followed
+        //   by `RING_ENTRIES` 128-byte entries; the region is 128-byte aligned
+        //   and HEAD_UNITS * 16 is a multiple of 128;
+        // - both types are repr(C) of atomics, valid for all-zero bytes, and
+        //   only accessed atomically; the memory lives as long as `self`.
+        unsafe {
+            Ring {
+                head: &*(base as *const RingHead),
+                entries: std::slice::from_raw_parts(base.add(128) as *const Entry, RING_ENTRIES),
+            }
+        }
+    }
+}
+
+/// Units of a policy region: the head (counters, wait words), the
+/// deny-event ring, the override table, then the table.
 fn region_units(layout: &Layout, buckets: usize) -> usize {
-    HEAD_UNITS + OVERRIDE_UNITS + Table::units_needed(layout, buckets)
+    TABLE_BASE + Table::units_needed(layout, buckets)
 }
 
 /// The rate-limit engine: a set of named policies.
@@ -345,8 +383,8 @@ impl Engine {
                 options.when_full,
                 buckets,
                 mem,
-                HEAD_UNITS + OVERRIDE_UNITS,
-                HEAD_UNITS,
+                TABLE_BASE,
+                OVERRIDE_BASE,
                 OVERRIDE_UNITS,
             ),
             seed: self.seed.for_policy(n as u32),
@@ -435,8 +473,8 @@ impl Engine {
                 options.when_full,
                 buckets,
                 mem,
-                HEAD_UNITS + OVERRIDE_UNITS,
-                HEAD_UNITS,
+                TABLE_BASE,
+                OVERRIDE_BASE,
                 OVERRIDE_UNITS,
             ),
             seed: self.seed.for_policy(i as u32),
@@ -526,7 +564,7 @@ impl Engine {
         let charge = !p.table.layout.concurrency;
         let h = Self::hash(p, key);
         let outcome = p.table.check(h, cost as u64, now_ns, charge);
-        Self::conclude(p, outcome, h, cost as u64, now_ns, charge)
+        Self::conclude(p, outcome, key, h, cost as u64, now_ns, charge)
     }
 
     /// [`check_at`](Self::check_at) that reports a foreign policy id or a
@@ -594,6 +632,7 @@ impl Engine {
             // Count the denial against the binding item only.
             let p = self.get(items[i].policy)?;
             p.head().add(Counter::Denied, 1);
+            Self::record(p, &d, items[i].key, Self::hash(p, items[i].key), now_ns);
             return Ok((d, i));
         }
         let mut best: Option<(Decision, usize)> = None;
@@ -633,13 +672,22 @@ impl Engine {
         let p = self.get(policy)?;
         let h = Self::hash(p, key);
         let outcome = p.table.check(h, cost as u64, now_ns, false);
-        Ok(Self::conclude(p, outcome, h, cost as u64, now_ns, false))
+        Ok(Self::conclude(
+            p,
+            outcome,
+            key,
+            h,
+            cost as u64,
+            now_ns,
+            false,
+        ))
     }
 
     #[inline(always)]
     fn conclude(
         p: &Policy,
         outcome: Outcome,
+        key: &[u8],
         h: u64,
         cost: u64,
         now: u64,
@@ -699,8 +747,31 @@ impl Engine {
                 d.allowed = true;
                 d.shadow_denied = true;
             }
+            if count {
+                Self::record(p, &d, key, h, now);
+            }
         }
         d
+    }
+
+    #[cold]
+    fn record(p: &Policy, d: &Decision, key: &[u8], h: u64, now: u64) {
+        p.ring().push(&Record {
+            time_ns: now,
+            key_hash: h,
+            key: p.options.record_keys.then_some(key),
+            retry_after_ns: d.retry_after_ns,
+            limit_index: d.limit_index,
+            banned: d.banned,
+            shadow: d.shadow_denied,
+        });
+    }
+
+    /// Recent denials of a policy (also shadow-mode would-be denials), oldest
+    /// first: those with a ticket of at least `since` still in the ring (it
+    /// keeps the last 512). Follow a policy by passing the last ticket + 1.
+    pub fn recent_denials(&self, policy: PolicyId, since: u64) -> Result<Vec<DenyEvent>, Error> {
+        Ok(self.get(policy)?.ring().read(since))
     }
 
     /// Gives back `cost` charged earlier to `key` (e.g. charge every login
@@ -763,7 +834,7 @@ impl Engine {
         let holder = unsafe { libc::getpid() } as u32;
         let h = Self::hash(p, key);
         let (outcome, lease) = p.table.acquire(h, now_ns, holder);
-        let d = Self::conclude(p, outcome, h, 1, now_ns, true);
+        let d = Self::conclude(p, outcome, key, h, 1, now_ns, true);
         let permit = lease.map(|lease| Permit {
             engine: self.id,
             policy: policy.0,

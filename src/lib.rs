@@ -24,6 +24,7 @@ pub(crate) mod algo;
 pub mod clock;
 mod engine;
 mod error;
+pub(crate) mod events;
 pub mod ffi;
 pub(crate) mod hash;
 pub mod policy;
@@ -34,13 +35,14 @@ pub(crate) mod table;
 mod wait;
 
 pub use abuse::Penalty;
-pub use algo::{MAX_COST, MAX_LEASES, MAX_LOG_ENTRIES};
+pub use algo::{MAX_COST, MAX_LEASES, MAX_LOG_ENTRIES, MAX_TIME_NS};
 pub use clock::{Clock, ManualClock};
 pub use engine::{
     CheckItem, Decision, Engine, EngineOptions, Permit, PolicyId, PolicyOptions, DEFAULT_CAPACITY,
     MAX_OVERRIDES, MAX_POLICIES,
 };
 pub use error::{Error, ParseError};
+pub use events::{DenyEvent, EVENT_KEY_BYTES, RING_ENTRIES};
 pub use policy::{Algorithm, Limit, PolicySpec};
 pub use shm::{MAX_NAME_BYTES, MAX_SHARED_POLICIES, MAX_SPEC_BYTES};
 pub use stats::Stats;

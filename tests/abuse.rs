@@ -273,3 +273,50 @@ fn bad_override_factors_are_errors() {
     let c = e.add_policy("c", "concurrency 2").unwrap();
     assert!(e.set_override(c, b"k", 2.0).is_err());
 }
+
+#[test]
+fn denials_are_kept_in_a_ring_with_keys_only_when_the_policy_opts_in() {
+    let e = engine();
+    let quiet = e.add_policy("quiet", "1/minute").unwrap();
+    let keyed = e
+        .add_policy_with(
+            "keyed",
+            "1/minute",
+            PolicyOptions {
+                record_keys: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for (i, k) in ["ip:1", "ip:1", "ip:2", "ip:1"].iter().enumerate() {
+        e.check_at(quiet, k.as_bytes(), 1, (i as u64 + 1) * S);
+        e.check_at(keyed, k.as_bytes(), 1, (i as u64 + 1) * S);
+    }
+    let q = e.recent_denials(quiet, 0).unwrap();
+    assert_eq!(q.len(), 2, "ip:1 twice over its limit");
+    assert!(q.iter().all(|ev| ev.key.is_none()));
+    assert_eq!((q[0].time_ns, q[1].time_ns), (2 * S, 4 * S));
+    assert_eq!(q[0].key_hash, q[1].key_hash);
+    assert_eq!(q[0].retry_after_ns, 59 * S);
+    let k = e.recent_denials(keyed, 0).unwrap();
+    assert_eq!(k[0].key.as_deref(), Some(&b"ip:1"[..]));
+    // Following: only newer events.
+    assert_eq!(e.recent_denials(keyed, k[1].ticket + 1).unwrap().len(), 0);
+    e.check_at(keyed, b"ip:2", 1, 9 * S);
+    let new = e.recent_denials(keyed, k[1].ticket + 1).unwrap();
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].key.as_deref(), Some(&b"ip:2"[..]));
+}
+
+#[test]
+fn the_ring_keeps_the_latest_512_denials() {
+    let e = engine();
+    let p = e.add_policy("p", "1/hour").unwrap();
+    for i in 0..2000u64 {
+        e.check_at(p, b"k", 1, S + i);
+    }
+    let ev = e.recent_denials(p, 0).unwrap();
+    assert_eq!(ev.len(), ratekeeper::RING_ENTRIES);
+    assert_eq!(ev.last().unwrap().ticket, 1998);
+    assert!(ev.windows(2).all(|w| w[1].ticket == w[0].ticket + 1));
+}

@@ -86,3 +86,63 @@ fn mistakes_exit_2_with_a_message() {
     let (code, _, _) = rk(&["frobnicate"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn tail_prints_recent_denials_and_follow_prints_new_ones() {
+    use std::io::{BufRead, BufReader};
+    let p = shm_path("tail");
+    rk(&["add", &p, "login", "1/minute"]);
+    rk(&["check", &p, "login", "ip:1"]);
+    rk(&["check", &p, "login", "ip:1"]);
+    rk(&["check", &p, "login", "ip:1"]);
+    let (code, out, _) = rk(&["tail", &p]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for l in &lines {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f[1], "login");
+        assert!(
+            f[2].starts_with('#') && f[2].len() == 17,
+            "keys are hashed unless recorded: {l}"
+        );
+        assert_eq!(f[3], "denied");
+        let retry: f64 = f[4]
+            .strip_prefix("retry_after=")
+            .and_then(|r| r.strip_suffix('s'))
+            .and_then(|r| r.parse().ok())
+            .unwrap();
+        assert!((59.0..=60.0).contains(&retry), "{l}");
+        assert_eq!(f[5], "limit=0");
+    }
+    // Follow: a new denial shows up while tail runs.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ratekeeper"))
+        .args([
+            "tail",
+            "--follow",
+            "--interval-ms",
+            "20",
+            "--policy",
+            "login",
+            &p,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..2 {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    rk(&["check", &p, "login", "ip:2"]);
+    rk(&["check", &p, "login", "ip:2"]);
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        line.contains(" login #") && line.contains(" denied "),
+        "{line}"
+    );
+}

@@ -36,6 +36,11 @@ pub(crate) struct Eval {
 /// for it). A larger cost is denied with `retry_after_ns = u64::MAX`.
 pub const MAX_COST: u64 = (1 << 24) - 1;
 
+/// Latest time the engine represents: explicit times beyond it (146 years
+/// of uptime) are treated as this time, so that no sum of a time and a
+/// period can overflow.
+pub const MAX_TIME_NS: u64 = 1 << 62;
+
 /// Largest `count` of a `sliding_log` limit (one 16-byte word per entry).
 pub const MAX_LOG_ENTRIES: u64 = 4096;
 

@@ -60,6 +60,19 @@ enum Command {
     },
     /// Release every concurrency permit held by a (dead) process.
     ReleasePid { path: PathBuf, pid: u32 },
+    /// Print recent denials (the last 512 per policy), oldest first.
+    Tail {
+        path: PathBuf,
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Keep printing new denials as they happen (like `tail -f`).
+        #[arg(short, long)]
+        follow: bool,
+        /// How often to look for new denials when following.
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+    },
 }
 
 fn open(path: &Path) -> Result<Engine, String> {
@@ -214,6 +227,63 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             } else {
                 println!("{name} {key}: no state to reset");
                 Ok(ExitCode::from(1))
+            }
+        }
+        Command::Tail {
+            path,
+            policy: only,
+            follow,
+            interval_ms,
+        } => {
+            use std::io::Write;
+            let e = open(&path)?;
+            let mut next: std::collections::HashMap<PolicyId, u64> = Default::default();
+            loop {
+                let ids = match &only {
+                    Some(name) => vec![policy(&e, name)?],
+                    None => e.policies(),
+                };
+                let mut batch = vec![];
+                for p in ids {
+                    let since = next.get(&p).copied().unwrap_or(0);
+                    for ev in e.recent_denials(p, since).map_err(|e| e.to_string())? {
+                        next.insert(p, ev.ticket + 1);
+                        batch.push((ev.time_ns, p, ev));
+                    }
+                }
+                batch.sort_by_key(|(t, p, ev)| (*t, p.index(), ev.ticket));
+                let mut out = std::io::stdout().lock();
+                for (_, p, ev) in batch {
+                    let key = match &ev.key {
+                        Some(k) => String::from_utf8_lossy(k).into_owned(),
+                        None => format!("#{:016x}", ev.key_hash),
+                    };
+                    let what = if ev.banned {
+                        "banned"
+                    } else if ev.shadow {
+                        "shadow-denied"
+                    } else {
+                        "denied"
+                    };
+                    let line = writeln!(
+                        out,
+                        "{:.3} {} {} {} retry_after={} limit={}",
+                        ev.time_ns as f64 / 1e9,
+                        e.policy_name(p).unwrap_or("?"),
+                        key,
+                        what,
+                        secs(ev.retry_after_ns),
+                        ev.limit_index
+                    );
+                    if line.is_err() {
+                        return Ok(ExitCode::SUCCESS); // the reader went away (| head)
+                    }
+                }
+                let _ = out.flush();
+                if !follow {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(interval_ms.max(10)));
             }
         }
         Command::ReleasePid { path, pid } => {

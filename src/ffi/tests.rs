@@ -171,7 +171,7 @@ fn long_messages_are_cut_at_a_character_boundary_and_nuls_replaced() {
 
 #[test]
 fn engine_options_read_only_the_fields_within_struct_size() {
-    // SAFETY (whole test): every pointer is to a live local of the right type.
+    // SAFETY: every pointer is to a live local of the right type (whole test).
     unsafe {
         let mut opts = std::mem::zeroed::<rk_engine_options>();
         rk_engine_options_init(&mut opts);
@@ -264,7 +264,7 @@ fn permits_round_trip_and_altered_permits_are_refused() {
     let p = add(e, c"jobs", c"concurrency 2").unwrap();
     let mut permit = std::mem::MaybeUninit::<rk_permit>::uninit();
     let mut d = std::mem::MaybeUninit::<rk_decision>::uninit();
-    // SAFETY (whole block): live engine, writable locals, read only after RK_OK.
+    // SAFETY: live engine, writable locals, read only after RK_OK (whole block).
     unsafe {
         assert_eq!(
             rk_acquire_at(
@@ -340,7 +340,7 @@ fn a_fail_open_acquire_without_room_hands_out_a_permit_whose_release_does_nothin
     let e = new_engine(1);
     let mut opts = std::mem::MaybeUninit::<rk_policy_options>::uninit();
     let mut id = 0;
-    // SAFETY (whole block): live engine, writable locals, read only after RK_OK.
+    // SAFETY: live engine, writable locals, read only after RK_OK (whole block).
     unsafe {
         rk_policy_options_init(opts.as_mut_ptr());
         let mut opts = opts.assume_init();

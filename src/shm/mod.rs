@@ -57,8 +57,8 @@ pub(crate) struct DirEntry {
     pub buckets: u64,
     /// 0 evict, 1 fail open, 2 fail closed.
     pub when_full: u32,
-    /// 1 if the policy runs in shadow mode.
-    pub shadow: u32,
+    /// Bit 0: shadow mode; bit 1: the deny ring records keys.
+    pub flags: u32,
     pub retry_jitter_ns: u64,
     /// Penalty box: `strikes` (0 = none), `window_ns`, `ban_ns`, `max_ban_ns`.
     pub penalty: [u64; 4],
@@ -440,7 +440,7 @@ impl Mapping {
         {
             return bad("region outside the file");
         }
-        if !e.buckets.is_power_of_two() || e.when_full > 2 || e.shadow > 1 {
+        if !e.buckets.is_power_of_two() || e.when_full > 2 || e.flags > 3 {
             return bad("bad table parameters");
         }
         if let Some(p) = entry_options(e).penalty {
@@ -518,7 +518,7 @@ impl Mapping {
             WhenFull::FailOpen => 1,
             WhenFull::FailClosed => 2,
         };
-        e.shadow = options.shadow as u32;
+        e.flags = options.shadow as u32 | (options.record_keys as u32) << 1;
         e.retry_jitter_ns = options.retry_jitter_ns;
         e.penalty = options.penalty.map_or([0; 4], |p| {
             [p.strikes as u64, p.window_ns, p.ban_ns, p.max_ban_ns]
@@ -548,7 +548,8 @@ pub(crate) fn entry_options(e: &DirEntry) -> PolicyOptions {
             2 => WhenFull::FailClosed,
             _ => WhenFull::Evict,
         },
-        shadow: e.shadow == 1,
+        shadow: e.flags & 1 == 1,
+        record_keys: e.flags & 2 == 2,
         retry_jitter_ns: e.retry_jitter_ns,
         penalty: (e.penalty[0] != 0).then(|| Penalty {
             strikes: e.penalty[0].min(u32::MAX as u64) as u32,

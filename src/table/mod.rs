@@ -645,6 +645,7 @@ impl Table {
 
     /// The verdict for a key with no state yet.
     pub fn fresh_verdict(&self, h: u64, cost: u64, now: u64) -> Verdict {
+        let now = now.min(algo::MAX_TIME_NS);
         self.with_limits(self.override_of(h), |limits| {
             self.decide(limits, &Fresh, cost, now)
         })
@@ -775,6 +776,7 @@ impl Table {
     /// Checks (and if `charge`, charges) `cost` for key hash `h` at `now`.
     #[inline]
     pub fn check(&self, h: u64, cost: u64, now: u64, charge: bool) -> Outcome {
+        let now = now.min(algo::MAX_TIME_NS);
         let b = self.bucket(self.bucket_of(h));
         let mut evicted = false;
         loop {
@@ -870,6 +872,7 @@ impl Table {
     /// Gives back `cost` previously charged to `h`. Returns false if the
     /// key holds no state (never seen, reset or evicted).
     pub fn refund(&self, h: u64, cost: u64, now: u64) -> bool {
+        let now = now.min(algo::MAX_TIME_NS);
         if self.layout.concurrency {
             return false;
         }
@@ -939,6 +942,7 @@ impl Table {
 
     /// Takes a concurrency lease for `h` held by `holder` until `now + ttl`.
     pub fn acquire(&self, h: u64, now: u64, holder: u32) -> (Outcome, Option<Lease>) {
+        let now = now.min(algo::MAX_TIME_NS);
         let l = self.layout.limits[0];
         let bi = self.bucket_of(h);
         let b = self.bucket(bi);

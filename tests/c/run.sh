@@ -36,7 +36,7 @@ CFLAGS=(-std=c11 -Wall -Wextra -Wpedantic -Werror -D_POSIX_C_SOURCE=200809L -pth
 CXXFLAGS=(-std=c++17 -Wall -Wextra -Wpedantic -Werror -pthread -g -I"$ROOT/include")
 LIBS=("$LIB" -lpthread -ldl -lm -lrt -lutil)
 SAN=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
-TESTS=(test_api.c test_threads.c test_cxx.cpp)
+TESTS=(test_api.c test_threads.c test_shared.c test_cxx.cpp)
 
 # compile <source> <output> [extra flags...]
 compile() {

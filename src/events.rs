@@ -1,0 +1,351 @@
+//! A bounded, lock-free ring of recent denials per policy: time, key hash,
+//! retry-after, the binding limit, and — only when the policy opts in, since
+//! keys can be personal data — up to 80 bytes of the key.
+//!
+//! Writers take a ticket with one `fetch_add` and write entry
+//! `ticket % capacity` as a seqlock: sequence `2·ticket + 1` while writing,
+//! `2·ticket + 2` when done, plus a checksum over the fields. A writer that
+//! dies mid-entry leaves an odd sequence (the entry is skipped until it is
+//! overwritten); two writers that meet on one entry after the ring wrapped
+//! leave a mismatching checksum (skipped too). Readers never block writers
+//! and never see a torn event.
+//!
+//! Entry layout (128 bytes, 16 `u64` words):
+//!
+//! | word | field                                                        |
+//! |------|--------------------------------------------------------------|
+//! | 0    | sequence                                                     |
+//! | 1    | time, ns                                                     |
+//! | 2    | key hash                                                     |
+//! | 3    | retry-after, ns                                              |
+//! | 4    | info: key length (bits 0..8), limit index (8..16), banned (16), shadow (17) |
+//! | 5    | checksum of words 1..=4 and 6..16 and the ticket             |
+//! | 6..16| key bytes (0..80)                                            |
+
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(loom))]
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Entries in each policy's ring.
+pub const RING_ENTRIES: usize = 512;
+/// Key bytes an event keeps.
+pub const EVENT_KEY_BYTES: usize = (WORDS - 6) * 8;
+
+/// Words of an entry (fewer under loom, to keep the model small).
+#[cfg(not(loom))]
+const WORDS: usize = 16;
+#[cfg(loom)]
+const WORDS: usize = 8;
+
+/// One ring entry.
+#[repr(C, align(128))]
+pub(crate) struct Entry {
+    w: [AtomicU64; WORDS],
+}
+
+/// The ring's head: the next ticket.
+#[repr(C, align(128))]
+pub(crate) struct RingHead {
+    next: AtomicU64,
+}
+
+/// Units (16 bytes) a ring of `RING_ENTRIES` takes, head included.
+pub(crate) const RING_UNITS: usize = (128 + RING_ENTRIES * 128) / 16;
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(std::mem::size_of::<Entry>() == 128);
+    assert!(std::mem::size_of::<RingHead>() == 128);
+};
+
+/// A denial, as read back from the ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyEvent {
+    /// Position in the ring's history (increases by one per denial).
+    pub ticket: u64,
+    /// When it happened (ns, the engine's clock).
+    pub time_ns: u64,
+    /// The key's hash under the policy's seed.
+    pub key_hash: u64,
+    /// The key's first bytes, if the policy records keys.
+    pub key: Option<Vec<u8>>,
+    /// The retry-after the client was given.
+    pub retry_after_ns: u64,
+    /// The binding limit.
+    pub limit_index: u32,
+    /// Denied by the penalty box.
+    pub banned: bool,
+    /// Shadow mode: passed, but would have been denied.
+    pub shadow: bool,
+}
+
+fn checksum(ticket: u64, words: &[u64; WORDS]) -> u64 {
+    let mut h = ticket.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5851_F42D_4C95_7F2D;
+    for (i, &w) in words.iter().enumerate() {
+        if i != 0 && i != 5 {
+            h = (h ^ w).wrapping_mul(0x2127_599B_F432_5C37).rotate_left(23);
+        }
+    }
+    h | 1
+}
+
+/// A ring over a head and `entries` (in a policy region, or built by loom).
+pub(crate) struct Ring<'a> {
+    pub head: &'a RingHead,
+    pub entries: &'a [Entry],
+}
+
+/// What a writer records.
+pub(crate) struct Record<'k> {
+    pub time_ns: u64,
+    pub key_hash: u64,
+    pub key: Option<&'k [u8]>,
+    pub retry_after_ns: u64,
+    pub limit_index: u32,
+    pub banned: bool,
+    pub shadow: bool,
+}
+
+impl Ring<'_> {
+    /// Appends an event (never blocks; may overwrite the oldest).
+    pub fn push(&self, r: &Record<'_>) {
+        let n = self.entries.len() as u64;
+        // Relaxed: the ticket only picks an entry; the entry's own sequence
+        // word orders its contents.
+        let ticket = self.head.next.fetch_add(1, Ordering::Relaxed);
+        let e = &self.entries[(ticket % n) as usize];
+        let mut w = [0u64; WORDS];
+        w[1] = r.time_ns;
+        w[2] = r.key_hash;
+        w[3] = r.retry_after_ns;
+        let key = r.key.unwrap_or(&[]);
+        let len = key.len().min(EVENT_KEY_BYTES);
+        w[4] = len as u64
+            | ((r.limit_index.min(255) as u64) << 8)
+            | ((r.banned as u64) << 16)
+            | ((r.shadow as u64) << 17)
+            | ((r.key.is_some() as u64) << 18);
+        for (i, chunk) in key[..len].chunks(8).enumerate() {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            w[6 + i] = u64::from_le_bytes(b);
+        }
+        w[5] = checksum(ticket, &w);
+        // SeqCst: the odd sequence must be visible before any field, and
+        // every field before the even one (a seqlock's write side).
+        e.w[0].store(2 * ticket + 1, Ordering::SeqCst);
+        for (slot, &value) in e.w.iter().zip(&w).skip(1) {
+            slot.store(value, Ordering::SeqCst);
+        }
+        e.w[0].store(2 * ticket + 2, Ordering::SeqCst);
+    }
+
+    /// The next ticket (events so far).
+    pub fn next_ticket(&self) -> u64 {
+        self.head.next.load(Ordering::SeqCst)
+    }
+
+    /// Events with tickets from `since` on (at most the ring's capacity,
+    /// oldest first); torn or half-written entries are skipped.
+    pub fn read(&self, since: u64) -> Vec<DenyEvent> {
+        let n = self.entries.len() as u64;
+        let end = self.next_ticket();
+        let start = since.max(end.saturating_sub(n));
+        let mut out = Vec::new();
+        for ticket in start..end {
+            let e = &self.entries[(ticket % n) as usize];
+            let seq = e.w[0].load(Ordering::SeqCst);
+            if seq != 2 * ticket + 2 {
+                continue;
+            }
+            let mut w = [0u64; WORDS];
+            for (i, x) in w.iter_mut().enumerate().skip(1) {
+                *x = e.w[i].load(Ordering::SeqCst);
+            }
+            if e.w[0].load(Ordering::SeqCst) != seq || w[5] != checksum(ticket, &w) {
+                continue;
+            }
+            let len = (w[4] & 0xff) as usize;
+            let key = (w[4] >> 18 & 1 == 1).then(|| {
+                let mut k = Vec::with_capacity(len);
+                for word in &w[6..] {
+                    k.extend_from_slice(&word.to_le_bytes());
+                }
+                k.truncate(len);
+                k
+            });
+            out.push(DenyEvent {
+                ticket,
+                time_ns: w[1],
+                key_hash: w[2],
+                key,
+                retry_after_ns: w[3],
+                limit_index: (w[4] >> 8 & 0xff) as u32,
+                banned: w[4] >> 16 & 1 == 1,
+                shadow: w[4] >> 17 & 1 == 1,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn ring(n: usize) -> (RingHead, Vec<Entry>) {
+        (
+            RingHead {
+                next: AtomicU64::new(0),
+            },
+            (0..n)
+                .map(|_| Entry {
+                    w: Default::default(),
+                })
+                .collect(),
+        )
+    }
+
+    fn rec(t: u64, key: Option<&[u8]>) -> Record<'_> {
+        Record {
+            time_ns: t,
+            key_hash: t * 7,
+            key,
+            retry_after_ns: t * 3,
+            limit_index: 2,
+            banned: t % 2 == 0,
+            shadow: false,
+        }
+    }
+
+    #[test]
+    fn events_read_back_in_order_and_the_oldest_are_overwritten() {
+        let (head, entries) = ring(4);
+        let r = Ring {
+            head: &head,
+            entries: &entries,
+        };
+        for t in 0..6 {
+            r.push(&rec(
+                t,
+                if t == 5 {
+                    Some(b"ip:203.0.113.7")
+                } else {
+                    None
+                },
+            ));
+        }
+        let ev = r.read(0);
+        assert_eq!(
+            ev.iter().map(|e| e.ticket).collect::<Vec<_>>(),
+            vec![2, 3, 4, 5]
+        );
+        assert_eq!(ev[3].key.as_deref(), Some(&b"ip:203.0.113.7"[..]));
+        assert_eq!(ev[0].key, None);
+        assert_eq!(
+            (
+                ev[2].time_ns,
+                ev[2].key_hash,
+                ev[2].retry_after_ns,
+                ev[2].limit_index,
+                ev[2].banned
+            ),
+            (4, 28, 12, 2, true)
+        );
+        assert_eq!(r.read(5).len(), 1);
+        assert_eq!(r.read(6).len(), 0);
+    }
+
+    #[test]
+    fn long_keys_are_cut_to_80_bytes() {
+        let (head, entries) = ring(2);
+        let r = Ring {
+            head: &head,
+            entries: &entries,
+        };
+        let key = [b'x'; 200];
+        r.push(&rec(1, Some(&key)));
+        assert_eq!(r.read(0)[0].key.as_ref().unwrap().len(), EVENT_KEY_BYTES);
+    }
+
+    #[test]
+    fn a_half_written_entry_is_skipped() {
+        let (head, entries) = ring(2);
+        let r = Ring {
+            head: &head,
+            entries: &entries,
+        };
+        r.push(&rec(1, None));
+        r.push(&rec(2, None));
+        // A writer that died after its odd sequence, or a torn field.
+        entries[0].w[0].store(1, Ordering::SeqCst); // ticket 0, odd: being written
+        entries[1].w[3].store(999, Ordering::SeqCst);
+        assert!(r.read(0).is_empty());
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+
+    #[test]
+    fn loom_event_ring_readers_never_see_a_torn_event() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(2);
+        model.check(|| {
+            let head = Arc::new(RingHead {
+                next: AtomicU64::new(0),
+            });
+            let entries: Arc<Vec<Entry>> = Arc::new(
+                (0..1)
+                    .map(|_| Entry {
+                        w: Default::default(),
+                    })
+                    .collect(),
+            );
+            let writers: Vec<_> = (0..2u64)
+                .map(|i| {
+                    let (head, entries) = (head.clone(), entries.clone());
+                    loom::thread::spawn(move || {
+                        let r = Ring {
+                            head: &head,
+                            entries: &entries,
+                        };
+                        r.push(&Record {
+                            time_ns: 100 + i,
+                            key_hash: 200 + i,
+                            key: None,
+                            retry_after_ns: 300 + i,
+                            limit_index: i as u32,
+                            banned: false,
+                            shadow: false,
+                        });
+                    })
+                })
+                .collect();
+            let r = Ring {
+                head: &head,
+                entries: &entries,
+            };
+            for e in r.read(0) {
+                let i = e.time_ns - 100;
+                assert_eq!(
+                    (e.key_hash, e.retry_after_ns, e.limit_index as u64),
+                    (200 + i, 300 + i, i),
+                    "torn event"
+                );
+            }
+            for w in writers {
+                w.join().unwrap();
+            }
+            let after = r.read(0);
+            assert!(after.len() <= 1);
+            for e in after {
+                let i = e.time_ns - 100;
+                assert_eq!((e.key_hash, e.retry_after_ns), (200 + i, 300 + i));
+            }
+        });
+    }
+}
