@@ -146,3 +146,24 @@ fn tail_prints_recent_denials_and_follow_prints_new_ones() {
         "{line}"
     );
 }
+
+#[test]
+fn override_sets_shows_and_clears_a_keys_quota_for_every_process() {
+    let p = shm_path("override");
+    rk(&["add", &p, "api", "2/minute"]);
+    let (code, out, _) = rk(&["override", &p, "api", "key:partner", "10"]);
+    assert_eq!((code, out.as_str()), (0, "api key:partner: 10x\n"));
+    let (_, out, _) = rk(&["check", &p, "api", "key:partner"]);
+    assert!(out.contains("limit=20 remaining=19"), "{out}");
+    assert_eq!(
+        rk(&["override", &p, "api", "key:partner"]).1,
+        "api key:partner: 10x\n"
+    );
+    assert_eq!(
+        rk(&["override", &p, "api", "key:partner", "--clear"]).1,
+        "api key:partner: no override\n"
+    );
+    let (code, _, err) = rk(&["override", &p, "api", "k", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("between 0.001"), "{err}");
+}

@@ -58,6 +58,16 @@ enum Command {
         policy: String,
         key: String,
     },
+    /// Give a key a multiple of the policy's quota (e.g. 10 for a partner),
+    /// for every process at once; `--clear` takes it back; no factor shows it.
+    Override {
+        path: PathBuf,
+        policy: String,
+        key: String,
+        factor: Option<f64>,
+        #[arg(long, conflicts_with = "factor")]
+        clear: bool,
+    },
     /// Release every concurrency permit held by a (dead) process.
     ReleasePid { path: PathBuf, pid: u32 },
     /// Print recent denials (the last 512 per policy), oldest first.
@@ -285,6 +295,31 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(interval_ms.max(10)));
             }
+        }
+        Command::Override {
+            path,
+            policy: name,
+            key,
+            factor,
+            clear,
+        } => {
+            let e = open(&path)?;
+            let p = policy(&e, &name)?;
+            if clear {
+                e.clear_override(p, key.as_bytes())
+                    .map_err(|e| e.to_string())?;
+            } else if let Some(f) = factor {
+                e.set_override(p, key.as_bytes(), f)
+                    .map_err(|e| e.to_string())?;
+            }
+            match e
+                .override_of(p, key.as_bytes())
+                .map_err(|e| e.to_string())?
+            {
+                Some(f) => println!("{name} {key}: {f}x"),
+                None => println!("{name} {key}: no override"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::ReleasePid { path, pid } => {
             let e = open(&path)?;
