@@ -127,6 +127,15 @@ fn child_entry() {
                 i += 1;
             }
         }
+        // Take the only permit, say so, hold it for a while, release it.
+        "hold_permit" => {
+            let pol = e.add_policy("slot", "concurrency 1 ttl 1 minute").unwrap();
+            let (_, permit) = e.acquire(pol, b"report").unwrap();
+            println!("HELD");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            assert!(e.release(&permit.unwrap()).unwrap());
+            println!("RESULT released");
+        }
         "open_and_add" => {
             let pol = e.add_policy("race", "5/minute").unwrap();
             let admitted = (0..3)
@@ -241,6 +250,40 @@ fn processes_killed_mid_traffic_never_wedge_or_overrun_the_table() {
         .filter(|_| e.acquire_at(lease, b"hot", later).unwrap().1.is_some())
         .count();
     assert_eq!(got, 3);
+}
+
+#[test]
+fn acquire_with_a_timeout_sleeps_until_another_process_releases() {
+    use std::io::{BufRead, BufReader};
+    let p = path("permit-wait");
+    let e = open(&p);
+    let pol = e.add_policy("slot", "concurrency 1 ttl 1 minute").unwrap();
+    let mut holder = child("hold_permit", &p, "");
+    let mut out = BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("HELD") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the child ended before holding the permit"
+        );
+    }
+    // The permit is taken: a short wait times out...
+    let (d, permit) = e
+        .acquire_timeout(pol, b"report", std::time::Duration::from_millis(20))
+        .unwrap();
+    assert!(!d.allowed && permit.is_none());
+    // ...a long one is woken by the other process's release, well before
+    // the one-minute lease would have expired.
+    let start = std::time::Instant::now();
+    let (d, permit) = e
+        .acquire_timeout(pol, b"report", std::time::Duration::from_secs(30))
+        .unwrap();
+    assert!(d.allowed && permit.is_some());
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(holder.wait().unwrap().success());
 }
 
 #[test]
