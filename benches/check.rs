@@ -34,13 +34,13 @@ fn scatter(i: u64, n: u64) -> u64 {
 fn hot_key(c: &mut Criterion) {
     let mut g = c.benchmark_group("gcra_hot_key");
     g.throughput(Throughput::Elements(1));
-    let (e, p) = engine(1024, Clock::Monotonic);
+    let (e, p) = engine(1024, Clock::MonotonicCoarse);
     g.bench_function(BenchmarkId::new("ratekeeper", "check"), |b| {
         b.iter(|| e.check(p, black_box(&7u64.to_le_bytes()), 1))
     });
-    let (ec, pc) = engine(1024, Clock::MonotonicCoarse);
-    g.bench_function(BenchmarkId::new("ratekeeper", "check_coarse_clock"), |b| {
-        b.iter(|| ec.check(pc, black_box(&7u64.to_le_bytes()), 1))
+    let (ep, pp) = engine(1024, Clock::Monotonic);
+    g.bench_function(BenchmarkId::new("ratekeeper", "check_precise_clock"), |b| {
+        b.iter(|| ep.check(pp, black_box(&7u64.to_le_bytes()), 1))
     });
     let (ea, pa) = engine(1024, Clock::Monotonic);
     let mut now = 1u64 << 40;
@@ -61,7 +61,7 @@ fn many_keys(c: &mut Criterion) {
     for n in [100_000u64, 1_000_000] {
         let mut g = c.benchmark_group(format!("gcra_{}k_keys", n / 1000));
         g.throughput(Throughput::Elements(1));
-        let (e, p) = engine((n as usize) * 5 / 4, Clock::Monotonic);
+        let (e, p) = engine((n as usize) * 5 / 4, Clock::MonotonicCoarse);
         for k in 0..n {
             e.check(p, &k.to_le_bytes(), 1);
         }
@@ -205,9 +205,48 @@ fn threads(c: &mut Criterion) {
     g.finish();
 }
 
+fn shared_vs_in_process(c: &mut Criterion) {
+    let mut g = c.benchmark_group("shared_vs_in_process");
+    g.throughput(Throughput::Elements(1));
+    let (e, p) = engine(1 << 17, Clock::MonotonicCoarse);
+    let path = std::env::temp_dir().join(format!("rk-bench-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let shared = Engine::open_shared(
+        &path,
+        EngineOptions {
+            capacity: 1 << 17,
+            shared_max_bytes: 64 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ps = shared
+        .add_policy("bench", &format!("{RATE}/second"))
+        .unwrap();
+    let n = 100_000u64;
+    for (name, e, p) in [("in_process", &e, p), ("shared", &shared, ps)] {
+        let mut i = 0u64;
+        g.bench_function(
+            BenchmarkId::new("ratekeeper", format!("{name}_hot_key")),
+            |b| b.iter(|| e.check(p, black_box(&7u64.to_le_bytes()), 1)),
+        );
+        g.bench_function(
+            BenchmarkId::new("ratekeeper", format!("{name}_100k_keys")),
+            |b| {
+                b.iter(|| {
+                    i += 1;
+                    e.check(p, &scatter(i, n).to_le_bytes(), 1)
+                })
+            },
+        );
+    }
+    g.finish();
+    let _ = std::fs::remove_file(&path);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(30);
-    targets = hot_key, many_keys, algorithms, threads
+    targets = hot_key, many_keys, algorithms, threads, shared_vs_in_process
 }
 criterion_main!(benches);
