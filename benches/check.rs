@@ -87,53 +87,75 @@ fn many_keys(c: &mut Criterion) {
 }
 
 fn algorithms(c: &mut Criterion) {
-    let mut g = c.benchmark_group("algorithm_hot_key");
-    g.throughput(Throughput::Elements(1));
-    for (name, spec) in [
+    // Every algorithm with quotas large enough that (nearly) every check
+    // charges: one hot key (1 thread), 1M keys (1 thread), one hot key (2 threads).
+    let specs = [
         ("gcra", "1000000000/second"),
         ("fixed_window", "fixed_window 4000000000/second"),
         ("sliding_window", "sliding_window 4000000000/second"),
-        ("sliding_log", "sliding_log 64/second"),
+        ("sliding_log", "sliding_log 4/second"),
         (
             "gcra+fixed_window",
             "1000000000/second; fixed_window 4000000000/hour",
         ),
-    ] {
+    ];
+    let n = 1_000_000u64;
+    for (name, spec) in specs {
+        let mut g = c.benchmark_group(format!("algorithm_{name}"));
+        g.throughput(Throughput::Elements(1));
         let e = Engine::new(EngineOptions {
-            capacity: 1024,
+            capacity: n as usize,
             ..Default::default()
         })
         .unwrap();
         let p = e.add_policy("p", spec).unwrap();
-        // sliding_log: advance a full period per call so each check charges.
+        // sliding_log keeps 4 stamps a second: step a quarter second per
+        // check on the hot key so that each one is admitted and charged.
         let step = if name == "sliding_log" {
-            1_000_000_000
+            250_000_000
         } else {
             1
         };
         let mut now = 1u64 << 40;
-        g.bench_function(BenchmarkId::new("ratekeeper", name), |b| {
+        g.bench_function(BenchmarkId::new("ratekeeper", "hot_key"), |b| {
             b.iter(|| {
                 now += step;
                 e.check_at(p, black_box(b"hot"), 1, now)
             })
         });
+        for k in 0..n {
+            e.check_at(p, &k.to_le_bytes(), 1, now);
+        }
+        let mut i = 0u64;
+        g.bench_function(BenchmarkId::new("ratekeeper", "1m_keys"), |b| {
+            b.iter(|| {
+                i += 1;
+                now += 1;
+                e.check_at(p, &scatter(i, n).to_le_bytes(), 1, now)
+            })
+        });
+        g.bench_function(BenchmarkId::new("ratekeeper", "hot_key_2_threads"), |b| {
+            b.iter_custom(|iters| {
+                parallel(2, iters, &|_, _| {
+                    black_box(e.check(p, b"hot2", 1));
+                })
+            })
+        });
+        g.finish();
     }
+    let mut g = c.benchmark_group("algorithm_concurrency");
     let e = Engine::new(EngineOptions {
         capacity: 1024,
         ..Default::default()
     })
     .unwrap();
     let p = e.add_policy("c", "concurrency 4").unwrap();
-    g.bench_function(
-        BenchmarkId::new("ratekeeper", "concurrency_acquire_release"),
-        |b| {
-            b.iter(|| {
-                let (_, permit) = e.acquire_at(p, black_box(b"hot"), 1 << 40).unwrap();
-                e.release(&permit.unwrap()).unwrap()
-            })
-        },
-    );
+    g.bench_function(BenchmarkId::new("ratekeeper", "acquire_release"), |b| {
+        b.iter(|| {
+            let (_, permit) = e.acquire_at(p, black_box(b"hot"), 1 << 40).unwrap();
+            e.release(&permit.unwrap()).unwrap()
+        })
+    });
     g.finish();
 }
 

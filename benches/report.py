@@ -199,10 +199,14 @@ def report():
     for k in ["hot_key", "distinct_keys"]:
         for n in [1, 2]:
             lines.append(f"| {k.replace('_', ' ')}, {n} thread{'s' if n > 1 else ''} | {fmt(t[f'ratekeeper_{k}_{n}t'])} | {fmt(t[f'governor_{k}_{n}t'])} |")
-    lines += ["", "![throughput vs threads](plots/throughput_vs_threads.png)", "", "## Every algorithm (hot key, `check_at`, ns)", ""]
-    lines += ["| algorithm | ns |", "|---|---|"]
-    for a in ["gcra", "fixed_window", "sliding_window", "sliding_log", "gcra+fixed_window", "concurrency_acquire_release"]:
-        lines.append(f"| {a} | {fmt(m(f'algorithm_hot_key/ratekeeper/{a}'))} |")
+    lines += ["", "![throughput vs threads](plots/throughput_vs_threads.png)", "", "## Every algorithm (ns per check, median)", ""]
+    lines += ["| algorithm | hot key | 1M keys | hot key, 2 threads (per check, all threads) |", "|---|---|---|---|"]
+    for a in ["gcra", "fixed_window", "sliding_window", "sliding_log", "gcra+fixed_window"]:
+        lines.append(
+            f"| {a} | {fmt(m(f'algorithm_{a}/ratekeeper/hot_key'))} | {fmt(m(f'algorithm_{a}/ratekeeper/1m_keys'))} "
+            f"| {fmt(m(f'algorithm_{a}/ratekeeper/hot_key_2_threads'))} |"
+        )
+    lines.append(f"| concurrency (acquire + release) | {fmt(m('algorithm_concurrency/ratekeeper/acquire_release'))} | | |")
     lines += ["", "## Memory per tracked key (bytes)", "", "| keys | ratekeeper | governor |", "|---|---|---|"]
     for n in [100_000, 1_000_000]:
         lines.append(f"| {n:,} | {fmt(mem.get(('ratekeeper', n)))} | {fmt(mem.get(('governor', n)))} |")
