@@ -1,0 +1,77 @@
+"""ratekeeper: an embedded, lock-free rate-limit engine (GCRA, fixed and
+sliding windows, sliding logs, concurrency permits), in process or in shared
+memory so that every Gunicorn/uWSGI worker enforces one limit together.
+
+>>> import ratekeeper
+>>> engine = ratekeeper.Engine()                      # or Engine.shared("/dev/shm/app")
+>>> login = engine.policy("login", "5/minute;20/hour")
+>>> d = login.check("ip:203.0.113.7")
+>>> d.allowed, d.limit, d.remaining
+(True, 5, 4)
+
+Flask: :mod:`ratekeeper.flask`; Gunicorn hooks: :mod:`ratekeeper.gunicorn`.
+"""
+
+from ._version import __version__
+from ._core import (
+    U64_MAX,
+    Decision,
+    Engine,
+    Key,
+    Limit,
+    Permit,
+    Policy,
+    Stats,
+    library_version,
+    now_ns,
+    shared_engine,
+)
+from .errors import (
+    CorruptFile,
+    EngineClosed,
+    InternalError,
+    InvalidArgument,
+    InvalidPermit,
+    IOFailure,
+    OutOfMemory,
+    ParseError,
+    PolicyMismatch,
+    RatekeeperError,
+    Throttled,
+    TooManyPolicies,
+    UnknownPolicy,
+    UnsupportedPlatform,
+    UnsupportedPolicy,
+    WrongPolicyKind,
+)
+
+__all__ = [
+    "__version__",
+    "Engine",
+    "Policy",
+    "Decision",
+    "Permit",
+    "Stats",
+    "Limit",
+    "Key",
+    "now_ns",
+    "shared_engine",
+    "library_version",
+    "U64_MAX",
+    "RatekeeperError",
+    "InvalidArgument",
+    "ParseError",
+    "UnsupportedPolicy",
+    "PolicyMismatch",
+    "UnknownPolicy",
+    "TooManyPolicies",
+    "WrongPolicyKind",
+    "InvalidPermit",
+    "OutOfMemory",
+    "IOFailure",
+    "CorruptFile",
+    "UnsupportedPlatform",
+    "InternalError",
+    "EngineClosed",
+    "Throttled",
+]

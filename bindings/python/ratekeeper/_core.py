@@ -1,0 +1,924 @@
+"""Engine, Policy, Decision, Permit and Stats: the Python face of the C ABI.
+
+Ownership (as in include/ratekeeper.h): an :class:`Engine` owns its
+``rk_engine*`` and frees it in :meth:`Engine.close` (also on ``with`` exit and,
+as a fallback, when garbage-collected). Policies and permits keep their
+engine alive; after ``close()`` every call raises :class:`EngineClosed`
+instead of touching freed memory, even from other threads (a call that is in
+progress in the library when ``close()`` runs delays the free until it
+returns).
+
+Threading: one Engine may be used by any number of threads. ``check``,
+``peek``, ``refund`` and ``check_many`` run in C with the GIL held (they take
+~50 ns in the library); everything else goes through cffi, which releases the
+GIL during the call (so ``acquire(timeout=...)`` sleeps without blocking
+other threads).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from . import errors
+from ._native import HAVE_CHECK_MANY, address, check_item_layout_matches, ffi, last_error, lib, speedups
+from .errors import EngineClosed, RatekeeperError, Throttled, error_for_status
+
+__all__ = [
+    "Engine",
+    "Policy",
+    "Decision",
+    "Permit",
+    "Stats",
+    "Limit",
+    "Key",
+    "now_ns",
+    "library_version",
+    "U64_MAX",
+    "shared_engine",
+]
+
+#: ``retry_after_ns`` of a request that can never be allowed (its cost
+#: exceeds what the limit can ever allow).
+U64_MAX = 2**64 - 1
+
+#: A key: ``str`` (encoded as UTF-8) or bytes-like.
+Key = Union[str, bytes, bytearray, memoryview]
+
+_CLOCKS = {"coarse": 1, "monotonic_coarse": 1, "monotonic": 0, "precise": 0}
+_WHEN_FULL = {"evict": 0, "fail_open": 1, "fail_closed": 2}
+_ALGORITHMS = {0: "gcra", 1: "fixed_window", 2: "sliding_window", 3: "sliding_log", 4: "concurrency"}
+
+
+def _raise(status: int) -> None:
+    """Raises the exception for a non-OK status, with rk_last_error()'s text
+    (read at once: it is thread-local and the GIL is held)."""
+    raise error_for_status(status, last_error() if status > 0 else "")
+
+
+def _error_handler(status: int, message: str) -> None:
+    """Called by _speedups on a non-OK status."""
+    raise error_for_status(status, message)
+
+
+def _key_bytes(key: Key) -> bytes:
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, (bytearray, memoryview)):
+        return bytes(key)
+    raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
+
+
+def _cost(cost: Any) -> int:
+    if not isinstance(cost, int) or isinstance(cost, bool):
+        raise TypeError(f"cost must be an int, not {type(cost).__name__}")
+    if not 0 <= cost <= 0xFFFFFFFF:
+        raise ValueError("cost must be an int in 0..4294967295")
+    return cost
+
+
+def _now(now_ns: Any) -> Optional[int]:
+    if now_ns is None:
+        return None
+    if not isinstance(now_ns, int) or isinstance(now_ns, bool):
+        raise TypeError(f"now_ns must be an int or None, not {type(now_ns).__name__}")
+    if not 0 <= now_ns <= U64_MAX:
+        raise ValueError("now_ns must be an int in 0..2**64-1")
+    return now_ns
+
+
+def now_ns() -> int:
+    """Nanoseconds of ``CLOCK_MONOTONIC``: the time base of every ``now_ns``
+    argument, the same in every process of the host."""
+    return lib.rk_now_ns()
+
+
+def library_version() -> str:
+    """The linked library's ``rk_version()`` (always equal to
+    ``ratekeeper.__version__``: checked at import)."""
+    return ffi.string(lib.rk_version()).decode("ascii")
+
+
+# ---------------------------------------------------------------- Decision
+
+
+class _PyDecisionBase:
+    """Pure-Python stand-in for ``_speedups.DecisionBase``."""
+
+    __slots__ = (
+        "allowed", "limit", "remaining", "retry_after_ns", "reset_after_ns", "limit_index", "banned", "shadow_denied",
+    )
+    allowed: bool
+    banned: bool
+    shadow_denied: bool
+    limit: int
+    remaining: int
+    retry_after_ns: int
+    reset_after_ns: int
+    limit_index: int
+
+    def __new__(
+        cls,
+        allowed: bool,
+        limit: int,
+        remaining: int,
+        retry_after_ns: int,
+        reset_after_ns: int,
+        limit_index: int = 0,
+        banned: bool = False,
+        shadow_denied: bool = False,
+    ):
+        self = object.__new__(cls)
+        setter = object.__setattr__
+        setter(self, "allowed", bool(allowed))
+        setter(self, "banned", bool(banned))
+        setter(self, "shadow_denied", bool(shadow_denied))
+        setter(self, "limit", int(limit))
+        setter(self, "remaining", int(remaining))
+        setter(self, "retry_after_ns", int(retry_after_ns))
+        setter(self, "reset_after_ns", int(reset_after_ns))
+        setter(self, "limit_index", int(limit_index))
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Decision is immutable (cannot set {name!r})")
+
+    def _astuple(self) -> Tuple[bool, int, int, int, int, int, bool, bool]:
+        return (self.allowed, self.limit, self.remaining, self.retry_after_ns, self.reset_after_ns, self.limit_index,
+                self.banned, self.shadow_denied)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _DecisionBase):
+            return NotImplemented
+        return self._astuple() == other._astuple()
+
+    def __hash__(self) -> int:
+        return hash(self._astuple())
+
+    def __reduce__(self):
+        return (type(self), self._astuple())
+
+
+_DecisionBase: Any = speedups.DecisionBase if speedups is not None else _PyDecisionBase
+
+
+class Decision(_DecisionBase):
+    """The outcome of a check: immutable, hashable, comparable.
+
+    Fields (DESIGN.md "Decision"): ``allowed``; ``limit`` (quota of the
+    binding limit; for GCRA the burst); ``remaining`` (requests of cost 1
+    still allowed now under the binding limit); ``retry_after_ns`` (when
+    denied, wait at least this long; 0 when allowed; ``2**64-1`` when the
+    cost can never be allowed); ``reset_after_ns`` (time until the binding
+    limit is back to full quota); ``limit_index`` (index of the binding limit
+    in its policy). ``retry_after`` and ``reset_after`` are the same in
+    seconds, as floats (``retry_after`` is ``math.inf`` for "never").
+    Where the library reports them (penalty box, shadow mode): ``banned``
+    and ``shadow_denied``, else always False.
+
+    ``Decision(allowed, limit, remaining, retry_after_ns, reset_after_ns,
+    limit_index=0, banned=False, shadow_denied=False)`` builds one by hand
+    (e.g. in tests).
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:  # pragma: no cover - declared by the C (or Python) base class
+        allowed: bool
+        banned: bool
+        shadow_denied: bool
+        limit: int
+        remaining: int
+        retry_after_ns: int
+        reset_after_ns: int
+        limit_index: int
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds to wait before retrying (0.0 when allowed; ``math.inf``
+        when the request can never be allowed)."""
+        ns = self.retry_after_ns
+        return math.inf if ns == U64_MAX else ns / 1e9
+
+    @property
+    def reset_after(self) -> float:
+        """Seconds until the binding limit is back to full quota."""
+        return self.reset_after_ns / 1e9
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The fields (and seconds) as a dict, e.g. for JSON."""
+        return {
+            "allowed": self.allowed,
+            "limit": self.limit,
+            "remaining": self.remaining,
+            "retry_after": self.retry_after,
+            "reset_after": self.reset_after,
+            "retry_after_ns": self.retry_after_ns,
+            "reset_after_ns": self.reset_after_ns,
+            "limit_index": self.limit_index,
+            "banned": self.banned,
+            "shadow_denied": self.shadow_denied,
+        }
+
+    def __repr__(self) -> str:
+        flags = "".join(f", {n}=True" for n in ("banned", "shadow_denied") if getattr(self, n))
+        return (
+            f"Decision(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
+            f"retry_after_ns={self.retry_after_ns}, reset_after_ns={self.reset_after_ns}, "
+            f"limit_index={self.limit_index}{flags})"
+        )
+
+
+_DECISION_FLAGS = all(name in dict(ffi.typeof("rk_decision").fields) for name in ("banned", "shadow_denied"))
+
+
+def _decision(out: Any) -> Decision:
+    if _DECISION_FLAGS:
+        return Decision(bool(out.allowed), out.limit, out.remaining, out.retry_after_ns, out.reset_after_ns,
+                        out.limit_index, bool(out.banned), bool(out.shadow_denied))
+    return Decision(
+        bool(out.allowed), out.limit, out.remaining, out.retry_after_ns, out.reset_after_ns, out.limit_index
+    )
+
+
+# ---------------------------------------------------------------- plain values
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A policy's counters (summed over shards; in a shared engine, over every
+    process) and table occupancy."""
+
+    allowed: int
+    denied: int
+    evictions: int
+    table_full: int
+    occupancy: int
+    capacity: int
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit of a policy, as parsed from its spec."""
+
+    algorithm: str  #: "gcra", "fixed_window", "sliding_window", "sliding_log" or "concurrency"
+    count: int  #: requests (cost units) per period; for concurrency, permits in flight
+    period_ns: int  #: the period; for concurrency, the lease TTL
+    burst: int  #: GCRA bucket capacity (= count for every other algorithm)
+
+    @property
+    def period(self) -> float:
+        """The period in seconds."""
+        return self.period_ns / 1e9
+
+    @property
+    def quota(self) -> int:
+        """What a decision reports as ``limit`` for this limit (the burst for
+        GCRA, else the count)."""
+        return self.burst
+
+
+# ---------------------------------------------------------------- Handle / Checker fallbacks
+
+
+class _PyHandle:
+    """Pure-Python stand-in for ``_speedups.Handle``."""
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: int):
+        self.address = address
+
+    def invalidate(self) -> None:
+        self.address = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.address == 0
+
+
+class _PyChecker:
+    """Pure-Python (cffi) stand-in for ``_speedups.Checker``: the same
+    check/peek/refund, ~5x slower."""
+
+    _engine: "Engine"
+
+    def __init__(self, handle: _PyHandle, policy_id: int, concurrency: bool = False):
+        self._py_handle = handle
+        self._py_id = policy_id
+        self._py_concurrency = bool(concurrency)
+
+    @property
+    def id(self) -> int:
+        """The policy's id within its engine."""
+        return self._py_id
+
+    def _call(self, fn_now: Any, fn_at: Any, key: Key, cost: int, now: Optional[int], out_type: str) -> Any:
+        k = _key_bytes(key)
+        cost = _cost(cost)
+        now = _now(now)
+        out = ffi.new(out_type)
+        engine = self._engine
+        ptr = engine._enter()
+        try:
+            if now is None:
+                st = fn_now(ptr, self._py_id, k, len(k), cost, out)
+            else:
+                st = fn_at(ptr, self._py_id, k, len(k), cost, now, out)
+            if st:
+                _raise(st)
+        finally:
+            engine._leave()
+        return out
+
+    def check(self, key: Key, cost: int = 1, now_ns: Optional[int] = None) -> Decision:
+        return _decision(self._call(lib.rk_check, lib.rk_check_at, key, cost, now_ns, "rk_decision *"))
+
+    def peek(self, key: Key, cost: int = 1, now_ns: Optional[int] = None) -> Decision:
+        return _decision(self._call(lib.rk_peek, lib.rk_peek_at, key, cost, now_ns, "rk_decision *"))
+
+    def refund(self, key: Key, cost: int = 1, now_ns: Optional[int] = None) -> bool:
+        return bool(self._call(lib.rk_refund, lib.rk_refund_at, key, cost, now_ns, "bool *")[0])
+
+
+_FAST_PATH_FUNCTIONS = (
+    "rk_check", "rk_check_at", "rk_peek", "rk_peek_at", "rk_refund", "rk_refund_at", "rk_last_error", "rk_now_ns",
+)
+
+if speedups is not None:
+    _Handle: Any = speedups.Handle
+    _CheckerBase: Any = speedups.Checker
+    _addresses: Dict[str, Optional[int]] = {name: address(name) for name in _FAST_PATH_FUNCTIONS}
+    if check_item_layout_matches():  # rk_check_many has landed, with the announced item layout
+        _addresses["rk_check_many"] = address("rk_check_many")
+        _addresses["rk_check_many_at"] = address("rk_check_many_at")
+    speedups.init(_addresses, Decision, _error_handler)
+else:
+    _Handle = _PyHandle
+    _CheckerBase = _PyChecker
+
+
+def _better(d: Decision, b: Decision) -> bool:
+    """Whether ``d`` binds rather than ``b`` (as rk_check_many decides)."""
+    if d.allowed != b.allowed:
+        return not d.allowed
+    if not d.allowed:
+        return d.retry_after_ns > b.retry_after_ns
+    return d.remaining < b.remaining
+
+
+# ---------------------------------------------------------------- Engine
+
+
+class Engine:
+    """A set of named policies: in process (``Engine()``) or in a shared file
+    that every worker process maps (``Engine.shared(path)``).
+
+    ``capacity``: keys each policy tracks unless it asks for another number
+    (default 65,536). ``clock``: ``"coarse"`` (default:
+    ``CLOCK_MONOTONIC_COARSE``, a few ns to read, kernel-tick resolution,
+    never more lenient) or ``"monotonic"`` (ns resolution).
+
+    Close it with :meth:`close` or use it as a context manager. Thread-safe.
+    """
+
+    def __init__(self, capacity: Optional[int] = None, clock: str = "coarse"):
+        opts = self._options(capacity, clock, None, None)
+        out = ffi.new("rk_engine **")
+        st = lib.rk_engine_new(opts, out)
+        if st:
+            _raise(st)
+        self._adopt(out[0], None)
+
+    @classmethod
+    def shared(
+        cls,
+        path: Union[str, bytes, "os.PathLike[str]"],
+        capacity: Optional[int] = None,
+        max_bytes: Optional[int] = None,
+        mode: int = 0o600,
+        clock: str = "coarse",
+    ) -> "Engine":
+        """Creates or attaches the shared engine backed by the file ``path``
+        (normally under ``/dev/shm``): every process that opens the same path
+        enforces the same limits together.
+
+        ``max_bytes`` (default 1 GiB, sparse) and ``mode`` (default 0o600)
+        apply when the file is created. Open it **after fork** (Gunicorn
+        ``post_fork``, uWSGI ``lazy-apps``): see :mod:`ratekeeper.gunicorn`.
+        Raises :class:`~ratekeeper.errors.IOFailure` or
+        :class:`~ratekeeper.errors.CorruptFile` on a bad file.
+        """
+        opts = cls._options(capacity, clock, max_bytes, mode)
+        out = ffi.new("rk_engine **")
+        st = lib.rk_engine_open_shared(os.fsencode(path), opts, out)
+        if st:
+            _raise(st)
+        self = cls.__new__(cls)
+        self._adopt(out[0], os.fsdecode(path))
+        return self
+
+    @staticmethod
+    def _options(capacity: Optional[int], clock: Union[str, int], max_bytes: Optional[int], mode: Optional[int]) -> Any:
+        opts = ffi.new("rk_engine_options *")
+        lib.rk_engine_options_init(opts)
+        if capacity is not None:
+            if not isinstance(capacity, int) or capacity < 1:
+                raise errors.InvalidArgument(f"capacity must be a positive int, not {capacity!r}")
+            opts.capacity = capacity
+        if isinstance(clock, str):
+            if clock not in _CLOCKS:
+                raise errors.InvalidArgument(f"clock must be one of {sorted(_CLOCKS)}, not {clock!r}")
+            opts.clock = _CLOCKS[clock]
+        else:
+            opts.clock = clock
+        if max_bytes is not None:
+            opts.shared_max_bytes = max_bytes
+        if mode is not None:
+            opts.shared_file_mode = mode
+        return opts
+
+    def _adopt(self, ptr: Any, path: Optional[str]) -> None:
+        self._ptr = ptr
+        self._handle = _Handle(int(ffi.cast("uintptr_t", ptr)))
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._deferred_free: Any = None
+        # Weak: policies keep their engine alive, not the other way round, so
+        # dropping every reference frees the engine at once (no cycle).
+        self._policies: "weakref.WeakValueDictionary[int, Policy]" = weakref.WeakValueDictionary()
+        self.path: Optional[str] = path
+        self.pid = os.getpid()
+
+    # -- lifetime ---------------------------------------------------------
+
+    def _enter(self) -> Any:
+        """The engine pointer for one cffi call; pair with _leave()."""
+        with self._lock:
+            if self._ptr is None:
+                raise EngineClosed("the engine is closed (Engine.close() was called)")
+            self._inflight += 1
+            return self._ptr
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            ptr = self._deferred_free if self._inflight == 0 else None
+            if ptr is not None:
+                self._deferred_free = None
+        if ptr is not None:
+            lib.rk_engine_free(ptr)
+
+    def close(self) -> None:
+        """Frees the engine (a shared engine's file stays). Idempotent. Every
+        later call on it, its policies or permits raises
+        :class:`~ratekeeper.errors.EngineClosed`."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed
+            return
+        with lock:
+            ptr = self._ptr
+            if ptr is None:
+                return
+            self._ptr = None
+            self._handle.invalidate()
+            if self._inflight:
+                self._deferred_free = ptr  # the last call in progress frees it
+                return
+        lib.rk_engine_free(ptr)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._ptr is None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        where = f"shared {self.path!r}" if self.path else "in-process"
+        state = "closed" if self.closed else f"{len(self._policies)} policies"
+        return f"<ratekeeper.Engine {where}, {state}>"
+
+    # -- policies ---------------------------------------------------------
+
+    def policy(
+        self,
+        name: str,
+        spec: str,
+        capacity: Optional[int] = None,
+        when_full: str = "evict",
+    ) -> "Policy":
+        """Adds (or finds) the policy ``name`` with the limits of ``spec``
+        (e.g. ``"5/minute;20/hour"``, ``"sliding_log 3/10 seconds"``,
+        ``"concurrency 4"``; grammar in the README). Adding a name again with
+        the same limits (in any spelling) returns the same policy; other
+        limits raise :class:`~ratekeeper.errors.PolicyMismatch`.
+
+        ``capacity``: keys this policy tracks (default: the engine's).
+        ``when_full``: what a new key does when the table has no room:
+        ``"evict"`` (the entry that would expire soonest, default),
+        ``"fail_open"`` or ``"fail_closed"``.
+        """
+        if when_full not in _WHEN_FULL:
+            raise errors.InvalidArgument(f"when_full must be one of {sorted(_WHEN_FULL)}, not {when_full!r}")
+        opts = ffi.new("rk_policy_options *")
+        lib.rk_policy_options_init(opts)
+        if capacity is not None:
+            if not isinstance(capacity, int) or capacity < 1:
+                raise errors.InvalidArgument(f"capacity must be a positive int, not {capacity!r}")
+            opts.capacity = capacity
+        opts.when_full = _WHEN_FULL[when_full]
+        pid = ffi.new("uint32_t *")
+        bname, bspec = name.encode("utf-8"), spec.encode("utf-8")
+        ptr = self._enter()
+        try:
+            st = lib.rk_policy_add_with(ptr, bname, bspec, opts, pid)
+            if st:
+                _raise(st)
+        finally:
+            self._leave()
+        return self._policy_object(pid[0], capacity=capacity, when_full=when_full)
+
+    def find_policy(self, name: str) -> "Policy":
+        """The policy named ``name`` (e.g. added by another process of a shared
+        engine); raises :class:`~ratekeeper.errors.UnknownPolicy`."""
+        pid = ffi.new("uint32_t *")
+        ptr = self._enter()
+        try:
+            st = lib.rk_policy_find(ptr, name.encode("utf-8"), pid)
+            if st:
+                _raise(st)
+        finally:
+            self._leave()
+        return self._policy_object(pid[0])
+
+    def policies(self) -> List["Policy"]:
+        """Every policy of the engine, in the order they were added (for a
+        shared engine: by any process)."""
+        count = ffi.new("uint32_t *")
+        ptr = self._enter()
+        try:
+            st = lib.rk_policy_count(ptr, count)
+            if st:
+                _raise(st)
+        finally:
+            self._leave()
+        return [self._policy_object(i) for i in range(count[0])]
+
+    def _policy_object(self, pid: int, capacity: Optional[int] = None, when_full: Optional[str] = None) -> "Policy":
+        with self._lock:
+            existing = self._policies.get(pid)
+        if existing is not None:
+            return existing
+        policy = Policy(self, pid, capacity=capacity, when_full=when_full)
+        with self._lock:
+            return self._policies.setdefault(pid, policy)
+
+    def _string(self, fn: Any, pid: int) -> str:
+        size = ffi.new("size_t *")
+        ptr = self._enter()
+        try:
+            st = fn(ptr, pid, ffi.NULL, 0, size)
+            if st:
+                _raise(st)
+            buf = ffi.new("char[]", size[0] + 1)
+            st = fn(ptr, pid, buf, size[0] + 1, size)
+            if st:
+                _raise(st)
+        finally:
+            self._leave()
+        return ffi.string(buf, size[0]).decode("utf-8")
+
+    # -- batches ----------------------------------------------------------
+
+    def check_many(
+        self,
+        items: Sequence[Tuple[Any, ...]],
+        now_ns: Optional[int] = None,
+    ) -> Tuple[Decision, int]:
+        """Checks several ``(policy, key, cost)`` items (``cost`` may be
+        omitted: 1) — e.g. every limit of one HTTP request — as one request:
+        if every item allows, every item is charged; if any denies, none is.
+
+        Returns the binding decision and its index in ``items``: a denying item
+        with the largest retry-after, else the item with the fewest remaining
+        (ties to the lowest index). Uses the library's ``rk_check_many`` when
+        it has one; otherwise the same algorithm over single calls (peek every
+        item, then charge in order, refunding if a race makes one deny).
+        """
+        if speedups is not None:
+            return speedups.check_many(self._handle, items, now_ns)
+        return self._check_many_py(items, now_ns)
+
+    def _check_many_py(self, items: Sequence[Tuple[Any, ...]], now_ns: Optional[int]) -> Tuple[Decision, int]:
+        now = _now(now_ns)
+        parsed = []
+        for i, item in enumerate(items):
+            if not isinstance(item, tuple) or not 2 <= len(item) <= 3:
+                raise TypeError(f"check_many: item {i} must be a tuple (policy, key[, cost])")
+            policy = item[0]
+            if not isinstance(policy, Policy):
+                raise TypeError(f"check_many: item {i}: expected a Policy, not {type(policy).__name__}")
+            if policy.engine is not self:
+                raise ValueError(f"check_many: item {i}: the policy belongs to another engine")
+            if policy.is_concurrency:
+                raise error_for_status(errors.STATUS_CONCURRENCY_IN_BATCH)
+            parsed.append((policy, _key_bytes(item[1]), _cost(item[2]) if len(item) == 3 else 1))
+        if not parsed:
+            raise ValueError("check_many needs at least one item")
+        if self._ptr is None:
+            raise EngineClosed("the engine is closed (Engine.close() was called)")
+        if HAVE_CHECK_MANY:
+            arr = ffi.new("rk_check_item[]", len(parsed))
+            keep = []
+            for slot, (policy, key, cost) in zip(arr, parsed):
+                buf = ffi.from_buffer(key)
+                keep.append(buf)
+                slot.policy, slot.key, slot.key_len, slot.cost = policy.id, buf, len(key), cost
+            out = ffi.new("rk_decision *")
+            index = ffi.new("size_t *")
+            ptr = self._enter()
+            try:
+                if now is None:
+                    st = lib.rk_check_many(ptr, arr, len(parsed), out, index)
+                else:
+                    st = lib.rk_check_many_at(ptr, arr, len(parsed), now, out, index)
+                if st:
+                    _raise(st)
+            finally:
+                self._leave()
+            return _decision(out), index[0]
+        # Without an explicit time every call reads the engine's own clock
+        # (never rk_now_ns(): the engine's may be the coarse one).
+        best: Optional[Decision] = None
+        bi = 0
+        for i, (policy, key, cost) in enumerate(parsed):
+            d = policy.peek(key, cost, now)
+            if best is None or _better(d, best):
+                best, bi = d, i
+        assert best is not None
+        if not best.allowed:
+            policy, key, cost = parsed[bi]
+            d = policy.check(key, cost, now)  # counts the denial
+            if d.allowed:  # freed meanwhile: give it back, report the peek
+                policy.refund(key, cost, now)
+                return best, bi
+            return d, bi
+        best = None
+        for i, (policy, key, cost) in enumerate(parsed):
+            d = policy.check(key, cost, now)
+            if not d.allowed:
+                for p, k, c in parsed[:i]:
+                    p.refund(k, c, now)
+                return d, i
+            if best is None or _better(d, best):
+                best, bi = d, i
+        assert best is not None
+        return best, bi
+
+
+# ---------------------------------------------------------------- Policy
+
+
+class Policy(_CheckerBase):
+    """One named policy of an :class:`Engine` (from :meth:`Engine.policy`).
+
+    Rate-limit policies: :meth:`check`, :meth:`peek`, :meth:`refund`,
+    :meth:`reset`. Concurrency policies (``"concurrency N"``):
+    :meth:`acquire` (a context manager), :meth:`peek`, :meth:`reset`,
+    :meth:`release_holder`. Both: :meth:`stats`, ``name``, ``spec``
+    (canonical), ``limits``, ``id``.
+    """
+
+    if TYPE_CHECKING:  # pragma: no cover - implemented by the C (or Python) base class
+
+        @property
+        def id(self) -> int: ...
+
+        def check(self, key: Key, cost: int = 1, now_ns: Optional[int] = None) -> Decision:
+            """Checks ``key`` and charges ``cost`` if every limit allows."""
+
+        def peek(self, key: Key, cost: int = 1, now_ns: Optional[int] = None) -> Decision:
+            """What check() would decide, changing nothing."""
+
+        def refund(self, key: Key, cost: int = 1, now_ns: Optional[int] = None) -> bool:
+            """Gives back ``cost``; whether the key held state."""
+
+    def __init__(self, engine: Engine, policy_id: int, capacity: Optional[int] = None, when_full: Optional[str] = None):
+        self._engine = engine
+        self.name: str = engine._string(lib.rk_policy_name, policy_id)
+        self.spec: str = engine._string(lib.rk_policy_spec, policy_id)
+        count = ffi.new("uint32_t *")
+        limit = ffi.new("rk_limit *")
+        ptr = engine._enter()
+        try:
+            st = lib.rk_policy_limit_count(ptr, policy_id, count)
+            if st:
+                _raise(st)
+            limits = []
+            for i in range(count[0]):
+                st = lib.rk_policy_limit(ptr, policy_id, i, limit)
+                if st:
+                    _raise(st)
+                limits.append(
+                    Limit(_ALGORITHMS.get(limit.algorithm, str(limit.algorithm)), limit.count, limit.period_ns, limit.burst)
+                )
+        finally:
+            engine._leave()
+        self.limits: Tuple[Limit, ...] = tuple(limits)
+        self.is_concurrency: bool = any(lim.algorithm == "concurrency" for lim in limits)
+        self.capacity = capacity
+        self.when_full = when_full
+        super().__init__(engine._handle, policy_id, self.is_concurrency)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this policy belongs to."""
+        return self._engine
+
+    def __repr__(self) -> str:
+        return f"<ratekeeper.Policy {self.name!r} {self.spec!r} id={self.id}>"
+
+    def reset(self, key: Key) -> bool:
+        """Forgets everything about ``key`` (for a concurrency policy, drops
+        its permits): its quota is full again.
+
+        Returns whether the key was below its full quota before (read with a
+        peek just before the reset: the C ABI's ``rk_reset`` does not report
+        whether the key held state).
+        """
+        k = _key_bytes(key)
+        try:
+            before = self.peek(k, 0)
+            if self.is_concurrency:  # its peek reports "after taking one permit"
+                had_state = before.remaining + 1 < before.limit
+            else:
+                had_state = before.remaining < before.limit or before.reset_after_ns > 0
+        except EngineClosed:
+            raise
+        except RatekeeperError:
+            had_state = True
+        ptr = self._engine._enter()
+        try:
+            st = lib.rk_reset(ptr, self.id, k, len(k))
+            if st:
+                _raise(st)
+        finally:
+            self._engine._leave()
+        return had_state
+
+    def stats(self) -> Stats:
+        """Counters (allowed, denied, evictions, table_full) and occupancy; in
+        a shared engine, the totals of every process."""
+        out = ffi.new("rk_stats *")
+        ptr = self._engine._enter()
+        try:
+            st = lib.rk_policy_stats(ptr, self.id, out)
+            if st:
+                _raise(st)
+        finally:
+            self._engine._leave()
+        return Stats(out.allowed, out.denied, out.evictions, out.table_full, out.occupancy, out.capacity)
+
+    def acquire(self, key: Key, timeout: Optional[float] = None, now_ns: Optional[int] = None) -> "Permit":
+        """Takes a permit of this concurrency policy for ``key``.
+
+        ``timeout``: ``None`` or ``0`` (default) tries once, without waiting;
+        a positive number of seconds waits up to that long for a permit to be
+        released or to expire (sleeping on a futex, GIL released);
+        ``math.inf`` waits as long as it takes. ``now_ns`` (no waiting then)
+        is an explicit time for tests.
+
+        Returns a :class:`Permit` (a context manager: ``with
+        policy.acquire(key, timeout=1.0): ...``); raises
+        :class:`~ratekeeper.errors.Throttled` if no permit could be had.
+        """
+        k = _key_bytes(key)
+        now = _now(now_ns)
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0 or timeout != timeout):
+            raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
+        permit = ffi.new("rk_permit *")
+        out = ffi.new("rk_decision *")
+        engine = self._engine
+        remaining = timeout or 0.0
+        while True:
+            ptr = engine._enter()
+            try:
+                if now is not None:
+                    st = lib.rk_acquire_at(ptr, self.id, k, len(k), now, permit, out)
+                elif remaining <= 0:
+                    st = lib.rk_acquire(ptr, self.id, k, len(k), permit, out)
+                else:
+                    chunk = min(remaining, 3600.0)
+                    st = lib.rk_acquire_timeout(ptr, self.id, k, len(k), int(chunk * 1e9), permit, out)
+                    remaining -= chunk
+                if st:
+                    _raise(st)
+            finally:
+                engine._leave()
+            if out.allowed or remaining <= 0 or now is not None:
+                break
+        decision = _decision(out)
+        if not decision.allowed:
+            waited = f"within {timeout} s" if timeout else "now"
+            raise Throttled(f"no permit of policy {self.name!r} free {waited}", decision=decision, policy=self)
+        return Permit(self, permit, decision)
+
+    def release_holder(self, pid: int) -> int:
+        """Releases every permit of this policy held by process ``pid`` (a
+        dead worker) and returns how many; 0 on a rate-limit policy."""
+        n = ffi.new("uint64_t *")
+        ptr = self._engine._enter()
+        try:
+            st = lib.rk_release_holder(ptr, self.id, pid, n)
+            if st:
+                _raise(st)
+        finally:
+            self._engine._leave()
+        return n[0]
+
+
+# ---------------------------------------------------------------- Permit
+
+
+class Permit:
+    """A permit of a concurrency policy (from :meth:`Policy.acquire`). Give it
+    back with :meth:`release` or by leaving its ``with`` block; one never
+    released expires after the policy's lease TTL."""
+
+    __slots__ = ("policy", "decision", "_raw", "_released", "__weakref__")
+
+    def __init__(self, policy: Policy, raw: Any, decision: Decision):
+        self.policy = policy
+        self.decision = decision
+        self._raw = raw
+        self._released = False
+
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`release` was called."""
+        return self._released
+
+    def release(self) -> None:
+        """Gives the permit back (waking one waiting ``acquire``). Releasing
+        twice does nothing."""
+        if self._released:
+            return
+        engine = self.policy._engine
+        ptr = engine._enter()
+        try:
+            st = lib.rk_release(ptr, self._raw)
+            if st:
+                _raise(st)
+        finally:
+            engine._leave()
+        self._released = True
+
+    def __enter__(self) -> "Permit":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return f"<ratekeeper.Permit of {self.policy.name!r}, {state}>"
+
+
+# ---------------------------------------------------------------- per-process shared engines
+
+_engines_lock = threading.Lock()
+_engines: Dict[Tuple[str, int], Engine] = {}
+
+
+def shared_engine(path: Union[str, "os.PathLike[str]"], **options: Any) -> Engine:
+    """This process's engine on the shared file ``path``: opened on first use
+    in each process (so after a fork: a forked child never reuses its
+    parent's), then the same object for every caller in the process
+    (:mod:`ratekeeper.flask`, :mod:`ratekeeper.gunicorn`). ``options`` go to
+    :meth:`Engine.shared` when it is opened (``None`` values are dropped)."""
+    key = (os.fspath(path), os.getpid())
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None or engine.closed:
+            for stale in [k for k in _engines if k[1] != key[1]]:
+                del _engines[stale]  # a parent's: never close it here (the parent owns it)
+            engine = Engine.shared(path, **{k: v for k, v in options.items() if v is not None})
+            _engines[key] = engine
+        return engine

@@ -1,0 +1,6 @@
+# The one line that shares limits across workers:
+from ratekeeper.gunicorn import *  # noqa: F401,F403
+
+workers = 4
+bind = "127.0.0.1:0"
+graceful_timeout = 5

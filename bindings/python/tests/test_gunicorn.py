@@ -1,0 +1,127 @@
+"""A real `gunicorn -w 4` on 127.0.0.1 sharing one file: exactly the quota
+passes, also when a worker is SIGKILLed mid-traffic. Gunicorn is always
+stopped by its PID."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import ratekeeper
+
+pytest.importorskip("gunicorn")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def children(pid: int) -> list:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else str(tmp_path_factory.mktemp("shm"))
+    path = os.path.join(base, f"rk-gunicorn-test-{os.getpid()}.rk")
+    log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+    env = dict(os.environ, RATEKEEPER_SHARED_PATH=path)
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn_conf.py", "gunicorn_app:app"],
+        cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    workers: set = set()
+    try:
+        port = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            m = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log_path.read_text())
+            if m and len(children(proc.pid)) == 4:
+                port = int(m.group(1))
+                break
+            time.sleep(0.05)
+        assert port, "gunicorn did not start:\n" + log_path.read_text()
+        yield {"port": port, "pid": proc.pid, "path": path, "workers": workers, "log": log_path}
+    finally:
+        workers.update(children(proc.pid))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for pid in workers:  # by PID, in case any outlived the master
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def request(port: int, path: str, retries: int = 5):
+    """GET -> (status, pid). A connection dropped by a killed worker is
+    retried (it was not answered, so it is not counted)."""
+    for attempt in range(retries):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            body = r.read()
+            pid = json.loads(body).get("pid") if r.status == 200 else None
+            return r.status, pid
+        except (ConnectionError, http.client.HTTPException, OSError):
+            if attempt == retries - 1:
+                raise
+            time.sleep(0.05)
+        finally:
+            conn.close()
+
+
+def test_four_workers_admit_exactly_20_of_200(server):
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: request(server["port"], "/limited"), range(200)))
+    codes = [status for status, _ in results]
+    assert codes.count(200) == 20 and codes.count(429) == 180
+    pids = {request(server["port"], "/pid")[1] for _ in range(40)} | {p for _, p in results if p}
+    assert len(pids) >= 2, "the requests should have been spread over several workers"
+    with ratekeeper.Engine.shared(server["path"]) as e:
+        st = e.find_policy("flask:20/minute").stats()
+        assert st.allowed == 20
+
+
+def test_a_worker_sigkilled_mid_traffic_changes_nothing(server):
+    port, master = server["port"], server["pid"]
+    codes = []
+    killed = None
+    for i in range(200):
+        status, pid = request(port, "/limited-b")
+        codes.append(status)
+        if killed is None and codes.count(200) == 10:
+            killed = pid  # the worker that just answered: SIGKILL it mid-burst
+            server["workers"].update(children(master))
+            os.kill(killed, signal.SIGKILL)
+    assert killed is not None
+    assert codes.count(200) == 20 and codes.count(429) == 180
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (killed in children(master) or len(children(master)) < 4):
+        time.sleep(0.05)
+    assert killed not in children(master) and len(children(master)) == 4  # replaced
+    server["workers"].update(children(master))
+    # the replacement attached to the same file: still no quota left
+    assert [request(port, "/limited-b")[0] for _ in range(20)] == [429] * 20
+    with ratekeeper.Engine.shared(server["path"]) as e:
+        assert e.find_policy("flask:20/minute").stats().allowed == 40
