@@ -39,6 +39,9 @@ if [ -x tests/c/run.sh ]; then
   tests/c/run.sh
 fi
 
+step "Python package, Flask extension, Gunicorn (pytest)"
+bash bindings/python/run_tests.sh
+
 if [ -x fuzz/smoke.sh ]; then
   step "fuzz smoke (${FUZZ_SECONDS:-20} s per target)"
   fuzz/smoke.sh
