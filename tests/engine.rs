@@ -326,3 +326,13 @@ fn check_many_charges_every_item_or_none() {
     assert!(!d.allowed && i == 0);
     assert!(e.check_many_at(&[], S).is_err());
 }
+
+#[test]
+fn engine_is_send_and_sync_and_decisions_and_ids_are_copy() {
+    fn send_sync<T: Send + Sync>() {}
+    fn copy<T: Copy>() {}
+    send_sync::<Engine>();
+    copy::<ratekeeper::Decision>();
+    copy::<ratekeeper::PolicyId>();
+    copy::<ratekeeper::Permit>();
+}
