@@ -24,6 +24,22 @@
 #include <stddef.h>
 
 /**
+ * Key bytes a deny event keeps (longer keys are cut).
+ */
+#define RK_EVENT_KEY_BYTES 80
+
+/**
+ * Deny events each policy keeps: `rk_recent_denials` never returns more.
+ */
+#define RK_DENY_RING_ENTRIES 512
+
+/**
+ * Keys of one policy that can carry an override (cleared ones included:
+ * an override entry, once made for a key, keeps its place).
+ */
+#define RK_MAX_OVERRIDES 1024
+
+/**
  * The most policies one engine holds.
  */
 #define RK_MAX_POLICIES 256
@@ -33,6 +49,12 @@
  * `RK_MAX_POLICY_NAME_LEN + 1` bytes holds any name.
  */
 #define RK_MAX_POLICY_NAME_LEN 128
+
+/**
+ * `sizeof(rk_stats)` of the first version (through `capacity`): what
+ * `rk_policy_stats` writes, and the least `rk_policy_stats_sized` accepts.
+ */
+#define RK_STATS_V1_SIZE 48
 
 /**
  * The result of every fallible `rk_` function. `RK_OK` (0) is success;
@@ -263,6 +285,19 @@ typedef struct rk_decision {
      */
     bool allowed;
     /**
+     * Denied because the key is in the policy's penalty box
+     * (`rk_policy_options.penalty_strikes`): `retry_after_ns` is the
+     * ban's remaining time. Always false without a penalty box.
+     * (Added in the padding after `allowed`: no other field moved.)
+     */
+    bool banned;
+    /**
+     * Shadow mode (`rk_policy_options.shadow`): the request passes
+     * (`allowed` is true) but would have been denied; the other fields
+     * describe that denial. Always false without shadow mode.
+     */
+    bool shadow_denied;
+    /**
      * Quota of the binding limit (for GCRA, the burst).
      */
     uint64_t limit;
@@ -284,6 +319,29 @@ typedef struct rk_decision {
      */
     uint32_t limit_index;
 } rk_decision;
+
+/**
+ * One item of `rk_check_many`: a policy, a key under it and the cost to
+ * charge. A plain value the caller owns; `key` is only read during the call.
+ */
+typedef struct rk_check_item {
+    /**
+     * The policy (a rate limit: concurrency policies are refused).
+     */
+    uint32_t policy;
+    /**
+     * `key_len` arbitrary bytes (NULL with `key_len` 0 is the empty key).
+     */
+    const uint8_t *key;
+    /**
+     * Length of `key` in bytes.
+     */
+    size_t key_len;
+    /**
+     * The cost to charge (as for `rk_check`).
+     */
+    uint32_t cost;
+} rk_check_item;
 
 /**
  * Options for `rk_engine_new` and `rk_engine_open_shared`.
@@ -322,6 +380,60 @@ typedef struct rk_engine_options {
 } rk_engine_options;
 
 /**
+ * One denial (or, in shadow mode, a would-be denial), from
+ * `rk_recent_denials`. A plain value the caller owns. Its layout is fixed
+ * (it is an array element); a version with more fields would come with a
+ * function of its own.
+ */
+typedef struct rk_deny_event {
+    /**
+     * The event's position in the policy's history: one more for each
+     * denial. Follow a policy by asking for `ticket + 1` of the last event
+     * seen.
+     */
+    uint64_t ticket;
+    /**
+     * When it happened (nanoseconds; the `now_ns` of the check).
+     */
+    uint64_t time_ns;
+    /**
+     * The key's 64-bit hash under the policy's seed (always kept, so
+     * repeated offenders can be told apart without their keys).
+     */
+    uint64_t key_hash;
+    /**
+     * The `retry_after_ns` the client was given.
+     */
+    uint64_t retry_after_ns;
+    /**
+     * The binding limit (as `rk_decision.limit_index`; capped at 255).
+     */
+    uint32_t limit_index;
+    /**
+     * Denied by the penalty box (`rk_decision.banned`).
+     */
+    bool banned;
+    /**
+     * Shadow mode: the request passed, but would have been denied.
+     */
+    bool shadow;
+    /**
+     * `key` holds the key's first bytes: the policy was added with
+     * `record_keys`. Otherwise `key_len` is 0.
+     */
+    bool has_key;
+    /**
+     * Bytes of `key` that are valid (at most `RK_EVENT_KEY_BYTES`; a longer
+     * key was cut). The rest of `key` is 0.
+     */
+    uint8_t key_len;
+    /**
+     * The key's first `key_len` bytes (not NUL-terminated).
+     */
+    uint8_t key[RK_EVENT_KEY_BYTES];
+} rk_deny_event;
+
+/**
  * A permit of a concurrency policy, from `rk_acquire*`. A plain value the
  * caller owns: copy it, store it, give it back with `rk_release`. Its
  * `opaque` words identify the engine and the lease; do not change them
@@ -346,6 +458,12 @@ typedef struct rk_permit {
 /**
  * Per-policy options for `rk_policy_add_with`. Versioned like
  * `rk_engine_options`: start from `rk_policy_options_init(&opts)`.
+ *
+ * The struct only ever grows at its end. Its first version ended with
+ * `when_full` (`struct_size` 24); a caller that passes that size gets the
+ * defaults for every field after it, and the library never reads or
+ * writes past a caller's size (see `rk_policy_options_init`). All
+ * durations are nanoseconds.
  */
 typedef struct rk_policy_options {
     /**
@@ -362,6 +480,50 @@ typedef struct rk_policy_options {
      * An `rk_when_full` value (default `RK_WHEN_FULL_EVICT`).
      */
     uint32_t when_full;
+    /**
+     * Adds a random extra of 0 to this many nanoseconds to the
+     * `retry_after_ns` of every denial, so that clients denied together do
+     * not all retry at the same instant (default 0: none). Never makes
+     * `retry_after_ns` shorter than the true wait.
+     */
+    uint64_t retry_jitter_ns;
+    /**
+     * Penalty box: the window in which `penalty_strikes` denials of one key
+     * ban it (strikes decay smoothly: one per `window / strikes`).
+     */
+    uint64_t penalty_window_ns;
+    /**
+     * Penalty box: length of a key's first ban; each further ban (before
+     * the key has been left alone for `penalty_max_ban_ns`) doubles it.
+     */
+    uint64_t penalty_ban_ns;
+    /**
+     * Penalty box: the longest ban (at least `penalty_ban_ns`); also how
+     * long a key must stay unbanned for its escalation to start over.
+     */
+    uint64_t penalty_max_ban_ns;
+    /**
+     * Penalty box: denials of one key within `penalty_window_ns` that ban
+     * it. 0 (the default) means no penalty box; then the three other
+     * `penalty_*` fields must be 0 too. A banned key is denied without
+     * touching its limits, with `rk_decision.banned` set and the ban's
+     * remaining time as `retry_after_ns`. Rate-limit policies only.
+     * Invalid settings are `RK_ERR_INVALID_ARGUMENT`.
+     */
+    uint32_t penalty_strikes;
+    /**
+     * Shadow mode (default false): decisions are computed, counted and
+     * recorded as if enforced, but every request passes; a request that
+     * would have been denied has `allowed` true and `shadow_denied` set.
+     * For rolling out a new limit safely.
+     */
+    bool shadow;
+    /**
+     * Keep up to `RK_EVENT_KEY_BYTES` bytes of the key in the policy's deny
+     * events (`rk_recent_denials`). Default false: keys can be personal
+     * data; the key's hash is always kept.
+     */
+    bool record_keys;
 } rk_policy_options;
 
 /**
@@ -389,6 +551,10 @@ typedef struct rk_limit {
 
 /**
  * A policy's statistics at one moment (counters summed over shards).
+ *
+ * Written by the library, and versioned by size: fields are only ever
+ * appended, and the library writes no more than the caller's size (see
+ * `rk_policy_stats` and `rk_policy_stats_sized`).
  */
 typedef struct rk_stats {
     /**
@@ -396,7 +562,8 @@ typedef struct rk_stats {
      */
     uint64_t allowed;
     /**
-     * Requests denied.
+     * Requests denied. In shadow mode: requests that would have been
+     * denied (they passed, and are counted in `shadow_denied` too).
      */
     uint64_t denied;
     /**
@@ -415,6 +582,21 @@ typedef struct rk_stats {
      * Keys the table can track.
      */
     uint64_t capacity;
+    /**
+     * Shadow mode: requests that passed but would have been denied.
+     * (Second version: only from `rk_policy_stats_sized`.)
+     */
+    uint64_t shadow_denied;
+    /**
+     * Requests denied because their key was in the penalty box.
+     * (Second version: only from `rk_policy_stats_sized`.)
+     */
+    uint64_t banned;
+    /**
+     * Bans imposed by the penalty box.
+     * (Second version: only from `rk_policy_stats_sized`.)
+     */
+    uint64_t bans;
 } rk_stats;
 
 #ifdef __cplusplus
@@ -465,6 +647,55 @@ rk_status rk_check_at(struct rk_engine *engine,
                       uint32_t cost,
                       uint64_t now_ns,
                       struct rk_decision *out);
+
+/**
+ * Checks several (policy, key, cost) items - e.g. every limit that applies
+ * to one HTTP request: per IP, per route, per user - as one request, at the
+ * engine clock's time: if every item allows, every item is charged; if any
+ * denies, none is. Stores the binding decision in `*out` and its item's
+ * index in `*index_out`: a denying item with the largest retry-after, else
+ * the item with the fewest remaining (ties go to the lowest index). A
+ * denial is counted (stats, deny events) against the binding item only.
+ *
+ * `items[0..n]` and their keys are only read during the call; `index_out`
+ * may be NULL. Items are peeked, then charged in order; if a concurrent
+ * request takes the last unit of an item in between, the items already
+ * charged are refunded and the batch is denied (never more than the quota
+ * is admitted). Allocation-free for up to 16 items; lock-free; never
+ * blocks. Thread-safe.
+ *
+ * Errors: `RK_ERR_NULL_POINTER` (`engine` or `out`, or `items` with
+ * `n > 0`), `RK_ERR_INVALID_ARGUMENT` (`n == 0`), `RK_ERR_NULL_KEY` (an
+ * item's `key` is NULL with a non-zero `key_len`; the message names the
+ * item), `RK_ERR_UNKNOWN_POLICY`, `RK_ERR_WRONG_POLICY_KIND` (an item's
+ * policy is a concurrency limit). `*out` and `*index_out` are written only
+ * on success; on failure nothing is charged.
+ *
+ * # Safety
+ * `engine` is NULL or a live engine; `items` is NULL or points to `n`
+ * readable `rk_check_item`s whose `key`s are NULL or point to `key_len`
+ * readable bytes; `out` is NULL or valid for writing an `rk_decision`;
+ * `index_out` is NULL or valid for writing a `size_t`.
+ */
+rk_status rk_check_many(struct rk_engine *engine,
+                        const struct rk_check_item *items,
+                        size_t n,
+                        struct rk_decision *out,
+                        size_t *index_out);
+
+/**
+ * `rk_check_many` at the explicit time `now_ns` (nanoseconds of
+ * `CLOCK_MONOTONIC`, see `rk_now_ns`).
+ *
+ * # Safety
+ * As for `rk_check_many`.
+ */
+rk_status rk_check_many_at(struct rk_engine *engine,
+                           const struct rk_check_item *items,
+                           size_t n,
+                           uint64_t now_ns,
+                           struct rk_decision *out,
+                           size_t *index_out);
 
 /**
  * What `rk_check` would decide now, without charging anything or changing
@@ -628,6 +859,101 @@ const char *rk_version(void);
 uint64_t rk_now_ns(void);
 
 /**
+ * Copies the recent denials of `policy` with a ticket of at least `since`
+ * into `events[0..capacity]`, oldest first, and stores how many it wrote
+ * in `*count_out` (at most `capacity`).
+ *
+ * Each policy keeps its last `RK_DENY_RING_ENTRIES` (512) denials, also
+ * shadow-mode would-be denials, in a lock-free ring that any process of a
+ * shared engine sees. To follow a policy, start with `since = 0` and then
+ * pass the `ticket` of the last event received plus 1; if `*count_out ==
+ * capacity`, more may be waiting: call again at once. Tickets increase
+ * by one per denial; a gap means events were overwritten before they were
+ * read (or were being written at that instant and are skipped).
+ *
+ * `events` may be NULL only with `capacity` 0 (which writes nothing and
+ * stores 0). The call allocates a temporary list: not for the hot path.
+ * Thread-safe; never blocks writers.
+ *
+ * Errors: `RK_ERR_NULL_POINTER` (`engine`, `count_out`, or `events` with
+ * `capacity > 0`), `RK_ERR_UNKNOWN_POLICY`. `events` and `*count_out` are
+ * written only on success.
+ *
+ * # Safety
+ * `engine` is NULL or a live engine; `events` is NULL or valid for writing
+ * `capacity` `rk_deny_event`s; `count_out` is NULL or valid for writing a
+ * `size_t`.
+ */
+rk_status rk_recent_denials(struct rk_engine *engine,
+                            uint32_t policy,
+                            uint64_t since,
+                            struct rk_deny_event *events,
+                            size_t capacity,
+                            size_t *count_out);
+
+/**
+ * Gives `key` a quota of `factor` times the policy's own (e.g. 10.0 for a
+ * partner's API key, 0.5 for a suspicious one), from now on, for every
+ * thread and every process sharing the engine. Applies to `gcra`,
+ * `fixed_window` and `sliding_window` limits (count and burst are scaled,
+ * at least 1); `sliding_log` limits keep their count. `factor` is kept in
+ * thousandths (rounded), from 0.001 to 16777.215.
+ *
+ * `key` is only read during the call (NULL with `key_len` 0 is the empty
+ * key). Lock-free. Thread-safe.
+ *
+ * Errors: `RK_ERR_NULL_POINTER` (`engine`), `RK_ERR_NULL_KEY`,
+ * `RK_ERR_INVALID_ARGUMENT` (`factor` out of range, NaN or infinite),
+ * `RK_ERR_UNKNOWN_POLICY`, `RK_ERR_WRONG_POLICY_KIND` (a concurrency
+ * policy), `RK_ERR_UNSUPPORTED_POLICY` (the policy's override table already
+ * holds `RK_MAX_OVERRIDES` keys).
+ *
+ * # Safety
+ * `engine` is NULL or a live engine; `key` is NULL or points to `key_len`
+ * readable bytes.
+ */
+rk_status rk_override_set(struct rk_engine *engine,
+                          uint32_t policy,
+                          const uint8_t *key,
+                          size_t key_len,
+                          double factor);
+
+/**
+ * Removes `key`'s override under `policy`: it gets the policy's own quota
+ * again, at once. Clearing a key without an override is not an error.
+ *
+ * Key rules and threading as for `rk_override_set`. Errors:
+ * `RK_ERR_NULL_POINTER` (`engine`), `RK_ERR_NULL_KEY`,
+ * `RK_ERR_UNKNOWN_POLICY`.
+ *
+ * # Safety
+ * As for `rk_override_set`.
+ */
+rk_status rk_override_clear(struct rk_engine *engine,
+                            uint32_t policy,
+                            const uint8_t *key,
+                            size_t key_len);
+
+/**
+ * Stores `key`'s override factor under `policy` in `*factor_out`: 0.0
+ * when the key has none (its quota is the policy's own). The factor is
+ * the one kept, in thousandths (e.g. 2.5 for 2.5; 0.001 for 0.0012).
+ *
+ * Key rules and threading as for `rk_override_set`. Errors:
+ * `RK_ERR_NULL_POINTER` (`engine` or `factor_out`), `RK_ERR_NULL_KEY`,
+ * `RK_ERR_UNKNOWN_POLICY`. `*factor_out` is written only on success.
+ *
+ * # Safety
+ * As for `rk_override_set`; `factor_out` is NULL or valid for writing a
+ * `double`.
+ */
+rk_status rk_override_get(struct rk_engine *engine,
+                          uint32_t policy,
+                          const uint8_t *key,
+                          size_t key_len,
+                          double *factor_out);
+
+/**
  * Takes a permit of the concurrency policy `policy` for `key` if one is
  * free now, at the engine clock's time.
  *
@@ -729,13 +1055,39 @@ rk_status rk_release_holder(struct rk_engine *engine,
                             uint64_t *released_out);
 
 /**
- * Fills `*opts` with every default and sets `opts->struct_size` to
- * `sizeof(rk_policy_options)`. NULL `opts` does nothing. Thread-safe.
+ * Fills the caller's `rk_policy_options` with every default and sets
+ * `opts->struct_size`. Call it before changing any field.
+ *
+ * This header makes `rk_policy_options_init(opts)` a macro for
+ * `rk_policy_options_init_sized((opts), sizeof(rk_policy_options))`, so
+ * code compiled against it fills the whole struct. The function itself,
+ * which programs compiled against the first header call (and which taking
+ * the address of `rk_policy_options_init`, or writing
+ * `(rk_policy_options_init)(opts)`, reaches), fills only the first
+ * version of the struct (24 bytes, through `when_full`) and sets
+ * `struct_size` to 24: that is all the room those programs have.
+ *
+ * NULL `opts` does nothing. Thread-safe (touches only `*opts`).
  *
  * # Safety
- * `opts` is NULL or valid for writing an `rk_policy_options`.
+ * `opts` is NULL or valid for writing the first 24 bytes of an
+ * `rk_policy_options`.
  */
 void rk_policy_options_init(struct rk_policy_options *opts);
+
+/**
+ * Fills `*opts` with every default of the newest version of
+ * `rk_policy_options` that fits in `opts_size` bytes (pass
+ * `sizeof(rk_policy_options)`) and sets `opts->struct_size` to that
+ * version's size: 64 with this header (or 24, the first version). Writes
+ * nothing beyond `opts_size` bytes, and nothing at all if `opts_size` is
+ * below 24. NULL `opts` does nothing. Thread-safe.
+ *
+ * # Safety
+ * `opts` is NULL or valid for writing `opts_size` bytes.
+ */
+void rk_policy_options_init_sized(struct rk_policy_options *opts,
+                                  size_t opts_size);
 
 /**
  * Adds a policy named `name` with the limits of `spec` (e.g.
@@ -766,11 +1118,19 @@ rk_status rk_policy_add(struct rk_engine *engine,
                         uint32_t *policy_out);
 
 /**
- * `rk_policy_add` with options of the policy's own: its capacity and what
- * it does when its table is full. `opts` may be NULL (defaults); else it
- * must have been set up by `rk_policy_options_init`. Besides the errors of
- * `rk_policy_add`: `RK_ERR_INVALID_ARGUMENT` for a bad `struct_size` or
- * `when_full`.
+ * `rk_policy_add` with options of the policy's own: its capacity, what it
+ * does when its table is full, and abuse control (shadow mode, retry
+ * jitter, a penalty box, keys in deny events). `opts` may be NULL
+ * (defaults); else it must have been set up by `rk_policy_options_init`.
+ * Adding a name again returns the existing id only if the limits and the
+ * abuse-control options (`shadow`, `retry_jitter_ns`, the penalty box,
+ * `record_keys`) are the same; else `RK_ERR_POLICY_MISMATCH`.
+ *
+ * Besides the errors of `rk_policy_add`: `RK_ERR_INVALID_ARGUMENT` for a
+ * bad `struct_size`, `when_full`, `shadow` or `record_keys` byte (neither
+ * 0 nor 1) or penalty box (the message says which setting, e.g. "penalty:
+ * ban must be positive and no longer than max_ban"), and
+ * `RK_ERR_UNSUPPORTED_POLICY` for a penalty box on a concurrency policy.
  *
  * # Safety
  * As for `rk_policy_add`; `opts` is NULL or points to an
@@ -870,18 +1230,51 @@ rk_status rk_policy_limit(struct rk_engine *engine,
                           struct rk_limit *out);
 
 /**
- * Stores the statistics of `policy` in `*out`: counters summed over
- * shards (a consistent-enough snapshot while other threads run: each
- * counter is exact, they are not read at one instant) and occupancy.
- * Thread-safe; never blocks the hot path.
+ * Stores the statistics of `policy` in `*out`.
+ *
+ * This header makes `rk_policy_stats(engine, policy, out)` a macro for
+ * `rk_policy_stats_sized((engine), (policy), (out), sizeof(rk_stats))`, so
+ * code compiled against it gets every field. The function itself, which
+ * programs compiled against the first header call (and which taking the
+ * address of `rk_policy_stats`, or writing `(rk_policy_stats)(...)`,
+ * reaches), writes only the first version's fields, `allowed` to
+ * `capacity` (`RK_STATS_V1_SIZE`, 48 bytes), and nothing after them: that
+ * is all the room those programs have.
+ *
+ * Counters are summed over shards (a consistent-enough snapshot while
+ * other threads run: each counter is exact, they are not read at one
+ * instant). Thread-safe; never blocks the hot path.
+ *
+ * Errors: `RK_ERR_NULL_POINTER` (`engine` or `out`), `RK_ERR_UNKNOWN_POLICY`.
  *
  * # Safety
- * `engine` is NULL or a live engine; `out` is NULL or valid for writing an
- * `rk_stats`.
+ * `engine` is NULL or a live engine; `out` is NULL or valid for writing
+ * `RK_STATS_V1_SIZE` bytes, aligned for an `rk_stats`.
  */
 rk_status rk_policy_stats(struct rk_engine *engine,
                           uint32_t policy,
                           struct rk_stats *out);
+
+/**
+ * Stores the statistics of `policy` in `*out`, every field that lies
+ * within the caller's `out_size` bytes: pass `sizeof(rk_stats)` (72 with
+ * this header; `rk_policy_stats` does). A later library whose `rk_stats`
+ * has grown writes no more than `out_size` bytes. Counters as for
+ * `rk_policy_stats`. Thread-safe.
+ *
+ * Errors: `RK_ERR_NULL_POINTER` (`engine` or `out`), `RK_ERR_INVALID_ARGUMENT`
+ * (`out_size` below `RK_STATS_V1_SIZE`, 48), `RK_ERR_UNKNOWN_POLICY`.
+ * `*out` is written only on success.
+ *
+ * # Safety
+ * `engine` is NULL or a live engine; `out` is NULL or valid for writing
+ * `out_size` bytes (at most `sizeof(rk_stats)` are written), aligned for
+ * an `rk_stats`.
+ */
+rk_status rk_policy_stats_sized(struct rk_engine *engine,
+                                uint32_t policy,
+                                struct rk_stats *out,
+                                size_t out_size);
 
 /**
  * A static, NUL-terminated description of `status` (its name, a colon and
@@ -910,3 +1303,18 @@ const char *rk_last_error(void);
 #endif  // __cplusplus
 
 #endif  /* RATEKEEPER_H */
+
+/*
+ * Versioned structs, as zlib's deflateInit does it. The exported functions
+ * rk_policy_options_init and rk_policy_stats keep the behaviour of the first
+ * version of their struct (24 and 48 bytes), which is all the room programs
+ * compiled against the first header have. Code compiled against this header
+ * calls the _sized functions with its own sizeof through these macros, and
+ * so fills every field it knows. (Taking the address of either name, or
+ * writing (rk_policy_stats)(...), reaches the first-version function.)
+ */
+#ifndef RATEKEEPER_H_SIZED
+#define RATEKEEPER_H_SIZED
+#define rk_policy_options_init(opts) rk_policy_options_init_sized((opts), sizeof(rk_policy_options))
+#define rk_policy_stats(engine, policy, out) rk_policy_stats_sized((engine), (policy), (out), sizeof(rk_stats))
+#endif /* RATEKEEPER_H_SIZED */

@@ -632,6 +632,9 @@ impl Engine {
             // Count the denial against the binding item only.
             let p = self.get(items[i].policy)?;
             p.head().add(Counter::Denied, 1);
+            if d.banned {
+                p.head().add(Counter::Banned, 1);
+            }
             Self::record(p, &d, items[i].key, Self::hash(p, items[i].key), now_ns);
             return Ok((d, i));
         }

@@ -1,8 +1,10 @@
 //! The C ABI called as a C program would, with arbitrary arguments: keys of
 //! any bytes and lengths (and NULL with any length), arbitrary specs and
 //! names (any bytes, NUL-terminated), costs, policy ids, times, options
-//! with any `struct_size`, forged permits, small buffers and NULL
-//! out-parameters. Never a panic (the fuzzer aborts on any, caught or not),
+//! with any `struct_size` (and any byte in their `bool`s), penalty boxes,
+//! forged permits, batches of any length (NULL items, NULL keys), override
+//! factors (NaN, infinities), deny-event buffers of any capacity, stats
+//! structs of any size, small buffers and NULL out-parameters. Never a panic (the fuzzer aborts on any, caught or not),
 //! every status is a known value other than RK_ERR_PANIC, out-parameters are
 //! untouched on failure, and a failure always leaves a message.
 //!
@@ -14,6 +16,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use ratekeeper::ffi::check::*;
 use ratekeeper::ffi::engine::*;
+use ratekeeper::ffi::events::*;
+use ratekeeper::ffi::overrides::*;
 use ratekeeper::ffi::permit::*;
 use ratekeeper::ffi::policy::*;
 use ratekeeper::ffi::status::*;
@@ -67,9 +71,41 @@ struct Options {
 
 #[derive(Arbitrary, Debug)]
 struct PolicyOpts {
+    /// Initialise with the first-version `rk_policy_options_init` (24
+    /// bytes) instead of the sized one.
+    legacy_init: bool,
     struct_size: u8,
     capacity: u16,
     when_full: u32,
+    retry_jitter_ns: u64,
+    penalty: Option<PenaltyArg>,
+    /// Any byte: only 0 and 1 are valid `bool`s.
+    shadow: u8,
+    record_keys: u8,
+}
+
+#[derive(Arbitrary, Debug)]
+enum PenaltyArg {
+    /// Small values, mostly valid.
+    Plausible {
+        strikes: u8,
+        window_ms: u16,
+        ban_ms: u16,
+        max_ban_ms: u16,
+    },
+    Any {
+        strikes: u32,
+        window_ns: u64,
+        ban_ns: u64,
+        max_ban_ns: u64,
+    },
+}
+
+#[derive(Arbitrary, Debug)]
+struct ItemArg {
+    policy: PolicyRef,
+    key: KeyArg,
+    cost: u32,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -157,6 +193,47 @@ enum Op {
         null_out: bool,
     },
     StatusStr(u32),
+    CheckMany {
+        engine: EngineRef,
+        items: Vec<ItemArg>,
+        /// Pass `n = 0` (or, with `null_items`, any `n`) instead.
+        zero_n: bool,
+        null_items: bool,
+        now: Option<u64>,
+        null_out: bool,
+        null_index: bool,
+    },
+    OverrideSet {
+        engine: EngineRef,
+        policy: PolicyRef,
+        key: KeyArg,
+        factor: f64,
+    },
+    OverrideClear {
+        engine: EngineRef,
+        policy: PolicyRef,
+        key: KeyArg,
+    },
+    OverrideGet {
+        engine: EngineRef,
+        policy: PolicyRef,
+        key: KeyArg,
+        null_out: bool,
+    },
+    RecentDenials {
+        engine: EngineRef,
+        policy: PolicyRef,
+        since: u64,
+        capacity: u16,
+        null_events: bool,
+        null_count: bool,
+    },
+    StatsSized {
+        engine: EngineRef,
+        policy: PolicyRef,
+        out_size: u8,
+        null_out: bool,
+    },
 }
 
 const SPECS: &[&str] = &[
@@ -243,11 +320,17 @@ fn status(s: rk_status, what: &str) -> bool {
 
 fn check_decision(d: &rk_decision) {
     assert!(d.remaining <= d.limit, "{d:?}");
-    if d.allowed {
+    if d.allowed && !d.shadow_denied {
         assert_eq!(d.retry_after_ns, 0, "{d:?}");
     } else {
+        // A denial, or in shadow mode the denial it would have been.
         assert!(d.retry_after_ns > 0, "{d:?}");
     }
+    assert!(
+        !d.shadow_denied || d.allowed,
+        "shadow mode lets it pass: {d:?}"
+    );
+    assert!(!d.banned || !d.allowed || d.shadow_denied, "{d:?}");
 }
 
 /// Sentinel-filled storage for an out-parameter, to see whether it was written.
@@ -325,13 +408,53 @@ fuzz_target!(|ops: Vec<Op>| {
                 } => {
                     let e = w.engine(engine);
                     let (name, spec) = (text(name), text(spec));
-                    let mut buf = [0u64; 8];
+                    // 80 aligned bytes: any struct_size up to 80 is readable.
+                    let mut buf = [0u64; 10];
                     let o = buf.as_mut_ptr().cast::<rk_policy_options>();
                     let p = if let Some(opts) = opts {
-                        rk_policy_options_init(o);
-                        (*o).struct_size = u32::from(opts.struct_size % 65);
+                        if opts.legacy_init {
+                            rk_policy_options_init(o);
+                            assert_eq!((*o).struct_size, 24);
+                        } else {
+                            rk_policy_options_init_sized(o, size_of::<rk_policy_options>());
+                            assert_eq!((*o).struct_size as usize, size_of::<rk_policy_options>());
+                        }
+                        (*o).struct_size = u32::from(opts.struct_size % 81);
                         (*o).capacity = u64::from(opts.capacity % 4096);
                         (*o).when_full = opts.when_full % 4;
+                        (*o).retry_jitter_ns = opts.retry_jitter_ns;
+                        match opts.penalty {
+                            None => {}
+                            Some(PenaltyArg::Plausible {
+                                strikes,
+                                window_ms,
+                                ban_ms,
+                                max_ban_ms,
+                            }) => {
+                                (*o).penalty_strikes = u32::from(strikes % 8);
+                                (*o).penalty_window_ns = u64::from(window_ms) * 1_000_000;
+                                (*o).penalty_ban_ns = u64::from(ban_ms) * 1_000_000;
+                                (*o).penalty_max_ban_ns = u64::from(max_ban_ms) * 1_000_000;
+                            }
+                            Some(PenaltyArg::Any {
+                                strikes,
+                                window_ns,
+                                ban_ns,
+                                max_ban_ns,
+                            }) => {
+                                (*o).penalty_strikes = strikes;
+                                (*o).penalty_window_ns = window_ns;
+                                (*o).penalty_ban_ns = ban_ns;
+                                (*o).penalty_max_ban_ns = max_ban_ns;
+                            }
+                        }
+                        // Raw bytes: a C caller can leave any byte in a bool.
+                        std::ptr::addr_of_mut!((*o).shadow)
+                            .cast::<u8>()
+                            .write(opts.shadow % 3);
+                        std::ptr::addr_of_mut!((*o).record_keys)
+                            .cast::<u8>()
+                            .write(opts.record_keys % 3);
                         o.cast_const()
                     } else {
                         null()
@@ -458,6 +581,12 @@ fuzz_target!(|ops: Vec<Op>| {
                         rk_policy_stats(w.engine(engine), policy(pr), out_ptr(&mut out, *null_out)),
                         "stats",
                     ) {
+                        // The first-version function: 48 bytes, no more.
+                        let bytes = std::slice::from_raw_parts(
+                            out.as_ptr().cast::<u8>(),
+                            size_of::<rk_stats>(),
+                        );
+                        assert!(bytes[RK_STATS_V1_SIZE..].iter().all(|&b| b == 0xA5));
                         let s = out.assume_init();
                         assert!(s.occupancy <= s.capacity);
                     } else {
@@ -622,6 +751,207 @@ fuzz_target!(|ops: Vec<Op>| {
                     ) {
                         assert!(untouched(&out));
                     }
+                }
+                Op::CheckMany {
+                    engine,
+                    items,
+                    zero_n,
+                    null_items,
+                    now,
+                    null_out,
+                    null_index,
+                } => {
+                    // Up to 40 items: both the stack batch (<= 16) and the heap one.
+                    let keys: Vec<(Vec<u8>, bool, usize)> =
+                        items.iter().take(40).map(|it| key(&it.key)).collect();
+                    let batch: Vec<rk_check_item> = items
+                        .iter()
+                        .zip(&keys)
+                        .map(|(it, (bytes, null_key, len))| rk_check_item {
+                            policy: policy(&it.policy),
+                            key: key_ptr(bytes, *null_key),
+                            key_len: *len,
+                            cost: it.cost,
+                        })
+                        .collect();
+                    let n = if *zero_n && !*null_items {
+                        0
+                    } else if *null_items {
+                        // Any n with NULL items (no item is ever read).
+                        batch.len() + usize::from(*zero_n)
+                    } else {
+                        batch.len()
+                    };
+                    let ip = if *null_items { null() } else { batch.as_ptr() };
+                    let e = w.engine(engine);
+                    let mut out = sentinel::<rk_decision>();
+                    let mut index = sentinel::<usize>();
+                    let (o, io) = (
+                        out_ptr(&mut out, *null_out),
+                        out_ptr(&mut index, *null_index),
+                    );
+                    let s = match now {
+                        Some(t) => rk_check_many_at(e, ip, n, *t, o, io),
+                        None => rk_check_many(e, ip, n, o, io),
+                    };
+                    if status(s, "check_many") {
+                        assert!(n > 0 && !*null_items);
+                        check_decision(&out.assume_init());
+                        if !*null_index {
+                            assert!(index.assume_init() < n);
+                        }
+                    } else {
+                        assert!(untouched(&out) && untouched(&index));
+                        if !e.is_null() && !*null_out {
+                            if n == 0 {
+                                assert_eq!(s, rk_status::RK_ERR_INVALID_ARGUMENT);
+                            } else if *null_items {
+                                assert_eq!(s, rk_status::RK_ERR_NULL_POINTER);
+                            }
+                        }
+                    }
+                }
+                Op::OverrideSet {
+                    engine,
+                    policy: pr,
+                    key: k,
+                    factor,
+                } => {
+                    let (bytes, null_key, len) = key(k);
+                    let e = w.engine(engine);
+                    let s = rk_override_set(e, policy(pr), key_ptr(&bytes, null_key), len, *factor);
+                    if status(s, "override_set") {
+                        assert!(factor.is_finite() && *factor > 0.0);
+                        let mut f = 0.0f64;
+                        let s =
+                            rk_override_get(e, policy(pr), key_ptr(&bytes, null_key), len, &mut f);
+                        assert_eq!(s, rk_status::RK_OK);
+                        assert!(
+                            (f - factor).abs() <= 0.0005 + 1e-9 * factor,
+                            "{f} vs {factor}"
+                        );
+                    } else if !factor.is_finite() && !e.is_null() && !(null_key && len > 0) {
+                        assert!(matches!(
+                            s,
+                            rk_status::RK_ERR_INVALID_ARGUMENT | rk_status::RK_ERR_UNKNOWN_POLICY
+                        ));
+                    }
+                }
+                Op::OverrideClear {
+                    engine,
+                    policy: pr,
+                    key: k,
+                } => {
+                    let (bytes, null_key, len) = key(k);
+                    let e = w.engine(engine);
+                    if status(
+                        rk_override_clear(e, policy(pr), key_ptr(&bytes, null_key), len),
+                        "override_clear",
+                    ) {
+                        let mut f = -1.0f64;
+                        let s =
+                            rk_override_get(e, policy(pr), key_ptr(&bytes, null_key), len, &mut f);
+                        assert_eq!(s, rk_status::RK_OK);
+                        assert_eq!(f, 0.0, "cleared");
+                    }
+                }
+                Op::OverrideGet {
+                    engine,
+                    policy: pr,
+                    key: k,
+                    null_out,
+                } => {
+                    let (bytes, null_key, len) = key(k);
+                    let mut out = sentinel::<f64>();
+                    let s = rk_override_get(
+                        w.engine(engine),
+                        policy(pr),
+                        key_ptr(&bytes, null_key),
+                        len,
+                        out_ptr(&mut out, *null_out),
+                    );
+                    if status(s, "override_get") {
+                        let f = out.assume_init();
+                        assert!(f == 0.0 || (0.001..=16_777.215).contains(&f), "{f}");
+                    } else {
+                        assert!(untouched(&out));
+                    }
+                }
+                Op::RecentDenials {
+                    engine,
+                    policy: pr,
+                    since,
+                    capacity,
+                    null_events,
+                    null_count,
+                } => {
+                    let cap = usize::from(*capacity % 600);
+                    let mut events: Vec<MaybeUninit<rk_deny_event>> =
+                        (0..cap).map(|_| sentinel::<rk_deny_event>()).collect();
+                    let ep = if *null_events {
+                        null_mut()
+                    } else {
+                        events.as_mut_ptr().cast::<rk_deny_event>()
+                    };
+                    let mut count = sentinel::<usize>();
+                    let s = rk_recent_denials(
+                        w.engine(engine),
+                        policy(pr),
+                        *since,
+                        ep,
+                        cap,
+                        out_ptr(&mut count, *null_count),
+                    );
+                    if status(s, "recent_denials") {
+                        let n = count.assume_init();
+                        assert!(n <= cap && n <= RK_DENY_RING_ENTRIES);
+                        let mut last = None;
+                        for (i, slot) in events.iter().enumerate() {
+                            if i >= n {
+                                assert!(untouched(slot), "only `count` events written");
+                                continue;
+                            }
+                            let ev = slot.assume_init();
+                            assert!(ev.ticket >= *since);
+                            assert!(last.is_none_or(|l| ev.ticket > l), "oldest first");
+                            last = Some(ev.ticket);
+                            assert!(usize::from(ev.key_len) <= RK_EVENT_KEY_BYTES);
+                            assert!(ev.has_key || ev.key_len == 0);
+                            assert!(ev.key[usize::from(ev.key_len)..].iter().all(|&b| b == 0));
+                            assert!(ev.retry_after_ns > 0);
+                        }
+                    } else {
+                        assert!(untouched(&count));
+                        assert!(events.iter().all(untouched));
+                    }
+                }
+                Op::StatsSized {
+                    engine,
+                    policy: pr,
+                    out_size,
+                    null_out,
+                } => {
+                    // 128 aligned bytes: any out_size up to 128 is writable.
+                    let mut buf = [0xA5A5_A5A5_A5A5_A5A5u64; 16];
+                    let size = usize::from(*out_size % 129);
+                    let o = if *null_out {
+                        null_mut()
+                    } else {
+                        buf.as_mut_ptr().cast::<rk_stats>()
+                    };
+                    let s = rk_policy_stats_sized(w.engine(engine), policy(pr), o, size);
+                    let written = if status(s, "stats_sized") {
+                        assert!(size >= RK_STATS_V1_SIZE);
+                        let st = &*o;
+                        assert!(st.occupancy <= st.capacity);
+                        size.min(size_of::<rk_stats>()) / 8
+                    } else {
+                        0
+                    };
+                    assert!(
+                        buf[written..].iter().all(|&w| w == 0xA5A5_A5A5_A5A5_A5A5),
+                        "nothing written past the whole fields within out_size"
+                    );
                 }
                 Op::StatusStr(v) => {
                     let s = CStr::from_ptr(rk_status_str(*v));

@@ -21,6 +21,8 @@ pub(crate) enum Failure {
     Misaligned(&'static str),
     /// `key` was NULL with this non-zero `key_len`.
     NullKey(usize),
+    /// `items[index].key` was NULL with this non-zero `key_len`.
+    NullItemKey { index: usize, len: usize },
     /// A length argument (named) exceeds `isize::MAX`.
     TooLong(&'static str, usize),
     /// A string argument (named) is not UTF-8.
@@ -46,7 +48,7 @@ impl Failure {
     pub(crate) fn status(&self) -> rk_status {
         match self {
             Failure::Null(_) => rk_status::RK_ERR_NULL_POINTER,
-            Failure::NullKey(_) => rk_status::RK_ERR_NULL_KEY,
+            Failure::NullKey(_) | Failure::NullItemKey { .. } => rk_status::RK_ERR_NULL_KEY,
             Failure::Utf8(..) => rk_status::RK_ERR_INVALID_UTF8,
             Failure::Misaligned(_) | Failure::TooLong(..) | Failure::Invalid(_) => {
                 rk_status::RK_ERR_INVALID_ARGUMENT
@@ -66,6 +68,11 @@ impl fmt::Display for Failure {
             Failure::NullKey(len) => write!(
                 f,
                 "`key` is NULL but `key_len` is {len} (pass key_len 0 for the empty key)"
+            ),
+            Failure::NullItemKey { index, len } => write!(
+                f,
+                "`items[{index}].key` is NULL but its `key_len` is {len} \
+                 (pass key_len 0 for the empty key)"
             ),
             Failure::TooLong(name, len) => {
                 write!(f, "`{name}` is {len}, larger than PTRDIFF_MAX")
@@ -180,6 +187,61 @@ pub(crate) unsafe fn input<'a, T>(p: *const T, name: &'static str) -> Result<&'a
     Ok(unsafe { &*p })
 }
 
+/// A required input array `p[0..n]` of `T`. `n == 0` is the empty slice
+/// whatever `p` is (the caller decides whether an empty array is an error).
+///
+/// # Safety
+/// If `n > 0` and `p` is non-NULL, `p` points to `n` readable, initialised
+/// `T`s that stay unchanged for `'a`.
+#[inline(always)]
+pub(crate) unsafe fn slice<'a, T>(
+    p: *const T,
+    n: usize,
+    name: &'static str,
+) -> Result<&'a [T], Failure> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    check(p, name)?;
+    if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(Failure::TooLong("n", n));
+    }
+    // SAFETY:
+    // - `p` is non-NULL and aligned (checked above);
+    // - by the caller's contract it points to `n` readable, initialised `T`s
+    //   that are not written during `'a`;
+    // - `n * size_of::<T>() <= isize::MAX` (checked above).
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+/// A caller's output array `p[0..n]` of `T` (initialised or not), checked
+/// for NULL and alignment. `n == 0` is the empty slice whatever `p` is.
+///
+/// # Safety
+/// If `n > 0` and `p` is non-NULL, `p` is valid for writing `n` `T`s for
+/// `'a`, and nothing else accesses them meanwhile.
+pub(crate) unsafe fn out_slice<'a, T>(
+    p: *mut T,
+    n: usize,
+    name: &'static str,
+) -> Result<&'a mut [std::mem::MaybeUninit<T>], Failure> {
+    if n == 0 {
+        return Ok(&mut []);
+    }
+    check(p, name)?;
+    if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(Failure::TooLong("capacity", n));
+    }
+    // SAFETY:
+    // - `p` is non-NULL and aligned (checked above); `MaybeUninit<T>` has
+    //   the layout of `T` and may hold anything, so the caller's memory,
+    //   initialised or not, is valid for it;
+    // - by the caller's contract it is valid for writing `n` `T`s and not
+    //   accessed by anyone else during `'a`;
+    // - `n * size_of::<T>() <= isize::MAX` (checked above).
+    Ok(unsafe { std::slice::from_raw_parts_mut(p.cast(), n) })
+}
+
 /// An out-parameter: checked for NULL and alignment up front (before the
 /// function does anything), written at most once, at the end, on success.
 pub(crate) struct Out<'a, T> {
@@ -191,8 +253,10 @@ impl<'a, T> Out<'a, T> {
     /// A required out-parameter.
     ///
     /// # Safety
-    /// `p` is NULL or valid for writing a `T` (initialised or not) for `'a`,
-    /// and nothing else accesses it meanwhile.
+    /// `p` is NULL or valid for writing a `T` (initialised or not) for `'a`
+    /// (or, if the caller only ever uses [`write_prefix`](Self::write_prefix)
+    /// with `bytes`, valid for writing that many bytes), and nothing else
+    /// accesses it meanwhile.
     #[inline(always)]
     pub(crate) unsafe fn new(p: *mut T, name: &'static str) -> Result<Out<'a, T>, Failure> {
         check(p, name)?;
@@ -228,6 +292,31 @@ impl<'a, T> Out<'a, T> {
         //   accessed by anyone else meanwhile (checked or promised at `new`);
         // - `write` neither reads nor drops the old contents.
         unsafe { self.ptr.as_ptr().write(value) }
+    }
+}
+
+impl<T: Copy> Out<'_, T> {
+    /// Writes only the first `bytes` bytes of `value` (a versioned output
+    /// struct whose caller knows only its first fields), leaving the rest
+    /// of the caller's memory alone. `bytes` is capped at `size_of::<T>()`.
+    ///
+    /// Only for `T`s without padding within the first `bytes` bytes (every
+    /// byte copied is initialised).
+    #[inline(always)]
+    pub(crate) fn write_prefix(self, value: T, bytes: usize) {
+        let bytes = bytes.min(std::mem::size_of::<T>());
+        // SAFETY:
+        // - the source is a local `T`, whose first `bytes` bytes are
+        //   initialised (no padding there: this method's contract);
+        // - `ptr` is non-NULL, aligned and valid for writing at least `bytes`
+        //   bytes (checked or promised at `new`), and does not overlap the local.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&value as *const T).cast::<u8>(),
+                self.ptr.as_ptr().cast::<u8>(),
+                bytes,
+            )
+        }
     }
 }
 
@@ -326,3 +415,41 @@ macro_rules! versioned_field {
     }};
 }
 pub(crate) use versioned_field;
+
+/// Reads the `bool` field `$field` of the versioned struct `*$p` (of type
+/// `$T`, named `$name` in messages) if it lies within the caller's `$size`
+/// bytes: `Ok(None)` if it does not, an invalid-argument failure if the
+/// byte there is neither 0 nor 1 (a C caller can store any byte in a
+/// `bool`, e.g. with `memset`; Rust must never see it as a `bool`).
+///
+/// Only for use where `$p` is non-NULL, aligned and its first `$size`
+/// bytes are readable and initialised (the callers' safety contracts).
+macro_rules! versioned_bool {
+    ($p:expr, $size:expr, $T:ty, $name:literal, $field:ident) => {{
+        let p: *const $T = $p;
+        // The field must be a `bool` (one byte).
+        let _: fn(&$T) -> &bool = |s| &s.$field;
+        // The one-byte field lies within the caller's bytes.
+        if ::std::mem::offset_of!($T, $field) < $size {
+            // SAFETY:
+            // - the field lies within the caller's `$size` bytes (checked
+            //   just above), which are readable and initialised by the
+            //   surrounding function's contract;
+            // - it is read as a `u8` (same size, alignment 1), which any
+            //   byte is.
+            let byte: u8 = unsafe { ::std::ptr::addr_of!((*p).$field).cast::<u8>().read() };
+            match byte {
+                0 => Ok(Some(false)),
+                1 => Ok(Some(true)),
+                other => Err($crate::ffi::Failure::Invalid(format!(
+                    "{}->{} is {other}; expected false (0) or true (1)",
+                    $name,
+                    stringify!($field)
+                ))),
+            }
+        } else {
+            Ok(None)
+        }
+    }};
+}
+pub(crate) use versioned_bool;

@@ -1,11 +1,12 @@
-//! Rate-limit checks: `rk_decision`, `rk_check*`, `rk_peek*`, `rk_refund*`,
-//! `rk_reset`.
+//! Rate-limit checks: `rk_decision`, `rk_check*`, `rk_check_item`,
+//! `rk_check_many*`, `rk_peek*`, `rk_refund*`, `rk_reset`.
 
 use super::args::{self, Failure, Out};
 use super::boundary;
 use super::engine::rk_engine;
 use super::status::rk_status;
-use crate::{Decision, PolicyId};
+use crate::{CheckItem, Decision, PolicyId};
+use std::mem::{offset_of, size_of};
 
 /// The outcome of a check, peek or acquire. A plain value the caller owns.
 ///
@@ -16,6 +17,15 @@ use crate::{Decision, PolicyId};
 pub struct rk_decision {
     /// The request may proceed.
     pub allowed: bool,
+    /// Denied because the key is in the policy's penalty box
+    /// (`rk_policy_options.penalty_strikes`): `retry_after_ns` is the
+    /// ban's remaining time. Always false without a penalty box.
+    /// (Added in the padding after `allowed`: no other field moved.)
+    pub banned: bool,
+    /// Shadow mode (`rk_policy_options.shadow`): the request passes
+    /// (`allowed` is true) but would have been denied; the other fields
+    /// describe that denial. Always false without shadow mode.
+    pub shadow_denied: bool,
     /// Quota of the binding limit (for GCRA, the burst).
     pub limit: u64,
     /// Requests of cost 1 still allowed now under the binding limit.
@@ -39,9 +49,26 @@ impl From<Decision> for rk_decision {
             retry_after_ns: d.retry_after_ns,
             reset_after_ns: d.reset_after_ns,
             limit_index: d.limit_index,
+            banned: d.banned,
+            shadow_denied: d.shadow_denied,
         }
     }
 }
+
+// The layout of `rk_decision` is ABI: `banned` and `shadow_denied` went
+// into the padding after `allowed`, and nothing else may ever move.
+const _: () = {
+    assert!(size_of::<rk_decision>() == 48);
+    assert!(std::mem::align_of::<rk_decision>() == 8);
+    assert!(offset_of!(rk_decision, allowed) == 0);
+    assert!(offset_of!(rk_decision, banned) == 1);
+    assert!(offset_of!(rk_decision, shadow_denied) == 2);
+    assert!(offset_of!(rk_decision, limit) == 8);
+    assert!(offset_of!(rk_decision, remaining) == 16);
+    assert!(offset_of!(rk_decision, retry_after_ns) == 24);
+    assert!(offset_of!(rk_decision, reset_after_ns) == 32);
+    assert!(offset_of!(rk_decision, limit_index) == 40);
+};
 
 /// What a check does with the state.
 #[derive(Clone, Copy)]
@@ -176,6 +203,181 @@ pub unsafe extern "C" fn rk_check_at(
             cost,
             Some(now_ns),
             out,
+        )
+    }
+}
+
+/// One item of `rk_check_many`: a policy, a key under it and the cost to
+/// charge. A plain value the caller owns; `key` is only read during the call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct rk_check_item {
+    /// The policy (a rate limit: concurrency policies are refused).
+    pub policy: u32,
+    /// `key_len` arbitrary bytes (NULL with `key_len` 0 is the empty key).
+    pub key: *const u8,
+    /// Length of `key` in bytes.
+    pub key_len: usize,
+    /// The cost to charge (as for `rk_check`).
+    pub cost: u32,
+}
+
+// Pinned: the Python binding's C accelerator mirrors this layout.
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    assert!(size_of::<rk_check_item>() == 32);
+    assert!(offset_of!(rk_check_item, policy) == 0);
+    assert!(offset_of!(rk_check_item, key) == 8);
+    assert!(offset_of!(rk_check_item, key_len) == 16);
+    assert!(offset_of!(rk_check_item, cost) == 24);
+};
+
+/// Batches of at most this many items are converted on the stack: no
+/// allocation. Larger batches allocate one array for the call.
+const STACK_ITEMS: usize = 16;
+
+/// `items[index]` as an engine item.
+///
+/// # Safety
+/// `item.key` is NULL or points to `item.key_len` readable bytes that stay
+/// unchanged for `'a`.
+#[inline(always)]
+unsafe fn check_item<'a>(index: usize, item: &rk_check_item) -> Result<CheckItem<'a>, Failure> {
+    // SAFETY: forwarded from this function's contract.
+    let key = unsafe { args::key(item.key, item.key_len) }.map_err(|f| match f {
+        Failure::NullKey(len) => Failure::NullItemKey { index, len },
+        Failure::TooLong(_, len) => Failure::Invalid(format!(
+            "items[{index}].key_len is {len}, larger than PTRDIFF_MAX"
+        )),
+        other => other,
+    })?;
+    Ok(CheckItem {
+        policy: PolicyId(item.policy),
+        key,
+        cost: item.cost,
+    })
+}
+
+/// The body of `rk_check_many` and `rk_check_many_at`.
+///
+/// # Safety
+/// The contract of `rk_check_many_at`.
+#[inline(always)]
+unsafe fn check_many(
+    function: &'static str,
+    engine: *mut rk_engine,
+    items: *const rk_check_item,
+    n: usize,
+    now_ns: Option<u64>,
+    out: *mut rk_decision,
+    index_out: *mut usize,
+) -> rk_status {
+    boundary::run(function, || {
+        // SAFETY: forwarded from the caller's contract.
+        let engine = unsafe { args::engine(engine)? };
+        // SAFETY: forwarded from the caller's contract.
+        let out = unsafe { Out::new(out, "out")? };
+        // SAFETY: forwarded from the caller's contract.
+        let index_out = unsafe { Out::optional(index_out, "index_out")? };
+        if n == 0 {
+            return Err(Failure::Invalid(
+                "`n` is 0: a batch needs at least one item".into(),
+            ));
+        }
+        // SAFETY: forwarded from the caller's contract.
+        let items = unsafe { args::slice(items, n, "items")? };
+        let now_ns = now_ns.unwrap_or_else(|| engine.now_ns());
+        let (d, index) = if n <= STACK_ITEMS {
+            let mut batch = [CheckItem {
+                policy: PolicyId(0),
+                key: &[],
+                cost: 0,
+            }; STACK_ITEMS];
+            for (i, (slot, item)) in batch.iter_mut().zip(items).enumerate() {
+                // SAFETY: forwarded from the caller's contract (every item's key).
+                *slot = unsafe { check_item(i, item)? };
+            }
+            engine.check_many_at(&batch[..n], now_ns)?
+        } else {
+            let batch = items
+                .iter()
+                .enumerate()
+                // SAFETY: forwarded from the caller's contract (every item's key).
+                .map(|(i, item)| unsafe { check_item(i, item) })
+                .collect::<Result<Vec<_>, _>>()?;
+            engine.check_many_at(&batch, now_ns)?
+        };
+        out.write(d.into());
+        if let Some(index_out) = index_out {
+            index_out.write(index);
+        }
+        Ok(())
+    })
+}
+
+/// Checks several (policy, key, cost) items - e.g. every limit that applies
+/// to one HTTP request: per IP, per route, per user - as one request, at the
+/// engine clock's time: if every item allows, every item is charged; if any
+/// denies, none is. Stores the binding decision in `*out` and its item's
+/// index in `*index_out`: a denying item with the largest retry-after, else
+/// the item with the fewest remaining (ties go to the lowest index). A
+/// denial is counted (stats, deny events) against the binding item only.
+///
+/// `items[0..n]` and their keys are only read during the call; `index_out`
+/// may be NULL. Items are peeked, then charged in order; if a concurrent
+/// request takes the last unit of an item in between, the items already
+/// charged are refunded and the batch is denied (never more than the quota
+/// is admitted). Allocation-free for up to 16 items; lock-free; never
+/// blocks. Thread-safe.
+///
+/// Errors: `RK_ERR_NULL_POINTER` (`engine` or `out`, or `items` with
+/// `n > 0`), `RK_ERR_INVALID_ARGUMENT` (`n == 0`), `RK_ERR_NULL_KEY` (an
+/// item's `key` is NULL with a non-zero `key_len`; the message names the
+/// item), `RK_ERR_UNKNOWN_POLICY`, `RK_ERR_WRONG_POLICY_KIND` (an item's
+/// policy is a concurrency limit). `*out` and `*index_out` are written only
+/// on success; on failure nothing is charged.
+///
+/// # Safety
+/// `engine` is NULL or a live engine; `items` is NULL or points to `n`
+/// readable `rk_check_item`s whose `key`s are NULL or point to `key_len`
+/// readable bytes; `out` is NULL or valid for writing an `rk_decision`;
+/// `index_out` is NULL or valid for writing a `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_check_many(
+    engine: *mut rk_engine,
+    items: *const rk_check_item,
+    n: usize,
+    out: *mut rk_decision,
+    index_out: *mut usize,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { check_many("rk_check_many", engine, items, n, None, out, index_out) }
+}
+
+/// `rk_check_many` at the explicit time `now_ns` (nanoseconds of
+/// `CLOCK_MONOTONIC`, see `rk_now_ns`).
+///
+/// # Safety
+/// As for `rk_check_many`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_check_many_at(
+    engine: *mut rk_engine,
+    items: *const rk_check_item,
+    n: usize,
+    now_ns: u64,
+    out: *mut rk_decision,
+    index_out: *mut usize,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        check_many(
+            "rk_check_many_at",
+            engine,
+            items,
+            n,
+            Some(now_ns),
+            out,
+            index_out,
         )
     }
 }

@@ -9,8 +9,10 @@
 //! | [`status`] | `rk_status`, `rk_status_str`, `rk_last_error` |
 //! | [`engine`] | `rk_engine`, `rk_engine_options`, `rk_engine_*`, `rk_version`, `rk_now_ns` |
 //! | [`policy`] | `rk_policy_options`, `rk_limit`, `rk_stats`, `rk_policy_*` |
-//! | [`check`] | `rk_decision`, `rk_check*`, `rk_peek*`, `rk_refund*`, `rk_reset` |
+//! | [`check`] | `rk_decision`, `rk_check_item`, `rk_check*`, `rk_peek*`, `rk_refund*`, `rk_reset` |
 //! | [`permit`] | `rk_permit`, `rk_acquire*`, `rk_release*` |
+//! | [`overrides`] | `rk_override_*` (per-key quota factors) |
+//! | [`events`] | `rk_deny_event`, `rk_recent_denials` |
 //!
 //! The plumbing lives in private modules: `boundary` (the panic boundary
 //! and the thread-local last-error message) and `args` (turning C pointers
@@ -38,6 +40,8 @@ mod boundary;
 // In the order the header presents them.
 pub mod check;
 pub mod engine;
+pub mod events;
+pub mod overrides;
 pub mod permit;
 pub mod policy;
 pub mod status;

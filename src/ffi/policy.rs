@@ -4,7 +4,7 @@ use super::args::{self, Failure, Out};
 use super::boundary;
 use super::engine::rk_engine;
 use super::status::rk_status;
-use crate::{Algorithm, PolicyId, PolicyOptions, WhenFull};
+use crate::{Algorithm, Penalty, PolicyId, PolicyOptions, WhenFull};
 use std::ffi::c_char;
 use std::mem::{offset_of, size_of};
 
@@ -31,6 +31,12 @@ pub enum rk_when_full {
 
 /// Per-policy options for `rk_policy_add_with`. Versioned like
 /// `rk_engine_options`: start from `rk_policy_options_init(&opts)`.
+///
+/// The struct only ever grows at its end. Its first version ended with
+/// `when_full` (`struct_size` 24); a caller that passes that size gets the
+/// defaults for every field after it, and the library never reads or
+/// writes past a caller's size (see `rk_policy_options_init`). All
+/// durations are nanoseconds.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct rk_policy_options {
@@ -42,7 +48,56 @@ pub struct rk_policy_options {
     pub capacity: u64,
     /// An `rk_when_full` value (default `RK_WHEN_FULL_EVICT`).
     pub when_full: u32,
+    /// Adds a random extra of 0 to this many nanoseconds to the
+    /// `retry_after_ns` of every denial, so that clients denied together do
+    /// not all retry at the same instant (default 0: none). Never makes
+    /// `retry_after_ns` shorter than the true wait.
+    pub retry_jitter_ns: u64,
+    /// Penalty box: the window in which `penalty_strikes` denials of one key
+    /// ban it (strikes decay smoothly: one per `window / strikes`).
+    pub penalty_window_ns: u64,
+    /// Penalty box: length of a key's first ban; each further ban (before
+    /// the key has been left alone for `penalty_max_ban_ns`) doubles it.
+    pub penalty_ban_ns: u64,
+    /// Penalty box: the longest ban (at least `penalty_ban_ns`); also how
+    /// long a key must stay unbanned for its escalation to start over.
+    pub penalty_max_ban_ns: u64,
+    /// Penalty box: denials of one key within `penalty_window_ns` that ban
+    /// it. 0 (the default) means no penalty box; then the three other
+    /// `penalty_*` fields must be 0 too. A banned key is denied without
+    /// touching its limits, with `rk_decision.banned` set and the ban's
+    /// remaining time as `retry_after_ns`. Rate-limit policies only.
+    /// Invalid settings are `RK_ERR_INVALID_ARGUMENT`.
+    pub penalty_strikes: u32,
+    /// Shadow mode (default false): decisions are computed, counted and
+    /// recorded as if enforced, but every request passes; a request that
+    /// would have been denied has `allowed` true and `shadow_denied` set.
+    /// For rolling out a new limit safely.
+    pub shadow: bool,
+    /// Keep up to `RK_EVENT_KEY_BYTES` bytes of the key in the policy's deny
+    /// events (`rk_recent_denials`). Default false: keys can be personal
+    /// data; the key's hash is always kept.
+    pub record_keys: bool,
 }
+
+// The layout is ABI: the first version's fields never move, and the
+// fields added later start past its 24 bytes (its tail padding, which an
+// old caller leaves uninitialised, is never read).
+const _: () = {
+    assert!(size_of::<rk_policy_options>() == 64);
+    assert!(offset_of!(rk_policy_options, capacity) == 8);
+    assert!(offset_of!(rk_policy_options, when_full) == 16);
+    assert!(offset_of!(rk_policy_options, retry_jitter_ns) == POLICY_OPTIONS_V1_SIZE);
+    assert!(offset_of!(rk_policy_options, penalty_window_ns) == 32);
+    assert!(offset_of!(rk_policy_options, penalty_ban_ns) == 40);
+    assert!(offset_of!(rk_policy_options, penalty_max_ban_ns) == 48);
+    assert!(offset_of!(rk_policy_options, penalty_strikes) == 56);
+    assert!(offset_of!(rk_policy_options, shadow) == 60);
+    assert!(offset_of!(rk_policy_options, record_keys) == 61);
+};
+
+/// `sizeof(rk_policy_options)` of the first version (through `when_full`).
+const POLICY_OPTIONS_V1_SIZE: usize = 24;
 
 const MIN_POLICY_OPTIONS_SIZE: usize = offset_of!(rk_policy_options, capacity) + size_of::<u64>();
 
@@ -79,12 +134,17 @@ pub struct rk_limit {
 }
 
 /// A policy's statistics at one moment (counters summed over shards).
+///
+/// Written by the library, and versioned by size: fields are only ever
+/// appended, and the library writes no more than the caller's size (see
+/// `rk_policy_stats` and `rk_policy_stats_sized`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct rk_stats {
     /// Requests allowed (and charged).
     pub allowed: u64,
-    /// Requests denied.
+    /// Requests denied. In shadow mode: requests that would have been
+    /// denied (they passed, and are counted in `shadow_denied` too).
     pub denied: u64,
     /// Live entries evicted to make room for new keys.
     pub evictions: u64,
@@ -94,7 +154,27 @@ pub struct rk_stats {
     pub occupancy: u64,
     /// Keys the table can track.
     pub capacity: u64,
+    /// Shadow mode: requests that passed but would have been denied.
+    /// (Second version: only from `rk_policy_stats_sized`.)
+    pub shadow_denied: u64,
+    /// Requests denied because their key was in the penalty box.
+    /// (Second version: only from `rk_policy_stats_sized`.)
+    pub banned: u64,
+    /// Bans imposed by the penalty box.
+    /// (Second version: only from `rk_policy_stats_sized`.)
+    pub bans: u64,
 }
+
+/// `sizeof(rk_stats)` of the first version (through `capacity`): what
+/// `rk_policy_stats` writes, and the least `rk_policy_stats_sized` accepts.
+pub const RK_STATS_V1_SIZE: usize = 48;
+
+const _: () = {
+    assert!(size_of::<rk_stats>() == 72);
+    assert!(offset_of!(rk_stats, capacity) + size_of::<u64>() == RK_STATS_V1_SIZE);
+    assert!(offset_of!(rk_stats, shadow_denied) == RK_STATS_V1_SIZE);
+    assert!(offset_of!(rk_stats, bans) == 64);
+};
 
 /// # Safety
 /// `p` is NULL or points to an `rk_policy_options` of at least
@@ -129,26 +209,145 @@ unsafe fn read_options(p: *const rk_policy_options) -> Result<PolicyOptions, Fai
             }
         };
     }
+    macro_rules! field {
+        ($field:ident: $ty:ty) => {
+            args::versioned_field!(p, size, rk_policy_options, $field: $ty)
+        };
+    }
+    if let Some(jitter) = field!(retry_jitter_ns: u64) {
+        options.retry_jitter_ns = jitter;
+    }
+    // The penalty fields are read as a group, when the caller's struct has
+    // `penalty_strikes` (the last of them).
+    if let Some(strikes) = field!(penalty_strikes: u32) {
+        let window_ns = field!(penalty_window_ns: u64).unwrap_or(0);
+        let ban_ns = field!(penalty_ban_ns: u64).unwrap_or(0);
+        let max_ban_ns = field!(penalty_max_ban_ns: u64).unwrap_or(0);
+        if strikes != 0 {
+            // Validated by the engine (`RK_ERR_INVALID_ARGUMENT` with its message).
+            options.penalty = Some(Penalty {
+                strikes,
+                window_ns,
+                ban_ns,
+                max_ban_ns,
+            });
+        } else if (window_ns, ban_ns, max_ban_ns) != (0, 0, 0) {
+            return Err(Failure::Invalid(format!(
+                "opts->penalty_strikes is 0 (no penalty box) but penalty_window_ns, \
+                 penalty_ban_ns and penalty_max_ban_ns are {window_ns}, {ban_ns} and \
+                 {max_ban_ns}; set penalty_strikes (at least 1) or all of them to 0"
+            )));
+        }
+    }
+    if let Some(shadow) = args::versioned_bool!(p, size, rk_policy_options, "opts", shadow)? {
+        options.shadow = shadow;
+    }
+    if let Some(record) = args::versioned_bool!(p, size, rk_policy_options, "opts", record_keys)? {
+        options.record_keys = record;
+    }
     Ok(options)
 }
 
-/// Fills `*opts` with every default and sets `opts->struct_size` to
-/// `sizeof(rk_policy_options)`. NULL `opts` does nothing. Thread-safe.
+/// The sizes `rk_policy_options` has had, oldest first.
+const POLICY_OPTIONS_SIZES: [usize; 2] = [POLICY_OPTIONS_V1_SIZE, size_of::<rk_policy_options>()];
+
+/// Writes the defaults of the newest version of `rk_policy_options` that
+/// fits in `size` bytes (nothing if none does), with `struct_size` set to
+/// that version's size. Field by field: the caller's padding bytes are
+/// left as they are. A misaligned `opts` is left alone too.
 ///
 /// # Safety
-/// `opts` is NULL or valid for writing an `rk_policy_options`.
+/// `opts` is NULL or valid for writing `size` bytes.
+unsafe fn init_options(function: &'static str, opts: *mut rk_policy_options, size: usize) {
+    boundary::run_infallible(function, (), || {
+        let Some(&version) = POLICY_OPTIONS_SIZES.iter().rev().find(|&&v| v <= size) else {
+            return;
+        };
+        if opts.is_null() || !opts.is_aligned() {
+            return;
+        }
+        let defaults = rk_policy_options {
+            struct_size: version as u32,
+            capacity: 0,
+            when_full: rk_when_full::RK_WHEN_FULL_EVICT as u32,
+            retry_jitter_ns: 0,
+            penalty_window_ns: 0,
+            penalty_ban_ns: 0,
+            penalty_max_ban_ns: 0,
+            penalty_strikes: 0,
+            shadow: false,
+            record_keys: false,
+        };
+        macro_rules! put {
+            ($($field:ident),*) => {$(
+                if offset_of!(rk_policy_options, $field) + std::mem::size_of_val(&defaults.$field)
+                    <= version
+                {
+                    // SAFETY:
+                    // - `opts` is non-NULL and aligned (checked above) and valid
+                    //   for writing `size >= version` bytes (this function's
+                    //   contract); the field lies within the first `version`;
+                    // - a raw write through `addr_of_mut!` neither reads the
+                    //   caller's (maybe uninitialised) memory nor makes a
+                    //   reference to it.
+                    unsafe { std::ptr::addr_of_mut!((*opts).$field).write(defaults.$field) }
+                }
+            )*};
+        }
+        put!(
+            struct_size,
+            capacity,
+            when_full,
+            retry_jitter_ns,
+            penalty_window_ns,
+            penalty_ban_ns,
+            penalty_max_ban_ns,
+            penalty_strikes,
+            shadow,
+            record_keys
+        );
+    })
+}
+
+/// Fills the caller's `rk_policy_options` with every default and sets
+/// `opts->struct_size`. Call it before changing any field.
+///
+/// This header makes `rk_policy_options_init(opts)` a macro for
+/// `rk_policy_options_init_sized((opts), sizeof(rk_policy_options))`, so
+/// code compiled against it fills the whole struct. The function itself,
+/// which programs compiled against the first header call (and which taking
+/// the address of `rk_policy_options_init`, or writing
+/// `(rk_policy_options_init)(opts)`, reaches), fills only the first
+/// version of the struct (24 bytes, through `when_full`) and sets
+/// `struct_size` to 24: that is all the room those programs have.
+///
+/// NULL `opts` does nothing. Thread-safe (touches only `*opts`).
+///
+/// # Safety
+/// `opts` is NULL or valid for writing the first 24 bytes of an
+/// `rk_policy_options`.
 #[no_mangle]
 pub unsafe extern "C" fn rk_policy_options_init(opts: *mut rk_policy_options) {
-    boundary::run_infallible("rk_policy_options_init", (), || {
-        // SAFETY: forwarded from this function's contract.
-        if let Ok(Some(out)) = unsafe { Out::optional(opts, "opts") } {
-            out.write(rk_policy_options {
-                struct_size: size_of::<rk_policy_options>() as u32,
-                capacity: 0,
-                when_full: rk_when_full::RK_WHEN_FULL_EVICT as u32,
-            });
-        }
-    })
+    // SAFETY: forwarded from this function's contract.
+    unsafe { init_options("rk_policy_options_init", opts, POLICY_OPTIONS_V1_SIZE) }
+}
+
+/// Fills `*opts` with every default of the newest version of
+/// `rk_policy_options` that fits in `opts_size` bytes (pass
+/// `sizeof(rk_policy_options)`) and sets `opts->struct_size` to that
+/// version's size: 64 with this header (or 24, the first version). Writes
+/// nothing beyond `opts_size` bytes, and nothing at all if `opts_size` is
+/// below 24. NULL `opts` does nothing. Thread-safe.
+///
+/// # Safety
+/// `opts` is NULL or valid for writing `opts_size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rk_policy_options_init_sized(
+    opts: *mut rk_policy_options,
+    opts_size: usize,
+) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { init_options("rk_policy_options_init_sized", opts, opts_size) }
 }
 
 /// Adds a policy named `name` with the limits of `spec` (e.g.
@@ -192,11 +391,19 @@ pub unsafe extern "C" fn rk_policy_add(
     }
 }
 
-/// `rk_policy_add` with options of the policy's own: its capacity and what
-/// it does when its table is full. `opts` may be NULL (defaults); else it
-/// must have been set up by `rk_policy_options_init`. Besides the errors of
-/// `rk_policy_add`: `RK_ERR_INVALID_ARGUMENT` for a bad `struct_size` or
-/// `when_full`.
+/// `rk_policy_add` with options of the policy's own: its capacity, what it
+/// does when its table is full, and abuse control (shadow mode, retry
+/// jitter, a penalty box, keys in deny events). `opts` may be NULL
+/// (defaults); else it must have been set up by `rk_policy_options_init`.
+/// Adding a name again returns the existing id only if the limits and the
+/// abuse-control options (`shadow`, `retry_jitter_ns`, the penalty box,
+/// `record_keys`) are the same; else `RK_ERR_POLICY_MISMATCH`.
+///
+/// Besides the errors of `rk_policy_add`: `RK_ERR_INVALID_ARGUMENT` for a
+/// bad `struct_size`, `when_full`, `shadow` or `record_keys` byte (neither
+/// 0 nor 1) or penalty box (the message says which setting, e.g. "penalty:
+/// ban must be positive and no longer than max_ban"), and
+/// `RK_ERR_UNSUPPORTED_POLICY` for a penalty box on a concurrency policy.
 ///
 /// # Safety
 /// As for `rk_policy_add`; `opts` is NULL or points to an
@@ -405,34 +612,100 @@ pub unsafe extern "C" fn rk_policy_limit(
     })
 }
 
-/// Stores the statistics of `policy` in `*out`: counters summed over
-/// shards (a consistent-enough snapshot while other threads run: each
-/// counter is exact, they are not read at one instant) and occupancy.
-/// Thread-safe; never blocks the hot path.
+/// Stores the statistics of `policy` in `*out`.
+///
+/// This header makes `rk_policy_stats(engine, policy, out)` a macro for
+/// `rk_policy_stats_sized((engine), (policy), (out), sizeof(rk_stats))`, so
+/// code compiled against it gets every field. The function itself, which
+/// programs compiled against the first header call (and which taking the
+/// address of `rk_policy_stats`, or writing `(rk_policy_stats)(...)`,
+/// reaches), writes only the first version's fields, `allowed` to
+/// `capacity` (`RK_STATS_V1_SIZE`, 48 bytes), and nothing after them: that
+/// is all the room those programs have.
+///
+/// Counters are summed over shards (a consistent-enough snapshot while
+/// other threads run: each counter is exact, they are not read at one
+/// instant). Thread-safe; never blocks the hot path.
+///
+/// Errors: `RK_ERR_NULL_POINTER` (`engine` or `out`), `RK_ERR_UNKNOWN_POLICY`.
 ///
 /// # Safety
-/// `engine` is NULL or a live engine; `out` is NULL or valid for writing an
-/// `rk_stats`.
+/// `engine` is NULL or a live engine; `out` is NULL or valid for writing
+/// `RK_STATS_V1_SIZE` bytes, aligned for an `rk_stats`.
 #[no_mangle]
 pub unsafe extern "C" fn rk_policy_stats(
     engine: *mut rk_engine,
     policy: u32,
     out: *mut rk_stats,
 ) -> rk_status {
-    boundary::run("rk_policy_stats", || {
-        // SAFETY: forwarded from this function's contract.
+    // SAFETY: forwarded from this function's contract.
+    unsafe { stats("rk_policy_stats", engine, policy, out, RK_STATS_V1_SIZE) }
+}
+
+/// Stores the statistics of `policy` in `*out`, every field that lies
+/// within the caller's `out_size` bytes: pass `sizeof(rk_stats)` (72 with
+/// this header; `rk_policy_stats` does). A later library whose `rk_stats`
+/// has grown writes no more than `out_size` bytes. Counters as for
+/// `rk_policy_stats`. Thread-safe.
+///
+/// Errors: `RK_ERR_NULL_POINTER` (`engine` or `out`), `RK_ERR_INVALID_ARGUMENT`
+/// (`out_size` below `RK_STATS_V1_SIZE`, 48), `RK_ERR_UNKNOWN_POLICY`.
+/// `*out` is written only on success.
+///
+/// # Safety
+/// `engine` is NULL or a live engine; `out` is NULL or valid for writing
+/// `out_size` bytes (at most `sizeof(rk_stats)` are written), aligned for
+/// an `rk_stats`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_policy_stats_sized(
+    engine: *mut rk_engine,
+    policy: u32,
+    out: *mut rk_stats,
+    out_size: usize,
+) -> rk_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { stats("rk_policy_stats_sized", engine, policy, out, out_size) }
+}
+
+/// The body of `rk_policy_stats` and `rk_policy_stats_sized`: writes the
+/// whole `u64` fields of `rk_stats` that fit in `out_size` bytes.
+///
+/// # Safety
+/// The contract of `rk_policy_stats_sized`.
+unsafe fn stats(
+    function: &'static str,
+    engine: *mut rk_engine,
+    policy: u32,
+    out: *mut rk_stats,
+    out_size: usize,
+) -> rk_status {
+    boundary::run(function, || {
+        // SAFETY: forwarded from the caller's contract.
         let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
+        // SAFETY: forwarded from the caller's contract. `Out` checks the
+        // pointer and its alignment only; `write_prefix` below writes no
+        // more than `out_size` bytes.
         let out = unsafe { Out::new(out, "out")? };
+        if out_size < RK_STATS_V1_SIZE {
+            return Err(Failure::Invalid(format!(
+                "out_size is {out_size}; it must be at least {RK_STATS_V1_SIZE} \
+                 (pass sizeof(rk_stats))"
+            )));
+        }
         let s = engine.stats(PolicyId(policy))?;
-        out.write(rk_stats {
+        let stats = rk_stats {
             allowed: s.allowed,
             denied: s.denied,
             evictions: s.evictions,
             table_full: s.table_full,
             occupancy: s.occupancy,
             capacity: s.capacity,
-        });
+            shadow_denied: s.shadow_denied,
+            banned: s.banned,
+            bans: s.bans,
+        };
+        // Whole fields only (all are `u64`; `rk_stats` has no padding).
+        out.write_prefix(stats, out_size / size_of::<u64>() * size_of::<u64>());
         Ok(())
     })
 }

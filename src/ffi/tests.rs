@@ -6,6 +6,8 @@ use super::args::Failure;
 use super::boundary::{self, last_error_string};
 use super::check::*;
 use super::engine::*;
+use super::events::*;
+use super::overrides::*;
 use super::permit::*;
 use super::policy::*;
 use super::status::*;
@@ -342,7 +344,7 @@ fn a_fail_open_acquire_without_room_hands_out_a_permit_whose_release_does_nothin
     let mut id = 0;
     // SAFETY: live engine, writable locals, read only after RK_OK (whole block).
     unsafe {
-        rk_policy_options_init(opts.as_mut_ptr());
+        rk_policy_options_init_sized(opts.as_mut_ptr(), size_of::<rk_policy_options>());
         let mut opts = opts.assume_init();
         opts.when_full = rk_when_full::RK_WHEN_FULL_FAIL_OPEN as u32;
         assert_eq!(
@@ -421,5 +423,514 @@ fn a_misaligned_out_pointer_is_an_invalid_argument_and_is_not_written() {
     assert_eq!(s, rk_status::RK_ERR_INVALID_ARGUMENT);
     assert!(last_error_string().contains("`out` is not aligned"));
     assert!(buf.iter().all(|&w| w == u64::MAX));
+    free(e);
+}
+
+/// Counts the calling thread's heap allocations (for the allocation-free
+/// promises of the C ABI); forwards everything to the system allocator.
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        // Const-initialised, no destructor: touching it never allocates.
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub struct Counting;
+
+    fn count() {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+    }
+
+    // SAFETY: forwards to the system allocator unchanged; only counts calls.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: the caller's contract, forwarded.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: the caller's contract, forwarded.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            // SAFETY: the caller's contract, forwarded.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Allocations made by this thread so far.
+    pub fn allocations() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+}
+
+fn item(policy: u32, key: &[u8], cost: u32) -> rk_check_item {
+    rk_check_item {
+        policy,
+        key: key.as_ptr(),
+        key_len: key.len(),
+        cost,
+    }
+}
+
+fn check_many_at(
+    engine: *mut rk_engine,
+    items: &[rk_check_item],
+    now: u64,
+) -> Result<(rk_decision, usize), rk_status> {
+    let mut d = std::mem::MaybeUninit::uninit();
+    let mut index = usize::MAX;
+    // SAFETY: live engine; the items (and their keys) are live slices; writable outs.
+    match unsafe {
+        rk_check_many_at(
+            engine,
+            items.as_ptr(),
+            items.len(),
+            now,
+            d.as_mut_ptr(),
+            &mut index,
+        )
+    } {
+        // SAFETY: RK_OK means `d` was written.
+        rk_status::RK_OK => Ok((unsafe { d.assume_init() }, index)),
+        s => Err(s),
+    }
+}
+
+#[test]
+fn a_batch_of_up_to_16_items_allocates_nothing_and_a_larger_one_works_too() {
+    let e = new_engine(1024);
+    let per_ip = add(e, c"ip", c"1000/second").unwrap();
+    let per_route = add(e, c"route", c"fixed_window 1000/second").unwrap();
+    let keys: Vec<[u8; 8]> = (0..40u64).map(u64::to_le_bytes).collect();
+    let items: Vec<rk_check_item> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| item(if i % 2 == 0 { per_ip } else { per_route }, k, 1))
+        .collect();
+    // Warm-up: slots claimed, thread-locals touched.
+    check_many_at(e, &items[..16], S).unwrap();
+    let before = counting::allocations();
+    for n in 1..=16 {
+        let (d, i) = check_many_at(e, &items[..n], S).unwrap();
+        assert!(d.allowed && i < n);
+    }
+    assert_eq!(counting::allocations(), before, "no allocation for n <= 16");
+    let (d, i) = check_many_at(e, &items, S).unwrap();
+    assert!(d.allowed && i < items.len());
+    assert!(
+        counting::allocations() > before,
+        "the counter sees the larger batch's array"
+    );
+    free(e);
+}
+
+#[test]
+fn a_batch_is_all_or_nothing_and_reports_its_binding_item() {
+    let e = new_engine(64);
+    let ip = add(e, c"ip", c"10/second").unwrap();
+    let route = add(e, c"route", c"2/second").unwrap();
+    let batch = [item(ip, b"ip:1", 1), item(route, b"/login", 1)];
+    let (d, i) = check_many_at(e, &batch, S).unwrap();
+    assert_eq!(
+        (d.allowed, d.remaining, i),
+        (true, 1, 1),
+        "fewest remaining binds"
+    );
+    check_many_at(e, &batch, S).unwrap();
+    let (d, i) = check_many_at(e, &batch, S).unwrap();
+    assert_eq!((d.allowed, i), (false, 1));
+    // The denied batch charged nothing: the ip still has 8 of 10.
+    assert_eq!(check_at(e, ip, b"ip:1", 0, S).unwrap().remaining, 8);
+    free(e);
+}
+
+#[test]
+fn batch_arguments_are_checked_and_outs_untouched_on_failure() {
+    let e = new_engine(64);
+    let p = add(e, c"p", c"10/second").unwrap();
+    let jobs = add(e, c"jobs", c"concurrency 2").unwrap();
+    let mut d = std::mem::MaybeUninit::<rk_decision>::uninit();
+    let mut index = 77usize;
+    let ok = [item(p, b"k", 1)];
+    // SAFETY: live engine; every pointer is to a live local or NULL (whole block).
+    unsafe {
+        assert_eq!(
+            rk_check_many_at(e, ok.as_ptr(), 0, S, d.as_mut_ptr(), &mut index),
+            rk_status::RK_ERR_INVALID_ARGUMENT
+        );
+        assert!(last_error_string().contains("`n` is 0"));
+        assert_eq!(
+            rk_check_many_at(e, null(), 0, S, d.as_mut_ptr(), &mut index),
+            rk_status::RK_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            rk_check_many_at(e, null(), 1, S, d.as_mut_ptr(), &mut index),
+            rk_status::RK_ERR_NULL_POINTER
+        );
+        assert!(last_error_string().contains("`items` is NULL"));
+        assert_eq!(
+            rk_check_many(null_mut(), ok.as_ptr(), 1, d.as_mut_ptr(), &mut index),
+            rk_status::RK_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            rk_check_many(e, ok.as_ptr(), 1, null_mut(), &mut index),
+            rk_status::RK_ERR_NULL_POINTER
+        );
+        let bad_key = [
+            item(p, b"a", 1),
+            rk_check_item {
+                policy: p,
+                key: null(),
+                key_len: 3,
+                cost: 1,
+            },
+        ];
+        assert_eq!(
+            rk_check_many_at(e, bad_key.as_ptr(), 2, S, d.as_mut_ptr(), &mut index),
+            rk_status::RK_ERR_NULL_KEY
+        );
+        assert!(
+            last_error_string().contains("`items[1].key` is NULL but its `key_len` is 3"),
+            "{}",
+            last_error_string()
+        );
+        // The same past the stack batch (17 items: the heap path).
+        let mut many = vec![item(p, b"a", 1); 17];
+        many[16].key = null();
+        assert_eq!(
+            rk_check_many_at(e, many.as_ptr(), 17, S, d.as_mut_ptr(), &mut index),
+            rk_status::RK_ERR_NULL_KEY
+        );
+        assert!(last_error_string().contains("items[16]"));
+        let wrong = [item(p, b"a", 1), item(jobs, b"a", 1)];
+        assert_eq!(
+            rk_check_many_at(e, wrong.as_ptr(), 2, S, d.as_mut_ptr(), &mut index),
+            rk_status::RK_ERR_WRONG_POLICY_KIND
+        );
+        let unknown = [item(99, b"a", 1)];
+        assert_eq!(
+            rk_check_many_at(e, unknown.as_ptr(), 1, S, d.as_mut_ptr(), &mut index),
+            rk_status::RK_ERR_UNKNOWN_POLICY
+        );
+        assert_eq!(index, 77, "index_out untouched on failure");
+        // Nothing was charged by any failed batch; index_out is optional.
+        assert_eq!(
+            rk_check_many_at(e, ok.as_ptr(), 1, S, d.as_mut_ptr(), null_mut()),
+            rk_status::RK_OK
+        );
+        assert_eq!(d.assume_init().remaining, 9);
+    }
+    free(e);
+}
+
+fn add_with(
+    engine: *mut rk_engine,
+    name: &CStr,
+    spec: &CStr,
+    opts: *const rk_policy_options,
+) -> Result<u32, rk_status> {
+    let mut id = u32::MAX;
+    // SAFETY: live engine, NUL-terminated strings, options NULL or a live local, writable out.
+    match unsafe { rk_policy_add_with(engine, name.as_ptr(), spec.as_ptr(), opts, &mut id) } {
+        rk_status::RK_OK => Ok(id),
+        s => Err(s),
+    }
+}
+
+fn policy_options() -> rk_policy_options {
+    let mut o = std::mem::MaybeUninit::uninit();
+    // SAFETY: `o` is a writable local; the sized init of its whole size
+    // writes every field.
+    unsafe {
+        rk_policy_options_init_sized(o.as_mut_ptr(), size_of::<rk_policy_options>());
+        o.assume_init()
+    }
+}
+
+#[test]
+fn the_first_version_init_writes_24_bytes_and_the_sized_one_what_fits() {
+    const SENTINEL: u64 = 0x5a5a_5a5a_5a5a_5a5a;
+    // Initialises 128 sentinel bytes with the first-version init (`None`)
+    // or the sized one; returns the struct_size and the bytes written.
+    let written = |size: Option<usize>| -> (u32, usize) {
+        let mut buf = [SENTINEL; 16];
+        let p = buf.as_mut_ptr().cast::<rk_policy_options>();
+        // SAFETY: `buf` holds 128 writable bytes, 8-aligned: more than any
+        // size passed, and more than the 24 bytes of the first version.
+        unsafe {
+            match size {
+                None => rk_policy_options_init(p),
+                Some(n) => rk_policy_options_init_sized(p, n),
+            }
+        }
+        let untouched = buf.iter().rev().take_while(|&&w| w == SENTINEL).count();
+        ((buf[0] & 0xffff_ffff) as u32, (16 - untouched) * 8)
+    };
+    assert_eq!(
+        written(None),
+        (24, 24),
+        "what a program compiled against the first header has room for"
+    );
+    assert_eq!(written(Some(size_of::<rk_policy_options>())), (64, 64));
+    assert_eq!(written(Some(63)), (24, 24), "the newest version that fits");
+    assert_eq!(
+        written(Some(128)),
+        (64, 64),
+        "a newer caller's extra fields are left alone (struct_size says so)"
+    );
+    assert_eq!(written(Some(23)).1, 0, "too small for any version");
+    // SAFETY: NULL does nothing.
+    unsafe { rk_policy_options_init_sized(null_mut(), 64) };
+}
+
+#[test]
+fn policy_options_of_the_first_version_get_defaults_for_the_new_fields() {
+    let e = new_engine(64);
+    let mut o = policy_options();
+    assert_eq!(o.struct_size, 64);
+    assert_eq!(
+        (
+            o.shadow,
+            o.record_keys,
+            o.retry_jitter_ns,
+            o.penalty_strikes
+        ),
+        (false, false, 0, 0)
+    );
+    // Garbage beyond a first-version struct is never read: not even a
+    // byte that no `bool` may hold.
+    o.struct_size = 24;
+    o.penalty_strikes = 1; // a penalty box with a zero window: invalid if read
+                           // SAFETY: writing a byte into our own struct; it is never read as a bool.
+    unsafe { std::ptr::addr_of_mut!(o.shadow).cast::<u8>().write(0xee) };
+    let p = add_with(e, c"old", c"1/second", &o).unwrap();
+    assert!(check_at(e, p, b"k", 1, S).unwrap().allowed);
+    let d = check_at(e, p, b"k", 1, S).unwrap();
+    assert!(!d.allowed && !d.shadow_denied && !d.banned, "{d:?}");
+
+    o.struct_size = 64;
+    assert_eq!(
+        add_with(e, c"bad bool", c"1/second", &o),
+        Err(rk_status::RK_ERR_INVALID_ARGUMENT)
+    );
+    assert!(
+        last_error_string().contains("opts->shadow is 238"),
+        "{}",
+        last_error_string()
+    );
+    o.shadow = true;
+    assert_eq!(
+        add_with(e, c"bad penalty", c"1/second", &o),
+        Err(rk_status::RK_ERR_INVALID_ARGUMENT)
+    );
+    assert!(
+        last_error_string().contains("penalty: window must be at least"),
+        "{}",
+        last_error_string()
+    );
+    o.penalty_strikes = 0;
+    o.penalty_ban_ns = S;
+    assert_eq!(
+        add_with(e, c"half penalty", c"1/second", &o),
+        Err(rk_status::RK_ERR_INVALID_ARGUMENT)
+    );
+    assert!(last_error_string().contains("penalty_strikes is 0"));
+    o.penalty_ban_ns = 0;
+    let shadow = add_with(e, c"shadow", c"1/second", &o).unwrap();
+    check_at(e, shadow, b"k", 1, S).unwrap();
+    let d = check_at(e, shadow, b"k", 1, S).unwrap();
+    assert!(
+        d.allowed && d.shadow_denied && d.retry_after_ns > 0,
+        "{d:?}"
+    );
+    free(e);
+}
+
+#[test]
+fn rk_policy_stats_writes_the_first_version_only_and_sized_writes_what_fits() {
+    let e = new_engine(64);
+    let mut o = policy_options();
+    o.shadow = true;
+    let p = add_with(e, c"p", c"1/second", &o).unwrap();
+    check_at(e, p, b"k", 1, S).unwrap();
+    check_at(e, p, b"k", 1, S).unwrap();
+    let fresh = rk_stats {
+        allowed: u64::MAX,
+        denied: u64::MAX,
+        evictions: u64::MAX,
+        table_full: u64::MAX,
+        occupancy: u64::MAX,
+        capacity: u64::MAX,
+        shadow_denied: u64::MAX,
+        banned: u64::MAX,
+        bans: u64::MAX,
+    };
+    let mut s = fresh;
+    // SAFETY: live engine; `s` is a writable local rk_stats (whole block).
+    unsafe {
+        assert_eq!(rk_policy_stats(e, p, &mut s), rk_status::RK_OK);
+        assert_eq!((s.allowed, s.denied, s.occupancy), (1, 1, 1));
+        assert_eq!(
+            (s.shadow_denied, s.banned, s.bans),
+            (u64::MAX, u64::MAX, u64::MAX)
+        );
+        let mut s = fresh;
+        assert_eq!(
+            rk_policy_stats_sized(e, p, &mut s, size_of::<rk_stats>()),
+            rk_status::RK_OK
+        );
+        assert_eq!((s.denied, s.shadow_denied, s.banned, s.bans), (1, 1, 0, 0));
+        let mut s = fresh;
+        assert_eq!(
+            rk_policy_stats_sized(e, p, &mut s, RK_STATS_V1_SIZE + 12),
+            rk_status::RK_OK
+        );
+        assert_eq!(
+            (s.shadow_denied, s.banned),
+            (1, u64::MAX),
+            "whole fields only"
+        );
+        let mut s = fresh;
+        assert_eq!(
+            rk_policy_stats_sized(e, p, &mut s, 1000),
+            rk_status::RK_OK,
+            "a larger (newer) struct gets what this version has"
+        );
+        assert_eq!(s.bans, 0);
+        let mut s = fresh;
+        assert_eq!(
+            rk_policy_stats_sized(e, p, &mut s, RK_STATS_V1_SIZE - 1),
+            rk_status::RK_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(s, fresh);
+    }
+    free(e);
+}
+
+#[test]
+fn deny_events_carry_the_key_only_when_recorded_and_follow_by_ticket() {
+    let e = new_engine(64);
+    let mut o = policy_options();
+    o.record_keys = true;
+    let keyed = add_with(e, c"keyed", c"1/second", &o).unwrap();
+    let plain = add(e, c"plain", c"1/second").unwrap();
+    let long = [b'x'; 100];
+    for (p, key) in [(keyed, &long[..]), (plain, b"ip:1")] {
+        check_at(e, p, key, 1, S).unwrap();
+        check_at(e, p, key, 1, S).unwrap();
+        check_at(e, p, key, 1, 2 * S / 10 + S).unwrap();
+    }
+    let mut events = [std::mem::MaybeUninit::<rk_deny_event>::uninit(); 4];
+    let mut n = usize::MAX;
+    // SAFETY: live engine; `events` holds 4 writable slots; `n` a writable local (whole block).
+    unsafe {
+        assert_eq!(
+            rk_recent_denials(e, keyed, 0, events[0].as_mut_ptr(), 4, &mut n),
+            rk_status::RK_OK
+        );
+        assert_eq!(n, 2);
+        let (a, b) = (events[0].assume_init(), events[1].assume_init());
+        assert_eq!((a.ticket, b.ticket), (0, 1));
+        assert_eq!((a.time_ns, b.time_ns), (S, S + 2 * S / 10));
+        assert!(a.has_key && a.key_len as usize == RK_EVENT_KEY_BYTES);
+        assert_eq!(a.key, [b'x'; RK_EVENT_KEY_BYTES]);
+        assert_eq!(a.retry_after_ns, S);
+        assert_ne!(a.key_hash, 0);
+        assert_eq!(
+            rk_recent_denials(e, keyed, b.ticket + 1, events[0].as_mut_ptr(), 4, &mut n),
+            rk_status::RK_OK
+        );
+        assert_eq!(n, 0, "nothing new");
+        assert_eq!(
+            rk_recent_denials(e, plain, 0, events[0].as_mut_ptr(), 1, &mut n),
+            rk_status::RK_OK
+        );
+        assert_eq!(n, 1, "capacity caps the count");
+        let a = events[0].assume_init();
+        assert!(!a.has_key && a.key_len == 0 && a.key == [0; RK_EVENT_KEY_BYTES]);
+        assert_eq!(
+            rk_recent_denials(e, plain, 0, null_mut(), 0, &mut n),
+            rk_status::RK_OK
+        );
+        assert_eq!(n, 0);
+        n = 99;
+        assert_eq!(
+            rk_recent_denials(e, plain, 0, null_mut(), 1, &mut n),
+            rk_status::RK_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            rk_recent_denials(e, 42, 0, events[0].as_mut_ptr(), 4, &mut n),
+            rk_status::RK_ERR_UNKNOWN_POLICY
+        );
+        assert_eq!(
+            rk_recent_denials(e, plain, 0, events[0].as_mut_ptr(), 4, null_mut()),
+            rk_status::RK_ERR_NULL_POINTER
+        );
+        assert_eq!(n, 99);
+    }
+    free(e);
+}
+
+#[test]
+fn overrides_scale_a_keys_quota_until_cleared() {
+    let e = new_engine(64);
+    let p = add(e, c"api", c"10/second").unwrap();
+    let jobs = add(e, c"jobs", c"concurrency 1").unwrap();
+    let mut f = -1.0;
+    // SAFETY: live engine; keys are live slices; `f` a writable local (whole block).
+    unsafe {
+        assert_eq!(
+            rk_override_set(e, p, b"vip".as_ptr(), 3, 2.5),
+            rk_status::RK_OK
+        );
+        assert_eq!(
+            rk_override_get(e, p, b"vip".as_ptr(), 3, &mut f),
+            rk_status::RK_OK
+        );
+        assert_eq!(f, 2.5);
+        assert_eq!(check_at(e, p, b"vip", 1, S).unwrap().limit, 25);
+        assert_eq!(
+            rk_override_clear(e, p, b"vip".as_ptr(), 3),
+            rk_status::RK_OK
+        );
+        assert_eq!(
+            rk_override_get(e, p, b"vip".as_ptr(), 3, &mut f),
+            rk_status::RK_OK
+        );
+        assert_eq!(f, 0.0);
+        assert_eq!(check_at(e, p, b"vip", 1, S).unwrap().limit, 10);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e9] {
+            assert_eq!(
+                rk_override_set(e, p, b"vip".as_ptr(), 3, bad),
+                rk_status::RK_ERR_INVALID_ARGUMENT,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            rk_override_set(e, jobs, b"vip".as_ptr(), 3, 2.0),
+            rk_status::RK_ERR_WRONG_POLICY_KIND
+        );
+        f = -1.0;
+        assert_eq!(
+            rk_override_get(e, p, null(), 3, &mut f),
+            rk_status::RK_ERR_NULL_KEY
+        );
+        assert_eq!(
+            rk_override_get(e, p, b"vip".as_ptr(), 3, null_mut()),
+            rk_status::RK_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            rk_override_get(e, 42, b"vip".as_ptr(), 3, &mut f),
+            rk_status::RK_ERR_UNKNOWN_POLICY
+        );
+        assert_eq!(f, -1.0);
+    }
     free(e);
 }

@@ -3,12 +3,17 @@
 #include "ratekeeper.h"
 #include "ratekeeper.h"
 
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
 
 static_assert(std::is_trivially_copyable<rk_decision>::value, "rk_decision is a plain value");
 static_assert(std::is_trivially_copyable<rk_permit>::value, "rk_permit is a plain value");
+static_assert(std::is_trivially_copyable<rk_check_item>::value, "rk_check_item is a plain value");
+static_assert(std::is_trivially_copyable<rk_deny_event>::value, "rk_deny_event is a plain value");
+static_assert(sizeof(rk_decision) == 48 && offsetof(rk_decision, limit) == 8,
+              "rk_decision keeps its layout in C++ too");
 static_assert(std::is_same<std::underlying_type<rk_status>::type, uint32_t>::value,
               "rk_status is 32 bits");
 static_assert(RK_OK == 0, "RK_OK is 0");
@@ -55,9 +60,24 @@ int main() {
            "rk_check_at");
     expect(!d.allowed && d.retry_after_ns == 12000000000ull, "the sixth is denied for 12 s");
 
+    rk_check_item items[1] = {{login, bytes, std::strlen(key), 1}};
+    std::size_t index = 9;
+    expect(rk_check_many_at(engine.get(), items, 1, 1000000000, &d, &index) == RK_OK,
+           "rk_check_many_at");
+    expect(!d.allowed && !d.banned && !d.shadow_denied && index == 0, "the batch is denied too");
+
     rk_status s = rk_policy_add(engine.get(), "login", "6/minute", &login);
     expect(s == RK_ERR_POLICY_MISMATCH, "mismatch");
     expect(std::strstr(rk_status_str(s), "RK_ERR_POLICY_MISMATCH") != nullptr, "rk_status_str");
+
+    // The versioned-struct macros work in C++ too.
+    rk_policy_options popts;
+    rk_policy_options_init(&popts);
+    expect(popts.struct_size == sizeof popts && !popts.shadow, "rk_policy_options_init");
+    rk_stats stats;
+    std::memset(&stats, 0xff, sizeof stats);
+    expect(rk_policy_stats(engine.get(), login, &stats) == RK_OK, "rk_policy_stats");
+    expect(stats.allowed == 5 && stats.denied == 2 && stats.bans == 0, "every field written");
 
     rk_engine_options opts;
     rk_engine_options_init(&opts);
