@@ -2,7 +2,7 @@
 # The Python binding's tests, as CI runs them. On a fresh Debian machine with
 # Python >= 3.9 (pip), gcc and a Rust toolchain (cargo on PATH), it installs
 # what it needs (the package, which builds the Rust library with cargo,
-# honouring CARGO_TARGET_DIR; pytest, flask, gunicorn; python3-dev with
+# honouring CARGO_TARGET_DIR; pytest, flask, gunicorn, prometheus-client; python3-dev with
 # apt-get only if Python.h is missing) and runs pytest. Exits non-zero on
 # failure; pytest's summary line is the last line printed.
 set -euo pipefail
@@ -20,9 +20,9 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-echo "== pip install ./bindings/python pytest flask gunicorn (builds the Rust library)"
+echo "== pip install ./bindings/python pytest flask gunicorn prometheus-client (builds the Rust library)"
 "$python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$here"
-"$python" -m pip install -q --disable-pip-version-check "$here" pytest flask gunicorn
+"$python" -m pip install -q --disable-pip-version-check "$here" pytest flask gunicorn prometheus-client
 
 echo "== pytest bindings/python/tests"
 cd "$here/tests"

@@ -9,16 +9,19 @@ memory so that every Gunicorn/uWSGI worker enforces one limit together.
 >>> d.allowed, d.limit, d.remaining
 (True, 5, 4)
 
-Flask: :mod:`ratekeeper.flask`; Gunicorn hooks: :mod:`ratekeeper.gunicorn`.
+Flask: :mod:`ratekeeper.flask`; Gunicorn hooks: :mod:`ratekeeper.gunicorn`;
+Prometheus: :mod:`ratekeeper.prometheus`.
 """
 
 from ._version import __version__
 from ._core import (
     U64_MAX,
     Decision,
+    DenyEvent,
     Engine,
     Key,
     Limit,
+    Penalty,
     Permit,
     Policy,
     Stats,
@@ -52,6 +55,8 @@ __all__ = [
     "Decision",
     "Permit",
     "Stats",
+    "Penalty",
+    "DenyEvent",
     "Limit",
     "Key",
     "now_ns",

@@ -35,6 +35,8 @@ __all__ = [
     "Permit",
     "Stats",
     "Limit",
+    "Penalty",
+    "DenyEvent",
     "Key",
     "now_ns",
     "library_version",
@@ -253,7 +255,12 @@ def _decision(out: Any) -> Decision:
 @dataclass(frozen=True)
 class Stats:
     """A policy's counters (summed over shards; in a shared engine, over every
-    process) and table occupancy."""
+    process) and table occupancy.
+
+    ``denied`` counts every denial (in shadow mode: every would-be denial,
+    which passed); ``shadow_denied`` the requests that passed in shadow mode
+    but would have been denied; ``banned`` the requests refused by the
+    penalty box (included in ``denied``); ``bans`` the bans it imposed."""
 
     allowed: int
     denied: int
@@ -261,6 +268,61 @@ class Stats:
     table_full: int
     occupancy: int
     capacity: int
+    shadow_denied: int = 0
+    banned: int = 0
+    bans: int = 0
+
+
+@dataclass(frozen=True)
+class Penalty:
+    """A policy's penalty box (all durations in seconds): after ``strikes``
+    denials of one key within ``window``, the key is banned for ``ban``;
+    each further ban doubles it, up to ``max_ban`` (a key left alone for
+    ``max_ban`` starts over). A banned key is denied without touching its
+    limits (``Decision.banned``; ``retry_after`` is the ban's remaining
+    time). Defaults: 3 strikes in 10 minutes, 15 minutes, at most 4 hours."""
+
+    strikes: int = 3
+    window: float = 600.0
+    ban: float = 900.0
+    max_ban: float = 14400.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.strikes, int) or isinstance(self.strikes, bool) or not 1 <= self.strikes <= 0xFFFFFFFF:
+            raise errors.InvalidArgument(f"Penalty.strikes must be an int in 1..2**32-1, not {self.strikes!r}")
+        for name in ("window", "ban", "max_ban"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise errors.InvalidArgument(f"Penalty.{name} must be a positive number of seconds, not {value!r}")
+        if self.max_ban < self.ban:
+            raise errors.InvalidArgument("Penalty.max_ban must be at least Penalty.ban")
+
+    def _ns(self) -> Tuple[int, int, int, int]:
+        return (self.strikes, _seconds_ns(self.window), _seconds_ns(self.ban), _seconds_ns(self.max_ban))
+
+
+def _seconds_ns(seconds: float) -> int:
+    return int(round(seconds * 1e9))
+
+
+@dataclass(frozen=True)
+class DenyEvent:
+    """One recent denial of a policy (or, in shadow mode, a would-be denial),
+    from :meth:`Policy.recent_denials`."""
+
+    ticket: int  #: position in the policy's history (one more per denial)
+    time: float  #: when, in seconds of CLOCK_MONOTONIC (``now_ns() / 1e9``)
+    key_hash: int  #: the key's 64-bit hash under the policy's seed (always kept)
+    key: Optional[bytes]  #: the key's first bytes (at most 80), only with ``record_keys``
+    retry_after: float  #: seconds the client was told to wait (``math.inf``: never)
+    limit_index: int  #: the binding limit
+    banned: bool  #: denied by the penalty box
+    shadow: bool  #: shadow mode: the request passed
+
+    @property
+    def time_ns(self) -> int:
+        """``time`` in nanoseconds."""
+        return int(round(self.time * 1e9))
 
 
 @dataclass(frozen=True)
@@ -523,6 +585,11 @@ class Engine:
         spec: str,
         capacity: Optional[int] = None,
         when_full: str = "evict",
+        *,
+        shadow: bool = False,
+        retry_jitter: float = 0.0,
+        penalty: Optional[Penalty] = None,
+        record_keys: bool = False,
     ) -> "Policy":
         """Adds (or finds) the policy ``name`` with the limits of ``spec``
         (e.g. ``"5/minute;20/hour"``, ``"sliding_log 3/10 seconds"``,
@@ -534,16 +601,42 @@ class Engine:
         ``when_full``: what a new key does when the table has no room:
         ``"evict"`` (the entry that would expire soonest, default),
         ``"fail_open"`` or ``"fail_closed"``.
+
+        Abuse control (stored with the policy: every process of a shared
+        engine applies the same; adding the name again with other options
+        raises :class:`~ratekeeper.errors.PolicyMismatch`):
+
+        - ``shadow``: decisions are computed and counted as if enforced,
+          but every request passes; ``Decision.shadow_denied`` marks those
+          that would have been denied.
+        - ``retry_jitter``: up to this many seconds of random extra on every
+          denial's retry-after (never shorter than the true wait).
+        - ``penalty``: a :class:`Penalty` box (ban after repeated denials).
+        - ``record_keys``: keep the key text (its first 80 bytes) in
+          :meth:`Policy.recent_denials` (default: only its hash; keys can be
+          personal data).
         """
         if when_full not in _WHEN_FULL:
             raise errors.InvalidArgument(f"when_full must be one of {sorted(_WHEN_FULL)}, not {when_full!r}")
         opts = ffi.new("rk_policy_options *")
-        lib.rk_policy_options_init(opts)
+        # The sized initialiser fills every field this header knows (the
+        # plain rk_policy_options_init is the first version's: 24 bytes).
+        lib.rk_policy_options_init_sized(opts, ffi.sizeof("rk_policy_options"))
         if capacity is not None:
             if not isinstance(capacity, int) or capacity < 1:
                 raise errors.InvalidArgument(f"capacity must be a positive int, not {capacity!r}")
             opts.capacity = capacity
         opts.when_full = _WHEN_FULL[when_full]
+        if not isinstance(retry_jitter, (int, float)) or isinstance(retry_jitter, bool) or not 0 <= retry_jitter < math.inf:
+            raise errors.InvalidArgument(f"retry_jitter must be a number of seconds >= 0, not {retry_jitter!r}")
+        if penalty is not None and not isinstance(penalty, Penalty):
+            raise TypeError(f"penalty must be a ratekeeper.Penalty or None, not {type(penalty).__name__}")
+        opts.shadow = bool(shadow)
+        opts.record_keys = bool(record_keys)
+        opts.retry_jitter_ns = _seconds_ns(retry_jitter)
+        if penalty is not None:
+            (opts.penalty_strikes, opts.penalty_window_ns, opts.penalty_ban_ns,
+             opts.penalty_max_ban_ns) = penalty._ns()
         pid = ffi.new("uint32_t *")
         bname, bspec = name.encode("utf-8"), spec.encode("utf-8")
         ptr = self._enter()
@@ -553,7 +646,12 @@ class Engine:
                 _raise(st)
         finally:
             self._leave()
-        return self._policy_object(pid[0], capacity=capacity, when_full=when_full)
+        policy = self._policy_object(pid[0], capacity=capacity, when_full=when_full)
+        # The options are the same for every caller that got this id (the
+        # engine refuses a mismatch), so recording them here is exact.
+        policy.shadow, policy.retry_jitter, policy.penalty, policy.record_keys = (
+            bool(shadow), float(retry_jitter), penalty, bool(record_keys))
+        return policy
 
     def find_policy(self, name: str) -> "Policy":
         """The policy named ``name`` (e.g. added by another process of a shared
@@ -745,6 +843,12 @@ class Policy(_CheckerBase):
         self.is_concurrency: bool = any(lim.algorithm == "concurrency" for lim in limits)
         self.capacity = capacity
         self.when_full = when_full
+        #: Abuse-control options, as given to :meth:`Engine.policy` (None:
+        #: unknown, for a policy only found by name or id).
+        self.shadow: Optional[bool] = None
+        self.retry_jitter: Optional[float] = None
+        self.penalty: Optional[Penalty] = None
+        self.record_keys: Optional[bool] = None
         super().__init__(engine._handle, policy_id, self.is_concurrency)
 
     @property
@@ -784,17 +888,106 @@ class Policy(_CheckerBase):
         return had_state
 
     def stats(self) -> Stats:
-        """Counters (allowed, denied, evictions, table_full) and occupancy; in
-        a shared engine, the totals of every process."""
+        """Counters (allowed, denied, shadow_denied, banned, bans, evictions,
+        table_full) and occupancy; in a shared engine, the totals of every
+        process."""
         out = ffi.new("rk_stats *")
         ptr = self._engine._enter()
         try:
-            st = lib.rk_policy_stats(ptr, self.id, out)
+            st = lib.rk_policy_stats_sized(ptr, self.id, out, ffi.sizeof("rk_stats"))
             if st:
                 _raise(st)
         finally:
             self._engine._leave()
-        return Stats(out.allowed, out.denied, out.evictions, out.table_full, out.occupancy, out.capacity)
+        return Stats(out.allowed, out.denied, out.evictions, out.table_full, out.occupancy, out.capacity,
+                     out.shadow_denied, out.banned, out.bans)
+
+    # -- runtime overrides -------------------------------------------------
+
+    def set_override(self, key: Key, factor: float) -> None:
+        """Gives ``key`` ``factor`` times this policy's quota (e.g. 10.0 for a
+        partner's API key, 0.5 for a suspicious one), at once, for every
+        thread and every process of a shared engine. Scales the count and
+        burst of ``gcra``, ``fixed_window`` and ``sliding_window`` limits
+        (``sliding_log`` limits keep theirs). ``factor`` is kept in
+        thousandths, from 0.001 to 16777.215."""
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool):
+            raise TypeError(f"factor must be a number, not {type(factor).__name__}")
+        k = _key_bytes(key)
+        ptr = self._engine._enter()
+        try:
+            st = lib.rk_override_set(ptr, self.id, k, len(k), float(factor))
+            if st:
+                _raise(st)
+        finally:
+            self._engine._leave()
+
+    def clear_override(self, key: Key) -> None:
+        """Removes ``key``'s override: it gets the policy's own quota again,
+        at once (clearing a key without one does nothing)."""
+        k = _key_bytes(key)
+        ptr = self._engine._enter()
+        try:
+            st = lib.rk_override_clear(ptr, self.id, k, len(k))
+            if st:
+                _raise(st)
+        finally:
+            self._engine._leave()
+
+    def override(self, key: Key) -> Optional[float]:
+        """``key``'s override factor (as kept: thousandths), or None if it
+        has none."""
+        k = _key_bytes(key)
+        out = ffi.new("double *")
+        ptr = self._engine._enter()
+        try:
+            st = lib.rk_override_get(ptr, self.id, k, len(k), out)
+            if st:
+                _raise(st)
+        finally:
+            self._engine._leave()
+        return out[0] if out[0] > 0.0 else None
+
+    # -- recent denials ----------------------------------------------------
+
+    def recent_denials(self, since: int = 0) -> List[DenyEvent]:
+        """The policy's recent denials (also shadow-mode would-be denials)
+        with a ticket of at least ``since``, oldest first: at most the last
+        512, from every process of a shared engine. To follow the policy,
+        pass the last event's ``ticket + 1`` next time (a gap in tickets
+        means events were overwritten before they were read). The key text
+        is there only if the policy was added with ``record_keys=True``."""
+        if not isinstance(since, int) or isinstance(since, bool) or not 0 <= since <= U64_MAX:
+            raise ValueError("since must be an int in 0..2**64-1")
+        capacity = lib.RK_DENY_RING_ENTRIES
+        buf = ffi.new("rk_deny_event[]", capacity)
+        count = ffi.new("size_t *")
+        events: List[DenyEvent] = []
+        while True:
+            ptr = self._engine._enter()
+            try:
+                st = lib.rk_recent_denials(ptr, self.id, since, buf, capacity, count)
+                if st:
+                    _raise(st)
+            finally:
+                self._engine._leave()
+            n = count[0]
+            for i in range(n):
+                e = buf[i]
+                retry = e.retry_after_ns
+                events.append(DenyEvent(
+                    ticket=e.ticket,
+                    time=e.time_ns / 1e9,
+                    key_hash=e.key_hash,
+                    key=bytes(ffi.buffer(e.key, e.key_len)) if e.has_key else None,
+                    retry_after=math.inf if retry == U64_MAX else retry / 1e9,
+                    limit_index=e.limit_index,
+                    banned=bool(e.banned),
+                    shadow=bool(e.shadow),
+                ))
+            if n < capacity or len(events) >= 4 * capacity:
+                return events
+            since = events[-1].ticket + 1
 
     def acquire(self, key: Key, timeout: Optional[float] = None, now_ns: Optional[int] = None) -> "Permit":
         """Takes a permit of this concurrency policy for ``key``.

@@ -58,9 +58,10 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Seq
 import flask
 from flask import Blueprint, Flask, current_app, request
 
-from ._core import U64_MAX, Decision, Engine, Policy, shared_engine
+from ._core import U64_MAX, Decision, Engine, Penalty, Policy, shared_engine
 from ._native import speedups
 from .errors import RatekeeperError
+from .logs import DenyLogger
 
 __all__ = [
     "Ratekeeper",
@@ -71,6 +72,7 @@ __all__ = [
     "user",
     "endpoint",
     "shared_engine",
+    "Penalty",
 ]
 
 log = logging.getLogger("ratekeeper.flask")
@@ -97,6 +99,18 @@ DEFAULTS: Dict[str, Any] = {
     "RATEKEEPER_TRUSTED_PROXIES": 0,
     "RATEKEEPER_IPV6_PREFIX": 64,
     "RATEKEEPER_PROBLEM_TYPE": "about:blank",
+    # abuse control
+    "RATEKEEPER_ALLOWLIST": None,
+    "RATEKEEPER_DENYLIST": None,
+    "RATEKEEPER_SHADOW": False,
+    "RATEKEEPER_RETRY_JITTER": 0.0,
+    "RATEKEEPER_PENALTY": None,
+    "RATEKEEPER_RECORD_KEYS": False,
+    # monitoring
+    "RATEKEEPER_METRICS_ENDPOINT": None,
+    "RATEKEEPER_LOG_MAX_PER_SECOND": 10,
+    "RATEKEEPER_LOG_LEVEL": "INFO",
+    "RATEKEEPER_LOG_HASH_SALT": None,
 }
 
 _OPTION_NAMES = {key[len("RATEKEEPER_"):].lower(): key for key in DEFAULTS}
@@ -125,6 +139,16 @@ def _group_ipv6(addr: str, prefix: int) -> str:
 
 def _client_address(environ: Dict[str, Any], trusted_proxies: int, ipv6_prefix: int) -> str:
     addr = environ.get("REMOTE_ADDR") or ""
+    if trusted_proxies > 0:  # (no extra call on the common path)
+        addr = _client_ip(environ, trusted_proxies)
+    if ":" in addr:
+        return _group_ipv6(addr, ipv6_prefix)
+    return addr
+
+
+def _client_ip(environ: Dict[str, Any], trusted_proxies: int) -> str:
+    """The client's address as received (IPv6 not grouped)."""
+    addr = environ.get("REMOTE_ADDR") or ""
     if trusted_proxies > 0:
         xff = environ.get("HTTP_X_FORWARDED_FOR")
         if xff:
@@ -133,9 +157,60 @@ def _client_address(environ: Dict[str, Any], trusted_proxies: int, ipv6_prefix: 
             # from; the client is the one the outermost trusted proxy saw.
             if len(hops) >= trusted_proxies and hops[-trusted_proxies]:
                 addr = hops[-trusted_proxies]
-    if ":" in addr:
-        return _group_ipv6(addr, ipv6_prefix)
     return addr
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_of(addr: str) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Address, None]:
+    """``addr`` as an IP address (IPv4-mapped IPv6 as IPv4), or None."""
+    try:
+        ip = ipaddress.ip_address(addr.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class _AccessList:
+    """An allow or deny list: networks (CIDR, IPv4 or IPv6; a bare address
+    is a /32 or /128) matched against the client address, and literal keys
+    matched against the values of the request's key functions (e.g.
+    ``"x-api-key:abc"`` for ``header("X-API-Key")``) and the client
+    address. A string is split at commas and whitespace (for values from
+    the environment)."""
+
+    def __init__(self, entries: Any, what: str):
+        nets: List[Any] = []
+        keys: set = set()
+        if entries is None:
+            entries = []
+        elif isinstance(entries, str):
+            entries = [e for e in entries.replace(",", " ").split() if e]
+        for e in entries:
+            if isinstance(e, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                nets.append(e)
+            elif isinstance(e, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+                nets.append(ipaddress.ip_network(e))
+            elif isinstance(e, bytes):
+                keys.add(e)
+            elif isinstance(e, str):
+                try:
+                    nets.append(ipaddress.ip_network(e.strip(), strict=False))
+                except ValueError:
+                    keys.add(e)
+            else:
+                raise TypeError(f"{what}: entries must be CIDR strings or keys, not {e!r}")
+        self.networks = tuple(nets)
+        self.keys = frozenset(keys)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks or self.keys)
+
+    def has_ip(self, ip: Any) -> bool:
+        if ip is None:
+            return False
+        return any(ip.version == net.version and ip in net for net in self.networks)
 
 
 def remote_addr() -> str:
@@ -220,6 +295,11 @@ class LimitDecl:
     override_defaults: bool = True
     name: Optional[str] = None
     error_message: Optional[str] = None
+    #: Abuse control; None: the app's default (RATEKEEPER_SHADOW, ...).
+    shadow: Optional[bool] = None
+    retry_jitter: Optional[float] = None
+    penalty: Optional[Penalty] = None
+    record_keys: Optional[bool] = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.spec, str) or callable(self.spec)):
@@ -230,6 +310,37 @@ class LimitDecl:
             raise TypeError(f"cost must be an int or a callable returning one, not {self.cost!r}")
         if self.methods is not None:
             self.methods = frozenset(m.upper() for m in self.methods)
+        if self.penalty is not None and not isinstance(self.penalty, Penalty):
+            raise TypeError(f"penalty must be a ratekeeper.Penalty, not {self.penalty!r}")
+        if self.retry_jitter is not None:
+            _check_jitter(self.retry_jitter)
+
+
+def _check_jitter(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"retry_jitter must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+#: (shadow, retry_jitter, penalty, record_keys) of one engine policy.
+PolicyOpts = Tuple[bool, float, Optional[Penalty], bool]
+_PLAIN: PolicyOpts = (False, 0.0, None, False)
+
+
+def _opts_suffix(opts: PolicyOpts) -> str:
+    """What a policy's name adds for non-default options (so that one spec
+    with other options is another policy)."""
+    shadow, jitter, penalty, record_keys = opts
+    parts = []
+    if shadow:
+        parts.append("shadow")
+    if jitter:
+        parts.append(f"jitter={jitter:g}s")
+    if penalty is not None:
+        parts.append(f"penalty={penalty.strikes}/{penalty.window:g}s,ban={penalty.ban:g}s..{penalty.max_ban:g}s")
+    if record_keys:
+        parts.append("keys")
+    return f" [{' '.join(parts)}]" if parts else ""
 
 
 def _validate_spec(spec: str) -> None:
@@ -290,6 +401,24 @@ class _State:
             raise ValueError("RATEKEEPER_IPV6_PREFIX must be in 0..128")
         if self.when_full not in ("evict", "fail_open", "fail_closed"):
             raise ValueError("RATEKEEPER_WHEN_FULL must be 'evict', 'fail_open' or 'fail_closed'")
+        self.shadow = bool(config["RATEKEEPER_SHADOW"])
+        self.retry_jitter = _check_jitter(config["RATEKEEPER_RETRY_JITTER"] or 0.0)
+        self.penalty = config["RATEKEEPER_PENALTY"]
+        if self.penalty is not None and not isinstance(self.penalty, Penalty):
+            raise TypeError("RATEKEEPER_PENALTY must be a ratekeeper.Penalty or None")
+        self.record_keys = bool(config["RATEKEEPER_RECORD_KEYS"])
+        self.allow = _AccessList(config["RATEKEEPER_ALLOWLIST"], "RATEKEEPER_ALLOWLIST")
+        self.deny = _AccessList(config["RATEKEEPER_DENYLIST"], "RATEKEEPER_DENYLIST")
+        self.lists = bool(self.allow or self.deny)
+        self._ip_access_cache: Dict[str, int] = {}
+        self.key_lists = bool(self.allow.keys or self.deny.keys)
+        self.metrics_endpoint = config["RATEKEEPER_METRICS_ENDPOINT"]
+        salt = config["RATEKEEPER_LOG_HASH_SALT"]
+        self.deny_log = DenyLogger(
+            max_per_second=config["RATEKEEPER_LOG_MAX_PER_SECOND"],
+            level=config["RATEKEEPER_LOG_LEVEL"],
+            hash_salt=salt.encode("utf-8") if isinstance(salt, str) else salt,
+        )
         self.default_key = ext._key
         self.on_breach = ext._options.get("on_breach")
         self.response = ext._options.get("response")
@@ -336,19 +465,60 @@ class _State:
             self._engine = engine
             return engine
 
-    def policy(self, engine: Engine, spec: str) -> Policy:
-        """The engine policy of ``spec`` (one per distinct spec string)."""
-        policy = self.policies.get(spec)
+    def ip_access(self, addr: str) -> int:
+        """-1: the address is deny-listed (by network or as a literal key);
+        1: allow-listed; 0: neither. Deny wins. Cached per address."""
+        value = self._ip_access_cache.get(addr)
+        if value is None:
+            ip = _ip_of(addr)
+            grouped = _group_ipv6(addr, self.ipv6_prefix) if ":" in addr else addr
+            if self.deny.has_ip(ip) or addr in self.deny.keys or grouped in self.deny.keys:
+                value = -1
+            elif self.allow.has_ip(ip) or addr in self.allow.keys or grouped in self.allow.keys:
+                value = 1
+            else:
+                value = 0
+            if len(self._ip_access_cache) >= 4096:
+                self._ip_access_cache.clear()
+            self._ip_access_cache[addr] = value
+        return value
+
+    def key_access(self, value: Any) -> int:
+        """-1, 1 or 0 for a key function's value (deny wins)."""
+        if value in self.deny.keys:
+            return -1
+        if value in self.allow.keys:
+            return 1
+        return 0
+
+    def options(self, decl: LimitDecl) -> PolicyOpts:
+        """A declaration's abuse-control options, defaults filled in."""
+        return (
+            self.shadow if decl.shadow is None else bool(decl.shadow),
+            self.retry_jitter if decl.retry_jitter is None else float(decl.retry_jitter),
+            self.penalty if decl.penalty is None else decl.penalty,
+            self.record_keys if decl.record_keys is None else bool(decl.record_keys),
+        )
+
+    def policy(self, engine: Engine, spec: str, opts: PolicyOpts = _PLAIN) -> Policy:
+        """The engine policy of ``spec`` with ``opts`` (one per distinct spec
+        string and options), named ``<prefix>:<spec>`` (plus the options, e.g.
+        ``flask:5/minute [shadow]``)."""
+        cache_key = (spec, opts)
+        policy = self.policies.get(cache_key)
         if policy is not None and policy.engine is engine:
             return policy
-        name = f"{self.key_prefix}:{spec}"
+        name = f"{self.key_prefix}:{spec}{_opts_suffix(opts)}"
         if len(name.encode("utf-8")) > 128:
             import hashlib
 
-            name = f"{self.key_prefix}:sha1:{hashlib.sha1(spec.encode('utf-8')).hexdigest()}"
-        policy = engine.policy(name, spec, capacity=self.capacity, when_full=self.when_full)
+            digest = hashlib.sha1(f"{spec}{_opts_suffix(opts)}".encode("utf-8")).hexdigest()
+            name = f"{self.key_prefix}:sha1:{digest}"
+        shadow, jitter, penalty, record_keys = opts
+        policy = engine.policy(name, spec, capacity=self.capacity, when_full=self.when_full, shadow=shadow,
+                               retry_jitter=jitter, penalty=penalty, record_keys=record_keys)
         with self._lock:
-            self.policies[spec] = policy
+            self.policies[cache_key] = policy
         return policy
 
     def fragment(self, base: str, policy: Policy) -> Tuple[str, Tuple[str, ...]]:
@@ -392,7 +562,9 @@ class _State:
                     decls.extend(bp_limits)
                     if not bp_limits:
                         decls.extend(self.default_limits)
-        plan = tuple(_Entry(d, _base_name(d, endpoint_name), endpoint_name, self.default_key) for d in decls)
+        plan = tuple(
+            _Entry(d, _base_name(d, endpoint_name), endpoint_name, self.default_key, self.options(d)) for d in decls
+        )
         self.plans[endpoint_name] = plan
         return plan
 
@@ -404,11 +576,16 @@ class _Entry:
     exempt_when, not per method), the key prefix, so that the request path
     only appends the client address."""
 
-    __slots__ = ("decl", "base", "prefix", "cost", "policy", "deduct")
+    __slots__ = ("decl", "base", "prefix", "cost", "policy", "deduct", "opts", "special")
 
-    def __init__(self, decl: LimitDecl, base: str, endpoint_name: Optional[str], default_key: KeyFunc):
+    def __init__(self, decl: LimitDecl, base: str, endpoint_name: Optional[str], default_key: KeyFunc,
+                 opts: PolicyOpts = _PLAIN):
         self.decl = decl
         self.base = base
+        self.opts = opts
+        #: Checked on its own, not in the batch: 1 = penalty box (its strikes
+        #: must be counted), 2 = shadow mode (its would-be denial reported).
+        self.special = 2 if opts[0] else (1 if opts[2] is not None else 0)
         self.policy: Optional[Policy] = None  # cached per engine (checked on use)
         self.deduct = decl.deduct_when is not None
         self.cost = decl.cost
@@ -495,7 +672,10 @@ class Ratekeeper:
     ``application_limits``, ``shared_path``, ``shared_max_bytes``,
     ``shared_mode``, ``capacity``, ``when_full``, ``key_prefix``,
     ``headers_enabled``, ``legacy_headers``, ``fail_open``,
-    ``trusted_proxies``, ``ipv6_prefix``, ``enabled``, ``problem_type``;
+    ``trusted_proxies``, ``ipv6_prefix``, ``enabled``, ``problem_type``,
+    ``allowlist``, ``denylist``, ``shadow``, ``retry_jitter``, ``penalty``,
+    ``record_keys``, ``metrics_endpoint``, ``log_max_per_second``,
+    ``log_level``, ``log_hash_salt``;
     and two callables: ``on_breach(breach)`` (called for every throttled
     request, e.g. to log or count; its return value is ignored) and
     ``response(breach) -> Response`` (builds the over-limit response instead
@@ -553,6 +733,25 @@ class Ratekeeper:
         # the WSGI environ: cheaper than an after_request hook.
         app.wsgi_app = _HeadersMiddleware(app.wsgi_app)  # type: ignore[method-assign]
         self._apps.append(app)
+        if state.metrics_endpoint:
+            self._add_metrics_endpoint(app, state, str(state.metrics_endpoint))
+
+    def _add_metrics_endpoint(self, app: Flask, state: _State, path: str) -> None:
+        """Serves the engine's Prometheus metrics at ``path`` (exempt from
+        every limit). With a shared engine: the totals of every worker."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        from .prometheus import RatekeeperCollector
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(RatekeeperCollector(lambda: state.engine))
+        state.metrics_registry = registry
+
+        def ratekeeper_metrics() -> flask.Response:
+            return flask.Response(generate_latest(registry), status=200, content_type=CONTENT_TYPE_LATEST)
+
+        app.add_url_rule(path, endpoint="ratekeeper_metrics", view_func=self.exempt(ratekeeper_metrics),
+                         methods=["GET"])
 
     @property
     def engine(self) -> Engine:
@@ -587,6 +786,10 @@ class Ratekeeper:
         override_defaults: bool = True,
         name: Optional[str] = None,
         error_message: Optional[str] = None,
+        shadow: Optional[bool] = None,
+        retry_jitter: Optional[float] = None,
+        penalty: Optional[Penalty] = None,
+        record_keys: Optional[bool] = None,
     ) -> Callable[[Any], Any]:
         """Decorates a view (or a Blueprint, for every route in it) with a
         limit.
@@ -609,6 +812,15 @@ class Ratekeeper:
         - ``override_defaults``: False keeps the default limits too.
         - ``name``: the policy name in the RateLimit headers (default: the
           endpoint, or the scope). ``error_message``: the 429 body's detail.
+        - ``shadow``: shadow mode (requests pass; would-be denials are
+          counted and logged). ``retry_jitter``: up to this many seconds of
+          random extra on Retry-After. ``penalty``: a
+          :class:`ratekeeper.Penalty` box (a banned client's 429 says
+          ``"banned": true``; Retry-After is the ban's remaining time).
+          ``record_keys``: deny events and log records keep the key's text
+          (default: only a hash). ``None`` takes the app's default
+          (``RATEKEEPER_SHADOW``, ``RATEKEEPER_RETRY_JITTER``,
+          ``RATEKEEPER_PENALTY``, ``RATEKEEPER_RECORD_KEYS``).
 
         Works above or below ``@app.route``.
         """
@@ -616,6 +828,7 @@ class Ratekeeper:
             spec, "route", key=key, cost=cost, methods=frozenset(methods) if methods else None,
             per_method=per_method, scope=scope, deduct_when=deduct_when, exempt_when=exempt_when,
             override_defaults=override_defaults, name=name, error_message=error_message,
+            shadow=shadow, retry_jitter=retry_jitter, penalty=penalty, record_keys=record_keys,
         )
         return self._decorator(decl)
 
@@ -695,12 +908,26 @@ class Ratekeeper:
         plan = st.plans.get(endpoint_name)
         if plan is None:
             plan = st.plan(app, endpoint_name)
+        allowed_by_list = False
+        if st.lists:  # allow and deny lists (never on the fast path when unset)
+            addr = _client_address(environ, st.trusted_proxies, st.ipv6_prefix)
+            access = st.ip_access(_client_ip(environ, st.trusted_proxies))
+            if access == 0 and st.key_lists and (plan or st.deny.keys):
+                value = st.default_key()
+                if value is not None:
+                    access = st.key_access(value)
+            if access < 0:
+                return self._forbidden(st, addr)
+            allowed_by_list = access > 0
+            if allowed_by_list and not st.deny.keys:
+                return None
         if not plan:
             return None
         method = req.method
         items: List[Tuple[Policy, Any, int]] = []
         used: List[_Entry] = []
         deduct = False
+        special = False
         addr = None
         try:
             engine = st._engine or st.engine
@@ -709,13 +936,15 @@ class Ratekeeper:
                 if prefix is not None:  # the common case, precomputed
                     policy = entry.policy
                     if policy is None or policy._engine is not engine:
-                        policy = entry.policy = st.policy(engine, entry.decl.spec)  # type: ignore[arg-type]
+                        policy = entry.policy = st.policy(engine, entry.decl.spec, entry.opts)  # type: ignore[arg-type]
                     if addr is None:
                         addr = _client_address(environ, st.trusted_proxies, st.ipv6_prefix)
                     items.append((policy, prefix + addr, entry.cost))  # type: ignore[arg-type]
                     used.append(entry)
                     if entry.deduct:
                         deduct = True
+                    if entry.special:
+                        special = True
                     continue
                 decl = entry.decl
                 if decl.methods is not None and method not in decl.methods:
@@ -725,9 +954,9 @@ class Ratekeeper:
                 spec = decl.spec
                 if spec.__class__ is not str:
                     spec = spec()  # type: ignore[operator]
-                policy = st.policies.get(spec)  # type: ignore[call-overload]
+                policy = st.policies.get((spec, entry.opts))  # type: ignore[call-overload]
                 if policy is None or policy._engine is not engine:
-                    policy = st.policy(engine, spec)  # type: ignore[arg-type]
+                    policy = st.policy(engine, spec, entry.opts)  # type: ignore[arg-type]
                 keyfn = decl.key or st.default_key
                 if keyfn is remote_addr:  # the default: no second request lookup
                     if addr is None:
@@ -737,6 +966,12 @@ class Ratekeeper:
                     value = keyfn()
                 if value is None:
                     continue
+                if st.key_lists:
+                    access = st.key_access(value)
+                    if access < 0:
+                        return self._forbidden(st, value)
+                    if access > 0:
+                        allowed_by_list = True
                 scope = decl.scope
                 if scope is None:
                     scope = endpoint_name or ""
@@ -755,18 +990,52 @@ class Ratekeeper:
                 used.append(entry)
                 if decl.deduct_when is not None:
                     deduct = True
-            if not items:
+                if entry.special:
+                    special = True
+            if not items or allowed_by_list:
                 return None
-            decision, index = engine.check_many(items)
+            shadow_hits: Sequence[Tuple[int, Decision]] = ()
+            if len(items) == 1:  # one limit: a plain check (strikes and shadow included)
+                policy, k, cost = items[0]
+                decision, index = policy.check(k, cost), 0
+                if decision.shadow_denied:
+                    shadow_hits = ((0, decision),)
+            elif special:
+                decision, index, shadow_hits = _check_special(engine, items, used)
+            else:
+                decision, index = engine.check_many(items)
         except RatekeeperError as e:
             return self._engine_failed(st, e)
         ctx = _Context(st, items, used, decision, index, deduct)
         environ[_CTX_ENV] = ctx
+        if shadow_hits:
+            self._log_shadow(st, ctx, shadow_hits)
         if decision.allowed:
             if deduct:
                 flask.after_this_request(functools.partial(_deduct, ctx))
             return None
         return self._breach(st, ctx)
+
+    def _forbidden(self, st: _State, key: Any) -> flask.Response:
+        """403 for a deny-listed client (logged like a denial)."""
+        st.deny_log.deny("forbidden", "denylist", key, record_key=st.record_keys,
+                         detail=f"{request.method} {request.path}")
+        body = {
+            "type": st.problem_type,
+            "title": "Forbidden",
+            "status": 403,
+            "detail": "This client is not allowed to use this service.",
+        }
+        return flask.Response(json.dumps(body), status=403, mimetype="application/problem+json")
+
+    def _log_shadow(self, st: _State, ctx: "_Context", hits: Sequence[Tuple[int, Decision]]) -> None:
+        log_ = st.deny_log
+        for i, d in hits:
+            entry = ctx.plan[i]
+            policy, key, _cost = ctx.items[i]
+            log_.deny("shadow_denied", policy.name, key, record_key=entry.opts[3],
+                      retry_after=d.retry_after, limit=_item_name(entry.base, policy, d.limit_index),
+                      banned=d.banned, shadow=True)
 
     def _engine_failed(self, st: _State, error: Exception) -> Optional[flask.Response]:
         if st.fail_open:
@@ -792,6 +1061,8 @@ class Ratekeeper:
         retry_after = None if d.retry_after_ns == U64_MAX else max(1, _ceil_s(d.retry_after_ns))
         window = max(1, _ceil_s(limit.period_ns))
         breach = Breach(d, decl, policy, name, key, retry_after, d.limit, window)
+        st.deny_log.deny("banned" if d.banned else "denied", policy.name, key, record_key=entry.opts[3],
+                         retry_after=d.retry_after, limit=name, banned=d.banned)
         if st.on_breach is not None:
             st.on_breach(breach)
         response = None
@@ -802,6 +1073,9 @@ class Ratekeeper:
         if response is None:
             if decl.error_message:
                 detail = decl.error_message
+            elif d.banned:
+                detail = (f"Too many requests over the {name} limit: this client is banned "
+                          f"for {retry_after} s.")
             elif retry_after is None:
                 detail = f"This request costs more than the {name} limit ({d.limit} per {window} s) can ever allow."
             else:
@@ -814,12 +1088,84 @@ class Ratekeeper:
                 "policy": name,
                 "retry_after": retry_after,
             }
+            if d.banned:
+                body["banned"] = True
             response = flask.Response(json.dumps(body), status=429, mimetype="application/problem+json")
             ctx.response_is_ours = True
         if retry_after is not None and (ctx.response_is_ours or "Retry-After" not in response.headers):
             response.headers.add("Retry-After", str(retry_after))
         return response
 
+
+
+def _better(d: Decision, b: Decision) -> bool:
+    """Whether ``d`` binds rather than ``b`` (as rk_check_many decides)."""
+    if d.allowed != b.allowed:
+        return not d.allowed
+    if not d.allowed:
+        return d.retry_after_ns > b.retry_after_ns
+    return d.remaining < b.remaining
+
+
+def _check_special(engine: Engine, items: List[Tuple[Policy, Any, int]],
+                   plan: List["_Entry"]) -> Tuple[Decision, int, List[Tuple[int, Decision]]]:
+    """Several limits, some with a penalty box or in shadow mode.
+
+    ``rk_check_many`` decides a denied batch by peeking, which counts the
+    denial but gives no strike to a penalty box, and it reports a shadow
+    item's would-be denial only when that item binds. So: penalty-box
+    limits are checked one by one first (a denial there is a strike, and
+    ends the request); then the plain limits in one ``check_many`` (if that
+    denies, the penalty-box charges are refunded); then, for a request that
+    passes, the shadow-mode limits one by one (each would-be denial is
+    seen). Returns the binding decision, its index, and the shadow
+    would-be denials."""
+    decisions: Dict[int, Decision] = {}
+    charged: List[int] = []
+
+    def give_back() -> None:
+        for j in charged:
+            p, k, c = items[j]
+            p.refund(k, c)
+
+    rest = []
+    for i, entry in enumerate(plan):
+        if entry.special == 1:
+            p, k, c = items[i]
+            d = p.check(k, c)
+            if not d.allowed:
+                give_back()
+                return d, i, []
+            decisions[i] = d
+            charged.append(i)
+        elif entry.special == 0:
+            rest.append(i)
+    if rest:
+        if len(rest) == 1:
+            p, k, c = items[rest[0]]
+            d, j = p.check(k, c), 0
+        else:
+            d, j = engine.check_many([items[i] for i in rest])
+        if not d.allowed:
+            give_back()
+            return d, rest[j], []
+        decisions[rest[j]] = d
+    hits = []
+    for i, entry in enumerate(plan):
+        if entry.special == 2:
+            p, k, c = items[i]
+            d = p.check(k, c)
+            decisions[i] = d
+            if d.shadow_denied:
+                hits.append((i, d))
+    best_i = -1
+    best: Optional[Decision] = None
+    for i in sorted(decisions):
+        d = decisions[i]
+        if best is None or _better(d, best):
+            best, best_i = d, i
+    assert best is not None
+    return best, best_i, hits
 
 
 def _deduct(ctx: _Context, response: flask.Response) -> flask.Response:
@@ -916,7 +1262,7 @@ def _item_name(base: str, policy: Policy, index: int) -> str:
 
 def _decl_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     allowed = {"key", "cost", "methods", "per_method", "scope", "deduct_when", "exempt_when",
-               "override_defaults", "name", "error_message"}
+               "override_defaults", "name", "error_message", "shadow", "retry_jitter", "penalty", "record_keys"}
     unknown = set(kwargs) - allowed
     if unknown:
         raise TypeError(f"unknown limit arguments: {', '.join(sorted(unknown))}")

@@ -110,7 +110,8 @@ def test_the_other_code_paths_pass_the_engine_and_flask_tests(variant):
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, **{variant: "1"})
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_engine.py", "test_flask.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_engine.py", "test_flask.py",
+         "test_abuse.py", "test_flask_abuse.py"],
         cwd=here, env=env, capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

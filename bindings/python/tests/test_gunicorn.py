@@ -32,8 +32,15 @@ def children(pid: int) -> list:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    yield from gunicorn_server(tmp_path_factory, "gunicorn-test")
+
+
+def gunicorn_server(tmp_path_factory, tag: str):
+    """Runs `gunicorn -w 4` (gunicorn_conf.py, gunicorn_app:app) on
+    127.0.0.1 with a shared file of its own; yields {port, pid, path,
+    workers, log}; stops it by PID and removes the file."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") else str(tmp_path_factory.mktemp("shm"))
-    path = os.path.join(base, f"rk-gunicorn-test-{os.getpid()}.rk")
+    path = os.path.join(base, f"rk-{tag}-{os.getpid()}.rk")
     log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
     env = dict(os.environ, RATEKEEPER_SHARED_PATH=path)
     log = open(log_path, "w")
