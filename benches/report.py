@@ -59,10 +59,10 @@ def run_all():
     py = ROOT / "bindings" / "python" / "benchmarks" / "bench.py"
     if py.exists():
         try:
-            out = sh([sys.executable, str(py), "--json"], capture_output=True).stdout
-            (CRIT / "python.json").write_text(out)
+            out = sh([sys.executable, str(py)], capture_output=True).stdout
+            (CRIT / "python.txt").write_text(out)
         except subprocess.CalledProcessError as e:
-            print(f"python benchmark failed: {e}", file=sys.stderr)
+            print(f"python benchmark failed (is the package installed?): {e}", file=sys.stderr)
 
 
 def memory_figures():
@@ -77,13 +77,8 @@ def memory_figures():
 
 
 def python_figures():
-    f = CRIT / "python.json"
-    if not f.exists():
-        return None
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError:
-        return None
+    f = CRIT / "python.txt"
+    return f.read_text() if f.exists() else None
 
 
 def plots(m):
@@ -228,7 +223,13 @@ def report():
     if py is None:
         lines += ["Not measured in this run (install the Python package: `pip install ./bindings/python`)."]
     else:
-        lines += ["```", json.dumps(py, indent=2), "```"]
+        lines += [
+            "`python3 bindings/python/benchmarks/bench.py`, in the same run (its own medians and ratios):",
+            "",
+            "```",
+            py.rstrip(),
+            "```",
+        ]
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}", file=sys.stderr)
 

@@ -107,7 +107,7 @@ fn loom_slot_reuse_never_applies_a_stale_update_to_the_new_key() {
         // Key 3, if present, carries exactly its own charge: a stale update
         // of key 1 landing on its slot would show as more. (A peek of cost 1
         // reports what remains after it: 5 - 1 - 1.)
-        if Table::find(t.bucket(0), 3).is_some() {
+        if t.find(t.bucket(0), 3).is_some() {
             assert_eq!(
                 peek(&t, 3, now).remaining,
                 3,
@@ -115,7 +115,7 @@ fn loom_slot_reuse_never_applies_a_stale_update_to_the_new_key() {
             );
         }
         // Key 2, if still present, has only its own charge.
-        if Table::find(t.bucket(0), 2).is_some() {
+        if t.find(t.bucket(0), 2).is_some() {
             assert_eq!(peek(&t, 2, now).remaining, 3);
         }
     });

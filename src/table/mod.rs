@@ -399,14 +399,23 @@ impl Table {
     }
 
     #[inline(always)]
-    fn key_unit(j: usize) -> usize {
-        2 + j
+    fn key_unit(&self, j: usize) -> usize {
+        2 + j * (1 + self.layout.words)
     }
 
     #[inline(always)]
     fn slot_words<'a>(&self, b: &'a [Atomic128], j: usize) -> &'a [Atomic128] {
-        let start = 2 + SLOTS + j * self.layout.words;
+        let start = 2 + j * (1 + self.layout.words) + 1;
         &b[start..start + self.layout.words]
+    }
+
+    /// The slots of a bucket in the order key `h` visits them: from the
+    /// slot its hash prefers, so that a key usually sits where it looks
+    /// first (one cache line past the intents).
+    #[inline(always)]
+    fn probe_order(h: u64) -> impl Iterator<Item = usize> {
+        let first = (h >> 58) as usize;
+        (0..SLOTS).map(move |i| (first + i) % SLOTS)
     }
 
     /// The latest completed transaction of bucket `b`, helping a pending one.
@@ -444,8 +453,8 @@ impl Table {
     }
 
     #[inline]
-    fn find(b: &[Atomic128], h: u64) -> Option<usize> {
-        (0..SLOTS).find(|&j| (b[Self::key_unit(j)].load() >> 64) as u64 == h)
+    fn find(&self, b: &[Atomic128], h: u64) -> Option<usize> {
+        Self::probe_order(h).find(|&j| (b[self.key_unit(j)].load() >> 64) as u64 == h)
     }
 
     /// Commits transaction `snap.seq + 1`; on success, completes it.
@@ -502,7 +511,7 @@ impl Table {
         let done = match intent_op(e) {
             OP_CLAIM => {
                 let (h, factor) = (intent_arg(e), intent_cost(e) as u32);
-                Self::write(b, &b[Self::key_unit(slot)], e, |_| Payload {
+                Self::write(b, &b[self.key_unit(slot)], e, |_| Payload {
                     a: factor,
                     b: h,
                 })
@@ -513,14 +522,14 @@ impl Table {
             }
             // A reset frees the slot: the key word goes back to empty.
             OP_RESET => {
-                Self::write(b, &b[Self::key_unit(slot)], e, |_| Payload::default()).is_some()
+                Self::write(b, &b[self.key_unit(slot)], e, |_| Payload::default()).is_some()
                     && words
                         .iter()
                         .all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
             }
             OP_FACTOR => {
                 let factor = intent_cost(e) as u32;
-                Self::write(b, &b[Self::key_unit(slot)], e, |p| Payload {
+                Self::write(b, &b[self.key_unit(slot)], e, |p| Payload {
                     a: factor,
                     ..p
                 })
@@ -553,7 +562,7 @@ impl Table {
                 let (cost, now) = (intent_cost(e), intent_arg(e));
                 // The key word's override is stable during a charge: only
                 // CLAIM and FACTOR transactions write it.
-                let factor = payload(b[Self::key_unit(slot)].load()).a;
+                let factor = payload(b[self.key_unit(slot)].load()).a;
                 self.with_limits(factor, |limits| {
                     limits
                         .iter()
@@ -709,8 +718,10 @@ impl Table {
 
     /// A slot for a new key: a free one, else an expired one, else the one
     /// that would expire soonest.
-    fn choose_victim(&self, b: &[Atomic128], now: u64) -> Victim {
-        if let Some(j) = (0..SLOTS).find(|&j| (b[Self::key_unit(j)].load() >> 64) as u64 == 0) {
+    fn choose_victim(&self, b: &[Atomic128], h: u64, now: u64) -> Victim {
+        if let Some(j) =
+            Self::probe_order(h).find(|&j| (b[self.key_unit(j)].load() >> 64) as u64 == 0)
+        {
             return Victim::Empty(j);
         }
         let mut soonest: Option<(usize, u64)> = None;
@@ -736,10 +747,10 @@ impl Table {
         h: u64,
         now: u64,
     ) -> Result<Option<usize>, Outcome> {
-        if let Some(j) = Self::find(b, h) {
+        if let Some(j) = self.find(b, h) {
             return Ok(Some(j));
         }
-        let victim = self.choose_victim(b, now);
+        let victim = self.choose_victim(b, h, now);
         let (j, evicted) = match victim {
             Victim::Empty(j) | Victim::Expired(j) => (j, false),
             Victim::Live(j, exp) => match self.when_full {
@@ -781,7 +792,7 @@ impl Table {
         let mut evicted = false;
         loop {
             let snap = self.snapshot(b);
-            let j = match Self::find(b, h) {
+            let j = match self.find(b, h) {
                 Some(j) => j,
                 None => {
                     let verdict = self.fresh_verdict(h, cost, now);
@@ -801,7 +812,7 @@ impl Table {
                     }
                 }
             };
-            let factor = payload(b[Self::key_unit(j)].load()).a;
+            let factor = payload(b[self.key_unit(j)].load()).a;
             if self.layout.single_word {
                 let l = if factor == 0 {
                     self.layout.first
@@ -880,7 +891,7 @@ impl Table {
         let b = self.bucket(self.bucket_of(h));
         loop {
             let snap = self.snapshot(b);
-            let Some(j) = Self::find(b, h) else {
+            let Some(j) = self.find(b, h) else {
                 if Self::still(b, &snap) {
                     return false;
                 }
@@ -899,7 +910,7 @@ impl Table {
                 if !Self::still(b, &snap) {
                     continue;
                 }
-                let factor = payload(b[Self::key_unit(j)].load()).a;
+                let factor = payload(b[self.key_unit(j)].load()).a;
                 let l = &if factor == 0 {
                     self.layout.first
                 } else {
@@ -928,7 +939,7 @@ impl Table {
         let b = self.bucket(self.bucket_of(h));
         loop {
             let snap = self.snapshot(b);
-            let Some(j) = Self::find(b, h) else {
+            let Some(j) = self.find(b, h) else {
                 if Self::still(b, &snap) {
                     return false;
                 }
@@ -949,7 +960,7 @@ impl Table {
         let mut evicted = false;
         loop {
             let snap = self.snapshot(b);
-            let j = match Self::find(b, h) {
+            let j = match self.find(b, h) {
                 Some(j) => j,
                 None => {
                     let verdict = self.fresh_verdict(h, 1, now);
@@ -1069,8 +1080,8 @@ impl Table {
         let b = self.bucket(self.bucket_of(h));
         loop {
             let snap = self.snapshot(b);
-            match Self::find(b, h) {
-                Some(j) if payload(b[Self::key_unit(j)].load()).a == factor_milli => {
+            match self.find(b, h) {
+                Some(j) if payload(b[self.key_unit(j)].load()).a == factor_milli => {
                     if Self::still(b, &snap) {
                         return Ok(());
                     }
@@ -1148,7 +1159,7 @@ impl Table {
             .map(|bi| {
                 let b = self.bucket(bi);
                 (0..SLOTS)
-                    .filter(|&j| (b[Self::key_unit(j)].load() >> 64) as u64 != 0)
+                    .filter(|&j| (b[self.key_unit(j)].load() >> 64) as u64 != 0)
                     .count() as u64
             })
             .sum()

@@ -43,7 +43,7 @@ fn a_transaction_abandoned_after_its_commit_is_completed_by_the_next_caller() {
     assert!(verdict(t.check(h, 1, S, true)).allowed);
     let b = t.bucket(0);
     let snap = t.snapshot(b);
-    let j = Table::find(b, h).unwrap();
+    let j = t.find(b, h).unwrap();
     // Commit a charge of 1 at 2 s, then "die" before writing any word.
     let s1 = snap.seq.wrapping_add(1);
     let idx = (s1 & 1) as usize;
@@ -67,7 +67,7 @@ fn a_transaction_abandoned_halfway_is_completed_exactly_once() {
     assert!(verdict(t.check(h, 1, S, true)).allowed);
     let b = t.bucket(0);
     let snap = t.snapshot(b);
-    let j = Table::find(b, h).unwrap();
+    let j = t.find(b, h).unwrap();
     let s1 = snap.seq.wrapping_add(1);
     let idx = (s1 & 1) as usize;
     let expected = if idx == 0 { snap.e0 } else { snap.e1 };
@@ -104,13 +104,13 @@ fn a_stale_helper_never_rewrites_a_word_of_a_completed_transaction() {
     let stale = done | PENDING;
     // A helper that read the intent while it was pending and wakes up now.
     let before: Vec<u128> = t
-        .slot_words(b, Table::find(b, h).unwrap())
+        .slot_words(b, t.find(b, h).unwrap())
         .iter()
         .map(|w| w.load())
         .collect();
     t.apply(b, stale);
     let after: Vec<u128> = t
-        .slot_words(b, Table::find(b, h).unwrap())
+        .slot_words(b, t.find(b, h).unwrap())
         .iter()
         .map(|w| w.load())
         .collect();
