@@ -8,8 +8,11 @@
 //! [`Atomic128`] word. A bucket is:
 //!
 //! ```text
-//! [ intent 0 | intent 1 | key 0 .. key 7 | slot 0 words | ... | slot 7 words ]
+//! [ intent 0 | intent 1 | key 0 | slot 0 words | ... | key 7 | slot 7 words ]
 //! ```
+//!
+//! A key is looked for (and placed) starting from the slot its hash
+//! prefers, so that it usually sits right where it is looked for first.
 //!
 //! A key or state word:
 //!
