@@ -608,6 +608,8 @@ impl Engine {
             ));
         }
         let mut best: Option<(Decision, usize)> = None;
+        // Items (of the first 64) that deny: each such denial is a strike.
+        let mut denied = 0u64;
         let better = |d: &Decision, b: &Decision| match (d.allowed, b.allowed) {
             (false, true) => true,
             (true, false) => false,
@@ -623,6 +625,9 @@ impl Engine {
                 )));
             }
             let d = self.peek_at(it.policy, it.key, it.cost, now_ns)?;
+            if !d.allowed && i < 64 {
+                denied |= 1 << i;
+            }
             if best.as_ref().is_none_or(|(b, _)| better(&d, b)) {
                 best = Some((d, i));
             }
@@ -632,11 +637,28 @@ impl Engine {
             // Count the denial against the binding item only.
             let p = self.get(items[i].policy)?;
             p.head().add(Counter::Denied, 1);
-            if d.banned {
-                p.head().add(Counter::Banned, 1);
-            }
+            // A strike that starts a ban makes the ban the batch's answer.
             Self::record(p, &d, items[i].key, Self::hash(p, items[i].key), now_ns);
-            return Ok((d, i));
+            let mut answer = (d, i);
+            for (j, it) in items.iter().enumerate().take(64) {
+                let p = self.get(it.policy)?;
+                if denied >> j & 1 == 1 && p.table.layout.penalty.is_some() {
+                    let h = Self::hash(p, it.key);
+                    let outcome = p.table.strike_if_denied(h, it.cost as u64, now_ns);
+                    if let Outcome::Decided { verdict, .. } = outcome {
+                        if verdict.new_ban {
+                            p.head().add(Counter::Bans, 1);
+                            answer = (verdict.into(), j);
+                        }
+                    }
+                }
+            }
+            if answer.0.banned {
+                self.get(items[answer.1].policy)?
+                    .head()
+                    .add(Counter::Banned, 1);
+            }
+            return Ok(answer);
         }
         let mut best: Option<(Decision, usize)> = None;
         for (i, it) in items.iter().enumerate() {

@@ -320,3 +320,35 @@ fn the_ring_keeps_the_latest_512_denials() {
     assert_eq!(ev.last().unwrap().ticket, 1998);
     assert!(ev.windows(2).all(|w| w[1].ticket == w[0].ticket + 1));
 }
+
+#[test]
+fn denials_of_a_batch_are_strikes_too() {
+    use ratekeeper::CheckItem;
+    let e = engine();
+    let login = e
+        .add_policy_with("login", "2/minute", login_options())
+        .unwrap();
+    let site = e.add_policy("site", "1000/minute").unwrap();
+    let items = [
+        CheckItem {
+            policy: site,
+            key: b"ip:9",
+            cost: 1,
+        },
+        CheckItem {
+            policy: login,
+            key: b"ip:9",
+            cost: 1,
+        },
+    ];
+    let ds: Vec<_> = (0..6)
+        .map(|_| e.check_many_at(&items, S).unwrap().0)
+        .collect();
+    assert_eq!(ds.iter().filter(|d| d.allowed).count(), 2);
+    // Denials 1 and 2 are strikes, the third starts the ban.
+    assert!(!ds[3].banned && ds[4].banned && ds[5].banned, "{ds:?}");
+    let st = e.stats(login).unwrap();
+    assert_eq!((st.bans, st.banned), (1, 2));
+    // The site limit was charged only for the two allowed requests.
+    assert_eq!(e.peek_at(site, b"ip:9", 1, S).unwrap().remaining, 997);
+}

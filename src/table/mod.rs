@@ -787,9 +787,28 @@ impl Table {
         Ok(None)
     }
 
-    /// Checks (and if `charge`, charges) `cost` for key hash `h` at `now`.
+    /// Checks (and if `charge`, charges) `cost` for key hash `h` at `now`;
+    /// a denial is a penalty-box strike when charging.
     #[inline]
     pub fn check(&self, h: u64, cost: u64, now: u64, charge: bool) -> Outcome {
+        self.check_mode(h, cost, now, charge, charge)
+    }
+
+    /// Checks without charging, but a denial still counts as a penalty-box
+    /// strike (for a batch of limits that one of them denied).
+    pub fn strike_if_denied(&self, h: u64, cost: u64, now: u64) -> Outcome {
+        self.check_mode(h, cost, now, false, true)
+    }
+
+    #[inline(always)]
+    fn check_mode(
+        &self,
+        h: u64,
+        cost: u64,
+        now: u64,
+        charge: bool,
+        strike_denials: bool,
+    ) -> Outcome {
         let now = now.min(algo::MAX_TIME_NS);
         let b = self.bucket(self.bucket_of(h));
         let mut evicted = false;
@@ -852,7 +871,7 @@ impl Table {
                     verdict.remaining = 0;
                     verdict.retry_after_ns = until - now;
                     verdict.reset_after_ns = verdict.reset_after_ns.max(until - now);
-                } else if !verdict.allowed && charge && cost <= algo::MAX_COST {
+                } else if !verdict.allowed && strike_denials && cost <= algo::MAX_COST {
                     // This denial is a strike; the one over budget starts a ban.
                     if abuse::strike(pen, view.word(off), now).b == 0 {
                         let ban = abuse::ban(pen, view.word(off + 1), now);
