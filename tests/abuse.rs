@@ -13,6 +13,20 @@ fn engine() -> Engine {
     .unwrap()
 }
 
+/// Two engines on one new shared file (think: two worker processes).
+fn two_engines_on_one_file(name: &str) -> (std::path::PathBuf, Engine, Engine) {
+    let path = std::env::temp_dir().join(format!("rk-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let opts = EngineOptions {
+        shared_max_bytes: 16 << 20,
+        capacity: 1024,
+        ..Default::default()
+    };
+    let a = Engine::open_shared(&path, opts.clone()).unwrap();
+    let b = Engine::open_shared(&path, opts).unwrap();
+    (path, a, b)
+}
+
 /// Login protection: 5/minute; 3 denials within 10 minutes ban for 15
 /// minutes, doubling up to 4 hours.
 fn login_options() -> PolicyOptions {
@@ -161,15 +175,7 @@ fn shadow_mode_passes_every_request_but_counts_and_flags_would_be_denials() {
 
 #[test]
 fn a_shared_policy_must_be_asked_for_with_the_same_abuse_options() {
-    let path = std::env::temp_dir().join(format!("rk-abuse-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let opts = EngineOptions {
-        shared_max_bytes: 16 << 20,
-        capacity: 1024,
-        ..Default::default()
-    };
-    let a = Engine::open_shared(&path, opts.clone()).unwrap();
-    let b = Engine::open_shared(&path, opts).unwrap();
+    let (path, a, b) = two_engines_on_one_file("abuse");
     let pa = a
         .add_policy_with("login", "5/minute", login_options())
         .unwrap();
@@ -245,15 +251,7 @@ fn an_override_outlives_the_eviction_of_its_key() {
 
 #[test]
 fn an_override_set_in_one_process_is_seen_by_every_process_of_the_file() {
-    let path = std::env::temp_dir().join(format!("rk-override-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let opts = EngineOptions {
-        shared_max_bytes: 16 << 20,
-        capacity: 1024,
-        ..Default::default()
-    };
-    let a = Engine::open_shared(&path, opts.clone()).unwrap();
-    let b = Engine::open_shared(&path, opts).unwrap();
+    let (path, a, b) = two_engines_on_one_file("override");
     let pa = a.add_policy("api", "gcra 2/second burst 2").unwrap();
     let pb = b.add_policy("api", "2/second").unwrap();
     a.set_override(pa, b"key:p", 3.0).unwrap();

@@ -34,6 +34,19 @@ fn word_and_intent_fields_round_trip_through_their_bit_layout() {
     assert_ne!(e & PENDING, 0);
 }
 
+/// Commits a transaction on bucket 0 the way `transact` does, but without
+/// applying it: a writer that dies right after its commit point.
+fn commit_only(t: &Table, op: u8, slot: usize, cost: u64, arg: u64) -> u128 {
+    let b = t.bucket(0);
+    let snap = t.snapshot(b);
+    let s1 = snap.seq.wrapping_add(1);
+    let idx = (s1 & 1) as usize;
+    let expected = if idx == 0 { snap.e0 } else { snap.e1 };
+    let e = intent(s1, op, slot, cost, arg);
+    b[idx].compare_exchange(expected, e).unwrap();
+    e
+}
+
 /// A writer that dies right after its commit point (the intent CAS) leaves
 /// a pending transaction; the next operation on the bucket completes it.
 #[test]
@@ -41,16 +54,9 @@ fn a_transaction_abandoned_after_its_commit_is_completed_by_the_next_caller() {
     let t = table("sliding_log 3/minute; 10/hour", 1);
     let h = 42;
     assert!(verdict(t.check(h, 1, S, true)).allowed);
-    let b = t.bucket(0);
-    let snap = t.snapshot(b);
-    let j = t.find(b, h).unwrap();
+    let j = t.find(t.bucket(0), h).unwrap();
     // Commit a charge of 1 at 2 s, then "die" before writing any word.
-    let s1 = snap.seq.wrapping_add(1);
-    let idx = (s1 & 1) as usize;
-    let expected = if idx == 0 { snap.e0 } else { snap.e1 };
-    b[idx]
-        .compare_exchange(expected, intent(s1, OP_CHARGE, j, 1, 2 * S))
-        .unwrap();
+    commit_only(&t, OP_CHARGE, j, 1, 2 * S);
     // The next caller helps: two entries are recorded, so one more fits.
     let v = verdict(t.check(h, 1, 3 * S, true));
     assert!(v.allowed);
@@ -66,13 +72,8 @@ fn a_transaction_abandoned_halfway_is_completed_exactly_once() {
     let h = 9;
     assert!(verdict(t.check(h, 1, S, true)).allowed);
     let b = t.bucket(0);
-    let snap = t.snapshot(b);
     let j = t.find(b, h).unwrap();
-    let s1 = snap.seq.wrapping_add(1);
-    let idx = (s1 & 1) as usize;
-    let expected = if idx == 0 { snap.e0 } else { snap.e1 };
-    let e = intent(s1, OP_CHARGE, j, 2, S);
-    b[idx].compare_exchange(expected, e).unwrap();
+    let e = commit_only(&t, OP_CHARGE, j, 2, S);
     // Write only the first limit's word, as the dying writer would have.
     let words = t.slot_words(b, j);
     let l0 = t.layout.limits[0];
