@@ -260,6 +260,7 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
+            // Relaxed: a figure for display only.
             .field("policies", &self.count.load(Ordering::Relaxed))
             .field("capacity", &self.options.capacity)
             .finish()
@@ -354,6 +355,7 @@ impl Engine {
             return self.add_shared(map, name, parsed, capacity, options);
         }
         let _guard = self.add_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Acquire: policies below the count are set (pairs with the Release below).
         let n = self.count.load(Ordering::Acquire) as usize;
         for (i, slot) in self.policies[..n].iter().enumerate() {
             let p = slot.get().expect("policies below count are set");
@@ -481,6 +483,7 @@ impl Engine {
             options,
         };
         let _ = self.policies[i].set(policy);
+        // AcqRel: publishes the policy just set, like the Release in add_policy.
         self.count.fetch_max(i as u32 + 1, Ordering::AcqRel);
         Ok(PolicyId(i as u32))
     }
@@ -501,6 +504,7 @@ impl Engine {
                 .filter_map(|i| self.attach(map, i).ok())
                 .collect();
         }
+        // Acquire: pairs with the Release that published each policy.
         (0..self.count.load(Ordering::Acquire))
             .map(PolicyId)
             .collect()

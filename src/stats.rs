@@ -70,6 +70,7 @@ impl RegionHead {
     pub fn sum(&self, c: Counter) -> u64 {
         self.shards
             .iter()
+            // Relaxed: statistics; a sum may miss increments in flight.
             .map(|s| s.counts[c as usize].load(Ordering::Relaxed))
             .fold(0u64, u64::wrapping_add)
     }

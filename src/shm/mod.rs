@@ -343,6 +343,7 @@ impl Mapping {
                 "{p}: allocated size {used} is outside the file"
             )));
         }
+        // Acquire: entries below the count are complete (see `add_entry`).
         let n = h.policy_count.load(Ordering::Acquire) as usize;
         if n > MAX_SHARED_POLICIES {
             return Err(Error::Corrupt(format!(
