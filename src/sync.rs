@@ -1,7 +1,8 @@
-//! The one place atomics come from: std's normally, loom's under `--cfg loom`.
-//!
-//! Besides re-exporting the 64-bit atomics, this module provides
-//! [`Atomic128`], the 16-byte atomic word every table slot is made of.
+//! The atomics of the table: [`Atomic128`], the 16-byte word every table
+//! slot is made of (a loom model under `--cfg loom`), plus aliases for the
+//! std atomics of memory that loom does not model (futex words, counters and
+//! headers shared with other processes). The deny-event ring takes loom's
+//! 64-bit atomics under `--cfg loom` itself (`src/events.rs`).
 //! On x86_64 it is a `lock cmpxchg16b` for compare-and-swap and an aligned
 //! `movdqa` for loads (atomic on every processor that enumerates AVX, per
 //! the Intel SDM vol. 3A §9.1.1 and AMD APM vol. 2 §7.3.2; the engine checks
