@@ -777,6 +777,22 @@ rk_status rk_reset(struct rk_engine *engine,
                    size_t key_len);
 
 /**
+ * `rk_reset` that also says whether the key held any state (was below its
+ * full quota, banned, or holding permits) before the reset:
+ * `*had_state_out` (may be NULL) is written on success.
+ *
+ * Key rules, threading and errors as for `rk_check` (any kind of policy).
+ *
+ * # Safety
+ * As for `rk_reset`; `had_state_out` is NULL or valid for writing a `bool`.
+ */
+rk_status rk_reset_key(struct rk_engine *engine,
+                       uint32_t policy,
+                       const uint8_t *key,
+                       size_t key_len,
+                       bool *had_state_out);
+
+/**
  * Fills `*opts` with every default and sets `opts->struct_size` to
  * `sizeof(rk_engine_options)`. Call it before changing any field.
  *
@@ -857,6 +873,19 @@ const char *rk_version(void);
  * Thread-safe.
  */
 uint64_t rk_now_ns(void);
+
+/**
+ * The time the engine's own clock reads now (the one `rk_check` uses:
+ * `CLOCK_MONOTONIC_COARSE` unless the options chose otherwise), written to
+ * `*now_out`. Use it to make `*_at` calls consistent with `rk_check`.
+ * Thread-safe.
+ *
+ * # Safety
+ * `engine` is NULL or a live engine; `now_out` is NULL or valid for
+ * writing a `uint64_t`.
+ */
+rk_status rk_engine_now_ns(struct rk_engine *engine,
+                           uint64_t *now_out);
 
 /**
  * Copies the recent denials of `policy` with a ticket of at least `since`

@@ -561,3 +561,34 @@ pub unsafe extern "C" fn rk_reset(
         Ok(())
     })
 }
+
+/// `rk_reset` that also says whether the key held any state (was below its
+/// full quota, banned, or holding permits) before the reset:
+/// `*had_state_out` (may be NULL) is written on success.
+///
+/// Key rules, threading and errors as for `rk_check` (any kind of policy).
+///
+/// # Safety
+/// As for `rk_reset`; `had_state_out` is NULL or valid for writing a `bool`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_reset_key(
+    engine: *mut rk_engine,
+    policy: u32,
+    key: *const u8,
+    key_len: usize,
+    had_state_out: *mut bool,
+) -> rk_status {
+    boundary::run("rk_reset_key", || {
+        // SAFETY: forwarded from this function's contract.
+        let engine = unsafe { args::engine(engine)? };
+        // SAFETY: forwarded from this function's contract.
+        let key = unsafe { args::key(key, key_len)? };
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { Out::optional(had_state_out, "had_state_out")? };
+        let had_state = engine.reset(PolicyId(policy), key)?;
+        if let Some(out) = out {
+            out.write(had_state);
+        }
+        Ok(())
+    })
+}

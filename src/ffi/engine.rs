@@ -245,3 +245,23 @@ pub extern "C" fn rk_version() -> *const c_char {
 pub extern "C" fn rk_now_ns() -> u64 {
     boundary::run_infallible("rk_now_ns", 0, crate::clock::now_ns)
 }
+
+/// The time the engine's own clock reads now (the one `rk_check` uses:
+/// `CLOCK_MONOTONIC_COARSE` unless the options chose otherwise), written to
+/// `*now_out`. Use it to make `*_at` calls consistent with `rk_check`.
+/// Thread-safe.
+///
+/// # Safety
+/// `engine` is NULL or a live engine; `now_out` is NULL or valid for
+/// writing a `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_engine_now_ns(engine: *mut rk_engine, now_out: *mut u64) -> rk_status {
+    boundary::run("rk_engine_now_ns", || {
+        // SAFETY: forwarded from this function's contract.
+        let engine = unsafe { args::engine(engine)? };
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { Out::new(now_out, "now_out")? };
+        out.write(engine.now_ns());
+        Ok(())
+    })
+}

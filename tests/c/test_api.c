@@ -359,6 +359,23 @@ static void test_checks(void) {
     CHECK_OK(rk_peek_at(engine, login, KEY("r"), 1, now, &d));
     CHECK(d.remaining == 4);
     CHECK_OK(rk_reset(engine, login, KEY("never-seen")));
+    /* rk_reset_key says whether there was anything to reset */
+    bool had_state = false;
+    CHECK_OK(rk_check_at(engine, login, KEY("rk"), 1, now, &d));
+    CHECK_OK(rk_reset_key(engine, login, KEY("rk"), &had_state));
+    CHECK(had_state);
+    CHECK_OK(rk_reset_key(engine, login, KEY("rk"), &had_state));
+    CHECK(!had_state);
+    CHECK_OK(rk_reset_key(engine, login, KEY("rk"), NULL)); /* had_state_out is optional */
+    CHECK_STATUS(rk_reset_key(NULL, login, KEY("rk"), &had_state), RK_ERR_NULL_POINTER);
+    CHECK_STATUS(rk_reset_key(engine, login, NULL, 2, &had_state), RK_ERR_NULL_KEY);
+    CHECK_STATUS(rk_reset_key(engine, 42, KEY("rk"), &had_state), RK_ERR_UNKNOWN_POLICY);
+    /* the engine's own clock: the coarse clock never runs ahead of rk_now_ns */
+    uint64_t engine_now = 0;
+    CHECK_OK(rk_engine_now_ns(engine, &engine_now));
+    CHECK(engine_now > 0 && engine_now <= rk_now_ns());
+    CHECK_STATUS(rk_engine_now_ns(engine, NULL), RK_ERR_NULL_POINTER);
+    CHECK_STATUS(rk_engine_now_ns(NULL, &engine_now), RK_ERR_NULL_POINTER);
 
     /* the engine clock (on another engine: mixing real and explicit times
      * in one table would let expired entries be reclaimed at random) */
@@ -418,7 +435,7 @@ static void test_checks(void) {
     /* statistics */
     rk_stats stats;
     CHECK_OK(rk_policy_stats(engine, login, &stats));
-    CHECK(stats.allowed == 11 && stats.denied == 3);
+    CHECK(stats.allowed == 12 && stats.denied == 3);
     /* keys with state: the ip, "", "a", the binary key (peeks, the refund
      * of an unseen key and uncharged requests, such as "cost"'s, create
      * none; reset removed "r") */

@@ -863,29 +863,19 @@ class Policy(_CheckerBase):
         """Forgets everything about ``key`` (for a concurrency policy, drops
         its permits): its quota is full again.
 
-        Returns whether the key was below its full quota before (read with a
-        peek just before the reset: the C ABI's ``rk_reset`` does not report
-        whether the key held state).
+        Returns whether the key held any state (was below its full quota,
+        banned, or holding permits) just before the reset.
         """
         k = _key_bytes(key)
-        try:
-            before = self.peek(k, 0)
-            if self.is_concurrency:  # its peek reports "after taking one permit"
-                had_state = before.remaining + 1 < before.limit
-            else:
-                had_state = before.remaining < before.limit or before.reset_after_ns > 0
-        except EngineClosed:
-            raise
-        except RatekeeperError:
-            had_state = True
+        had_state = ffi.new("bool *")
         ptr = self._engine._enter()
         try:
-            st = lib.rk_reset(ptr, self.id, k, len(k))
+            st = lib.rk_reset_key(ptr, self.id, k, len(k), had_state)
             if st:
                 _raise(st)
         finally:
             self._engine._leave()
-        return had_state
+        return bool(had_state[0])
 
     def stats(self) -> Stats:
         """Counters (allowed, denied, shadow_denied, banned, bans, evictions,
