@@ -39,7 +39,12 @@ fn add_check_stats_reset_and_policies_work_end_to_end_with_shell_exit_codes() {
     assert_eq!(code, 0);
     let row = out.lines().find(|l| l.starts_with("login")).unwrap();
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cols[1..6], &["2", "1", "0", "0", "1/1024"], "{row}");
+    // allowed, denied, shadow, banned, bans, evictions, table_full, occupancy
+    assert_eq!(
+        &cols[1..9],
+        &["2", "1", "0", "0", "0", "0", "0", "1/1024"],
+        "{row}"
+    );
     let (_, out, _) = rk(&["stats", "--json", &p]);
     assert!(
         out.contains("\"policy\":\"login\"")

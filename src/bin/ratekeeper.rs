@@ -166,8 +166,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let e = open(&path)?;
             if !json {
                 println!(
-                    "{:<20} {:>12} {:>12} {:>10} {:>10} {:>21}  limits",
-                    "policy", "allowed", "denied", "evictions", "table_full", "occupancy"
+                    "{:<20} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>21}  limits",
+                    "policy",
+                    "allowed",
+                    "denied",
+                    "shadow",
+                    "banned",
+                    "bans",
+                    "evictions",
+                    "table_full",
+                    "occupancy"
                 );
             }
             for p in e.policies() {
@@ -176,15 +184,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 let s = e.stats(p).map_err(|e| e.to_string())?;
                 if json {
                     println!(
-                        "{{\"policy\":{},\"limits\":{},\"allowed\":{},\"denied\":{},\"evictions\":{},\"table_full\":{},\"occupancy\":{},\"capacity\":{}}}",
-                        json_str(name), json_str(&spec), s.allowed, s.denied, s.evictions, s.table_full, s.occupancy, s.capacity
+                        "{{\"policy\":{},\"limits\":{},\"allowed\":{},\"denied\":{},\"shadow_denied\":{},\"banned\":{},\"bans\":{},\"evictions\":{},\"table_full\":{},\"occupancy\":{},\"capacity\":{}}}",
+                        json_str(name), json_str(&spec), s.allowed, s.denied, s.shadow_denied, s.banned, s.bans, s.evictions, s.table_full, s.occupancy, s.capacity
                     );
                 } else {
                     println!(
-                        "{:<20} {:>12} {:>12} {:>10} {:>10} {:>21}  {}",
+                        "{:<20} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>21}  {}",
                         name,
                         s.allowed,
                         s.denied,
+                        s.shadow_denied,
+                        s.banned,
+                        s.bans,
                         s.evictions,
                         s.table_full,
                         format!("{}/{}", s.occupancy, s.capacity),
