@@ -294,6 +294,21 @@ impl Engine {
     /// Creates or attaches the shared engine backed by the file at `path`
     /// (normally under `/dev/shm`): every process that opens the same path
     /// enforces the same limits together.
+    ///
+    /// # Examples
+    /// ```
+    /// use ratekeeper::{Engine, EngineOptions};
+    /// let path = std::env::temp_dir().join(format!("rk-doc-{}", std::process::id()));
+    /// let worker_1 = Engine::open_shared(&path, EngineOptions::default())?;
+    /// let worker_2 = Engine::open_shared(&path, EngineOptions::default())?;
+    /// let a = worker_1.add_policy("upload", "2/minute")?;
+    /// let b = worker_2.add_policy("upload", "2/minute")?;
+    /// assert!(worker_1.check_at(a, b"ip", 1, 1).allowed);
+    /// assert!(worker_2.check_at(b, b"ip", 1, 1).allowed);
+    /// assert!(!worker_1.check_at(a, b"ip", 1, 1).allowed); // one limit for both
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
     pub fn open_shared(
         path: impl AsRef<std::path::Path>,
         options: EngineOptions,
@@ -560,6 +575,19 @@ impl Engine {
     ///
     /// # Panics
     /// If `policy` does not belong to this engine.
+    ///
+    /// # Examples
+    /// ```
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let api = engine.add_policy("api", "2/second")?;
+    /// let t = 1_000_000_000;
+    /// assert!(engine.check_at(api, b"k", 1, t).allowed);
+    /// assert!(engine.check_at(api, b"k", 1, t).allowed);
+    /// let d = engine.check_at(api, b"k", 1, t);
+    /// assert!(!d.allowed);
+    /// assert_eq!(d.retry_after_ns, 500_000_000); // one token every half second
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
     #[inline]
     pub fn check_at(&self, policy: PolicyId, key: &[u8], cost: u32, now_ns: u64) -> Decision {
         let Some(p) = self.policies.get(policy.0 as usize).and_then(OnceLock::get) else {
@@ -601,6 +629,23 @@ impl Engine {
     /// charged are refunded and the batch is denied. Across different keys
     /// that is the strongest guarantee a lock-free engine can give: a charge
     /// may be visible to other requests for that instant.
+    ///
+    /// # Examples
+    /// ```
+    /// use ratekeeper::CheckItem;
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let per_ip = engine.add_policy("ip", "100/minute")?;
+    /// let per_key = engine.add_policy("key", "1/minute")?;
+    /// let request = [
+    ///     CheckItem { policy: per_ip, key: b"203.0.113.7", cost: 1 },
+    ///     CheckItem { policy: per_key, key: b"key:alice", cost: 1 },
+    /// ];
+    /// assert!(engine.check_many_at(&request, 1)?.0.allowed);
+    /// let (d, binding) = engine.check_many_at(&request, 1)?;
+    /// assert!(!d.allowed && binding == 1);
+    /// assert_eq!(engine.peek_at(per_ip, b"203.0.113.7", 1, 1)?.remaining, 98); // charged once
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
     pub fn check_many_at(
         &self,
         items: &[CheckItem<'_>],
@@ -691,6 +736,15 @@ impl Engine {
     }
 
     /// [`peek`](Self::peek) at an explicit time.
+    ///
+    /// # Examples
+    /// ```
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let p = engine.add_policy("p", "3/minute")?;
+    /// assert_eq!(engine.peek_at(p, b"k", 1, 1)?.remaining, 2);
+    /// assert_eq!(engine.peek_at(p, b"k", 1, 1)?.remaining, 2); // nothing was charged
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
     pub fn peek_at(
         &self,
         policy: PolicyId,
@@ -799,6 +853,20 @@ impl Engine {
     /// Recent denials of a policy (also shadow-mode would-be denials), oldest
     /// first: those with a ticket of at least `since` still in the ring (it
     /// keeps the last 512). Follow a policy by passing the last ticket + 1.
+    ///
+    /// # Examples
+    /// ```
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let p = engine.add_policy("p", "1/minute")?;
+    /// engine.check_at(p, b"k", 1, 1);
+    /// engine.check_at(p, b"k", 1, 2);
+    /// let events = engine.recent_denials(p, 0)?;
+    /// assert_eq!(events.len(), 1);
+    /// assert_eq!((events[0].time_ns, events[0].retry_after_ns), (2, 59_999_999_999));
+    /// // Follow: ask for what came after the last ticket seen.
+    /// assert!(engine.recent_denials(p, events[0].ticket + 1)?.is_empty());
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
     pub fn recent_denials(&self, policy: PolicyId, since: u64) -> Result<Vec<DenyEvent>, Error> {
         Ok(self.get(policy)?.ring().read(since))
     }
@@ -811,6 +879,19 @@ impl Engine {
     }
 
     /// [`refund`](Self::refund) at an explicit time.
+    ///
+    /// # Examples
+    /// ```
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let login = engine.add_policy("login", "3/minute")?;
+    /// let d = engine.check_at(login, b"user:ann", 1, 1);
+    /// let password_ok = true;
+    /// if d.allowed && password_ok {
+    ///     engine.refund_at(login, b"user:ann", 1, 1)?; // only failures count
+    /// }
+    /// assert_eq!(engine.peek_at(login, b"user:ann", 1, 1)?.remaining, 2);
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
     pub fn refund_at(
         &self,
         policy: PolicyId,
@@ -830,6 +911,17 @@ impl Engine {
 
     /// Forgets everything about `key` under `policy` (its quota is full
     /// again). Returns false if the key held no state.
+    ///
+    /// # Examples
+    /// ```
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let p = engine.add_policy("p", "1/hour")?;
+    /// engine.check_at(p, b"k", 1, 1);
+    /// assert!(!engine.check_at(p, b"k", 1, 1).allowed);
+    /// assert!(engine.reset(p, b"k")?);
+    /// assert!(engine.check_at(p, b"k", 1, 1).allowed);
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
     pub fn reset(&self, policy: PolicyId, key: &[u8]) -> Result<bool, Error> {
         let p = self.get(policy)?;
         Ok(p.table.reset(Self::hash(p, key)))
@@ -874,6 +966,19 @@ impl Engine {
 
     /// [`acquire`](Self::acquire), waiting up to `timeout` for a permit to
     /// be released or to expire. Sleeps (on a futex), never spins.
+    ///
+    /// # Examples
+    /// ```
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let reports = engine.add_policy("reports", "concurrency 1")?;
+    /// let (_, permit) = engine.acquire(reports, b"user:1")?;
+    /// let permit = permit.expect("free");
+    /// // Taken: a short wait times out (no permit, denied decision).
+    /// let (d, none) = engine.acquire_timeout(reports, b"user:1", std::time::Duration::from_millis(5))?;
+    /// assert!(!d.allowed && none.is_none());
+    /// assert!(engine.release(&permit)?);
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
     pub fn acquire_timeout(
         &self,
         policy: PolicyId,
@@ -981,6 +1086,17 @@ impl Engine {
     }
 
     /// The policy's counters (summed over shards) and occupancy.
+    ///
+    /// # Examples
+    /// ```
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let p = engine.add_policy("p", "1/minute")?;
+    /// engine.check_at(p, b"k", 1, 1);
+    /// engine.check_at(p, b"k", 1, 1);
+    /// let s = engine.stats(p)?;
+    /// assert_eq!((s.allowed, s.denied, s.occupancy), (1, 1, 1));
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
     pub fn stats(&self, policy: PolicyId) -> Result<Stats, Error> {
         let p = self.get(policy)?;
         Ok(Stats {

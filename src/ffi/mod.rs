@@ -16,7 +16,7 @@
 //!
 //! The plumbing lives in private modules: `boundary` (the panic boundary
 //! and the thread-local last-error message) and `args` (turning C pointers
-//! into Rust references and slices, each check reported as a [`Failure`]).
+//! into Rust references and slices, each check reported as a `Failure`).
 //!
 //! Conventions, which every function's documentation repeats where it matters:
 //!
