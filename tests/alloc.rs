@@ -63,12 +63,48 @@ fn a_million_checks_over_100k_keys_allocate_nothing() {
         "sliding_log 5/second",
         "10/second;1000/hour",
     ];
-    let ids: Vec<_> = specs
+    let mut buf = [0u8; 24];
+    let mut ids: Vec<_> = specs
         .iter()
         .enumerate()
         .map(|(i, s)| engine.add_policy(&format!("p{i}"), s).unwrap())
         .collect();
-    let mut buf = [0u8; 24];
+    // Abuse control on the hot path too: denials that strike and ban, shadow
+    // denials, retry jitter, keys with overrides, the deny-event ring.
+    let abuse = engine
+        .add_policy_with(
+            "abuse",
+            "2/second; fixed_window 50/minute",
+            ratekeeper::PolicyOptions {
+                penalty: Some(ratekeeper::Penalty {
+                    strikes: 3,
+                    window_ns: 10_000_000_000,
+                    ban_ns: 1_000_000_000,
+                    max_ban_ns: 8_000_000_000,
+                }),
+                retry_jitter_ns: 1_000_000,
+                record_keys: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let shadow = engine
+        .add_policy_with(
+            "shadow",
+            "1/second",
+            ratekeeper::PolicyOptions {
+                shadow: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // 1,000 keys with overrides (the override table holds 1,024).
+    for i in (0..100_000).step_by(100) {
+        let n = key(&mut buf, i);
+        engine.set_override(abuse, &buf[..n], 3.0).unwrap();
+    }
+    ids.push(abuse);
+    ids.push(shadow);
     // Warm-up: touch every key once (thread-locals, first page faults).
     for &p in &ids {
         for i in 0..100_000 {
@@ -90,4 +126,8 @@ fn a_million_checks_over_100k_keys_allocate_nothing() {
     let after = ALLOCATIONS.load(Ordering::Relaxed);
     assert!(allowed > 0);
     assert_eq!(after - before, 0, "allocations on the hot path");
+    // The abuse-control paths did run during the measured loop.
+    let a = engine.stats(abuse).unwrap();
+    assert!(a.bans > 0 && a.banned > 0 && a.denied > 0, "{a:?}");
+    assert!(engine.stats(shadow).unwrap().shadow_denied > 0);
 }
