@@ -134,18 +134,27 @@ fn tail_prints_recent_denials_and_follow_prints_new_ones() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
+    // Read lines on a thread, so that a missing line fails the test
+    // instead of hanging it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || rx.recv_timeout(std::time::Duration::from_secs(20));
     for _ in 0..2 {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
+        next().expect("the two earlier denials");
     }
     rk(&["check", &p, "login", "ip:2"]);
     rk(&["check", &p, "login", "ip:2"]);
-    line.clear();
-    reader.read_line(&mut line).unwrap();
+    let line = next();
     child.kill().unwrap();
     child.wait().unwrap();
+    let line = line.expect("tail --follow printed the new denial");
     assert!(
         line.contains(" login #") && line.contains(" denied "),
         "{line}"

@@ -132,7 +132,7 @@ fn child_entry() {
             let pol = e.add_policy("slot", "concurrency 1 ttl 1 minute").unwrap();
             let (_, permit) = e.acquire(pol, b"report").unwrap();
             println!("HELD");
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::thread::sleep(std::time::Duration::from_millis(1500));
             assert!(e.release(&permit.unwrap()).unwrap());
             println!("RESULT released");
         }
