@@ -659,6 +659,15 @@ impl Engine {
         let mut best: Option<(Decision, usize)> = None;
         // Items (of the first 64) that deny: each such denial is a strike.
         let mut denied = 0u64;
+        // Each key is hashed once (the first 64 items' hashes are kept).
+        let mut hashes = [0u64; 64];
+        let hash_of = |hashes: &[u64; 64], i: usize, p: &Policy, key: &[u8]| {
+            if i < 64 {
+                hashes[i]
+            } else {
+                Self::hash(p, key)
+            }
+        };
         let better = |d: &Decision, b: &Decision| match (d.allowed, b.allowed) {
             (false, true) => true,
             (true, false) => false,
@@ -673,7 +682,20 @@ impl Engine {
                     p.name
                 )));
             }
-            let d = self.peek_at(it.policy, it.key, it.cost, now_ns)?;
+            let h = Self::hash(p, it.key);
+            if i < 64 {
+                hashes[i] = h;
+            }
+            let (cost, key) = (it.cost as u64, it.key);
+            let d = Self::conclude(
+                p,
+                p.table.check(h, cost, now_ns, false),
+                key,
+                h,
+                cost,
+                now_ns,
+                false,
+            );
             if !d.allowed && i < 64 {
                 denied |= 1 << i;
             }
@@ -686,14 +708,19 @@ impl Engine {
             // Count the denial against the binding item only.
             let p = self.get(items[i].policy)?;
             p.head().add(Counter::Denied, 1);
+            Self::record(
+                p,
+                &d,
+                items[i].key,
+                hash_of(&hashes, i, p, items[i].key),
+                now_ns,
+            );
             // A strike that starts a ban makes the ban the batch's answer.
-            Self::record(p, &d, items[i].key, Self::hash(p, items[i].key), now_ns);
             let mut answer = (d, i);
             for (j, it) in items.iter().enumerate().take(64) {
                 let p = self.get(it.policy)?;
                 if denied >> j & 1 == 1 && p.table.layout.penalty.is_some() {
-                    let h = Self::hash(p, it.key);
-                    let outcome = p.table.strike_if_denied(h, it.cost as u64, now_ns);
+                    let outcome = p.table.strike_if_denied(hashes[j], it.cost as u64, now_ns);
                     if let Outcome::Decided { verdict, .. } = outcome {
                         if verdict.new_ban {
                             p.head().add(Counter::Bans, 1);
@@ -711,10 +738,22 @@ impl Engine {
         }
         let mut best: Option<(Decision, usize)> = None;
         for (i, it) in items.iter().enumerate() {
-            let d = self.check_at(it.policy, it.key, it.cost, now_ns);
+            let p = self.get(it.policy)?;
+            let (h, cost, key) = (hash_of(&hashes, i, p, it.key), it.cost as u64, it.key);
+            let d = Self::conclude(
+                p,
+                p.table.check(h, cost, now_ns, true),
+                key,
+                h,
+                cost,
+                now_ns,
+                true,
+            );
             if !d.allowed {
-                for done in &items[..i] {
-                    self.refund_at(done.policy, done.key, done.cost, now_ns)?;
+                for (j, done) in items[..i].iter().enumerate() {
+                    let p = self.get(done.policy)?;
+                    p.table
+                        .refund(hash_of(&hashes, j, p, done.key), done.cost as u64, now_ns);
                 }
                 return Ok((d, i));
             }
