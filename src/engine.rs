@@ -9,7 +9,7 @@ use crate::policy::{self, PolicySpec};
 use crate::shm::{self, Mapping};
 use crate::stats::{Counter, RegionHead, Stats, HEAD_UNITS};
 use crate::table::memory::Memory;
-use crate::table::{Layout, Lease, Outcome, Table, Verdict, WhenFull};
+use crate::table::{binds_over, Layout, Lease, Outcome, Table, Verdict, WhenFull};
 use crate::Error;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -668,11 +668,11 @@ impl Engine {
                 Self::hash(p, key)
             }
         };
-        let better = |d: &Decision, b: &Decision| match (d.allowed, b.allowed) {
-            (false, true) => true,
-            (true, false) => false,
-            (false, false) => d.retry_after_ns > b.retry_after_ns,
-            (true, true) => d.remaining < b.remaining,
+        let better = |d: &Decision, b: &Decision| {
+            binds_over(
+                (d.allowed, d.remaining, d.retry_after_ns),
+                (b.allowed, b.remaining, b.retry_after_ns),
+            )
         };
         for (i, it) in items.iter().enumerate() {
             let p = self.get(it.policy)?;

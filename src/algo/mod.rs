@@ -124,7 +124,11 @@ impl LimitParams {
     /// override for one key). `gcra`, `fixed_window` and `sliding_window`
     /// scale their count and burst (at least 1); `sliding_log` and
     /// `concurrency` keep theirs, since their state has one word per unit.
+    /// A factor of 0 means "no override": the limit as it is.
     pub fn scaled(&self, factor_milli: u32) -> LimitParams {
+        if factor_milli == 0 {
+            return *self;
+        }
         let scale =
             |n: u64| ((n as u128 * factor_milli as u128) / 1000).clamp(1, u32::MAX as u128) as u64;
         match self.algorithm {
@@ -182,6 +186,28 @@ pub(crate) fn evaluate(l: &LimitParams, w: &(impl Words + ?Sized), cost: u64, no
         Algorithm::SlidingWindow => sliding_window::evaluate(l, w.word(0), cost, now),
         Algorithm::SlidingLog => sliding_log::evaluate(l, w, cost, now),
         Algorithm::Concurrency => concurrency::evaluate(l, w, now),
+    }
+}
+
+/// A one-word limit's state after charging `cost` at `now` (the other
+/// algorithms keep several words; their transactions write them).
+#[inline]
+pub(crate) fn charge_word(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
+    match l.algorithm {
+        Algorithm::Gcra => gcra::charge(l, p, cost, now),
+        Algorithm::FixedWindow => fixed_window::charge(l, p, cost, now),
+        Algorithm::SlidingWindow => sliding_window::charge(l, p, cost, now),
+        Algorithm::SlidingLog | Algorithm::Concurrency => p,
+    }
+}
+
+/// A one-word limit's state after giving `cost` back at `now`.
+pub(crate) fn refund_word(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
+    match l.algorithm {
+        Algorithm::Gcra => gcra::refund(l, p, cost, now),
+        Algorithm::FixedWindow => fixed_window::refund(l, p, cost, now),
+        Algorithm::SlidingWindow => sliding_window::refund(l, p, cost, now),
+        Algorithm::SlidingLog | Algorithm::Concurrency => p,
     }
 }
 

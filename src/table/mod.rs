@@ -227,6 +227,20 @@ pub(crate) struct Lease {
 
 /// Combines per-limit verdicts: a denial binds by largest retry-after, an
 /// allow by fewest remaining; ties go to the lowest index.
+/// The binding rule, for the limits of a policy and for the items of a
+/// batch: does `a` (allowed, remaining, retry-after) bind over the current
+/// `b`? A denial binds over an allow; among denials the longest retry-after,
+/// among allows the fewest remaining; on a tie the earlier (`b`) stays.
+#[inline(always)]
+pub(crate) fn binds_over(a: (bool, u64, u64), b: (bool, u64, u64)) -> bool {
+    match (a.0, b.0) {
+        (false, true) => true,
+        (true, false) => false,
+        (false, false) => a.2 > b.2,
+        (true, true) => a.1 < b.1,
+    }
+}
+
 fn combine(
     limits: &[LimitParams],
     mut eval: impl FnMut(usize, &LimitParams) -> algo::Eval,
@@ -237,12 +251,10 @@ fn combine(
         let e = eval(i, l);
         let better = match &best {
             None => true,
-            Some((_, b)) => match (e.allowed, allowed) {
-                (false, true) => true,
-                (true, false) => false,
-                (false, false) => e.retry_after_ns > b.retry_after_ns,
-                (true, true) => e.remaining < b.remaining,
-            },
+            Some((_, b)) => binds_over(
+                (e.allowed, e.remaining, e.retry_after_ns),
+                (b.allowed, b.remaining, b.retry_after_ns),
+            ),
         };
         allowed &= e.allowed;
         if better {
@@ -590,16 +602,13 @@ impl Table {
         now: u64,
     ) -> bool {
         let w = &words[l.offset..l.offset + l.words()];
-        let single = |f: fn(&LimitParams, Payload, u64, u64) -> Payload| {
-            Self::write(b, &w[0], e, |p| f(l, p, cost, now)).is_some()
-        };
         match (l.algorithm, refund) {
-            (Algorithm::Gcra, false) => single(algo::gcra::charge),
-            (Algorithm::Gcra, true) => single(algo::gcra::refund),
-            (Algorithm::FixedWindow, false) => single(algo::fixed_window::charge),
-            (Algorithm::FixedWindow, true) => single(algo::fixed_window::refund),
-            (Algorithm::SlidingWindow, false) => single(algo::sliding_window::charge),
-            (Algorithm::SlidingWindow, true) => single(algo::sliding_window::refund),
+            (Algorithm::Gcra | Algorithm::FixedWindow | Algorithm::SlidingWindow, false) => {
+                Self::write(b, &w[0], e, |p| algo::charge_word(l, p, cost, now)).is_some()
+            }
+            (Algorithm::Gcra | Algorithm::FixedWindow | Algorithm::SlidingWindow, true) => {
+                Self::write(b, &w[0], e, |p| algo::refund_word(l, p, cost, now)).is_some()
+            }
             (Algorithm::SlidingLog, _) => {
                 let n = l.count as usize;
                 let meta = Self::write(b, &w[0], e, |m| {
@@ -623,6 +632,7 @@ impl Table {
     #[inline(always)]
     fn with_limits<R>(&self, factor: u32, f: impl FnOnce(&[LimitParams]) -> R) -> R {
         if factor == 0 {
+            // The common case: no copy.
             return f(&self.layout.limits);
         }
         let mut buf = [self.layout.first; crate::policy::MAX_LIMITS];
@@ -688,16 +698,6 @@ impl Table {
         }
     }
 
-    /// Single-word policies: the state after charging.
-    #[inline(always)]
-    fn charge_single(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
-        match l.algorithm {
-            Algorithm::Gcra => algo::gcra::charge(l, p, cost, now),
-            Algorithm::FixedWindow => algo::fixed_window::charge(l, p, cost, now),
-            _ => algo::sliding_window::charge(l, p, cost, now),
-        }
-    }
-
     fn expiry(&self, b: &[Atomic128], j: usize, now: u64) -> u64 {
         let view = SlotView {
             words: self.slot_words(b, j),
@@ -741,50 +741,25 @@ impl Table {
         Victim::Live(j, e)
     }
 
-    /// Finds the slot of `h`, claiming one if `claim` and the key is new.
-    /// `Err(outcome)` when the operation ends without a slot.
-    fn locate(
-        &self,
-        b: &[Atomic128],
-        snap: &Snapshot,
-        h: u64,
-        now: u64,
-    ) -> Result<Option<usize>, Outcome> {
-        if let Some(j) = self.find(b, h) {
-            return Ok(Some(j));
-        }
-        let victim = self.choose_victim(b, h, now);
-        let (j, evicted) = match victim {
+    /// Claims a slot for `h`, absent from snapshot `snap`: a free slot, an
+    /// expired one, or (if the policy evicts) the live one expiring soonest.
+    /// `Err(outcome)` when the bucket is full and the policy does not evict.
+    /// `Ok(evicted)` says whether a live entry made room; the claim may also
+    /// have lost a race, and the caller simply looks again.
+    fn claim(&self, b: &[Atomic128], snap: &Snapshot, h: u64, now: u64) -> Result<bool, Outcome> {
+        let (j, evicted) = match self.choose_victim(b, h, now) {
             Victim::Empty(j) | Victim::Expired(j) => (j, false),
-            Victim::Live(j, exp) => match self.when_full {
-                WhenFull::Evict => (j, true),
-                _ => {
-                    if !Self::still(b, snap) {
-                        return Ok(None);
-                    }
-                    return Err(Outcome::Full {
-                        retry_after_ns: algo::until(exp, now),
-                    });
+            Victim::Live(j, _) if self.when_full == WhenFull::Evict => (j, true),
+            Victim::Live(_, exp) => {
+                if !Self::still(b, snap) {
+                    return Ok(false);
                 }
-            },
+                return Err(Outcome::Full {
+                    retry_after_ns: algo::until(exp, now),
+                });
+            }
         };
-        if self.transact(b, snap, OP_CLAIM, j, self.override_of(h) as u64, h) && evicted {
-            // Report the eviction through the next decision.
-            return Err(Outcome::Decided {
-                verdict: Verdict {
-                    allowed: false,
-                    limit: 0,
-                    remaining: 0,
-                    retry_after_ns: 0,
-                    reset_after_ns: 0,
-                    limit_index: u32::MAX,
-                    banned: false,
-                    new_ban: false,
-                },
-                evicted: true,
-            });
-        }
-        Ok(None)
+        Ok(self.transact(b, snap, OP_CLAIM, j, self.override_of(h) as u64, h) && evicted)
     }
 
     /// Checks (and if `charge`, charges) `cost` for key hash `h` at `now`;
@@ -824,10 +799,9 @@ impl Table {
                         }
                         return Outcome::Decided { verdict, evicted };
                     }
-                    match self.locate(b, &snap, h, now) {
-                        Ok(_) => continue,
-                        Err(Outcome::Decided { evicted: true, .. }) => {
-                            evicted = true;
+                    match self.claim(b, &snap, h, now) {
+                        Ok(e) => {
+                            evicted |= e;
                             continue;
                         }
                         Err(full) => return full,
@@ -836,11 +810,7 @@ impl Table {
             };
             let factor = payload(b[self.key_unit(j)].load()).a;
             if self.layout.single_word {
-                let l = if factor == 0 {
-                    self.layout.first
-                } else {
-                    self.layout.first.scaled(factor)
-                };
+                let l = self.layout.first.scaled(factor);
                 let unit = &self.slot_words(b, j)[0];
                 let cur = unit.load();
                 let verdict = self.decide_single(&l, payload(cur), cost, now);
@@ -850,7 +820,7 @@ impl Table {
                 if !charge || !verdict.allowed || cost == 0 {
                     return Outcome::Decided { verdict, evicted };
                 }
-                let new = Self::charge_single(&l, payload(cur), cost, now);
+                let new = algo::charge_word(&l, payload(cur), cost, now);
                 if unit.compare_exchange(cur, word(snap.seq, new)).is_ok() {
                     return Outcome::Decided { verdict, evicted };
                 }
@@ -928,23 +898,14 @@ impl Table {
             }
             if self.layout.single_word {
                 let unit = &self.slot_words(b, j)[0];
+                // The override is read inside the snapshot, like the state.
+                let factor = payload(b[self.key_unit(j)].load()).a;
                 let cur = unit.load();
                 if !Self::still(b, &snap) {
                     continue;
                 }
-                let factor = payload(b[self.key_unit(j)].load()).a;
-                let l = &if factor == 0 {
-                    self.layout.first
-                } else {
-                    self.layout.first.scaled(factor)
-                };
-                let new = match l.algorithm {
-                    Algorithm::Gcra => algo::gcra::refund(l, payload(cur), cost, now),
-                    Algorithm::FixedWindow => {
-                        algo::fixed_window::refund(l, payload(cur), cost, now)
-                    }
-                    _ => algo::sliding_window::refund(l, payload(cur), cost, now),
-                };
+                let l = self.layout.first.scaled(factor);
+                let new = algo::refund_word(&l, payload(cur), cost, now);
                 if unit.compare_exchange(cur, word(snap.seq, new)).is_ok() {
                     return true;
                 }
@@ -989,10 +950,9 @@ impl Table {
                     if !verdict.allowed {
                         return (Outcome::Decided { verdict, evicted }, None);
                     }
-                    match self.locate(b, &snap, h, now) {
-                        Ok(_) => continue,
-                        Err(Outcome::Decided { evicted: true, .. }) => {
-                            evicted = true;
+                    match self.claim(b, &snap, h, now) {
+                        Ok(e) => {
+                            evicted |= e;
                             continue;
                         }
                         Err(full) => return (full, None),

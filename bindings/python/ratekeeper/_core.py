@@ -859,6 +859,17 @@ class Policy(_CheckerBase):
     def __repr__(self) -> str:
         return f"<ratekeeper.Policy {self.name!r} {self.spec!r} id={self.id}>"
 
+    def _invoke(self, fn: Any, *args: Any) -> None:
+        """Calls ``fn(engine, policy id, *args)`` with the engine held open;
+        a non-OK status raises."""
+        ptr = self._engine._enter()
+        try:
+            st = fn(ptr, self.id, *args)
+            if st:
+                _raise(st)
+        finally:
+            self._engine._leave()
+
     def reset(self, key: Key) -> bool:
         """Forgets everything about ``key`` (for a concurrency policy, drops
         its permits): its quota is full again.
@@ -868,13 +879,7 @@ class Policy(_CheckerBase):
         """
         k = _key_bytes(key)
         had_state = ffi.new("bool *")
-        ptr = self._engine._enter()
-        try:
-            st = lib.rk_reset_key(ptr, self.id, k, len(k), had_state)
-            if st:
-                _raise(st)
-        finally:
-            self._engine._leave()
+        self._invoke(lib.rk_reset_key, k, len(k), had_state)
         return bool(had_state[0])
 
     def stats(self) -> Stats:
@@ -882,13 +887,7 @@ class Policy(_CheckerBase):
         table_full) and occupancy; in a shared engine, the totals of every
         process."""
         out = ffi.new("rk_stats *")
-        ptr = self._engine._enter()
-        try:
-            st = lib.rk_policy_stats_sized(ptr, self.id, out, ffi.sizeof("rk_stats"))
-            if st:
-                _raise(st)
-        finally:
-            self._engine._leave()
+        self._invoke(lib.rk_policy_stats_sized, out, ffi.sizeof("rk_stats"))
         return Stats(out.allowed, out.denied, out.evictions, out.table_full, out.occupancy, out.capacity,
                      out.shadow_denied, out.banned, out.bans)
 
@@ -904,38 +903,20 @@ class Policy(_CheckerBase):
         if not isinstance(factor, (int, float)) or isinstance(factor, bool):
             raise TypeError(f"factor must be a number, not {type(factor).__name__}")
         k = _key_bytes(key)
-        ptr = self._engine._enter()
-        try:
-            st = lib.rk_override_set(ptr, self.id, k, len(k), float(factor))
-            if st:
-                _raise(st)
-        finally:
-            self._engine._leave()
+        self._invoke(lib.rk_override_set, k, len(k), float(factor))
 
     def clear_override(self, key: Key) -> None:
         """Removes ``key``'s override: it gets the policy's own quota again,
         at once (clearing a key without one does nothing)."""
         k = _key_bytes(key)
-        ptr = self._engine._enter()
-        try:
-            st = lib.rk_override_clear(ptr, self.id, k, len(k))
-            if st:
-                _raise(st)
-        finally:
-            self._engine._leave()
+        self._invoke(lib.rk_override_clear, k, len(k))
 
     def override(self, key: Key) -> Optional[float]:
         """``key``'s override factor (as kept: thousandths), or None if it
         has none."""
         k = _key_bytes(key)
         out = ffi.new("double *")
-        ptr = self._engine._enter()
-        try:
-            st = lib.rk_override_get(ptr, self.id, k, len(k), out)
-            if st:
-                _raise(st)
-        finally:
-            self._engine._leave()
+        self._invoke(lib.rk_override_get, k, len(k), out)
         return out[0] if out[0] > 0.0 else None
 
     # -- recent denials ----------------------------------------------------
@@ -1027,13 +1008,7 @@ class Policy(_CheckerBase):
         """Releases every permit of this policy held by process ``pid`` (a
         dead worker) and returns how many; 0 on a rate-limit policy."""
         n = ffi.new("uint64_t *")
-        ptr = self._engine._enter()
-        try:
-            st = lib.rk_release_holder(ptr, self.id, pid, n)
-            if st:
-                _raise(st)
-        finally:
-            self._engine._leave()
+        self._invoke(lib.rk_release_holder, pid, n)
         return n[0]
 
 
