@@ -179,6 +179,37 @@ struct Policy {
 }
 
 impl Policy {
+    /// A policy over its region `mem` (see `region_units`).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        name: &str,
+        canonical: String,
+        spec: PolicySpec,
+        layout: Layout,
+        options: PolicyOptions,
+        buckets: usize,
+        mem: Memory,
+        seed: Seed,
+    ) -> Policy {
+        let table = Table::with_overrides(
+            layout,
+            options.when_full,
+            buckets,
+            mem,
+            TABLE_BASE,
+            OVERRIDE_BASE,
+            OVERRIDE_UNITS,
+        );
+        Policy {
+            name: name.into(),
+            canonical,
+            spec,
+            table,
+            seed,
+            options,
+        }
+    }
+
     /// The region's head: counters and wait words.
     #[inline(always)]
     fn head(&self) -> &RegionHead {
@@ -391,22 +422,17 @@ impl Engine {
         let layout = layout_for(&parsed, options.penalty)?;
         let buckets = Table::buckets_for(capacity);
         let mem = Memory::heap(region_units(&layout, buckets))?;
-        let policy = Policy {
-            name: name.into(),
-            canonical: parsed.to_string(),
-            spec: parsed,
-            table: Table::with_overrides(
-                layout,
-                options.when_full,
-                buckets,
-                mem,
-                TABLE_BASE,
-                OVERRIDE_BASE,
-                OVERRIDE_UNITS,
-            ),
-            seed: self.seed.for_policy(n as u32),
+        let canonical = parsed.to_string();
+        let policy = Policy::new(
+            name,
+            canonical,
+            parsed,
+            layout,
             options,
-        };
+            buckets,
+            mem,
+            self.seed.for_policy(n as u32),
+        );
         if self.policies[n].set(policy).is_err() {
             unreachable!("slot {n} is set only under the add lock");
         }
@@ -481,22 +507,16 @@ impl Engine {
             len: units,
             _owner: map.clone(),
         };
-        let policy = Policy {
-            name: name.into(),
-            canonical: spec.into(),
-            spec: parsed,
-            table: Table::with_overrides(
-                layout,
-                options.when_full,
-                buckets,
-                mem,
-                TABLE_BASE,
-                OVERRIDE_BASE,
-                OVERRIDE_UNITS,
-            ),
-            seed: self.seed.for_policy(i as u32),
+        let policy = Policy::new(
+            name,
+            spec.into(),
+            parsed,
+            layout,
             options,
-        };
+            buckets,
+            mem,
+            self.seed.for_policy(i as u32),
+        );
         let _ = self.policies[i].set(policy);
         // AcqRel: publishes the policy just set, like the Release in add_policy.
         self.count.fetch_max(i as u32 + 1, Ordering::AcqRel);

@@ -21,6 +21,20 @@ fn table(spec: &str) -> Arc<Table> {
     Arc::new(Table::new(layout, WhenFull::Evict, 1, mem, 0))
 }
 
+/// Two threads each charge cost 1 to key 7 at `now`; how many were admitted.
+fn racing_checks(t: &Arc<Table>, now: u64) -> usize {
+    let hs: Vec<_> = (0..2)
+        .map(|_| {
+            let t = t.clone();
+            thread::spawn(move || allowed(t.check(7, 1, now, true)))
+        })
+        .collect();
+    hs.into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|&a| a)
+        .count()
+}
+
 fn allowed(o: Outcome) -> bool {
     matches!(o, Outcome::Decided { verdict, .. } if verdict.allowed)
 }
@@ -36,21 +50,7 @@ fn peek(t: &Table, h: u64, now: u64) -> Verdict {
 fn loom_a_new_key_claimed_by_racing_threads_gets_one_slot_and_exact_quota() {
     loom::model(|| {
         let t = table("2/second");
-        let admitted = Arc::new(AtomicUsize::new(0));
-        let hs: Vec<_> = (0..2)
-            .map(|_| {
-                let (t, admitted) = (t.clone(), admitted.clone());
-                thread::spawn(move || {
-                    if allowed(t.check(7, 1, S, true)) {
-                        admitted.fetch_add(1, Ordering::SeqCst);
-                    }
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join().unwrap();
-        }
-        assert_eq!(admitted.load(Ordering::SeqCst), 2);
+        assert_eq!(racing_checks(&t, S), 2);
         assert_eq!(t.occupancy(), 1, "the key must not be duplicated");
         assert_eq!(peek(&t, 7, S).remaining, 0);
         assert!(!allowed(t.check(7, 1, S, true)));
@@ -62,21 +62,7 @@ fn loom_gcra_update_on_one_key_admits_exactly_the_remaining_quota() {
     loom::model(|| {
         let t = table("3/second");
         assert!(allowed(t.check(7, 2, S, true)));
-        let admitted = Arc::new(AtomicUsize::new(0));
-        let hs: Vec<_> = (0..2)
-            .map(|_| {
-                let (t, admitted) = (t.clone(), admitted.clone());
-                thread::spawn(move || {
-                    if allowed(t.check(7, 1, S, true)) {
-                        admitted.fetch_add(1, Ordering::SeqCst);
-                    }
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join().unwrap();
-        }
-        assert_eq!(admitted.load(Ordering::SeqCst), 1);
+        assert_eq!(racing_checks(&t, S), 1);
     });
 }
 
@@ -126,21 +112,7 @@ fn loom_window_roll_over_opens_one_window_for_racing_threads() {
     loom::model(|| {
         let t = table("fixed_window 1/second");
         assert!(allowed(t.check(7, 1, 0, true)));
-        let admitted = Arc::new(AtomicUsize::new(0));
-        let hs: Vec<_> = (0..2)
-            .map(|_| {
-                let (t, admitted) = (t.clone(), admitted.clone());
-                thread::spawn(move || {
-                    if allowed(t.check(7, 1, S + 5, true)) {
-                        admitted.fetch_add(1, Ordering::SeqCst);
-                    }
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join().unwrap();
-        }
-        assert_eq!(admitted.load(Ordering::SeqCst), 1);
+        assert_eq!(racing_checks(&t, S + 5), 1);
         let v = peek(&t, 7, S + 5);
         assert_eq!((v.remaining, v.reset_after_ns), (0, S));
     });
