@@ -1,0 +1,301 @@
+"""ratekeeper's Redis backend against `limits` RedisStorage and Flask-Limiter
+``redis://``, side by side in one run, against one local redis-server that
+this script starts (127.0.0.1, a free port, no persistence) and stops by its
+PID (not a test).
+
+    python3 bindings/python/benchmarks/bench_redis.py [--quick]
+
+1. One check: ``policy.check(key)`` of an ``Engine.redis(url)`` engine vs
+   ``limits`` ``RedisStorage`` ``hit`` with FixedWindowRateLimiter and
+   MovingWindowRateLimiter. Keys rotate over 10,000 clients, limits are never
+   reached (every call is an allowed, charged hit). Median of several timed
+   batches, µs per call.
+2. Flask per-request overhead: one route with two limits,
+   ``"10000/second;100000/hour"`` (each library's default algorithm: GCRA for
+   ratekeeper, fixed window for Flask-Limiter), served by Flask's test client,
+   vs the same route with no limiter. Requests come from 1,000 client
+   addresses and are interleaved (one of each app in turn); each round's
+   overhead is median(with) - median(without); the median over rounds is
+   printed.
+3. Redis traffic per check and per request, in a separate pass of each
+   contender alone under ``MONITOR``: the commands clients sent (one per round
+   trip: no contender here pipelines), and the commands Lua scripts ran inside
+   the server; for ratekeeper also its client's own count of round trips
+   (``Engine.redis_stats()["round_trips"]``).
+
+Installs ``limits``, ``flask-limiter`` and ``redis`` (the Python client) with
+pip if they are missing; needs ``redis-server`` on PATH. The ratekeeper rows
+are skipped (with a note) when the installed package has no Redis backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import timeit
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from redis_server import RedisServer  # noqa: E402
+
+N_KEYS = 10_000
+N_CLIENTS = 1_000
+CHECK_LIMIT = "100000000/hour"
+ROUTE_LIMITS = "10000/second;100000/hour"
+
+
+def ensure(*packages: str) -> None:
+    missing = []
+    for pkg, module in (p.split(":") for p in packages):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(pkg)
+    if missing:
+        print(f"installing {' '.join(missing)} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+        importlib.invalidate_caches()
+
+
+def have_ratekeeper_redis() -> bool:
+    import ratekeeper
+
+    return hasattr(ratekeeper.Engine, "redis")
+
+
+def per_call_us(fn, calls: int, repeats: int) -> float:
+    """Median over `repeats` batches of `calls` calls, in µs per call."""
+    timer = timeit.Timer(fn)
+    return statistics.median(t / calls * 1e6 for t in timer.repeat(repeat=repeats, number=calls))
+
+
+def traffic_of(server: RedisServer, fn, n: int, engine=None) -> str:
+    """Runs `fn` n times under MONITOR; returns the Redis traffic per call."""
+    rt0 = engine.redis_stats()["round_trips"] if engine is not None else 0
+    with server.monitor() as m:
+        for _ in range(n):
+            fn()
+    parts = ", ".join(f"{cmd} {k / n:.2f}" for cmd, k in sorted(m.clients.items()))
+    text = f"{m.round_trips / n:5.2f} round trips ({parts}); {sum(m.scripts.values()) / n:5.2f} commands in scripts"
+    if engine is not None:
+        text += f"; client's own count {(engine.redis_stats()['round_trips'] - rt0) / n:.2f}"
+    return text
+
+
+# ---------------------------------------------------------------- 1. one check
+
+
+def limits_checks(url: str) -> dict:
+    """{name: hit function} for limits' Redis strategies (warmed)."""
+    from limits import parse, storage, strategies
+
+    item = parse(CHECK_LIMIT)
+    out = {}
+    for cls in (strategies.FixedWindowRateLimiter, strategies.MovingWindowRateLimiter):
+        # Keys of their own: the two strategies keep different Redis types.
+        keys = [f"{cls.__name__}:ip:10.{i // 256 % 256}.{i % 256}.{i // 65536}" for i in range(N_KEYS)]
+        limiter = cls(storage.RedisStorage(url))
+        hit = limiter.hit
+        it = iter(range(1 << 62))
+
+        def run(hit=hit, it=it, keys=keys):
+            hit(item, keys[next(it) % N_KEYS])
+
+        for _ in range(200):
+            run()
+        out[f"limits RedisStorage {cls.__name__}.hit"] = run
+    return out
+
+
+def ratekeeper_checks(url: str) -> tuple:
+    """({name: check function}, engine) for ratekeeper's Redis engine (warmed)."""
+    import ratekeeper
+
+    engine = ratekeeper.Engine.redis(url, prefix="rkbench:")
+    keys = [f"ip:10.{i // 256 % 256}.{i % 256}.{i // 65536}" for i in range(N_KEYS)]
+    out = {}
+    for label, spec in (
+        (f"gcra {CHECK_LIMIT}", CHECK_LIMIT),
+        (f"fixed_window {CHECK_LIMIT}", f"fixed_window {CHECK_LIMIT}"),
+        (ROUTE_LIMITS + " (2 limits)", ROUTE_LIMITS),
+    ):
+        check = engine.policy(f"bench-{len(out)}", spec).check
+        it = iter(range(1 << 62))
+
+        def run(check=check, it=it):
+            check(keys[next(it) % N_KEYS])
+
+        for _ in range(200):
+            run()
+        out[f"ratekeeper Engine.redis policy.check, {label}"] = run
+    return out, engine
+
+
+# ---------------------------------------------------------------- 2. Flask
+
+
+def make_app(decorate=lambda view: view):
+    from flask import Flask
+
+    app = Flask(__name__)
+
+    @app.get("/")
+    @decorate
+    def index():
+        return "ok"
+
+    return app
+
+
+def flask_apps(url: str, with_ratekeeper: bool) -> tuple:
+    from flask_limiter import Limiter
+    from flask_limiter.util import get_remote_address
+
+    apps = {"no limiter": make_app()}
+    limiter = Limiter(get_remote_address, storage_uri=url, key_prefix="flbench")
+    fl_app = make_app(limiter.limit(ROUTE_LIMITS))
+    limiter.init_app(fl_app)
+    apps["Flask-Limiter redis://"] = fl_app
+    engine = None
+    if with_ratekeeper:
+        import ratekeeper
+        from ratekeeper.flask import Ratekeeper
+
+        engine = ratekeeper.Engine.redis(url, prefix="rkflask:")
+        rk = Ratekeeper(engine=engine)
+        rk_app = make_app(rk.limit(ROUTE_LIMITS))
+        rk.init_app(rk_app)
+        apps["ratekeeper Engine.redis"] = rk_app
+    return apps, engine
+
+
+def environ_for(i: int) -> dict:
+    return {"REMOTE_ADDR": f"203.0.{i // 256 % 4}.{i % 256}"}
+
+
+def bench_flask(apps: dict, requests: int, rounds: int) -> dict:
+    """{app name: (median request ns, overhead ns)} with medians over rounds."""
+    clients = {name: app.test_client() for name, app in apps.items()}
+    for name, c in clients.items():  # warm-up (loads the scripts), and a sanity check
+        for i in range(300):
+            r = c.get("/", environ_base=environ_for(i))
+            assert r.status_code == 200, (name, r.status_code, r.get_data(as_text=True))
+    clock = time.perf_counter_ns
+    per_round = {name: [] for name in clients}
+    k = 0
+    for _ in range(rounds):
+        times = {name: [] for name in clients}
+        for _ in range(requests):
+            env = environ_for(k)
+            k += 1
+            for name, c in clients.items():
+                t = clock()
+                c.get("/", environ_base=env)
+                times[name].append(clock() - t)
+        for name, ts in times.items():
+            per_round[name].append(statistics.median(ts))
+    base = per_round["no limiter"]
+    return {
+        name: (statistics.median(ms), statistics.median(m - b for m, b in zip(ms, base)))
+        for name, ms in per_round.items()
+    }
+
+
+def flask_traffic(server: RedisServer, apps: dict, engine, n: int) -> dict:
+    out = {}
+    for name, app in apps.items():
+        if name == "no limiter":
+            continue
+        c = app.test_client()
+        it = iter(range(1 << 62))
+
+        def request(c=c, it=it):
+            r = c.get("/", environ_base=environ_for(next(it)))
+            assert r.status_code == 200
+
+        out[name] = traffic_of(server, request, n, engine if name.startswith("ratekeeper") else None)
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    args = ap.parse_args()
+    calls, repeats, requests, rounds, traffic_n = (
+        (300, 3, 300, 3, 200) if args.quick else (2_000, 9, 1_000, 5, 1_000)
+    )
+
+    ensure("limits:limits", "flask-limiter:flask_limiter", "flask:flask", "redis:redis")
+    import flask_limiter
+    import limits
+    import ratekeeper
+    import redis
+
+    ours = have_ratekeeper_redis()
+    server = RedisServer()
+    server.start()
+    try:
+        version = server.info("server").get("redis_version", "?")
+        print(f"ratekeeper {ratekeeper.__version__}, limits {limits.__version__}, "
+              f"Flask-Limiter {flask_limiter.__version__}, redis-py {redis.__version__}, "
+              f"redis-server {version} on 127.0.0.1:{server.port} (pid {server.pid}), "
+              f"Python {platform.python_version()}, {os.cpu_count()} CPUs")
+        if not ours:
+            print("ratekeeper: this build has no Redis backend (Engine.redis): its rows are skipped")
+
+        print(f"\n== one check, one client thread (median of {repeats} batches of {calls:,} calls; "
+              f"keys rotate over {N_KEYS:,}; limit {CHECK_LIMIT})")
+        theirs = limits_checks(server.url)
+        mine, engine = ratekeeper_checks(server.url) if ours else ({}, None)
+        lat = {name: per_call_us(fn, calls, repeats) for name, fn in {**theirs, **mine}.items()}
+        for name, us in lat.items():
+            print(f"  {name:78} {us:7.1f} µs")
+        if ours:
+            first_mine = lat[next(iter(mine))]
+            fixed_mine = lat[next(n for n in mine if "fixed_window" in n)]
+            fw = lat["limits RedisStorage FixedWindowRateLimiter.hit"]
+            mw = lat["limits RedisStorage MovingWindowRateLimiter.hit"]
+            print(f"  ratio ratekeeper gcra / limits FixedWindow   = {first_mine / fw:.3f} (target <= 0.5)")
+            print(f"  ratio ratekeeper fixed_window / limits FixedWindow = {fixed_mine / fw:.3f}")
+            print(f"  ratio ratekeeper gcra / limits MovingWindow  = {first_mine / mw:.3f}")
+
+        print(f"\n== Redis traffic per check ({traffic_n:,} checks of each alone)")
+        for name, fn in {**theirs, **mine}.items():
+            print(f"  {name:78} {traffic_of(server, fn, traffic_n, engine if name in mine else None)}")
+        if engine is not None:
+            engine.close()
+
+        print(f"\n== Flask per request: one route limited to \"{ROUTE_LIMITS}\" vs no limiter "
+              f"(test client; {rounds} rounds of {requests:,} interleaved requests from {N_CLIENTS:,} clients; "
+              f"median over rounds)")
+        apps, fengine = flask_apps(server.url, ours)
+        fl = bench_flask(apps, requests, rounds)
+        for name, (ns, over) in fl.items():
+            extra = "" if name == "no limiter" else f"   overhead {over / 1000:7.1f} µs"
+            print(f"  {name:30} {ns / 1000:8.1f} µs{extra}")
+        if ours:
+            ratio = fl["ratekeeper Engine.redis"][1] / fl["Flask-Limiter redis://"][1]
+            print(f"  overhead ratio ratekeeper / Flask-Limiter = {ratio:.3f} (target <= 0.5)")
+
+        print(f"\n== Redis traffic per Flask request ({traffic_n:,} requests of each app alone)")
+        for name, text in flask_traffic(server, apps, fengine, traffic_n).items():
+            print(f"  {name:30} {text}")
+        if fengine is not None:
+            s = fengine.redis_stats()
+            print(f"  ratekeeper redis_stats at the end: {s}")
+            fengine.close()
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
