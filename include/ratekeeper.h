@@ -158,6 +158,11 @@ enum rk_status
      * message says how many bytes are needed.
      */
     RK_ERR_BUFFER_TOO_SMALL = 18,
+    /**
+     * The Redis backend could not be used: unreachable at an operation
+     * that needs it, a refused password, or a server that is not Redis.
+     */
+    RK_ERR_BACKEND = 19,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

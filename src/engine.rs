@@ -286,7 +286,24 @@ pub struct Engine {
     count: AtomicU32,
     add_lock: Mutex<()>,
     shared: Option<Arc<Mapping>>,
+    /// The Redis backend, for an engine from `open_redis`.
+    #[cfg(feature = "redis")]
+    remote: Option<Box<crate::redis::Remote>>,
 }
+
+/// Returns early with the Redis backend's answer when the engine has one.
+macro_rules! via_redis {
+    ($self:ident, $r:ident => $e:expr) => {
+        #[cfg(feature = "redis")]
+        if let Some($r) = $self.remote() {
+            return $e;
+        }
+    };
+}
+
+#[cfg(feature = "redis")]
+#[path = "redis/glue.rs"]
+mod redis_glue;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -319,6 +336,8 @@ impl Engine {
             count: AtomicU32::new(0),
             add_lock: Mutex::new(()),
             shared,
+            #[cfg(feature = "redis")]
+            remote: None,
         }
     }
 
@@ -397,6 +416,26 @@ impl Engine {
         if let Some(pen) = &options.penalty {
             pen.validate()?;
         }
+        #[cfg(feature = "redis")]
+        if let Some(r) = self.remote() {
+            let remote = crate::redis::RemotePolicy::new(name, &parsed, &options)?;
+            r.register(name, &describe(&parsed.to_string(), &options))?;
+            let id = self.add_local(name, parsed, capacity, options)?;
+            r.set_policy(id.0, remote);
+            return Ok(id);
+        }
+        self.add_local(name, parsed, capacity, options)
+    }
+
+    /// `add_policy_with` on the local tables (in a shared file or on the
+    /// heap), once the spec has parsed and the options are valid.
+    fn add_local(
+        &self,
+        name: &str,
+        parsed: PolicySpec,
+        capacity: usize,
+        options: PolicyOptions,
+    ) -> Result<PolicyId, Error> {
         if let Some(map) = &self.shared {
             return self.add_shared(map, name, parsed, capacity, options);
         }
@@ -571,6 +610,47 @@ impl Engine {
         }
     }
 
+    /// Opens an engine whose limits live in Redis, shared by every host
+    /// that opens the same Redis with the same prefix: each decision is one
+    /// round trip running one Lua script, atomic for all limits of the
+    /// request. Calls without an explicit time use Redis's clock (`TIME`),
+    /// one clock for all hosts; `*_at` calls pass their time to Redis.
+    ///
+    /// The engine keeps local tables with the same policies: while Redis
+    /// cannot be reached they decide ([`OnFailure::Local`], in the shared
+    /// file at `fallback_path` if set), or every request is allowed or
+    /// denied ([`OnFailure::Open`], [`OnFailure::Closed`]). Recovery is
+    /// detected by trying again with backoff, without a restart.
+    ///
+    /// Errors: a bad URL or option ([`Error::InvalidArgument`]); a refused
+    /// password or a server that is not Redis ([`Error::Backend`]). An
+    /// unreachable server is not an error: the engine starts on its failure
+    /// policy and switches to Redis when it answers.
+    ///
+    /// [`OnFailure::Local`]: crate::OnFailure::Local
+    /// [`OnFailure::Open`]: crate::OnFailure::Open
+    /// [`OnFailure::Closed`]: crate::OnFailure::Closed
+    #[cfg(feature = "redis")]
+    pub fn open_redis(url: &str, options: crate::RedisOptions) -> Result<Engine, Error> {
+        if options.fallback_path.is_some() && options.on_failure != crate::OnFailure::Local {
+            return Err(Error::InvalidArgument(
+                "fallback_path is used only with on_failure = Local".into(),
+            ));
+        }
+        let mut engine = match &options.fallback_path {
+            Some(path) => Engine::open_shared(path, options.engine.clone())?,
+            None => Engine::new(options.engine.clone())?,
+        };
+        engine.remote = Some(Box::new(crate::redis::Remote::open(url, options)?));
+        Ok(engine)
+    }
+
+    /// The Redis backend's counters (`None` for a local engine).
+    #[cfg(feature = "redis")]
+    pub fn redis_stats(&self) -> Option<crate::RedisStats> {
+        self.remote().map(|r| r.stats())
+    }
+
     /// The engine's current time (its clock, in nanoseconds).
     #[inline]
     pub fn now_ns(&self) -> u64 {
@@ -584,6 +664,7 @@ impl Engine {
     /// does); [`try_check_at`](Self::try_check_at) returns an error instead.
     #[inline]
     pub fn check(&self, policy: PolicyId, key: &[u8], cost: u32) -> Decision {
+        via_redis!(self, r => self.remote_check(r, policy, key, cost, None));
         self.check_at(policy, key, cost, self.now_ns())
     }
 
@@ -610,6 +691,7 @@ impl Engine {
     /// ```
     #[inline]
     pub fn check_at(&self, policy: PolicyId, key: &[u8], cost: u32, now_ns: u64) -> Decision {
+        via_redis!(self, r => self.remote_check(r, policy, key, cost, Some(now_ns)));
         let Some(p) = self.policies.get(policy.0 as usize).and_then(OnceLock::get) else {
             unknown_policy(policy)
         };
@@ -667,6 +749,16 @@ impl Engine {
     /// # Ok::<(), ratekeeper::Error>(())
     /// ```
     pub fn check_many_at(
+        &self,
+        items: &[CheckItem<'_>],
+        now_ns: u64,
+    ) -> Result<(Decision, usize), Error> {
+        via_redis!(self, r => self.remote_check_many(r, items, Some(now_ns)));
+        self.local_check_many_at(items, now_ns)
+    }
+
+    /// `check_many_at` on the local tables.
+    fn local_check_many_at(
         &self,
         items: &[CheckItem<'_>],
         now_ns: u64,
@@ -786,11 +878,13 @@ impl Engine {
 
     /// [`check_many_at`](Self::check_many_at) at the engine clock's time.
     pub fn check_many(&self, items: &[CheckItem<'_>]) -> Result<(Decision, usize), Error> {
+        via_redis!(self, r => self.remote_check_many(r, items, None));
         self.check_many_at(items, self.now_ns())
     }
 
     /// What `check` would decide now, without charging anything.
     pub fn peek(&self, policy: PolicyId, key: &[u8], cost: u32) -> Result<Decision, Error> {
+        via_redis!(self, r => self.remote_peek(r, policy, key, cost, None));
         self.peek_at(policy, key, cost, self.now_ns())
     }
 
@@ -811,6 +905,7 @@ impl Engine {
         cost: u32,
         now_ns: u64,
     ) -> Result<Decision, Error> {
+        via_redis!(self, r => self.remote_peek(r, policy, key, cost, Some(now_ns)));
         let p = self.get(policy)?;
         let h = Self::hash(p, key);
         let outcome = p.table.check(h, cost as u64, now_ns, false);
@@ -835,29 +930,17 @@ impl Engine {
         now: u64,
         count: bool,
     ) -> Decision {
-        let mut d: Decision = match outcome {
+        let d: Decision = match outcome {
             Outcome::Decided { verdict, evicted } => {
                 let head = p.head();
                 if evicted {
                     head.add(Counter::Evictions, 1);
                 }
+                let d = verdict.into();
                 if count {
-                    head.add(
-                        if verdict.allowed {
-                            Counter::Allowed
-                        } else {
-                            Counter::Denied
-                        },
-                        1,
-                    );
-                    if verdict.banned {
-                        head.add(Counter::Banned, 1);
-                    }
-                    if verdict.new_ban {
-                        head.add(Counter::Bans, 1);
-                    }
+                    Self::tally(p, &d, verdict.new_ban);
                 }
-                verdict.into()
+                d
             }
             Outcome::Full { retry_after_ns } => {
                 if count {
@@ -876,6 +959,31 @@ impl Engine {
                 }
             }
         };
+        Self::finish(p, d, key, h, now, count)
+    }
+
+    /// Counts a decision in the policy's counters.
+    fn tally(p: &Policy, d: &Decision, new_ban: bool) {
+        let head = p.head();
+        head.add(
+            if d.allowed {
+                Counter::Allowed
+            } else {
+                Counter::Denied
+            },
+            1,
+        );
+        if d.banned {
+            head.add(Counter::Banned, 1);
+        }
+        if new_ban {
+            head.add(Counter::Bans, 1);
+        }
+    }
+
+    /// Applies a policy's options to a decision: retry jitter and shadow
+    /// mode on a denial, which is also recorded in the deny-event ring.
+    fn finish(p: &Policy, mut d: Decision, key: &[u8], h: u64, now: u64, count: bool) -> Decision {
         if !d.allowed {
             if p.options.retry_jitter_ns > 0 && d.retry_after_ns != u64::MAX {
                 d.retry_after_ns = d
@@ -934,6 +1042,7 @@ impl Engine {
     /// attempt, then refund the successful ones). Returns false if the key
     /// holds no state. A refund never takes a limit beyond its full quota.
     pub fn refund(&self, policy: PolicyId, key: &[u8], cost: u32) -> Result<bool, Error> {
+        via_redis!(self, r => self.remote_refund(r, policy, key, cost, None));
         self.refund_at(policy, key, cost, self.now_ns())
     }
 
@@ -958,6 +1067,7 @@ impl Engine {
         cost: u32,
         now_ns: u64,
     ) -> Result<bool, Error> {
+        via_redis!(self, r => self.remote_refund(r, policy, key, cost, Some(now_ns)));
         let p = self.get(policy)?;
         if p.table.layout.concurrency {
             return Err(Error::WrongPolicyKind(format!(
@@ -982,6 +1092,7 @@ impl Engine {
     /// # Ok::<(), ratekeeper::Error>(())
     /// ```
     pub fn reset(&self, policy: PolicyId, key: &[u8]) -> Result<bool, Error> {
+        via_redis!(self, r => self.remote_reset(r, policy, key));
         let p = self.get(policy)?;
         Ok(p.table.reset(Self::hash(p, key)))
     }
@@ -993,11 +1104,23 @@ impl Engine {
         policy: PolicyId,
         key: &[u8],
     ) -> Result<(Decision, Option<Permit>), Error> {
+        via_redis!(self, r => self.remote_acquire(r, policy, key, None));
         self.acquire_at(policy, key, self.now_ns())
     }
 
     /// [`acquire`](Self::acquire) at an explicit time.
     pub fn acquire_at(
+        &self,
+        policy: PolicyId,
+        key: &[u8],
+        now_ns: u64,
+    ) -> Result<(Decision, Option<Permit>), Error> {
+        via_redis!(self, r => self.remote_acquire(r, policy, key, Some(now_ns)));
+        self.local_acquire_at(policy, key, now_ns)
+    }
+
+    /// `acquire_at` on the local tables.
+    fn local_acquire_at(
         &self,
         policy: PolicyId,
         key: &[u8],
@@ -1044,6 +1167,7 @@ impl Engine {
         key: &[u8],
         timeout: Duration,
     ) -> Result<(Decision, Option<Permit>), Error> {
+        via_redis!(self, r => self.remote_acquire_timeout(r, policy, key, timeout));
         let p = self.get(policy)?;
         let start = self.now_ns();
         let deadline = start.saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
@@ -1071,6 +1195,12 @@ impl Engine {
         if permit.engine != self.id {
             return Err(Error::InvalidPermit);
         }
+        #[cfg(feature = "redis")]
+        if let Some(r) = self.remote() {
+            if let Some(released) = self.remote_release(r, permit)? {
+                return Ok(released);
+            }
+        }
         let p = self.get(PolicyId(permit.policy))?;
         if !p.table.lease_in_range(&permit.lease) {
             return Err(Error::InvalidPermit);
@@ -1089,6 +1219,9 @@ impl Engine {
     /// Releases every permit of `policy` held by process `pid` (for a
     /// supervisor that saw a worker die). Returns how many were released.
     pub fn release_holder(&self, policy: PolicyId, pid: u32) -> Result<u64, Error> {
+        via_redis!(self, _r => Err(Error::Unsupported(
+            "release_holder works on shared-memory engines; Redis permits of a dead process expire by their TTL".into()
+        )));
         let p = self.get(policy)?;
         let n = p.table.release_holder(pid);
         if n > 0 {
@@ -1126,17 +1259,24 @@ impl Engine {
                 "overrides apply to rate limits".into(),
             ));
         }
+        via_redis!(self, r => self.remote_set_override(r, policy, key, milli as u32));
         p.table.set_override(Self::hash(p, key), milli as u32)
     }
 
     /// Removes `key`'s override: it gets the policy's own quota again.
     pub fn clear_override(&self, policy: PolicyId, key: &[u8]) -> Result<(), Error> {
+        via_redis!(self, r => self.remote_set_override(r, policy, key, 0));
         let p = self.get(policy)?;
         p.table.set_override(Self::hash(p, key), 0)
     }
 
     /// `key`'s override factor, if it has one.
     pub fn override_of(&self, policy: PolicyId, key: &[u8]) -> Result<Option<f64>, Error> {
+        #[cfg(feature = "redis")]
+        if let Some(r) = self.remote() {
+            let milli = self.remote_override_of(r, policy, key)?;
+            return Ok((milli > 0).then(|| milli as f64 / 1000.0));
+        }
         let p = self.get(policy)?;
         Ok(match p.table.override_of(Self::hash(p, key)) {
             0 => None,

@@ -64,6 +64,9 @@ pub enum Error {
     Corrupt(String),
     /// This CPU lacks an instruction the lock-free table needs.
     UnsupportedPlatform(String),
+    /// The Redis backend could not be used: unreachable for an operation
+    /// that needs it, a refused password, or a server that is not Redis.
+    Backend(String),
 }
 
 impl fmt::Display for Error {
@@ -89,6 +92,7 @@ impl fmt::Display for Error {
             Error::Io(m) => write!(f, "I/O error: {m}"),
             Error::Corrupt(m) => write!(f, "corrupt shared-memory file: {m}"),
             Error::UnsupportedPlatform(m) => write!(f, "unsupported platform: {m}"),
+            Error::Backend(m) => write!(f, "backend error: {m}"),
         }
     }
 }

@@ -28,6 +28,8 @@ pub(crate) mod events;
 pub mod ffi;
 pub(crate) mod hash;
 pub mod policy;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 pub(crate) mod shm;
 mod stats;
 pub(crate) mod sync;
@@ -44,6 +46,8 @@ pub use engine::{
 pub use error::{Error, ParseError};
 pub use events::{DenyEvent, EVENT_KEY_BYTES, RING_ENTRIES};
 pub use policy::{Algorithm, Limit, PolicySpec};
+#[cfg(feature = "redis")]
+pub use redis::{OnFailure, RedisOptions, RedisStats, REDIS_EPOCH_UNIX_S};
 pub use shm::{MAX_NAME_BYTES, MAX_SHARED_POLICIES, MAX_SPEC_BYTES};
 pub use stats::Stats;
 pub use table::WhenFull;

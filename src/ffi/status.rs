@@ -64,6 +64,9 @@ pub enum rk_status {
     /// The caller's buffer is too small for the string asked for; the
     /// message says how many bytes are needed.
     RK_ERR_BUFFER_TOO_SMALL = 18,
+    /// The Redis backend could not be used: unreachable at an operation
+    /// that needs it, a refused password, or a server that is not Redis.
+    RK_ERR_BACKEND = 19,
 }
 
 impl rk_status {
@@ -84,12 +87,13 @@ impl rk_status {
             Error::Io(_) => rk_status::RK_ERR_IO,
             Error::Corrupt(_) => rk_status::RK_ERR_CORRUPT,
             Error::UnsupportedPlatform(_) => rk_status::RK_ERR_UNSUPPORTED_PLATFORM,
+            Error::Backend(_) => rk_status::RK_ERR_BACKEND,
         }
     }
 
     /// Every status, in value order (for tests).
     #[cfg(test)]
-    pub(crate) const ALL: [rk_status; 19] = [
+    pub(crate) const ALL: [rk_status; 20] = [
         rk_status::RK_OK,
         rk_status::RK_ERR_NULL_POINTER,
         rk_status::RK_ERR_NULL_KEY,
@@ -109,6 +113,7 @@ impl rk_status {
         rk_status::RK_ERR_INVALID_ARGUMENT,
         rk_status::RK_ERR_PANIC,
         rk_status::RK_ERR_BUFFER_TOO_SMALL,
+        rk_status::RK_ERR_BACKEND,
     ];
 }
 
@@ -134,6 +139,7 @@ fn describe(status: u32) -> &'static CStr {
         16 => c"RK_ERR_INVALID_ARGUMENT: an argument is out of range",
         17 => c"RK_ERR_PANIC: internal error (a panic was caught; please report it)",
         18 => c"RK_ERR_BUFFER_TOO_SMALL: the buffer is too small",
+        19 => c"RK_ERR_BACKEND: the Redis backend could not be used",
         _ => c"unknown rk_status value",
     }
 }

@@ -1,0 +1,792 @@
+//! The Redis backend (feature `redis`): the same policies and decisions,
+//! evaluated atomically inside Redis by one Lua script per request, so
+//! that every host behind a load balancer enforces one limit together.
+//!
+//! This module is the client: connections (a pool, timeouts, reconnect
+//! with backoff), the key layout (keyed hashes under a hash tag), the
+//! script call (`EVALSHA`, reloaded on `NOSCRIPT`), the health state that
+//! switches to the failure policy and back, and the local deny cache. The
+//! script and its contract are `ratekeeper.lua` and `PROTOCOL.md` next to
+//! this file; `Engine` routes its operations here (`src/redis/glue.rs`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use redis::{Client, Connection, Value};
+
+use crate::algo::LimitParams;
+use crate::engine::{Decision, EngineOptions, PolicyOptions};
+use crate::hash::{siphash13, Seed};
+use crate::policy::{Algorithm, PolicySpec};
+use crate::Error;
+
+/// The script (see `PROTOCOL.md`).
+pub(crate) const SCRIPT: &str = include_str!("ratekeeper.lua");
+
+/// Seconds from the Unix epoch to the script's time origin
+/// (2026-01-01T00:00:00Z): Redis-clock times are nanoseconds since then.
+pub const REDIS_EPOCH_UNIX_S: u64 = 1_767_225_600;
+
+/// What a Redis engine does while Redis cannot be reached (refused,
+/// timed out, or answering errors).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Decide with the engine's local tables — in a shared-memory file
+    /// when [`RedisOptions::fallback_path`] is set, so that the limit still
+    /// holds across the host's workers (the default).
+    #[default]
+    Local,
+    /// Allow every request (figures as for a fresh key).
+    Open,
+    /// Deny every request, with retry-after until the next reconnect try.
+    Closed,
+}
+
+/// Options of [`Engine::open_redis`](crate::Engine::open_redis).
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// The local tables (the fallback) and the clock of calls without an
+    /// explicit time while Redis is down.
+    pub engine: EngineOptions,
+    /// Prefix of every Redis key the engine writes (default `"rk:"`).
+    pub prefix: String,
+    /// Time allowed to open a connection (default 200 ms).
+    pub connect_timeout: Duration,
+    /// Time allowed for one round trip once connected (default 100 ms).
+    pub timeout: Duration,
+    /// Idle connections kept for reuse (default 16). More are opened when
+    /// more threads call at once; the extra ones are closed after use.
+    pub pool_size: usize,
+    /// What happens while Redis is unreachable.
+    pub on_failure: OnFailure,
+    /// With [`OnFailure::Local`]: a shared-memory file (as for
+    /// [`Engine::open_shared`](crate::Engine::open_shared)) for the local
+    /// tables, so that the fallback limit is one per host, not per process.
+    pub fallback_path: Option<PathBuf>,
+    /// Entries of the local deny cache (0 turns it off; default 4096): a
+    /// key denied with retry-after `T` is answered here until `T` passes,
+    /// without a round trip.
+    pub deny_cache: usize,
+    /// First wait before trying Redis again after a failure (default
+    /// 50 ms); it doubles after each failed try up to `retry_max`.
+    pub retry_min: Duration,
+    /// Longest wait between tries (default 2 s).
+    pub retry_max: Duration,
+    /// Write one line to stderr at each switch to the failure policy and
+    /// back (default true). Switches are also counted in [`RedisStats`].
+    pub log_switches: bool,
+    /// The secret of the keyed hash that turns keys into Redis key names.
+    /// `None` (the default): a random secret that the first engine stores
+    /// in Redis (`<prefix>secret`) and every other engine reads, so all
+    /// hosts agree.
+    pub hash_secret: Option<Vec<u8>>,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            engine: EngineOptions::default(),
+            prefix: "rk:".into(),
+            connect_timeout: Duration::from_millis(200),
+            timeout: Duration::from_millis(100),
+            pool_size: 16,
+            on_failure: OnFailure::Local,
+            fallback_path: None,
+            deny_cache: 4096,
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_secs(2),
+            log_switches: true,
+            hash_secret: None,
+        }
+    }
+}
+
+/// Counters of a Redis engine (this process's view).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedisStats {
+    /// Redis is reachable (as of the last round trip or try).
+    pub up: bool,
+    /// Script calls that got an answer.
+    pub round_trips: u64,
+    /// Calls that failed (connect, timeout, protocol, server error).
+    pub errors: u64,
+    /// Switches from Redis to the failure policy.
+    pub failovers: u64,
+    /// Switches back to Redis.
+    pub recoveries: u64,
+    /// Decisions made by the failure policy instead of Redis.
+    pub fallback_decisions: u64,
+    /// Denials answered by the local deny cache.
+    pub deny_cache_hits: u64,
+    /// Times the script was loaded (once per server, again after a restart
+    /// or `SCRIPT FLUSH`).
+    pub script_loads: u64,
+}
+
+/// A Redis-side failure: the reason, for the log.
+#[derive(Debug)]
+pub(crate) struct Down(pub String);
+
+/// One item of a script call.
+pub(crate) struct Item<'a> {
+    pub policy: &'a RemotePolicy,
+    pub key: Key<'a>,
+    pub cost: u32,
+}
+
+/// An item's key: the caller's bytes, or the hash they were turned into
+/// (what a permit keeps).
+#[derive(Clone, Copy)]
+pub(crate) enum Key<'a> {
+    Raw(&'a [u8]),
+    Hashed(u128),
+}
+
+/// A policy's fixed arguments (everything of an item record after the
+/// cost) and the name its keys are hashed under.
+#[derive(Debug)]
+pub(crate) struct RemotePolicy {
+    name: String,
+    args: Vec<String>,
+    pub penalty: bool,
+}
+
+impl RemotePolicy {
+    pub fn new(name: &str, spec: &PolicySpec, options: &PolicyOptions) -> Result<Self, Error> {
+        let mut args = vec![spec.limits.len().to_string()];
+        for l in &spec.limits {
+            // Same validation as the local table (the script trusts it).
+            LimitParams::new(l, 0)?;
+            if l.period_ns >= 1 << 53 {
+                return Err(Error::Unsupported(format!(
+                    "the Redis backend keeps periods below 2^53 ns (104 days); {} is longer",
+                    l
+                )));
+            }
+            let code = match l.algorithm {
+                Algorithm::Gcra => "g",
+                Algorithm::FixedWindow => "f",
+                Algorithm::SlidingWindow => "w",
+                Algorithm::SlidingLog => "l",
+                Algorithm::Concurrency => "c",
+            };
+            args.extend([
+                code.to_string(),
+                l.count.to_string(),
+                l.period_ns.to_string(),
+                l.burst.to_string(),
+            ]);
+        }
+        match &options.penalty {
+            Some(p) => args.extend([
+                p.strikes.to_string(),
+                p.window_ns.to_string(),
+                p.ban_ns.to_string(),
+                p.max_ban_ns.to_string(),
+            ]),
+            None => args.extend(["0", "0", "0", "0"].map(String::from)),
+        }
+        Ok(RemotePolicy {
+            name: name.into(),
+            args,
+            penalty: options.penalty.is_some(),
+        })
+    }
+}
+
+/// The script's answer to `check`, `peek` and `acquire`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reply {
+    pub decision: Decision,
+    pub item: usize,
+    pub new_ban: bool,
+    pub lease: Option<u32>,
+}
+
+/// Health: up, or down until `retry_at` (local monotonic ns) with one
+/// caller at a time allowed to try again.
+struct Health {
+    up: AtomicBool,
+    retry_at: AtomicU64,
+    backoff_ns: AtomicU64,
+    probing: AtomicBool,
+}
+
+#[derive(Default)]
+struct Counters {
+    round_trips: AtomicU64,
+    errors: AtomicU64,
+    failovers: AtomicU64,
+    recoveries: AtomicU64,
+    fallback_decisions: AtomicU64,
+    deny_cache_hits: AtomicU64,
+    script_loads: AtomicU64,
+}
+
+/// The connection to Redis of one engine.
+pub(crate) struct Remote {
+    client: Client,
+    /// The URL without its password, for messages.
+    shown: String,
+    pool: Mutex<Vec<Connection>>,
+    sha: String,
+    pub options: RedisOptions,
+    secret: OnceLock<[Seed; 2]>,
+    /// Script arguments of each policy, by policy index.
+    policies: Box<[OnceLock<RemotePolicy>]>,
+    health: Health,
+    counters: Counters,
+    pub cache: DenyCache,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("url", &self.shown).finish()
+    }
+}
+
+/// The URL with any password replaced by `***`.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => {
+                let user = auth.split_once(':').map_or("", |(u, _)| u);
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.into(),
+        },
+        None => url.into(),
+    }
+}
+
+impl Remote {
+    /// Parses `url` and connects once: errors that retrying cannot fix
+    /// (a bad URL, a refused password, a server that is not Redis) fail
+    /// here; an unreachable server starts the engine on its failure policy.
+    pub fn open(url: &str, options: RedisOptions) -> Result<Remote, Error> {
+        if options.prefix.contains(['{', '}']) {
+            return Err(Error::InvalidArgument(
+                "the Redis key prefix may not contain '{' or '}' (they mark hash tags)".into(),
+            ));
+        }
+        if options.connect_timeout.is_zero() || options.timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "Redis timeouts must be positive".into(),
+            ));
+        }
+        if options.retry_min.is_zero() || options.retry_max < options.retry_min {
+            return Err(Error::InvalidArgument(
+                "retry_min must be positive and no longer than retry_max".into(),
+            ));
+        }
+        if matches!(&options.hash_secret, Some(s) if s.len() < 16) {
+            return Err(Error::InvalidArgument(
+                "hash_secret must be at least 16 bytes".into(),
+            ));
+        }
+        let shown = redact(url);
+        let client = Client::open(url)
+            .map_err(|e| Error::InvalidArgument(format!("bad Redis URL {shown:?}: {e}")))?;
+        let secret = OnceLock::new();
+        if let Some(s) = &options.hash_secret {
+            let _ = secret.set(seeds_from(s));
+        }
+        let remote = Remote {
+            client,
+            shown,
+            pool: Mutex::new(Vec::new()),
+            sha: sha1_hex(SCRIPT.as_bytes()),
+            cache: DenyCache::new(options.deny_cache),
+            options,
+            secret,
+            policies: (0..crate::MAX_POLICIES).map(|_| OnceLock::new()).collect(),
+            health: Health {
+                up: AtomicBool::new(true),
+                retry_at: AtomicU64::new(0),
+                backoff_ns: AtomicU64::new(0),
+                probing: AtomicBool::new(false),
+            },
+            counters: Counters::default(),
+        };
+        match remote.connect() {
+            Ok(con) => remote.give_back(con),
+            Err(e) if fatal(&e) => return Err(Error::Backend(remote.describe(&e))),
+            Err(e) => remote.failed(&Down(remote.describe(&e))),
+        }
+        Ok(remote)
+    }
+
+    /// A message for a Redis error, naming the server.
+    fn describe(&self, e: &redis::RedisError) -> String {
+        let what = if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+        {
+            "authentication failed"
+        } else if e.kind() == redis::ErrorKind::Parse {
+            "the server did not answer as Redis does"
+        } else if e.is_timeout() {
+            "timed out"
+        } else if e.is_connection_refusal() {
+            "connection refused"
+        } else {
+            "error"
+        };
+        format!("Redis at {}: {what}: {e}", self.shown)
+    }
+
+    fn connect(&self) -> redis::RedisResult<Connection> {
+        let con = self
+            .client
+            .get_connection_with_timeout(self.options.connect_timeout)?;
+        con.set_read_timeout(Some(self.options.timeout))?;
+        con.set_write_timeout(Some(self.options.timeout))?;
+        Ok(con)
+    }
+
+    fn give_back(&self, con: Connection) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < self.options.pool_size {
+            pool.push(con);
+        }
+    }
+
+    fn take(&self) -> redis::RedisResult<Connection> {
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(con) => Ok(con),
+            None => self.connect(),
+        }
+    }
+
+    /// The key-hash seeds, reading (or creating) the shared secret in
+    /// Redis the first time.
+    fn seeds(&self, con: &mut Connection) -> redis::RedisResult<[Seed; 2]> {
+        if let Some(s) = self.secret.get() {
+            return Ok(*s);
+        }
+        let key = format!("{}secret", self.options.prefix);
+        let mut fresh = [0u8; 32];
+        crate::clock::fill_random(&mut fresh);
+        let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+        let _: Value = redis::cmd("SET")
+            .arg(&key)
+            .arg(&fresh)
+            .arg("NX")
+            .query(con)?;
+        let stored: String = redis::cmd("GET").arg(&key).query(con)?;
+        let seeds = seeds_from(stored.as_bytes());
+        let _ = self.secret.set(seeds);
+        Ok(*self.secret.get().unwrap_or(&seeds))
+    }
+
+    /// The script arguments of policy `index` (set by `add_policy`).
+    pub fn policy(&self, index: u32) -> Option<&RemotePolicy> {
+        self.policies.get(index as usize)?.get()
+    }
+
+    /// Records the script arguments of policy `index`.
+    pub fn set_policy(&self, index: u32, policy: RemotePolicy) {
+        if let Some(slot) = self.policies.get(index as usize) {
+            let _ = slot.set(policy);
+        }
+    }
+
+    /// Whether a call may go to Redis now: always while up; while down,
+    /// once the backoff has passed and no other caller is trying.
+    fn may_try(&self) -> bool {
+        // Acquire: pairs with the Release stores in `failed`/`recovered`.
+        if self.health.up.load(Ordering::Acquire) {
+            return true;
+        }
+        if crate::clock::now_ns() < self.health.retry_at.load(Ordering::Acquire) {
+            return false;
+        }
+        self.health
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn failed(&self, why: &Down) {
+        // Relaxed: statistics only.
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        let was_up = self.health.up.swap(false, Ordering::AcqRel);
+        let backoff = if was_up {
+            self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+            if self.options.log_switches {
+                eprintln!(
+                    "ratekeeper: {}; using the failure policy ({:?}) until it answers again",
+                    why.0, self.options.on_failure
+                );
+            }
+            self.options.retry_min.as_nanos() as u64
+        } else {
+            let last = self.health.backoff_ns.load(Ordering::Acquire);
+            (last.saturating_mul(2)).clamp(
+                self.options.retry_min.as_nanos() as u64,
+                self.options.retry_max.as_nanos() as u64,
+            )
+        };
+        self.health.backoff_ns.store(backoff, Ordering::Release);
+        self.health.retry_at.store(
+            crate::clock::now_ns().saturating_add(backoff),
+            Ordering::Release,
+        );
+        self.health.probing.store(false, Ordering::Release);
+    }
+
+    fn recovered(&self) {
+        if !self.health.up.swap(true, Ordering::AcqRel) {
+            self.counters.recoveries.fetch_add(1, Ordering::Relaxed);
+            if self.options.log_switches {
+                eprintln!(
+                    "ratekeeper: Redis at {} answers again; deciding there",
+                    self.shown
+                );
+            }
+        }
+        self.health.probing.store(false, Ordering::Release);
+    }
+
+    /// Counts a decision made by the failure policy.
+    pub fn fell_back(&self) {
+        self.counters
+            .fallback_decisions
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a denial answered by the deny cache.
+    pub fn cache_hit(&self) {
+        self.counters
+            .deny_cache_hits
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long until the next try at Redis (for fail-closed retry-after).
+    pub fn until_retry_ns(&self) -> u64 {
+        self.health
+            .retry_at
+            .load(Ordering::Acquire)
+            .saturating_sub(crate::clock::now_ns())
+    }
+
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RedisStats {
+            up: self.health.up.load(Ordering::Acquire),
+            round_trips: get(&c.round_trips),
+            errors: get(&c.errors),
+            failovers: get(&c.failovers),
+            recoveries: get(&c.recoveries),
+            fallback_decisions: get(&c.fallback_decisions),
+            deny_cache_hits: get(&c.deny_cache_hits),
+            script_loads: get(&c.script_loads),
+        }
+    }
+
+    /// One round trip: the script with `op` over `items`, then `extra`.
+    /// `Err` when Redis is down or the call failed (the caller applies the
+    /// failure policy); every failure is counted and may switch health.
+    pub fn call(
+        &self,
+        op: &str,
+        now: Option<u64>,
+        items: &[Item<'_>],
+        extra: &[String],
+    ) -> Result<Value, Down> {
+        if !self.may_try() {
+            return Err(Down("Redis is down".into()));
+        }
+        let mut con = match self.take() {
+            Ok(con) => con,
+            Err(e) => {
+                let down = Down(self.describe(&e));
+                self.failed(&down);
+                return Err(down);
+            }
+        };
+        match self.run(&mut con, op, now, items, extra) {
+            Ok(v) => {
+                self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
+                self.give_back(con);
+                self.recovered();
+                Ok(v)
+            }
+            Err(e) => {
+                let down = Down(self.describe(&e));
+                self.failed(&down);
+                Err(down)
+            }
+        }
+    }
+
+    fn run(
+        &self,
+        con: &mut Connection,
+        op: &str,
+        now: Option<u64>,
+        items: &[Item<'_>],
+        extra: &[String],
+    ) -> redis::RedisResult<Value> {
+        let seeds = self.seeds(con)?;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha).arg(items.len() * 2);
+        for it in items {
+            let tag = self.tag(&seeds, it);
+            cmd.arg(format!("{}{{{tag}}}:s", self.options.prefix));
+            cmd.arg(format!("{}{{{tag}}}:o", self.options.prefix));
+        }
+        cmd.arg(op);
+        match now {
+            Some(t) => cmd.arg(t.min(crate::MAX_TIME_NS)),
+            None => cmd.arg(""),
+        };
+        cmd.arg(items.len());
+        for it in items {
+            cmd.arg(it.cost).arg(&it.policy.args);
+        }
+        cmd.arg(extra);
+        match cmd.query::<Value>(con) {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT).query(con)?;
+                self.counters.script_loads.fetch_add(1, Ordering::Relaxed);
+                cmd.query(con)
+            }
+            r => r,
+        }
+    }
+
+    /// The hash tag of an item: 128 bits of keyed hash of policy name and
+    /// key, in hex (no raw key ever reaches Redis).
+    fn tag(&self, seeds: &[Seed; 2], it: &Item<'_>) -> String {
+        format!("{:032x}", key_hash(seeds, &it.policy.name, it.key))
+    }
+
+    /// The 128-bit hash of `key` under `policy`, once the secret is known
+    /// (after the first successful round trip).
+    pub fn hash_of(&self, policy: &RemotePolicy, key: &[u8]) -> Option<u128> {
+        Some(key_hash(self.secret.get()?, &policy.name, Key::Raw(key)))
+    }
+
+    /// Registers a policy's definition in Redis (`<prefix>policy:<name>`)
+    /// or checks it against the one there: two hosts must not share a
+    /// policy name with different limits. Skipped while Redis is down.
+    pub fn register(&self, name: &str, definition: &str) -> Result<(), Error> {
+        if !self.may_try() {
+            return Ok(());
+        }
+        let mut con = match self.take() {
+            Ok(c) => c,
+            Err(e) => {
+                self.failed(&Down(self.describe(&e)));
+                return Ok(());
+            }
+        };
+        let key = format!("{}policy:{name}", self.options.prefix);
+        let r: redis::RedisResult<Option<String>> = (|| {
+            let _: Value = redis::cmd("SET")
+                .arg(&key)
+                .arg(definition)
+                .arg("NX")
+                .query(&mut con)?;
+            redis::cmd("GET").arg(&key).query(&mut con)
+        })();
+        match r {
+            Ok(existing) => {
+                self.give_back(con);
+                self.recovered();
+                match existing {
+                    Some(e) if e != definition => Err(Error::PolicyMismatch {
+                        name: name.into(),
+                        existing: e,
+                        requested: definition.into(),
+                    }),
+                    _ => Ok(()),
+                }
+            }
+            Err(e) => {
+                self.failed(&Down(self.describe(&e)));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Errors at open that retrying cannot fix.
+fn fatal(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || e.kind() == redis::ErrorKind::Parse
+        || e.kind() == redis::ErrorKind::InvalidClientConfig
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "ERR"))
+}
+
+fn key_hash(seeds: &[Seed; 2], name: &str, key: Key<'_>) -> u128 {
+    let key = match key {
+        Key::Raw(k) => k,
+        Key::Hashed(h) => return h,
+    };
+    let mut data = Vec::with_capacity(name.len() + 1 + key.len());
+    data.extend_from_slice(name.as_bytes());
+    data.push(0);
+    data.extend_from_slice(key);
+    u128::from(siphash13(seeds[0], &data)) << 64 | u128::from(siphash13(seeds[1], &data))
+}
+
+fn seeds_from(secret: &[u8]) -> [Seed; 2] {
+    let base = Seed {
+        k0: 0x7261_7465_6b65_6570,
+        k1: 0x6572_2d72_6564_6973,
+    };
+    let word = |i: u64| {
+        siphash13(
+            Seed {
+                k0: base.k0 ^ i,
+                k1: base.k1,
+            },
+            secret,
+        )
+    };
+    [
+        Seed {
+            k0: word(1),
+            k1: word(2),
+        },
+        Seed {
+            k0: word(3),
+            k1: word(4),
+        },
+    ]
+}
+
+/// SHA-1 of the script, as `EVALSHA` names it.
+fn sha1_hex(data: &[u8]) -> String {
+    redis::Script::new(std::str::from_utf8(data).unwrap_or_default())
+        .get_hash()
+        .to_string()
+}
+
+/// Reads the script's integer array reply.
+pub(crate) fn ints(v: &Value) -> Result<Vec<i64>, Down> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|x| match x {
+                Value::Int(i) => Ok(*i),
+                other => Err(Down(format!("unexpected script reply item {other:?}"))),
+            })
+            .collect(),
+        Value::Int(i) => Ok(vec![*i]),
+        other => Err(Down(format!("unexpected script reply {other:?}"))),
+    }
+}
+
+/// Reads a `check`/`peek`/`acquire` reply (`PROTOCOL.md`, "Replies").
+pub(crate) fn reply(v: &Value) -> Result<Reply, Down> {
+    let r = ints(v)?;
+    if r.len() != 11 || r.iter().take(10).any(|&x| x < -1) {
+        return Err(Down(format!("malformed script reply {r:?}")));
+    }
+    let u = |i: usize| r[i] as u64;
+    Ok(Reply {
+        decision: Decision {
+            allowed: r[0] == 1,
+            limit: u(2),
+            remaining: u(3),
+            retry_after_ns: if r[4] == -1 { u64::MAX } else { u(4) },
+            reset_after_ns: u(5),
+            limit_index: r[6] as u32,
+            banned: r[7] == 1,
+            shadow_denied: false,
+        },
+        item: r[1] as usize,
+        new_ban: r[8] == 1,
+        lease: u32::try_from(r[10]).ok(),
+    })
+}
+
+/// Denials answered locally: direct-mapped entries of (policy, key hash,
+/// cost) → the denial and the time it holds until, in the time domain of
+/// the call that stored it (explicit `now`, or the engine clock).
+pub(crate) struct DenyCache {
+    shards: Box<[Mutex<Vec<Option<Cached>>>]>,
+    per_shard: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    tag: u64,
+    cost: u32,
+    at: u64,
+    until: u64,
+    decision: Decision,
+}
+
+const CACHE_SHARDS: usize = 16;
+
+impl DenyCache {
+    fn new(entries: usize) -> DenyCache {
+        let per_shard = entries.div_ceil(CACHE_SHARDS);
+        DenyCache {
+            shards: (0..if entries == 0 { 0 } else { CACHE_SHARDS })
+                .map(|_| Mutex::new(vec![None; per_shard]))
+                .collect(),
+            per_shard,
+        }
+    }
+
+    fn place(&self, tag: u64) -> Option<(&Mutex<Vec<Option<Cached>>>, usize)> {
+        if self.shards.is_empty() {
+            return None;
+        }
+        let shard = &self.shards[(tag % CACHE_SHARDS as u64) as usize];
+        Some((
+            shard,
+            ((tag / CACHE_SHARDS as u64) % self.per_shard as u64) as usize,
+        ))
+    }
+
+    /// The cached denial for `tag` if a request of `cost` at `now` is still
+    /// denied by it (a denial of cost `c` holds for every cost ≥ `c`).
+    pub fn get(&self, tag: u64, cost: u32, now: u64) -> Option<Decision> {
+        let (shard, i) = self.place(tag)?;
+        let e = shard.lock().unwrap_or_else(|e| e.into_inner())[i]?;
+        if e.tag != tag || cost < e.cost || now < e.at || now >= e.until {
+            return None;
+        }
+        let gone = now - e.at;
+        Some(Decision {
+            retry_after_ns: e.until - now,
+            reset_after_ns: e.decision.reset_after_ns.saturating_sub(gone),
+            ..e.decision
+        })
+    }
+
+    /// Remembers a denial made at `now`.
+    pub fn put(&self, tag: u64, cost: u32, now: u64, d: &Decision) {
+        if d.allowed || d.retry_after_ns == 0 {
+            return;
+        }
+        if let Some((shard, i)) = self.place(tag) {
+            shard.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(Cached {
+                tag,
+                cost,
+                at: now,
+                until: now.saturating_add(d.retry_after_ns),
+                decision: *d,
+            });
+        }
+    }
+
+    /// Forgets `tag` (after a reset or an override change of the key).
+    pub fn forget(&self, tag: u64) {
+        if let Some((shard, i)) = self.place(tag) {
+            let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
+            if s[i].is_some_and(|e| e.tag == tag) {
+                s[i] = None;
+            }
+        }
+    }
+}
