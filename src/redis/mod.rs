@@ -310,7 +310,14 @@ impl Remote {
             },
             counters: Counters::default(),
         };
-        match remote.connect() {
+        let first = remote.connect().and_then(|mut con| {
+            // A server that is not Redis shows itself here, not at the
+            // first request.
+            let _: String = redis::cmd("PING").query(&mut con)?;
+            remote.seeds(&mut con)?;
+            Ok(con)
+        });
+        match first {
             Ok(con) => remote.give_back(con),
             Err(e) if fatal(&e) => return Err(Error::Backend(remote.describe(&e))),
             Err(e) => remote.failed(&Down(remote.describe(&e))),
