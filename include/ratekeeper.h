@@ -57,6 +57,12 @@
 #define RK_STATS_V1_SIZE 48
 
 /**
+ * `sizeof(rk_redis_stats)` of the first version: the least
+ * `rk_engine_redis_stats_sized` accepts.
+ */
+#define RK_REDIS_STATS_V1_SIZE 64
+
+/**
  * The result of every fallible `rk_` function. `RK_OK` (0) is success;
  * every other value names one class of failure, and `rk_last_error()`
  * holds a message with the details.
@@ -163,6 +169,11 @@ enum rk_status
      * that needs it, a refused password, or a server that is not Redis.
      */
     RK_ERR_BACKEND = 19,
+    /**
+     * The operation needs the other kind of engine: `rk_engine_redis_stats`
+     * on an engine that is not Redis-backed.
+     */
+    RK_ERR_WRONG_ENGINE_KIND = 20,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -269,8 +280,42 @@ typedef uint32_t rk_algorithm;
 #endif // __cplusplus
 
 /**
- * An engine: a set of named policies. Opaque; made by `rk_engine_new` or
- * `rk_engine_open_shared`, freed by `rk_engine_free`.
+ * What a Redis engine does while Redis cannot be reached (the values of
+ * `rk_redis_options.on_failure`). Every switch to it and back is counted
+ * in `rk_redis_stats` and, by default, logged on stderr.
+ */
+enum rk_on_failure
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Decide with the engine's local tables (the default): in the
+     * shared-memory file `fallback_path` when set, so that the limit still
+     * holds across the host's processes; else in this process.
+     */
+    RK_ON_FAILURE_LOCAL = 0,
+    /**
+     * Allow every request.
+     */
+    RK_ON_FAILURE_OPEN = 1,
+    /**
+     * Deny every request, with a retry-after until the next reconnect try.
+     */
+    RK_ON_FAILURE_CLOSED = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum rk_on_failure rk_on_failure;
+#else
+typedef uint32_t rk_on_failure;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * An engine: a set of named policies. Opaque; made by `rk_engine_new`,
+ * `rk_engine_open_shared` or `rk_engine_open_redis`, freed by
+ * `rk_engine_free`.
  *
  * Thread-safe: every function may be called on the same `rk_engine*` from
  * any number of threads at once (except `rk_engine_free`, which must be
@@ -604,6 +649,132 @@ typedef struct rk_stats {
     uint64_t bans;
 } rk_stats;
 
+/**
+ * Options for `rk_engine_open_redis`. Versioned like `rk_policy_options`:
+ * start from `rk_redis_options_init(&opts)` (a macro passing this
+ * header's `sizeof`), then change the fields you care about. The struct
+ * only ever grows at its end; fields beyond the caller's `struct_size`
+ * take their defaults. Durations are milliseconds. Strings and the
+ * secret are only read during `rk_engine_open_redis`.
+ */
+typedef struct rk_redis_options {
+    /**
+     * `sizeof(rk_redis_options)` as the caller knows it (set by
+     * `rk_redis_options_init`). Must cover at least `struct_size` and
+     * `on_failure`.
+     */
+    uint32_t struct_size;
+    /**
+     * An `rk_on_failure` value (default `RK_ON_FAILURE_LOCAL`).
+     */
+    uint32_t on_failure;
+    /**
+     * Prefix of every Redis key the engine writes, NUL-terminated UTF-8;
+     * NULL (the default) means `"rk:"`. Engines that share limits must
+     * use the same prefix.
+     */
+    const char *prefix;
+    /**
+     * Time allowed to open a connection, in ms (default 200, at least 1).
+     */
+    uint32_t connect_timeout_ms;
+    /**
+     * Time allowed for one round trip (read or write), in ms (default 100,
+     * at least 1). Past it, the failure policy decides.
+     */
+    uint32_t timeout_ms;
+    /**
+     * First wait before trying Redis again after a failure, in ms (default
+     * 50, at least 1); it doubles after each failed try up to `retry_max_ms`.
+     */
+    uint32_t retry_min_ms;
+    /**
+     * Longest wait between tries, in ms (default 2000, at least
+     * `retry_min_ms`).
+     */
+    uint32_t retry_max_ms;
+    /**
+     * Idle connections kept for reuse (default 16). More are opened while
+     * more threads call at once.
+     */
+    uint64_t pool_size;
+    /**
+     * Entries of the local deny cache (default 4096; 0 turns it off): a
+     * key denied with retry-after T is answered locally until T, without
+     * a round trip.
+     */
+    uint64_t deny_cache;
+    /**
+     * With `RK_ON_FAILURE_LOCAL`: the shared-memory file (as for
+     * `rk_engine_open_shared`) of the fallback tables, NUL-terminated;
+     * NULL (the default): tables in this process.
+     */
+    const char *fallback_path;
+    /**
+     * The local tables of the fallback (capacity, clock, shared file
+     * sizes), as for `rk_engine_new`; NULL (the default): every default.
+     */
+    const struct rk_engine_options *engine_options;
+    /**
+     * The secret of the keyed hash that turns keys into Redis key names
+     * (`hash_secret_len` bytes, at least 16). NULL (the default): a random
+     * secret that the first engine stores in Redis and every other engine
+     * reads, so that all hosts agree.
+     */
+    const uint8_t *hash_secret;
+    /**
+     * Length of `hash_secret` in bytes (0 when it is NULL).
+     */
+    size_t hash_secret_len;
+    /**
+     * Write one line to stderr at each switch to the failure policy and
+     * back (default true).
+     */
+    bool log_switches;
+} rk_redis_options;
+
+/**
+ * A Redis engine's counters (this process's view), from
+ * `rk_engine_redis_stats`. Written by the library, versioned by size:
+ * fields are only ever appended, and the library writes no more than the
+ * caller's size.
+ */
+typedef struct rk_redis_stats {
+    /**
+     * Redis is reachable (as of the last round trip or reconnect try).
+     */
+    bool up;
+    /**
+     * Script calls that got an answer.
+     */
+    uint64_t round_trips;
+    /**
+     * Calls that failed (connect, timeout, protocol or server error).
+     */
+    uint64_t errors;
+    /**
+     * Switches from Redis to the failure policy.
+     */
+    uint64_t failovers;
+    /**
+     * Switches back to Redis.
+     */
+    uint64_t recoveries;
+    /**
+     * Decisions made by the failure policy instead of Redis.
+     */
+    uint64_t fallback_decisions;
+    /**
+     * Denials answered by the local deny cache, without a round trip.
+     */
+    uint64_t deny_cache_hits;
+    /**
+     * Times the script was loaded into Redis (once per server, again after
+     * a restart or `SCRIPT FLUSH`).
+     */
+    uint64_t script_loads;
+} rk_redis_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -860,8 +1031,9 @@ rk_status rk_engine_open_shared(const char *path,
  * Permits still held are simply dropped; a shared engine's file stays.
  *
  * # Safety
- * `engine` is NULL or was returned by `rk_engine_new` /
- * `rk_engine_open_shared` and not freed yet, and no other call on it is
+ * `engine` is NULL or was returned by `rk_engine_new`,
+ * `rk_engine_open_shared` or `rk_engine_open_redis` and not freed yet, and
+ * no other call on it is
  * running or will run.
  */
 void rk_engine_free(struct rk_engine *engine);
@@ -1311,6 +1483,81 @@ rk_status rk_policy_stats_sized(struct rk_engine *engine,
                                 size_t out_size);
 
 /**
+ * Fills `*opts` with every default of the newest version of
+ * `rk_redis_options` that fits in `opts_size` bytes and sets
+ * `opts->struct_size` to that version's size (88 with this header).
+ * Writes nothing beyond `opts_size` bytes, and nothing at all if it is
+ * below 88. NULL `opts` does nothing. Thread-safe.
+ *
+ * This header makes `rk_redis_options_init(opts)` a macro for
+ * `rk_redis_options_init_sized((opts), sizeof(rk_redis_options))`: call that.
+ *
+ * # Safety
+ * `opts` is NULL or valid for writing `opts_size` bytes.
+ */
+void rk_redis_options_init_sized(struct rk_redis_options *opts,
+                                 size_t opts_size);
+
+/**
+ * Opens an engine whose limits live in the Redis server at `url` and
+ * stores it in `*out`. Every engine (in any process, on any host) opened
+ * on the same server with the same `prefix` enforces the same limits
+ * together; each check is one round trip, whatever the number of limits
+ * of its policy. Checks without an explicit time use Redis `TIME` (one
+ * clock for all hosts); a `*_at` call's `now_ns` is used as given.
+ *
+ * `url`: `redis://[[user]:password@]host[:port][/db]`, or `rediss://` for
+ * TLS. `opts` may be NULL for every default; else set it up with
+ * `rk_redis_options_init`. The engine connects once at open, so that a
+ * wrong password or a server that is not Redis fails here; a server that
+ * cannot be reached is not an error: the engine starts on its failure
+ * policy (`opts->on_failure`) and switches to Redis when it answers (see
+ * `rk_engine_redis_stats`). Checks never fail because of Redis: the
+ * failure policy decides, within `timeout_ms` of a call. The caller owns
+ * the engine and frees it with `rk_engine_free`. Thread-safe
+ * (connections are pooled). Open it in each process after `fork`: a
+ * child must not use its parent's connections.
+ *
+ * Errors: `RK_ERR_NULL_POINTER` (`url` or `out`), `RK_ERR_INVALID_UTF8`
+ * (`url` or `prefix`), `RK_ERR_INVALID_ARGUMENT` (a URL that does not
+ * parse, a bad `struct_size` or `on_failure`, a zero timeout,
+ * `retry_max_ms` below `retry_min_ms`, a `hash_secret` shorter than 16
+ * bytes, a `prefix` with `{` or `}`, a `fallback_path` without
+ * `RK_ON_FAILURE_LOCAL`), `RK_ERR_BACKEND` (password refused, not a Redis
+ * server; or a build without the Redis backend), and those of
+ * `rk_engine_open_shared` for `fallback_path`. `*out` is written only on
+ * success.
+ *
+ * # Safety
+ * `url` is NULL or NUL-terminated; `opts` is NULL or points to an
+ * `rk_redis_options` of at least `opts->struct_size` initialised bytes,
+ * whose pointers within it are NULL or valid as documented there; `out`
+ * is NULL or valid for writing an `rk_engine*`.
+ */
+rk_status rk_engine_open_redis(const char *url,
+                               const struct rk_redis_options *opts,
+                               struct rk_engine **out);
+
+/**
+ * Stores the counters of a Redis engine in `*out`: every field that lies
+ * within the caller's `out_size` bytes (pass `sizeof(rk_redis_stats)`;
+ * this header makes `rk_engine_redis_stats(engine, out)` a macro that
+ * does). Thread-safe.
+ *
+ * Errors: `RK_ERR_NULL_POINTER`, `RK_ERR_INVALID_ARGUMENT` (`out_size`
+ * below 64, the first version's size), `RK_ERR_WRONG_ENGINE_KIND` (the
+ * engine is not Redis-backed). `*out` is written only on success.
+ *
+ * # Safety
+ * `engine` is NULL or a live engine; `out` is NULL or valid for writing
+ * `out_size` bytes (at most `sizeof(rk_redis_stats)` are written), aligned
+ * for an `rk_redis_stats`.
+ */
+rk_status rk_engine_redis_stats_sized(struct rk_engine *engine,
+                                      struct rk_redis_stats *out,
+                                      size_t out_size);
+
+/**
  * A static, NUL-terminated description of `status` (its name, a colon and
  * a sentence), e.g. `"RK_ERR_PARSE: the policy spec does not parse"`.
  *
@@ -1345,10 +1592,14 @@ const char *rk_last_error(void);
  * compiled against the first header have. Code compiled against this header
  * calls the _sized functions with its own sizeof through these macros, and
  * so fills every field it knows. (Taking the address of either name, or
- * writing (rk_policy_stats)(...), reaches the first-version function.)
+ * writing (rk_policy_stats)(...), reaches the first-version function.) The
+ * Redis functions were born sized: rk_redis_options_init and
+ * rk_engine_redis_stats exist only as these macros.
  */
 #ifndef RATEKEEPER_H_SIZED
 #define RATEKEEPER_H_SIZED
 #define rk_policy_options_init(opts) rk_policy_options_init_sized((opts), sizeof(rk_policy_options))
 #define rk_policy_stats(engine, policy, out) rk_policy_stats_sized((engine), (policy), (out), sizeof(rk_stats))
+#define rk_redis_options_init(opts) rk_redis_options_init_sized((opts), sizeof(rk_redis_options))
+#define rk_engine_redis_stats(engine, out) rk_engine_redis_stats_sized((engine), (out), sizeof(rk_redis_stats))
 #endif /* RATEKEEPER_H_SIZED */

@@ -33,6 +33,8 @@ pub(crate) enum Failure {
     NoSuchPolicy(String),
     /// The caller's buffer holds `given` bytes; `needed` are needed.
     BufferTooSmall { needed: usize, given: usize },
+    /// The operation needs a Redis-backed engine.
+    WrongEngineKind,
     /// The engine refused.
     Engine(Error),
 }
@@ -55,6 +57,7 @@ impl Failure {
             }
             Failure::BufferTooSmall { .. } => rk_status::RK_ERR_BUFFER_TOO_SMALL,
             Failure::NoSuchPolicy(_) => rk_status::RK_ERR_UNKNOWN_POLICY,
+            Failure::WrongEngineKind => rk_status::RK_ERR_WRONG_ENGINE_KIND,
             Failure::Engine(e) => rk_status::of(e),
         }
     }
@@ -83,6 +86,10 @@ impl fmt::Display for Failure {
             Failure::BufferTooSmall { needed, given } => write!(
                 f,
                 "the buffer holds {given} bytes; {needed} are needed (including the NUL)"
+            ),
+            Failure::WrongEngineKind => write!(
+                f,
+                "the engine is not Redis-backed (open it with rk_engine_open_redis)"
             ),
             Failure::Engine(e) => write!(f, "{e}"),
         }

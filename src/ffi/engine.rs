@@ -7,8 +7,9 @@ use crate::{Clock, Engine, EngineOptions};
 use std::ffi::c_char;
 use std::mem::{offset_of, size_of};
 
-/// An engine: a set of named policies. Opaque; made by `rk_engine_new` or
-/// `rk_engine_open_shared`, freed by `rk_engine_free`.
+/// An engine: a set of named policies. Opaque; made by `rk_engine_new`,
+/// `rk_engine_open_shared` or `rk_engine_open_redis`, freed by
+/// `rk_engine_free`.
 ///
 /// Thread-safe: every function may be called on the same `rk_engine*` from
 /// any number of threads at once (except `rk_engine_free`, which must be
@@ -82,7 +83,7 @@ const MIN_OPTIONS_SIZE: usize = offset_of!(rk_engine_options, capacity) + size_o
 /// # Safety
 /// `p` is NULL or points to a readable, aligned block of at least
 /// `(*p).struct_size` bytes whose fields within that size are initialised.
-unsafe fn read_options(p: *const rk_engine_options) -> Result<EngineOptions, Failure> {
+pub(super) unsafe fn read_options(p: *const rk_engine_options) -> Result<EngineOptions, Failure> {
     let mut options = EngineOptions::default();
     if p.is_null() {
         return Ok(options);
@@ -214,16 +215,18 @@ pub unsafe extern "C" fn rk_engine_open_shared(
 /// Permits still held are simply dropped; a shared engine's file stays.
 ///
 /// # Safety
-/// `engine` is NULL or was returned by `rk_engine_new` /
-/// `rk_engine_open_shared` and not freed yet, and no other call on it is
+/// `engine` is NULL or was returned by `rk_engine_new`,
+/// `rk_engine_open_shared` or `rk_engine_open_redis` and not freed yet, and
+/// no other call on it is
 /// running or will run.
 #[no_mangle]
 pub unsafe extern "C" fn rk_engine_free(engine: *mut rk_engine) {
     boundary::run_infallible("rk_engine_free", (), || {
         if !engine.is_null() {
             // SAFETY:
-            // - `engine` came from `Box::into_raw` in `rk_engine_new` /
-            //   `rk_engine_open_shared` and has not been freed (contract);
+            // - `engine` came from `Box::into_raw` in `rk_engine_new`,
+            //   `rk_engine_open_shared` or `rk_engine_open_redis` and has
+            //   not been freed (contract);
             // - no other reference to it exists or will be used (contract).
             drop(unsafe { Box::from_raw(engine) });
         }

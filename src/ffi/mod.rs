@@ -13,6 +13,7 @@
 //! | [`permit`] | `rk_permit`, `rk_acquire*`, `rk_release*` |
 //! | [`overrides`] | `rk_override_*` (per-key quota factors) |
 //! | [`events`] | `rk_deny_event`, `rk_recent_denials` |
+//! | [`redis`] | `rk_redis_options`, `rk_redis_stats`, `rk_engine_open_redis`, `rk_engine_redis_stats` |
 //!
 //! The plumbing lives in private modules: `boundary` (the panic boundary
 //! and the thread-local last-error message) and `args` (turning C pointers
@@ -44,6 +45,7 @@ pub mod events;
 pub mod overrides;
 pub mod permit;
 pub mod policy;
+pub mod redis;
 pub mod status;
 
 pub(crate) use args::Failure;

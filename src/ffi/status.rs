@@ -67,6 +67,9 @@ pub enum rk_status {
     /// The Redis backend could not be used: unreachable at an operation
     /// that needs it, a refused password, or a server that is not Redis.
     RK_ERR_BACKEND = 19,
+    /// The operation needs the other kind of engine: `rk_engine_redis_stats`
+    /// on an engine that is not Redis-backed.
+    RK_ERR_WRONG_ENGINE_KIND = 20,
 }
 
 impl rk_status {
@@ -93,7 +96,7 @@ impl rk_status {
 
     /// Every status, in value order (for tests).
     #[cfg(test)]
-    pub(crate) const ALL: [rk_status; 20] = [
+    pub(crate) const ALL: [rk_status; 21] = [
         rk_status::RK_OK,
         rk_status::RK_ERR_NULL_POINTER,
         rk_status::RK_ERR_NULL_KEY,
@@ -114,6 +117,7 @@ impl rk_status {
         rk_status::RK_ERR_PANIC,
         rk_status::RK_ERR_BUFFER_TOO_SMALL,
         rk_status::RK_ERR_BACKEND,
+        rk_status::RK_ERR_WRONG_ENGINE_KIND,
     ];
 }
 
@@ -140,6 +144,7 @@ fn describe(status: u32) -> &'static CStr {
         17 => c"RK_ERR_PANIC: internal error (a panic was caught; please report it)",
         18 => c"RK_ERR_BUFFER_TOO_SMALL: the buffer is too small",
         19 => c"RK_ERR_BACKEND: the Redis backend could not be used",
+        20 => c"RK_ERR_WRONG_ENGINE_KIND: the operation needs a Redis-backed engine",
         _ => c"unknown rk_status value",
     }
 }

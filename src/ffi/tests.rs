@@ -10,6 +10,7 @@ use super::events::*;
 use super::overrides::*;
 use super::permit::*;
 use super::policy::*;
+use super::redis::*;
 use super::status::*;
 use std::ffi::{c_char, CStr};
 use std::mem::size_of;
@@ -82,7 +83,7 @@ fn status_values_are_explicit_distinct_and_described() {
         let text = c(rk_status_str(*s as u32));
         assert!(text.starts_with(&format!("{s:?}: ")), "{text}");
     }
-    assert_eq!(c(rk_status_str(20)), "unknown rk_status value");
+    assert_eq!(c(rk_status_str(21)), "unknown rk_status value");
     assert_eq!(c(rk_status_str(u32::MAX)), "unknown rk_status value");
 }
 
@@ -932,6 +933,171 @@ fn overrides_scale_a_keys_quota_until_cleared() {
             rk_status::RK_ERR_UNKNOWN_POLICY
         );
         assert_eq!(f, -1.0);
+    }
+    free(e);
+}
+
+fn redis_options() -> rk_redis_options {
+    let mut o = std::mem::MaybeUninit::<rk_redis_options>::uninit();
+    // SAFETY: `o` is a writable local of the full size; init fills every field.
+    unsafe {
+        rk_redis_options_init_sized(o.as_mut_ptr(), size_of::<rk_redis_options>());
+        o.assume_init()
+    }
+}
+
+fn open_redis(url: &CStr, o: *const rk_redis_options) -> Result<*mut rk_engine, rk_status> {
+    let mut e = null_mut();
+    // SAFETY: NUL-terminated url; `o` is NULL or a live options struct; writable out.
+    match unsafe { rk_engine_open_redis(url.as_ptr(), o, &mut e) } {
+        rk_status::RK_OK => Ok(e),
+        s => {
+            assert!(e.is_null(), "out untouched on failure");
+            Err(s)
+        }
+    }
+}
+
+#[test]
+fn redis_options_init_fills_the_defaults_of_what_fits() {
+    let o = redis_options();
+    assert_eq!(o.struct_size as usize, size_of::<rk_redis_options>());
+    assert_eq!(o.on_failure, rk_on_failure::RK_ON_FAILURE_LOCAL as u32);
+    assert!(o.prefix.is_null() && o.fallback_path.is_null() && o.engine_options.is_null());
+    assert_eq!((o.connect_timeout_ms, o.timeout_ms), (200, 100));
+    assert_eq!((o.retry_min_ms, o.retry_max_ms), (50, 2000));
+    assert_eq!((o.pool_size, o.deny_cache), (16, 4096));
+    assert!(o.hash_secret.is_null() && o.hash_secret_len == 0 && o.log_switches);
+    let mut buf = [0x5a_u8; 128];
+    // SAFETY: `buf` holds 128 writable bytes; too small a size writes nothing.
+    unsafe {
+        rk_redis_options_init_sized(buf.as_mut_ptr().cast(), 87);
+        rk_redis_options_init_sized(null_mut(), 88);
+    }
+    assert!(buf.iter().all(|&b| b == 0x5a));
+}
+
+#[test]
+#[cfg(feature = "redis")]
+fn redis_options_are_checked_and_read_only_within_struct_size() {
+    let mut o = redis_options();
+    o.struct_size = 4;
+    assert_eq!(
+        open_redis(c"redis://127.0.0.1:1/", &o),
+        Err(rk_status::RK_ERR_INVALID_ARGUMENT)
+    );
+    assert!(last_error_string().contains("struct_size is 4"));
+    // Only `on_failure` is known: the zero timeout beyond is never read.
+    o.struct_size = 8;
+    o.on_failure = rk_on_failure::RK_ON_FAILURE_OPEN as u32;
+    o.timeout_ms = 0;
+    o.log_switches = false;
+    let e = open_redis(c"redis://127.0.0.1:1/", &o).unwrap();
+    free(e);
+    o.struct_size = size_of::<rk_redis_options>() as u32;
+    assert_eq!(
+        open_redis(c"redis://127.0.0.1:1/", &o),
+        Err(rk_status::RK_ERR_INVALID_ARGUMENT)
+    );
+    assert!(last_error_string().contains("timeouts must be positive"));
+    o.timeout_ms = 100;
+    o.on_failure = 3;
+    assert_eq!(
+        open_redis(c"redis://127.0.0.1:1/", &o),
+        Err(rk_status::RK_ERR_INVALID_ARGUMENT)
+    );
+    assert!(last_error_string().contains("opts->on_failure is 3"));
+    o.on_failure = 0;
+    o.hash_secret_len = 16;
+    assert_eq!(
+        open_redis(c"redis://127.0.0.1:1/", &o),
+        Err(rk_status::RK_ERR_INVALID_ARGUMENT)
+    );
+    assert!(last_error_string().contains("hash_secret is NULL"));
+    o.hash_secret_len = 0;
+    o.prefix = c"{app}".as_ptr();
+    assert_eq!(
+        open_redis(c"redis://127.0.0.1:1/", &o),
+        Err(rk_status::RK_ERR_INVALID_ARGUMENT)
+    );
+    o.prefix = null();
+    // SAFETY: a byte that no `bool` may hold, in our own struct; read as u8 only.
+    unsafe { std::ptr::addr_of_mut!(o.log_switches).cast::<u8>().write(7) };
+    assert_eq!(
+        open_redis(c"redis://127.0.0.1:1/", &o),
+        Err(rk_status::RK_ERR_INVALID_ARGUMENT)
+    );
+    assert!(last_error_string().contains("opts->log_switches is 7"));
+}
+
+#[test]
+#[cfg(feature = "redis")]
+fn a_bad_url_is_an_invalid_argument_and_an_unreachable_server_starts_down() {
+    assert_eq!(
+        open_redis(c"http://127.0.0.1:6379/", null()),
+        Err(rk_status::RK_ERR_INVALID_ARGUMENT)
+    );
+    assert!(
+        last_error_string().contains("rk_engine_open_redis: invalid argument: bad Redis URL"),
+        "{}",
+        last_error_string()
+    );
+    let mut e = null_mut();
+    // SAFETY: NULL url and out are refused before anything is read or written.
+    unsafe {
+        assert_eq!(
+            rk_engine_open_redis(null(), null(), &mut e),
+            rk_status::RK_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            rk_engine_open_redis(c"redis://127.0.0.1:1/".as_ptr(), null(), null_mut()),
+            rk_status::RK_ERR_NULL_POINTER
+        );
+    }
+    // Nothing listens on port 1: the engine opens on its failure policy
+    // (local tables), and says so in its stats.
+    let mut o = redis_options();
+    o.log_switches = false;
+    let e = open_redis(c"redis://127.0.0.1:1/", &o).unwrap();
+    let p = add(e, c"p", c"2/minute").unwrap();
+    let allowed: Vec<bool> = (0..3)
+        .map(|_| check_at(e, p, b"k", 1, S).unwrap().allowed)
+        .collect();
+    assert_eq!(allowed, [true, true, false]);
+    let mut s = std::mem::MaybeUninit::<rk_redis_stats>::uninit();
+    // SAFETY: live engine, writable local of the full size.
+    let s = unsafe {
+        assert_eq!(
+            rk_engine_redis_stats_sized(e, s.as_mut_ptr(), size_of::<rk_redis_stats>()),
+            rk_status::RK_OK
+        );
+        s.assume_init()
+    };
+    assert!(!s.up && s.failovers == 1 && s.round_trips == 0, "{s:?}");
+    assert!(s.fallback_decisions >= 1, "{s:?}");
+    free(e);
+}
+
+#[test]
+fn redis_stats_of_a_local_engine_is_the_wrong_engine_kind() {
+    let e = new_engine(16);
+    let mut s = std::mem::MaybeUninit::<rk_redis_stats>::uninit();
+    // SAFETY: live engine, writable local of the full size (or a size
+    // that is refused before anything is written).
+    unsafe {
+        assert_eq!(
+            rk_engine_redis_stats_sized(e, s.as_mut_ptr(), size_of::<rk_redis_stats>()),
+            rk_status::RK_ERR_WRONG_ENGINE_KIND
+        );
+        assert!(last_error_string().contains("not Redis-backed"));
+        assert_eq!(
+            rk_engine_redis_stats_sized(e, s.as_mut_ptr(), RK_REDIS_STATS_V1_SIZE - 1),
+            rk_status::RK_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            rk_engine_redis_stats_sized(e, null_mut(), size_of::<rk_redis_stats>()),
+            rk_status::RK_ERR_NULL_POINTER
+        );
     }
     free(e);
 }

@@ -7,6 +7,11 @@
 #      (shared and static), its output compared with expected_output.txt.
 # Prints "N passed, M failed" last; exits non-zero on any failure.
 #
+# test_redis needs a redis-server: this script starts one (127.0.0.1, a free
+# port, a password, no persistence) and stops it by its PID on exit. Without
+# redis-server the test is skipped, except in CI (CI=true), where that is a
+# failure (tests/run.sh installs it).
+#
 # Env: CARGO_TARGET_DIR (default: <repo>/target), CC, CXX, SKIP_VALGRIND=1.
 set -u
 cd "$(dirname "$0")/../.."
@@ -15,7 +20,16 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CC=${CC:-cc}
 CXX=${CXX:-c++}
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/rk-ctest.XXXXXX")
-trap 'rm -rf "$OUT"' EXIT
+REDIS_PID=
+PREFIX=
+cleanup() {
+    if [ -n "$REDIS_PID" ]; then
+        kill "$REDIS_PID" 2>/dev/null
+        wait "$REDIS_PID" 2>/dev/null
+    fi
+    rm -rf "$OUT" ${PREFIX:+"$PREFIX"}
+}
+trap cleanup EXIT
 
 passed=0
 failed=0
@@ -36,7 +50,47 @@ CFLAGS=(-std=c11 -Wall -Wextra -Wpedantic -Werror -D_POSIX_C_SOURCE=200809L -pth
 CXXFLAGS=(-std=c++17 -Wall -Wextra -Wpedantic -Werror -pthread -g -I"$ROOT/include")
 LIBS=("$LIB" -lpthread -ldl -lm -lrt -lutil)
 SAN=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
-TESTS=(test_api.c test_threads.c test_shared.c test_cxx.cpp)
+TESTS=(test_api.c test_threads.c test_shared.c test_redis.c test_cxx.cpp)
+
+# redis_ping <port>: whether a server answers PING there (NOAUTH counts: it is up).
+redis_ping() {
+    local line
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+    printf 'PING\r\n' >&3
+    read -r -t 2 line <&3
+    exec 3>&-
+    [[ $line == +PONG* || $line == -NOAUTH* ]]
+}
+
+echo "== redis-server for test_redis"
+if command -v redis-server >/dev/null; then
+    for _ in 1 2 3 4 5; do
+        port=$((20000 + RANDOM % 30000))
+        mkdir -p "$OUT/redis"
+        redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$OUT/redis" \
+            --requirepass rk-test-password --logfile "$OUT/redis/log" --daemonize no &
+        REDIS_PID=$!
+        for _ in $(seq 100); do
+            kill -0 "$REDIS_PID" 2>/dev/null || break
+            redis_ping "$port" 2>/dev/null && break
+            sleep 0.05
+        done
+        if kill -0 "$REDIS_PID" 2>/dev/null && redis_ping "$port" 2>/dev/null; then
+            export RK_TEST_REDIS_URL="redis://:rk-test-password@127.0.0.1:$port/0"
+            export RK_TEST_REDIS_WRONG_PASSWORD_URL="redis://:not-the-password@127.0.0.1:$port/0"
+            echo "redis-server pid $REDIS_PID on 127.0.0.1:$port"
+            break
+        fi
+        kill "$REDIS_PID" 2>/dev/null
+        wait "$REDIS_PID" 2>/dev/null
+        REDIS_PID=
+    done
+    [ -n "$REDIS_PID" ] || { cat "$OUT/redis/log" 2>/dev/null; fail "redis-server did not start"; }
+elif [ "${CI:-}" = true ]; then
+    fail "redis-server is not installed (tests/run.sh installs it with apt-get)"
+else
+    echo "SKIP test_redis: redis-server is not installed (apt-get install redis-server)"
+fi
 
 # compile <source> <output> [extra flags...]
 compile() {
@@ -85,7 +139,6 @@ fi
 
 echo "== bindings/c example via make install + pkg-config"
 PREFIX=$(mktemp -d "${TMPDIR:-/tmp}/rk-prefix.XXXXXX")
-trap 'rm -rf "$OUT" "$PREFIX"' EXIT
 if make -s install PREFIX="$PREFIX" CARGO_TARGET_DIR="$TARGET_DIR" >"$OUT/install.log" 2>&1; then
     for variant in example example-static; do
         rm -rf "$OUT/ex" && cp -r bindings/c "$OUT/ex" && rm -f "$OUT/ex/example" "$OUT/ex/example-static"

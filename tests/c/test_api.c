@@ -71,7 +71,7 @@ static void test_status_strings_and_version(void) {
         "RK_ERR_UNKNOWN_POLICY", "RK_ERR_TOO_MANY_POLICIES", "RK_ERR_WRONG_POLICY_KIND",
         "RK_ERR_INVALID_PERMIT", "RK_ERR_TIMEOUT", "RK_ERR_OUT_OF_MEMORY", "RK_ERR_IO",
         "RK_ERR_CORRUPT", "RK_ERR_UNSUPPORTED_PLATFORM", "RK_ERR_INVALID_ARGUMENT",
-        "RK_ERR_PANIC", "RK_ERR_BUFFER_TOO_SMALL",
+        "RK_ERR_PANIC", "RK_ERR_BUFFER_TOO_SMALL", "RK_ERR_BACKEND", "RK_ERR_WRONG_ENGINE_KIND",
     };
     const rk_status values[] = {
         RK_OK, RK_ERR_NULL_POINTER, RK_ERR_NULL_KEY, RK_ERR_INVALID_UTF8, RK_ERR_PARSE,
@@ -79,14 +79,14 @@ static void test_status_strings_and_version(void) {
         RK_ERR_TOO_MANY_POLICIES, RK_ERR_WRONG_POLICY_KIND, RK_ERR_INVALID_PERMIT,
         RK_ERR_TIMEOUT, RK_ERR_OUT_OF_MEMORY, RK_ERR_IO, RK_ERR_CORRUPT,
         RK_ERR_UNSUPPORTED_PLATFORM, RK_ERR_INVALID_ARGUMENT, RK_ERR_PANIC,
-        RK_ERR_BUFFER_TOO_SMALL,
+        RK_ERR_BUFFER_TOO_SMALL, RK_ERR_BACKEND, RK_ERR_WRONG_ENGINE_KIND,
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         const char *s = rk_status_str((uint32_t)i);
         CHECK(values[i] == (rk_status)i); /* values are explicit and never renumbered */
         CHECK(s != NULL && strncmp(s, names[i], strlen(names[i])) == 0 && s[strlen(names[i])] == ':');
     }
-    CHECK(strcmp(rk_status_str(19), "unknown rk_status value") == 0);
+    CHECK(strcmp(rk_status_str(21), "unknown rk_status value") == 0);
     CHECK(strcmp(rk_status_str(UINT32_MAX), "unknown rk_status value") == 0);
 
     CHECK(strcmp(rk_last_error(), "") == 0); /* no failure on this thread yet */
