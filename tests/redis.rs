@@ -1,0 +1,579 @@
+//! The Redis backend through `Engine::open_redis`, against a real
+//! `redis-server` started on a free port (tests/support/redis_server.rs):
+//! conformance with the in-process engine, exact totals across processes
+//! ("hosts"), failover and recovery while Redis stops and restarts, bad
+//! URLs and servers, the deny cache, the key layout, round trips.
+#![cfg(feature = "redis")]
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use ratekeeper::{
+    CheckItem, Decision, Engine, EngineOptions, Error, OnFailure, Penalty, PolicyOptions,
+    RedisOptions,
+};
+use redis_server::RedisServer;
+
+/// Options for tests: no deny cache (every call reaches Redis) and a
+/// prefix of the test's own, unless a test says otherwise.
+fn opts(prefix: &str) -> RedisOptions {
+    RedisOptions {
+        prefix: format!("test:{prefix}:"),
+        deny_cache: 0,
+        log_switches: false,
+        engine: EngineOptions {
+            capacity: 1024,
+            ..EngineOptions::default()
+        },
+        ..RedisOptions::default()
+    }
+}
+
+fn open(server: &RedisServer, prefix: &str) -> Engine {
+    Engine::open_redis(&server.url(), opts(prefix)).unwrap()
+}
+
+// ---------------------------------------------------------------------
+// Conformance: the same trace through Redis and in process.
+
+const SPECS: &[&str] = &[
+    "gcra 5/second burst 8",
+    "fixed_window 4/second",
+    "sliding_window 6/2 seconds",
+    "sliding_log 3/second",
+    "gcra 10/second; fixed_window 25/5 seconds",
+    "sliding_window 7/second; sliding_log 4/2 seconds",
+];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Check { key: u8, cost: u32, dt: u64 },
+    Peek { key: u8, cost: u32 },
+    Refund { key: u8, cost: u32 },
+    Reset { key: u8 },
+    Override { key: u8, milli: u32 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0u8..3, 1u32..4, prop_oneof![Just(0u64), 0u64..400_000_000, 0u64..5_000_000_000])
+            .prop_map(|(key, cost, dt)| Op::Check { key, cost, dt }),
+        1 => (0u8..3, 1u32..3).prop_map(|(key, cost)| Op::Peek { key, cost }),
+        1 => (0u8..3, 1u32..3).prop_map(|(key, cost)| Op::Refund { key, cost }),
+        1 => (0u8..3).prop_map(|key| Op::Reset { key }),
+        1 => (0u8..3, prop_oneof![Just(0u32), 500u32..3000]).prop_map(|(key, milli)| Op::Override { key, milli }),
+    ]
+}
+
+fn same(what: &str, remote: Decision, local: Decision) {
+    assert_eq!(
+        remote, local,
+        "{what}: Redis (left) and in-process (right) differ"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_algorithm_decides_as_in_process(spec in 0..SPECS.len(), ops in prop::collection::vec(op(), 1..60)) {
+        let server = shared_server();
+        let prefix = format!("conf{}", next_id());
+        let remote = open(server, &prefix);
+        let local = Engine::new(EngineOptions::default()).unwrap();
+        let rp = remote.add_policy("p", SPECS[spec]).unwrap();
+        let lp = local.add_policy("p", SPECS[spec]).unwrap();
+        let mut now = 1_000_000_000u64;
+        for op in ops {
+            match op {
+                Op::Check { key, cost, dt } => {
+                    now += dt;
+                    let k = [key];
+                    same(&format!("check {key} cost {cost} at {now}"),
+                         remote.check_at(rp, &k, cost, now), local.check_at(lp, &k, cost, now));
+                }
+                Op::Peek { key, cost } => {
+                    let k = [key];
+                    same("peek", remote.peek_at(rp, &k, cost, now).unwrap(), local.peek_at(lp, &k, cost, now).unwrap());
+                }
+                Op::Refund { key, cost } => {
+                    // As for reset, the flag says whether state was stored,
+                    // and Redis deletes state that is back to fresh.
+                    let k = [key];
+                    remote.refund_at(rp, &k, cost, now).unwrap();
+                    local.refund_at(lp, &k, cost, now).unwrap();
+                }
+                Op::Reset { key } => {
+                    // The returned flag may differ: Redis deletes a key whose
+                    // state is back to fresh (e.g. after a full refund) where
+                    // the local table keeps the slot. What follows must not.
+                    let k = [key];
+                    remote.reset(rp, &k).unwrap();
+                    local.reset(lp, &k).unwrap();
+                }
+                Op::Override { key, milli } => {
+                    let k = [key];
+                    if milli == 0 {
+                        remote.clear_override(rp, &k).unwrap();
+                        local.clear_override(lp, &k).unwrap();
+                    } else {
+                        remote.set_override(rp, &k, milli as f64 / 1000.0).unwrap();
+                        local.set_override(lp, &k, milli as f64 / 1000.0).unwrap();
+                    }
+                    prop_assert_eq!(remote.override_of(rp, &k).unwrap(), local.override_of(lp, &k).unwrap());
+                }
+            }
+        }
+        prop_assert_eq!(remote.redis_stats().unwrap().fallback_decisions, 0);
+    }
+
+    #[test]
+    fn batches_and_penalties_decide_as_in_process(
+        steps in prop::collection::vec((0u8..2, 0u8..2, 1u32..3, 0u64..300_000_000), 1..50)
+    ) {
+        let server = shared_server();
+        let prefix = format!("batch{}", next_id());
+        let remote = open(server, &prefix);
+        let local = Engine::new(EngineOptions::default()).unwrap();
+        let penalty = PolicyOptions {
+            penalty: Some(Penalty { strikes: 3, window_ns: 1_000_000_000, ban_ns: 2_000_000_000, max_ban_ns: 8_000_000_000 }),
+            ..PolicyOptions::default()
+        };
+        let mut ids = Vec::new();
+        for e in [&remote, &local] {
+            let a = e.add_policy("ip", "gcra 4/second burst 4").unwrap();
+            let b = e.add_policy_with("user", "fixed_window 3/second", penalty).unwrap();
+            ids.push((a, b));
+        }
+        let mut now = 5_000_000_000u64;
+        for (ip, user, cost, dt) in steps {
+            now += dt;
+            let (ipk, userk) = ([ip], [user]);
+            let batch = |(a, b): (ratekeeper::PolicyId, ratekeeper::PolicyId)| [
+                CheckItem { policy: a, key: &ipk, cost },
+                CheckItem { policy: b, key: &userk, cost: 1 },
+            ];
+            let r = remote.check_many_at(&batch(ids[0]), now).unwrap();
+            let l = local.check_many_at(&batch(ids[1]), now).unwrap();
+            prop_assert_eq!(r, l, "batch at {}", now);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------
+// Exact totals across processes sharing one Redis limit.
+
+/// One `redis-server` for the tests that can share one (each uses its
+/// own key prefix); stopped when the test process exits.
+fn shared_server() -> &'static RedisServer {
+    static SERVER: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| RedisServer::start().expect("redis-server starts"))
+}
+
+fn next_id() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 1_000 + std::process::id() as u64
+}
+
+fn child(url: &str, prefix: &str, n: u32) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "host_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RK_REDIS_URL", url)
+        .env("RK_REDIS_PREFIX", prefix)
+        .env("RK_REDIS_N", n.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "run by two_hosts_admit_exactly_the_quota as a child"]
+fn host_entry() {
+    let Ok(url) = std::env::var("RK_REDIS_URL") else {
+        return;
+    };
+    let prefix = std::env::var("RK_REDIS_PREFIX").unwrap();
+    let n: u32 = std::env::var("RK_REDIS_N").unwrap().parse().unwrap();
+    let engine = std::sync::Arc::new(Engine::open_redis(&url, opts(&prefix)).unwrap());
+    let p = engine
+        .add_policy("orders", "fixed_window 250/hour; gcra 1000/second")
+        .unwrap();
+    // Four threads per "host", as a pre-fork server's workers would be.
+    let admitted: u32 = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let e = engine.clone();
+                s.spawn(move || {
+                    (0..n)
+                        .filter(|_| e.check(p, b"tenant:42", 1).allowed)
+                        .count() as u32
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let stats = engine.redis_stats().unwrap();
+    assert_eq!(
+        stats.fallback_decisions, 0,
+        "every decision came from Redis"
+    );
+    println!("RESULT {admitted}");
+}
+
+#[test]
+fn two_hosts_admit_exactly_the_quota() {
+    let server = shared_server();
+    let prefix = format!("hosts{}", next_id());
+    let hosts: Vec<Child> = (0..2).map(|_| child(&server.url(), &prefix, 150)).collect();
+    let total: u32 = hosts
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "host failed: {:?}", out.status);
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .find_map(|l| {
+                    l.split_once("RESULT ")
+                        .map(|(_, r)| r.trim().parse::<u32>().unwrap())
+                })
+                .expect("host printed no RESULT line")
+        })
+        .sum();
+    // 2 hosts × 4 threads × 150 requests = 1200 asked, 250 per hour allowed.
+    assert_eq!(total, 250);
+}
+
+// ---------------------------------------------------------------------
+// Redis stopping mid-traffic and coming back.
+
+/// Runs `f` and returns how long it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed())
+}
+
+fn failover_engine(server: &RedisServer, prefix: &str, on_failure: OnFailure) -> Engine {
+    Engine::open_redis(
+        &server.url(),
+        RedisOptions {
+            on_failure,
+            timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_millis(50),
+            retry_min: Duration::from_millis(20),
+            retry_max: Duration::from_millis(200),
+            ..opts(prefix)
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn redis_stopping_and_restarting_is_survived_and_detected() {
+    for on_failure in [OnFailure::Local, OnFailure::Open, OnFailure::Closed] {
+        let mut server = RedisServer::start().unwrap();
+        let e = failover_engine(&server, "failover", on_failure);
+        let p = e.add_policy("api", "3/minute").unwrap();
+        assert!(e.check(p, b"k", 1).allowed);
+        assert!(e.redis_stats().unwrap().up);
+
+        server.stop();
+        // Every request is answered, within the timeout plus slack, by the
+        // failure policy (the first one pays the read/connect timeout).
+        let mut slowest = Duration::ZERO;
+        let mut decisions = Vec::new();
+        for _ in 0..5 {
+            let (d, took) = timed(|| e.check(p, b"k", 1));
+            slowest = slowest.max(took);
+            decisions.push(d);
+        }
+        assert!(
+            slowest < Duration::from_millis(500),
+            "{on_failure:?}: a request took {slowest:?}"
+        );
+        let s = e.redis_stats().unwrap();
+        assert!(!s.up, "{on_failure:?}: {s:?}");
+        assert_eq!(s.failovers, 1, "{on_failure:?}: {s:?}");
+        assert_eq!(s.fallback_decisions, 5, "{on_failure:?}: {s:?}");
+        let allowed: Vec<bool> = decisions.iter().map(|d| d.allowed).collect();
+        match on_failure {
+            // The host's own tables: a fresh 3/minute for this key.
+            OnFailure::Local => assert_eq!(allowed, [true, true, true, false, false]),
+            OnFailure::Open => assert_eq!(allowed, [true; 5]),
+            OnFailure::Closed => {
+                assert_eq!(allowed, [false; 5]);
+                assert!(decisions.iter().all(|d| d.retry_after_ns >= 1_000_000));
+            }
+        }
+
+        server.restart().unwrap();
+        // Recovery is detected by traffic alone, after the backoff.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !e.redis_stats().unwrap().up {
+            assert!(Instant::now() < deadline, "{on_failure:?}: never recovered");
+            e.check(p, b"other", 1);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let s = e.redis_stats().unwrap();
+        assert_eq!(s.recoveries, 1, "{on_failure:?}: {s:?}");
+        // The restarted server lost the state (no persistence in this test):
+        // decisions come from Redis again.
+        let before = s.round_trips;
+        assert!(e.check(p, b"fresh", 1).allowed);
+        assert_eq!(e.redis_stats().unwrap().round_trips, before + 1);
+    }
+}
+
+#[test]
+fn an_unreachable_server_starts_on_the_failure_policy() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let e = Engine::open_redis(&format!("redis://127.0.0.1:{port}/"), opts("down")).unwrap();
+    let p = e.add_policy("api", "1/minute").unwrap();
+    assert!(!e.redis_stats().unwrap().up);
+    assert!(e.check(p, b"k", 1).allowed);
+    assert!(!e.check(p, b"k", 1).allowed, "the local fallback limits");
+    // Administrative calls need Redis and say so.
+    assert!(matches!(e.reset(p, b"k"), Err(Error::Backend(_))));
+}
+
+// ---------------------------------------------------------------------
+// Bad URLs and servers.
+
+#[test]
+fn bad_urls_wrong_passwords_and_foreign_servers_are_clear_errors() {
+    for url in [
+        "http://127.0.0.1:6379/",
+        "redis://",
+        "not a url",
+        "redis://127.0.0.1:99999/",
+    ] {
+        match Engine::open_redis(url, opts("bad")) {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("Redis URL"), "{url}: {m}"),
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+
+    let server = RedisServer::start_with_password("s3cret").unwrap();
+    let url = format!("redis://:wrong@127.0.0.1:{}/", server.port());
+    match Engine::open_redis(&url, opts("auth")) {
+        Err(Error::Backend(m)) => {
+            assert!(m.contains("authentication failed"), "{m}");
+            assert!(!m.contains("wrong"), "the password is not shown: {m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let url = format!("redis://:s3cret@127.0.0.1:{}/", server.port());
+    let e = Engine::open_redis(&url, opts("auth")).unwrap();
+    let p = e.add_policy("p", "1/minute").unwrap();
+    assert!(e.check(p, b"k", 1).allowed);
+    assert!(!e.check(p, b"k", 1).allowed);
+
+    // A server that answers, but not as Redis.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let http = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    match Engine::open_redis(&format!("redis://127.0.0.1:{port}/"), opts("http")) {
+        Err(Error::Backend(m)) => assert!(m.contains("did not answer as Redis"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    http.join().unwrap();
+}
+
+#[test]
+fn policies_must_agree_across_hosts() {
+    let server = shared_server();
+    let prefix = format!("agree{}", next_id());
+    let a = open(server, &prefix);
+    let b = open(server, &prefix);
+    a.add_policy("login", "5/minute").unwrap();
+    b.add_policy("login", "5 per minute").unwrap(); // the same limits
+    match b.add_policy("other", "1/second").and_then(|_| {
+        let c = open(server, &prefix);
+        c.add_policy("login", "6/minute")
+    }) {
+        Err(Error::PolicyMismatch { name, .. }) => assert_eq!(name, "login"),
+        other => panic!("{other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------
+// Deny cache, round trips, key layout, Redis time.
+
+#[test]
+fn the_deny_cache_answers_denied_keys_without_a_round_trip() {
+    let server = shared_server();
+    let prefix = format!("cache{}", next_id());
+    let e = Engine::open_redis(
+        &server.url(),
+        RedisOptions {
+            deny_cache: 64,
+            ..opts(&prefix)
+        },
+    )
+    .unwrap();
+    let p = e.add_policy("p", "2/second").unwrap();
+    let t = 1_000_000_000;
+    assert!(e.check_at(p, b"k", 1, t).allowed);
+    assert!(e.check_at(p, b"k", 1, t).allowed);
+    let denied = e.check_at(p, b"k", 1, t);
+    assert!(!denied.allowed);
+    let trips = e.redis_stats().unwrap().round_trips;
+    let cached = e.check_at(p, b"k", 1, t + 100_000_000);
+    assert!(!cached.allowed);
+    assert_eq!(cached.retry_after_ns, denied.retry_after_ns - 100_000_000);
+    assert_eq!(cached.limit, 2);
+    let s = e.redis_stats().unwrap();
+    assert_eq!((s.round_trips, s.deny_cache_hits), (trips, 1));
+    assert_eq!(e.stats(p).unwrap().denied, 2, "cached denials are counted");
+    // Once the retry-after has passed, Redis decides again.
+    assert!(e.check_at(p, b"k", 1, t + denied.retry_after_ns).allowed);
+    assert_eq!(e.redis_stats().unwrap().round_trips, trips + 1);
+    // Another key is not affected.
+    assert!(e.check_at(p, b"other", 1, t).allowed);
+}
+
+#[test]
+fn one_round_trip_per_request_whatever_the_number_of_limits() {
+    let server = shared_server();
+    let prefix = format!("trips{}", next_id());
+    let e = open(server, &prefix);
+    let ip = e.add_policy("ip", "10/second; 1000/hour").unwrap();
+    let key = e
+        .add_policy("key", "gcra 5/second burst 10; sliding_window 100/minute")
+        .unwrap();
+    let route = e.add_policy("route", "sliding_log 50/minute").unwrap();
+    let before = e.redis_stats().unwrap().round_trips;
+    for i in 0..10u32 {
+        let items = [
+            CheckItem {
+                policy: ip,
+                key: b"203.0.113.7",
+                cost: 1,
+            },
+            CheckItem {
+                policy: key,
+                key: b"key:alice",
+                cost: 1,
+            },
+            CheckItem {
+                policy: route,
+                key: b"/reports",
+                cost: 1,
+            },
+        ];
+        let (d, _) = e.check_many(&items).unwrap();
+        assert!(d.allowed, "request {i}");
+    }
+    assert_eq!(e.redis_stats().unwrap().round_trips, before + 10);
+}
+
+#[test]
+fn redis_keeps_only_hashed_keys_under_hash_tags_with_ttls() {
+    let server = shared_server();
+    let prefix = format!("layout{}", next_id());
+    let e = open(server, &prefix);
+    let p = e.add_policy("p", "10/minute").unwrap();
+    let w = e.add_policy("w", "sliding_window 10/minute").unwrap();
+    e.check(p, b"ip:203.0.113.7", 1);
+    e.check(w, b"api-key:SECRET-KEY", 1);
+    e.set_override(p, b"ip:203.0.113.7", 2.0).unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("test:{prefix}:*"))
+        .query(&mut con)
+        .unwrap();
+    let mut state = 0;
+    for k in &keys {
+        assert!(
+            !k.contains("203.0.113.7") && !k.contains("SECRET"),
+            "raw key in {k}"
+        );
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut con).unwrap();
+        if k.ends_with(":s") {
+            state += 1;
+            assert!(k.contains(":{") && k.contains("}:"), "no hash tag in {k}");
+            assert!(ttl > 0 && ttl <= 120_000, "{k}: ttl {ttl} ms");
+        } else {
+            // The shared secret, the policy definitions and overrides are
+            // configuration, kept until removed.
+            assert!(
+                k.ends_with(":o") || k.contains(":policy:") || k.ends_with(":secret"),
+                "{k}"
+            );
+        }
+    }
+    assert_eq!(state, 2, "{keys:?}");
+}
+
+#[test]
+fn redis_time_is_one_clock_for_every_engine() {
+    let server = shared_server();
+    let prefix = format!("time{}", next_id());
+    let a = open(server, &prefix);
+    let b = open(server, &prefix);
+    let pa = a.add_policy("p", "fixed_window 3/hour").unwrap();
+    let pb = b.add_policy("p", "fixed_window 3/hour").unwrap();
+    assert!(a.check(pa, b"k", 1).allowed);
+    assert!(b.check(pb, b"k", 1).allowed);
+    assert!(a.check(pa, b"k", 1).allowed);
+    let d = b.check(pb, b"k", 1);
+    assert!(!d.allowed);
+    assert!(
+        d.retry_after_ns > 3_500_000_000_000 && d.retry_after_ns <= 3_600_000_000_000,
+        "{d:?}"
+    );
+}
+
+#[test]
+fn permits_are_shared_through_redis() {
+    let server = shared_server();
+    let prefix = format!("permits{}", next_id());
+    let a = open(server, &prefix);
+    let b = open(server, &prefix);
+    let pa = a
+        .add_policy("reports", "concurrency 2 ttl 30 seconds")
+        .unwrap();
+    let pb = b
+        .add_policy("reports", "concurrency 2 ttl 30 seconds")
+        .unwrap();
+    let (d1, p1) = a.acquire(pa, b"user:1").unwrap();
+    let (d2, p2) = b.acquire(pb, b"user:1").unwrap();
+    assert!(d1.allowed && d2.allowed && p1.is_some() && p2.is_some());
+    let (d3, p3) = a.acquire(pa, b"user:1").unwrap();
+    assert!(!d3.allowed && p3.is_none());
+    assert!(b.release(&p2.unwrap()).unwrap());
+    assert!(
+        !b.release(&p2.unwrap()).unwrap(),
+        "a second release finds nothing"
+    );
+    let (d4, p4) = a
+        .acquire_timeout(pa, b"user:1", Duration::from_millis(200))
+        .unwrap();
+    assert!(d4.allowed && p4.is_some());
+    assert!(a.release(&p1.unwrap()).unwrap());
+    assert!(a.release(&p4.unwrap()).unwrap());
+}
