@@ -101,8 +101,8 @@ unsafe fn check(
         let key = unsafe { args::key(key, key_len)? };
         // SAFETY: forwarded from the caller's contract.
         let out = unsafe { Out::new(out, "out")? };
-        let now_ns = now_ns.unwrap_or_else(|| engine.now_ns());
         let policy = PolicyId(policy);
+        // No explicit time: the engine's own (for a Redis engine, Redis's).
         let d = match mode {
             Mode::Charge => {
                 // What `try_check_at` checks, but with `check_at`'s inlined
@@ -112,9 +112,15 @@ unsafe fn check(
                 if engine.policy_spec(policy)?.is_concurrency() {
                     return Err(wrong_kind(engine, policy));
                 }
-                engine.check_at(policy, key, cost, now_ns)
+                match now_ns {
+                    Some(now_ns) => engine.check_at(policy, key, cost, now_ns),
+                    None => engine.check(policy, key, cost),
+                }
             }
-            Mode::Peek => engine.peek_at(policy, key, cost, now_ns)?,
+            Mode::Peek => match now_ns {
+                Some(now_ns) => engine.peek_at(policy, key, cost, now_ns)?,
+                None => engine.peek(policy, key, cost)?,
+            },
         };
         out.write(d.into());
         Ok(())
@@ -286,7 +292,10 @@ unsafe fn check_many(
         }
         // SAFETY: forwarded from the caller's contract.
         let items = unsafe { args::slice(items, n, "items")? };
-        let now_ns = now_ns.unwrap_or_else(|| engine.now_ns());
+        let many = |batch: &[CheckItem<'_>]| match now_ns {
+            Some(now_ns) => engine.check_many_at(batch, now_ns),
+            None => engine.check_many(batch),
+        };
         let (d, index) = if n <= STACK_ITEMS {
             let mut batch = [CheckItem {
                 policy: PolicyId(0),
@@ -297,7 +306,7 @@ unsafe fn check_many(
                 // SAFETY: forwarded from the caller's contract (every item's key).
                 *slot = unsafe { check_item(i, item)? };
             }
-            engine.check_many_at(&batch[..n], now_ns)?
+            many(&batch[..n])?
         } else {
             let batch = items
                 .iter()
@@ -305,7 +314,7 @@ unsafe fn check_many(
                 // SAFETY: forwarded from the caller's contract (every item's key).
                 .map(|(i, item)| unsafe { check_item(i, item) })
                 .collect::<Result<Vec<_>, _>>()?;
-            engine.check_many_at(&batch, now_ns)?
+            many(&batch)?
         };
         out.write(d.into());
         if let Some(index_out) = index_out {
@@ -527,8 +536,10 @@ unsafe fn refund(
         let key = unsafe { args::key(key, key_len)? };
         // SAFETY: forwarded from the caller's contract.
         let out = unsafe { Out::optional(refunded_out, "refunded_out")? };
-        let now_ns = now_ns.unwrap_or_else(|| engine.now_ns());
-        let refunded = engine.refund_at(PolicyId(policy), key, cost, now_ns)?;
+        let refunded = match now_ns {
+            Some(now_ns) => engine.refund_at(PolicyId(policy), key, cost, now_ns)?,
+            None => engine.refund(PolicyId(policy), key, cost)?,
+        };
         if let Some(out) = out {
             out.write(refunded);
         }

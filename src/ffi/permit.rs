@@ -127,10 +127,10 @@ unsafe fn acquire(
         let policy = PolicyId(policy);
         let (d, permit): (Decision, Option<Permit>) = match timeout {
             Some(t) => engine.acquire_timeout(policy, key, t)?,
-            None => {
-                let now_ns = now_ns.unwrap_or_else(|| engine.now_ns());
-                engine.acquire_at(policy, key, now_ns)?
-            }
+            None => match now_ns {
+                Some(now_ns) => engine.acquire_at(policy, key, now_ns)?,
+                None => engine.acquire(policy, key)?,
+            },
         };
         // `allowed` tells the caller whether `*permit_out` was written.
         match permit {
