@@ -577,3 +577,175 @@ fn permits_are_shared_through_redis() {
     assert!(a.release(&p1.unwrap()).unwrap());
     assert!(a.release(&p4.unwrap()).unwrap());
 }
+
+// ---------------------------------------------------------------------
+// TLS (rediss://) with a private certificate authority.
+
+/// A `redis-server` that speaks only TLS, with a certificate signed by a
+/// throwaway CA (made with the `openssl` command); killed on drop.
+struct TlsServer {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tls_server() -> TlsServer {
+    let dir = std::env::temp_dir().join(format!("rk-tls-{}-{}", std::process::id(), next_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rk test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+            "--tls-ca-cert-file",
+            "ca.pem",
+        ])
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let server = TlsServer { child, port, dir };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the TLS redis-server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+#[test]
+fn rediss_urls_connect_over_tls_to_a_private_ca() {
+    let server = tls_server();
+    let url = format!("rediss://localhost:{}/", server.port);
+    let e = Engine::open_redis(
+        &url,
+        RedisOptions {
+            tls_ca_file: Some(server.dir.join("ca.pem")),
+            ..opts("tls")
+        },
+    )
+    .unwrap();
+    assert!(e.redis_stats().unwrap().up);
+    let p = e.add_policy("p", "2/minute").unwrap();
+    assert!(e.check(p, b"k", 1).allowed);
+    assert!(e.check(p, b"k", 1).allowed);
+    assert!(!e.check(p, b"k", 1).allowed);
+    assert_eq!(e.redis_stats().unwrap().fallback_decisions, 0);
+
+    // Without the CA the server's certificate is not trusted: a clear error.
+    match Engine::open_redis(&url, opts("tls")) {
+        Err(Error::Backend(m)) => assert!(m.contains("certificate is not trusted"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // A plain redis:// URL to a TLS-only port gets no answer it can read:
+    // that looks like a network failure, so the engine starts on its
+    // failure policy.
+    let plain =
+        Engine::open_redis(&format!("redis://127.0.0.1:{}/", server.port), opts("tls")).unwrap();
+    assert!(!plain.redis_stats().unwrap().up);
+}

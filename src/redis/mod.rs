@@ -82,6 +82,10 @@ pub struct RedisOptions {
     /// in Redis (`<prefix>secret`) and every other engine reads, so all
     /// hosts agree.
     pub hash_secret: Option<Vec<u8>>,
+    /// For a `rediss://` URL: a PEM file of the certificate authority to
+    /// trust instead of the system's store (a private CA). Without it the
+    /// system store is used (`SSL_CERT_FILE` / `SSL_CERT_DIR` override it).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -99,6 +103,7 @@ impl Default for RedisOptions {
             retry_max: Duration::from_secs(2),
             log_switches: true,
             hash_secret: None,
+            tls_ca_file: None,
         }
     }
 }
@@ -287,8 +292,26 @@ impl Remote {
             ));
         }
         let shown = redact(url);
-        let client = Client::open(url)
-            .map_err(|e| Error::InvalidArgument(format!("bad Redis URL {shown:?}: {e}")))?;
+        let bad_url =
+            |e: redis::RedisError| Error::InvalidArgument(format!("bad Redis URL {shown:?}: {e}"));
+        let client = match &options.tls_ca_file {
+            None => Client::open(url).map_err(bad_url)?,
+            Some(path) => {
+                if !url.starts_with("rediss://") {
+                    return Err(Error::InvalidArgument(format!(
+                        "tls_ca_file is for rediss:// URLs, not {shown:?}"
+                    )));
+                }
+                let pem = std::fs::read(path).map_err(|e| {
+                    Error::InvalidArgument(format!("tls_ca_file {}: {e}", path.display()))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                Client::build_with_tls(url, certs).map_err(bad_url)?
+            }
+        };
         let secret = OnceLock::new();
         if let Some(s) = &options.hash_secret {
             let _ = secret.set(seeds_from(s));
@@ -333,6 +356,8 @@ impl Remote {
             "authentication failed"
         } else if e.kind() == redis::ErrorKind::Parse {
             "the server did not answer as Redis does"
+        } else if e.to_string().contains("invalid peer certificate") {
+            "its TLS certificate is not trusted (see tls_ca_file)"
         } else if e.is_timeout() {
             "timed out"
         } else if e.is_connection_refusal() {
@@ -628,6 +653,9 @@ fn fatal(e: &redis::RedisError) -> bool {
         || e.kind() == redis::ErrorKind::Parse
         || e.kind() == redis::ErrorKind::InvalidClientConfig
         || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "ERR"))
+        // rustls reports an untrusted server as an I/O error; it is a
+        // configuration error all the same (the CA to trust).
+        || e.to_string().contains("invalid peer certificate")
 }
 
 fn key_hash(seeds: &[Seed; 2], name: &str, key: Key<'_>) -> u128 {
