@@ -1,6 +1,7 @@
 """ratekeeper: an embedded, lock-free rate-limit engine (GCRA, fixed and
 sliding windows, sliding logs, concurrency permits), in process or in shared
-memory so that every Gunicorn/uWSGI worker enforces one limit together.
+memory so that every Gunicorn/uWSGI worker enforces one limit together, or
+in Redis so that every host does.
 
 >>> import ratekeeper
 >>> engine = ratekeeper.Engine()                      # or Engine.shared("/dev/shm/app")
@@ -8,6 +9,9 @@ memory so that every Gunicorn/uWSGI worker enforces one limit together.
 >>> d = login.check("ip:203.0.113.7")
 >>> d.allowed, d.limit, d.remaining
 (True, 5, 4)
+
+Many hosts: ``Engine.redis("redis://host:6379/0")`` (one Redis round trip
+per check, with a local fallback while Redis is down).
 
 Flask: :mod:`ratekeeper.flask`; Gunicorn hooks: :mod:`ratekeeper.gunicorn`;
 Prometheus: :mod:`ratekeeper.prometheus`.
@@ -27,9 +31,11 @@ from ._core import (
     Stats,
     library_version,
     now_ns,
+    redis_engine,
     shared_engine,
 )
 from .errors import (
+    BackendError,
     CorruptFile,
     EngineClosed,
     InternalError,
@@ -45,6 +51,7 @@ from .errors import (
     UnknownPolicy,
     UnsupportedPlatform,
     UnsupportedPolicy,
+    WrongEngineKind,
     WrongPolicyKind,
 )
 
@@ -61,6 +68,7 @@ __all__ = [
     "Key",
     "now_ns",
     "shared_engine",
+    "redis_engine",
     "library_version",
     "U64_MAX",
     "RatekeeperError",
@@ -77,6 +85,8 @@ __all__ = [
     "CorruptFile",
     "UnsupportedPlatform",
     "InternalError",
+    "BackendError",
+    "WrongEngineKind",
     "EngineClosed",
     "Throttled",
 ]

@@ -12,7 +12,8 @@ Threading: one Engine may be used by any number of threads. ``check``,
 ``peek``, ``refund`` and ``check_many`` run in C with the GIL held (they take
 ~50 ns in the library); everything else goes through cffi, which releases the
 GIL during the call (so ``acquire(timeout=...)`` sleeps without blocking
-other threads).
+other threads). A Redis engine's calls wait for the network, so all of them
+go through cffi and release the GIL.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "library_version",
     "U64_MAX",
     "shared_engine",
+    "redis_engine",
 ]
 
 #: ``retry_after_ns`` of a request that can never be allowed (its cost
@@ -52,6 +54,10 @@ U64_MAX = 2**64 - 1
 Key = Union[str, bytes, bytearray, memoryview]
 
 _CLOCKS = {"coarse": 1, "monotonic_coarse": 1, "monotonic": 0, "precise": 0}
+_ON_FAILURE = {"local": 0, "open": 1, "closed": 2}
+_REDIS_STATS_FIELDS = (
+    "up", "round_trips", "errors", "failovers", "recoveries", "fallback_decisions", "deny_cache_hits", "script_loads",
+)
 _WHEN_FULL = {"evict": 0, "fail_open": 1, "fail_closed": 2}
 _ALGORITHMS = {0: "gcra", 1: "fixed_window", 2: "sliding_window", 3: "sliding_log", 4: "concurrency"}
 
@@ -305,6 +311,33 @@ def _seconds_ns(seconds: float) -> int:
     return int(round(seconds * 1e9))
 
 
+def _seconds_ms(name: str, seconds: Any) -> int:
+    """A positive duration in seconds as whole milliseconds (rounded up, so
+    at least 1 ms), for the C ABI's ``*_ms`` fields."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
+        raise errors.InvalidArgument(f"{name} must be a positive number of seconds, not {seconds!r}")
+    ms = math.ceil(seconds * 1000)
+    if ms > 0xFFFFFFFF:
+        raise errors.InvalidArgument(f"{name} is too long: {seconds!r} s")
+    return ms
+
+
+def _count(name: str, value: Any, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= U64_MAX:
+        raise errors.InvalidArgument(f"{name} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+def _redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and repr)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    auth, _, host = rest.rpartition("@")
+    user = auth.split(":", 1)[0] if ":" in auth else ""
+    return f"{scheme}://{user}:***@{host}"
+
+
 @dataclass(frozen=True)
 class DenyEvent:
     """One recent denial of a policy (or, in shadow mode, a would-be denial),
@@ -365,6 +398,27 @@ class _PyHandle:
         return self.address == 0
 
 
+def _cffi_call(engine: "Engine", policy_id: int, fn_now: Any, fn_at: Any, key: Key, cost: int, now: Optional[int],
+               out_type: str) -> Any:
+    """One rk_check/peek/refund(_at) call through cffi (the GIL is released
+    during it); returns the filled out-parameter."""
+    k = _key_bytes(key)
+    cost = _cost(cost)
+    now = _now(now)
+    out = ffi.new(out_type)
+    ptr = engine._enter()
+    try:
+        if now is None:
+            st = fn_now(ptr, policy_id, k, len(k), cost, out)
+        else:
+            st = fn_at(ptr, policy_id, k, len(k), cost, now, out)
+        if st:
+            _raise(st)
+    finally:
+        engine._leave()
+    return out
+
+
 class _PyChecker:
     """Pure-Python (cffi) stand-in for ``_speedups.Checker``: the same
     check/peek/refund, ~5x slower."""
@@ -382,22 +436,7 @@ class _PyChecker:
         return self._py_id
 
     def _call(self, fn_now: Any, fn_at: Any, key: Key, cost: int, now: Optional[int], out_type: str) -> Any:
-        k = _key_bytes(key)
-        cost = _cost(cost)
-        now = _now(now)
-        out = ffi.new(out_type)
-        engine = self._engine
-        ptr = engine._enter()
-        try:
-            if now is None:
-                st = fn_now(ptr, self._py_id, k, len(k), cost, out)
-            else:
-                st = fn_at(ptr, self._py_id, k, len(k), cost, now, out)
-            if st:
-                _raise(st)
-        finally:
-            engine._leave()
-        return out
+        return _cffi_call(self._engine, self._py_id, fn_now, fn_at, key, cost, now, out_type)
 
     def check(self, key: Key, cost: int = 1, now_ns: Optional[int] = None) -> Decision:
         return _decision(self._call(lib.rk_check, lib.rk_check_at, key, cost, now_ns, "rk_decision *"))
@@ -486,6 +525,110 @@ class Engine:
         self._adopt(out[0], os.fsdecode(path))
         return self
 
+    @classmethod
+    def redis(
+        cls,
+        url: str,
+        *,
+        prefix: str = "rk:",
+        on_failure: str = "local",
+        fallback_path: Union[str, bytes, "os.PathLike[str]", None] = None,
+        connect_timeout: float = 0.2,
+        timeout: float = 0.1,
+        deny_cache: int = 4096,
+        capacity: Optional[int] = None,
+        pool_size: Optional[int] = None,
+        retry_min: Optional[float] = None,
+        retry_max: Optional[float] = None,
+        log_switches: bool = True,
+        hash_secret: Optional[bytes] = None,
+        clock: str = "coarse",
+        max_bytes: Optional[int] = None,
+        mode: Optional[int] = None,
+    ) -> "Engine":
+        """Opens an engine whose limits live in the Redis server at ``url``
+        (``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for
+        TLS): every engine on the same server and ``prefix``, in any process
+        on any host, enforces the same limits together. Each check is one
+        round trip (one Lua script call, atomic for all limits of the
+        policy); without ``now_ns`` it uses Redis's clock.
+
+        ``on_failure``: what decides while Redis cannot be reached:
+        ``"local"`` (default: the engine's local tables, in the shared file
+        ``fallback_path`` if given, so the limit still holds per host),
+        ``"open"`` (allow everything) or ``"closed"`` (deny everything,
+        ``retry_after`` until the next reconnect try). Calls never raise
+        because of Redis and never wait longer than ``timeout``; the engine
+        tries Redis again with backoff (``retry_min`` .. ``retry_max``
+        seconds, default 0.05 .. 2) and switches back by itself. Switches
+        are counted in :meth:`redis_stats` and logged on stderr unless
+        ``log_switches=False``.
+
+        ``connect_timeout``, ``timeout`` (one round trip): seconds (kept in
+        whole milliseconds, at least 1 ms). ``deny_cache``: entries of the
+        local cache of denied keys (answered without a round trip until
+        their retry-after; 0 turns it off). ``capacity``, ``clock``: the
+        local tables', as for :class:`Engine`; ``max_bytes``, ``mode``: the
+        fallback file's, as for :meth:`shared`. ``pool_size``: idle
+        connections kept (default 16). ``hash_secret``: the secret (at least
+        16 bytes) of the keyed hash that turns keys into Redis key names;
+        default: one random secret stored in Redis and shared by all engines.
+
+        Opens a connection at once: a bad URL raises
+        :class:`~ratekeeper.errors.InvalidArgument` (a ``ValueError``), a
+        refused password or a server that is not Redis
+        :class:`~ratekeeper.errors.BackendError`; an unreachable server is not
+        an error (the engine starts on its failure policy). Open one per
+        process, after fork (:func:`redis_engine`, :mod:`ratekeeper.gunicorn`).
+        """
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        if on_failure not in _ON_FAILURE:
+            raise errors.InvalidArgument(f"on_failure must be one of {sorted(_ON_FAILURE)}, not {on_failure!r}")
+        opts = ffi.new("rk_redis_options *")
+        lib.rk_redis_options_init_sized(opts, ffi.sizeof("rk_redis_options"))
+        keep = []  # C strings and structs referenced by opts: alive until the call returns
+
+        def c_bytes(data: bytes) -> Any:
+            buf = ffi.new("char[]", data)
+            keep.append(buf)
+            return buf
+
+        opts.on_failure = _ON_FAILURE[on_failure]
+        opts.prefix = c_bytes(prefix.encode("utf-8"))
+        opts.connect_timeout_ms = _seconds_ms("connect_timeout", connect_timeout)
+        opts.timeout_ms = _seconds_ms("timeout", timeout)
+        if retry_min is not None:
+            opts.retry_min_ms = _seconds_ms("retry_min", retry_min)
+        if retry_max is not None:
+            opts.retry_max_ms = _seconds_ms("retry_max", retry_max)
+        opts.deny_cache = _count("deny_cache", deny_cache, minimum=0)
+        if pool_size is not None:
+            opts.pool_size = _count("pool_size", pool_size, minimum=0)
+        if fallback_path is not None:
+            opts.fallback_path = c_bytes(os.fsencode(fallback_path))
+        eopts = cls._options(capacity, clock, max_bytes, mode)
+        keep.append(eopts)
+        opts.engine_options = eopts
+        if hash_secret is not None:
+            if not isinstance(hash_secret, (bytes, bytearray)):
+                raise TypeError(f"hash_secret must be bytes, not {type(hash_secret).__name__}")
+            secret = ffi.new("uint8_t[]", bytes(hash_secret))
+            keep.append(secret)
+            opts.hash_secret, opts.hash_secret_len = secret, len(hash_secret)
+        opts.log_switches = bool(log_switches)
+        out = ffi.new("rk_engine **")
+        st = lib.rk_engine_open_redis(url.encode("utf-8"), opts, out)
+        if st:
+            _raise(st)
+        self = cls.__new__(cls)
+        self._adopt(out[0], os.fsdecode(fallback_path) if fallback_path is not None else None)
+        self.redis_url = _redact(url)
+        self.on_failure = on_failure
+        return self
+
     @staticmethod
     def _options(capacity: Optional[int], clock: Union[str, int], max_bytes: Optional[int], mode: Optional[int]) -> Any:
         opts = ffi.new("rk_engine_options *")
@@ -517,6 +660,9 @@ class Engine:
         self._policies: "weakref.WeakValueDictionary[int, Policy]" = weakref.WeakValueDictionary()
         self.path: Optional[str] = path
         self.pid = os.getpid()
+        #: The Redis URL (password hidden) of an engine from :meth:`redis`, else None.
+        self.redis_url: Optional[str] = None
+        self.on_failure: Optional[str] = None
 
     # -- lifetime ---------------------------------------------------------
 
@@ -525,6 +671,13 @@ class Engine:
         with self._lock:
             if self._ptr is None:
                 raise EngineClosed("the engine is closed (Engine.close() was called)")
+            if self.redis_url is not None and self.pid != os.getpid():
+                # The parent's pooled connections are the parent's: replies
+                # to two processes on one socket would be mixed up.
+                raise EngineClosed(
+                    f"this Redis engine was opened in process {self.pid}, before a fork: open one in each "
+                    "process (ratekeeper.redis_engine, or the ratekeeper.gunicorn post_fork hook)"
+                )
             self._inflight += 1
             return self._ptr
 
@@ -573,7 +726,10 @@ class Engine:
             pass
 
     def __repr__(self) -> str:
-        where = f"shared {self.path!r}" if self.path else "in-process"
+        if self.redis_url is not None:
+            where = f"redis {self.redis_url!r}" + (f", fallback {self.path!r}" if self.path else "")
+        else:
+            where = f"shared {self.path!r}" if self.path else "in-process"
         state = "closed" if self.closed else f"{len(self._policies)} policies"
         return f"<ratekeeper.Engine {where}, {state}>"
 
@@ -684,7 +840,8 @@ class Engine:
             existing = self._policies.get(pid)
         if existing is not None:
             return existing
-        policy = Policy(self, pid, capacity=capacity, when_full=when_full)
+        cls = _RedisPolicy if self.redis_url is not None else Policy
+        policy = cls(self, pid, capacity=capacity, when_full=when_full)
         with self._lock:
             return self._policies.setdefault(pid, policy)
 
@@ -720,9 +877,29 @@ class Engine:
         it has one; otherwise the same algorithm over single calls (peek every
         item, then charge in order, refunding if a race makes one deny).
         """
-        if speedups is not None:
+        if speedups is not None and self.redis_url is None:
             return speedups.check_many(self._handle, items, now_ns)
         return self._check_many_py(items, now_ns)
+
+    # -- Redis --------------------------------------------------------------
+
+    def redis_stats(self) -> Optional[Dict[str, Any]]:
+        """This process's counters of a Redis engine (None for any other):
+        ``up`` (Redis answers, as of the last call or reconnect try),
+        ``round_trips``, ``errors``, ``failovers`` (switches to the failure
+        policy), ``recoveries`` (switches back), ``fallback_decisions``,
+        ``deny_cache_hits``, ``script_loads``."""
+        out = ffi.new("rk_redis_stats *")
+        ptr = self._enter()
+        try:
+            st = lib.rk_engine_redis_stats_sized(ptr, out, ffi.sizeof("rk_redis_stats"))
+        finally:
+            self._leave()
+        if st == lib.RK_ERR_WRONG_ENGINE_KIND:
+            return None
+        if st:
+            _raise(st)
+        return {name: (bool(out.up) if name == "up" else int(getattr(out, name))) for name in _REDIS_STATS_FIELDS}
 
     def _check_many_py(self, items: Sequence[Tuple[Any, ...]], now_ns: Optional[int]) -> Tuple[Decision, int]:
         now = _now(now_ns)
@@ -1015,6 +1192,27 @@ class Policy(_CheckerBase):
 # ---------------------------------------------------------------- Permit
 
 
+class _RedisPolicy(Policy):
+    """A policy of a Redis engine: ``check``, ``peek`` and ``refund`` go
+    through cffi, which releases the GIL while the call waits for Redis
+    (other threads run meanwhile)."""
+
+    def check(self, key: Key, cost: int = 1, now_ns: Optional[int] = None) -> Decision:
+        """Checks ``key`` and charges ``cost`` if every limit allows."""
+        return _decision(_cffi_call(self._engine, self.id, lib.rk_check, lib.rk_check_at, key, cost, now_ns,
+                                    "rk_decision *"))
+
+    def peek(self, key: Key, cost: int = 1, now_ns: Optional[int] = None) -> Decision:
+        """What check() would decide, changing nothing."""
+        return _decision(_cffi_call(self._engine, self.id, lib.rk_peek, lib.rk_peek_at, key, cost, now_ns,
+                                    "rk_decision *"))
+
+    def refund(self, key: Key, cost: int = 1, now_ns: Optional[int] = None) -> bool:
+        """Gives back ``cost``; whether the key held state."""
+        return bool(_cffi_call(self._engine, self.id, lib.rk_refund, lib.rk_refund_at, key, cost, now_ns,
+                               "bool *")[0])
+
+
 class Permit:
     """A permit of a concurrency policy (from :meth:`Policy.acquire`). Give it
     back with :meth:`release` or by leaving its ``with`` block; one never
@@ -1079,4 +1277,25 @@ def shared_engine(path: Union[str, "os.PathLike[str]"], **options: Any) -> Engin
                 del _engines[stale]  # a parent's: never close it here (the parent owns it)
             engine = Engine.shared(path, **{k: v for k, v in options.items() if v is not None})
             _engines[key] = engine
+        return engine
+
+
+_redis_engines: Dict[Tuple[str, int], Engine] = {}
+
+
+def redis_engine(url: str, **options: Any) -> Engine:
+    """This process's Redis engine on ``url``: opened on first use in each
+    process (so after a fork: a forked child never uses its parent's
+    connections), then the same object for every caller in the process
+    (:mod:`ratekeeper.flask`, :mod:`ratekeeper.gunicorn`). ``options`` go to
+    :meth:`Engine.redis` when it is opened (``None`` values are dropped)."""
+    key = (url, os.getpid())
+    with _engines_lock:
+        engine = _redis_engines.get(key)
+        if engine is None or engine.closed:
+            for stale in [k for k in _redis_engines if k[1] != key[1]]:
+                # A parent's: dropped here, never used (its sockets are the parent's).
+                del _redis_engines[stale]
+            engine = Engine.redis(url, **{k: v for k, v in options.items() if v is not None})
+            _redis_engines[key] = engine
         return engine

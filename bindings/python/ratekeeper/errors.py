@@ -32,6 +32,8 @@ __all__ = [
     "CorruptFile",
     "UnsupportedPlatform",
     "InternalError",
+    "BackendError",
+    "WrongEngineKind",
     "EngineClosed",
     "Throttled",
     "error_for_status",
@@ -128,6 +130,20 @@ class InternalError(RatekeeperError):
     report it with the message."""
 
 
+class BackendError(RatekeeperError, ConnectionError):
+    """The Redis backend could not be used (``RK_ERR_BACKEND``): the server
+    refused the password, or is not a Redis server (the message names the
+    server, never the password). Raised when the engine is opened
+    (:meth:`Engine.redis <ratekeeper.Engine.redis>`); once open, a Redis
+    that stops answering is handled by the engine's ``on_failure`` policy,
+    never raised."""
+
+
+class WrongEngineKind(RatekeeperError, TypeError):
+    """The operation needs the other kind of engine, e.g. Redis statistics
+    of an engine that is not Redis-backed (``RK_ERR_WRONG_ENGINE_KIND``)."""
+
+
 class EngineClosed(RatekeeperError, RuntimeError):
     """The engine (or the engine of this policy or permit) was closed."""
 
@@ -170,6 +186,8 @@ STATUS_CLASSES: Dict[int, "tuple[str, Type[RatekeeperError]]"] = {
     16: ("RK_ERR_INVALID_ARGUMENT", InvalidArgument),
     17: ("RK_ERR_PANIC", InternalError),
     18: ("RK_ERR_BUFFER_TOO_SMALL", InternalError),
+    19: ("RK_ERR_BACKEND", BackendError),
+    20: ("RK_ERR_WRONG_ENGINE_KIND", WrongEngineKind),
 }
 
 #: Pseudo-statuses of the binding itself (never returned by the library).

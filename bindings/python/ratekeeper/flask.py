@@ -40,6 +40,18 @@ headers-10), optionally the legacy ``X-RateLimit-*`` fields, and an RFC 9457
 (``RATEKEEPER_FAIL_OPEN = True``, the default, with a logged warning) or get
 ``503`` (``False``): a failing limiter is the server's fault, not the
 client's, so it is not reported as 429.
+
+Many hosts: with ``RATEKEEPER_REDIS_URL`` (config, else the environment
+variable) the limits live in Redis, shared by every host: one round trip per
+request, whatever the number of its limits. Redis going down is not an
+engine failure: within the engine's timeout (default 0.1 s) the request is
+decided by ``RATEKEEPER_REDIS_ON_FAILURE`` (config or environment):
+``"local"`` (the default: this host's own tables, in the shared file of
+``RATEKEEPER_SHARED_PATH`` when set, so each host still enforces the limit
+for its workers: 200 or 429), ``"open"`` (every request passes: 200) or
+``"closed"`` (every request is throttled: 429 with a ``Retry-After`` until
+the next reconnect try). The engine goes back to Redis by itself when it
+answers again.
 """
 
 from __future__ import annotations
@@ -58,7 +70,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Seq
 import flask
 from flask import Blueprint, Flask, current_app, request
 
-from ._core import U64_MAX, Decision, Engine, Penalty, Policy, shared_engine
+from ._core import U64_MAX, Decision, Engine, Penalty, Policy, redis_engine, shared_engine
 from ._native import speedups
 from .errors import RatekeeperError
 from .logs import DenyLogger
@@ -72,6 +84,7 @@ __all__ = [
     "user",
     "endpoint",
     "shared_engine",
+    "redis_engine",
     "Penalty",
 ]
 
@@ -90,6 +103,9 @@ DEFAULTS: Dict[str, Any] = {
     "RATEKEEPER_SHARED_PATH": None,
     "RATEKEEPER_SHARED_MAX_BYTES": None,
     "RATEKEEPER_SHARED_MODE": 0o600,
+    "RATEKEEPER_REDIS_URL": None,
+    "RATEKEEPER_REDIS_ON_FAILURE": None,
+    "RATEKEEPER_REDIS_OPTIONS": None,
     "RATEKEEPER_CAPACITY": None,
     "RATEKEEPER_WHEN_FULL": "evict",
     "RATEKEEPER_KEY_PREFIX": "flask",
@@ -116,6 +132,8 @@ DEFAULTS: Dict[str, Any] = {
 _OPTION_NAMES = {key[len("RATEKEEPER_"):].lower(): key for key in DEFAULTS}
 _OPTION_NAMES["application_limits"] = "RATEKEEPER_APPLICATION_LIMITS"
 _CALLABLE_OPTIONS = ("on_breach", "response")
+
+_ON_FAILURE_VALUES = ("local", "open", "closed")
 
 _STATE_ENV = "ratekeeper.state"
 _APP_SCOPE = "\x01app"  # cannot collide with an endpoint name
@@ -407,6 +425,11 @@ class _State:
         if self.penalty is not None and not isinstance(self.penalty, Penalty):
             raise TypeError("RATEKEEPER_PENALTY must be a ratekeeper.Penalty or None")
         self.record_keys = bool(config["RATEKEEPER_RECORD_KEYS"])
+        self.redis_options = dict(config["RATEKEEPER_REDIS_OPTIONS"] or {})
+        on_failure = config["RATEKEEPER_REDIS_ON_FAILURE"]
+        if on_failure is not None and on_failure not in _ON_FAILURE_VALUES:
+            raise ValueError(f"RATEKEEPER_REDIS_ON_FAILURE must be one of {', '.join(_ON_FAILURE_VALUES)}, "
+                             f"not {on_failure!r}")
         self.allow = _AccessList(config["RATEKEEPER_ALLOWLIST"], "RATEKEEPER_ALLOWLIST")
         self.deny = _AccessList(config["RATEKEEPER_DENYLIST"], "RATEKEEPER_DENYLIST")
         self.lists = bool(self.allow or self.deny)
@@ -441,7 +464,8 @@ class _State:
 
     @property
     def engine(self) -> Engine:
-        """The engine: ``engine=``, else the shared file of
+        """The engine: ``engine=``, else the Redis of RATEKEEPER_REDIS_URL
+        (config, else the environment variable), else the shared file of
         RATEKEEPER_SHARED_PATH (or of the environment variable of that name,
         which ratekeeper.gunicorn sets), else one in-process engine per
         process. Opened lazily in each process (so after fork)."""
@@ -451,8 +475,26 @@ class _State:
         with self._lock:
             if self._engine is not None:
                 return self._engine
+            url = self.config["RATEKEEPER_REDIS_URL"] or os.environ.get("RATEKEEPER_REDIS_URL")
             path = self.config["RATEKEEPER_SHARED_PATH"] or os.environ.get("RATEKEEPER_SHARED_PATH")
-            if path:
+            if url:
+                on_failure = (self.config["RATEKEEPER_REDIS_ON_FAILURE"]
+                              or os.environ.get("RATEKEEPER_REDIS_ON_FAILURE") or "local")
+                if on_failure not in _ON_FAILURE_VALUES:
+                    raise ValueError(f"$RATEKEEPER_REDIS_ON_FAILURE must be one of {', '.join(_ON_FAILURE_VALUES)}, "
+                                     f"not {on_failure!r}")
+                options = {
+                    "on_failure": on_failure,
+                    # The local fallback in the host's shared file: still one
+                    # limit for all of this host's workers while Redis is down.
+                    "fallback_path": path if on_failure == "local" else None,
+                    "capacity": self.capacity,
+                    "max_bytes": self.config["RATEKEEPER_SHARED_MAX_BYTES"],
+                    "mode": self.config["RATEKEEPER_SHARED_MODE"] if path else None,
+                }
+                options.update(self.redis_options)
+                engine = redis_engine(url, **options)
+            elif path:
                 engine = shared_engine(
                     path,
                     capacity=self.capacity,
@@ -663,6 +705,8 @@ class Ratekeeper:
     ``Ratekeeper(app=None, engine=None, default=None, key=remote_addr,
     **options)``; with ``app=None``, call :meth:`init_app` later (once per
     app). ``engine``: an explicit (e.g. shared) :class:`~ratekeeper.Engine`;
+    else ``RATEKEEPER_REDIS_URL`` (config or environment: one Redis engine
+    per process, with ``RATEKEEPER_SHARED_PATH`` as its local fallback),
     else ``RATEKEEPER_SHARED_PATH`` (config or environment), else an
     in-process engine per worker process. ``default``: default limits (a
     spec, or a list of specs, or a callable returning one). ``key``: the key
@@ -670,7 +714,11 @@ class Ratekeeper:
 
     ``options`` (each overrides the ``RATEKEEPER_<NAME>`` config key):
     ``application_limits``, ``shared_path``, ``shared_max_bytes``,
-    ``shared_mode``, ``capacity``, ``when_full``, ``key_prefix``,
+    ``shared_mode``, ``redis_url``, ``redis_on_failure`` (``"local"``,
+    ``"open"`` or ``"closed"``; also ``$RATEKEEPER_REDIS_ON_FAILURE``),
+    ``redis_options`` (a dict of further :meth:`Engine.redis
+    <ratekeeper.Engine.redis>` arguments, e.g. ``{"timeout": 0.05}``),
+    ``capacity``, ``when_full``, ``key_prefix``,
     ``headers_enabled``, ``legacy_headers``, ``fail_open``,
     ``trusted_proxies``, ``ipv6_prefix``, ``enabled``, ``problem_type``,
     ``allowlist``, ``denylist``, ``shadow``, ``retry_jitter``, ``penalty``,

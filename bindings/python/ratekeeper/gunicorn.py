@@ -23,6 +23,17 @@ One line in ``gunicorn.conf.py``::
   concurrency permit the dead worker held (``rk_release_holder`` on every
   policy), instead of waiting for the leases to expire.
 
+Many hosts: with ``$RATEKEEPER_REDIS_URL`` set (or ``hooks(redis_url=...)``)
+the limits live in Redis. ``on_starting`` then also checks the URL (a bad
+URL, a refused password or a server that is not Redis stops the server with
+a clear error; a Redis that is down only logs a warning) and the policies'
+specs, and ``post_fork`` opens each worker's own Redis engine
+(:func:`ratekeeper.redis_engine`: connections are never shared across a
+fork), whose local fallback (``on_failure="local"``, the default, or
+``$RATEKEEPER_REDIS_ON_FAILURE``) is the host's shared file above.
+Concurrency permits in Redis are not released by ``child_exit``: their
+leases expire.
+
 If your config already defines one of these hooks, call ours from it, e.g.
 ``def post_fork(server, worker): ratekeeper.gunicorn.post_fork(server, worker); ...``.
 """
@@ -34,7 +45,7 @@ import re
 import tempfile
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from ._core import Engine, shared_engine
+from ._core import Engine, redis_engine, shared_engine
 from .errors import RatekeeperError
 
 __all__ = ["on_starting", "post_fork", "child_exit"]
@@ -60,6 +71,8 @@ def hooks(
     capacity: Optional[int] = None,
     max_bytes: Optional[int] = None,
     mode: int = 0o600,
+    redis_url: Optional[str] = None,
+    on_failure: Optional[str] = None,
 ) -> Tuple[Hook, Hook, Hook]:
     """Returns ``(on_starting, post_fork, child_exit)`` for a gunicorn config.
 
@@ -67,6 +80,10 @@ def hooks(
     ``{name: spec}`` to create up front (others are added by the app on first
     use). ``capacity``, ``max_bytes``, ``mode``: as for
     :meth:`ratekeeper.Engine.shared` (they apply when the file is created).
+    ``redis_url`` (default ``$RATEKEEPER_REDIS_URL``): limits in Redis, with
+    the shared file as each host's fallback; ``on_failure`` (default
+    ``$RATEKEEPER_REDIS_ON_FAILURE``, else ``"local"``): as for
+    :meth:`ratekeeper.Engine.redis`.
     """
     options: Dict[str, Any] = {"capacity": capacity, "max_bytes": max_bytes, "mode": mode}
     chosen: Dict[str, str] = {}
@@ -75,6 +92,20 @@ def hooks(
         if "path" not in chosen:
             chosen["path"] = path or default_path(getattr(server, "proc_name", None))
         return chosen["path"]
+
+    def redis_settings() -> Tuple[Optional[str], str]:
+        url = redis_url or os.environ.get("RATEKEEPER_REDIS_URL") or None
+        failure = on_failure or os.environ.get("RATEKEEPER_REDIS_ON_FAILURE") or "local"
+        return url, failure
+
+    def redis_options(target: str, failure: str) -> Dict[str, Any]:
+        return {
+            "on_failure": failure,
+            "fallback_path": target if failure == "local" else None,
+            "capacity": capacity,
+            "max_bytes": max_bytes,
+            "mode": mode,
+        }
 
     def on_starting(server: Any) -> None:
         target = resolve(server)
@@ -86,12 +117,36 @@ def hooks(
         finally:
             engine.close()  # never hold it open across the fork
         os.environ["RATEKEEPER_SHARED_PATH"] = target
-        _log(server, "info", f"ratekeeper: shared limits in {target} ({len(names)} policies)")
+        url, failure = redis_settings()
+        if url is None:
+            _log(server, "info", f"ratekeeper: shared limits in {target} ({len(names)} policies)")
+            return
+        # Checked once in the master, then closed: workers open their own.
+        engine = Engine.redis(url, log_switches=False, **{k: v for k, v in redis_options(target, failure).items()
+                                                          if v is not None})
+        try:
+            for name, spec in (policies or {}).items():
+                engine.policy(name, spec)
+            up = (engine.redis_stats() or {}).get("up", False)
+            shown = engine.redis_url
+        finally:
+            engine.close()
+        os.environ["RATEKEEPER_REDIS_URL"] = url
+        os.environ["RATEKEEPER_REDIS_ON_FAILURE"] = failure
+        if up:
+            _log(server, "info", f"ratekeeper: limits in Redis at {shown}; fallback ({failure}) in {target}")
+        else:
+            _log(server, "warning", f"ratekeeper: Redis at {shown} does not answer; workers start on their "
+                                    f"failure policy ({failure}) and switch to Redis when it answers")
 
     def post_fork(server: Any, worker: Any) -> None:
         target = resolve(server)
         os.environ["RATEKEEPER_SHARED_PATH"] = target
-        shared_engine(target, **options)
+        url, failure = redis_settings()
+        if url is not None:
+            redis_engine(url, **redis_options(target, failure))
+        else:
+            shared_engine(target, **options)
 
     def child_exit(server: Any, worker: Any) -> None:
         target = resolve(server)

@@ -1,4 +1,5 @@
-"""The app that test_gunicorn.py and test_monitoring.py serve with `gunicorn -w 4`."""
+"""The app that test_gunicorn.py, test_monitoring.py and test_redis.py serve
+with `gunicorn -w N`."""
 
 import os
 
@@ -9,7 +10,9 @@ from ratekeeper.flask import Ratekeeper
 app = Flask(__name__)
 # /metrics: the Prometheus metrics of the shared file (every worker's totals).
 app.config["RATEKEEPER_METRICS_ENDPOINT"] = "/metrics"
-rk = Ratekeeper(app)  # engine: the shared file of $RATEKEEPER_SHARED_PATH (set by the hooks)
+# engine: the Redis of $RATEKEEPER_REDIS_URL if set (test_redis.py), else the
+# shared file of $RATEKEEPER_SHARED_PATH (set by the hooks)
+rk = Ratekeeper(app)
 
 
 @app.get("/limited")
@@ -21,6 +24,13 @@ def limited():
 @app.get("/limited-b")
 @rk.limit("20/minute")
 def limited_b():
+    return jsonify(pid=os.getpid())
+
+
+@app.get("/hourly")
+@rk.limit("20/hour")
+def hourly():
+    """No refill during a test (one token per 3 minutes): exact totals."""
     return jsonify(pid=os.getpid())
 
 

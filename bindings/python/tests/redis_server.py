@@ -116,6 +116,18 @@ class RedisServer:
         """Kills the server at once (SIGKILL): a crash, not a shutdown."""
         self._kill(sig=signal.SIGKILL)
 
+    def freeze(self) -> None:
+        """Stops the process (SIGSTOP) without closing anything: the kernel
+        still accepts connections, but nothing answers (a hung server, the
+        case that only timeouts catch). :meth:`thaw` resumes it."""
+        if self.running:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resumes a frozen server (SIGCONT)."""
+        if self.running:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def close(self) -> None:
         """Stops the server and removes its directory."""
         self._kill()
@@ -179,6 +191,7 @@ class RedisServer:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
+        os.kill(proc.pid, signal.SIGCONT)  # a frozen server handles SIGTERM only once resumed
         os.kill(proc.pid, sig)
         try:
             proc.wait(timeout=5)

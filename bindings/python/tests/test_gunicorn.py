@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import pytest
 
@@ -35,17 +36,18 @@ def server(tmp_path_factory):
     yield from gunicorn_server(tmp_path_factory, "gunicorn-test")
 
 
-def gunicorn_server(tmp_path_factory, tag: str):
-    """Runs `gunicorn -w 4` (gunicorn_conf.py, gunicorn_app:app) on
-    127.0.0.1 with a shared file of its own; yields {port, pid, path,
-    workers, log}; stops it by PID and removes the file."""
+def gunicorn_server(tmp_path_factory, tag: str, env: Optional[dict] = None, n_workers: int = 4):
+    """Runs `gunicorn -w N` (gunicorn_conf.py, gunicorn_app:app) on
+    127.0.0.1 with a shared file of its own (and `env` added to its
+    environment); yields {port, pid, path, workers, log}; stops it by PID
+    and removes the file."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") else str(tmp_path_factory.mktemp("shm"))
     path = os.path.join(base, f"rk-{tag}-{os.getpid()}.rk")
     log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = dict(os.environ, RATEKEEPER_SHARED_PATH=path)
+    env = dict(os.environ, RATEKEEPER_SHARED_PATH=path, **(env or {}))
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn_conf.py", "gunicorn_app:app"],
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn_conf.py", "-w", str(n_workers), "gunicorn_app:app"],
         cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     workers: set = set()
@@ -54,7 +56,7 @@ def gunicorn_server(tmp_path_factory, tag: str):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and proc.poll() is None:
             m = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log_path.read_text())
-            if m and len(children(proc.pid)) == 4:
+            if m and len(children(proc.pid)) == n_workers:
                 port = int(m.group(1))
                 break
             time.sleep(0.05)
