@@ -731,6 +731,13 @@ typedef struct rk_redis_options {
      * back (default true).
      */
     bool log_switches;
+    /**
+     * For a `rediss://` URL: a PEM file of the certificate authority to
+     * trust instead of the system's store (a private CA), NUL-terminated;
+     * NULL (the default): the system store (`SSL_CERT_FILE` /
+     * `SSL_CERT_DIR` override it). An untrusted certificate fails at open.
+     */
+    const char *tls_ca_file;
 } rk_redis_options;
 
 /**
@@ -1485,9 +1492,9 @@ rk_status rk_policy_stats_sized(struct rk_engine *engine,
 /**
  * Fills `*opts` with every default of the newest version of
  * `rk_redis_options` that fits in `opts_size` bytes and sets
- * `opts->struct_size` to that version's size (88 with this header).
+ * `opts->struct_size` to that version's size (96 with this header).
  * Writes nothing beyond `opts_size` bytes, and nothing at all if it is
- * below 88. NULL `opts` does nothing. Thread-safe.
+ * below 96. NULL `opts` does nothing. Thread-safe.
  *
  * This header makes `rk_redis_options_init(opts)` a macro for
  * `rk_redis_options_init_sized((opts), sizeof(rk_redis_options))`: call that.
@@ -1523,8 +1530,10 @@ void rk_redis_options_init_sized(struct rk_redis_options *opts,
  * parse, a bad `struct_size` or `on_failure`, a zero timeout,
  * `retry_max_ms` below `retry_min_ms`, a `hash_secret` shorter than 16
  * bytes, a `prefix` with `{` or `}`, a `fallback_path` without
- * `RK_ON_FAILURE_LOCAL`), `RK_ERR_BACKEND` (password refused, not a Redis
- * server; or a build without the Redis backend), and those of
+ * `RK_ON_FAILURE_LOCAL`, an unreadable `tls_ca_file` or one with a
+ * `redis://` URL), `RK_ERR_BACKEND` (password refused, not a Redis server,
+ * an untrusted TLS certificate; or a build without the Redis backend), and
+ * those of
  * `rk_engine_open_shared` for `fallback_path`. `*out` is written only on
  * success.
  *

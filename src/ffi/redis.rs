@@ -83,13 +83,19 @@ pub struct rk_redis_options {
     /// Write one line to stderr at each switch to the failure policy and
     /// back (default true).
     pub log_switches: bool,
+    /// For a `rediss://` URL: a PEM file of the certificate authority to
+    /// trust instead of the system's store (a private CA), NUL-terminated;
+    /// NULL (the default): the system store (`SSL_CERT_FILE` /
+    /// `SSL_CERT_DIR` override it). An untrusted certificate fails at open.
+    pub tls_ca_file: *const c_char,
 }
 
 // The layout is ABI: fields never move, and later ones are appended.
 const _: () = {
     assert!(offset_of!(rk_redis_options, on_failure) == 4);
     assert!(offset_of!(rk_redis_options, log_switches) == 80);
-    assert!(size_of::<rk_redis_options>() == 88);
+    assert!(offset_of!(rk_redis_options, tls_ca_file) == 88);
+    assert!(size_of::<rk_redis_options>() == 96);
 };
 
 /// The sizes `rk_redis_options` has had, oldest first.
@@ -172,15 +178,16 @@ unsafe fn init_options(opts: *mut rk_redis_options, size: usize) {
         engine_options,
         hash_secret,
         hash_secret_len,
-        log_switches
+        log_switches,
+        tls_ca_file
     );
 }
 
 /// Fills `*opts` with every default of the newest version of
 /// `rk_redis_options` that fits in `opts_size` bytes and sets
-/// `opts->struct_size` to that version's size (88 with this header).
+/// `opts->struct_size` to that version's size (96 with this header).
 /// Writes nothing beyond `opts_size` bytes, and nothing at all if it is
-/// below 88. NULL `opts` does nothing. Thread-safe.
+/// below 96. NULL `opts` does nothing. Thread-safe.
 ///
 /// This header makes `rk_redis_options_init(opts)` a macro for
 /// `rk_redis_options_init_sized((opts), sizeof(rk_redis_options))`: call that.
@@ -222,8 +229,10 @@ pub unsafe extern "C" fn rk_redis_options_init_sized(
 /// parse, a bad `struct_size` or `on_failure`, a zero timeout,
 /// `retry_max_ms` below `retry_min_ms`, a `hash_secret` shorter than 16
 /// bytes, a `prefix` with `{` or `}`, a `fallback_path` without
-/// `RK_ON_FAILURE_LOCAL`), `RK_ERR_BACKEND` (password refused, not a Redis
-/// server; or a build without the Redis backend), and those of
+/// `RK_ON_FAILURE_LOCAL`, an unreadable `tls_ca_file` or one with a
+/// `redis://` URL), `RK_ERR_BACKEND` (password refused, not a Redis server,
+/// an untrusted TLS certificate; or a build without the Redis backend), and
+/// those of
 /// `rk_engine_open_shared` for `fallback_path`. `*out` is written only on
 /// success.
 ///
@@ -308,6 +317,7 @@ fn defaults() -> rk_redis_options {
         hash_secret: std::ptr::null(),
         hash_secret_len: 0,
         log_switches: d.log_switches,
+        tls_ca_file: std::ptr::null(),
     }
 }
 
@@ -460,6 +470,10 @@ mod backend {
         }
         if let Some(v) = args::versioned_bool!(p, size, rk_redis_options, "opts", log_switches)? {
             o.log_switches = v;
+        }
+        if let Some(p) = field!(tls_ca_file: *const c_char) {
+            // SAFETY: NULL or NUL-terminated (contract).
+            o.tls_ca_file = unsafe { path(p, "opts->tls_ca_file")? };
         }
         Ok(o)
     }

@@ -968,10 +968,11 @@ fn redis_options_init_fills_the_defaults_of_what_fits() {
     assert_eq!((o.retry_min_ms, o.retry_max_ms), (50, 2000));
     assert_eq!((o.pool_size, o.deny_cache), (16, 4096));
     assert!(o.hash_secret.is_null() && o.hash_secret_len == 0 && o.log_switches);
+    assert!(o.tls_ca_file.is_null());
     let mut buf = [0x5a_u8; 128];
     // SAFETY: `buf` holds 128 writable bytes; too small a size writes nothing.
     unsafe {
-        rk_redis_options_init_sized(buf.as_mut_ptr().cast(), 87);
+        rk_redis_options_init_sized(buf.as_mut_ptr().cast(), size_of::<rk_redis_options>() - 1);
         rk_redis_options_init_sized(null_mut(), 88);
     }
     assert!(buf.iter().all(|&b| b == 0x5a));

@@ -545,6 +545,7 @@ class Engine:
         clock: str = "coarse",
         max_bytes: Optional[int] = None,
         mode: Optional[int] = None,
+        tls_ca_file: Union[str, bytes, "os.PathLike[str]", None] = None,
     ) -> "Engine":
         """Opens an engine whose limits live in the Redis server at ``url``
         (``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for
@@ -573,13 +574,16 @@ class Engine:
         connections kept (default 16). ``hash_secret``: the secret (at least
         16 bytes) of the keyed hash that turns keys into Redis key names;
         default: one random secret stored in Redis and shared by all engines.
+        ``tls_ca_file``: for ``rediss://``, a PEM file of the certificate
+        authority to trust instead of the system's store.
 
         Opens a connection at once: a bad URL raises
         :class:`~ratekeeper.errors.InvalidArgument` (a ``ValueError``), a
-        refused password or a server that is not Redis
-        :class:`~ratekeeper.errors.BackendError`; an unreachable server is not
-        an error (the engine starts on its failure policy). Open one per
-        process, after fork (:func:`redis_engine`, :mod:`ratekeeper.gunicorn`).
+        refused password, a server that is not Redis or an untrusted TLS
+        certificate :class:`~ratekeeper.errors.BackendError`; an unreachable
+        server is not an error (the engine starts on its failure policy).
+        Open one per process, after fork (:func:`redis_engine`,
+        :mod:`ratekeeper.gunicorn`).
         """
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, not {type(url).__name__}")
@@ -619,6 +623,8 @@ class Engine:
             keep.append(secret)
             opts.hash_secret, opts.hash_secret_len = secret, len(hash_secret)
         opts.log_switches = bool(log_switches)
+        if tls_ca_file is not None:
+            opts.tls_ca_file = c_bytes(os.fsencode(tls_ca_file))
         out = ffi.new("rk_engine **")
         st = lib.rk_engine_open_redis(url.encode("utf-8"), opts, out)
         if st:
