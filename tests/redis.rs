@@ -5,6 +5,8 @@
 //! URLs and servers, the deny cache, the key layout, round trips.
 #![cfg(feature = "redis")]
 
+#[path = "support/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
@@ -676,36 +678,28 @@ fn tls_server() -> TlsServer {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args([
-            "--tls-cert-file",
-            "server.pem",
-            "--tls-key-file",
-            "server.key",
-            "--tls-ca-cert-file",
-            "ca.pem",
-        ])
-        .args([
-            "--tls-auth-clients",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server starts");
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ])
+    .args([
+        "--tls-cert-file",
+        "server.pem",
+        "--tls-key-file",
+        "server.key",
+    ])
+    .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+    .args(["--save", "", "--appendonly", "no"])
+    .current_dir(&dir)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let child = redis_server::spawn_guarded(cmd).expect("redis-server starts");
     let server = TlsServer { child, port, dir };
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -748,4 +742,110 @@ fn rediss_urls_connect_over_tls_to_a_private_ca() {
     let plain =
         Engine::open_redis(&format!("redis://127.0.0.1:{}/", server.port), opts("tls")).unwrap();
     assert!(!plain.redis_stats().unwrap().up);
+}
+
+// ---------------------------------------------------------------------
+// Redis Cluster: three masters; every key's state in its own slot.
+
+fn shared_cluster() -> &'static redis_cluster::RedisCluster {
+    static CLUSTER: std::sync::OnceLock<redis_cluster::RedisCluster> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| redis_cluster::RedisCluster::start().expect("the cluster starts"))
+}
+
+fn open_cluster(prefix: &str) -> Engine {
+    Engine::open_redis(
+        &shared_cluster().urls(),
+        RedisOptions {
+            cluster: true,
+            ..opts(prefix)
+        },
+    )
+    .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Batches of keys in different slots on a cluster decide as the
+    /// in-process `check_many` does (peek, then charge), penalties included.
+    #[test]
+    fn cluster_batches_decide_as_in_process(
+        steps in prop::collection::vec((0u8..4, 0u8..3, 1u32..3, 0u64..300_000_000), 1..40)
+    ) {
+        let prefix = format!("cluster{}", next_id());
+        let remote = open_cluster(&prefix);
+        let local = Engine::new(EngineOptions::default()).unwrap();
+        let penalty = PolicyOptions {
+            penalty: Some(Penalty { strikes: 2, window_ns: 1_000_000_000, ban_ns: 2_000_000_000, max_ban_ns: 8_000_000_000 }),
+            ..PolicyOptions::default()
+        };
+        let mut ids = Vec::new();
+        for e in [&remote, &local] {
+            let a = e.add_policy("ip", "gcra 4/second burst 4; fixed_window 20/10 seconds").unwrap();
+            let b = e.add_policy_with("user", "sliding_window 3/second", penalty).unwrap();
+            let c = e.add_policy("route", "sliding_log 5/second").unwrap();
+            ids.push((a, b, c));
+        }
+        let mut now = 5_000_000_000u64;
+        for (ip, user, cost, dt) in steps {
+            now += dt;
+            let (ipk, userk, routek) = ([ip], [user], [ip ^ user]);
+            let batch = |(a, b, c): (ratekeeper::PolicyId, ratekeeper::PolicyId, ratekeeper::PolicyId)| [
+                CheckItem { policy: a, key: &ipk, cost },
+                CheckItem { policy: b, key: &userk, cost: 1 },
+                CheckItem { policy: c, key: &routek, cost: 1 },
+            ];
+            let r = remote.check_many_at(&batch(ids[0]), now).unwrap();
+            let l = local.check_many_at(&batch(ids[1]), now).unwrap();
+            prop_assert_eq!(r, l, "batch at {}", now);
+            let single = remote.check_at(ids[0].0, &ipk, 1, now);
+            prop_assert_eq!(single, local.check_at(ids[1].0, &ipk, 1, now));
+        }
+        prop_assert_eq!(remote.redis_stats().unwrap().fallback_decisions, 0);
+    }
+}
+
+#[test]
+fn a_cluster_spreads_keys_over_its_nodes_and_shares_limits() {
+    let cluster = shared_cluster();
+    let prefix = format!("spread{}", next_id());
+    let a = open_cluster(&prefix);
+    let b = open_cluster(&prefix);
+    let pa = a.add_policy("p", "3/minute").unwrap();
+    let pb = b.add_policy("p", "3/minute").unwrap();
+    for i in 0..60u32 {
+        let key = format!("client:{i}");
+        assert!(a.check(pa, key.as_bytes(), 1).allowed);
+        assert!(b.check(pb, key.as_bytes(), 2).allowed);
+        assert!(
+            !a.check(pa, key.as_bytes(), 1).allowed,
+            "one limit for both engines"
+        );
+    }
+    let counts = cluster.key_counts();
+    assert!(counts.iter().filter(|&&n| n > 0).count() >= 2, "{counts:?}");
+    // Single-key requests stay one round trip; a batch of keys in several
+    // slots is one pipelined round trip to peek and one to charge.
+    let before = a.redis_stats().unwrap().round_trips;
+    a.check(pa, b"one more", 1);
+    assert_eq!(a.redis_stats().unwrap().round_trips, before + 1);
+    let q = a.add_policy("q", "100/minute").unwrap();
+    let items = [
+        CheckItem {
+            policy: pa,
+            key: b"fresh-1",
+            cost: 1,
+        },
+        CheckItem {
+            policy: q,
+            key: b"fresh-2",
+            cost: 1,
+        },
+    ];
+    assert!(a.check_many(&items).unwrap().0.allowed);
+    assert_eq!(
+        a.redis_stats().unwrap().round_trips,
+        before + 1 + 2 + 1,
+        "+1: add_policy"
+    );
 }

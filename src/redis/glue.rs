@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use super::{unknown_policy, CheckItem, Decision, Engine, Permit, Policy, PolicyId};
-use crate::redis::{ints, reply, Item, Key, OnFailure, Remote, RemotePolicy};
-use crate::table::Lease;
+use crate::redis::{ints, reply, Down, Item, Key, OnFailure, Remote, RemotePolicy, Reply};
+use crate::table::{binds_over, Lease};
 use crate::Error;
 
 /// `Lease::slot` of a permit held in Redis (local slots are below 8):
@@ -190,7 +190,12 @@ impl Engine {
                 cost: it.cost,
             });
         }
-        match r.call("check", now, &batch, &[]).and_then(|v| reply(&v)) {
+        let answer = if r.is_cluster() && batch.len() > 1 {
+            Self::cluster_batch(r, &batch, now)
+        } else {
+            r.call("check", now, &batch, &[]).and_then(|v| reply(&v))
+        };
+        match answer {
             Ok(rep) if rep.item < items.len() => {
                 let (i, it) = (rep.item, &items[rep.item]);
                 let p = self.get(it.policy)?;
@@ -250,6 +255,76 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A batch of several keys on a Redis Cluster, where one script call
+    /// cannot reach keys in different slots: what the local `check_many`
+    /// does, with a pipelined round trip per step (each call to its key's
+    /// node). Peek every item; if all allow, charge every item, and refund
+    /// the charged ones if a racing request took the last unit of another
+    /// in between; if some deny, strike the denied items that have a
+    /// penalty box (a strike that starts a ban is the answer). Two round
+    /// trips for an allowed request, one or two for a denied one.
+    fn cluster_batch(r: &Remote, batch: &[Item<'_>], now: Option<u64>) -> Result<Reply, Down> {
+        let replies = |op: &str, items: &[Item<'_>], retry: bool| -> Result<Vec<Reply>, Down> {
+            r.call_each(op, now, items, retry)?
+                .iter()
+                .map(reply)
+                .collect()
+        };
+        let binding = |reps: &[Reply]| -> Reply {
+            let key = |d: &Decision| (d.allowed, d.remaining, d.retry_after_ns);
+            let mut best = Reply { item: 0, ..reps[0] };
+            for (i, rep) in reps.iter().enumerate().skip(1) {
+                if binds_over(key(&rep.decision), key(&best.decision)) {
+                    best = Reply { item: i, ..*rep };
+                }
+            }
+            best
+        };
+        let peeks = replies("peek", batch, true)?;
+        let peeked = binding(&peeks);
+        if !peeked.decision.allowed {
+            let struck: Vec<usize> = (0..batch.len())
+                .filter(|&i| batch[i].policy.penalty && !peeks[i].decision.allowed)
+                .collect();
+            if struck.is_empty() {
+                return Ok(peeked);
+            }
+            let items: Vec<Item<'_>> = struck.iter().map(|&i| batch[i]).collect();
+            let strikes = replies("check", &items, false)?;
+            // A struck item that a refill let through meanwhile was charged:
+            // give it back (the batch is denied).
+            let back: Vec<Item<'_>> = (0..items.len())
+                .filter(|&j| strikes[j].decision.allowed)
+                .map(|j| items[j])
+                .collect();
+            if !back.is_empty() {
+                r.call_each("refund", now, &back, false)?;
+            }
+            return Ok(match strikes.iter().position(|s| s.new_ban) {
+                Some(j) => Reply {
+                    item: struck[j],
+                    ..strikes[j]
+                },
+                None => peeked,
+            });
+        }
+        let charges = replies("check", batch, false)?;
+        if let Some(i) = charges.iter().position(|c| !c.decision.allowed) {
+            let back: Vec<Item<'_>> = (0..batch.len())
+                .filter(|&j| charges[j].decision.allowed)
+                .map(|j| batch[j])
+                .collect();
+            if !back.is_empty() {
+                r.call_each("refund", now, &back, false)?;
+            }
+            return Ok(Reply {
+                item: i,
+                ..charges[i]
+            });
+        }
+        Ok(binding(&charges))
     }
 
     /// `peek_at` through Redis; the failure policy's answer while down.

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use redis::{Client, Connection, Value};
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::{Client, Connection, ConnectionLike, Value};
 
 use crate::algo::LimitParams;
 use crate::engine::{Decision, EngineOptions, PolicyOptions};
@@ -86,6 +87,10 @@ pub struct RedisOptions {
     /// trust instead of the system's store (a private CA). Without it the
     /// system store is used (`SSL_CERT_FILE` / `SSL_CERT_DIR` override it).
     pub tls_ca_file: Option<PathBuf>,
+    /// The URL names Redis Cluster nodes (one or more, comma-separated):
+    /// commands go to the node that holds each key's slot, and follow the
+    /// cluster when slots move.
+    pub cluster: bool,
 }
 
 impl Default for RedisOptions {
@@ -104,6 +109,7 @@ impl Default for RedisOptions {
             log_switches: true,
             hash_secret: None,
             tls_ca_file: None,
+            cluster: false,
         }
     }
 }
@@ -135,6 +141,7 @@ pub struct RedisStats {
 pub(crate) struct Down(pub String);
 
 /// One item of a script call.
+#[derive(Clone, Copy)]
 pub(crate) struct Item<'a> {
     pub policy: &'a RemotePolicy,
     pub key: Key<'a>,
@@ -230,12 +237,33 @@ struct Counters {
     script_loads: AtomicU64,
 }
 
+/// A standalone server's client, or a cluster's.
+enum Link {
+    One(Client),
+    Cluster(ClusterClient),
+}
+
+/// A connection of either kind.
+enum Conn {
+    One(Connection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    fn link(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::One(c) => c,
+            Conn::Cluster(c) => c,
+        }
+    }
+}
+
 /// The connection to Redis of one engine.
 pub(crate) struct Remote {
-    client: Client,
+    client: Link,
     /// The URL without its password, for messages.
     shown: String,
-    pool: Mutex<Vec<Connection>>,
+    pool: Mutex<Vec<Conn>>,
     sha: String,
     pub options: RedisOptions,
     secret: OnceLock<[Seed; 2]>,
@@ -292,26 +320,7 @@ impl Remote {
             ));
         }
         let shown = redact(url);
-        let bad_url =
-            |e: redis::RedisError| Error::InvalidArgument(format!("bad Redis URL {shown:?}: {e}"));
-        let client = match &options.tls_ca_file {
-            None => Client::open(url).map_err(bad_url)?,
-            Some(path) => {
-                if !url.starts_with("rediss://") {
-                    return Err(Error::InvalidArgument(format!(
-                        "tls_ca_file is for rediss:// URLs, not {shown:?}"
-                    )));
-                }
-                let pem = std::fs::read(path).map_err(|e| {
-                    Error::InvalidArgument(format!("tls_ca_file {}: {e}", path.display()))
-                })?;
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                };
-                Client::build_with_tls(url, certs).map_err(bad_url)?
-            }
-        };
+        let client = Self::client(url, &shown, &options)?;
         let secret = OnceLock::new();
         if let Some(s) = &options.hash_secret {
             let _ = secret.set(seeds_from(s));
@@ -336,8 +345,8 @@ impl Remote {
         let first = remote.connect().and_then(|mut con| {
             // A server that is not Redis shows itself here, not at the
             // first request.
-            let _: String = redis::cmd("PING").query(&mut con)?;
-            remote.seeds(&mut con)?;
+            let _: String = redis::cmd("PING").query(con.link())?;
+            remote.seeds(con.link())?;
             Ok(con)
         });
         match first {
@@ -346,6 +355,60 @@ impl Remote {
             Err(e) => remote.failed(&Down(remote.describe(&e))),
         }
         Ok(remote)
+    }
+
+    /// The client for `url` (one URL, or with `cluster` a comma-separated
+    /// list of node URLs).
+    fn client(url: &str, shown: &str, options: &RedisOptions) -> Result<Link, Error> {
+        let bad_url =
+            |e: redis::RedisError| Error::InvalidArgument(format!("bad Redis URL {shown:?}: {e}"));
+        let certs = match &options.tls_ca_file {
+            None => None,
+            Some(path) => {
+                if !url.split(',').all(|u| u.trim().starts_with("rediss://")) {
+                    return Err(Error::InvalidArgument(format!(
+                        "tls_ca_file is for rediss:// URLs, not {shown:?}"
+                    )));
+                }
+                let pem = std::fs::read(path).map_err(|e| {
+                    Error::InvalidArgument(format!("tls_ca_file {}: {e}", path.display()))
+                })?;
+                Some(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                })
+            }
+        };
+        if !options.cluster {
+            if url.contains(',') {
+                return Err(Error::InvalidArgument(format!(
+                    "{shown:?} lists several servers: set `cluster` for a Redis Cluster"
+                )));
+            }
+            return Ok(Link::One(match certs {
+                None => Client::open(url).map_err(bad_url)?,
+                Some(certs) => Client::build_with_tls(url, certs).map_err(bad_url)?,
+            }));
+        }
+        let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+        let mut builder = ClusterClient::builder(nodes)
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.timeout)
+            // MOVED/ASK while slots migrate are followed at once; an
+            // unreachable node is the failure policy's business.
+            .retries(2)
+            .min_retry_wait(5)
+            .max_retry_wait(50);
+        if let Some(certs) = certs {
+            builder = builder.certs(certs);
+        }
+        Ok(Link::Cluster(builder.build().map_err(bad_url)?))
+    }
+
+    /// True for a Redis Cluster: a call's keys must share a slot, so
+    /// batches of several keys are one call per key.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.client, Link::Cluster(_))
     }
 
     /// A message for a Redis error, naming the server.
@@ -368,23 +431,32 @@ impl Remote {
         format!("Redis at {}: {what}: {e}", self.shown)
     }
 
-    fn connect(&self) -> redis::RedisResult<Connection> {
-        let con = self
-            .client
-            .get_connection_with_timeout(self.options.connect_timeout)?;
-        con.set_read_timeout(Some(self.options.timeout))?;
-        con.set_write_timeout(Some(self.options.timeout))?;
-        Ok(con)
+    fn connect(&self) -> redis::RedisResult<Conn> {
+        let t = Some(self.options.timeout);
+        Ok(match &self.client {
+            Link::One(client) => {
+                let con = client.get_connection_with_timeout(self.options.connect_timeout)?;
+                con.set_read_timeout(t)?;
+                con.set_write_timeout(t)?;
+                Conn::One(con)
+            }
+            Link::Cluster(client) => {
+                let con = client.get_connection()?;
+                con.set_read_timeout(t)?;
+                con.set_write_timeout(t)?;
+                Conn::Cluster(con)
+            }
+        })
     }
 
-    fn give_back(&self, con: Connection) {
+    fn give_back(&self, con: Conn) {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < self.options.pool_size {
             pool.push(con);
         }
     }
 
-    fn take(&self) -> redis::RedisResult<Connection> {
+    fn take(&self) -> redis::RedisResult<Conn> {
         let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match pooled {
             Some(con) => Ok(con),
@@ -394,7 +466,7 @@ impl Remote {
 
     /// The key-hash seeds, reading (or creating) the shared secret in
     /// Redis the first time.
-    fn seeds(&self, con: &mut Connection) -> redis::RedisResult<[Seed; 2]> {
+    fn seeds(&self, con: &mut dyn ConnectionLike) -> redis::RedisResult<[Seed; 2]> {
         if let Some(s) = self.secret.get() {
             return Ok(*s);
         }
@@ -519,31 +591,22 @@ impl Remote {
         }
     }
 
-    /// One round trip: the script with `op` over `items`, then `extra`.
-    /// `Err` when Redis is down or the call failed (the caller applies the
-    /// failure policy); every failure is counted and may switch health.
-    pub fn call(
-        &self,
-        op: &str,
-        now: Option<u64>,
-        items: &[Item<'_>],
-        extra: &[String],
-    ) -> Result<Value, Down> {
+    /// Runs `f` on a pooled connection, if Redis may be tried now: the
+    /// answer, or `Err` when Redis is down or the call failed (the caller
+    /// applies the failure policy). Every failure is counted and may switch
+    /// health; a success after failures switches back.
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn) -> redis::RedisResult<T>) -> Result<T, Down> {
         if !self.may_try() {
             return Err(Down("Redis is down".into()));
         }
-        let mut con = match self.take() {
-            Ok(con) => con,
-            Err(e) => {
-                let down = Down(self.describe(&e));
-                self.failed(&down);
-                return Err(down);
-            }
-        };
-        match self.run(&mut con, op, now, items, extra) {
+        let result = self.take().and_then(|mut con| {
+            let v = f(&mut con)?;
+            self.give_back(con);
+            Ok(v)
+        });
+        match result {
             Ok(v) => {
                 self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
-                self.give_back(con);
                 self.recovered();
                 Ok(v)
             }
@@ -555,19 +618,89 @@ impl Remote {
         }
     }
 
-    fn run(
+    /// One round trip: the script with `op` over `items`, then `extra`.
+    pub fn call(
         &self,
-        con: &mut Connection,
         op: &str,
         now: Option<u64>,
         items: &[Item<'_>],
         extra: &[String],
-    ) -> redis::RedisResult<Value> {
-        let seeds = self.seeds(con)?;
+    ) -> Result<Value, Down> {
+        self.with_conn(|con| {
+            let seeds = self.seeds(con.link())?;
+            let cmd = self.script(&seeds, op, now, items, extra);
+            match cmd.query::<Value>(con.link()) {
+                Err(e) if no_script(&e) => {
+                    self.load(con.link())?;
+                    cmd.query(con.link())
+                }
+                r => r,
+            }
+        })
+    }
+
+    /// One round trip on a cluster: the script with `op` once per item, in
+    /// one pipeline (each call goes to its key's node). The caller passes
+    /// `retry` only for operations that change nothing (`peek`): a
+    /// pipeline that hit a node without the script is then run again; a
+    /// charging one is not, and fails (some items may have been charged:
+    /// never admitted, so the error is on the strict side).
+    pub fn call_each(
+        &self,
+        op: &str,
+        now: Option<u64>,
+        items: &[Item<'_>],
+        retry: bool,
+    ) -> Result<Vec<Value>, Down> {
+        self.with_conn(|con| {
+            let seeds = self.seeds(con.link())?;
+            let Conn::Cluster(cluster) = con else {
+                return items
+                    .iter()
+                    .map(|it| {
+                        let one = std::slice::from_ref(it);
+                        self.script(&seeds, op, now, one, &[]).query(con.link())
+                    })
+                    .collect();
+            };
+            let mut pipe = redis::cluster::cluster_pipe();
+            for it in items {
+                pipe.add_command(self.script(&seeds, op, now, std::slice::from_ref(it), &[]));
+            }
+            match pipe.query::<Vec<Value>>(cluster) {
+                Err(e) if no_script(&e) => {
+                    self.load(cluster)?;
+                    if retry {
+                        pipe.query(cluster)
+                    } else {
+                        Err(e)
+                    }
+                }
+                r => r,
+            }
+        })
+    }
+
+    /// Loads the script (on every node of a cluster).
+    fn load(&self, con: &mut dyn ConnectionLike) -> redis::RedisResult<()> {
+        let _: Value = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT).query(con)?;
+        self.counters.script_loads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The `EVALSHA` of one script call (`PROTOCOL.md`, "Arguments").
+    fn script(
+        &self,
+        seeds: &[Seed; 2],
+        op: &str,
+        now: Option<u64>,
+        items: &[Item<'_>],
+        extra: &[String],
+    ) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.sha).arg(items.len() * 2);
         for it in items {
-            let tag = self.tag(&seeds, it);
+            let tag = self.tag(seeds, it);
             cmd.arg(format!("{}{{{tag}}}:s", self.options.prefix));
             cmd.arg(format!("{}{{{tag}}}:o", self.options.prefix));
         }
@@ -581,14 +714,7 @@ impl Remote {
             cmd.arg(it.cost).arg(&it.policy.args);
         }
         cmd.arg(extra);
-        match cmd.query::<Value>(con) {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT).query(con)?;
-                self.counters.script_loads.fetch_add(1, Ordering::Relaxed);
-                cmd.query(con)
-            }
-            r => r,
-        }
+        cmd
     }
 
     /// The hash tag of an item: 128 bits of keyed hash of policy name and
@@ -607,44 +733,30 @@ impl Remote {
     /// or checks it against the one there: two hosts must not share a
     /// policy name with different limits. Skipped while Redis is down.
     pub fn register(&self, name: &str, definition: &str) -> Result<(), Error> {
-        if !self.may_try() {
-            return Ok(());
-        }
-        let mut con = match self.take() {
-            Ok(c) => c,
-            Err(e) => {
-                self.failed(&Down(self.describe(&e)));
-                return Ok(());
-            }
-        };
         let key = format!("{}policy:{name}", self.options.prefix);
-        let r: redis::RedisResult<Option<String>> = (|| {
+        let existing = self.with_conn(|con| {
             let _: Value = redis::cmd("SET")
                 .arg(&key)
                 .arg(definition)
                 .arg("NX")
-                .query(&mut con)?;
-            redis::cmd("GET").arg(&key).query(&mut con)
-        })();
-        match r {
-            Ok(existing) => {
-                self.give_back(con);
-                self.recovered();
-                match existing {
-                    Some(e) if e != definition => Err(Error::PolicyMismatch {
-                        name: name.into(),
-                        existing: e,
-                        requested: definition.into(),
-                    }),
-                    _ => Ok(()),
-                }
-            }
-            Err(e) => {
-                self.failed(&Down(self.describe(&e)));
-                Ok(())
-            }
+                .query(con.link())?;
+            redis::cmd("GET")
+                .arg(&key)
+                .query::<Option<String>>(con.link())
+        });
+        match existing {
+            Ok(Some(e)) if e != definition => Err(Error::PolicyMismatch {
+                name: name.into(),
+                existing: e,
+                requested: definition.into(),
+            }),
+            _ => Ok(()),
         }
     }
+}
+
+fn no_script(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
 /// Errors at open that retrying cannot fix.
