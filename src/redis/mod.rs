@@ -246,14 +246,14 @@ enum Link {
 /// A connection of either kind.
 enum Conn {
     One(Connection),
-    Cluster(ClusterConnection),
+    Cluster(Box<ClusterConnection>),
 }
 
 impl Conn {
     fn link(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Conn::One(c) => c,
-            Conn::Cluster(c) => c,
+            Conn::Cluster(c) => &mut **c,
         }
     }
 }
@@ -444,7 +444,7 @@ impl Remote {
                 let con = client.get_connection()?;
                 con.set_read_timeout(t)?;
                 con.set_write_timeout(t)?;
-                Conn::Cluster(con)
+                Conn::Cluster(Box::new(con))
             }
         })
     }
