@@ -9,7 +9,7 @@ PID (not a test).
    ``limits`` ``RedisStorage`` ``hit`` with FixedWindowRateLimiter and
    MovingWindowRateLimiter. Keys rotate over 10,000 clients, limits are never
    reached (every call is an allowed, charged hit). Median of several timed
-   batches, µs per call.
+   batches (the contenders' batches take turns), µs per call.
 2. Flask per-request overhead: one route with two limits,
    ``"10000/second;100000/hour"`` (each library's default algorithm: GCRA for
    ratekeeper, fixed window for Flask-Limiter), served by Flask's test client,
@@ -68,10 +68,16 @@ def have_ratekeeper_redis() -> bool:
     return hasattr(ratekeeper.Engine, "redis")
 
 
-def per_call_us(fn, calls: int, repeats: int) -> float:
-    """Median over `repeats` batches of `calls` calls, in µs per call."""
-    timer = timeit.Timer(fn)
-    return statistics.median(t / calls * 1e6 for t in timer.repeat(repeat=repeats, number=calls))
+def per_call_us(fns: dict, calls: int, repeats: int) -> dict:
+    """{name: median over `repeats` batches of `calls` calls, in µs per call}.
+    The contenders' batches take turns (one batch of each per round), so
+    that a noisy neighbour slows them all alike."""
+    timers = {name: timeit.Timer(fn) for name, fn in fns.items()}
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            times[name].append(timer.timeit(number=calls) / calls * 1e6)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def traffic_of(server: RedisServer, fn, n: int, engine=None) -> str:
@@ -255,7 +261,7 @@ def main() -> int:
               f"keys rotate over {N_KEYS:,}; limit {CHECK_LIMIT})")
         theirs = limits_checks(server.url)
         mine, engine = ratekeeper_checks(server.url) if ours else ({}, None)
-        lat = {name: per_call_us(fn, calls, repeats) for name, fn in {**theirs, **mine}.items()}
+        lat = per_call_us({**theirs, **mine}, calls, repeats)
         for name, us in lat.items():
             print(f"  {name:78} {us:7.1f} µs")
         if ours:
