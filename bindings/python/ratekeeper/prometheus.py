@@ -30,12 +30,19 @@ Metrics (label ``policy``: the policy's name):
   room and were failed open or closed.
 - ``ratekeeper_keys{policy}`` (gauge): keys tracked now.
 - ``ratekeeper_capacity{policy}`` (gauge): keys the policy can track.
+
+A Redis engine (``Engine.redis``) adds, for this process (each worker has
+its own connections): ``ratekeeper_redis_up`` (gauge, 1 while Redis answers)
+and the counters ``ratekeeper_redis_round_trips_total``, ``_errors_total``,
+``_failovers_total``, ``_recoveries_total``, ``_fallback_decisions_total``,
+``_deny_cache_hits_total`` and ``_script_loads_total``. Its decision counters
+above are this process's too (or, with a fallback file, this host's).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -60,6 +67,18 @@ _HELP = {
     "table_full": "Requests that found the key table full and were failed open or closed.",
     "keys": "Keys tracked now (table occupancy).",
     "capacity": "Keys the policy's table can track.",
+}
+
+#: A Redis engine's counters (``Engine.redis_stats()``, this process's), as
+#: ``<namespace>_redis_<name>_total`` counters; ``up`` is a gauge.
+_REDIS_HELP = {
+    "round_trips": "Redis script calls that got an answer (this process).",
+    "errors": "Redis calls that failed: connect, timeout, protocol or server error (this process).",
+    "failovers": "Switches from Redis to the failure policy (this process).",
+    "recoveries": "Switches from the failure policy back to Redis (this process).",
+    "fallback_decisions": "Decisions made by the failure policy instead of Redis (this process).",
+    "deny_cache_hits": "Denials answered by the local deny cache without a round trip (this process).",
+    "script_loads": "Times the Lua script was loaded into Redis (this process).",
 }
 
 
@@ -153,7 +172,29 @@ class RatekeeperCollector(Collector):
                 fams["table_full"].add_metric([name], s.table_full)
                 fams["keys"].add_metric([name], s.occupancy)
                 fams["capacity"].add_metric([name], s.capacity)
-        return iter(fams.values())
+        out = list(fams.values())
+        if engine is not None and engine.redis_url is not None:
+            out.extend(self._redis_families(engine))
+        return iter(out)
+
+    def _redis_families(self, engine: Engine) -> List[Any]:
+        """``<ns>_redis_up`` and the Redis counters of a Redis engine."""
+        try:
+            stats = engine.redis_stats()
+        except (EngineClosed, RatekeeperError):
+            return []
+        if stats is None:
+            return []
+        ns = self._ns
+        up = GaugeMetricFamily(f"{ns}_redis_up", "1 while Redis answers (as of the last call or reconnect "
+                                                 "try), 0 while the failure policy decides (this process).")
+        up.add_metric([], 1 if stats["up"] else 0)
+        families = [up]
+        for name, help_text in _REDIS_HELP.items():
+            family = CounterMetricFamily(f"{ns}_redis_{name}", help_text)
+            family.add_metric([], stats[name])
+            families.append(family)
+        return families
 
 
 def generate(engine: Union[Engine, Callable[[], Engine]]) -> Tuple[bytes, str]:

@@ -384,3 +384,26 @@ def test_a_forked_child_never_uses_its_parents_connections(redis_server):
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     assert policy.check("k").allowed, "the parent's engine still works"
     assert ratekeeper.redis_engine(url) is parent
+
+
+def test_prometheus_reports_the_redis_counters_of_a_redis_engine(redis_server):
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ratekeeper.prometheus import generate
+
+    engine = redis(redis_server.url)
+    policy = engine.policy("p", "2/minute")
+    for _ in range(3):
+        policy.check("k")
+    body, _ = generate(engine)
+    samples = {s.name: s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples
+               if not s.labels}
+    stats = engine.redis_stats()
+    assert samples["ratekeeper_redis_up"] == 1
+    assert samples["ratekeeper_redis_round_trips_total"] == stats["round_trips"] >= 2
+    assert samples["ratekeeper_redis_failovers_total"] == 0
+    assert samples["ratekeeper_redis_deny_cache_hits_total"] == stats["deny_cache_hits"]
+    engine.close()
+    local, _ = generate(ratekeeper.Engine())
+    assert b"ratekeeper_redis_" not in local
