@@ -1,0 +1,959 @@
+--[[
+ratekeeper.lua: every operation of ratekeeper's Redis backend, atomically,
+one script call per request.
+
+The contract with the Rust client (KEYS/ARGV layout, replies, time) is
+PROTOCOL.md next to this file. The semantics are the in-process engine's,
+function by function: each local function names the Rust function it
+mirrors (src/algo/*.rs, src/abuse.rs, src/table/mod.rs, src/engine.rs).
+
+Numbers are Lua doubles. Every integer below 2^53 is exact, and so is every
+figure below 2^53 computed here: quotients come from math.fmod (exact),
+products that may pass 2^53 go through muldivmod, and times are compared by
+their differences (now - start < period, not now < start + period). Numbers
+are stored as '%.0f' strings, never passed to Redis as Lua numbers (Redis
+would format them with %.14g).
+
+The state hash (KEYS[2i-1]); for the limit at position k (1-based):
+  gcra            k..'t'  theoretical arrival time (0: fresh)
+  fixed_window    k..'s'  window start (absent: no window), k..'n' its count
+  sliding_window  k..'w'  stored window index mod 2^32, k..'c' its count,
+                  k..'p'  the count of the window before it
+  sliding_log     k..'l'  the counted timestamps, oldest first, 8 bytes each
+                          (struct '>d'); the ring of sliding_log.rs as a list
+  concurrency     'L'..i  lease i (0-based): "expiry token holder"
+  penalty box     'ps'    strike TAT, 'pl' bans so far, 'pu' banned until
+A key exists in Redis exactly when the in-process table would hold a slot for
+it whose state is not yet equivalent to fresh (an expired slot is one the
+table may reclaim at any time; here its TTL or a write deletes it).
+]]
+
+local call, fmod, max, min = redis.call, math.fmod, math.max, math.min
+local format, pack, unpack1, rep, sub = string.format, struct.pack, struct.unpack, string.rep, string.sub
+
+local TWO32 = 4294967296
+local TWO53 = 9007199254740992
+local U64 = 18446744073709551616 -- 2^64: stands for u64::MAX (a cost that never fits)
+local I63 = 9223372036854774784 -- largest double below 2^63 (a reply is a signed integer)
+local CAP = 4611686018427387904 -- 2^62: u64::MAX / 4 (+1), the cap of a scaled GCRA tolerance
+local MAX_COST = 16777215 -- algo::MAX_COST
+local MAX_TIME = 4611686018427387904 -- algo::MAX_TIME_NS
+local EPOCH = 1767225600 -- 2026-01-01T00:00:00Z, the origin of Redis TIME nanoseconds
+
+local function fail(msg)
+  error({ err = 'rk: ' .. msg })
+end
+
+local function num(s)
+  return format('%.0f', s)
+end
+
+-- floor(a / b) for integers a >= 0, b > 0 (exact below 2^53).
+local function idiv(a, b)
+  return (a - fmod(a, b)) / b
+end
+
+-- ceil(a / b) for integers a >= 0, b > 0.
+local function ceil_div(a, b)
+  local r = fmod(a, b)
+  if r > 0 then
+    return (a - r) / b + 1
+  end
+  return a / b
+end
+
+-- floor(a * b / c) and a * b mod c for integers 0 <= a, b < 2^53, 0 < c < 2^53:
+-- the u128 products of the Rust code. Exact as long as the quotient is below
+-- 2^53: past the fast path, the quotient and remainder of b * 2^i by c are
+-- doubled bit by bit and summed over the bits of a, never forming a * b.
+local function muldivmod(a, b, c)
+  local p = a * b
+  if p < TWO53 then
+    local r = fmod(p, c)
+    return (p - r) / c, r
+  end
+  if a > b then
+    a, b = b, a
+  end
+  local r = fmod(b, c)
+  local q = (b - r) / c
+  local Q, R = 0, 0
+  while a > 0 do
+    local bit = fmod(a, 2)
+    if bit == 1 then
+      Q = Q + q
+      if R >= c - r then
+        R, Q = R - (c - r), Q + 1
+      else
+        R = R + r
+      end
+    end
+    a = (a - bit) / 2
+    if a > 0 then
+      q = q + q
+      if r >= c - r then
+        r, q = r - (c - r), q + 1
+      else
+        r = r + r
+      end
+    end
+  end
+  return Q, R
+end
+
+-- Reply form of a u64 figure: u64::MAX is -1, and a reply is a signed 64-bit
+-- integer (figures that large are approximate anyway).
+local function out(x)
+  if x >= U64 then
+    return -1
+  end
+  return min(x, I63)
+end
+
+---------------------------------------------------------------------------
+-- Limits
+---------------------------------------------------------------------------
+
+-- LimitParams::new. GCRA's tolerance is kept as tq * t + tr (tq = burst,
+-- tr = 0 unless a scaled tolerance hit its cap), so that its figures are
+-- exact however large burst * t is.
+local function limit_params(alg, count, period, burst)
+  if count < 1 or period < 1 or burst < 0 then
+    fail('bad limit ' .. alg)
+  end
+  local t = idiv(period, count)
+  if alg == 'g' and t < 1 then
+    fail('gcra limit of more than one request per nanosecond')
+  end
+  return { alg = alg, count = count, period = period, burst = burst, t = t, tq = burst, tr = 0, tol = burst * t }
+end
+
+-- LimitParams::scaled: the limit with its quota times factor / 1000.
+local function scale(n, factor)
+  local v = muldivmod(n, factor, 1000)
+  return min(max(v, 1), TWO32 - 1)
+end
+
+local function scaled(l, factor)
+  if factor == 0 or l.alg == 'l' or l.alg == 'c' then
+    return l
+  end
+  local count = scale(l.count, factor)
+  if l.alg ~= 'g' then
+    return { alg = l.alg, count = count, period = l.period, burst = count, t = l.t, tq = count, tr = 0, tol = l.tol }
+  end
+  local burst = scale(l.burst, factor)
+  local t = max(idiv(l.period, count), 1)
+  local s = { alg = 'g', count = count, period = l.period, burst = burst, t = t, tq = burst, tr = 0, tol = burst * t }
+  if s.tol >= CAP then
+    -- tol = min(burst * t, u64::MAX / 4) = (2^62 - 1) = tq * t + tr
+    local q, r = muldivmod(2147483648, 2147483648, t)
+    if r >= 1 then
+      s.tq, s.tr = q, r - 1
+    else
+      s.tq, s.tr = q - 1, t - 1
+    end
+    s.tol = CAP
+  end
+  return s
+end
+
+---------------------------------------------------------------------------
+-- The algorithms: evaluate returns allowed, limit, remaining, retry, reset
+---------------------------------------------------------------------------
+
+-- algo::gcra::evaluate. With behind = max(tat, now) - now, allowed iff
+-- behind + c*T <= tol, i.e. behind - tr <= (tq - c) * T.
+local function gcra_eval(l, x, cost, now)
+  local behind = max(x.t, now) - now
+  local over = max(behind - l.tr, 0)
+  if cost <= l.burst and behind - l.tr <= (l.tq - cost) * l.t then
+    -- remaining = floor((tol - behind - c*T) / T)
+    return true, l.burst, l.tq - cost - ceil_div(over, l.t), 0, behind + cost * l.t
+  end
+  local retry = U64
+  if cost <= l.burst then
+    retry = behind - l.tr - (l.tq - cost) * l.t
+  end
+  local remaining = 0
+  if behind - l.tr < l.tq * l.t then
+    remaining = l.tq - ceil_div(over, l.t)
+  end
+  return false, l.burst, remaining, retry, behind
+end
+
+-- algo::fixed_window::evaluate
+local function fixed_eval(l, x, cost, now)
+  local open = x.s ~= nil and now - x.s < l.period
+  local count, left = 0, l.period
+  if open then
+    count, left = x.n, l.period - (now - x.s)
+  end
+  if count + cost <= l.count then
+    if not open and cost == 0 then
+      left = 0 -- a request of cost 0 opens no window
+    end
+    return true, l.count, l.count - count - cost, 0, left
+  end
+  if not open then
+    left = 0
+  end
+  local retry = left
+  if cost > l.count then
+    retry = U64
+  end
+  return false, l.count, max(l.count - count, 0), retry, left
+end
+
+-- sliding_window::counts: (w, prev, cur) at now; the stored window index is
+-- kept mod 2^32 and compared by wrapping difference, as the Rust word does.
+local function sw_counts(l, x, now)
+  local w = idiv(now, l.period)
+  local d = fmod(w, TWO32) - x.w
+  if d < 0 then
+    d = d + TWO32
+  end
+  if d == 0 then
+    return w, x.p, x.c
+  elseif d == 1 then
+    return w, x.c, 0
+  end
+  return w, 0, 0
+end
+
+-- sliding_window::first_elapsed_at_most: smallest elapsed e in a window at
+-- which floor(n * (P - e) / P) <= x.
+local function first_elapsed_at_most(n, x, P)
+  if n == 0 then
+    return 0
+  end
+  local q, r = muldivmod(x + 1, P, n)
+  local bound = q -- floor(((x + 1) * P - 1) / n)
+  if r == 0 then
+    bound = q - 1
+  end
+  if bound >= P then
+    return 0
+  end
+  return P - bound
+end
+
+-- until(sliding_window::zero_at(w, prev, cur, P), now), with elapsed = now - w*P.
+local function sw_zero_in(prev, cur, P, elapsed)
+  if cur > 0 then
+    return P - elapsed + first_elapsed_at_most(cur, 0, P)
+  elseif prev > 0 then
+    return max(first_elapsed_at_most(prev, 0, P) - elapsed, 0)
+  end
+  return 0
+end
+
+-- sliding_window::retry_at(...) - now
+local function sw_retry_in(prev, cur, elapsed, cost, limit, P)
+  if cur + cost <= limit then
+    local e = first_elapsed_at_most(prev, limit - cost - cur, P)
+    if e < P then
+      return max(e, elapsed) - elapsed
+    end
+  end
+  return P - elapsed + first_elapsed_at_most(cur, limit - cost, P)
+end
+
+-- algo::sliding_window::evaluate
+local function sliding_eval(l, x, cost, now)
+  local P = l.period
+  local _, prev, cur = sw_counts(l, x, now)
+  local elapsed = fmod(now, P)
+  local weighted = muldivmod(prev, P - elapsed, P) + cur
+  if weighted + cost <= l.count then
+    return true, l.count, l.count - weighted - cost, 0, sw_zero_in(prev, cur + cost, P, elapsed)
+  end
+  local retry = U64
+  if cost <= l.count then
+    retry = sw_retry_in(prev, cur, elapsed, cost, l.count, P)
+  end
+  return false, l.count, max(l.count - weighted, 0), retry, sw_zero_in(prev, cur, P, elapsed)
+end
+
+-- Timestamp i (1-based, oldest first) of a packed log.
+local function log_at(s, i)
+  return (unpack1('>d', s, 8 * i - 7))
+end
+
+-- sliding_log::first_counting, as the number of counting entries: the log
+-- is in time order, so they are a suffix; binary search for its start.
+local function log_counted(l, s, m, now)
+  local lo, hi = 1, m + 1
+  while lo < hi do
+    local mid = (lo + hi - fmod(lo + hi, 2)) / 2
+    if now - log_at(s, mid) < l.period then
+      hi = mid
+    else
+      lo = mid + 1
+    end
+  end
+  return m + 1 - lo
+end
+
+-- algo::sliding_log::evaluate
+local function log_eval(l, x, cost, now)
+  local s = x.l
+  local m = #s / 8
+  local n = l.count
+  local counted = log_counted(l, s, m, now)
+  if counted + cost <= n then
+    local reset = 0
+    if cost > 0 or counted > 0 then
+      local stamp = now
+      if m > 0 then
+        stamp = log_at(s, m)
+        if cost > 0 then
+          stamp = max(stamp, now)
+        end
+      end
+      reset = max(stamp - now + l.period, 0)
+    end
+    return true, n, n - counted - cost, 0, reset
+  end
+  local retry = U64
+  if cost <= n then
+    -- the oldest counted + cost - n counting entries must stop counting
+    local t = log_at(s, m - counted + (counted + cost - n))
+    retry = max(t - now + l.period, 0)
+  end
+  local reset = 0
+  if counted > 0 then
+    reset = max(log_at(s, m) - now + l.period, 0)
+  end
+  return false, n, n - counted, retry, reset
+end
+
+-- algo::concurrency::evaluate (the cost does not matter)
+local function conc_eval(l, leases, now)
+  local in_flight, soonest, latest = 0, U64, 0
+  for i, lease in pairs(leases) do
+    local e = lease[1]
+    if i < l.count and e > now then
+      in_flight = in_flight + 1
+      soonest, latest = min(soonest, e), max(latest, e)
+    end
+  end
+  if in_flight < l.count then
+    return true, l.count, l.count - in_flight - 1, 0, max(latest - now, l.period)
+  end
+  return false, l.count, 0, soonest - now, max(latest - now, 0)
+end
+
+-- algo::evaluate
+local function evaluate(l, x, cost, now)
+  local a = l.alg
+  if a == 'g' then
+    return gcra_eval(l, x, cost, now)
+  elseif a == 'f' then
+    return fixed_eval(l, x, cost, now)
+  elseif a == 'w' then
+    return sliding_eval(l, x, cost, now)
+  elseif a == 'l' then
+    return log_eval(l, x, cost, now)
+  end
+  return conc_eval(l, x, now)
+end
+
+-- algo::charge_word and Table::apply_limit (charge): only for allowed costs >= 1.
+local function charge(l, x, cost, now)
+  local a = l.alg
+  if a == 'g' then
+    x.t = max(x.t, now) + cost * l.t
+  elseif a == 'f' then
+    if x.s ~= nil and now - x.s < l.period then
+      x.n = x.n + cost
+    else
+      x.s, x.n = now, cost
+    end
+  elseif a == 'w' then
+    local w, prev, cur = sw_counts(l, x, now)
+    x.w, x.p, x.c = fmod(w, TWO32), prev, cur + cost
+  elseif a == 'l' then
+    -- sliding_log::charge_meta: cost entries stamped max(newest, now) take
+    -- the places of the oldest ones (the ring keeps count entries).
+    local s = x.l
+    local m = #s / 8
+    local stamp = now
+    if m > 0 then
+      stamp = max(log_at(s, m), now)
+    end
+    local drop = m + cost - l.count
+    if drop > 0 then
+      s = sub(s, 8 * drop + 1)
+    end
+    x.l = s .. rep(pack('>d', stamp), cost)
+  end
+end
+
+-- algo::refund_word and Table::apply_limit (refund): cost >= 1.
+local function refund_limit(l, x, cost, now)
+  local a = l.alg
+  if a == 'g' then
+    local tat = x.t - cost * l.t
+    if tat <= now then
+      tat = 0
+    end
+    x.t = tat
+  elseif a == 'f' then
+    if x.s ~= nil and now - x.s < l.period then
+      x.n = max(x.n - cost, 0)
+    end
+  elseif a == 'w' then
+    local d = fmod(idiv(now, l.period), TWO32) - x.w
+    if d < 0 then
+      d = d + TWO32
+    end
+    if d <= 1 then
+      x.c = max(x.c - cost, 0)
+    end
+  elseif a == 'l' then
+    -- sliding_log::refund_meta: the newest cost entries go
+    local m = #x.l / 8
+    local drop = min(cost, l.count, m)
+    x.l = sub(x.l, 1, 8 * (m - drop))
+  end
+end
+
+-- algo::expiry, relative to now: the state is equivalent to fresh once it
+-- is <= 0 (and time does not go back). One difference: a sliding window
+-- stored ahead of now (written by a clock ahead of this one) is kept until
+-- it has decayed, where algo::expiry calls it expired.
+local function expiry_in(l, x, now)
+  local a = l.alg
+  if a == 'g' then
+    return x.t - now
+  elseif a == 'f' then
+    if x.s == nil then
+      return 0
+    end
+    return x.s - now + l.period
+  elseif a == 'w' then
+    -- sliding_window::expiry
+    local P = l.period
+    local w = idiv(now, P)
+    local back = fmod(w, TWO32) - x.w
+    if back < 0 then
+      back = back + TWO32
+    end
+    if back >= TWO32 / 2 then
+      back = back - TWO32 -- stored ahead of now
+    end
+    if back > 1 or back > w then
+      return 0
+    end
+    local elapsed = fmod(now, P)
+    if x.c > 0 then
+      return (1 - back) * P - elapsed + first_elapsed_at_most(x.c, 0, P)
+    elseif x.p > 0 then
+      return first_elapsed_at_most(x.p, 0, P) - back * P - elapsed
+    end
+    return 0
+  elseif a == 'l' then
+    local m = #x.l / 8
+    if m == 0 then
+      return 0
+    end
+    return log_at(x.l, m) - now + l.period
+  end
+  local latest = 0
+  for _, lease in pairs(x) do
+    latest = max(latest, lease[1] - now)
+  end
+  return latest
+end
+
+---------------------------------------------------------------------------
+-- Penalty box (abuse.rs)
+---------------------------------------------------------------------------
+
+-- abuse::strike: the strike TAT after one more denial; 0 means this strike
+-- starts a ban.
+local function strike(p, st, now)
+  local step = idiv(p.window, p.strikes)
+  local tat = max(st, now) + step
+  if tat - now > step * (p.strikes - 1) then
+    return 0
+  end
+  return tat
+end
+
+-- abuse::ban: (bans so far, banned until) after a ban starting at now
+-- (a ban only starts when the key is not banned: until <= now).
+local function ban(p, level, untl, now)
+  if untl == 0 or now - untl >= p.max_ban then
+    level = 0
+  else
+    level = min(level, 62)
+  end
+  return level + 1, now + min(p.ban * 2 ^ level, p.max_ban)
+end
+
+---------------------------------------------------------------------------
+-- State: loaded once per key and script call, written back at the end
+---------------------------------------------------------------------------
+
+local states, order = {}, {}
+
+local function load(it)
+  local s = states[it.key]
+  if s then
+    return s
+  end
+  s = { it = it, lim = {} }
+  if it.conc then
+    local leases = {}
+    local all = call('HGETALL', it.key)
+    for j = 1, #all, 2 do
+      local i = tonumber(string.match(all[j], '^L(%d+)$'))
+      if i then
+        local e, token, holder = string.match(all[j + 1], '^(%d+) (%S+) (%S+)$')
+        leases[i] = { tonumber(e), token, holder }
+      end
+    end
+    s.exists = #all > 0
+    s.lim[1] = leases
+  else
+    local v = call('HMGET', it.key, unpack(it.fields))
+    local exists = false
+    for j = 1, #v do
+      if v[j] then
+        exists = true
+      end
+    end
+    s.exists = exists
+    local j = 1
+    for k, l in ipairs(it.base) do
+      local a, x = l.alg, {}
+      if a == 'g' then
+        x.t = tonumber(v[j]) or 0
+        j = j + 1
+      elseif a == 'f' then
+        x.s, x.n = tonumber(v[j]), tonumber(v[j + 1]) or 0
+        j = j + 2
+      elseif a == 'w' then
+        x.w, x.c, x.p = tonumber(v[j]) or 0, tonumber(v[j + 1]) or 0, tonumber(v[j + 2]) or 0
+        j = j + 3
+      else
+        x.l = v[j] or ''
+        j = j + 1
+      end
+      s.lim[k] = x
+    end
+    if it.pen then
+      s.ps, s.pl, s.pu = tonumber(v[j]) or 0, tonumber(v[j + 1]) or 0, tonumber(v[j + 2]) or 0
+    end
+  end
+  -- The override (a string of thousandths); sliding_log and concurrency
+  -- limits ignore it, so it is read only when it matters.
+  s.factor = 0
+  if it.scalable then
+    s.factor = tonumber(call('GET', it.okey)) or 0
+  end
+  s.eff = it.base
+  if s.factor ~= 0 then
+    s.eff = {}
+    for k, l in ipairs(it.base) do
+      s.eff[k] = scaled(l, s.factor)
+    end
+  end
+  states[it.key] = s
+  order[#order + 1] = s
+  return s
+end
+
+-- Writes every changed state back: the fields and a TTL up to the time at
+-- which all of it is equivalent to fresh (the penalty box remembers a ban
+-- for max_ban after it ends); a state already fresh is deleted.
+local function flush(now)
+  for _, s in ipairs(order) do
+    if s.dirty then
+      local it = s.it
+      local rel = 0
+      for k, l in ipairs(it.base) do
+        rel = max(rel, expiry_in(l, s.lim[k], now))
+      end
+      if it.pen then
+        rel = max(rel, s.ps - now)
+        if s.pu > 0 then
+          rel = max(rel, s.pu - now + it.pen.max_ban)
+        end
+      end
+      if rel <= 0 then
+        call('DEL', it.key)
+      else
+        if not it.conc then
+          local args, j = {}, 0
+          for k, l in ipairs(it.base) do
+            local x, a = s.lim[k], l.alg
+            if a == 'g' then
+              args[j + 1], args[j + 2], j = k .. 't', num(x.t), j + 2
+            elseif a == 'f' then
+              if x.s ~= nil then
+                args[j + 1], args[j + 2], j = k .. 's', num(x.s), j + 2
+              end
+              args[j + 1], args[j + 2], j = k .. 'n', num(x.n), j + 2
+            elseif a == 'w' then
+              args[j + 1], args[j + 2] = k .. 'w', num(x.w)
+              args[j + 3], args[j + 4] = k .. 'c', num(x.c)
+              args[j + 5], args[j + 6], j = k .. 'p', num(x.p), j + 6
+            else
+              args[j + 1], args[j + 2], j = k .. 'l', x.l, j + 2
+            end
+          end
+          if it.pen then
+            args[j + 1], args[j + 2] = 'ps', num(s.ps)
+            args[j + 3], args[j + 4] = 'pl', num(s.pl)
+            args[j + 5], args[j + 6] = 'pu', num(s.pu)
+          end
+          call('HSET', it.key, unpack(args))
+        end
+        call('PEXPIRE', it.key, num(min(ceil_div(rel, 1000000), TWO53)))
+      end
+    end
+  end
+end
+
+---------------------------------------------------------------------------
+-- Decisions (table/mod.rs, engine.rs)
+---------------------------------------------------------------------------
+
+-- table::binds_over: does a bind over b? A denial over an allow; among
+-- denials the longest retry-after, among allows the fewest remaining; on a
+-- tie the earlier stays.
+local function binds_over(a, b)
+  if a.allowed ~= b.allowed then
+    return not a.allowed
+  end
+  if a.allowed then
+    return a.remaining < b.remaining
+  end
+  return a.retry > b.retry
+end
+
+-- Table::decide with table::combine: every limit's verdict, the binding one
+-- reported; a cost beyond MAX_COST is evaluated as 0 and denied for ever.
+local function decide(s, cost, now)
+  local c = cost
+  if cost > MAX_COST then
+    c = 0
+  end
+  local all, v = true, nil
+  for k, l in ipairs(s.eff) do
+    local a, limit, remaining, retry, reset = evaluate(l, s.lim[k], c, now)
+    all = all and a
+    local e = { allowed = a, limit = limit, remaining = remaining, retry = retry, reset = reset, index = k - 1 }
+    if v == nil or binds_over(e, v) then
+      v = e
+    end
+  end
+  v.allowed, v.banned, v.new_ban = all, false, false
+  if all then
+    v.retry = 0
+  end
+  if cost > MAX_COST then
+    v.allowed, v.retry = false, U64
+  end
+  return v
+end
+
+-- Table::check_mode: the verdict on one item; charges it if `charging` and
+-- allowed, counts a denial as a penalty-box strike if `striking`. A key with
+-- no state is decided as fresh and neither struck nor written unless charged.
+local function check_mode(it, now, charging, striking)
+  local s = load(it)
+  local cost = it.cost
+  charging = charging and not it.conc -- a concurrency limit is taken by acquire only
+  local v = decide(s, cost, now)
+  if not s.exists then
+    if not charging or not v.allowed or cost == 0 then
+      return v
+    end
+    s.exists = true -- the claim: a fresh state, charged below
+  elseif it.pen then
+    local p = it.pen
+    if s.pu > now then
+      v.allowed, v.banned, v.remaining = false, true, 0
+      v.retry, v.reset = s.pu - now, max(v.reset, s.pu - now)
+    elseif not v.allowed and striking and cost <= MAX_COST then
+      -- This denial is a strike; the one over budget starts a ban.
+      s.ps = strike(p, s.ps, now)
+      if s.ps == 0 then
+        s.pl, s.pu = ban(p, s.pl, s.pu, now)
+        v.banned, v.new_ban, v.remaining = true, true, 0
+        v.retry, v.reset = s.pu - now, max(v.reset, s.pu - now)
+      end
+      s.dirty = true
+      return v
+    end
+  end
+  if not charging or not v.allowed or cost == 0 then
+    return v
+  end
+  for k, l in ipairs(s.eff) do
+    charge(l, s.lim[k], cost, now)
+  end
+  s.dirty = true
+  return v
+end
+
+-- Table::refund: gives cost back; 0 if the key holds no state.
+local function refund(it, now)
+  if it.conc then
+    return 0
+  end
+  local s = load(it)
+  if not s.exists then
+    return 0
+  end
+  local cost = min(it.cost, MAX_COST)
+  if cost == 0 then
+    return 1
+  end
+  for k, l in ipairs(s.eff) do
+    refund_limit(l, s.lim[k], cost, now)
+  end
+  s.dirty = true
+  return 1
+end
+
+-- Engine::check_many_at (one item: Engine::check_at). Every item is first
+-- decided without charge; if one denies, each denying item with a penalty
+-- box takes a strike, and a strike that starts a ban is the answer.
+-- Otherwise every item is charged in order (a later item with the same key
+-- sees the earlier charges; if it denies, the earlier ones are refunded).
+local function check(items, now, peek)
+  local best, bi, denied = nil, 0, {}
+  for i, it in ipairs(items) do
+    local v = check_mode(it, now, false, false)
+    denied[i] = not v.allowed
+    if best == nil or binds_over(v, best) then
+      best, bi = v, i
+    end
+  end
+  if peek then
+    return best, bi
+  end
+  if not best.allowed then
+    for j, it in ipairs(items) do
+      if denied[j] and it.pen then
+        local v = check_mode(it, now, false, true)
+        if v.new_ban then
+          best, bi = v, j
+        end
+      end
+    end
+    return best, bi
+  end
+  best = nil
+  for i, it in ipairs(items) do
+    local v = check_mode(it, now, true, true)
+    if not v.allowed then
+      for j = 1, i - 1 do
+        refund(items[j], now)
+      end
+      return v, i
+    end
+    if best == nil or binds_over(v, best) then
+      best, bi = v, i
+    end
+  end
+  return best, bi
+end
+
+-- Table::acquire: a lease of a concurrency limit, held until now + ttl;
+-- returns the verdict and the lease index (-1 if none).
+local function acquire(it, now, holder, token)
+  if not it.conc then
+    fail('acquire needs a concurrency limit')
+  end
+  local s = load(it)
+  local v = decide(s, 1, now)
+  if not v.allowed then
+    return v, -1
+  end
+  local l, leases = s.eff[1], s.lim[1]
+  local i = 0 -- concurrency::free_lease: the first never used, released or expired
+  while leases[i] and leases[i][1] > now do
+    i = i + 1
+  end
+  local lease = { max(now + l.period, 1), token, holder }
+  leases[i] = lease
+  call('HSET', it.key, 'L' .. i, num(lease[1]) .. ' ' .. token .. ' ' .. holder)
+  s.exists, s.dirty = true, true
+  return v, i
+end
+
+-- Table::release: frees lease i if it is still the one taken with token.
+local function release(it, i, token)
+  local s = load(it)
+  local lease = it.conc and s.lim[1][i]
+  if not lease or lease[2] ~= token then
+    return 0
+  end
+  s.lim[1][i] = nil
+  call('HDEL', it.key, 'L' .. i)
+  s.dirty = true
+  return 1
+end
+
+---------------------------------------------------------------------------
+-- Arguments and dispatch
+---------------------------------------------------------------------------
+
+local EXTRA = {
+  check = 0,
+  peek = 0,
+  refund = 0,
+  reset = 0,
+  acquire = 2,
+  release = 2,
+  override_set = 1,
+  override_clear = 0,
+  override_get = 0,
+}
+
+local function int_arg(i)
+  local v = tonumber(ARGV[i])
+  if v == nil or v < 0 or v ~= v - fmod(v, 1) then
+    fail('argument ' .. i .. ' is not a non-negative integer: ' .. tostring(ARGV[i]))
+  end
+  return v
+end
+
+local op = ARGV[1]
+local extra = EXTRA[op]
+if extra == nil then
+  fail('unknown op ' .. tostring(op))
+end
+
+local now
+if ARGV[2] == '' then
+  local t = call('TIME')
+  local sec = tonumber(t[1]) - EPOCH
+  now = 0
+  if sec >= 0 then
+    now = sec * 1000000000 + tonumber(t[2]) * 1000
+  end
+else
+  now = min(int_arg(2), MAX_TIME)
+end
+
+local n = int_arg(3)
+if n < 1 or n > 64 or ((op ~= 'check' and op ~= 'peek') and n ~= 1) or #KEYS ~= 2 * n then
+  fail('bad item count ' .. n .. ' for ' .. op .. ' with ' .. #KEYS .. ' keys')
+end
+
+local items, a = {}, 4
+for i = 1, n do
+  if a + 1 > #ARGV then
+    fail('item ' .. i .. ' is cut short')
+  end
+  local it = { key = KEYS[2 * i - 1], okey = KEYS[2 * i], cost = int_arg(a), base = {}, fields = {} }
+  local m = int_arg(a + 1)
+  a = a + 2
+  if m < 1 or a + 4 * m + 3 > #ARGV then
+    fail('item ' .. i .. ' has a bad limit count ' .. m)
+  end
+  for k = 1, m do
+    local alg = ARGV[a]
+    if alg ~= 'g' and alg ~= 'f' and alg ~= 'w' and alg ~= 'l' and alg ~= 'c' then
+      fail('unknown algorithm ' .. tostring(alg))
+    end
+    local l = limit_params(alg, int_arg(a + 1), int_arg(a + 2), int_arg(a + 3))
+    it.base[k] = l
+    if alg == 'c' then
+      if m ~= 1 then
+        fail('a concurrency limit must be alone')
+      end
+      it.conc = true
+    elseif alg == 'f' then
+      it.fields[#it.fields + 1] = k .. 's'
+      it.fields[#it.fields + 1] = k .. 'n'
+    elseif alg == 'w' then
+      it.fields[#it.fields + 1] = k .. 'w'
+      it.fields[#it.fields + 1] = k .. 'c'
+      it.fields[#it.fields + 1] = k .. 'p'
+    elseif alg == 'g' then
+      it.fields[#it.fields + 1] = k .. 't'
+    else
+      it.fields[#it.fields + 1] = k .. 'l'
+    end
+    if alg == 'g' or alg == 'f' or alg == 'w' then
+      it.scalable = true
+    end
+    a = a + 4
+  end
+  local strikes = int_arg(a)
+  if strikes > 0 then
+    it.pen = { strikes = strikes, window = int_arg(a + 1), ban = int_arg(a + 2), max_ban = int_arg(a + 3) }
+    if it.pen.window < strikes or it.pen.ban < 1 or it.pen.max_ban < it.pen.ban then
+      fail('bad penalty box')
+    end
+    if it.conc then
+      fail('a penalty box needs a rate limit')
+    end
+    it.fields[#it.fields + 1] = 'ps'
+    it.fields[#it.fields + 1] = 'pl'
+    it.fields[#it.fields + 1] = 'pu'
+  end
+  a = a + 4
+  items[i] = it
+end
+if #ARGV ~= a - 1 + extra then
+  fail(op .. ' takes ' .. (a - 1 + extra) .. ' arguments, got ' .. #ARGV)
+end
+
+local it = items[1]
+local result
+if op == 'check' or op == 'peek' or op == 'acquire' then
+  local v, bi, lease
+  if op == 'acquire' then
+    local token = ARGV[a + 1]
+    if int_arg(a) > 4294967295 or not string.match(token, '^[1-9]%d*$') then
+      fail('bad holder or token')
+    end
+    v, lease = acquire(it, now, ARGV[a], token)
+    bi = 1
+  else
+    v, bi = check(items, now, op == 'peek')
+    lease = 0
+  end
+  result = {
+    v.allowed and 1 or 0,
+    bi - 1,
+    out(v.limit),
+    out(v.remaining),
+    out(v.retry),
+    out(v.reset),
+    v.index,
+    v.banned and 1 or 0,
+    v.new_ban and 1 or 0,
+    now,
+    lease,
+  }
+elseif op == 'refund' then
+  result = refund(it, now)
+elseif op == 'reset' then
+  result = call('DEL', it.key)
+elseif op == 'release' then
+  result = release(it, int_arg(a), ARGV[a + 1])
+elseif op == 'override_set' then
+  local f = int_arg(a)
+  if f < 1 or f > 16777216 then
+    fail('bad override factor ' .. f)
+  end
+  call('SET', it.okey, num(f))
+  result = 1
+elseif op == 'override_clear' then
+  call('DEL', it.okey)
+  result = 1
+else
+  result = tonumber(call('GET', it.okey)) or 0
+end
+flush(now)
+return result
