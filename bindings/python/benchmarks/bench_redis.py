@@ -7,7 +7,8 @@ PID (not a test).
 
 1. One check: ``policy.check(key)`` of an ``Engine.redis(url)`` engine vs
    ``limits`` ``RedisStorage`` ``hit`` with FixedWindowRateLimiter and
-   MovingWindowRateLimiter. Keys rotate over 10,000 clients, limits are never
+   MovingWindowRateLimiter, and a redis-py ``PING`` (one round trip: the
+   floor of any check that asks Redis). Keys rotate over 10,000 clients, limits are never
    reached (every call is an allowed, charged hit). Median of several timed
    batches (the contenders' batches take turns), µs per call.
 2. Flask per-request overhead: one route with two limits,
@@ -20,7 +21,9 @@ PID (not a test).
 3. Redis traffic per check and per request, in a separate pass of each
    contender alone under ``MONITOR``: the commands clients sent (one per round
    trip: no contender here pipelines), and the commands Lua scripts ran inside
-   the server; for ratekeeper also its client's own count of round trips
+   the server; then the time Redis itself spent per call (``INFO
+   commandstats`` ``usec`` deltas, over a second pass without MONITOR); for
+   ratekeeper also its client's own count of round trips
    (``Engine.redis_stats()["round_trips"]``).
 
 Installs ``limits``, ``flask-limiter`` and ``redis`` (the Python client) with
@@ -81,19 +84,34 @@ def per_call_us(fns: dict, calls: int, repeats: int) -> dict:
 
 
 def traffic_of(server: RedisServer, fn, n: int, engine=None) -> str:
-    """Runs `fn` n times under MONITOR; returns the Redis traffic per call."""
+    """Runs `fn` n times under MONITOR (for the commands), then n times
+    without it (for the server's own time); returns both per call."""
     rt0 = engine.redis_stats()["round_trips"] if engine is not None else 0
     with server.monitor() as m:
         for _ in range(n):
             fn()
+    usec0 = sum(server.commandstats("usec").values())
+    for _ in range(n):
+        fn()
+    server_us = (sum(server.commandstats("usec").values()) - usec0) / n
     parts = ", ".join(f"{cmd} {k / n:.2f}" for cmd, k in sorted(m.clients.items()))
-    text = f"{m.round_trips / n:5.2f} round trips ({parts}); {sum(m.scripts.values()) / n:5.2f} commands in scripts"
+    text = (f"{m.round_trips / n:5.2f} round trips ({parts}); {sum(m.scripts.values()) / n:5.2f} commands "
+            f"in scripts; {server_us:5.1f} µs in Redis")
     if engine is not None:
-        text += f"; client's own count {(engine.redis_stats()['round_trips'] - rt0) / n:.2f}"
+        text += f"; client's own count {(engine.redis_stats()['round_trips'] - rt0) / (2 * n):.2f}"
     return text
 
 
 # ---------------------------------------------------------------- 1. one check
+
+
+def floor_checks(url: str) -> dict:
+    """{name: function}: one PING round trip, the floor of any Redis check."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url)
+    client.ping()
+    return {"(floor) redis-py PING, one round trip": client.ping}
 
 
 def limits_checks(url: str) -> dict:
@@ -259,9 +277,10 @@ def main() -> int:
 
         print(f"\n== one check, one client thread (median of {repeats} batches of {calls:,} calls; "
               f"keys rotate over {N_KEYS:,}; limit {CHECK_LIMIT})")
+        floor = floor_checks(server.url)
         theirs = limits_checks(server.url)
         mine, engine = ratekeeper_checks(server.url) if ours else ({}, None)
-        lat = per_call_us({**theirs, **mine}, calls, repeats)
+        lat = per_call_us({**floor, **theirs, **mine}, calls, repeats)
         for name, us in lat.items():
             print(f"  {name:78} {us:7.1f} µs")
         if ours:

@@ -225,13 +225,14 @@ class RedisServer:
                 out[k] = v
         return out
 
-    def commandstats(self) -> dict:
-        """``INFO commandstats`` as {command: calls}, e.g. {"evalsha": 12}."""
+    def commandstats(self, field: str = "calls") -> dict:
+        """A field of ``INFO commandstats`` by command: ``calls`` (default,
+        e.g. {"evalsha": 12}) or ``usec`` (time spent in the server)."""
         out = {}
         for k, v in self.info("commandstats").items():
             if k.startswith("cmdstat_"):
                 fields = dict(part.split("=", 1) for part in v.split(","))
-                out[k[len("cmdstat_"):]] = int(fields["calls"])
+                out[k[len("cmdstat_"):]] = int(fields[field])
         return out
 
     def monitor(self) -> "Monitor":
