@@ -738,6 +738,12 @@ typedef struct rk_redis_options {
      * `SSL_CERT_DIR` override it). An untrusted certificate fails at open.
      */
     const char *tls_ca_file;
+    /**
+     * `url` names Redis Cluster nodes (one or more, comma-separated):
+     * commands go to the node that holds each key's slot and follow the
+     * cluster when slots move (default false: a standalone server).
+     */
+    bool cluster;
 } rk_redis_options;
 
 /**
@@ -1492,9 +1498,9 @@ rk_status rk_policy_stats_sized(struct rk_engine *engine,
 /**
  * Fills `*opts` with every default of the newest version of
  * `rk_redis_options` that fits in `opts_size` bytes and sets
- * `opts->struct_size` to that version's size (96 with this header).
+ * `opts->struct_size` to that version's size (104 with this header).
  * Writes nothing beyond `opts_size` bytes, and nothing at all if it is
- * below 96. NULL `opts` does nothing. Thread-safe.
+ * below 104. NULL `opts` does nothing. Thread-safe.
  *
  * This header makes `rk_redis_options_init(opts)` a macro for
  * `rk_redis_options_init_sized((opts), sizeof(rk_redis_options))`: call that.

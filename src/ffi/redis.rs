@@ -88,6 +88,10 @@ pub struct rk_redis_options {
     /// NULL (the default): the system store (`SSL_CERT_FILE` /
     /// `SSL_CERT_DIR` override it). An untrusted certificate fails at open.
     pub tls_ca_file: *const c_char,
+    /// `url` names Redis Cluster nodes (one or more, comma-separated):
+    /// commands go to the node that holds each key's slot and follow the
+    /// cluster when slots move (default false: a standalone server).
+    pub cluster: bool,
 }
 
 // The layout is ABI: fields never move, and later ones are appended.
@@ -95,7 +99,8 @@ const _: () = {
     assert!(offset_of!(rk_redis_options, on_failure) == 4);
     assert!(offset_of!(rk_redis_options, log_switches) == 80);
     assert!(offset_of!(rk_redis_options, tls_ca_file) == 88);
-    assert!(size_of::<rk_redis_options>() == 96);
+    assert!(offset_of!(rk_redis_options, cluster) == 96);
+    assert!(size_of::<rk_redis_options>() == 104);
 };
 
 /// The sizes `rk_redis_options` has had, oldest first.
@@ -179,15 +184,16 @@ unsafe fn init_options(opts: *mut rk_redis_options, size: usize) {
         hash_secret,
         hash_secret_len,
         log_switches,
-        tls_ca_file
+        tls_ca_file,
+        cluster
     );
 }
 
 /// Fills `*opts` with every default of the newest version of
 /// `rk_redis_options` that fits in `opts_size` bytes and sets
-/// `opts->struct_size` to that version's size (96 with this header).
+/// `opts->struct_size` to that version's size (104 with this header).
 /// Writes nothing beyond `opts_size` bytes, and nothing at all if it is
-/// below 96. NULL `opts` does nothing. Thread-safe.
+/// below 104. NULL `opts` does nothing. Thread-safe.
 ///
 /// This header makes `rk_redis_options_init(opts)` a macro for
 /// `rk_redis_options_init_sized((opts), sizeof(rk_redis_options))`: call that.
@@ -318,6 +324,7 @@ fn defaults() -> rk_redis_options {
         hash_secret_len: 0,
         log_switches: d.log_switches,
         tls_ca_file: std::ptr::null(),
+        cluster: false,
     }
 }
 
@@ -474,6 +481,9 @@ mod backend {
         if let Some(p) = field!(tls_ca_file: *const c_char) {
             // SAFETY: NULL or NUL-terminated (contract).
             o.tls_ca_file = unsafe { path(p, "opts->tls_ca_file")? };
+        }
+        if let Some(v) = args::versioned_bool!(p, size, rk_redis_options, "opts", cluster)? {
+            o.cluster = v;
         }
         Ok(o)
     }

@@ -968,7 +968,7 @@ fn redis_options_init_fills_the_defaults_of_what_fits() {
     assert_eq!((o.retry_min_ms, o.retry_max_ms), (50, 2000));
     assert_eq!((o.pool_size, o.deny_cache), (16, 4096));
     assert!(o.hash_secret.is_null() && o.hash_secret_len == 0 && o.log_switches);
-    assert!(o.tls_ca_file.is_null());
+    assert!(o.tls_ca_file.is_null() && !o.cluster);
     let mut buf = [0x5a_u8; 128];
     // SAFETY: `buf` holds 128 writable bytes; too small a size writes nothing.
     unsafe {

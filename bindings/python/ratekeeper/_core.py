@@ -546,6 +546,7 @@ class Engine:
         max_bytes: Optional[int] = None,
         mode: Optional[int] = None,
         tls_ca_file: Union[str, bytes, "os.PathLike[str]", None] = None,
+        cluster: bool = False,
     ) -> "Engine":
         """Opens an engine whose limits live in the Redis server at ``url``
         (``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for
@@ -575,7 +576,9 @@ class Engine:
         16 bytes) of the keyed hash that turns keys into Redis key names;
         default: one random secret stored in Redis and shared by all engines.
         ``tls_ca_file``: for ``rediss://``, a PEM file of the certificate
-        authority to trust instead of the system's store.
+        authority to trust instead of the system's store. ``cluster``: the
+        URL names Redis Cluster nodes (comma-separated); commands follow the
+        cluster's slots.
 
         Opens a connection at once: a bad URL raises
         :class:`~ratekeeper.errors.InvalidArgument` (a ``ValueError``), a
@@ -625,6 +628,7 @@ class Engine:
         opts.log_switches = bool(log_switches)
         if tls_ca_file is not None:
             opts.tls_ca_file = c_bytes(os.fsencode(tls_ca_file))
+        opts.cluster = bool(cluster)
         out = ffi.new("rk_engine **")
         st = lib.rk_engine_open_redis(url.encode("utf-8"), opts, out)
         if st:
