@@ -651,7 +651,9 @@ impl Engine {
         self.remote().map(|r| r.stats())
     }
 
-    /// The engine's current time (its clock, in nanoseconds).
+    /// The engine's current time (its clock, in nanoseconds). On a Redis
+    /// engine, `check` uses Redis's clock instead; this is the local clock
+    /// of the fallback tables.
     #[inline]
     pub fn now_ns(&self) -> u64 {
         self.options.clock.now_ns()

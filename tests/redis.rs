@@ -41,6 +41,18 @@ fn open(server: &RedisServer, prefix: &str) -> Engine {
     Engine::open_redis(&server.url(), opts(prefix)).unwrap()
 }
 
+/// `open` with the deny cache on: cached answers must be what Redis says.
+fn open_cached(server: &RedisServer, prefix: &str) -> Engine {
+    Engine::open_redis(
+        &server.url(),
+        RedisOptions {
+            deny_cache: 64,
+            ..opts(prefix)
+        },
+    )
+    .unwrap()
+}
+
 // ---------------------------------------------------------------------
 // Conformance: the same trace through Redis and in process.
 
@@ -64,7 +76,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0u8..3, 1u32..4, prop_oneof![Just(0u64), 0u64..400_000_000, 0u64..5_000_000_000])
+        8 => (0u8..3, prop_oneof![3 => Just(1u32), 1 => 2u32..4], prop_oneof![Just(0u64), 0u64..400_000_000, 0u64..5_000_000_000])
             .prop_map(|(key, cost, dt)| Op::Check { key, cost, dt }),
         1 => (0u8..3, 1u32..3).prop_map(|(key, cost)| Op::Peek { key, cost }),
         1 => (0u8..3, 1u32..3).prop_map(|(key, cost)| Op::Refund { key, cost }),
@@ -87,7 +99,7 @@ proptest! {
     fn every_algorithm_decides_as_in_process(spec in 0..SPECS.len(), ops in prop::collection::vec(op(), 1..60)) {
         let server = shared_server();
         let prefix = format!("conf{}", next_id());
-        let remote = open(server, &prefix);
+        let remote = open_cached(server, &prefix);
         let local = Engine::new(EngineOptions::default()).unwrap();
         let rp = remote.add_policy("p", SPECS[spec]).unwrap();
         let lp = local.add_policy("p", SPECS[spec]).unwrap();
@@ -141,7 +153,7 @@ proptest! {
     ) {
         let server = shared_server();
         let prefix = format!("batch{}", next_id());
-        let remote = open(server, &prefix);
+        let remote = open_cached(server, &prefix);
         let local = Engine::new(EngineOptions::default()).unwrap();
         let penalty = PolicyOptions {
             penalty: Some(Penalty { strikes: 3, window_ns: 1_000_000_000, ban_ns: 2_000_000_000, max_ban_ns: 8_000_000_000 }),
@@ -166,6 +178,86 @@ proptest! {
             prop_assert_eq!(r, l, "batch at {}", now);
         }
     }
+}
+
+#[test]
+fn cached_denials_are_what_redis_would_say() {
+    // A client hammering a key every millisecond: most answers come from
+    // the deny cache, and every one equals the in-process decision.
+    let server = shared_server();
+    for spec in SPECS {
+        let remote = open_cached(server, &format!("hammer{}", next_id()));
+        let local = Engine::new(EngineOptions::default()).unwrap();
+        let rp = remote.add_policy("p", spec).unwrap();
+        let lp = local.add_policy("p", spec).unwrap();
+        for i in 0..3_000u64 {
+            let now = 1_000_000_000 + i * 1_000_000;
+            same(
+                &format!("{spec} at {now}"),
+                remote.check_at(rp, b"k", 1, now),
+                local.check_at(lp, b"k", 1, now),
+            );
+        }
+        let s = remote.redis_stats().unwrap();
+        assert!(s.deny_cache_hits > 1_000, "{spec}: {s:?}");
+        assert_eq!(
+            s.deny_cache_hits + s.round_trips,
+            3_000 + 1,
+            "{spec}: {s:?} (+1: add_policy)"
+        );
+    }
+}
+
+#[test]
+fn cached_batch_denials_are_what_redis_would_say() {
+    // One client's requests to one route, each checked against three
+    // policies, every millisecond; a single-key check of one of the keys
+    // now and then must drop the cached batch it belongs to.
+    let server = shared_server();
+    let remote = open_cached(server, &format!("hammer-batch{}", next_id()));
+    let local = Engine::new(EngineOptions::default()).unwrap();
+    let mut ids = Vec::new();
+    for e in [&remote, &local] {
+        let ip = e.add_policy("ip", "gcra 5/second burst 5").unwrap();
+        let user = e.add_policy("user", "fixed_window 20/10 seconds").unwrap();
+        let route = e.add_policy("route", "sliding_log 4/2 seconds").unwrap();
+        ids.push([ip, user, route]);
+    }
+    let batch = |p: [ratekeeper::PolicyId; 3]| {
+        [
+            CheckItem {
+                policy: p[0],
+                key: b"203.0.113.7",
+                cost: 1,
+            },
+            CheckItem {
+                policy: p[1],
+                key: b"user:1",
+                cost: 1,
+            },
+            CheckItem {
+                policy: p[2],
+                key: b"/reports",
+                cost: 1,
+            },
+        ]
+    };
+    for i in 0..5_000u64 {
+        let now = 1_000_000_000 + i * 1_000_000;
+        let r = remote.check_many_at(&batch(ids[0]), now).unwrap();
+        let l = local.check_many_at(&batch(ids[1]), now).unwrap();
+        assert_eq!(r, l, "batch at {now}");
+        if i % 700 == 0 {
+            let r = remote.check_at(ids[0][1], b"user:1", 1, now);
+            assert_eq!(
+                r,
+                local.check_at(ids[1][1], b"user:1", 1, now),
+                "single at {now}"
+            );
+        }
+    }
+    let s = remote.redis_stats().unwrap();
+    assert!(s.deny_cache_hits > 4_000, "{s:?}");
 }
 
 // ---------------------------------------------------------------------
@@ -455,6 +547,26 @@ fn the_deny_cache_answers_denied_keys_without_a_round_trip() {
     assert_eq!(e.redis_stats().unwrap().round_trips, trips + 1);
     // Another key is not affected.
     assert!(e.check_at(p, b"other", 1, t).allowed);
+
+    // Only cost-1 denials are kept, and only cost-1 requests are answered:
+    // a denial of cost 2 says nothing exact about other costs' figures.
+    let w = e.add_policy("w", "fixed_window 4/2 seconds").unwrap();
+    let t = 10_000_000_000;
+    assert!(e.check_at(w, b"k", 3, t).allowed);
+    assert!(!e.check_at(w, b"k", 2, t).allowed);
+    let hits = e.redis_stats().unwrap().deny_cache_hits;
+    let d = e.check_at(w, b"k", 1, t);
+    assert!(d.allowed && d.remaining == 0);
+    let d = e.check_at(w, b"k", 2, t);
+    assert!(!d.allowed && d.remaining == 0, "{d:?}");
+    assert_eq!(e.redis_stats().unwrap().deny_cache_hits, hits);
+    // A cost-1 denial is cached, and an allowed charge of the key forgets it.
+    assert!(!e.check_at(w, b"k", 1, t).allowed);
+    assert!(!e.check_at(w, b"k", 1, t + 1).allowed);
+    assert_eq!(e.redis_stats().unwrap().deny_cache_hits, hits + 1);
+    assert!(e.refund_at(w, b"k", 1, t + 2).unwrap());
+    let d = e.check_at(w, b"k", 1, t + 3);
+    assert!(d.allowed, "the refund dropped the cached denial: {d:?}");
 }
 
 #[test]

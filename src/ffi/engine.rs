@@ -252,6 +252,8 @@ pub extern "C" fn rk_now_ns() -> u64 {
 /// The time the engine's own clock reads now (the one `rk_check` uses:
 /// `CLOCK_MONOTONIC_COARSE` unless the options chose otherwise), written to
 /// `*now_out`. Use it to make `*_at` calls consistent with `rk_check`.
+/// On a Redis engine `rk_check` uses Redis's clock instead (one for all
+/// hosts); this is then the local clock its fallback tables use.
 /// Thread-safe.
 ///
 /// # Safety

@@ -52,7 +52,7 @@ impl Engine {
         let local_now = now.unwrap_or_else(|| self.now_ns());
         let tag = Self::cache_tag(policy, h);
         if charge && !rp.penalty {
-            if let Some(d) = r.cache.get(tag, cost, local_now) {
+            if let Some((d, _)) = r.cache.get(&[tag], [cost].into_iter(), local_now) {
                 r.cache_hit();
                 return self.settle(p, d, false, key, h, local_now, true);
             }
@@ -65,8 +65,11 @@ impl Engine {
         let op = if charge { "check" } else { "peek" };
         match r.call(op, now, &[item], &[]).and_then(|v| reply(&v)) {
             Ok(rep) => {
-                if charge && !rp.penalty {
-                    r.cache.put(tag, cost, local_now, &rep.decision);
+                if rep.decision.allowed && charge {
+                    r.cache.changed(tag);
+                } else if charge && !rp.penalty {
+                    r.cache
+                        .put(&[tag], [cost].into_iter(), local_now, &rep.decision, 0);
                 }
                 self.settle(p, rep.decision, rep.new_ban, key, h, local_now, charge)
             }
@@ -163,6 +166,7 @@ impl Engine {
         let local_now = now.unwrap_or_else(|| self.now_ns());
         let mut batch = Vec::with_capacity(items.len());
         let mut hashes = Vec::with_capacity(items.len());
+        let mut tags = Vec::with_capacity(items.len());
         for it in items {
             let p = self.get(it.policy)?;
             if p.table.layout.concurrency {
@@ -173,22 +177,25 @@ impl Engine {
             }
             let rp = self.remote_policy(r, it.policy)?;
             let h = Self::hash(p, it.key);
-            if !rp.penalty {
-                if let Some(d) = r
-                    .cache
-                    .get(Self::cache_tag(it.policy, h), it.cost, local_now)
-                {
-                    r.cache_hit();
-                    let i = hashes.len();
-                    return Ok((self.settle(p, d, false, it.key, h, local_now, true), i));
-                }
-            }
+            tags.push(Self::cache_tag(it.policy, h));
             hashes.push(h);
             batch.push(Item {
                 policy: rp,
                 key: Key::Raw(it.key),
                 cost: it.cost,
             });
+        }
+        let costs = || items.iter().map(|it| it.cost);
+        let cacheable = batch.iter().all(|it| !it.policy.penalty);
+        if cacheable {
+            if let Some((d, i)) = r.cache.get(&tags, costs(), local_now) {
+                r.cache_hit();
+                let p = self.get(items[i].policy)?;
+                return Ok((
+                    self.settle(p, d, false, items[i].key, hashes[i], local_now, true),
+                    i,
+                ));
+            }
         }
         let answer = if r.is_cluster() && batch.len() > 1 {
             Self::cluster_batch(r, &batch, now)
@@ -201,6 +208,7 @@ impl Engine {
                 let p = self.get(it.policy)?;
                 if rep.decision.allowed {
                     for (j, other) in items.iter().enumerate() {
+                        r.cache.changed(tags[j]);
                         if j != i {
                             let q = self.get(other.policy)?;
                             Self::tally(
@@ -213,13 +221,8 @@ impl Engine {
                             );
                         }
                     }
-                } else if !batch[i].policy.penalty {
-                    r.cache.put(
-                        Self::cache_tag(it.policy, hashes[i]),
-                        it.cost,
-                        local_now,
-                        &rep.decision,
-                    );
+                } else if cacheable {
+                    r.cache.put(&tags, costs(), local_now, &rep.decision, i);
                 }
                 let d = self.settle(
                     p,
@@ -371,7 +374,7 @@ impl Engine {
         }
         let rp = self.remote_policy(r, policy)?;
         let h = Self::hash(p, key);
-        r.cache.forget(Self::cache_tag(policy, h));
+        r.cache.changed(Self::cache_tag(policy, h));
         let item = Item {
             policy: rp,
             key: Key::Raw(key),
@@ -399,7 +402,7 @@ impl Engine {
     ) -> Result<i64, Error> {
         let p = self.get(policy)?;
         let rp = self.remote_policy(r, policy)?;
-        r.cache.forget(Self::cache_tag(policy, Self::hash(p, key)));
+        r.cache.changed(Self::cache_tag(policy, Self::hash(p, key)));
         let item = Item {
             policy: rp,
             key: Key::Raw(key),

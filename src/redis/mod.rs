@@ -264,6 +264,8 @@ pub(crate) struct Remote {
     /// The URL without its password, for messages.
     shown: String,
     pool: Mutex<Vec<Conn>>,
+    /// The process the pooled connections belong to.
+    pid: std::sync::atomic::AtomicU32,
     sha: String,
     pub options: RedisOptions,
     secret: OnceLock<[Seed; 2]>,
@@ -329,6 +331,7 @@ impl Remote {
             client,
             shown,
             pool: Mutex::new(Vec::new()),
+            pid: std::sync::atomic::AtomicU32::new(std::process::id()),
             sha: sha1_hex(SCRIPT.as_bytes()),
             cache: DenyCache::new(options.deny_cache),
             options,
@@ -457,7 +460,17 @@ impl Remote {
     }
 
     fn take(&self) -> redis::RedisResult<Conn> {
-        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        // Relaxed: read and written under the pool lock.
+        if self.pid.swap(pid, Ordering::Relaxed) != pid {
+            // A forked child: the pooled sockets are its parent's. Leave
+            // them alone (closing or, for TLS, saying goodbye on them would
+            // disturb the parent) and connect afresh.
+            std::mem::forget(std::mem::take(&mut *pool));
+        }
+        let pooled = pool.pop();
+        drop(pool);
         match pooled {
             Some(con) => Ok(con),
             None => self.connect(),
@@ -854,21 +867,45 @@ pub(crate) fn reply(v: &Value) -> Result<Reply, Down> {
     })
 }
 
-/// Denials answered locally: direct-mapped entries of (policy, key hash,
-/// cost) → the denial and the time it holds until, in the time domain of
-/// the call that stored it (explicit `now`, or the engine clock).
+/// Denials answered locally, in the time domain of the call that stored
+/// them (explicit `now`, or the engine clock): direct-mapped entries of a
+/// key — or of a batch of up to [`BATCH_ITEMS`] keys — → the denial and the
+/// time it holds until.
+///
+/// Only requests where every item costs 1 are kept and answered, and none
+/// with a penalty box (every denial there is a strike Redis must count).
+/// Then every figure of a cached answer is what Redis would say with no
+/// other traffic on the keys: a denied request charges nothing, so until
+/// the binding retry-after passes nothing changes but time — `remaining`
+/// stays 0, retry-after and reset-after count down, and in a batch the item
+/// with the longest retry-after stays the binding one.
+///
+/// Anything this engine does that changes a key (an allowed charge, a
+/// refund, a reset, an override) drops the key's entry and bumps the key's
+/// version; a batch entry holds only while the versions of all its keys
+/// are the ones it saw.
 pub(crate) struct DenyCache {
     shards: Box<[Mutex<Vec<Option<Cached>>>]>,
     per_shard: usize,
+    /// Versions of keys, by `tag % len` (a collision only drops a batch
+    /// entry early).
+    versions: Box<[AtomicU64]>,
 }
+
+/// Most keys of a batch the deny cache keeps.
+pub(crate) const BATCH_ITEMS: usize = 4;
 
 #[derive(Debug, Clone, Copy)]
 struct Cached {
     tag: u64,
-    cost: u32,
     at: u64,
     until: u64,
     decision: Decision,
+    /// The binding item (0 for a single key).
+    index: usize,
+    /// For a batch: each key's tag and version when stored.
+    keys: [(u64, u64); BATCH_ITEMS],
+    n: usize,
 }
 
 const CACHE_SHARDS: usize = 16;
@@ -881,6 +918,7 @@ impl DenyCache {
                 .map(|_| Mutex::new(vec![None; per_shard]))
                 .collect(),
             per_shard,
+            versions: (0..entries.max(1)).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -895,43 +933,105 @@ impl DenyCache {
         ))
     }
 
-    /// The cached denial for `tag` if a request of `cost` at `now` is still
-    /// denied by it (a denial of cost `c` holds for every cost ≥ `c`).
-    pub fn get(&self, tag: u64, cost: u32, now: u64) -> Option<Decision> {
-        let (shard, i) = self.place(tag)?;
-        let e = shard.lock().unwrap_or_else(|e| e.into_inner())[i]?;
-        if e.tag != tag || cost < e.cost || now < e.at || now >= e.until {
-            return None;
-        }
-        let gone = now - e.at;
-        Some(Decision {
-            retry_after_ns: e.until - now,
-            reset_after_ns: e.decision.reset_after_ns.saturating_sub(gone),
-            ..e.decision
+    fn version(&self, tag: u64) -> &AtomicU64 {
+        &self.versions[(tag % self.versions.len() as u64) as usize]
+    }
+
+    /// The tag of a batch: its keys' tags, in order.
+    fn batch_tag(tags: &[u64]) -> u64 {
+        tags.iter().fold(0xcbf2_9ce4_8422_2325, |h, &t| {
+            (h ^ t).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29)
         })
     }
 
-    /// Remembers a denial made at `now`.
-    pub fn put(&self, tag: u64, cost: u32, now: u64, d: &Decision) {
-        if d.allowed || d.retry_after_ns == 0 {
+    /// The cached denial of a request of `costs` on the keys `tags` at
+    /// `now`, with its binding item, if there is one that still holds.
+    pub fn get(
+        &self,
+        tags: &[u64],
+        costs: impl Iterator<Item = u32>,
+        now: u64,
+    ) -> Option<(Decision, usize)> {
+        if self.shards.is_empty() || tags.len() > BATCH_ITEMS || costs.into_iter().any(|c| c != 1) {
+            return None;
+        }
+        let tag = if tags.len() == 1 {
+            tags[0]
+        } else {
+            Self::batch_tag(tags)
+        };
+        let (shard, i) = self.place(tag)?;
+        let e = shard.lock().unwrap_or_else(|e| e.into_inner())[i]?;
+        let n = if tags.len() == 1 { 0 } else { tags.len() };
+        let same_keys = e.n == n
+            && e.keys[..n]
+                .iter()
+                .zip(tags)
+                // Acquire: pairs with the Release bump in `changed`.
+                .all(|(&(t, v), &k)| t == k && self.version(t).load(Ordering::Acquire) == v);
+        if e.tag != tag || !same_keys || now < e.at || now >= e.until {
+            return None;
+        }
+        let gone = now - e.at;
+        Some((
+            Decision {
+                retry_after_ns: e.until - now,
+                reset_after_ns: e.decision.reset_after_ns.saturating_sub(gone),
+                ..e.decision
+            },
+            e.index,
+        ))
+    }
+
+    /// Remembers a denial of a request of `costs` on the keys `tags` made
+    /// at `now`, bound by item `index` (the caller leaves out requests on
+    /// policies with a penalty box).
+    pub fn put(
+        &self,
+        tags: &[u64],
+        costs: impl Iterator<Item = u32>,
+        now: u64,
+        d: &Decision,
+        index: usize,
+    ) {
+        let retry = d.retry_after_ns;
+        if d.allowed || retry == 0 || retry == u64::MAX || tags.len() > BATCH_ITEMS {
             return;
+        }
+        if costs.into_iter().any(|c| c != 1) {
+            return; // denied, so nothing changed: an entry there still holds
+        }
+        let (tag, n) = if tags.len() == 1 {
+            (tags[0], 0)
+        } else {
+            (Self::batch_tag(tags), tags.len())
+        };
+        let mut keys = [(0, 0); BATCH_ITEMS];
+        for (slot, &t) in keys.iter_mut().zip(tags).take(n) {
+            *slot = (t, self.version(t).load(Ordering::Acquire));
         }
         if let Some((shard, i)) = self.place(tag) {
             shard.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(Cached {
                 tag,
-                cost,
                 at: now,
-                until: now.saturating_add(d.retry_after_ns),
+                until: now.saturating_add(retry),
                 decision: *d,
+                index,
+                keys,
+                n,
             });
         }
     }
 
-    /// Forgets `tag` (after a reset or an override change of the key).
-    pub fn forget(&self, tag: u64) {
+    /// The key `tag` changed (charged, refunded, reset, overridden): its
+    /// entry goes, and so does every batch entry that includes it.
+    pub fn changed(&self, tag: u64) {
         if let Some((shard, i)) = self.place(tag) {
+            // Release: a batch entry stored after reading the old version is
+            // refused by a reader that sees the new one.
+            self.version(tag).fetch_add(1, Ordering::Release);
             let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
-            if s[i].is_some_and(|e| e.tag == tag) {
+            if s[i].is_some_and(|e| e.tag == tag && e.n == 0) {
                 s[i] = None;
             }
         }
