@@ -28,6 +28,13 @@ fn latency(c: &mut Criterion) {
     let mut g = c.benchmark_group("redis");
     g.throughput(Throughput::Elements(1));
 
+    // The floor: one PING round trip on the same kind of connection.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    g.bench_function(BenchmarkId::new("floor", "PING"), |b| {
+        b.iter(|| redis::cmd("PING").query::<String>(&mut con).unwrap())
+    });
+
     let e = Engine::open_redis(&server.url(), options("lat")).unwrap();
     let one = e.add_policy("one", "1000000000/second").unwrap();
     let two = e
