@@ -858,6 +858,7 @@ const ALONE: &[&str] = &[
     "sliding_log 3/second",
     "sliding_log 5/7 seconds",
     "sliding_log 300/minute",
+    "sliding_log 70/3 seconds",
 ];
 
 const COMPOSITE: &[&str] = &[
@@ -872,6 +873,7 @@ const CONCURRENCY: &[&str] = &[
     "concurrency 1",
     "concurrency 2 ttl 3 seconds",
     "concurrency 3 ttl 1 second",
+    "concurrency 70 ttl 2 seconds",
 ];
 
 fn config(cases: u32) -> ProptestConfig {

@@ -19,9 +19,13 @@ The state hash (KEYS[2i-1]); for the limit at position k (1-based):
   fixed_window    k..'s'  window start (absent: no window), k..'n' its count
   sliding_window  k..'w'  stored window index mod 2^32, k..'c' its count,
                   k..'p'  the count of the window before it
-  sliding_log     k..'l'  the counted timestamps, oldest first, 8 bytes each
-                          (struct '>d'); the ring of sliding_log.rs as a list
-  concurrency     'L'..i  lease i (0-based): "expiry token holder"
+  sliding_log     the ring of sliding_log.rs: k..'h' its head (the oldest
+                  entry), k..'m' the newest timestamp ('' or absent: none),
+                  k..'l'..j slots 64j..64j+63 of the ring, 8 bytes each
+                  (struct '>d' of timestamp + 1; 0 or absent: empty), so
+                  that a call reads and writes only the chunks it needs
+  concurrency     'E'     the leases' expiries, 8 bytes each (struct '>d';
+                          0 or absent: free), 'T'..i "token holder" of lease i
   penalty box     'ps'    strike TAT, 'pl' bans so far, 'pu' banned until
 A key exists in Redis exactly when the in-process table would hold a slot for
 it whose state is not yet equivalent to fresh (an expired slot is one the
@@ -275,38 +279,85 @@ local function sliding_eval(l, x, cost, now)
   return false, l.count, max(l.count - weighted, 0), retry, sw_zero_in(prev, cur, P, elapsed)
 end
 
--- Timestamp i (1-based, oldest first) of a packed log.
-local function log_at(s, i)
-  return (unpack1('>d', s, 8 * i - 7))
+-- The sliding log's ring, in chunks of CHUNK slots loaded on first use.
+local CHUNK = 64
+
+local function log_chunk(x, j)
+  local c = x.ch[j]
+  if c == nil then
+    c = call('HGET', x.key, x.pre .. j) or ''
+    x.ch[j] = c
+  end
+  return c
 end
 
--- sliding_log::first_counting, as the number of counting entries: the log
--- is in time order, so they are a suffix; binary search for its start.
-local function log_counted(l, s, m, now)
-  local lo, hi = 1, m + 1
+-- Slot pos of the ring: timestamp + 1, or 0 if empty.
+local function log_slot(x, pos)
+  local j = (pos - fmod(pos, CHUNK)) / CHUNK
+  local c = log_chunk(x, j)
+  local o = 8 * (pos - j * CHUNK)
+  if o >= #c then
+    return 0
+  end
+  return (unpack1('>d', c, o + 1))
+end
+
+-- Writes v into len slots from pos on (mod n).
+local function log_fill(x, n, pos, len, v)
+  local cell = pack('>d', v)
+  while len > 0 do
+    pos = fmod(pos, n)
+    local j = (pos - fmod(pos, CHUNK)) / CHUNK
+    local o = pos - j * CHUNK
+    local run = min(len, CHUNK - o, n - pos)
+    local c = log_chunk(x, j)
+    if #c < 8 * (o + run) then
+      c = c .. rep('\0', 8 * (o + run) - #c)
+    end
+    x.ch[j] = sub(c, 1, 8 * o) .. rep(cell, run) .. sub(c, 8 * (o + run) + 1)
+    x.dirty[j] = true
+    pos, len = pos + run, len - run
+  end
+end
+
+-- Timestamp of ring entry i (0 = the oldest), or nil if empty.
+local function log_entry(l, x, i)
+  local v = log_slot(x, fmod(x.h + i, l.count))
+  if v == 0 then
+    return nil
+  end
+  return v - 1
+end
+
+-- sliding_log::first_counting: ring index of the first entry that counts
+-- (count if none); the ring is in time order from its head.
+local function first_counting(l, x, now)
+  local lo, hi = 0, l.count
   while lo < hi do
     local mid = (lo + hi - fmod(lo + hi, 2)) / 2
-    if now - log_at(s, mid) < l.period then
+    local t = log_entry(l, x, mid)
+    if t ~= nil and now - t < l.period then
       hi = mid
     else
       lo = mid + 1
     end
   end
-  return m + 1 - lo
+  return lo
 end
 
 -- algo::sliding_log::evaluate
 local function log_eval(l, x, cost, now)
-  local s = x.l
-  local m = #s / 8
   local n = l.count
-  local counted = log_counted(l, s, m, now)
+  local first = first_counting(l, x, now)
+  local counted = n - first
+  local newest = x.m
   if counted + cost <= n then
     local reset = 0
     if cost > 0 or counted > 0 then
+      -- the entry this request writes (or, for cost 0, the newest)
       local stamp = now
-      if m > 0 then
-        stamp = log_at(s, m)
+      if newest ~= nil then
+        stamp = newest
         if cost > 0 then
           stamp = max(stamp, now)
         end
@@ -318,22 +369,22 @@ local function log_eval(l, x, cost, now)
   local retry = U64
   if cost <= n then
     -- the oldest counted + cost - n counting entries must stop counting
-    local t = log_at(s, m - counted + (counted + cost - n))
+    local t = log_entry(l, x, first + (counted + cost - n) - 1) or 0
     retry = max(t - now + l.period, 0)
   end
   local reset = 0
   if counted > 0 then
-    reset = max(log_at(s, m) - now + l.period, 0)
+    reset = max((newest or 0) - now + l.period, 0)
   end
   return false, n, n - counted, retry, reset
 end
 
 -- algo::concurrency::evaluate (the cost does not matter)
-local function conc_eval(l, leases, now)
+local function conc_eval(l, x, now)
   local in_flight, soonest, latest = 0, U64, 0
-  for i, lease in pairs(leases) do
-    local e = lease[1]
-    if i < l.count and e > now then
+  for i = 0, l.count - 1 do
+    local e = x.e[i] or 0
+    if e > now then
       in_flight = in_flight + 1
       soonest, latest = min(soonest, e), max(latest, e)
     end
@@ -374,19 +425,14 @@ local function charge(l, x, cost, now)
     local w, prev, cur = sw_counts(l, x, now)
     x.w, x.p, x.c = fmod(w, TWO32), prev, cur + cost
   elseif a == 'l' then
-    -- sliding_log::charge_meta: cost entries stamped max(newest, now) take
-    -- the places of the oldest ones (the ring keeps count entries).
-    local s = x.l
-    local m = #s / 8
+    -- sliding_log::charge_meta and entries_written: cost entries stamped
+    -- max(newest, now) take the places of the oldest ones.
     local stamp = now
-    if m > 0 then
-      stamp = max(log_at(s, m), now)
+    if x.m ~= nil then
+      stamp = max(x.m, now)
     end
-    local drop = m + cost - l.count
-    if drop > 0 then
-      s = sub(s, 8 * drop + 1)
-    end
-    x.l = s .. rep(pack('>d', stamp), cost)
+    log_fill(x, l.count, x.h, cost, stamp + 1)
+    x.h, x.m = fmod(x.h + cost, l.count), stamp
   end
 end
 
@@ -412,10 +458,20 @@ local function refund_limit(l, x, cost, now)
       x.c = max(x.c - cost, 0)
     end
   elseif a == 'l' then
-    -- sliding_log::refund_meta: the newest cost entries go
-    local m = #x.l / 8
-    local drop = min(cost, l.count, m)
-    x.l = sub(x.l, 1, 8 * (m - drop))
+    -- sliding_log::refund_meta, refund_keeper and entries_written: the
+    -- newest cost entries go; the one before them is the newest.
+    local n = l.count
+    local c = min(cost, n)
+    local h = fmod(x.h + n - c, n)
+    local keeper = 0
+    if c < n then
+      keeper = log_slot(x, fmod(x.h + 2 * n - c - 1, n))
+    end
+    log_fill(x, n, h, c, 0)
+    x.h, x.m = h, nil
+    if keeper ~= 0 then
+      x.m = keeper - 1
+    end
   end
 end
 
@@ -454,15 +510,14 @@ local function expiry_in(l, x, now)
     end
     return 0
   elseif a == 'l' then
-    local m = #x.l / 8
-    if m == 0 then
+    if x.m == nil then
       return 0
     end
-    return log_at(x.l, m) - now + l.period
+    return x.m - now + l.period
   end
   local latest = 0
-  for _, lease in pairs(x) do
-    latest = max(latest, lease[1] - now)
+  for i = 0, l.count - 1 do
+    latest = max(latest, (x.e[i] or 0) - now)
   end
   return latest
 end
@@ -505,19 +560,7 @@ local function load(it)
     return s
   end
   s = { it = it, lim = {} }
-  if it.conc then
-    local leases = {}
-    local all = call('HGETALL', it.key)
-    for j = 1, #all, 2 do
-      local i = tonumber(string.match(all[j], '^L(%d+)$'))
-      if i then
-        local e, token, holder = string.match(all[j + 1], '^(%d+) (%S+) (%S+)$')
-        leases[i] = { tonumber(e), token, holder }
-      end
-    end
-    s.exists = #all > 0
-    s.lim[1] = leases
-  else
+  do
     local v = call('HMGET', it.key, unpack(it.fields))
     local exists = false
     for j = 1, #v do
@@ -538,9 +581,20 @@ local function load(it)
       elseif a == 'w' then
         x.w, x.c, x.p = tonumber(v[j]) or 0, tonumber(v[j + 1]) or 0, tonumber(v[j + 2]) or 0
         j = j + 3
-      else
-        x.l = v[j] or ''
+      elseif a == 'c' then
+        x.e = {}
+        local e = v[j] or ''
+        if #e > 0 then
+          local t = { unpack1('>' .. rep('d', #e / 8), e) }
+          for i = 1, #e / 8 do
+            x.e[i - 1] = t[i]
+          end
+        end
         j = j + 1
+      else
+        x.h, x.m = tonumber(v[j]) or 0, tonumber(v[j + 1])
+        x.key, x.pre, x.ch, x.dirty = it.key, k .. 'l', { [0] = v[j + 2] or '' }, {}
+        j = j + 3
       end
       s.lim[k] = x
     end
@@ -586,7 +640,13 @@ local function flush(now)
       if rel <= 0 then
         call('DEL', it.key)
       else
-        if not it.conc then
+        if it.conc then
+          local l, e = it.base[1], {}
+          for i = 0, it.base[1].count - 1 do
+            e[i + 1] = s.lim[1].e[i] or 0
+          end
+          call('HSET', it.key, 'E', pack('>' .. rep('d', l.count), unpack(e)))
+        else
           local args, j = {}, 0
           for k, l in ipairs(it.base) do
             local x, a = s.lim[k], l.alg
@@ -602,7 +662,11 @@ local function flush(now)
               args[j + 3], args[j + 4] = k .. 'c', num(x.c)
               args[j + 5], args[j + 6], j = k .. 'p', num(x.p), j + 6
             else
-              args[j + 1], args[j + 2], j = k .. 'l', x.l, j + 2
+              args[j + 1], args[j + 2] = k .. 'h', num(x.h)
+              args[j + 3], args[j + 4], j = k .. 'm', x.m and num(x.m) or '', j + 4
+              for c in pairs(x.dirty) do
+                args[j + 1], args[j + 2], j = x.pre .. c, x.ch[c], j + 2
+              end
             end
           end
           if it.pen then
@@ -776,27 +840,30 @@ local function acquire(it, now, holder, token)
   if not v.allowed then
     return v, -1
   end
-  local l, leases = s.eff[1], s.lim[1]
+  local l, e = s.eff[1], s.lim[1].e
   local i = 0 -- concurrency::free_lease: the first never used, released or expired
-  while leases[i] and leases[i][1] > now do
+  while (e[i] or 0) > now do
     i = i + 1
   end
-  local lease = { max(now + l.period, 1), token, holder }
-  leases[i] = lease
-  call('HSET', it.key, 'L' .. i, num(lease[1]) .. ' ' .. token .. ' ' .. holder)
+  e[i] = max(now + l.period, 1)
+  call('HSET', it.key, 'T' .. i, token .. ' ' .. holder)
   s.exists, s.dirty = true, true
   return v, i
 end
 
--- Table::release: frees lease i if it is still the one taken with token.
+-- Table::release: frees lease i if it is still the one taken with token
+-- (expired or not, as long as no one took it since).
 local function release(it, i, token)
-  local s = load(it)
-  local lease = it.conc and s.lim[1][i]
-  if not lease or lease[2] ~= token then
+  if not it.conc or i >= it.base[1].count then
     return 0
   end
-  s.lim[1][i] = nil
-  call('HDEL', it.key, 'L' .. i)
+  local held = call('HGET', it.key, 'T' .. i)
+  if not held or string.match(held, '^%S+') ~= token then
+    return 0
+  end
+  local s = load(it)
+  s.lim[1].e[i] = 0
+  call('HDEL', it.key, 'T' .. i)
   s.dirty = true
   return 1
 end
@@ -871,6 +938,7 @@ for i = 1, n do
         fail('a concurrency limit must be alone')
       end
       it.conc = true
+      it.fields[#it.fields + 1] = 'E'
     elseif alg == 'f' then
       it.fields[#it.fields + 1] = k .. 's'
       it.fields[#it.fields + 1] = k .. 'n'
@@ -881,7 +949,9 @@ for i = 1, n do
     elseif alg == 'g' then
       it.fields[#it.fields + 1] = k .. 't'
     else
-      it.fields[#it.fields + 1] = k .. 'l'
+      it.fields[#it.fields + 1] = k .. 'h'
+      it.fields[#it.fields + 1] = k .. 'm'
+      it.fields[#it.fields + 1] = k .. 'l0'
     end
     if alg == 'g' or alg == 'f' or alg == 'w' then
       it.scalable = true
