@@ -1256,6 +1256,71 @@ fn now_comes_from_redis_time_when_it_is_empty() {
     assert_eq!(r2.decision.remaining, 3);
 }
 
+/// Redis `TIME` is past 2^53 ns (since 2026-04-15), where figures are
+/// rounded to a few ns: every algorithm still enforces its limit. (Sliding
+/// windows of a day, so that no window ends during the test.)
+#[test]
+fn every_algorithm_enforces_its_limit_on_redis_time() {
+    let mut lua = Lua::connect();
+    for spec in [
+        "gcra 5/minute",
+        "fixed_window 5/minute",
+        "sliding_window 5/day",
+        "sliding_log 5/minute",
+        "gcra 3/7 seconds burst 5; sliding_window 9/day",
+    ] {
+        let keys = fresh_keys();
+        let check = |lua: &mut Lua, cost| {
+            reply(
+                &lua.eval(
+                    "check",
+                    None,
+                    &[keys.clone()],
+                    &[spec_args(spec, None, cost)],
+                    &[],
+                )
+                .unwrap(),
+            )
+        };
+        let first = check(&mut lua, 1);
+        assert!(first.now > 1 << 53, "{spec}: Redis time {}", first.now);
+        assert!(
+            first.decision.allowed && first.decision.remaining == 4,
+            "{spec}: {first:?}"
+        );
+        for left in (0..4).rev() {
+            let r = check(&mut lua, 1);
+            assert!(
+                r.decision.allowed && r.decision.remaining == left,
+                "{spec}: {r:?}"
+            );
+        }
+        let r = check(&mut lua, 1);
+        assert!(!r.decision.allowed, "{spec}: {r:?}");
+        assert!(
+            r.decision.retry_after_ns > 0 && r.decision.retry_after_ns <= 86_400 * S,
+            "{spec}: {r:?}"
+        );
+        assert!(r.decision.reset_after_ns <= 2 * 86_400 * S, "{spec}: {r:?}");
+        // Given back, one more fits.
+        assert_eq!(
+            ints(
+                &lua.eval(
+                    "refund",
+                    None,
+                    &[keys.clone()],
+                    &[spec_args(spec, None, 1)],
+                    &[]
+                )
+                .unwrap()
+            ),
+            [1]
+        );
+        assert!(check(&mut lua, 1).decision.allowed, "{spec}");
+        assert!(!check(&mut lua, 1).decision.allowed, "{spec}");
+    }
+}
+
 #[test]
 fn a_cost_no_limit_can_allow_waits_for_ever() {
     let mut lua = Lua::connect();

@@ -27,12 +27,15 @@ The state hash (KEYS[2i-1]); for the limit at position k (1-based):
   concurrency     'E'     the leases' expiries, 8 bytes each (struct '>d';
                           0 or absent: free), 'T'..i "token holder" of lease i
   penalty box     'ps'    strike TAT, 'pl' bans so far, 'pu' banned until
-A key exists in Redis exactly when the in-process table would hold a slot for
-it whose state is not yet equivalent to fresh (an expired slot is one the
-table may reclaim at any time; here its TTL or a write deletes it).
+A key lives only while its state differs from fresh: a write that leaves it
+fresh deletes it, and its TTL ends when it would be fresh. The in-process
+table keeps a slot until it is reused, but may reclaim an expired slot at any
+time; so the two agree on every decision, and where slot existence shows
+(refund and reset report whether the key has state; a denial of a key with
+no state is no strike) Redis answers as the table does after reclaiming.
 ]]
 
-local call, fmod, max, min = redis.call, math.fmod, math.max, math.min
+local call, floor, fmod, max, min = redis.call, math.floor, math.fmod, math.max, math.min
 local format, pack, unpack1, rep, sub = string.format, struct.pack, struct.unpack, string.rep, string.sub
 
 local TWO32 = 4294967296
@@ -52,18 +55,19 @@ local function num(s)
   return format('%.0f', s)
 end
 
--- floor(a / b) for integers a >= 0, b > 0 (exact below 2^53).
+-- floor(a / b) for integers a >= 0, b > 0: exact below 2^53, and an
+-- integer above (a - r may round there; the quotient is rounded back).
 local function idiv(a, b)
-  return (a - fmod(a, b)) / b
+  return floor((a - fmod(a, b)) / b + 0.5)
 end
 
 -- ceil(a / b) for integers a >= 0, b > 0.
 local function ceil_div(a, b)
-  local r = fmod(a, b)
-  if r > 0 then
-    return (a - r) / b + 1
+  local q = idiv(a, b)
+  if fmod(a, b) > 0 then
+    return q + 1
   end
-  return a / b
+  return q
 end
 
 -- floor(a * b / c) and a * b mod c for integers 0 <= a, b < 2^53, 0 < c < 2^53:
@@ -560,47 +564,45 @@ local function load(it)
     return s
   end
   s = { it = it, lim = {} }
-  do
-    local v = call('HMGET', it.key, unpack(it.fields))
-    local exists = false
-    for j = 1, #v do
-      if v[j] then
-        exists = true
-      end
+  local v = call('HMGET', it.key, unpack(it.fields))
+  local exists = false
+  for j = 1, #v do
+    if v[j] then
+      exists = true
     end
-    s.exists = exists
-    local j = 1
-    for k, l in ipairs(it.base) do
-      local a, x = l.alg, {}
-      if a == 'g' then
-        x.t = tonumber(v[j]) or 0
-        j = j + 1
-      elseif a == 'f' then
-        x.s, x.n = tonumber(v[j]), tonumber(v[j + 1]) or 0
-        j = j + 2
-      elseif a == 'w' then
-        x.w, x.c, x.p = tonumber(v[j]) or 0, tonumber(v[j + 1]) or 0, tonumber(v[j + 2]) or 0
-        j = j + 3
-      elseif a == 'c' then
-        x.e = {}
-        local e = v[j] or ''
-        if #e > 0 then
-          local t = { unpack1('>' .. rep('d', #e / 8), e) }
-          for i = 1, #e / 8 do
-            x.e[i - 1] = t[i]
-          end
+  end
+  s.exists = exists
+  local j = 1
+  for k, l in ipairs(it.base) do
+    local a, x = l.alg, {}
+    if a == 'g' then
+      x.t = tonumber(v[j]) or 0
+      j = j + 1
+    elseif a == 'f' then
+      x.s, x.n = tonumber(v[j]), tonumber(v[j + 1]) or 0
+      j = j + 2
+    elseif a == 'w' then
+      x.w, x.c, x.p = tonumber(v[j]) or 0, tonumber(v[j + 1]) or 0, tonumber(v[j + 2]) or 0
+      j = j + 3
+    elseif a == 'c' then
+      x.e = {}
+      local e = v[j] or ''
+      if #e > 0 then
+        local t = { unpack1('>' .. rep('d', #e / 8), e) }
+        for i = 1, #e / 8 do
+          x.e[i - 1] = t[i]
         end
-        j = j + 1
-      else
-        x.h, x.m = tonumber(v[j]) or 0, tonumber(v[j + 1])
-        x.key, x.pre, x.ch, x.dirty = it.key, k .. 'l', { [0] = v[j + 2] or '' }, {}
-        j = j + 3
       end
-      s.lim[k] = x
+      j = j + 1
+    else
+      x.h, x.m = tonumber(v[j]) or 0, tonumber(v[j + 1])
+      x.key, x.pre, x.ch, x.dirty = it.key, k .. 'l', { [0] = v[j + 2] or '' }, {}
+      j = j + 3
     end
-    if it.pen then
-      s.ps, s.pl, s.pu = tonumber(v[j]) or 0, tonumber(v[j + 1]) or 0, tonumber(v[j + 2]) or 0
-    end
+    s.lim[k] = x
+  end
+  if it.pen then
+    s.ps, s.pl, s.pu = tonumber(v[j]) or 0, tonumber(v[j + 1]) or 0, tonumber(v[j + 2]) or 0
   end
   -- The override (a string of thousandths); sliding_log and concurrency
   -- limits ignore it, so it is read only when it matters.
@@ -642,7 +644,7 @@ local function flush(now)
       else
         if it.conc then
           local l, e = it.base[1], {}
-          for i = 0, it.base[1].count - 1 do
+          for i = 0, l.count - 1 do
             e[i + 1] = s.lim[1].e[i] or 0
           end
           call('HSET', it.key, 'E', pack('>' .. rep('d', l.count), unpack(e)))
