@@ -262,6 +262,9 @@ enum Dt {
     Forgiven(i8),
 }
 
+/// A script call's reply, and what it left of each distinct (policy, key).
+type Called = (Value, Vec<(usize, u8, Left)>);
+
 /// What a script call left of a state key.
 #[derive(Debug, Clone, Copy)]
 enum Left {
@@ -373,7 +376,7 @@ impl World {
         op: &str,
         items: &[(usize, u8, u32)],
         extra: &[String],
-    ) -> Result<(Value, Vec<(usize, u8, Left)>), TestCaseError> {
+    ) -> Result<Called, TestCaseError> {
         let keys: Vec<_> = items.iter().map(|&(p, k, _)| self.keys(p, k)).collect();
         let records: Vec<_> = items.iter().map(|&(p, _, c)| self.record(p, c)).collect();
         let mut distinct: Vec<(usize, u8)> = Vec::new();
@@ -1058,7 +1061,7 @@ fn ttl_set_by(
             .add_command(lua.cmd(
                 op,
                 Some(now),
-                &[keys.clone()],
+                std::slice::from_ref(&keys),
                 &[spec_args(spec, penalty, cost)],
                 &[],
             ))
@@ -1114,11 +1117,23 @@ fn the_ttl_is_the_expiry_rounded_up_to_milliseconds() {
     assert_eq!(ttl, -2);
     let keys = fresh_keys();
     let args = |cost| spec_args("fixed_window 1/second", Some(pen), cost);
-    lua.eval("check", Some(0), &[keys.clone()], &[args(1)], &[])
-        .unwrap();
+    lua.eval(
+        "check",
+        Some(0),
+        std::slice::from_ref(&keys),
+        &[args(1)],
+        &[],
+    )
+    .unwrap();
     let r = reply(
-        &lua.eval("check", Some(0), &[keys.clone()], &[args(1)], &[])
-            .unwrap(),
+        &lua.eval(
+            "check",
+            Some(0),
+            std::slice::from_ref(&keys),
+            &[args(1)],
+            &[],
+        )
+        .unwrap(),
     );
     assert!(r.new_ban && r.decision.banned);
     assert_eq!(r.decision.retry_after_ns, 10 * S);
@@ -1132,8 +1147,14 @@ fn a_write_that_leaves_the_state_fresh_deletes_the_key() {
     let keys = fresh_keys();
     let args = |cost| spec_args("gcra 2/2 seconds; sliding_log 3/second", None, cost);
     let d = reply(
-        &lua.eval("check", Some(5), &[keys.clone()], &[args(2)], &[])
-            .unwrap(),
+        &lua.eval(
+            "check",
+            Some(5),
+            std::slice::from_ref(&keys),
+            &[args(2)],
+            &[],
+        )
+        .unwrap(),
     );
     assert!(d.decision.allowed);
     let exists = |lua: &mut Lua| -> i64 {
@@ -1145,16 +1166,28 @@ fn a_write_that_leaves_the_state_fresh_deletes_the_key() {
     assert_eq!(exists(&mut lua), 1);
     assert_eq!(
         ints(
-            &lua.eval("refund", Some(5), &[keys.clone()], &[args(1)], &[])
-                .unwrap()
+            &lua.eval(
+                "refund",
+                Some(5),
+                std::slice::from_ref(&keys),
+                &[args(1)],
+                &[]
+            )
+            .unwrap()
         ),
         [1]
     );
     assert_eq!(exists(&mut lua), 1);
     assert_eq!(
         ints(
-            &lua.eval("refund", Some(5), &[keys.clone()], &[args(1)], &[])
-                .unwrap()
+            &lua.eval(
+                "refund",
+                Some(5),
+                std::slice::from_ref(&keys),
+                &[args(1)],
+                &[]
+            )
+            .unwrap()
         ),
         [1]
     );
@@ -1162,15 +1195,27 @@ fn a_write_that_leaves_the_state_fresh_deletes_the_key() {
     // No state: refund and reset say so.
     assert_eq!(
         ints(
-            &lua.eval("refund", Some(5), &[keys.clone()], &[args(1)], &[])
-                .unwrap()
+            &lua.eval(
+                "refund",
+                Some(5),
+                std::slice::from_ref(&keys),
+                &[args(1)],
+                &[]
+            )
+            .unwrap()
         ),
         [0]
     );
     assert_eq!(
         ints(
-            &lua.eval("reset", Some(5), &[keys.clone()], &[args(0)], &[])
-                .unwrap()
+            &lua.eval(
+                "reset",
+                Some(5),
+                std::slice::from_ref(&keys),
+                &[args(0)],
+                &[]
+            )
+            .unwrap()
         ),
         [0]
     );
@@ -1182,8 +1227,8 @@ fn a_write_that_leaves_the_state_fresh_deletes_the_key() {
             &lua.eval(
                 "acquire",
                 Some(9),
-                &[keys.clone()],
-                &[c.clone()],
+                std::slice::from_ref(&keys),
+                std::slice::from_ref(&c),
                 &["42".into(), token.into()],
             )
             .unwrap(),
@@ -1197,8 +1242,8 @@ fn a_write_that_leaves_the_state_fresh_deletes_the_key() {
             &lua.eval(
                 "release",
                 Some(9),
-                &[keys.clone()],
-                &[c.clone()],
+                std::slice::from_ref(&keys),
+                std::slice::from_ref(&c),
                 &[lease.into(), token.into()],
             )
             .unwrap(),
@@ -1230,7 +1275,7 @@ fn now_comes_from_redis_time_when_it_is_empty() {
     let r = lua.eval(
         "check",
         None,
-        &[keys.clone()],
+        std::slice::from_ref(&keys),
         &[spec_args("gcra 5/second", None, 1)],
         &[],
     );
@@ -1275,7 +1320,7 @@ fn every_algorithm_enforces_its_limit_on_redis_time() {
                 &lua.eval(
                     "check",
                     None,
-                    &[keys.clone()],
+                    std::slice::from_ref(&keys),
                     &[spec_args(spec, None, cost)],
                     &[],
                 )
@@ -1308,7 +1353,7 @@ fn every_algorithm_enforces_its_limit_on_redis_time() {
                 &lua.eval(
                     "refund",
                     None,
-                    &[keys.clone()],
+                    std::slice::from_ref(&keys),
                     &[spec_args(spec, None, 1)],
                     &[]
                 )
@@ -1367,7 +1412,7 @@ fn a_big_sliding_log_counts_every_entry() {
             .cmd(
                 "check",
                 Some(now),
-                &[keys.clone()],
+                std::slice::from_ref(&keys),
                 &[spec_args(spec, None, cost)],
                 &[],
             )
@@ -1392,17 +1437,23 @@ fn malformed_calls_are_errors() {
         assert!(e.starts_with("\"rk:\": "), "{e}");
         e
     };
-    let e = err(lua.eval("frobnicate", Some(0), &[keys.clone()], &[good.clone()], &[]));
+    let e = err(lua.eval(
+        "frobnicate",
+        Some(0),
+        std::slice::from_ref(&keys),
+        std::slice::from_ref(&good),
+        &[],
+    ));
     assert!(e.contains("unknown op"), "{e}");
     let mut bad = good.clone();
     bad[2] = "x".into();
-    let e = err(lua.eval("check", Some(0), &[keys.clone()], &[bad], &[]));
+    let e = err(lua.eval("check", Some(0), std::slice::from_ref(&keys), &[bad], &[]));
     assert!(e.contains("unknown algorithm"), "{e}");
     let e = err(lua.eval(
         "check",
         Some(0),
-        &[keys.clone()],
-        &[good.clone()],
+        std::slice::from_ref(&keys),
+        std::slice::from_ref(&good),
         &["extra".into()],
     ));
     assert!(e.contains("check takes"), "{e}");
@@ -1417,7 +1468,7 @@ fn malformed_calls_are_errors() {
     let e = err(lua.eval(
         "check",
         Some(0),
-        &[keys.clone()],
+        std::slice::from_ref(&keys),
         &[good[..4].to_vec()],
         &[],
     ));
