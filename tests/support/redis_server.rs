@@ -9,8 +9,9 @@
 //!
 //! Each server listens on 127.0.0.1 on a free port (found by binding port 0;
 //! another port is tried if the server loses a race for it), keeps nothing
-//! on disk (`--save "" --appendonly no`, in a temporary directory of its
-//! own) and is ready when `start` returns: it has answered `PING`. It is
+//! on disk (`--save "" --appendonly no`; its temporary directory, which
+//! holds only the log a failed start is explained by, is removed once it
+//! runs) and is ready when `start` returns: it has answered `PING`. It is
 //! stopped by its PID on `stop` and on drop, and also dies with the test
 //! process however that ends (even a `static` server, which is never
 //! dropped, or a test binary killed by a timeout): every server is spawned
@@ -59,7 +60,7 @@ impl RedisServer {
     }
 
     fn start_with(password: Option<String>) -> io::Result<RedisServer> {
-        let dir = temp_dir()?;
+        let dir = temp_dir();
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
@@ -75,13 +76,9 @@ impl RedisServer {
                 // Someone else took the port between our probe and the
                 // server's bind: try another one.
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Err(last.unwrap_or_else(|| io::Error::other("no free port")))
     }
 
@@ -146,7 +143,6 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -161,15 +157,14 @@ fn binary() -> PathBuf {
     "redis-server".into()
 }
 
-fn temp_dir() -> io::Result<PathBuf> {
+/// A directory name of this server's own (created by `launch`).
+fn temp_dir() -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    std::env::temp_dir().join(format!(
         "rk-redis-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    ))
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.
@@ -229,11 +224,17 @@ pub fn spawn_guarded(mut cmd: Command) -> io::Result<Child> {
     spawn(cmd)
 }
 
-/// Starts `redis-server` on `port` and waits until it answers `PING`.
-/// `AddrInUse` if the port was taken.
+/// Starts `redis-server` on `port` in `dir` and waits until it answers
+/// `PING`; `AddrInUse` if the port was taken. `dir` exists only meanwhile.
 fn launch(port: u16, password: Option<&str>, dir: &Path) -> io::Result<Child> {
+    std::fs::create_dir_all(dir)?;
+    let started = start_in(port, password, dir);
+    let _ = std::fs::remove_dir_all(dir);
+    started
+}
+
+fn start_in(port: u16, password: Option<&str>, dir: &Path) -> io::Result<Child> {
     let log = dir.join(format!("redis-{port}.log"));
-    let _ = std::fs::remove_file(&log);
     let mut cmd = Command::new(binary());
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
