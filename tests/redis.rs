@@ -85,6 +85,43 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Keys with a TTL run in Redis's real time while these traces run on
+/// explicit times, far faster: a state a fraction of a millisecond from
+/// fresh gets a 1 ms TTL and could vanish during a stall of the test
+/// machine, before the trace's time has reached its expiry. Taking the TTLs
+/// away after each step keeps the comparison about decisions. (The TTLs
+/// themselves are tested in tests/redis_script.rs and below.)
+struct Persist {
+    cons: Vec<redis::Connection>,
+    pattern: String,
+}
+
+impl Persist {
+    fn new(urls: &[String], prefix: &str) -> Persist {
+        Persist {
+            cons: urls
+                .iter()
+                .map(|u| {
+                    redis::Client::open(u.as_str())
+                        .unwrap()
+                        .get_connection()
+                        .unwrap()
+                })
+                .collect(),
+            pattern: format!("test:{prefix}:*"),
+        }
+    }
+
+    fn run(&mut self) {
+        for con in &mut self.cons {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&self.pattern).query(con).unwrap();
+            for k in keys {
+                let _: i64 = redis::cmd("PERSIST").arg(k).query(con).unwrap();
+            }
+        }
+    }
+}
+
 fn same(what: &str, remote: Decision, local: Decision) {
     assert_eq!(
         remote, local,
@@ -103,8 +140,10 @@ proptest! {
         let local = Engine::new(EngineOptions::default()).unwrap();
         let rp = remote.add_policy("p", SPECS[spec]).unwrap();
         let lp = local.add_policy("p", SPECS[spec]).unwrap();
+        let mut persist = Persist::new(&[server.url()], &prefix);
         let mut now = 1_000_000_000u64;
         for op in ops {
+            persist.run();
             match op {
                 Op::Check { key, cost, dt } => {
                     now += dt;
@@ -165,8 +204,10 @@ proptest! {
             let b = e.add_policy_with("user", "fixed_window 3/second", penalty).unwrap();
             ids.push((a, b));
         }
+        let mut persist = Persist::new(&[server.url()], &prefix);
         let mut now = 5_000_000_000u64;
         for (ip, user, cost, dt) in steps {
+            persist.run();
             now += dt;
             let (ipk, userk) = ([ip], [user]);
             let batch = |(a, b): (ratekeeper::PolicyId, ratekeeper::PolicyId)| [
@@ -898,8 +939,11 @@ proptest! {
             let c = e.add_policy("route", "sliding_log 5/second").unwrap();
             ids.push((a, b, c));
         }
+        let urls: Vec<String> = shared_cluster().ports().iter().map(|p| format!("redis://127.0.0.1:{p}/")).collect();
+        let mut persist = Persist::new(&urls, &prefix);
         let mut now = 5_000_000_000u64;
         for (ip, user, cost, dt) in steps {
+            persist.run();
             now += dt;
             let (ipk, userk, routek) = ([ip], [user], [ip ^ user]);
             let batch = |(a, b, c): (ratekeeper::PolicyId, ratekeeper::PolicyId, ratekeeper::PolicyId)| [
