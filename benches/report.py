@@ -5,9 +5,10 @@
     python3 benches/report.py --no-run   # rewrite the report from the last run's results
 
 Runs, on this machine and in one go: the criterion benches (ratekeeper and
-governor side by side), the memory bench, the C ABI bench, and the Python
-benchmark script (ratekeeper vs limits / Flask-Limiter) when the Python
-package is installed. Medians come from criterion's estimates.json files;
+governor side by side), the memory bench, the C ABI bench, the Redis bench
+(against a redis-server it starts: latency and failover timings), and the
+Python benchmark scripts (ratekeeper vs limits / Flask-Limiter, in process
+and on Redis) when the Python package is installed. Medians come from criterion's estimates.json files;
 every ratio in the report is between figures of this run.
 """
 import json
@@ -56,13 +57,16 @@ def run_all():
     mem = sh(["cargo", "bench", "--bench", "memory"], capture_output=True).stdout
     (CRIT / "memory.txt").parent.mkdir(parents=True, exist_ok=True)
     (CRIT / "memory.txt").write_text(mem)
-    py = ROOT / "bindings" / "python" / "benchmarks" / "bench.py"
-    if py.exists():
-        try:
-            out = sh([sys.executable, str(py)], capture_output=True).stdout
-            (CRIT / "python.txt").write_text(out)
-        except subprocess.CalledProcessError as e:
-            print(f"python benchmark failed (is the package installed?): {e}", file=sys.stderr)
+    redis = sh(["cargo", "bench", "--bench", "redis"], capture_output=True).stdout
+    (CRIT / "redis.txt").write_text(redis)
+    for script, out in [("bench.py", "python.txt"), ("bench_redis.py", "python_redis.txt")]:
+        py = ROOT / "bindings" / "python" / "benchmarks" / script
+        if py.exists():
+            try:
+                text = sh([sys.executable, str(py)], capture_output=True).stdout
+                (CRIT / out).write_text(text)
+            except subprocess.CalledProcessError as e:
+                print(f"{script} failed (is the package installed?): {e}", file=sys.stderr)
 
 
 def memory_figures():
@@ -76,9 +80,49 @@ def memory_figures():
     return figs
 
 
-def python_figures():
-    f = CRIT / "python.txt"
+def python_figures(name="python.txt"):
+    f = CRIT / name
     return f.read_text() if f.exists() else None
+
+
+def redis_section():
+    """The Redis backend: criterion medians, failover timings, and the
+    Python comparison with limits / Flask-Limiter on the same Redis."""
+    us = lambda p: None if median(p) is None else median(p) / 1e3
+    lines = [
+        "",
+        "## Redis backend",
+        "",
+        "`cargo bench --bench redis`, against a local redis-server it starts (µs per call, median):",
+        "",
+        "| call | µs |",
+        "|---|---|",
+    ]
+    for label, path in [
+        ("PING round trip (the floor)", "redis/floor/PING"),
+        ("check, 1 limit", "redis/check/1 limit"),
+        ("check, 2 limits", "redis/check/2 limits"),
+        ("check, sliding_log 1000", "redis/check/sliding_log 1000"),
+        ("check_many, 3 policies, 4 limits (one round trip)", "redis/check_many/3 policies, 4 limits"),
+        ("check answered by the deny cache", "redis/check/deny-cache hit"),
+    ]:
+        lines.append(f"| {label} | {fmt(us(path))} |")
+    f = CRIT / "redis.txt"
+    failover = [l for l in (f.read_text().splitlines() if f.exists() else []) if l.startswith("failover:")]
+    if failover:
+        lines += ["", "Failover timings (default options: 100 ms timeout, 50 ms .. 2 s backoff), same run:", "", "```"]
+        lines += failover + ["```"]
+    py = python_figures("python_redis.txt")
+    if py:
+        lines += [
+            "",
+            "`python3 bindings/python/benchmarks/bench_redis.py`, in the same run:",
+            "",
+            "```",
+            py.rstrip(),
+            "```",
+        ]
+    return lines
 
 
 def plots(m):
@@ -255,6 +299,7 @@ def report():
             py.rstrip(),
             "```",
         ]
+    lines += redis_section()
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}", file=sys.stderr)
 
