@@ -237,6 +237,30 @@ const OVERRIDE_BASE: usize = RING_BASE + RING_UNITS;
 const TABLE_BASE: usize = OVERRIDE_BASE + OVERRIDE_UNITS;
 
 impl Policy {
+    /// `Ok` for a rate limit; for a concurrency limit, the error that says
+    /// to use `instead`.
+    fn rate_limit(&self, instead: &str) -> Result<(), Error> {
+        if self.table.layout.concurrency {
+            return Err(Error::WrongPolicyKind(format!(
+                "policy {:?} is a concurrency limit: {instead}",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// `Ok` for a concurrency limit; for a rate limit, the error that says
+    /// to use `check`.
+    fn concurrency_limit(&self) -> Result<(), Error> {
+        if !self.table.layout.concurrency {
+            return Err(Error::WrongPolicyKind(format!(
+                "policy {:?} is a rate limit: use check",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     /// The deny-event ring.
     fn ring(&self) -> Ring<'_> {
         let units = self.table.memory().units();
@@ -713,12 +737,7 @@ impl Engine {
         now_ns: u64,
     ) -> Result<Decision, Error> {
         let p = self.get(policy)?;
-        if p.table.layout.concurrency {
-            return Err(Error::WrongPolicyKind(format!(
-                "policy {:?} is a concurrency limit: use acquire/release",
-                p.name
-            )));
-        }
+        p.rate_limit("use acquire/release")?;
         Ok(self.check_at(policy, key, cost, now_ns))
     }
 
@@ -790,12 +809,7 @@ impl Engine {
         };
         for (i, it) in items.iter().enumerate() {
             let p = self.get(it.policy)?;
-            if p.table.layout.concurrency {
-                return Err(Error::WrongPolicyKind(format!(
-                    "policy {:?} is a concurrency limit: use acquire/release",
-                    p.name
-                )));
-            }
+            p.rate_limit("use acquire/release")?;
             let h = Self::hash(p, it.key);
             if i < 64 {
                 hashes[i] = h;
@@ -1071,12 +1085,7 @@ impl Engine {
     ) -> Result<bool, Error> {
         via_redis!(self, r => self.remote_refund(r, policy, key, cost, Some(now_ns)));
         let p = self.get(policy)?;
-        if p.table.layout.concurrency {
-            return Err(Error::WrongPolicyKind(format!(
-                "policy {:?} is a concurrency limit: release its permits instead",
-                p.name
-            )));
-        }
+        p.rate_limit("release its permits instead")?;
         Ok(p.table.refund(Self::hash(p, key), cost as u64, now_ns))
     }
 
@@ -1129,12 +1138,7 @@ impl Engine {
         now_ns: u64,
     ) -> Result<(Decision, Option<Permit>), Error> {
         let p = self.get(policy)?;
-        if !p.table.layout.concurrency {
-            return Err(Error::WrongPolicyKind(format!(
-                "policy {:?} is a rate limit: use check",
-                p.name
-            )));
-        }
+        p.concurrency_limit()?;
         // SAFETY: getpid has no preconditions and cannot fail.
         let holder = unsafe { libc::getpid() } as u32;
         let h = Self::hash(p, key);

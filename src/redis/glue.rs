@@ -169,12 +169,7 @@ impl Engine {
         let mut tags = Vec::with_capacity(items.len());
         for it in items {
             let p = self.get(it.policy)?;
-            if p.table.layout.concurrency {
-                return Err(Error::WrongPolicyKind(format!(
-                    "policy {:?} is a concurrency limit: use acquire/release",
-                    p.name
-                )));
-            }
+            p.rate_limit("use acquire/release")?;
             let rp = self.remote_policy(r, it.policy)?;
             let h = Self::hash(p, it.key);
             tags.push(Self::cache_tag(it.policy, h));
@@ -366,12 +361,7 @@ impl Engine {
         now: Option<u64>,
     ) -> Result<bool, Error> {
         let p = self.get(policy)?;
-        if p.table.layout.concurrency {
-            return Err(Error::WrongPolicyKind(format!(
-                "policy {:?} is a concurrency limit: release its permits instead",
-                p.name
-            )));
-        }
+        p.rate_limit("release its permits instead")?;
         let rp = self.remote_policy(r, policy)?;
         let h = Self::hash(p, key);
         r.cache.changed(Self::cache_tag(policy, h));
@@ -467,12 +457,7 @@ impl Engine {
         now: Option<u64>,
     ) -> Result<(Decision, Option<Permit>), Error> {
         let p = self.get(policy)?;
-        if !p.table.layout.concurrency {
-            return Err(Error::WrongPolicyKind(format!(
-                "policy {:?} is a rate limit: use check",
-                p.name
-            )));
-        }
+        p.concurrency_limit()?;
         let rp = self.remote_policy(r, policy)?;
         let h = Self::hash(p, key);
         let local_now = now.unwrap_or_else(|| self.now_ns());
