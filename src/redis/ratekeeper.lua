@@ -35,6 +35,12 @@ time; so the two agree on every decision, and where slot existence shows
 no state is no strike) Redis answers as the table does after reclaiming.
 ]]
 
+-- Redis runs the body of this script on every call, so every function it
+-- defines is a new closure every time (with its upvalues, a good part of a
+-- call's cost). The functions that only some calls use (an algorithm other
+-- than gcra, fixed window and concurrency; overrides; the penalty box;
+-- refund; leases) are therefore declared first and defined by a define_*
+-- function when a call needs them.
 local call, floor, fmod, max, min = redis.call, math.floor, math.fmod, math.max, math.min
 local format, pack, unpack1, rep, sub = string.format, struct.pack, struct.unpack, string.rep, string.sub
 
@@ -136,34 +142,39 @@ local function limit_params(alg, count, period, burst)
   return { alg = alg, count = count, period = period, burst = burst, t = t, tq = burst, tr = 0, tol = burst * t }
 end
 
--- LimitParams::scaled: the limit with its quota times factor / 1000.
-local function scale(n, factor)
-  local v = muldivmod(n, factor, 1000)
-  return min(max(v, 1), TWO32 - 1)
-end
+local scale, scaled
 
-local function scaled(l, factor)
-  if factor == 0 or l.alg == 'l' or l.alg == 'c' then
-    return l
+-- Defined when an override is in force.
+local function define_scaled()
+  -- LimitParams::scaled: the limit with its quota times factor / 1000.
+  function scale(n, factor)
+    local v = muldivmod(n, factor, 1000)
+    return min(max(v, 1), TWO32 - 1)
   end
-  local count = scale(l.count, factor)
-  if l.alg ~= 'g' then
-    return { alg = l.alg, count = count, period = l.period, burst = count, t = l.t, tq = count, tr = 0, tol = l.tol }
-  end
-  local burst = scale(l.burst, factor)
-  local t = max(idiv(l.period, count), 1)
-  local s = { alg = 'g', count = count, period = l.period, burst = burst, t = t, tq = burst, tr = 0, tol = burst * t }
-  if s.tol >= CAP then
-    -- tol = min(burst * t, u64::MAX / 4) = (2^62 - 1) = tq * t + tr
-    local q, r = muldivmod(2147483648, 2147483648, t)
-    if r >= 1 then
-      s.tq, s.tr = q, r - 1
-    else
-      s.tq, s.tr = q - 1, t - 1
+
+  function scaled(l, factor)
+    if factor == 0 or l.alg == 'l' or l.alg == 'c' then
+      return l
     end
-    s.tol = CAP
+    local count = scale(l.count, factor)
+    if l.alg ~= 'g' then
+      return { alg = l.alg, count = count, period = l.period, burst = count, t = l.t, tq = count, tr = 0, tol = l.tol }
+    end
+    local burst = scale(l.burst, factor)
+    local t = max(idiv(l.period, count), 1)
+    local s = { alg = 'g', count = count, period = l.period, burst = burst, t = t, tq = burst, tr = 0, tol = burst * t }
+    if s.tol >= CAP then
+      -- tol = min(burst * t, u64::MAX / 4) = (2^62 - 1) = tq * t + tr
+      local q, r = muldivmod(2147483648, 2147483648, t)
+      if r >= 1 then
+        s.tq, s.tr = q, r - 1
+      else
+        s.tq, s.tr = q - 1, t - 1
+      end
+      s.tol = CAP
+    end
+    return s
   end
-  return s
 end
 
 ---------------------------------------------------------------------------
@@ -213,174 +224,184 @@ local function fixed_eval(l, x, cost, now)
   return false, l.count, max(l.count - count, 0), retry, left
 end
 
--- sliding_window::counts: (w, prev, cur) at now; the stored window index is
--- kept mod 2^32 and compared by wrapping difference, as the Rust word does.
-local function sw_counts(l, x, now)
-  local w = idiv(now, l.period)
-  local d = fmod(w, TWO32) - x.w
-  if d < 0 then
-    d = d + TWO32
-  end
-  if d == 0 then
-    return w, x.p, x.c
-  elseif d == 1 then
-    return w, x.c, 0
-  end
-  return w, 0, 0
-end
+local sw_counts, first_elapsed_at_most, sw_zero_in, sw_retry_in, sliding_eval
 
--- sliding_window::first_elapsed_at_most: smallest elapsed e in a window at
--- which floor(n * (P - e) / P) <= x.
-local function first_elapsed_at_most(n, x, P)
-  if n == 0 then
+-- Defined when a call has a sliding window limit.
+local function define_sliding_window()
+  -- sliding_window::counts: (w, prev, cur) at now; the stored window index is
+  -- kept mod 2^32 and compared by wrapping difference, as the Rust word does.
+  function sw_counts(l, x, now)
+    local w = idiv(now, l.period)
+    local d = fmod(w, TWO32) - x.w
+    if d < 0 then
+      d = d + TWO32
+    end
+    if d == 0 then
+      return w, x.p, x.c
+    elseif d == 1 then
+      return w, x.c, 0
+    end
+    return w, 0, 0
+  end
+
+  -- sliding_window::first_elapsed_at_most: smallest elapsed e in a window at
+  -- which floor(n * (P - e) / P) <= x.
+  function first_elapsed_at_most(n, x, P)
+    if n == 0 then
+      return 0
+    end
+    local q, r = muldivmod(x + 1, P, n)
+    local bound = q -- floor(((x + 1) * P - 1) / n)
+    if r == 0 then
+      bound = q - 1
+    end
+    if bound >= P then
+      return 0
+    end
+    return P - bound
+  end
+
+  -- until(sliding_window::zero_at(w, prev, cur, P), now), with elapsed = now - w*P.
+  function sw_zero_in(prev, cur, P, elapsed)
+    if cur > 0 then
+      return P - elapsed + first_elapsed_at_most(cur, 0, P)
+    elseif prev > 0 then
+      return max(first_elapsed_at_most(prev, 0, P) - elapsed, 0)
+    end
     return 0
   end
-  local q, r = muldivmod(x + 1, P, n)
-  local bound = q -- floor(((x + 1) * P - 1) / n)
-  if r == 0 then
-    bound = q - 1
-  end
-  if bound >= P then
-    return 0
-  end
-  return P - bound
-end
 
--- until(sliding_window::zero_at(w, prev, cur, P), now), with elapsed = now - w*P.
-local function sw_zero_in(prev, cur, P, elapsed)
-  if cur > 0 then
-    return P - elapsed + first_elapsed_at_most(cur, 0, P)
-  elseif prev > 0 then
-    return max(first_elapsed_at_most(prev, 0, P) - elapsed, 0)
-  end
-  return 0
-end
-
--- sliding_window::retry_at(...) - now
-local function sw_retry_in(prev, cur, elapsed, cost, limit, P)
-  if cur + cost <= limit then
-    local e = first_elapsed_at_most(prev, limit - cost - cur, P)
-    if e < P then
-      return max(e, elapsed) - elapsed
-    end
-  end
-  return P - elapsed + first_elapsed_at_most(cur, limit - cost, P)
-end
-
--- algo::sliding_window::evaluate
-local function sliding_eval(l, x, cost, now)
-  local P = l.period
-  local _, prev, cur = sw_counts(l, x, now)
-  local elapsed = fmod(now, P)
-  local weighted = muldivmod(prev, P - elapsed, P) + cur
-  if weighted + cost <= l.count then
-    return true, l.count, l.count - weighted - cost, 0, sw_zero_in(prev, cur + cost, P, elapsed)
-  end
-  local retry = U64
-  if cost <= l.count then
-    retry = sw_retry_in(prev, cur, elapsed, cost, l.count, P)
-  end
-  return false, l.count, max(l.count - weighted, 0), retry, sw_zero_in(prev, cur, P, elapsed)
-end
-
--- The sliding log's ring, in chunks of CHUNK slots loaded on first use.
-local CHUNK = 64
-
-local function log_chunk(x, j)
-  local c = x.ch[j]
-  if c == nil then
-    c = call('HGET', x.key, x.pre .. j) or ''
-    x.ch[j] = c
-  end
-  return c
-end
-
--- Slot pos of the ring: timestamp + 1, or 0 if empty.
-local function log_slot(x, pos)
-  local j = (pos - fmod(pos, CHUNK)) / CHUNK
-  local c = log_chunk(x, j)
-  local o = 8 * (pos - j * CHUNK)
-  if o >= #c then
-    return 0
-  end
-  return (unpack1('>d', c, o + 1))
-end
-
--- Writes v into len slots from pos on (mod n).
-local function log_fill(x, n, pos, len, v)
-  local cell = pack('>d', v)
-  while len > 0 do
-    pos = fmod(pos, n)
-    local j = (pos - fmod(pos, CHUNK)) / CHUNK
-    local o = pos - j * CHUNK
-    local run = min(len, CHUNK - o, n - pos)
-    local c = log_chunk(x, j)
-    if #c < 8 * (o + run) then
-      c = c .. rep('\0', 8 * (o + run) - #c)
-    end
-    x.ch[j] = sub(c, 1, 8 * o) .. rep(cell, run) .. sub(c, 8 * (o + run) + 1)
-    x.dirty[j] = true
-    pos, len = pos + run, len - run
-  end
-end
-
--- Timestamp of ring entry i (0 = the oldest), or nil if empty.
-local function log_entry(l, x, i)
-  local v = log_slot(x, fmod(x.h + i, l.count))
-  if v == 0 then
-    return nil
-  end
-  return v - 1
-end
-
--- sliding_log::first_counting: ring index of the first entry that counts
--- (count if none); the ring is in time order from its head.
-local function first_counting(l, x, now)
-  local lo, hi = 0, l.count
-  while lo < hi do
-    local mid = (lo + hi - fmod(lo + hi, 2)) / 2
-    local t = log_entry(l, x, mid)
-    if t ~= nil and now - t < l.period then
-      hi = mid
-    else
-      lo = mid + 1
-    end
-  end
-  return lo
-end
-
--- algo::sliding_log::evaluate
-local function log_eval(l, x, cost, now)
-  local n = l.count
-  local first = first_counting(l, x, now)
-  local counted = n - first
-  local newest = x.m
-  if counted + cost <= n then
-    local reset = 0
-    if cost > 0 or counted > 0 then
-      -- the entry this request writes (or, for cost 0, the newest)
-      local stamp = now
-      if newest ~= nil then
-        stamp = newest
-        if cost > 0 then
-          stamp = max(stamp, now)
-        end
+  -- sliding_window::retry_at(...) - now
+  function sw_retry_in(prev, cur, elapsed, cost, limit, P)
+    if cur + cost <= limit then
+      local e = first_elapsed_at_most(prev, limit - cost - cur, P)
+      if e < P then
+        return max(e, elapsed) - elapsed
       end
-      reset = max(stamp - now + l.period, 0)
     end
-    return true, n, n - counted - cost, 0, reset
+    return P - elapsed + first_elapsed_at_most(cur, limit - cost, P)
   end
-  local retry = U64
-  if cost <= n then
-    -- the oldest counted + cost - n counting entries must stop counting
-    local t = log_entry(l, x, first + (counted + cost - n) - 1) or 0
-    retry = max(t - now + l.period, 0)
+
+  -- algo::sliding_window::evaluate
+  function sliding_eval(l, x, cost, now)
+    local P = l.period
+    local _, prev, cur = sw_counts(l, x, now)
+    local elapsed = fmod(now, P)
+    local weighted = muldivmod(prev, P - elapsed, P) + cur
+    if weighted + cost <= l.count then
+      return true, l.count, l.count - weighted - cost, 0, sw_zero_in(prev, cur + cost, P, elapsed)
+    end
+    local retry = U64
+    if cost <= l.count then
+      retry = sw_retry_in(prev, cur, elapsed, cost, l.count, P)
+    end
+    return false, l.count, max(l.count - weighted, 0), retry, sw_zero_in(prev, cur, P, elapsed)
   end
-  local reset = 0
-  if counted > 0 then
-    reset = max((newest or 0) - now + l.period, 0)
+end
+
+local log_chunk, log_slot, log_fill, log_entry, first_counting, log_eval
+
+-- Defined when a call has a sliding log limit.
+local function define_sliding_log()
+  -- The sliding log's ring, in chunks of CHUNK slots loaded on first use.
+  local CHUNK = 64
+
+  function log_chunk(x, j)
+    local c = x.ch[j]
+    if c == nil then
+      c = call('HGET', x.key, x.pre .. j) or ''
+      x.ch[j] = c
+    end
+    return c
   end
-  return false, n, n - counted, retry, reset
+
+  -- Slot pos of the ring: timestamp + 1, or 0 if empty.
+  function log_slot(x, pos)
+    local j = (pos - fmod(pos, CHUNK)) / CHUNK
+    local c = log_chunk(x, j)
+    local o = 8 * (pos - j * CHUNK)
+    if o >= #c then
+      return 0
+    end
+    return (unpack1('>d', c, o + 1))
+  end
+
+  -- Writes v into len slots from pos on (mod n).
+  function log_fill(x, n, pos, len, v)
+    local cell = pack('>d', v)
+    while len > 0 do
+      pos = fmod(pos, n)
+      local j = (pos - fmod(pos, CHUNK)) / CHUNK
+      local o = pos - j * CHUNK
+      local run = min(len, CHUNK - o, n - pos)
+      local c = log_chunk(x, j)
+      if #c < 8 * (o + run) then
+        c = c .. rep('\0', 8 * (o + run) - #c)
+      end
+      x.ch[j] = sub(c, 1, 8 * o) .. rep(cell, run) .. sub(c, 8 * (o + run) + 1)
+      x.dirty[j] = true
+      pos, len = pos + run, len - run
+    end
+  end
+
+  -- Timestamp of ring entry i (0 = the oldest), or nil if empty.
+  function log_entry(l, x, i)
+    local v = log_slot(x, fmod(x.h + i, l.count))
+    if v == 0 then
+      return nil
+    end
+    return v - 1
+  end
+
+  -- sliding_log::first_counting: ring index of the first entry that counts
+  -- (count if none); the ring is in time order from its head.
+  function first_counting(l, x, now)
+    local lo, hi = 0, l.count
+    while lo < hi do
+      local mid = (lo + hi - fmod(lo + hi, 2)) / 2
+      local t = log_entry(l, x, mid)
+      if t ~= nil and now - t < l.period then
+        hi = mid
+      else
+        lo = mid + 1
+      end
+    end
+    return lo
+  end
+
+  -- algo::sliding_log::evaluate
+  function log_eval(l, x, cost, now)
+    local n = l.count
+    local first = first_counting(l, x, now)
+    local counted = n - first
+    local newest = x.m
+    if counted + cost <= n then
+      local reset = 0
+      if cost > 0 or counted > 0 then
+        -- the entry this request writes (or, for cost 0, the newest)
+        local stamp = now
+        if newest ~= nil then
+          stamp = newest
+          if cost > 0 then
+            stamp = max(stamp, now)
+          end
+        end
+        reset = max(stamp - now + l.period, 0)
+      end
+      return true, n, n - counted - cost, 0, reset
+    end
+    local retry = U64
+    if cost <= n then
+      -- the oldest counted + cost - n counting entries must stop counting
+      local t = log_entry(l, x, first + (counted + cost - n) - 1) or 0
+      retry = max(t - now + l.period, 0)
+    end
+    local reset = 0
+    if counted > 0 then
+      reset = max((newest or 0) - now + l.period, 0)
+    end
+    return false, n, n - counted, retry, reset
+  end
 end
 
 -- algo::concurrency::evaluate (the cost does not matter)
@@ -440,41 +461,46 @@ local function charge(l, x, cost, now)
   end
 end
 
--- algo::refund_word and Table::apply_limit (refund): cost >= 1.
-local function refund_limit(l, x, cost, now)
-  local a = l.alg
-  if a == 'g' then
-    local tat = x.t - cost * l.t
-    if tat <= now then
-      tat = 0
-    end
-    x.t = tat
-  elseif a == 'f' then
-    if x.s ~= nil and now - x.s < l.period then
-      x.n = max(x.n - cost, 0)
-    end
-  elseif a == 'w' then
-    local d = fmod(idiv(now, l.period), TWO32) - x.w
-    if d < 0 then
-      d = d + TWO32
-    end
-    if d <= 1 then
-      x.c = max(x.c - cost, 0)
-    end
-  elseif a == 'l' then
-    -- sliding_log::refund_meta, refund_keeper and entries_written: the
-    -- newest cost entries go; the one before them is the newest.
-    local n = l.count
-    local c = min(cost, n)
-    local h = fmod(x.h + n - c, n)
-    local keeper = 0
-    if c < n then
-      keeper = log_slot(x, fmod(x.h + 2 * n - c - 1, n))
-    end
-    log_fill(x, n, h, c, 0)
-    x.h, x.m = h, nil
-    if keeper ~= 0 then
-      x.m = keeper - 1
+local refund_limit
+
+-- Defined with refund.
+local function define_refund_limit()
+  -- algo::refund_word and Table::apply_limit (refund): cost >= 1.
+  function refund_limit(l, x, cost, now)
+    local a = l.alg
+    if a == 'g' then
+      local tat = x.t - cost * l.t
+      if tat <= now then
+        tat = 0
+      end
+      x.t = tat
+    elseif a == 'f' then
+      if x.s ~= nil and now - x.s < l.period then
+        x.n = max(x.n - cost, 0)
+      end
+    elseif a == 'w' then
+      local d = fmod(idiv(now, l.period), TWO32) - x.w
+      if d < 0 then
+        d = d + TWO32
+      end
+      if d <= 1 then
+        x.c = max(x.c - cost, 0)
+      end
+    elseif a == 'l' then
+      -- sliding_log::refund_meta, refund_keeper and entries_written: the
+      -- newest cost entries go; the one before them is the newest.
+      local n = l.count
+      local c = min(cost, n)
+      local h = fmod(x.h + n - c, n)
+      local keeper = 0
+      if c < n then
+        keeper = log_slot(x, fmod(x.h + 2 * n - c - 1, n))
+      end
+      log_fill(x, n, h, c, 0)
+      x.h, x.m = h, nil
+      if keeper ~= 0 then
+        x.m = keeper - 1
+      end
     end
   end
 end
@@ -530,26 +556,31 @@ end
 -- Penalty box (abuse.rs)
 ---------------------------------------------------------------------------
 
--- abuse::strike: the strike TAT after one more denial; 0 means this strike
--- starts a ban.
-local function strike(p, st, now)
-  local step = idiv(p.window, p.strikes)
-  local tat = max(st, now) + step
-  if tat - now > step * (p.strikes - 1) then
-    return 0
-  end
-  return tat
-end
+local strike, ban
 
--- abuse::ban: (bans so far, banned until) after a ban starting at now
--- (a ban only starts when the key is not banned: until <= now).
-local function ban(p, level, untl, now)
-  if untl == 0 or now - untl >= p.max_ban then
-    level = 0
-  else
-    level = min(level, 62)
+-- Defined when a call has a penalty box.
+local function define_penalty_box()
+  -- abuse::strike: the strike TAT after one more denial; 0 means this strike
+  -- starts a ban.
+  function strike(p, st, now)
+    local step = idiv(p.window, p.strikes)
+    local tat = max(st, now) + step
+    if tat - now > step * (p.strikes - 1) then
+      return 0
+    end
+    return tat
   end
-  return level + 1, now + min(p.ban * 2 ^ level, p.max_ban)
+
+  -- abuse::ban: (bans so far, banned until) after a ban starting at now
+  -- (a ban only starts when the key is not banned: until <= now).
+  function ban(p, level, untl, now)
+    if untl == 0 or now - untl >= p.max_ban then
+      level = 0
+    else
+      level = min(level, 62)
+    end
+    return level + 1, now + min(p.ban * 2 ^ level, p.max_ban)
+  end
 end
 
 ---------------------------------------------------------------------------
@@ -612,6 +643,9 @@ local function load(it)
   end
   s.eff = it.base
   if s.factor ~= 0 then
+    if not scaled then
+      define_scaled()
+    end
     s.eff = {}
     for k, l in ipairs(it.base) do
       s.eff[k] = scaled(l, s.factor)
@@ -730,11 +764,12 @@ end
 -- Table::check_mode: the verdict on one item; charges it if `charging` and
 -- allowed, counts a denial as a penalty-box strike if `striking`. A key with
 -- no state is decided as fresh and neither struck nor written unless charged.
-local function check_mode(it, now, charging, striking)
+-- v, if given, is this item's verdict from decide on the same state.
+local function check_mode(it, now, charging, striking, v)
   local s = load(it)
   local cost = it.cost
   charging = charging and not it.conc -- a concurrency limit is taken by acquire only
-  local v = decide(s, cost, now)
+  v = v or decide(s, cost, now)
   if not s.exists then
     if not charging or not v.allowed or cost == 0 then
       return v
@@ -763,28 +798,34 @@ local function check_mode(it, now, charging, striking)
   for k, l in ipairs(s.eff) do
     charge(l, s.lim[k], cost, now)
   end
-  s.dirty = true
+  s.dirty, s.charged = true, true
   return v
 end
 
--- Table::refund: gives cost back; 0 if the key holds no state.
-local function refund(it, now)
-  if it.conc then
-    return 0
-  end
-  local s = load(it)
-  if not s.exists then
-    return 0
-  end
-  local cost = min(it.cost, MAX_COST)
-  if cost == 0 then
+local refund
+
+-- Defined for refund, and for a batch that gives back what it charged.
+local function define_refund()
+  define_refund_limit()
+  -- Table::refund: gives cost back; 0 if the key holds no state.
+  function refund(it, now)
+    if it.conc then
+      return 0
+    end
+    local s = load(it)
+    if not s.exists then
+      return 0
+    end
+    local cost = min(it.cost, MAX_COST)
+    if cost == 0 then
+      return 1
+    end
+    for k, l in ipairs(s.eff) do
+      refund_limit(l, s.lim[k], cost, now)
+    end
+    s.dirty = true
     return 1
   end
-  for k, l in ipairs(s.eff) do
-    refund_limit(l, s.lim[k], cost, now)
-  end
-  s.dirty = true
-  return 1
 end
 
 -- Engine::check_many_at (one item: Engine::check_at). Every item is first
@@ -793,10 +834,10 @@ end
 -- Otherwise every item is charged in order (a later item with the same key
 -- sees the earlier charges; if it denies, the earlier ones are refunded).
 local function check(items, now, peek)
-  local best, bi, denied = nil, 0, {}
+  local best, bi, first = nil, 0, {}
   for i, it in ipairs(items) do
     local v = check_mode(it, now, false, false)
-    denied[i] = not v.allowed
+    first[i] = v
     if best == nil or binds_over(v, best) then
       best, bi = v, i
     end
@@ -806,7 +847,7 @@ local function check(items, now, peek)
   end
   if not best.allowed then
     for j, it in ipairs(items) do
-      if denied[j] and it.pen then
+      if not first[j].allowed and it.pen then
         local v = check_mode(it, now, false, true)
         if v.new_ban then
           best, bi = v, j
@@ -815,10 +856,19 @@ local function check(items, now, peek)
     end
     return best, bi
   end
+  -- Every item allows (none is banned): the first verdicts stand for the
+  -- items whose state no earlier item has charged.
   best = nil
   for i, it in ipairs(items) do
-    local v = check_mode(it, now, true, true)
+    local v = first[i]
+    if states[it.key].charged then
+      v = nil
+    end
+    v = check_mode(it, now, true, true, v)
     if not v.allowed then
+      if i > 1 and not refund then
+        define_refund()
+      end
       for j = 1, i - 1 do
         refund(items[j], now)
       end
@@ -831,43 +881,48 @@ local function check(items, now, peek)
   return best, bi
 end
 
--- Table::acquire: a lease of a concurrency limit, held until now + ttl;
--- returns the verdict and the lease index (-1 if none).
-local function acquire(it, now, holder, token)
-  if not it.conc then
-    fail('acquire needs a concurrency limit')
-  end
-  local s = load(it)
-  local v = decide(s, 1, now)
-  if not v.allowed then
-    return v, -1
-  end
-  local l, e = s.eff[1], s.lim[1].e
-  local i = 0 -- concurrency::free_lease: the first never used, released or expired
-  while (e[i] or 0) > now do
-    i = i + 1
-  end
-  e[i] = max(now + l.period, 1)
-  call('HSET', it.key, 'T' .. i, token .. ' ' .. holder)
-  s.exists, s.dirty = true, true
-  return v, i
-end
+local acquire, release
 
--- Table::release: frees lease i if it is still the one taken with token
--- (expired or not, as long as no one took it since).
-local function release(it, i, token)
-  if not it.conc or i >= it.base[1].count then
-    return 0
+-- Defined for acquire and release.
+local function define_leases()
+  -- Table::acquire: a lease of a concurrency limit, held until now + ttl;
+  -- returns the verdict and the lease index (-1 if none).
+  function acquire(it, now, holder, token)
+    if not it.conc then
+      fail('acquire needs a concurrency limit')
+    end
+    local s = load(it)
+    local v = decide(s, 1, now)
+    if not v.allowed then
+      return v, -1
+    end
+    local l, e = s.eff[1], s.lim[1].e
+    local i = 0 -- concurrency::free_lease: the first never used, released or expired
+    while (e[i] or 0) > now do
+      i = i + 1
+    end
+    e[i] = max(now + l.period, 1)
+    call('HSET', it.key, 'T' .. i, token .. ' ' .. holder)
+    s.exists, s.dirty = true, true
+    return v, i
   end
-  local held = call('HGET', it.key, 'T' .. i)
-  if not held or string.match(held, '^%S+') ~= token then
-    return 0
+
+  -- Table::release: frees lease i if it is still the one taken with token
+  -- (expired or not, as long as no one took it since).
+  function release(it, i, token)
+    if not it.conc or i >= it.base[1].count then
+      return 0
+    end
+    local held = call('HGET', it.key, 'T' .. i)
+    if not held or string.match(held, '^%S+') ~= token then
+      return 0
+    end
+    local s = load(it)
+    s.lim[1].e[i] = 0
+    call('HDEL', it.key, 'T' .. i)
+    s.dirty = true
+    return 1
   end
-  local s = load(it)
-  s.lim[1].e[i] = 0
-  call('HDEL', it.key, 'T' .. i)
-  s.dirty = true
-  return 1
 end
 
 ---------------------------------------------------------------------------
@@ -945,12 +1000,18 @@ for i = 1, n do
       it.fields[#it.fields + 1] = k .. 's'
       it.fields[#it.fields + 1] = k .. 'n'
     elseif alg == 'w' then
+      if not sliding_eval then
+        define_sliding_window()
+      end
       it.fields[#it.fields + 1] = k .. 'w'
       it.fields[#it.fields + 1] = k .. 'c'
       it.fields[#it.fields + 1] = k .. 'p'
     elseif alg == 'g' then
       it.fields[#it.fields + 1] = k .. 't'
     else
+      if not log_eval then
+        define_sliding_log()
+      end
       it.fields[#it.fields + 1] = k .. 'h'
       it.fields[#it.fields + 1] = k .. 'm'
       it.fields[#it.fields + 1] = k .. 'l0'
@@ -969,6 +1030,9 @@ for i = 1, n do
     if it.conc then
       fail('a penalty box needs a rate limit')
     end
+    if not strike then
+      define_penalty_box()
+    end
     it.fields[#it.fields + 1] = 'ps'
     it.fields[#it.fields + 1] = 'pl'
     it.fields[#it.fields + 1] = 'pu'
@@ -982,6 +1046,11 @@ end
 
 local it = items[1]
 local result
+if op == 'acquire' or op == 'release' then
+  define_leases()
+elseif op == 'refund' then
+  define_refund()
+end
 if op == 'check' or op == 'peek' or op == 'acquire' then
   local v, bi, lease
   if op == 'acquire' then
