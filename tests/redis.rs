@@ -29,6 +29,10 @@ fn opts(prefix: &str) -> RedisOptions {
         prefix: format!("test:{prefix}:"),
         deny_cache: 0,
         log_switches: false,
+        // A stall of the test machine must not look like a Redis failure
+        // (the failover tests set short timeouts of their own).
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
         engine: EngineOptions {
             capacity: 1024,
             ..EngineOptions::default()
