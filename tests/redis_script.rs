@@ -1172,6 +1172,13 @@ fn a_write_that_leaves_the_state_fresh_deletes_the_key() {
         .unwrap(),
     );
     assert!(d.decision.allowed);
+    // One refund or reset call at time 5: its integer reply.
+    let op = |lua: &mut Lua, op: &str, cost: u32| {
+        ints(
+            &lua.eval(op, Some(5), std::slice::from_ref(&keys), &[args(cost)], &[])
+                .unwrap(),
+        )
+    };
     let exists = |lua: &mut Lua| -> i64 {
         redis::cmd("EXISTS")
             .arg(&keys.0)
@@ -1179,61 +1186,13 @@ fn a_write_that_leaves_the_state_fresh_deletes_the_key() {
             .unwrap()
     };
     assert_eq!(exists(&mut lua), 1);
-    assert_eq!(
-        ints(
-            &lua.eval(
-                "refund",
-                Some(5),
-                std::slice::from_ref(&keys),
-                &[args(1)],
-                &[]
-            )
-            .unwrap()
-        ),
-        [1]
-    );
+    assert_eq!(op(&mut lua, "refund", 1), [1]);
     assert_eq!(exists(&mut lua), 1);
-    assert_eq!(
-        ints(
-            &lua.eval(
-                "refund",
-                Some(5),
-                std::slice::from_ref(&keys),
-                &[args(1)],
-                &[]
-            )
-            .unwrap()
-        ),
-        [1]
-    );
+    assert_eq!(op(&mut lua, "refund", 1), [1]);
     assert_eq!(exists(&mut lua), 0);
     // No state: refund and reset say so.
-    assert_eq!(
-        ints(
-            &lua.eval(
-                "refund",
-                Some(5),
-                std::slice::from_ref(&keys),
-                &[args(1)],
-                &[]
-            )
-            .unwrap()
-        ),
-        [0]
-    );
-    assert_eq!(
-        ints(
-            &lua.eval(
-                "reset",
-                Some(5),
-                std::slice::from_ref(&keys),
-                &[args(0)],
-                &[]
-            )
-            .unwrap()
-        ),
-        [0]
-    );
+    assert_eq!(op(&mut lua, "refund", 1), [0]);
+    assert_eq!(op(&mut lua, "reset", 0), [0]);
     // A concurrency key goes when its last live lease is released.
     let keys = fresh_keys();
     let c = spec_args("concurrency 2", None, 1);

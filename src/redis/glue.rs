@@ -57,11 +57,7 @@ impl Engine {
                 return self.settle(p, d, false, key, h, local_now, true);
             }
         }
-        let item = Item {
-            policy: rp,
-            key: Key::Raw(key),
-            cost,
-        };
+        let item = Item::raw(rp, key, cost);
         let op = if charge { "check" } else { "peek" };
         match r.call(op, now, &[item], &[]).and_then(|v| reply(&v)) {
             Ok(rep) => {
@@ -336,11 +332,7 @@ impl Engine {
     ) -> Result<Decision, Error> {
         let p = self.get(policy)?;
         let rp = self.remote_policy(r, policy)?;
-        let item = Item {
-            policy: rp,
-            key: Key::Raw(key),
-            cost,
-        };
+        let item = Item::raw(rp, key, cost);
         let local_now = now.unwrap_or_else(|| self.now_ns());
         let h = Self::hash(p, key);
         match r.call("peek", now, &[item], &[]).and_then(|v| reply(&v)) {
@@ -365,11 +357,7 @@ impl Engine {
         let rp = self.remote_policy(r, policy)?;
         let h = Self::hash(p, key);
         r.cache.changed(Self::cache_tag(policy, h));
-        let item = Item {
-            policy: rp,
-            key: Key::Raw(key),
-            cost,
-        };
+        let item = Item::raw(rp, key, cost);
         match r.call("refund", now, &[item], &[]).and_then(|v| ints(&v)) {
             Ok(v) => Ok(v.first() == Some(&1)),
             Err(_) if r.options.on_failure == OnFailure::Local => {
@@ -393,11 +381,7 @@ impl Engine {
         let p = self.get(policy)?;
         let rp = self.remote_policy(r, policy)?;
         r.cache.changed(Self::cache_tag(policy, Self::hash(p, key)));
-        let item = Item {
-            policy: rp,
-            key: Key::Raw(key),
-            cost: 0,
-        };
+        let item = Item::raw(rp, key, 0);
         let v = r
             .call(op, None, &[item], extra)
             .and_then(|v| ints(&v))
@@ -466,11 +450,7 @@ impl Engine {
         let token = u32::from_le_bytes(token).max(1);
         // SAFETY: getpid has no preconditions and cannot fail.
         let holder = unsafe { libc::getpid() } as u32;
-        let item = Item {
-            policy: rp,
-            key: Key::Raw(key),
-            cost: 1,
-        };
+        let item = Item::raw(rp, key, 1);
         let extra = [holder.to_string(), token.to_string()];
         match r
             .call("acquire", now, &[item], &extra)

@@ -148,6 +148,17 @@ pub(crate) struct Item<'a> {
     pub cost: u32,
 }
 
+impl<'a> Item<'a> {
+    /// An item of the caller's `key`.
+    pub fn raw(policy: &'a RemotePolicy, key: &'a [u8], cost: u32) -> Item<'a> {
+        Item {
+            policy,
+            key: Key::Raw(key),
+            cost,
+        }
+    }
+}
+
 /// An item's key: the caller's bytes, or the hash they were turned into
 /// (what a permit keeps).
 #[derive(Clone, Copy)]
