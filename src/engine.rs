@@ -291,7 +291,9 @@ fn region_units(layout: &Layout, buckets: usize) -> usize {
 /// The rate-limit engine: a set of named policies.
 ///
 /// `Engine` is `Send + Sync`; share one by reference or `Arc`. `check`
-/// never allocates, never blocks and never takes a lock.
+/// never allocates, never blocks and never takes a lock — except on an
+/// engine from [`open_redis`](Self::open_redis), where it makes one round
+/// trip to Redis, bounded by the engine's timeout.
 ///
 /// ```
 /// use ratekeeper::{Engine, EngineOptions};
