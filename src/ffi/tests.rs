@@ -946,6 +946,7 @@ fn redis_options() -> rk_redis_options {
     }
 }
 
+#[cfg(feature = "redis")]
 fn open_redis(url: &CStr, o: *const rk_redis_options) -> Result<*mut rk_engine, rk_status> {
     let mut e = null_mut();
     // SAFETY: NUL-terminated url; `o` is NULL or a live options struct; writable out.
