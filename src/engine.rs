@@ -725,8 +725,7 @@ impl Engine {
         };
         let charge = !p.table.layout.concurrency;
         let h = Self::hash(p, key);
-        let outcome = p.table.check(h, cost as u64, now_ns, charge);
-        Self::conclude(p, outcome, key, h, cost as u64, now_ns, charge)
+        Self::decide(p, key, h, cost as u64, now_ns, charge)
     }
 
     /// [`check_at`](Self::check_at) that reports a foreign policy id or a
@@ -817,15 +816,7 @@ impl Engine {
                 hashes[i] = h;
             }
             let (cost, key) = (it.cost as u64, it.key);
-            let d = Self::conclude(
-                p,
-                p.table.check(h, cost, now_ns, false),
-                key,
-                h,
-                cost,
-                now_ns,
-                false,
-            );
+            let d = Self::decide(p, key, h, cost, now_ns, false);
             if !d.allowed && i < 64 {
                 denied |= 1 << i;
             }
@@ -870,15 +861,7 @@ impl Engine {
         for (i, it) in items.iter().enumerate() {
             let p = self.get(it.policy)?;
             let (h, cost, key) = (hash_of(&hashes, i, p, it.key), it.cost as u64, it.key);
-            let d = Self::conclude(
-                p,
-                p.table.check(h, cost, now_ns, true),
-                key,
-                h,
-                cost,
-                now_ns,
-                true,
-            );
+            let d = Self::decide(p, key, h, cost, now_ns, true);
             if !d.allowed {
                 for (j, done) in items[..i].iter().enumerate() {
                     let p = self.get(done.policy)?;
@@ -926,16 +909,22 @@ impl Engine {
         via_redis!(self, r => self.remote_peek(r, policy, key, cost, Some(now_ns)));
         let p = self.get(policy)?;
         let h = Self::hash(p, key);
-        let outcome = p.table.check(h, cost as u64, now_ns, false);
-        Ok(Self::conclude(
+        Ok(Self::decide(p, key, h, cost as u64, now_ns, false))
+    }
+
+    /// Checks `key` (hash `h`) on the policy's table, charging if `charge`,
+    /// and concludes the decision (counters, options, deny events).
+    #[inline(always)]
+    fn decide(p: &Policy, key: &[u8], h: u64, cost: u64, now: u64, charge: bool) -> Decision {
+        Self::conclude(
             p,
-            outcome,
+            p.table.check(h, cost, now, charge),
             key,
             h,
-            cost as u64,
-            now_ns,
-            false,
-        ))
+            cost,
+            now,
+            charge,
+        )
     }
 
     #[inline(always)]

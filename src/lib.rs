@@ -55,5 +55,8 @@ pub use table::WhenFull;
 #[doc(hidden)]
 pub mod __private {
     //! Internals exposed for the loom models and benches; not a stable API.
+    /// A policy's arguments to the Redis script (tests/redis_script.rs).
+    #[cfg(feature = "redis")]
+    pub use crate::redis::script_args;
     pub use crate::sync::Atomic128;
 }

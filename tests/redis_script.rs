@@ -35,7 +35,7 @@ mod redis_server;
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use ratekeeper::policy::{parse, Algorithm, PolicySpec};
+use ratekeeper::policy::{parse, PolicySpec};
 use ratekeeper::{
     CheckItem, Decision, Engine, EngineOptions, Penalty, Permit, PolicyId, PolicyOptions, MAX_COST,
 };
@@ -170,34 +170,10 @@ fn reply(v: &Value) -> Reply {
     }
 }
 
-/// The script arguments of a policy: m, the limits, the penalty box.
+/// The script arguments of a policy: m, the limits, the penalty box (the
+/// client's own encoding; the script's replies are what is under test).
 fn policy_args(spec: &PolicySpec, penalty: Option<Penalty>) -> Vec<String> {
-    let mut args = vec![spec.limits.len().to_string()];
-    for l in &spec.limits {
-        let code = match l.algorithm {
-            Algorithm::Gcra => "g",
-            Algorithm::FixedWindow => "f",
-            Algorithm::SlidingWindow => "w",
-            Algorithm::SlidingLog => "l",
-            Algorithm::Concurrency => "c",
-        };
-        args.extend([
-            code.to_string(),
-            l.count.to_string(),
-            l.period_ns.to_string(),
-            l.burst.to_string(),
-        ]);
-    }
-    match penalty {
-        Some(p) => args.extend([
-            p.strikes.to_string(),
-            p.window_ns.to_string(),
-            p.ban_ns.to_string(),
-            p.max_ban_ns.to_string(),
-        ]),
-        None => args.extend(["0", "0", "0", "0"].map(String::from)),
-    }
-    args
+    ratekeeper::__private::script_args(spec, penalty)
 }
 
 /// A policy in both engines.

@@ -93,7 +93,8 @@ impl Engine {
         Self::finish(p, d, key, h, now, count)
     }
 
-    /// The failure policy's decision while Redis cannot answer.
+    /// A single-key decision while Redis cannot answer: the failure
+    /// policy's, or with `Local` the local tables'.
     #[allow(clippy::too_many_arguments)]
     fn fall_back(
         &self,
@@ -105,39 +106,47 @@ impl Engine {
         now: u64,
         charge: bool,
     ) -> Decision {
+        self.failed(r, p, key, h, cost, now, charge)
+            .unwrap_or_else(|| Self::decide(p, key, h, cost, now, charge))
+    }
+
+    /// Counts a decision Redis could not make and, for `Open` and
+    /// `Closed`, makes it (counted as `count` says): allowed with the
+    /// figures of a fresh key, or denied until the next try at Redis (at
+    /// least 1 ms). `None` for `Local`: the caller decides on its local
+    /// tables, as the same call on a local engine would.
+    #[allow(clippy::too_many_arguments)]
+    fn failed(
+        &self,
+        r: &Remote,
+        p: &Policy,
+        key: &[u8],
+        h: u64,
+        cost: u64,
+        now: u64,
+        count: bool,
+    ) -> Option<Decision> {
         r.fell_back();
-        match r.options.on_failure {
-            OnFailure::Local => {
-                let outcome = p.table.check(h, cost, now, charge);
-                Self::conclude(p, outcome, key, h, cost, now, charge)
-            }
-            OnFailure::Open => Self::failed_open(p, h, cost, now),
+        let fresh: Decision = p.table.fresh_verdict(h, cost, now).into();
+        let d = match r.options.on_failure {
+            OnFailure::Local => return None,
+            OnFailure::Open => Decision {
+                allowed: true,
+                retry_after_ns: 0,
+                ..fresh
+            },
             OnFailure::Closed => {
-                let d = Self::failed_closed(r, p, h, cost, now);
-                self.settle(p, d, false, key, h, now, charge)
+                let wait = r.until_retry_ns().max(1_000_000);
+                Decision {
+                    allowed: false,
+                    remaining: 0,
+                    retry_after_ns: wait,
+                    reset_after_ns: wait,
+                    ..fresh
+                }
             }
-        }
-    }
-
-    /// Fail-open: allowed, with the figures of a fresh key.
-    fn failed_open(p: &Policy, h: u64, cost: u64, now: u64) -> Decision {
-        Decision {
-            allowed: true,
-            retry_after_ns: 0,
-            ..p.table.fresh_verdict(h, cost, now).into()
-        }
-    }
-
-    /// Fail-closed: denied until the next try at Redis (at least 1 ms).
-    fn failed_closed(r: &Remote, p: &Policy, h: u64, cost: u64, now: u64) -> Decision {
-        let wait = r.until_retry_ns().max(1_000_000);
-        Decision {
-            allowed: false,
-            remaining: 0,
-            retry_after_ns: wait,
-            reset_after_ns: wait,
-            ..p.table.fresh_verdict(h, cost, now).into()
-        }
+        };
+        Some(self.settle(p, d, false, key, h, now, count))
     }
 
     /// `check_many`/`check_many_at` through Redis: one script call for the
@@ -227,25 +236,11 @@ impl Engine {
                 Ok((d, i))
             }
             Ok(_) | Err(_) => {
-                r.fell_back();
-                match r.options.on_failure {
-                    OnFailure::Local => self.local_check_many_at(items, local_now),
-                    OnFailure::Open => {
-                        let p = self.get(items[0].policy)?;
-                        Ok((
-                            Self::failed_open(p, hashes[0], items[0].cost as u64, local_now),
-                            0,
-                        ))
-                    }
-                    OnFailure::Closed => {
-                        let p = self.get(items[0].policy)?;
-                        let d =
-                            Self::failed_closed(r, p, hashes[0], items[0].cost as u64, local_now);
-                        Ok((
-                            self.settle(p, d, false, items[0].key, hashes[0], local_now, true),
-                            0,
-                        ))
-                    }
+                let (first, p) = (&items[0], self.get(items[0].policy)?);
+                let cost = first.cost as u64;
+                match self.failed(r, p, first.key, hashes[0], cost, local_now, true) {
+                    Some(d) => Ok((d, 0)),
+                    None => self.local_check_many_at(items, local_now),
                 }
             }
         }
@@ -473,17 +468,10 @@ impl Engine {
                 };
                 Ok((d, permit))
             }
-            Err(_) => {
-                r.fell_back();
-                match r.options.on_failure {
-                    OnFailure::Local => self.local_acquire_at(policy, key, local_now),
-                    OnFailure::Open => Ok((Self::failed_open(p, h, 1, local_now), None)),
-                    OnFailure::Closed => {
-                        let d = Self::failed_closed(r, p, h, 1, local_now);
-                        Ok((self.settle(p, d, false, key, h, local_now, true), None))
-                    }
-                }
-            }
+            Err(_) => match self.failed(r, p, key, h, 1, local_now, true) {
+                Some(d) => Ok((d, None)),
+                None => self.local_acquire_at(policy, key, local_now),
+            },
         }
     }
 

@@ -21,7 +21,7 @@ use crate::algo::LimitParams;
 use crate::engine::{Decision, EngineOptions, PolicyOptions};
 use crate::hash::{siphash13, Seed};
 use crate::policy::{Algorithm, PolicySpec};
-use crate::Error;
+use crate::{Error, Penalty};
 
 /// The script (see `PROTOCOL.md`).
 pub(crate) const SCRIPT: &str = include_str!("ratekeeper.lua");
@@ -178,7 +178,6 @@ pub(crate) struct RemotePolicy {
 
 impl RemotePolicy {
     pub fn new(name: &str, spec: &PolicySpec, options: &PolicyOptions) -> Result<Self, Error> {
-        let mut args = vec![spec.limits.len().to_string()];
         for l in &spec.limits {
             // Same validation as the local table (the script trusts it).
             LimitParams::new(l, 0)?;
@@ -188,35 +187,44 @@ impl RemotePolicy {
                     l
                 )));
             }
-            let code = match l.algorithm {
-                Algorithm::Gcra => "g",
-                Algorithm::FixedWindow => "f",
-                Algorithm::SlidingWindow => "w",
-                Algorithm::SlidingLog => "l",
-                Algorithm::Concurrency => "c",
-            };
-            args.extend([
-                code.to_string(),
-                l.count.to_string(),
-                l.period_ns.to_string(),
-                l.burst.to_string(),
-            ]);
-        }
-        match &options.penalty {
-            Some(p) => args.extend([
-                p.strikes.to_string(),
-                p.window_ns.to_string(),
-                p.ban_ns.to_string(),
-                p.max_ban_ns.to_string(),
-            ]),
-            None => args.extend(["0", "0", "0", "0"].map(String::from)),
         }
         Ok(RemotePolicy {
             name: name.into(),
-            args,
+            args: script_args(spec, options.penalty),
             penalty: options.penalty.is_some(),
         })
     }
+}
+
+/// A policy's item record after the cost (`PROTOCOL.md`, "Arguments"):
+/// the number of limits, each limit, the penalty box.
+pub fn script_args(spec: &PolicySpec, penalty: Option<Penalty>) -> Vec<String> {
+    let mut args = vec![spec.limits.len().to_string()];
+    for l in &spec.limits {
+        let code = match l.algorithm {
+            Algorithm::Gcra => "g",
+            Algorithm::FixedWindow => "f",
+            Algorithm::SlidingWindow => "w",
+            Algorithm::SlidingLog => "l",
+            Algorithm::Concurrency => "c",
+        };
+        args.extend([
+            code.to_string(),
+            l.count.to_string(),
+            l.period_ns.to_string(),
+            l.burst.to_string(),
+        ]);
+    }
+    match penalty {
+        Some(p) => args.extend([
+            p.strikes.to_string(),
+            p.window_ns.to_string(),
+            p.ban_ns.to_string(),
+            p.max_ban_ns.to_string(),
+        ]),
+        None => args.extend(["0", "0", "0", "0"].map(String::from)),
+    }
+    args
 }
 
 /// The script's answer to `check`, `peek` and `acquire`.
@@ -230,6 +238,13 @@ pub(crate) struct Reply {
 
 /// Health: up, or down until `retry_at` (local monotonic ns) with one
 /// caller at a time allowed to try again.
+///
+/// Orderings: each word is a value of its own and publishes no other
+/// memory, so nothing needs SeqCst. `failed` writes `backoff_ns` and
+/// `retry_at` before it clears `probing` (Release), and the next prober
+/// takes `probing` with Acquire, so it sees the backoff that ended the last
+/// try and doubles that one; `up` is read with Acquire for the same reason
+/// after a switch. The counters are statistics (Relaxed).
 struct Health {
     up: AtomicBool,
     retry_at: AtomicU64,
@@ -1019,6 +1034,7 @@ impl DenyCache {
         };
         let mut keys = [(0, 0); BATCH_ITEMS];
         for (slot, &t) in keys.iter_mut().zip(tags).take(n) {
+            // Acquire: pairs with the Release bump in `changed`.
             *slot = (t, self.version(t).load(Ordering::Acquire));
         }
         if let Some((shard, i)) = self.place(tag) {
