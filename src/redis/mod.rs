@@ -539,7 +539,7 @@ impl Remote {
     /// Whether a call may go to Redis now: always while up; while down,
     /// once the backoff has passed and no other caller is trying.
     fn may_try(&self) -> bool {
-        // Acquire: pairs with the Release stores in `failed`/`recovered`.
+        // Orderings: see `Health`.
         if self.health.up.load(Ordering::Acquire) {
             return true;
         }
@@ -553,6 +553,7 @@ impl Remote {
     }
 
     fn failed(&self, why: &Down) {
+        // Orderings: see `Health`.
         // Relaxed: statistics only.
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         let was_up = self.health.up.swap(false, Ordering::AcqRel);
@@ -581,6 +582,7 @@ impl Remote {
     }
 
     fn recovered(&self) {
+        // Orderings: see `Health`.
         if !self.health.up.swap(true, Ordering::AcqRel) {
             self.counters.recoveries.fetch_add(1, Ordering::Relaxed);
             if self.options.log_switches {
@@ -595,6 +597,7 @@ impl Remote {
 
     /// Counts a decision made by the failure policy.
     pub fn fell_back(&self) {
+        // Orderings: see `Health`.
         self.counters
             .fallback_decisions
             .fetch_add(1, Ordering::Relaxed);
@@ -602,6 +605,7 @@ impl Remote {
 
     /// Counts a denial answered by the deny cache.
     pub fn cache_hit(&self) {
+        // Orderings: see `Health`.
         self.counters
             .deny_cache_hits
             .fetch_add(1, Ordering::Relaxed);
@@ -609,6 +613,7 @@ impl Remote {
 
     /// How long until the next try at Redis (for fail-closed retry-after).
     pub fn until_retry_ns(&self) -> u64 {
+        // Orderings: see `Health`.
         self.health
             .retry_at
             .load(Ordering::Acquire)
@@ -616,6 +621,7 @@ impl Remote {
     }
 
     pub fn stats(&self) -> RedisStats {
+        // Orderings: see `Health`.
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         RedisStats {
@@ -645,6 +651,7 @@ impl Remote {
         });
         match result {
             Ok(v) => {
+                // Relaxed: a statistic.
                 self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
                 self.recovered();
                 Ok(v)
@@ -722,6 +729,7 @@ impl Remote {
 
     /// Loads the script (on every node of a cluster).
     fn load(&self, con: &mut dyn ConnectionLike) -> redis::RedisResult<()> {
+        // Orderings: see `Health`.
         let _: Value = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT).query(con)?;
         self.counters.script_loads.fetch_add(1, Ordering::Relaxed);
         Ok(())
