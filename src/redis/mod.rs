@@ -983,10 +983,10 @@ impl DenyCache {
     pub fn get(
         &self,
         tags: &[u64],
-        costs: impl Iterator<Item = u32>,
+        mut costs: impl Iterator<Item = u32>,
         now: u64,
     ) -> Option<(Decision, usize)> {
-        if self.shards.is_empty() || tags.len() > BATCH_ITEMS || costs.into_iter().any(|c| c != 1) {
+        if self.shards.is_empty() || tags.len() > BATCH_ITEMS || costs.any(|c| c != 1) {
             return None;
         }
         let tag = if tags.len() == 1 {
@@ -1023,7 +1023,7 @@ impl DenyCache {
     pub fn put(
         &self,
         tags: &[u64],
-        costs: impl Iterator<Item = u32>,
+        mut costs: impl Iterator<Item = u32>,
         now: u64,
         d: &Decision,
         index: usize,
@@ -1032,7 +1032,7 @@ impl DenyCache {
         if d.allowed || retry == 0 || retry == u64::MAX || tags.len() > BATCH_ITEMS {
             return;
         }
-        if costs.into_iter().any(|c| c != 1) {
+        if costs.any(|c| c != 1) {
             return; // denied, so nothing changed: an entry there still holds
         }
         let (tag, n) = if tags.len() == 1 {
