@@ -304,10 +304,22 @@ pub unsafe extern "C" fn rk_engine_redis_stats_sized(
     })
 }
 
-/// The defaults of `rk_redis_options` (from `RedisOptions::default()` when
-/// the backend is built in).
+/// The defaults of the `rk_redis_options` fields that are not NULL, zero
+/// or false; `Defaults::get()` is in `backend` (from
+/// `RedisOptions::default()` when the backend is built in).
+struct Defaults {
+    connect_timeout_ms: u32,
+    timeout_ms: u32,
+    retry_min_ms: u32,
+    retry_max_ms: u32,
+    pool_size: u64,
+    deny_cache: u64,
+    log_switches: bool,
+}
+
+/// The defaults of `rk_redis_options`.
 fn defaults() -> rk_redis_options {
-    let d = backend::Defaults::get();
+    let d = Defaults::get();
     rk_redis_options {
         struct_size: size_of::<rk_redis_options>() as u32,
         on_failure: rk_on_failure::RK_ON_FAILURE_LOCAL as u32,
@@ -332,8 +344,8 @@ fn defaults() -> rk_redis_options {
 mod backend {
     use super::super::args::{self, Failure};
     use super::super::engine::{read_options, rk_engine_options};
-    use super::{rk_redis_options, rk_redis_stats};
-    use crate::{Engine, OnFailure, RedisOptions};
+    use super::{rk_redis_options, rk_redis_stats, Defaults};
+    use crate::{Engine, OnFailure, RedisOptions, RedisStats};
     use std::ffi::c_char;
     use std::mem::{offset_of, size_of};
     use std::path::PathBuf;
@@ -343,22 +355,12 @@ mod backend {
     const MIN_REDIS_OPTIONS_SIZE: usize =
         offset_of!(rk_redis_options, on_failure) + size_of::<u32>();
 
-    pub(super) struct Defaults {
-        pub connect_timeout_ms: u32,
-        pub timeout_ms: u32,
-        pub retry_min_ms: u32,
-        pub retry_max_ms: u32,
-        pub pool_size: u64,
-        pub deny_cache: u64,
-        pub log_switches: bool,
-    }
-
     fn ms(d: Duration) -> u32 {
         u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
     }
 
     impl Defaults {
-        pub fn get() -> Defaults {
+        pub(super) fn get() -> Defaults {
             let d = RedisOptions::default();
             Defaults {
                 connect_timeout_ms: ms(d.connect_timeout),
@@ -498,40 +500,36 @@ mod backend {
 
     pub(super) fn stats(engine: &Engine) -> Result<rk_redis_stats, Failure> {
         let s = engine.redis_stats().ok_or(Failure::WrongEngineKind)?;
-        Ok(rk_redis_stats {
-            up: s.up,
-            round_trips: s.round_trips,
-            errors: s.errors,
-            failovers: s.failovers,
-            recoveries: s.recoveries,
-            fallback_decisions: s.fallback_decisions,
-            deny_cache_hits: s.deny_cache_hits,
-            script_loads: s.script_loads,
-        })
+        Ok(s.into())
+    }
+
+    impl From<RedisStats> for rk_redis_stats {
+        fn from(s: RedisStats) -> Self {
+            rk_redis_stats {
+                up: s.up,
+                round_trips: s.round_trips,
+                errors: s.errors,
+                failovers: s.failovers,
+                recoveries: s.recoveries,
+                fallback_decisions: s.fallback_decisions,
+                deny_cache_hits: s.deny_cache_hits,
+                script_loads: s.script_loads,
+            }
+        }
     }
 }
 
 #[cfg(not(feature = "redis"))]
 mod backend {
     use super::super::args::Failure;
-    use super::{rk_redis_options, rk_redis_stats};
+    use super::{rk_redis_options, rk_redis_stats, Defaults};
     use crate::{Engine, Error};
 
     const NOT_BUILT: &str =
         "this build of ratekeeper has no Redis backend (built without the cargo feature `redis`)";
 
-    pub(super) struct Defaults {
-        pub connect_timeout_ms: u32,
-        pub timeout_ms: u32,
-        pub retry_min_ms: u32,
-        pub retry_max_ms: u32,
-        pub pool_size: u64,
-        pub deny_cache: u64,
-        pub log_switches: bool,
-    }
-
     impl Defaults {
-        pub fn get() -> Defaults {
+        pub(super) fn get() -> Defaults {
             Defaults {
                 connect_timeout_ms: 200,
                 timeout_ms: 100,

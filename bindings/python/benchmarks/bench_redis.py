@@ -34,35 +34,21 @@ are skipped (with a note) when the installed package has no Redis backend.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import timeit
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from bench import ensure  # noqa: E402  (this script's directory is on sys.path)
 from redis_server import RedisServer  # noqa: E402
 
 N_KEYS = 10_000
 N_CLIENTS = 1_000
 CHECK_LIMIT = "100000000/hour"
 ROUTE_LIMITS = "10000/second;100000/hour"
-
-
-def ensure(*packages: str) -> None:
-    missing = []
-    for pkg, module in (p.split(":") for p in packages):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            missing.append(pkg)
-    if missing:
-        print(f"installing {' '.join(missing)} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
-        importlib.invalidate_caches()
 
 
 def have_ratekeeper_redis() -> bool:

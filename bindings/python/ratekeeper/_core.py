@@ -173,7 +173,10 @@ class _PyDecisionBase:
         return (type(self), self._astuple())
 
 
-_DecisionBase: Any = speedups.DecisionBase if speedups is not None else _PyDecisionBase
+if TYPE_CHECKING:  # pragma: no cover - the C base declares the same fields (_speedups.pyi)
+    _DecisionBase = _PyDecisionBase
+else:
+    _DecisionBase = speedups.DecisionBase if speedups is not None else _PyDecisionBase
 
 
 class Decision(_DecisionBase):
@@ -196,16 +199,6 @@ class Decision(_DecisionBase):
     """
 
     __slots__ = ()
-
-    if TYPE_CHECKING:  # pragma: no cover - declared by the C (or Python) base class
-        allowed: bool
-        banned: bool
-        shadow_denied: bool
-        limit: int
-        remaining: int
-        retry_after_ns: int
-        reset_after_ns: int
-        limit_index: int
 
     @property
     def retry_after(self) -> float:

@@ -70,7 +70,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Seq
 import flask
 from flask import Blueprint, Flask, current_app, request
 
-from ._core import U64_MAX, Decision, Engine, Penalty, Policy, redis_engine, shared_engine
+from ._core import U64_MAX, Decision, Engine, Penalty, Policy, _better, redis_engine, shared_engine
 from ._native import speedups
 from .errors import RatekeeperError
 from .logs import DenyLogger
@@ -1068,13 +1068,7 @@ class Ratekeeper:
         """403 for a deny-listed client (logged like a denial)."""
         st.deny_log.deny("forbidden", "denylist", key, record_key=st.record_keys,
                          detail=f"{request.method} {request.path}")
-        body = {
-            "type": st.problem_type,
-            "title": "Forbidden",
-            "status": 403,
-            "detail": "This client is not allowed to use this service.",
-        }
-        return flask.Response(json.dumps(body), status=403, mimetype="application/problem+json")
+        return _problem(st, 403, "Forbidden", "This client is not allowed to use this service.")
 
     def _log_shadow(self, st: _State, ctx: "_Context", hits: Sequence[Tuple[int, Decision]]) -> None:
         log_ = st.deny_log
@@ -1091,13 +1085,7 @@ class Ratekeeper:
                         request.method, request.path, error)
             return None
         log.error("ratekeeper: request refused with 503 (RATEKEEPER_FAIL_OPEN is False): %s", error)
-        body = {
-            "type": st.problem_type,
-            "title": "Service Unavailable",
-            "status": 503,
-            "detail": "The rate limiter is unavailable.",
-        }
-        return flask.Response(json.dumps(body), status=503, mimetype="application/problem+json")
+        return _problem(st, 503, "Service Unavailable", "The rate limiter is unavailable.")
 
     def _breach(self, st: _State, ctx: _Context) -> flask.Response:
         d = ctx.decision
@@ -1128,31 +1116,21 @@ class Ratekeeper:
                 detail = f"This request costs more than the {name} limit ({d.limit} per {window} s) can ever allow."
             else:
                 detail = f"Rate limit {name} exceeded ({d.limit} per {window} s); retry in {retry_after} s."
-            body = {
-                "type": st.problem_type,
-                "title": "Too Many Requests",
-                "status": 429,
-                "detail": detail,
-                "policy": name,
-                "retry_after": retry_after,
-            }
+            extra: Dict[str, Any] = {"policy": name, "retry_after": retry_after}
             if d.banned:
-                body["banned"] = True
-            response = flask.Response(json.dumps(body), status=429, mimetype="application/problem+json")
+                extra["banned"] = True
+            response = _problem(st, 429, "Too Many Requests", detail, **extra)
             ctx.response_is_ours = True
         if retry_after is not None and (ctx.response_is_ours or "Retry-After" not in response.headers):
             response.headers.add("Retry-After", str(retry_after))
         return response
 
 
-
-def _better(d: Decision, b: Decision) -> bool:
-    """Whether ``d`` binds rather than ``b`` (as rk_check_many decides)."""
-    if d.allowed != b.allowed:
-        return not d.allowed
-    if not d.allowed:
-        return d.retry_after_ns > b.retry_after_ns
-    return d.remaining < b.remaining
+def _problem(st: _State, status: int, title: str, detail: str, **extra: Any) -> flask.Response:
+    """An ``application/problem+json`` response (RFC 9457): ``type``,
+    ``title``, ``status``, ``detail``, then ``extra`` members."""
+    body = {"type": st.problem_type, "title": title, "status": status, "detail": detail, **extra}
+    return flask.Response(json.dumps(body), status=status, mimetype="application/problem+json")
 
 
 def _check_special(engine: Engine, items: List[Tuple[Policy, Any, int]],
