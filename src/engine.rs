@@ -955,14 +955,16 @@ impl Engine {
                 }
                 let fresh = p.table.fresh_verdict(h, cost, now);
                 match p.table.when_full {
-                    WhenFull::FailClosed => Decision {
+                    WhenFull::FailOpen => fresh.into(),
+                    // Fail closed, or an evicting policy that may not evict
+                    // (every key of the bucket holds a live lease).
+                    WhenFull::FailClosed | WhenFull::Evict => Decision {
                         allowed: false,
                         remaining: 0,
                         retry_after_ns: retry_after_ns.max(1),
                         reset_after_ns: retry_after_ns.max(1),
                         ..fresh.into()
                     },
-                    _ => fresh.into(),
                 }
             }
         };

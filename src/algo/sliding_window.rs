@@ -7,8 +7,34 @@
 //! A stored window two or more windows old counts as empty. Only the low 32
 //! bits of the index are kept: a key idle for exactly a multiple of 2^32
 //! periods would be misread (136 years at one-second periods).
+//!
+//! **Time never runs backwards into the limit.** A request stamped in a
+//! window *before* the stored one (two threads or processes that read the
+//! clock on either side of a window edge, the later reader charging first)
+//! is decided and charged as at the start of the stored window
+//! ([`effective_now`]): its previous window counts in full and the charge
+//! lands in the stored window's count. The state never moves back to an
+//! older window, so no count is ever dropped; figures (retry-after,
+//! reset-after) stay relative to the request's own `now`. "Ahead" means
+//! ahead by fewer than 2^31 windows of the request's, which tells a clock
+//! that is behind from a key idle for 2^31 periods or more (68 years at the
+//! shortest period, one second).
 
-use super::{until, Eval, LimitParams, Payload};
+use super::{until, Eval, LimitParams, Payload, MAX_TIME_NS};
+
+/// The time a request at `now` is decided at: `now`, or, if the state has
+/// reached a later window (and counts anything), that window's start.
+#[inline(always)]
+pub(crate) fn effective_now(l: &LimitParams, p: Payload, now: u64) -> u64 {
+    let w = now / l.period_ns;
+    let ahead = ((p.b >> 32) as u32).wrapping_sub(w as u32);
+    if ahead == 0 || ahead >= 1 << 31 || (p.a == 0 && p.b as u32 == 0) {
+        return now;
+    }
+    (w + ahead as u64)
+        .saturating_mul(l.period_ns)
+        .clamp(now, MAX_TIME_NS.max(now))
+}
 
 /// `(w, prev, cur)` as seen at `now`.
 #[inline(always)]
@@ -56,8 +82,9 @@ fn zero_at(w: u64, prev: u64, cur: u64, period: u64) -> u64 {
 #[inline]
 pub(crate) fn evaluate(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Eval {
     let period = l.period_ns;
-    let (w, prev, cur) = counts(l, p, now);
-    let elapsed = now - w * period;
+    let t = effective_now(l, p, now);
+    let (w, prev, cur) = counts(l, p, t);
+    let elapsed = t - w * period;
     let weighted = decayed(prev, elapsed, period) + cur;
     if weighted + cost <= l.count {
         Eval {
@@ -99,7 +126,7 @@ fn retry_at(w: u64, prev: u64, cur: u64, elapsed: u64, cost: u64, limit: u64, pe
 
 #[inline]
 pub(crate) fn charge(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
-    let (w, prev, cur) = counts(l, p, now);
+    let (w, prev, cur) = counts(l, p, effective_now(l, p, now));
     Payload {
         a: (cur + cost) as u32,
         b: ((w as u32 as u64) << 32) | prev,
@@ -107,7 +134,7 @@ pub(crate) fn charge(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payloa
 }
 
 pub(crate) fn refund(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
-    let w = now / l.period_ns;
+    let w = effective_now(l, p, now) / l.period_ns;
     match (w as u32).wrapping_sub((p.b >> 32) as u32) {
         // The charge sits in the stored window (current or previous).
         0 | 1 => Payload {
@@ -119,7 +146,7 @@ pub(crate) fn refund(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payloa
 }
 
 pub(crate) fn expiry(l: &LimitParams, p: Payload, now: u64) -> u64 {
-    let w_now = now / l.period_ns;
+    let w_now = effective_now(l, p, now) / l.period_ns;
     let back = (w_now as u32).wrapping_sub((p.b >> 32) as u32) as u64;
     if back > 1 || back > w_now {
         return 0;

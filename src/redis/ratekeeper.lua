@@ -224,10 +224,25 @@ local function fixed_eval(l, x, cost, now)
   return false, l.count, max(l.count - count, 0), retry, left
 end
 
-local sw_counts, first_elapsed_at_most, sw_zero_in, sw_retry_in, sliding_eval
+local sw_now, sw_counts, first_elapsed_at_most, sw_zero_in, sw_retry_in, sliding_eval
 
 -- Defined when a call has a sliding window limit.
 local function define_sliding_window()
+  -- sliding_window::effective_now: a request stamped in a window before the
+  -- stored one (and the state counts something) is decided at the stored
+  -- window's start; the state never moves back to an older window.
+  function sw_now(l, x, now)
+    local w = idiv(now, l.period)
+    local ahead = x.w - fmod(w, TWO32)
+    if ahead < 0 then
+      ahead = ahead + TWO32
+    end
+    if ahead == 0 or ahead >= TWO32 / 2 or (x.c == 0 and x.p == 0) then
+      return now
+    end
+    return (w + ahead) * l.period
+  end
+
   -- sliding_window::counts: (w, prev, cur) at now; the stored window index is
   -- kept mod 2^32 and compared by wrapping difference, as the Rust word does.
   function sw_counts(l, x, now)
@@ -285,17 +300,23 @@ local function define_sliding_window()
   -- algo::sliding_window::evaluate
   function sliding_eval(l, x, cost, now)
     local P = l.period
-    local _, prev, cur = sw_counts(l, x, now)
-    local elapsed = fmod(now, P)
+    local t = sw_now(l, x, now)
+    local late = t - now -- figures stay relative to the request's own now
+    local _, prev, cur = sw_counts(l, x, t)
+    local elapsed = fmod(t, P)
     local weighted = muldivmod(prev, P - elapsed, P) + cur
     if weighted + cost <= l.count then
-      return true, l.count, l.count - weighted - cost, 0, sw_zero_in(prev, cur + cost, P, elapsed)
+      return true, l.count, l.count - weighted - cost, 0, sw_zero_in(prev, cur + cost, P, elapsed) + late
     end
     local retry = U64
     if cost <= l.count then
-      retry = sw_retry_in(prev, cur, elapsed, cost, l.count, P)
+      retry = sw_retry_in(prev, cur, elapsed, cost, l.count, P) + late
     end
-    return false, l.count, max(l.count - weighted, 0), retry, sw_zero_in(prev, cur, P, elapsed)
+    local reset = 0
+    if prev > 0 or cur > 0 then
+      reset = sw_zero_in(prev, cur, P, elapsed) + late
+    end
+    return false, l.count, max(l.count - weighted, 0), retry, reset
   end
 end
 
@@ -447,7 +468,7 @@ local function charge(l, x, cost, now)
       x.s, x.n = now, cost
     end
   elseif a == 'w' then
-    local w, prev, cur = sw_counts(l, x, now)
+    local w, prev, cur = sw_counts(l, x, sw_now(l, x, now))
     x.w, x.p, x.c = fmod(w, TWO32), prev, cur + cost
   elseif a == 'l' then
     -- sliding_log::charge_meta and entries_written: cost entries stamped
@@ -479,7 +500,7 @@ local function define_refund_limit()
         x.n = max(x.n - cost, 0)
       end
     elseif a == 'w' then
-      local d = fmod(idiv(now, l.period), TWO32) - x.w
+      local d = fmod(idiv(sw_now(l, x, now), l.period), TWO32) - x.w
       if d < 0 then
         d = d + TWO32
       end

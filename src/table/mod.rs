@@ -86,6 +86,10 @@ pub(crate) const SLOTS: usize = 8;
 #[cfg(loom)]
 pub(crate) const SLOTS: usize = 2;
 
+/// Rewrites every word of the bucket with the transaction's tag, payloads
+/// unchanged; committed instead of the transaction whose seq is a multiple
+/// of [`RETAG_EVERY`] (see "Sequence numbers" in the module docs).
+const OP_RETAG: u8 = 0;
 const OP_CHARGE: u8 = 1;
 const OP_REFUND: u8 = 2;
 const OP_CLAIM: u8 = 3;
@@ -97,6 +101,31 @@ const OP_FACTOR: u8 = 6;
 const OP_TOUCH: u8 = 7;
 
 const PENDING: u128 = 1 << 59;
+
+/// Every transaction whose seq is a multiple of this is a retag: so no word
+/// of a bucket (other than a lease word) carries a tag more than 2^31
+/// transactions old, and a tag equal to a transaction's seq can only have
+/// been written by that transaction.
+const RETAG_EVERY: u32 = 1 << 31;
+
+/// A lease word's `a`: the holder's pid in the low [`PID_BITS`] bits (Linux
+/// pids are below `PID_MAX_LIMIT` = 2^22), the lease's nonce above them.
+const PID_BITS: u32 = 22;
+const PID_MASK: u32 = (1 << PID_BITS) - 1;
+/// Nonces a lease word goes through before its bucket must take a new seq.
+const NONCES: u32 = 1 << (32 - PID_BITS);
+
+/// The holder pid of a lease word's `a`.
+#[inline(always)]
+pub(crate) fn lease_holder(a: u32) -> u32 {
+    a & PID_MASK
+}
+
+/// The nonce of a lease word's `a`.
+#[inline(always)]
+fn lease_nonce(a: u32) -> u32 {
+    a >> PID_BITS
+}
 
 #[inline(always)]
 fn tag(w: u128) -> u32 {
@@ -318,7 +347,19 @@ struct Snapshot {
 enum Victim {
     Empty(usize),
     Expired(usize),
+    /// A live entry and its expiry: evicted if the policy evicts.
     Live(usize, u64),
+    /// Nothing may be evicted (every entry holds a live lease) until the
+    /// given time.
+    None(u64),
+}
+
+/// Why eviction should spare an entry; ordered from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Protected {
+    No,
+    Penalty,
+    Lease,
 }
 
 /// One policy's table.
@@ -444,9 +485,15 @@ impl Table {
             } else {
                 (e0, e1)
             };
-            let consistent = seq(other) == seq(cur).wrapping_sub(1) || (e0 == 0 && e1 == 0);
-            if !consistent {
-                // Read across a transaction boundary; read again.
+            if !Self::consistent(e0, e1, cur, other) {
+                // Read across a transaction boundary, or a corrupt pair (a
+                // shared file written by someone else). In a live bucket the
+                // two intents are consistent at every instant, so if intent 0
+                // is unchanged since intent 1 was read, this pair is what the
+                // bucket holds: repair it, then read again.
+                if b[0].load() == e0 {
+                    Self::repair(b, e0, e1);
+                }
                 continue;
             }
             if cur & PENDING != 0 {
@@ -459,6 +506,38 @@ impl Table {
                 seq: seq(cur),
             };
         }
+    }
+
+    /// The two intents are a state the protocol can reach: the latest one
+    /// lives at index `seq & 1` and the other holds `seq - 1` (or the
+    /// bucket is all zero), and the older one is not pending.
+    #[inline(always)]
+    fn consistent(e0: u128, e1: u128, cur: u128, other: u128) -> bool {
+        if e0 == 0 && e1 == 0 {
+            return true;
+        }
+        let cur_index = if cur == e0 { 0 } else { 1 };
+        seq(cur) & 1 == cur_index
+            && seq(other) == seq(cur).wrapping_sub(1)
+            && other & PENDING == 0
+    }
+
+    /// Makes a corrupt intent pair consistent, deciding from intent 0 alone
+    /// (so racing repairers agree): intent 0, which must hold an even seq,
+    /// is taken as the latest, and intent 1 becomes a completed no-op one
+    /// seq before it. Whatever transaction the corrupt words described may
+    /// be lost; the slot words keep whatever they hold. Never called for a
+    /// pair the protocol wrote.
+    #[cold]
+    fn repair(b: &[Atomic128], e0: u128, e1: u128) {
+        let s0 = seq(e0);
+        if s0 & 1 == 1 {
+            let fixed = intent(s0.wrapping_add(1), OP_TOUCH, 0, 0, 0) & !PENDING;
+            let _ = b[0].compare_exchange(e0, fixed);
+            return;
+        }
+        let fixed = intent(s0.wrapping_sub(1), OP_TOUCH, 0, 0, 0) & !PENDING;
+        let _ = b[1].compare_exchange(e1, fixed);
     }
 
     /// True if no transaction started since `s` was taken.
@@ -483,6 +562,11 @@ impl Table {
         arg: u64,
     ) -> bool {
         let s1 = snap.seq.wrapping_add(1);
+        if s1 % RETAG_EVERY == 0 && op != OP_RETAG {
+            // This seq belongs to a retag; the caller takes a new snapshot.
+            self.transact(b, snap, OP_RETAG, 0, 0, 0);
+            return false;
+        }
         let idx = (s1 & 1) as usize;
         let expected = if idx == 0 { snap.e0 } else { snap.e1 };
         let e = intent(s1, op, slot, cost, arg);
@@ -520,10 +604,24 @@ impl Table {
     }
 
     /// Completes transaction `e` (idempotent; any thread may call it).
+    /// An intent naming a slot the bucket does not have (a corrupt shared
+    /// file) is completed as a no-op.
     fn apply(&self, b: &[Atomic128], e: u128) {
         let slot = intent_slot(e);
+        if slot >= SLOTS {
+            let _ = b[(seq(e) & 1) as usize].compare_exchange(e, e & !PENDING);
+            return;
+        }
         let words = self.slot_words(b, slot);
         let done = match intent_op(e) {
+            OP_RETAG => (0..SLOTS).all(|j| {
+                Self::write(b, &b[self.key_unit(j)], e, |p| p).is_some()
+                    && (self.layout.concurrency
+                        || self
+                            .slot_words(b, j)
+                            .iter()
+                            .all(|w| Self::write(b, w, e, |p| p).is_some()))
+            }),
             OP_CLAIM => {
                 let (h, factor) = (intent_arg(e), intent_cost(e) as u32);
                 Self::write(b, &b[self.key_unit(slot)], e, |_| Payload {
@@ -698,11 +796,17 @@ impl Table {
         }
     }
 
-    fn expiry(&self, b: &[Atomic128], j: usize, now: u64) -> u64 {
+    /// When slot `j`'s state becomes equivalent to fresh (every limit, and
+    /// the penalty box: strikes until their TAT, a ban's escalation level
+    /// until the ban ended `max_ban` ago), and whether eviction must spare
+    /// it: a key in the penalty box (evicted only when every other entry of
+    /// the bucket is one too) or holding a live lease (never evicted).
+    fn expiry(&self, b: &[Atomic128], j: usize, now: u64) -> (u64, Protected) {
         let view = SlotView {
             words: self.slot_words(b, j),
         };
-        self.layout
+        let limits = self
+            .layout
             .limits
             .iter()
             .map(|l| {
@@ -716,29 +820,55 @@ impl Table {
                 )
             })
             .max()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        if self.layout.concurrency && limits > now {
+            return (limits, Protected::Lease);
+        }
+        if let Some(pen) = &self.layout.penalty {
+            let off = self.layout.penalty_offset;
+            let (strikes, ban) = (view.word(off), view.word(off + 1));
+            let forgiven = if ban.b == 0 {
+                0
+            } else {
+                ban.b.saturating_add(pen.max_ban_ns)
+            };
+            let penalty = strikes.b.max(forgiven);
+            if penalty > now {
+                return (limits.max(penalty), Protected::Penalty);
+            }
+        }
+        (limits, Protected::No)
     }
 
-    /// A slot for a new key: a free one, else an expired one, else the one
-    /// that would expire soonest.
+    /// A slot for a new key: a free one, else an expired one, else the live
+    /// one that would expire soonest, sparing keys in the penalty box while
+    /// there is any other; a key holding a live lease is never a victim.
     fn choose_victim(&self, b: &[Atomic128], h: u64, now: u64) -> Victim {
         if let Some(j) =
             Self::probe_order(h).find(|&j| (b[self.key_unit(j)].load() >> 64) as u64 == 0)
         {
             return Victim::Empty(j);
         }
-        let mut soonest: Option<(usize, u64)> = None;
+        let mut best: Option<(Protected, u64, usize)> = None;
         for j in 0..SLOTS {
-            let exp = self.expiry(b, j, now);
+            let (exp, protected) = self.expiry(b, j, now);
             if exp <= now {
                 return Victim::Expired(j);
             }
-            if soonest.is_none_or(|(_, e)| exp < e) {
-                soonest = Some((j, exp));
+            if best.is_none_or(|(p, e, _)| (protected, exp) < (p, e)) {
+                best = Some((protected, exp, j));
             }
         }
-        let (j, e) = soonest.expect("SLOTS > 0");
-        Victim::Live(j, e)
+        let (protected, exp, j) = best.expect("SLOTS > 0");
+        if protected == Protected::Lease {
+            // Every entry holds a live lease: the soonest one frees first.
+            let soonest = (0..SLOTS)
+                .map(|j| self.expiry(b, j, now).0)
+                .min()
+                .unwrap_or(exp);
+            return Victim::None(soonest);
+        }
+        Victim::Live(j, exp)
     }
 
     /// Claims a slot for `h`, absent from snapshot `snap`: a free slot, an
@@ -750,7 +880,7 @@ impl Table {
         let (j, evicted) = match self.choose_victim(b, h, now) {
             Victim::Empty(j) | Victim::Expired(j) => (j, false),
             Victim::Live(j, _) if self.when_full == WhenFull::Evict => (j, true),
-            Victim::Live(_, exp) => {
+            Victim::Live(_, exp) | Victim::None(exp) => {
                 if !Self::still(b, snap) {
                     return Ok(false);
                 }
@@ -974,10 +1104,20 @@ impl Table {
             if payload(cur).b > now {
                 continue;
             }
+            // The lease word must differ from every earlier lease of this
+            // position that a stale permit may still name: the tag (the
+            // bucket's seq) changes with every transaction, the nonce with
+            // every lease under one seq; when the nonces run out, a no-op
+            // transaction gives the bucket a new seq first.
+            let nonce = (lease_nonce(payload(cur).a) + 1) % NONCES;
+            if nonce == 0 && tag(cur) == snap.seq {
+                self.transact(b, &snap, OP_TOUCH, 0, 0, 0);
+                continue;
+            }
             let new = word(
                 snap.seq,
                 Payload {
-                    a: holder,
+                    a: (holder & PID_MASK) | nonce << PID_BITS,
                     b: now.saturating_add(l.period_ns).max(1),
                 },
             );
@@ -1088,7 +1228,16 @@ impl Table {
         let Some(unit) = self.lease_unit(lease) else {
             return false;
         };
-        let freed = word(tag(lease.word), Payload::default());
+        // The whole word must match: tag and nonce make a permit name one
+        // lease only, so a second release (or a stale copy) frees nothing.
+        // The freed word keeps its tag and nonce for the next lease here.
+        let freed = word(
+            tag(lease.word),
+            Payload {
+                a: payload(lease.word).a,
+                b: 0,
+            },
+        );
         unit.compare_exchange(lease.word, freed).is_ok()
     }
 
@@ -1122,9 +1271,9 @@ impl Table {
                     let cur = unit.load();
                     let p = payload(cur);
                     if p.b != 0
-                        && p.a == holder
+                        && lease_holder(p.a) == holder & PID_MASK
                         && unit
-                            .compare_exchange(cur, word(tag(cur), Payload::default()))
+                            .compare_exchange(cur, word(tag(cur), Payload { a: p.a, b: 0 }))
                             .is_ok()
                     {
                         n += 1;
