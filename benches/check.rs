@@ -155,7 +155,7 @@ fn algorithms(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("ratekeeper", "acquire_release"), |b| {
         b.iter(|| {
             let (_, permit) = e.acquire_at(p, black_box(b"hot"), 1 << 40).unwrap();
-            e.release(&permit.unwrap()).unwrap()
+            e.release(permit.unwrap()).unwrap()
         })
     });
     g.finish();

@@ -137,7 +137,7 @@ fn script_cost_per_call() {
             "acquire+release, concurrency 4 (per call)",
             Box::new(|_| {
                 let (_, permit) = e.acquire(conc, b"k").unwrap();
-                assert!(e.release(&permit.unwrap()).unwrap());
+                assert!(e.release(permit.unwrap()).unwrap());
             }),
         ),
     ];

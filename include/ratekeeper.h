@@ -1259,6 +1259,26 @@ rk_status rk_release(struct rk_engine *engine,
                      const struct rk_permit *permit);
 
 /**
+ * Gives a permit back, like `rk_release`, and says whether this call
+ * released it: `*released_out` is true if the permit's lease was live and
+ * is now free, false if it had expired, was released already (a second
+ * release of the same permit, or of a copy of it) or is an unleased
+ * (fail-open) permit. A permit names one lease only (its lease word
+ * carries a nonce): releasing it twice never frees another holder's
+ * permit. `released_out` may be NULL.
+ *
+ * Errors: as `rk_release`.
+ *
+ * # Safety
+ * `engine` is NULL or a live engine; `permit` is NULL or points to a
+ * readable `rk_permit`; `released_out` is NULL or valid for writing a
+ * `bool`.
+ */
+rk_status rk_release_permit(struct rk_engine *engine,
+                            const struct rk_permit *permit,
+                            bool *released_out);
+
+/**
  * Releases every permit of `policy` held by process `pid` (for a
  * supervisor that saw a worker die) and, if `released_out` is not NULL,
  * stores how many were released. Thread-safe.

@@ -153,7 +153,22 @@ pub struct CheckItem<'a> {
 
 /// A concurrency permit from [`Engine::acquire`]: give it back with
 /// [`Engine::release`]; if you never do, it expires after the policy's TTL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// A permit is single-use: it is neither `Copy` nor `Clone`, and `release`
+/// consumes it. Its lease word carries a nonce (see "Concurrency permits"
+/// in the README), so even a permit rebuilt from its raw parts after it was
+/// released (the C ABI's `rk_permit` is a plain value a caller can copy)
+/// names that one lease only: releasing it again frees nothing, and never
+/// another holder's permit.
+///
+/// ```compile_fail
+/// # let engine = ratekeeper::Engine::new(Default::default()).unwrap();
+/// # let p = engine.add_policy("p", "concurrency 1").unwrap();
+/// let permit = engine.acquire(p, b"k").unwrap().1.unwrap();
+/// engine.release(permit).unwrap();
+/// engine.release(permit).unwrap(); // error: use of moved value
+/// ```
+#[derive(Debug, PartialEq, Eq)]
 pub struct Permit {
     pub(crate) engine: u64,
     pub(crate) policy: u32,
@@ -164,6 +179,43 @@ impl Permit {
     /// The policy the permit belongs to.
     pub fn policy(&self) -> PolicyId {
         PolicyId(self.policy)
+    }
+
+    /// The permit as plain words, for a caller that must keep it outside
+    /// Rust (the C ABI): the policy index and four opaque words.
+    pub fn into_raw_parts(self) -> (u32, [u64; 4]) {
+        self.raw_parts()
+    }
+
+    /// A permit from [`into_raw_parts`](Self::into_raw_parts). Any value is
+    /// accepted here; [`Engine::release`] refuses parts that name no lease
+    /// of its own (`InvalidPermit`) and frees a lease only if the parts
+    /// match it exactly.
+    pub fn from_raw_parts(policy: u32, parts: [u64; 4]) -> Permit {
+        let [engine, place, lo, hi] = parts;
+        Permit {
+            engine,
+            policy,
+            lease: Lease {
+                bucket: place as u32,
+                slot: (place >> 32) as u8,
+                index: (place >> 40) as u16,
+                word: u128::from(lo) | u128::from(hi) << 64,
+            },
+        }
+    }
+
+    pub(crate) fn raw_parts(&self) -> (u32, [u64; 4]) {
+        let l = &self.lease;
+        (
+            self.policy,
+            [
+                self.engine,
+                u64::from(l.bucket) | u64::from(l.slot) << 32 | u64::from(l.index) << 40,
+                l.word as u64,
+                (l.word >> 64) as u64,
+            ],
+        )
     }
 }
 
@@ -1157,7 +1209,7 @@ impl Engine {
     /// // Taken: a short wait times out (no permit, denied decision).
     /// let (d, none) = engine.acquire_timeout(reports, b"user:1", std::time::Duration::from_millis(5))?;
     /// assert!(!d.allowed && none.is_none());
-    /// assert!(engine.release(&permit)?);
+    /// assert!(engine.release(permit)?);
     /// # Ok::<(), ratekeeper::Error>(())
     /// ```
     pub fn acquire_timeout(
@@ -1190,13 +1242,13 @@ impl Engine {
 
     /// Gives a permit back. `Ok(false)` if it had already expired (its
     /// lease may now belong to someone else, who keeps it).
-    pub fn release(&self, permit: &Permit) -> Result<bool, Error> {
+    pub fn release(&self, permit: Permit) -> Result<bool, Error> {
         if permit.engine != self.id {
             return Err(Error::InvalidPermit);
         }
         #[cfg(feature = "redis")]
         if let Some(r) = self.remote() {
-            if let Some(released) = self.remote_release(r, permit)? {
+            if let Some(released) = self.remote_release(r, &permit)? {
                 return Ok(released);
             }
         }

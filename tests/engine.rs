@@ -207,9 +207,13 @@ fn concurrency_permits_are_exact_and_expire_after_their_ttl() {
     assert_eq!((d1.remaining, d2.remaining), (1, 0));
     assert_eq!(d3.retry_after_ns, 10 * S);
     assert!(p1.is_some() && p2.is_some() && p3.is_none());
-    assert!(e.release(&p1.unwrap()).unwrap());
+    let (policy, parts) = p1.unwrap().into_raw_parts();
+    assert!(e
+        .release(ratekeeper::Permit::from_raw_parts(policy, parts))
+        .unwrap());
     assert!(
-        !e.release(&p1.unwrap()).unwrap(),
+        !e.release(ratekeeper::Permit::from_raw_parts(policy, parts))
+            .unwrap(),
         "a permit is released once"
     );
     assert!(e.acquire_at(p, b"k", S).unwrap().1.is_some());
@@ -228,7 +232,7 @@ fn a_permit_from_another_engine_is_rejected() {
     b.add_policy("p", "concurrency 1").unwrap();
     let (_, permit) = a.acquire(pa, b"k").unwrap();
     assert_eq!(
-        b.release(&permit.unwrap()),
+        b.release(permit.unwrap()),
         Err(ratekeeper::Error::InvalidPermit)
     );
 }
@@ -245,7 +249,7 @@ fn acquire_timeout_wakes_when_a_permit_is_released() {
                 .unwrap()
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(e.release(&held).unwrap());
+        assert!(e.release(held).unwrap());
         let (d, permit) = waiter.join().unwrap();
         assert!(d.allowed && permit.is_some());
     });
@@ -334,5 +338,5 @@ fn engine_is_send_and_sync_and_decisions_and_ids_are_copy() {
     send_sync::<Engine>();
     copy::<ratekeeper::Decision>();
     copy::<ratekeeper::PolicyId>();
-    copy::<ratekeeper::Permit>();
+    send_sync::<ratekeeper::Permit>(); // single-use: not Copy (a compile_fail doc test)
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use ratekeeper::{
-    CheckItem, Decision, Engine, EngineOptions, Error, OnFailure, Penalty, PolicyOptions,
+    CheckItem, Decision, Engine, EngineOptions, Error, OnFailure, Penalty, Permit, PolicyOptions,
     RedisOptions,
 };
 use redis_server::RedisServer;
@@ -724,17 +724,18 @@ fn permits_are_shared_through_redis() {
     assert!(d1.allowed && d2.allowed && p1.is_some() && p2.is_some());
     let (d3, p3) = a.acquire(pa, b"user:1").unwrap();
     assert!(!d3.allowed && p3.is_none());
-    assert!(b.release(&p2.unwrap()).unwrap());
+    let (policy, parts) = p2.unwrap().into_raw_parts();
+    assert!(b.release(Permit::from_raw_parts(policy, parts)).unwrap());
     assert!(
-        !b.release(&p2.unwrap()).unwrap(),
+        !b.release(Permit::from_raw_parts(policy, parts)).unwrap(),
         "a second release finds nothing"
     );
     let (d4, p4) = a
         .acquire_timeout(pa, b"user:1", Duration::from_millis(200))
         .unwrap();
     assert!(d4.allowed && p4.is_some());
-    assert!(a.release(&p1.unwrap()).unwrap());
-    assert!(a.release(&p4.unwrap()).unwrap());
+    assert!(a.release(p1.unwrap()).unwrap());
+    assert!(a.release(p4.unwrap()).unwrap());
 }
 
 // ---------------------------------------------------------------------

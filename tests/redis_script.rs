@@ -725,7 +725,7 @@ impl World {
                     return Ok(());
                 }
                 let (p, key, permit, lease, token) = self.permits.remove(i % self.permits.len());
-                let here = self.engine.release(&permit).unwrap();
+                let here = self.engine.release(permit).unwrap();
                 let (v, ttls) =
                     self.call("release", &[(p, key, 1)], &[lease.to_string(), token])?;
                 prop_assert_eq!(ints(&v), vec![here as i64], "release\n{}", self.context());

@@ -133,7 +133,7 @@ fn child_entry() {
             let (_, permit) = e.acquire(pol, b"report").unwrap();
             println!("HELD");
             std::thread::sleep(std::time::Duration::from_millis(1500));
-            assert!(e.release(&permit.unwrap()).unwrap());
+            assert!(e.release(permit.unwrap()).unwrap());
             println!("RESULT released");
         }
         "open_and_add" => {

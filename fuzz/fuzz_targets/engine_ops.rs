@@ -305,9 +305,14 @@ fuzz_target!(|input: Input| {
             Op::Release { permit } => {
                 if !permits.is_empty() {
                     let permit = permits.swap_remove(*permit as usize % permits.len());
-                    engine.release(&permit).expect("our own permit");
+                    let (policy, parts) = permit.into_raw_parts();
+                    engine
+                        .release(Permit::from_raw_parts(policy, parts))
+                        .expect("our own permit");
                     // Releasing twice does nothing.
-                    assert!(!engine.release(&permit).expect("our own permit"));
+                    assert!(!engine
+                        .release(Permit::from_raw_parts(policy, parts))
+                        .expect("our own permit"));
                 }
             }
             Op::ReleaseHolder { policy, own } => {
@@ -360,7 +365,7 @@ fuzz_target!(|input: Input| {
                         "a fresh key at one instant ({now}): admitted"
                     );
                 }
-                for permit in &held {
+                for permit in held {
                     engine.release(permit).unwrap();
                 }
             }

@@ -6,7 +6,6 @@ use super::check::rk_decision;
 use super::engine::rk_engine;
 use super::status::rk_status;
 use crate::engine::Permit;
-use crate::table::Lease;
 use crate::{Decision, PolicyId};
 use std::time::Duration;
 
@@ -32,31 +31,22 @@ pub struct rk_permit {
 // |------|----------------------------------------|-------------------------|
 // | 0    | engine id (`Permit::engine`)           | address of `rk_engine`  |
 // | 1    | bucket (bits 0-31), slot (32-39), index (40-55) | 0              |
+//        (the words of `Permit::into_raw_parts`)
 // | 2, 3 | lease word, low and high halves        | 0                       |
 // | 4    | 0                                      | `UNLEASED`              |
 //
 // An unleased permit is what a policy with `RK_WHEN_FULL_FAIL_OPEN` hands
 // out when it admits a request without room for a lease: releasing it does
 // nothing, so callers can treat every allowed acquire alike.
-const SLOT_SHIFT: u32 = 32;
-const INDEX_SHIFT: u32 = 40;
 const UNLEASED: u64 = 1;
 
 impl From<Permit> for rk_permit {
     fn from(p: Permit) -> Self {
-        let l = p.lease;
+        let (policy, [engine, place, lo, hi]) = p.into_raw_parts();
         rk_permit {
-            policy: p.policy,
+            policy,
             reserved: 0,
-            opaque: [
-                p.engine,
-                u64::from(l.bucket)
-                    | u64::from(l.slot) << SLOT_SHIFT
-                    | u64::from(l.index) << INDEX_SHIFT,
-                l.word as u64,
-                (l.word >> 64) as u64,
-                0,
-            ],
+            opaque: [engine, place, lo, hi, 0],
         }
     }
 }
@@ -79,18 +69,15 @@ impl rk_permit {
             return Ok(None);
         }
         let [id, place, lo, hi, _] = self.opaque;
-        let permit = Permit {
-            engine: id,
-            policy: self.policy,
-            lease: Lease {
-                bucket: place as u32,
-                slot: (place >> SLOT_SHIFT) as u8,
-                index: (place >> INDEX_SHIFT) as u16,
-                word: u128::from(lo) | u128::from(hi) << 64,
-            },
-        };
+        let permit = Permit::from_raw_parts(self.policy, [id, place, lo, hi]);
+        let (_, parts) = permit.raw_parts();
         // A live lease word is never 0 (it holds an expiry time of at least 1).
-        if permit.lease.word == 0 || rk_permit::from(permit) != *self {
+        let canonical = rk_permit {
+            policy: self.policy,
+            reserved: 0,
+            opaque: [parts[0], parts[1], parts[2], parts[3], 0],
+        };
+        if permit.lease.word == 0 || canonical != *self {
             return Err(invalid());
         }
         Ok(Some(permit))
@@ -279,7 +266,45 @@ pub unsafe extern "C" fn rk_release(engine: *mut rk_engine, permit: *const rk_pe
         // SAFETY: forwarded from this function's contract.
         let permit = unsafe { args::input(permit, "permit")? };
         if let Some(permit) = permit.decode(engine_ptr)? {
-            engine.release(&permit)?;
+            engine.release(permit)?;
+        }
+        Ok(())
+    })
+}
+
+/// Gives a permit back, like `rk_release`, and says whether this call
+/// released it: `*released_out` is true if the permit's lease was live and
+/// is now free, false if it had expired, was released already (a second
+/// release of the same permit, or of a copy of it) or is an unleased
+/// (fail-open) permit. A permit names one lease only (its lease word
+/// carries a nonce): releasing it twice never frees another holder's
+/// permit. `released_out` may be NULL.
+///
+/// Errors: as `rk_release`.
+///
+/// # Safety
+/// `engine` is NULL or a live engine; `permit` is NULL or points to a
+/// readable `rk_permit`; `released_out` is NULL or valid for writing a
+/// `bool`.
+#[no_mangle]
+pub unsafe extern "C" fn rk_release_permit(
+    engine: *mut rk_engine,
+    permit: *const rk_permit,
+    released_out: *mut bool,
+) -> rk_status {
+    let engine_ptr = engine.cast_const();
+    boundary::run("rk_release_permit", || {
+        // SAFETY: forwarded from this function's contract.
+        let engine = unsafe { args::engine(engine)? };
+        // SAFETY: forwarded from this function's contract.
+        let permit = unsafe { args::input(permit, "permit")? };
+        let released = match permit.decode(engine_ptr)? {
+            Some(permit) => engine.release(permit)?,
+            None => false,
+        };
+        if !released_out.is_null() {
+            // SAFETY: non-null, and valid for writing a bool by the contract.
+            unsafe { released_out.write(released) };
         }
         Ok(())
     })

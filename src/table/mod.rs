@@ -517,9 +517,7 @@ impl Table {
             return true;
         }
         let cur_index = if cur == e0 { 0 } else { 1 };
-        seq(cur) & 1 == cur_index
-            && seq(other) == seq(cur).wrapping_sub(1)
-            && other & PENDING == 0
+        seq(cur) & 1 == cur_index && seq(other) == seq(cur).wrapping_sub(1) && other & PENDING == 0
     }
 
     /// Makes a corrupt intent pair consistent, deciding from intent 0 alone
