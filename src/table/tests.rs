@@ -128,3 +128,144 @@ fn capacity_rounds_up_to_whole_power_of_two_buckets() {
     assert_eq!(t.capacity(), 128);
     assert_eq!(t.bytes(), 16 * (2 + 8 + 8) * 16);
 }
+
+/// Runs `f` on another thread and fails if it has not returned within a
+/// generous bound: a corrupt bucket must never make an operation loop.
+fn returns<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{what}: no answer within 30 s (an endless loop)"))
+}
+
+/// Sets bucket 0's intents as if no-op transactions had run up to seq `to`
+/// (without crossing a retag boundary, which a real run would have retagged
+/// at): the state a bucket reaches after that many transactions that left
+/// every word alone.
+fn jump_seq(t: &Table, to: u32) {
+    let b = t.bucket(0);
+    let from = t.snapshot(b).seq as u64;
+    let r = RETAG_EVERY as u64;
+    assert!(
+        to as u64 > from && from / r == to as u64 / r,
+        "a jump must not skip a retag"
+    );
+    let done = |s: u32| intent(s, OP_TOUCH, 0, 0, 0) & !PENDING;
+    let cur = (to & 1) as usize;
+    b[1 - cur]
+        .compare_exchange(b[1 - cur].load(), done(to - 1))
+        .unwrap();
+    b[cur].compare_exchange(b[cur].load(), done(to)).unwrap();
+    assert_eq!(t.snapshot(b).seq, to);
+}
+
+/// Issue "Hold under attack" #6: a word untouched for exactly 2^32 bucket
+/// transactions carries the tag of the transaction that now writes it, and
+/// was taken as "already written": the charge was silently lost. Failed
+/// before the retag (the third request was admitted: remaining 1, not 0).
+#[test]
+fn a_charge_after_the_sequence_wraps_is_never_mistaken_for_already_written() {
+    let t = table("2/minute; 100/hour", 1);
+    let (a, other) = (0x0A, 0x0B);
+    assert!(verdict(t.check(a, 1, S, true)).allowed);
+    let b = t.bucket(0);
+    let ja = t.find(b, a).unwrap();
+    let a_tag = tag(t.slot_words(b, ja)[0].load());
+    assert!(verdict(t.check(other, 1, S, true)).allowed);
+    // The other key's refunds are transactions that leave key A's words alone.
+    let spin = |until: u32| {
+        while t.snapshot(b).seq != until {
+            assert!(t.refund(other, 1, S));
+        }
+    };
+    jump_seq(&t, RETAG_EVERY - 3);
+    spin(RETAG_EVERY + 2);
+    jump_seq(&t, u32::MAX - 3);
+    // The next transaction's seq is key A's old tag (mod 2^32).
+    spin(a_tag.wrapping_sub(1));
+    let v = verdict(t.check(a, 1, S, true));
+    assert!(v.allowed && v.remaining == 0, "{v:?}");
+    assert_eq!(verdict(t.check(a, 0, S, false)).remaining, 0, "charge kept");
+    assert!(
+        !verdict(t.check(a, 1, S, true)).allowed,
+        "2/minute: the third is denied"
+    );
+}
+
+/// Every word of a bucket is retagged at each multiple of 2^31: no tag is
+/// ever 2^32 transactions old, so "already written" is unambiguous.
+#[test]
+fn a_retag_rewrites_every_tag_and_keeps_every_payload() {
+    let t = table("2/minute; sliding_log 3/hour", 1);
+    for k in 1..=8u64 {
+        assert!(verdict(t.check(k, 1, S, true)).allowed);
+    }
+    let b = t.bucket(0);
+    let payloads: Vec<Payload> = b[2..].iter().map(|w| payload(w.load())).collect();
+    jump_seq(&t, RETAG_EVERY - 1);
+    assert!(t.refund(1, 1, S));
+    assert!(t.snapshot(b).seq > RETAG_EVERY, "the retag took a seq");
+    let retagged = b[2..]
+        .iter()
+        .filter(|w| tag(w.load()) == RETAG_EVERY)
+        .count();
+    // Every word but the ones the refund rewrote afterwards.
+    assert!(retagged >= b.len() - 2 - t.layout.words, "{retagged}");
+    let after: Vec<Payload> = b[2..].iter().map(|w| payload(w.load())).collect();
+    let changed = payloads.iter().zip(&after).filter(|(x, y)| x != y).count();
+    assert!(
+        (1..=t.layout.words).contains(&changed),
+        "only the refund's words changed: {changed}"
+    );
+}
+
+/// Issue #9: an intent word naming slot 8..15 (only a corrupt shared file
+/// holds one) made `apply` index past the bucket and panic.
+#[test]
+fn an_intent_naming_a_slot_the_bucket_lacks_completes_as_a_no_op() {
+    let t = std::sync::Arc::new(table("100/second; 1000/minute", 1));
+    assert!(verdict(t.check(1, 1, S, true)).allowed);
+    for slot in 8..16 {
+        commit_only(&t, OP_CHARGE, slot, 1, S);
+        let t2 = t.clone();
+        let v = returns("a check", move || verdict(t2.check(1, 1, S, true)));
+        assert!(v.allowed);
+    }
+    // Nine real charges; the corrupt intents charged nothing.
+    assert_eq!(verdict(t.check(1, 0, S, false)).remaining, 100 - 9);
+}
+
+/// Issue #1/#9: intent pairs no protocol state has (wrong parity, both
+/// pending, seqs far apart) made every snapshot loop forever. They are
+/// repaired, and the bucket works exactly afterwards.
+#[test]
+fn a_corrupt_intent_pair_is_repaired_never_looped_on() {
+    let pending = |s: u32| intent(s, OP_CHARGE, 0, 1, S);
+    let done = |s: u32| pending(s) & !PENDING;
+    let pairs = [
+        (done(7), done(8)),                        // parity swapped
+        (pending(4), pending(5)),                  // both pending
+        (done(2), done(1_000_001)),                // far apart
+        (0, done(6)),                              // intent 0 zero
+        (done(u32::MAX), 0),                       // odd seq in intent 0
+        (u128::MAX, u128::MAX),                    // all ones
+        (intent(4, OP_CLAIM, 15, 0, 77), done(3)), // pending claim of slot 15
+    ];
+    for (e0, e1) in pairs {
+        let t = std::sync::Arc::new(table("3/minute", 1));
+        let b = t.bucket(0);
+        b[0].compare_exchange(0, e0).unwrap();
+        if e1 != 0 {
+            b[1].compare_exchange(0, e1).unwrap();
+        }
+        let t2 = t.clone();
+        let admitted = returns("checks on a corrupt bucket", move || {
+            (0..5)
+                .filter(|_| verdict(t2.check(9, 1, S, true)).allowed)
+                .count()
+        });
+        assert_eq!(admitted, 3, "pair {e0:#x} {e1:#x}");
+    }
+}
