@@ -12,7 +12,9 @@ fn engine() -> Engine {
 }
 
 fn admitted(e: &Engine, p: ratekeeper::PolicyId, key: &[u8], n: usize, now: u64) -> usize {
-    (0..n).filter(|_| e.check_at(p, key, 1, now).allowed).count()
+    (0..n)
+        .filter(|_| e.check_at(p, key, 1, now).allowed)
+        .count()
 }
 
 /// #3: ten requests at 100 s + 1 µs fill a `sliding_window 10/second`; one
@@ -177,7 +179,10 @@ fn a_concurrency_key_with_a_live_lease_is_never_evicted() {
     assert_eq!(e.stats(p).unwrap().evictions, 0);
     for k in 0..8u8 {
         let (d, none) = e.acquire_at(p, &[k], 2 * S).unwrap();
-        assert!(!d.allowed && none.is_none(), "key {k}: its holder still counts");
+        assert!(
+            !d.allowed && none.is_none(),
+            "key {k}: its holder still counts"
+        );
     }
     // A released lease frees its key's slot for reclaiming once idle.
     let mut held = held;

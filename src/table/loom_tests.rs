@@ -309,3 +309,149 @@ fn loom_an_override_set_while_its_key_is_claimed_always_reaches_the_slot() {
         assert!(admitted == 5 || admitted == 2, "{admitted}");
     });
 }
+
+/// Every live lease word of the table (any slot, any index).
+fn live_leases(t: &Table, now: u64) -> usize {
+    let b = t.bucket(0);
+    (0..SLOTS)
+        .map(|j| {
+            t.slot_words(b, j)
+                .iter()
+                .filter(|w| payload(w.load()).b > now)
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn loom_eviction_racing_a_multi_word_charge_never_mixes_two_keys() {
+    loom::model(|| {
+        // Both slots full; key 1 expires first.
+        let t = table("2/second; fixed_window 5/minute");
+        assert!(allowed(t.check(1, 1, 0, true)));
+        assert!(allowed(t.check(2, 1, S / 2, true)));
+        let now = 100 * S;
+        let ta = {
+            let t = t.clone();
+            thread::spawn(move || allowed(t.check(1, 2, now, true)))
+        };
+        let tb = {
+            let t = t.clone();
+            thread::spawn(move || allowed(t.check(3, 1, now, true)))
+        };
+        let a = ta.join().unwrap();
+        assert!(tb.join().unwrap());
+        // Whoever holds a slot holds exactly its own charges, in both words
+        // (a peek of cost 1 reports what would remain after it).
+        let b = t.bucket(0);
+        assert!(t.find(b, 3).is_some(), "the new key is in");
+        let v = peek(&t, 3, now);
+        assert_eq!((v.remaining, v.limit_index), (0, 0), "key 3: {v:?}");
+        let words3: Vec<u64> = t
+            .slot_words(b, t.find(b, 3).unwrap())
+            .iter()
+            .map(|w| payload(w.load()).a as u64)
+            .collect();
+        assert_eq!(words3[1], 1, "key 3's window counts its one request");
+        if a && t.find(b, 1).is_some() {
+            let j = t.find(b, 1).unwrap();
+            assert_eq!(payload(t.slot_words(b, j)[1].load()).a, 2);
+        }
+        assert_eq!(t.occupancy(), 2);
+    });
+}
+
+#[test]
+fn loom_acquire_racing_eviction_never_loses_a_live_lease() {
+    loom::model(|| {
+        let t = table("concurrency 1 ttl 1 second");
+        // Key 1's lease expired at 1 s; key 2's is live until 3 s.
+        assert!(t.acquire(1, 0, 11).1.is_some());
+        assert!(t.acquire(2, 2 * S, 12).1.is_some());
+        let now = 2 * S;
+        let ta = {
+            let t = t.clone();
+            thread::spawn(move || t.acquire(1, now, 21).1)
+        };
+        let tb = {
+            let t = t.clone();
+            thread::spawn(move || t.acquire(3, now, 23).1)
+        };
+        let (a, b) = (ta.join().unwrap(), tb.join().unwrap());
+        // One slot was free to reclaim: at most one of them got it, and a
+        // lease handed out is still there to release.
+        assert!(!(a.is_some() && b.is_some()), "two keys in one free slot");
+        assert_eq!(
+            live_leases(&t, now),
+            1 + a.is_some() as usize + b.is_some() as usize
+        );
+        for lease in [a, b].into_iter().flatten() {
+            assert!(t.release(&lease), "a live lease was lost");
+        }
+    });
+}
+
+#[test]
+fn loom_a_third_thread_helps_a_pending_transaction_exactly_once() {
+    loom::model(|| {
+        let t = table("3/second; fixed_window 4/minute");
+        assert!(allowed(t.check(7, 1, S, true)));
+        // A writer died right after committing a charge of 1.
+        let b = t.bucket(0);
+        let j = t.find(b, 7).unwrap();
+        let snap = t.snapshot(b);
+        let s1 = snap.seq.wrapping_add(1);
+        let idx = (s1 & 1) as usize;
+        let expected = if idx == 0 { snap.e0 } else { snap.e1 };
+        let e = intent(s1, OP_CHARGE, j, 1, S);
+        assert!(b[idx].compare_exchange(expected, e).is_ok());
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                let t = t.clone();
+                thread::spawn(move || allowed(t.check(7, 1, S, true)))
+            })
+            .collect();
+        let helper = {
+            let t = t.clone();
+            thread::spawn(move || peek(&t, 7, S).remaining)
+        };
+        let admitted = hs.into_iter().filter(|_| true).map(|h| h.join().unwrap());
+        let admitted = admitted.filter(|&a| a).count();
+        helper.join().unwrap();
+        // 1 + the dead writer's 1 + whoever was admitted: exactly 3 in all.
+        assert_eq!(admitted, 1);
+        let words = t.slot_words(b, j);
+        assert_eq!(
+            payload(words[1].load()).a,
+            3,
+            "the window counts 3, once each"
+        );
+    });
+}
+
+#[test]
+fn loom_a_second_release_never_frees_a_lease_taken_in_between() {
+    loom::model(|| {
+        let t = table("concurrency 1 ttl 10 seconds");
+        let now = S;
+        let first = t.acquire(7, now, 5).1.unwrap();
+        let stale = first;
+        let releaser = {
+            let t = t.clone();
+            thread::spawn(move || (t.release(&first), t.release(&stale)))
+        };
+        let taker = {
+            let t = t.clone();
+            // Same process, same instant: the lease word differs only by
+            // its nonce (or tag).
+            thread::spawn(move || t.acquire(7, now, 5).1)
+        };
+        let (once, twice) = releaser.join().unwrap();
+        let second = taker.join().unwrap();
+        assert!(once && !twice, "released once, then nothing");
+        if let Some(second) = second {
+            assert_eq!(live_leases(&t, now), 1, "the second holder still counts");
+            assert!(t.release(&second));
+        }
+    });
+}

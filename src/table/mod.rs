@@ -1119,14 +1119,44 @@ impl Table {
                     b: now.saturating_add(l.period_ns).max(1),
                 },
             );
-            if words[i].compare_exchange(cur, new).is_ok() {
-                let lease = Lease {
-                    bucket: bi as u32,
-                    slot: j as u8,
-                    index: i as u16,
-                    word: new,
-                };
-                return (Outcome::Decided { verdict, evicted }, Some(lease));
+            if words[i].compare_exchange(cur, new).is_err() {
+                continue;
+            }
+            let lease = Lease {
+                bucket: bi as u32,
+                slot: j as u8,
+                index: i as u16,
+                word: new,
+            };
+            // A lease on a key that held none makes it unevictable, but a
+            // claimer may have judged it expired from an older snapshot and
+            // not committed yet: fence such claims before handing out the
+            // permit (see `fence_lease`).
+            if verdict.remaining + 1 == l.count && !self.fence_lease(b, &snap, &lease) {
+                continue; // the lease was wiped by a claim: take another
+            }
+            return (Outcome::Decided { verdict, evicted }, Some(lease));
+        }
+    }
+
+    /// Makes a lease just written by direct CAS safe from claims: a claim
+    /// commits only if no transaction started since its snapshot, so a
+    /// no-op transaction after the lease was written fails every claim
+    /// decided before it, and every later claim sees the live lease. If
+    /// some transaction started since `snap`, a claim may have been decided
+    /// on the old words: complete whatever is pending, and keep the lease
+    /// only if it is still there (then fence again from the new snapshot).
+    /// False if the lease was wiped (nothing to undo: its word is gone).
+    fn fence_lease(&self, b: &[Atomic128], snap: &Snapshot, lease: &Lease) -> bool {
+        let mut snap = *snap;
+        loop {
+            if self.transact(b, &snap, OP_TOUCH, 0, 0, 0) {
+                return true;
+            }
+            snap = self.snapshot(b);
+            let unit = &self.slot_words(b, lease.slot as usize)[lease.index as usize];
+            if unit.load() != lease.word {
+                return false;
             }
         }
     }
