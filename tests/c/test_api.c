@@ -486,6 +486,27 @@ static void test_permits(void) {
     CHECK_OK(rk_release(engine, &c));
     CHECK_OK(rk_release(engine, &a)); /* a second release of the same lease does nothing */
 
+    /* rk_release_permit says whether this call released the lease; a stale
+       copy never frees the permit of whoever took the lease next, even at
+       the same instant by the same process */
+    {
+        bool rel = false;
+        rk_permit p1, p2;
+        CHECK_OK(rk_acquire_at(engine, jobs, KEY("user:3"), now, &p1, &d));
+        CHECK(d.allowed);
+        rk_permit stale = p1;
+        CHECK_OK(rk_release_permit(engine, &p1, &rel));
+        CHECK(rel);
+        CHECK_OK(rk_acquire_at(engine, jobs, KEY("user:3"), now, &p2, &d));
+        CHECK(d.allowed);
+        CHECK_OK(rk_release_permit(engine, &stale, &rel));
+        CHECK(!rel);
+        CHECK_OK(rk_release_permit(engine, &p2, &rel));
+        CHECK(rel);
+        CHECK_OK(rk_release_permit(engine, &p2, NULL));
+        CHECK_STATUS(rk_release_permit(engine, NULL, &rel), RK_ERR_NULL_POINTER);
+    }
+
     /* a permit from another engine, or altered */
     rk_permit theirs;
     CHECK_OK(rk_acquire_at(other, other_jobs, KEY("user:1"), now, &theirs, &d));
