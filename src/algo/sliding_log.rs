@@ -144,10 +144,12 @@ pub(crate) fn entries_written(
     refund: bool,
 ) -> (usize, usize, Payload) {
     let n = l.count as usize;
+    // Heads are below `n` unless the words come from a corrupt file: then
+    // they are reduced, never used out of range.
     let (from, to) = if refund {
-        (head(meta_after), prev_head(meta_after))
+        (head(meta_after) % n, prev_head(meta_after) % n)
     } else {
-        (prev_head(meta_after), head(meta_after))
+        (prev_head(meta_after) % n, head(meta_after) % n)
     };
     let len = (to + n - from) % n;
     // A charge or refund of the whole ring moves the head by n ≡ 0.
