@@ -1241,7 +1241,9 @@ impl Engine {
     }
 
     /// Gives a permit back. `Ok(false)` if it had already expired (its
-    /// lease may now belong to someone else, who keeps it).
+    /// lease may now belong to someone else, who keeps it), was released
+    /// already (a permit rebuilt with [`Permit::from_raw_parts`]), or its
+    /// key was reset. Never frees a lease the permit does not name.
     pub fn release(&self, permit: Permit) -> Result<bool, Error> {
         if permit.engine != self.id {
             return Err(Error::InvalidPermit);
