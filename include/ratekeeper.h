@@ -1220,9 +1220,11 @@ rk_status rk_acquire_at(struct rk_engine *engine,
                         struct rk_decision *out);
 
 /**
- * `rk_acquire`, waiting up to `timeout_ns` nanoseconds for a permit to be
- * released or to expire. Sleeps (on a futex), never spins; other threads
- * may keep using the engine meanwhile.
+ * `rk_acquire`, waiting up to `timeout_ns` nanoseconds (real time) for a
+ * permit to be released or to expire. Sleeps (on a futex), never spins;
+ * other threads may keep using the engine meanwhile. A policy added with
+ * `RK_WHEN_FULL_FAIL_OPEN` whose table has no room for the key admits the
+ * request at once with an unleased permit (waiting would not change that).
  *
  * Running out of time is not an error: the call returns `RK_OK` with
  * `out->allowed == false` and `*permit_out` untouched, exactly as

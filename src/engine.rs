@@ -1200,6 +1200,14 @@ impl Engine {
     /// [`acquire`](Self::acquire), waiting up to `timeout` for a permit to
     /// be released or to expire. Sleeps (on a futex), never spins.
     ///
+    /// Returns at once with a final decision: a permit; an admission
+    /// without a permit (a policy that fails open whose table has no room
+    /// for the key, or shadow mode), which waiting would only repeat; or a
+    /// denial that can never turn (`retry_after_ns == u64::MAX`). A denial
+    /// with a finite retry-after is waited on even if it lies beyond the
+    /// deadline, since a release can come sooner. `timeout` is real time
+    /// (`CLOCK_MONOTONIC`), whatever clock the engine decides with.
+    ///
     /// # Examples
     /// ```
     /// # let engine = ratekeeper::Engine::new(Default::default())?;
@@ -1220,20 +1228,27 @@ impl Engine {
     ) -> Result<(Decision, Option<Permit>), Error> {
         via_redis!(self, r => self.remote_acquire_timeout(r, policy, key, timeout));
         let p = self.get(policy)?;
-        let start = self.now_ns();
-        let deadline = start.saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
+        // The deadline is kept in real time: a coarse engine clock lags by up
+        // to a tick (waits of the remaining few ns would repeat until it
+        // ticks), and a manual one may never reach it.
+        let timeout_ns = timeout.as_nanos().min(u64::MAX as u128) as u64;
+        let deadline = crate::clock::now_ns().saturating_add(timeout_ns);
+        // A wait for an expiry shorter than the engine clock's resolution
+        // would wake before the clock shows it and try again at once.
+        let floor = self.options.clock.resolution_ns().max(1_000);
         loop {
             // SeqCst (here and in `release`): the waiter's "read word, then
             // register as waiter" and the releaser's "bump word, then read
             // waiters" must not both miss each other.
             let cells = &p.head().cells;
             let seen = cells.released.load(Ordering::SeqCst);
-            let now = self.now_ns();
-            let (d, permit) = self.acquire_at(policy, key, now)?;
-            if permit.is_some() || now >= deadline {
+            let (d, permit) = self.acquire_at(policy, key, self.now_ns())?;
+            let left = deadline.saturating_sub(crate::clock::now_ns());
+            let settled = permit.is_some() || d.allowed || d.retry_after_ns == u64::MAX;
+            if settled || left == 0 {
                 return Ok((d, permit));
             }
-            let wait_ns = (deadline - now).min(d.retry_after_ns.max(1_000));
+            let wait_ns = left.min(d.retry_after_ns.max(floor));
             cells.waiters.fetch_add(1, Ordering::SeqCst);
             crate::wait::wait(&cells.released, seen, wait_ns);
             cells.waiters.fetch_sub(1, Ordering::SeqCst);
