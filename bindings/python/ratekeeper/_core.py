@@ -1186,7 +1186,16 @@ class Policy(_CheckerBase):
 
     def release_holder(self, pid: int) -> int:
         """Releases every permit of this policy held by process ``pid`` (a
-        dead worker) and returns how many; 0 on a rate-limit policy."""
+        dead worker) and returns how many; 0 on a rate-limit policy.
+
+        Only a dead process's permits: raises
+        :class:`~ratekeeper.errors.InvalidArgument`, releasing nothing, if
+        ``pid`` is a live process in this PID namespace (a zombie, exited but
+        not yet reaped, counts as dead), this process, or 0. A lease records
+        only its holder's pid, which a live process may have reused; so every
+        process sharing the file, and the supervisor calling this, must share
+        one PID namespace (a pid from another one names another process
+        here, or none)."""
         n = ffi.new("uint64_t *")
         self._invoke(lib.rk_release_holder, pid, n)
         return n[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import subprocess
 import threading
 import time
 
@@ -377,14 +378,21 @@ def test_expired_leases_come_back(engine):
     assert c.acquire("k", now_ns=T0 + 11 * S).decision.allowed
 
 
-def test_release_holder_frees_a_pids_permits(engine):
+def test_release_holder_refuses_live_processes(engine):
     c = engine.policy("reports", "concurrency 3")
     c.acquire("a")
     c.acquire("b")
-    assert c.release_holder(os.getpid() + 1) == 0
-    assert c.release_holder(os.getpid()) == 2
-    assert c.peek("a").remaining == 2
-    assert engine.policy("rate", "1/second").release_holder(os.getpid()) == 0
+    with pytest.raises(InvalidArgument, match="this process"):
+        c.release_holder(os.getpid())
+    assert c.peek("a").remaining == 1  # both permits still held
+    with pytest.raises(InvalidArgument, match="is alive"):
+        c.release_holder(os.getppid())
+    with pytest.raises(InvalidArgument, match="not a process id"):
+        c.release_holder(0)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert c.release_holder(dead.pid) == 0
+    assert engine.policy("rate", "1/second").release_holder(dead.pid) == 0
 
 
 def test_wrong_policy_kind(engine):
