@@ -1243,20 +1243,27 @@ class Permit:
         """Whether :meth:`release` was called."""
         return self._released
 
-    def release(self) -> None:
-        """Gives the permit back (waking one waiting ``acquire``). Releasing
-        twice does nothing."""
+    def release(self) -> bool:
+        """Gives the permit back (waking one waiting ``acquire``) and returns
+        whether this call released its lease: ``True`` once; ``False`` if it
+        was released already (by this call's predecessors, or through a copy
+        of the permit), had expired after the policy's lease TTL (the lease
+        may now be someone else's, who keeps it), or is a fail-open permit
+        that never held a lease. A permit names one lease only: releasing
+        it again never frees another holder's permit."""
         if self._released:
-            return
+            return False
         engine = self.policy._engine
+        released = ffi.new("bool *")
         ptr = engine._enter()
         try:
-            st = lib.rk_release(ptr, self._raw)
+            st = lib.rk_release_permit(ptr, self._raw, released)
             if st:
                 _raise(st)
         finally:
             engine._leave()
         self._released = True
+        return bool(released[0])
 
     def __enter__(self) -> "Permit":
         return self

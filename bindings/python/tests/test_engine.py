@@ -345,9 +345,46 @@ def test_acquire_and_release_permits(engine):
         assert info.value.decision is not None and not info.value.decision.allowed
         assert 0 < info.value.retry_after <= 60
     assert b.released
-    a.release()
-    a.release()  # twice: nothing
+    assert a.release() is True
+    assert a.release() is False  # twice: nothing
     assert c.peek("k").remaining == 1  # a concurrency peek: after taking one
+
+
+def test_a_second_release_returns_false_and_leaves_another_holders_permit_held(engine):
+    c = engine.policy("slot", "concurrency 1")
+    first = c.acquire("k")
+    assert first.release() is True
+    # The same lease position now belongs to a second holder.
+    second = c.acquire("k")
+    assert first.release() is False
+    # A copy of the released permit (same C value) frees nothing either.
+    stale = ratekeeper.Permit(c, ffi_copy(first), first.decision)
+    assert stale.release() is False
+    assert not c.peek("k").allowed  # still held by the second holder
+    with pytest.raises(Throttled):
+        c.acquire("k")
+    assert second.release() is True
+    assert c.peek("k").allowed
+
+
+def ffi_copy(permit):
+    """A new ``rk_permit`` with the same bytes as ``permit``'s."""
+    from ratekeeper._core import ffi
+
+    raw = ffi.new("rk_permit *")
+    ffi.memmove(raw, permit._raw, ffi.sizeof("rk_permit"))
+    return raw
+
+
+def test_releasing_a_fail_open_permit_returns_false(engine):
+    c = engine.policy("full", "concurrency 1", capacity=8, when_full="fail_open")
+    held = [c.acquire(f"k{i}") for i in range(8)]
+    t = time.monotonic()
+    extra = c.acquire("newcomer", timeout=30)  # no room for a lease: admitted at once
+    assert extra.decision.allowed
+    assert time.monotonic() - t < 20  # generous: it used to wait out the 30 s
+    assert extra.release() is False
+    assert all(p.release() is True for p in held)
 
 
 def test_acquire_with_timeout_waits_for_a_release(engine):
