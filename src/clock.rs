@@ -31,6 +31,28 @@ impl Clock {
             Clock::Manual(m) => m.now_ns(),
         }
     }
+
+    /// The smallest step the clock moves by, in nanoseconds (the kernel
+    /// tick for `MonotonicCoarse`; 1 for the others).
+    pub fn resolution_ns(&self) -> u64 {
+        match self {
+            Clock::MonotonicCoarse => {
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY:
+                // - `ts` is a valid, writable timespec owned by this frame;
+                // - CLOCK_MONOTONIC_COARSE always exists on Linux, so the call
+                //   cannot fail (on failure `ts` stays 0 and 1 is returned).
+                unsafe {
+                    libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts);
+                }
+                ((ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64).max(1)
+            }
+            Clock::Monotonic | Clock::Manual(_) => 1,
+        }
+    }
 }
 
 /// A clock that only moves when told to.
@@ -130,5 +152,14 @@ mod tests {
         assert_eq!(c.now_ns(), 15);
         m.set_ns(1);
         assert_eq!(c.now_ns(), 1);
+        assert_eq!(c.resolution_ns(), 1);
+    }
+
+    #[test]
+    fn the_coarse_clock_reports_its_tick() {
+        // Linux ticks at 100 to 1000 Hz.
+        let tick = Clock::MonotonicCoarse.resolution_ns();
+        assert!((1_000_000..=10_000_000).contains(&tick), "{tick}");
+        assert_eq!(Clock::Monotonic.resolution_ns(), 1);
     }
 }

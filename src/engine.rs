@@ -1200,6 +1200,14 @@ impl Engine {
     /// [`acquire`](Self::acquire), waiting up to `timeout` for a permit to
     /// be released or to expire. Sleeps (on a futex), never spins.
     ///
+    /// Returns at once with a final decision: a permit; an admission
+    /// without a permit (a policy that fails open whose table has no room
+    /// for the key, or shadow mode), which waiting would only repeat; or a
+    /// denial that can never turn (`retry_after_ns == u64::MAX`). A denial
+    /// with a finite retry-after is waited on even if it lies beyond the
+    /// deadline, since a release can come sooner. `timeout` is real time
+    /// (`CLOCK_MONOTONIC`), whatever clock the engine decides with.
+    ///
     /// # Examples
     /// ```
     /// # let engine = ratekeeper::Engine::new(Default::default())?;
@@ -1220,20 +1228,27 @@ impl Engine {
     ) -> Result<(Decision, Option<Permit>), Error> {
         via_redis!(self, r => self.remote_acquire_timeout(r, policy, key, timeout));
         let p = self.get(policy)?;
-        let start = self.now_ns();
-        let deadline = start.saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
+        // The deadline is kept in real time: a coarse engine clock lags by up
+        // to a tick (waits of the remaining few ns would repeat until it
+        // ticks), and a manual one may never reach it.
+        let timeout_ns = timeout.as_nanos().min(u64::MAX as u128) as u64;
+        let deadline = crate::clock::now_ns().saturating_add(timeout_ns);
+        // A wait for an expiry shorter than the engine clock's resolution
+        // would wake before the clock shows it and try again at once.
+        let floor = self.options.clock.resolution_ns().max(1_000);
         loop {
             // SeqCst (here and in `release`): the waiter's "read word, then
             // register as waiter" and the releaser's "bump word, then read
             // waiters" must not both miss each other.
             let cells = &p.head().cells;
             let seen = cells.released.load(Ordering::SeqCst);
-            let now = self.now_ns();
-            let (d, permit) = self.acquire_at(policy, key, now)?;
-            if permit.is_some() || now >= deadline {
+            let (d, permit) = self.acquire_at(policy, key, self.now_ns())?;
+            let left = deadline.saturating_sub(crate::clock::now_ns());
+            let settled = permit.is_some() || d.allowed || d.retry_after_ns == u64::MAX;
+            if settled || left == 0 {
                 return Ok((d, permit));
             }
-            let wait_ns = (deadline - now).min(d.retry_after_ns.max(1_000));
+            let wait_ns = left.min(d.retry_after_ns.max(floor));
             cells.waiters.fetch_add(1, Ordering::SeqCst);
             crate::wait::wait(&cells.released, seen, wait_ns);
             cells.waiters.fetch_sub(1, Ordering::SeqCst);
@@ -1271,11 +1286,37 @@ impl Engine {
 
     /// Releases every permit of `policy` held by process `pid` (for a
     /// supervisor that saw a worker die). Returns how many were released.
+    ///
+    /// Only a dead process's permits: `pid` must name no live process in
+    /// this process's PID namespace (no process at all, or a zombie — a
+    /// process that exited and is waiting to be reaped). A lease records
+    /// the holder's pid only, so once the pid is reused by a live process,
+    /// freeing "its" permits could free that process's. Refused with
+    /// [`Error::InvalidArgument`], releasing nothing: a live pid (also one
+    /// this process may not signal), this process's own pid (release its
+    /// permits with [`release`](Self::release)), 0, and numbers Linux never
+    /// gives a process (2²² or more).
+    ///
+    /// Every process sharing an engine's file must share one PID namespace
+    /// (and with the supervisor calling this): a pid from another namespace
+    /// names some other process here, or none.
+    ///
+    /// # Examples
+    /// ```
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let jobs = engine.add_policy("jobs", "concurrency 2")?;
+    /// let (_, permit) = engine.acquire(jobs, b"k")?;
+    /// // This process is alive: its permits are not for release_holder.
+    /// assert!(engine.release_holder(jobs, std::process::id()).is_err());
+    /// assert!(engine.release(permit.unwrap())?);
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
     pub fn release_holder(&self, policy: PolicyId, pid: u32) -> Result<u64, Error> {
         via_redis!(self, _r => Err(Error::Unsupported(
             "release_holder works on shared-memory engines; Redis permits of a dead process expire by their TTL".into()
         )));
         let p = self.get(policy)?;
+        dead_holder(pid)?;
         let n = p.table.release_holder(pid);
         if n > 0 {
             let cells = &p.head().cells;
@@ -1368,6 +1409,55 @@ impl Engine {
     pub fn policy_bytes(&self, policy: PolicyId) -> Result<usize, Error> {
         Ok(self.get(policy)?.table.bytes())
     }
+}
+
+/// `Ok` if `pid` may be a dead process whose permits `release_holder` can
+/// free: a Linux pid (1 to 2²² − 1), not this process, and naming no live
+/// process in this PID namespace (none, or a zombie).
+fn dead_holder(pid: u32) -> Result<(), Error> {
+    let refuse = |why: String| {
+        Err(Error::InvalidArgument(format!(
+            "release_holder: {why}; it frees only the permits of a process that has died"
+        )))
+    };
+    if pid == 0 || pid > crate::table::PID_MASK {
+        return refuse(format!(
+            "{pid} is not a process id (1 to {})",
+            crate::table::PID_MASK
+        ));
+    }
+    if pid == std::process::id() {
+        return refuse(format!(
+            "pid {pid} is this process (give its permits back with release)"
+        ));
+    }
+    // SAFETY: signal 0 sends nothing: kill only checks that the process
+    // exists and may be signalled. `pid` is in 1..2^22, so it names one
+    // process, never a process group (negative) or every process (-1).
+    let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if alive && !dead_state(pid) {
+        return refuse(format!(
+            "process {pid} is alive (it may have reused a dead holder's pid, or \
+             the holder is in another PID namespace, which release_holder cannot tell)"
+        ));
+    }
+    Ok(())
+}
+
+/// True if `/proc/<pid>/stat` shows a process that has exited (`Z`ombie,
+/// or `X`, dead). Unreadable: false (taken as alive).
+fn dead_state(pid: u32) -> bool {
+    // "pid (comm) S ...": comm may hold ')' and spaces, so the state is the
+    // byte after the last ')' and a space.
+    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .iter()
+        .rposition(|&b| b == b')')
+        .and_then(|i| stat.get(i + 2));
+    matches!(state, Some(b'Z' | b'X'))
 }
 
 #[cold]

@@ -181,3 +181,23 @@ fn override_sets_shows_and_clears_a_keys_quota_for_every_process() {
     assert_eq!(code, 2);
     assert!(err.contains("between 0.001"), "{err}");
 }
+
+#[test]
+fn release_pid_refuses_a_live_process_and_accepts_a_dead_one() {
+    let p = shm_path("release-pid");
+    assert_eq!(rk(&["add", &p, "jobs", "concurrency 2"]).0, 0);
+    // This test process is alive (to the CLI, another live process).
+    let me = std::process::id().to_string();
+    let (code, out, err) = rk(&["release-pid", &p, &me]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains(&format!("process {me} is alive")), "{err}");
+    let mut done = Command::new("true").spawn().unwrap();
+    let dead = done.id().to_string();
+    assert!(done.wait().unwrap().success());
+    let (code, out, _) = rk(&["release-pid", &p, &dead]);
+    assert_eq!(code, 0);
+    assert_eq!(out, format!("released 0 permits held by pid {dead}\n"));
+    let (_, help, _) = rk(&["release-pid", "--help"]);
+    assert!(help.contains("PID namespace"), "{help}");
+    let _ = std::fs::remove_file(&p);
+}

@@ -340,3 +340,89 @@ fn engine_is_send_and_sync_and_decisions_and_ids_are_copy() {
     copy::<ratekeeper::PolicyId>();
     send_sync::<ratekeeper::Permit>(); // single-use: not Copy (a compile_fail doc test)
 }
+
+/// A concurrency policy on one bucket (capacity 8) whose 8 slots all hold
+/// a key with a live lease; returns the engine, the policy and the permits.
+fn full_bucket(when_full: WhenFull) -> (Engine, ratekeeper::PolicyId, Vec<ratekeeper::Permit>) {
+    let e = engine(8);
+    let p = e
+        .add_policy_with(
+            "jobs",
+            "concurrency 1",
+            PolicyOptions {
+                capacity: Some(8),
+                when_full,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let permits = (0..8)
+        .map(|i| {
+            let (d, permit) = e.acquire(p, format!("holder:{i}").as_bytes()).unwrap();
+            assert!(d.allowed, "holder {i}");
+            permit.expect("a slot is free")
+        })
+        .collect();
+    assert_eq!(e.stats(p).unwrap().table_full, 0);
+    (e, p, permits)
+}
+
+#[test]
+fn acquire_timeout_on_a_full_fail_open_bucket_returns_its_decision_at_once() {
+    let (e, p, _held) = full_bucket(WhenFull::FailOpen);
+    // The table cannot hold the new key: fail-open admits it without a
+    // permit. That is final; every attempt counts one `table_full`, so the
+    // count of attempts is exact (the wait that spun made 2,280 in 2 s).
+    let started = std::time::Instant::now();
+    let (d, permit) = e
+        .acquire_timeout(p, b"newcomer", std::time::Duration::from_secs(2))
+        .unwrap();
+    assert!(d.allowed && permit.is_none(), "{d:?}");
+    assert_eq!(e.stats(p).unwrap().table_full, 1, "attempts");
+    // Generous: the call must not have waited for its 2 s deadline.
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500));
+}
+
+#[test]
+fn acquire_timeout_on_a_full_fail_closed_bucket_sleeps_until_the_deadline() {
+    for when_full in [WhenFull::FailClosed, WhenFull::Evict] {
+        let (e, p, _held) = full_bucket(when_full);
+        // Denied until a lease frees (60 s): it sleeps on the futex until its
+        // deadline and tries once more, never spinning (2 attempts; 3 allows
+        // for one spurious wake-up). The old loop kept its deadline on the
+        // coarse engine clock and made 38 attempts here: once the futex
+        // timed out, waits of the remaining few ns repeated until the clock
+        // ticked.
+        let (d, permit) = e
+            .acquire_timeout(p, b"newcomer", std::time::Duration::from_millis(200))
+            .unwrap();
+        assert!(!d.allowed && permit.is_none(), "{when_full:?}: {d:?}");
+        let attempts = e.stats(p).unwrap().table_full;
+        assert!(
+            (2..=3).contains(&attempts),
+            "{when_full:?}: {attempts} attempts"
+        );
+    }
+}
+
+#[test]
+fn acquire_timeout_on_a_full_fail_closed_bucket_wakes_when_another_key_releases() {
+    let (e, p, mut held) = full_bucket(WhenFull::FailClosed);
+    let released = held.pop().unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            e.acquire_timeout(p, b"newcomer", std::time::Duration::from_secs(30))
+                .unwrap()
+        });
+        // Let the waiter reach its futex (not required for correctness: a
+        // release before it sleeps changes the word it waits on).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(e.release(released).unwrap());
+        // The released key's entry holds no live lease: it is reclaimed for
+        // the newcomer, who gets a permit.
+        let (d, permit) = waiter.join().unwrap();
+        assert!(d.allowed && permit.is_some(), "{d:?}");
+    });
+    let attempts = e.stats(p).unwrap().table_full;
+    assert!((1..=3).contains(&attempts), "{attempts} attempts");
+}

@@ -44,6 +44,7 @@ fn child(role: &str, p: &Path, args: &str) -> Child {
         .env("RK_CHILD_ROLE", role)
         .env("RK_CHILD_PATH", p)
         .env("RK_CHILD_ARGS", args)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -135,6 +136,16 @@ fn child_entry() {
             std::thread::sleep(std::time::Duration::from_millis(1500));
             assert!(e.release(permit.unwrap()).unwrap());
             println!("RESULT released");
+        }
+        // Take a permit, say so, and exit without releasing it once stdin
+        // closes.
+        "hold_until_eof" => {
+            let pol = e.add_policy("jobs", "concurrency 3 ttl 1 hour").unwrap();
+            let (d, permit) = e.acquire(pol, b"job").unwrap();
+            assert!(d.allowed && permit.is_some());
+            println!("HELD");
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new()).unwrap();
+            println!("RESULT exiting");
         }
         "open_and_add" => {
             let pol = e.add_policy("race", "5/minute").unwrap();
@@ -483,4 +494,91 @@ fn a_policy_added_by_another_process_is_found_by_name() {
     let id = e.policy("other").expect("found");
     assert_eq!(e.policy_spec(id).unwrap().limits[0].count, 3);
     assert_eq!(e.policy_name(id).unwrap(), "other");
+}
+
+/// Waits (up to a generous 60 s) for a child's "HELD" line.
+fn wait_held(c: &mut Child) -> std::io::BufReader<std::process::ChildStdout> {
+    use std::io::BufRead;
+    let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("HELD") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the child ended before holding its permit"
+        );
+    }
+    out
+}
+
+/// The state letter of `/proc/<pid>/stat`, if readable.
+fn proc_state(pid: u32) -> Option<u8> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let i = stat.iter().rposition(|&b| b == b')')?;
+    stat.get(i + 2).copied()
+}
+
+fn refused(r: Result<u64, Error>, says: &str) {
+    match r {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains(says), "{m}"),
+        other => panic!("expected a refusal saying {says:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn release_holder_frees_only_the_permits_of_a_dead_process() {
+    let p = path("release-holder");
+    let e = open(&p);
+    let pol = e.add_policy("jobs", "concurrency 3 ttl 1 hour").unwrap();
+    let free = |e: &Engine| e.peek(pol, b"job", 1).unwrap().remaining + 1;
+    // This process holds a permit: its own pid is refused, the permit stays.
+    let (_, mine) = e.acquire(pol, b"job").unwrap();
+    let mine = mine.unwrap();
+    refused(e.release_holder(pol, std::process::id()), "is this process");
+    // Two children hold the other two.
+    let mut a = child("hold_until_eof", &p, "");
+    let mut b = child("hold_until_eof", &p, "");
+    let mut a_out = wait_held(&mut a);
+    let mut b_out = wait_held(&mut b);
+    assert!(!e.peek(pol, b"job", 1).unwrap().allowed, "3 permits held");
+    // A live holder (or a live process that reused a dead holder's pid) is
+    // refused, and keeps its permit.
+    refused(e.release_holder(pol, a.id()), "is alive");
+    assert!(!e.peek(pol, b"job", 1).unwrap().allowed);
+    // So is any live process, holder or not, and numbers that are no pid.
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    refused(e.release_holder(pol, sleeper.id()), "is alive");
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    refused(e.release_holder(pol, 0), "not a process id");
+    refused(e.release_holder(pol, 1 << 22), "not a process id");
+    refused(e.release_holder(pol, u32::MAX), "not a process id");
+    // A dead process that held nothing: allowed, nothing released.
+    let mut done = Command::new("true").spawn().unwrap();
+    let gone = done.id();
+    assert!(done.wait().unwrap().success());
+    assert_eq!(e.release_holder(pol, gone), Ok(0));
+    // Child a exits without releasing; not reaped yet, it is a zombie:
+    // dead, so its permit may go.
+    drop(a.stdin.take());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut a_out, &mut rest).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while proc_state(a.id()) != Some(b'Z') {
+        assert!(std::time::Instant::now() < deadline, "child a never exited");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(e.release_holder(pol, a.id()), Ok(1));
+    assert_eq!(free(&e), 1);
+    assert!(a.wait().unwrap().success());
+    // Child b exits and is reaped (waitpid): exactly its one permit goes.
+    drop(b.stdin.take());
+    std::io::Read::read_to_string(&mut b_out, &mut rest).unwrap();
+    assert!(b.wait().unwrap().success());
+    assert_eq!(e.release_holder(pol, b.id()), Ok(1));
+    assert_eq!(e.release_holder(pol, b.id()), Ok(0));
+    assert_eq!(free(&e), 2);
+    // This process's permit was never touched.
+    assert!(e.release(mine).unwrap());
+    assert_eq!(free(&e), 3);
 }

@@ -68,7 +68,14 @@ enum Command {
         #[arg(long, conflicts_with = "factor")]
         clear: bool,
     },
-    /// Release every concurrency permit held by a (dead) process.
+    /// Release every concurrency permit held by a dead process.
+    ///
+    /// Refused, releasing nothing, if PID is a live process in this PID
+    /// namespace (a zombie, exited but not yet reaped, counts as dead): a
+    /// lease records only its holder's pid, which a live process may have
+    /// reused. Every process sharing the file, and this command, must share
+    /// one PID namespace: a pid from another namespace names another
+    /// process here, or none.
     ReleasePid { path: PathBuf, pid: u32 },
     /// Print recent denials (the last 512 per policy), oldest first.
     Tail {

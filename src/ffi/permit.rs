@@ -207,9 +207,11 @@ pub unsafe extern "C" fn rk_acquire_at(
     }
 }
 
-/// `rk_acquire`, waiting up to `timeout_ns` nanoseconds for a permit to be
-/// released or to expire. Sleeps (on a futex), never spins; other threads
-/// may keep using the engine meanwhile.
+/// `rk_acquire`, waiting up to `timeout_ns` nanoseconds (real time) for a
+/// permit to be released or to expire. Sleeps (on a futex), never spins;
+/// other threads may keep using the engine meanwhile. A policy added with
+/// `RK_WHEN_FULL_FAIL_OPEN` whose table has no room for the key admits the
+/// request at once with an unleased permit (waiting would not change that).
 ///
 /// Running out of time is not an error: the call returns `RK_OK` with
 /// `out->allowed == false` and `*permit_out` untouched, exactly as
@@ -314,8 +316,18 @@ pub unsafe extern "C" fn rk_release_permit(
 /// supervisor that saw a worker die) and, if `released_out` is not NULL,
 /// stores how many were released. Thread-safe.
 ///
-/// Errors: `RK_ERR_NULL_POINTER` (`engine`), `RK_ERR_UNKNOWN_POLICY`. On
-/// a rate-limit policy it releases nothing (0).
+/// Only a dead process's permits: `pid` must name no live process in the
+/// caller's PID namespace (no process, or a zombie: exited, not yet
+/// reaped). A lease records the holder's pid only, so after the pid is
+/// reused by a live process, freeing "its" permits would free that
+/// process's. Every process sharing an engine's file, and the supervisor,
+/// must therefore share one PID namespace: a pid from another namespace
+/// names another process here, or none.
+///
+/// Errors: `RK_ERR_NULL_POINTER` (`engine`), `RK_ERR_UNKNOWN_POLICY`,
+/// `RK_ERR_INVALID_ARGUMENT` (nothing released): `pid` is a live process
+/// (also one the caller may not signal), the calling process itself, 0,
+/// or 2^22 or more. On a rate-limit policy it releases nothing (0).
 ///
 /// # Safety
 /// `engine` is NULL or a live engine; `released_out` is NULL or valid for

@@ -398,6 +398,57 @@ fn a_fail_open_acquire_without_room_hands_out_a_permit_whose_release_does_nothin
 }
 
 #[test]
+fn rk_acquire_timeout_on_a_full_fail_open_bucket_returns_an_unleased_permit_at_once() {
+    // One bucket (8 keys), each key holding its one permit.
+    let e = new_engine(8);
+    let mut opts = std::mem::MaybeUninit::<rk_policy_options>::uninit();
+    let mut id = 0;
+    // SAFETY: live engine, writable locals, read only after RK_OK (whole block).
+    unsafe {
+        rk_policy_options_init_sized(opts.as_mut_ptr(), size_of::<rk_policy_options>());
+        let mut opts = opts.assume_init();
+        opts.when_full = rk_when_full::RK_WHEN_FULL_FAIL_OPEN as u32;
+        let (name, spec) = (c"jobs".as_ptr(), c"concurrency 1".as_ptr());
+        assert_eq!(
+            rk_policy_add_with(e, name, spec, &opts, &mut id),
+            rk_status::RK_OK
+        );
+        let acquire = |key: &[u8], timeout_ns: Option<u64>| {
+            let mut permit = std::mem::MaybeUninit::<rk_permit>::uninit();
+            let mut d = std::mem::MaybeUninit::<rk_decision>::uninit();
+            let (k, n, pp, dp) = (key.as_ptr(), key.len(), permit.as_mut_ptr(), d.as_mut_ptr());
+            let s = match timeout_ns {
+                Some(t) => rk_acquire_timeout(e, id, k, n, t, pp, dp),
+                None => rk_acquire(e, id, k, n, pp, dp),
+            };
+            assert_eq!(s, rk_status::RK_OK);
+            let d = d.assume_init();
+            assert!(d.allowed);
+            permit.assume_init()
+        };
+        for k in 0..8u8 {
+            assert_eq!(acquire(&[b'k', k], None).opaque[4], 0, "a leased permit");
+        }
+        let mut stats = std::mem::zeroed::<rk_stats>();
+        assert_eq!(rk_policy_stats(e, id, &mut stats), rk_status::RK_OK);
+        assert_eq!((stats.capacity, stats.table_full), (8, 0));
+        // No room for a ninth key: admitted at once without a lease, after
+        // one attempt (each attempt counts one table_full).
+        let unleased = acquire(b"newcomer", Some(2 * S));
+        assert_ne!(unleased.opaque[4], 0, "an unleased permit");
+        assert_eq!(rk_policy_stats(e, id, &mut stats), rk_status::RK_OK);
+        assert_eq!(stats.table_full, 1, "attempts");
+        let mut released = true;
+        assert_eq!(
+            rk_release_permit(e, &unleased, &mut released),
+            rk_status::RK_OK
+        );
+        assert!(!released);
+    }
+    free(e);
+}
+
+#[test]
 fn zero_and_impossible_costs_are_decisions_not_errors() {
     let e = new_engine(64);
     let p = add(e, c"p", c"10/second").unwrap();

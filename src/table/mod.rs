@@ -111,7 +111,7 @@ const RETAG_EVERY: u32 = 1 << 31;
 /// A lease word's `a`: the holder's pid in the low [`PID_BITS`] bits (Linux
 /// pids are below `PID_MAX_LIMIT` = 2^22), the lease's nonce above them.
 const PID_BITS: u32 = 22;
-const PID_MASK: u32 = (1 << PID_BITS) - 1;
+pub(crate) const PID_MASK: u32 = (1 << PID_BITS) - 1;
 /// Nonces a lease word goes through before its bucket must take a new seq.
 const NONCES: u32 = 1 << (32 - PID_BITS);
 

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -523,12 +524,32 @@ static void test_permits(void) {
     CHECK_ERROR_MENTIONS("`permit` is NULL");
     CHECK_STATUS(rk_release(NULL, &b), RK_ERR_NULL_POINTER);
 
-    /* release_holder: this process holds b (user:1) and c (user:2) */
-    CHECK_OK(rk_release_holder(engine, jobs, (uint32_t)getpid(), &released));
-    CHECK(released == 2);
-    CHECK_OK(rk_release_holder(engine, jobs, (uint32_t)getpid(), NULL));
-    CHECK_OK(rk_release_holder(engine, login, (uint32_t)getpid(), &released));
+    /* release_holder frees a dead process's permits only: this process,
+     * which holds b (user:1) and c (user:2), is refused and keeps them */
+    released = 99;
+    CHECK_STATUS(rk_release_holder(engine, jobs, (uint32_t)getpid(), &released),
+                 RK_ERR_INVALID_ARGUMENT);
+    CHECK_ERROR_MENTIONS("this process");
+    CHECK(released == 99);
+    CHECK_STATUS(rk_release_holder(engine, jobs, 0, &released), RK_ERR_INVALID_ARGUMENT);
+    CHECK_OK(rk_peek(engine, jobs, KEY("user:1"), 1, &d));
+    CHECK(d.allowed && d.remaining == 0); /* b is still held */
+    CHECK_OK(rk_peek(engine, jobs, KEY("user:2"), 1, &d));
+    CHECK(d.allowed && d.remaining == 0); /* and so is user:2's */
+    /* a child that has exited and been reaped held nothing here: 0 */
+    pid_t child = fork();
+    if (child == 0) {
+        _exit(0);
+    }
+    CHECK(child > 0 && waitpid(child, NULL, 0) == child);
+    CHECK_OK(rk_release_holder(engine, jobs, (uint32_t)child, &released));
     CHECK(released == 0);
+    CHECK_OK(rk_release_holder(engine, jobs, (uint32_t)child, NULL));
+    CHECK_OK(rk_release_holder(engine, login, (uint32_t)child, &released));
+    CHECK(released == 0);
+    bool freed = false;
+    CHECK_OK(rk_release_permit(engine, &b, &freed));
+    CHECK(freed);
     released = 99;
     CHECK_STATUS(rk_release_holder(engine, 42, 1, &released), RK_ERR_UNKNOWN_POLICY);
     CHECK_STATUS(rk_release_holder(NULL, jobs, 1, &released), RK_ERR_NULL_POINTER);

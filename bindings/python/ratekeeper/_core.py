@@ -1186,7 +1186,16 @@ class Policy(_CheckerBase):
 
     def release_holder(self, pid: int) -> int:
         """Releases every permit of this policy held by process ``pid`` (a
-        dead worker) and returns how many; 0 on a rate-limit policy."""
+        dead worker) and returns how many; 0 on a rate-limit policy.
+
+        Only a dead process's permits: raises
+        :class:`~ratekeeper.errors.InvalidArgument`, releasing nothing, if
+        ``pid`` is a live process in this PID namespace (a zombie, exited but
+        not yet reaped, counts as dead), this process, or 0. A lease records
+        only its holder's pid, which a live process may have reused; so every
+        process sharing the file, and the supervisor calling this, must share
+        one PID namespace (a pid from another one names another process
+        here, or none)."""
         n = ffi.new("uint64_t *")
         self._invoke(lib.rk_release_holder, pid, n)
         return n[0]
@@ -1234,20 +1243,27 @@ class Permit:
         """Whether :meth:`release` was called."""
         return self._released
 
-    def release(self) -> None:
-        """Gives the permit back (waking one waiting ``acquire``). Releasing
-        twice does nothing."""
+    def release(self) -> bool:
+        """Gives the permit back (waking one waiting ``acquire``) and returns
+        whether this call released its lease: ``True`` once; ``False`` if it
+        was released already (by this call's predecessors, or through a copy
+        of the permit), had expired after the policy's lease TTL (the lease
+        may now be someone else's, who keeps it), or is a fail-open permit
+        that never held a lease. A permit names one lease only: releasing
+        it again never frees another holder's permit."""
         if self._released:
-            return
+            return False
         engine = self.policy._engine
+        released = ffi.new("bool *")
         ptr = engine._enter()
         try:
-            st = lib.rk_release(ptr, self._raw)
+            st = lib.rk_release_permit(ptr, self._raw, released)
             if st:
                 _raise(st)
         finally:
             engine._leave()
         self._released = True
+        return bool(released[0])
 
     def __enter__(self) -> "Permit":
         return self

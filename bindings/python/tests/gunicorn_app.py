@@ -46,6 +46,21 @@ def metered():
     return jsonify(pid=os.getpid())
 
 
+_held = []  # permits this worker keeps until it dies
+
+
+@app.get("/hold")
+@rk.exempt
+def hold():
+    """Takes a permit of the concurrency policy "held" and never gives it
+    back: the worker dies holding it (test_gunicorn.py)."""
+    import ratekeeper
+
+    engine = ratekeeper.shared_engine(os.environ["RATEKEEPER_SHARED_PATH"])
+    _held.append(engine.policy("held", "concurrency 8 ttl 1 hour").acquire("job"))
+    return jsonify(pid=os.getpid())
+
+
 @app.after_request
 def worker_pid(response):
     """Names the worker that answered (429s and /metrics included)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import subprocess
 import threading
 import time
 
@@ -344,9 +345,46 @@ def test_acquire_and_release_permits(engine):
         assert info.value.decision is not None and not info.value.decision.allowed
         assert 0 < info.value.retry_after <= 60
     assert b.released
-    a.release()
-    a.release()  # twice: nothing
+    assert a.release() is True
+    assert a.release() is False  # twice: nothing
     assert c.peek("k").remaining == 1  # a concurrency peek: after taking one
+
+
+def test_a_second_release_returns_false_and_leaves_another_holders_permit_held(engine):
+    c = engine.policy("slot", "concurrency 1")
+    first = c.acquire("k")
+    assert first.release() is True
+    # The same lease position now belongs to a second holder.
+    second = c.acquire("k")
+    assert first.release() is False
+    # A copy of the released permit (same C value) frees nothing either.
+    stale = ratekeeper.Permit(c, ffi_copy(first), first.decision)
+    assert stale.release() is False
+    assert not c.peek("k").allowed  # still held by the second holder
+    with pytest.raises(Throttled):
+        c.acquire("k")
+    assert second.release() is True
+    assert c.peek("k").allowed
+
+
+def ffi_copy(permit):
+    """A new ``rk_permit`` with the same bytes as ``permit``'s."""
+    from ratekeeper._core import ffi
+
+    raw = ffi.new("rk_permit *")
+    ffi.memmove(raw, permit._raw, ffi.sizeof("rk_permit"))
+    return raw
+
+
+def test_releasing_a_fail_open_permit_returns_false(engine):
+    c = engine.policy("full", "concurrency 1", capacity=8, when_full="fail_open")
+    held = [c.acquire(f"k{i}") for i in range(8)]
+    t = time.monotonic()
+    extra = c.acquire("newcomer", timeout=30)  # no room for a lease: admitted at once
+    assert extra.decision.allowed
+    assert time.monotonic() - t < 20  # generous: it used to wait out the 30 s
+    assert extra.release() is False
+    assert all(p.release() is True for p in held)
 
 
 def test_acquire_with_timeout_waits_for_a_release(engine):
@@ -377,14 +415,21 @@ def test_expired_leases_come_back(engine):
     assert c.acquire("k", now_ns=T0 + 11 * S).decision.allowed
 
 
-def test_release_holder_frees_a_pids_permits(engine):
+def test_release_holder_refuses_live_processes(engine):
     c = engine.policy("reports", "concurrency 3")
     c.acquire("a")
     c.acquire("b")
-    assert c.release_holder(os.getpid() + 1) == 0
-    assert c.release_holder(os.getpid()) == 2
-    assert c.peek("a").remaining == 2
-    assert engine.policy("rate", "1/second").release_holder(os.getpid()) == 0
+    with pytest.raises(InvalidArgument, match="this process"):
+        c.release_holder(os.getpid())
+    assert c.peek("a").remaining == 1  # both permits still held
+    with pytest.raises(InvalidArgument, match="is alive"):
+        c.release_holder(os.getppid())
+    with pytest.raises(InvalidArgument, match="not a process id"):
+        c.release_holder(0)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert c.release_holder(dead.pid) == 0
+    assert engine.policy("rate", "1/second").release_holder(dead.pid) == 0
 
 
 def test_wrong_policy_kind(engine):

@@ -134,3 +134,36 @@ def test_a_worker_sigkilled_mid_traffic_changes_nothing(server):
     assert [request(port, "/limited-b")[0] for _ in range(20)] == [429] * 20
     with ratekeeper.Engine.shared(server["path"]) as e:
         assert e.find_policy("flask:20/minute").stats().allowed == 40
+
+
+def test_child_exit_gives_back_the_permits_of_a_sigkilled_worker(server):
+    """The master reaps a dead worker, then its child_exit hook releases the
+    worker's permits: release_holder accepts the pid (no longer a live
+    process) and frees exactly that worker's permits, not the others'."""
+    port, master = server["port"], server["pid"]
+    held: dict = {}
+    for _ in range(6):  # of "concurrency 8": never full
+        status, pid = request(port, "/hold")
+        assert status == 200
+        held[pid] = held.get(pid, 0) + 1
+    victim = next(iter(held))
+
+    def in_flight(policy) -> int:
+        d = policy.peek("job")  # a concurrency peek: as if taking one more
+        assert d.allowed
+        return 8 - 1 - d.remaining
+
+    with ratekeeper.Engine.shared(server["path"]) as e:
+        policy = e.find_policy("held")
+        assert in_flight(policy) == 6
+        server["workers"].update(children(master))
+        os.kill(victim, signal.SIGKILL)
+        needle = f"released {held[victim]} permits of dead worker {victim}"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and needle not in server["log"].read_text():
+            time.sleep(0.05)
+        assert needle in server["log"].read_text(), server["log"].read_text()[-3000:]
+        assert in_flight(policy) == 6 - held[victim]
+    while time.monotonic() < deadline and len(children(master)) < 4:
+        time.sleep(0.05)
+    server["workers"].update(children(master))
