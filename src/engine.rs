@@ -288,6 +288,14 @@ fn region_units(layout: &Layout, buckets: usize) -> usize {
     TABLE_BASE + Table::units_needed(layout, buckets)
 }
 
+/// `region_units`, or `None` if it overflows (`buckets` from a shared
+/// file is hostile). A table's units grow linearly with its buckets.
+fn region_units_checked(layout: &Layout, buckets: usize) -> Option<usize> {
+    Table::units_needed(layout, 1)
+        .checked_mul(buckets)?
+        .checked_add(TABLE_BASE)
+}
+
 /// The rate-limit engine: a set of named policies.
 ///
 /// `Engine` is `Send + Sync`; share one by reference or `Arc`. `check`
@@ -520,61 +528,73 @@ impl Engine {
         let _file = map.lock()?;
         for i in 0..map.policy_count() {
             let e = map.entry_checked(i)?;
-            let (n, spec) = shm::entry_strings(e);
-            if n == name {
-                let existing = policy::parse(spec).map_err(|err| {
+            if e.name == name {
+                let existing = policy::parse(&e.spec).map_err(|err| {
                     Error::Corrupt(format!(
-                        "policy {name:?} in the shared file has an unreadable spec {spec:?}: {err}"
+                        "policy {name:?} in the shared file has an unreadable spec {:?}: {err}",
+                        e.spec
                     ))
                 })?;
-                let theirs = shm::entry_options(e);
-                if existing != parsed || theirs.behaviour() != options.behaviour() {
+                if existing != parsed || e.options.behaviour() != options.behaviour() {
                     return Err(Error::PolicyMismatch {
                         name: name.into(),
-                        existing: describe(spec, &theirs),
+                        existing: describe(&e.spec, &e.options),
                         requested: describe(&canonical, &options),
                     });
                 }
-                return self.attach(map, i);
+                return self.attach(map, i, e);
             }
         }
         let layout = layout_for(&parsed, options.penalty)?;
         let buckets = Table::buckets_for(capacity);
-        let bytes = region_units(&layout, buckets) as u64 * 16;
+        let bytes = region_units_checked(&layout, buckets)
+            .and_then(|units| (units as u64).checked_mul(16))
+            .ok_or_else(|| Error::OutOfMemory(format!("a table of {buckets} buckets")))?;
         let i = map.add_entry(name, &canonical, buckets as u64, &options, bytes)?;
-        self.attach(map, i)
+        let e = map.entry_checked(i)?;
+        self.attach(map, i, e)
     }
 
-    /// Makes directory entry `i` of the shared file usable in this process.
-    fn attach(&self, map: &Arc<Mapping>, i: usize) -> Result<PolicyId, Error> {
+    /// Makes directory entry `i` of the shared file, as copied and checked
+    /// by `entry_checked` (never read again from the mapping), usable in
+    /// this process.
+    fn attach(&self, map: &Arc<Mapping>, i: usize, e: shm::EntryCopy) -> Result<PolicyId, Error> {
         let _guard = self.add_lock.lock().unwrap_or_else(|e| e.into_inner());
         if self.policies[i].get().is_some() {
             return Ok(PolicyId(i as u32));
         }
-        let e = map.entry_checked(i)?;
-        let (name, spec) = shm::entry_strings(e);
+        let shm::EntryCopy {
+            name,
+            spec,
+            buckets,
+            options,
+            region_offset,
+            region_bytes,
+        } = e;
         let corrupt =
             |m: String| Error::Corrupt(format!("{}: policy {name:?}: {m}", map.path().display()));
-        let parsed = policy::parse(spec)
+        let parsed = policy::parse(&spec)
             .map_err(|err| corrupt(format!("unreadable spec {spec:?}: {err}")))?;
-        let options = shm::entry_options(e);
         let layout = layout_for(&parsed, options.penalty)?;
-        let buckets = e.buckets as usize;
-        let units = region_units(&layout, buckets);
-        if (units as u64) * 16 > e.region_bytes {
-            return Err(corrupt(format!(
-                "region of {} bytes is too small for its table",
-                e.region_bytes
-            )));
-        }
+        let units = region_units_checked(&layout, buckets)
+            .filter(|&units| {
+                (units as u64)
+                    .checked_mul(16)
+                    .is_some_and(|b| b <= region_bytes)
+            })
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "region of {region_bytes} bytes is too small for a table of {buckets} buckets"
+                ))
+            })?;
         let mem = Memory::Mapped {
-            ptr: map.at(e.region_offset) as *const crate::sync::Atomic128,
+            ptr: map.at(region_offset) as *const crate::sync::Atomic128,
             len: units,
             _owner: map.clone(),
         };
         let policy = Policy::new(
-            name,
-            spec.into(),
+            &name,
+            spec,
             parsed,
             layout,
             options,
@@ -601,7 +621,11 @@ impl Engine {
     pub fn policies(&self) -> Vec<PolicyId> {
         if let Some(map) = &self.shared {
             return (0..map.policy_count())
-                .filter_map(|i| self.attach(map, i).ok())
+                .filter_map(|i| {
+                    map.entry_checked(i)
+                        .and_then(|e| self.attach(map, i, e))
+                        .ok()
+                })
                 .collect();
         }
         // Acquire: pairs with the Release that published each policy.

@@ -42,12 +42,17 @@ pub const MAX_SHARED_POLICIES: usize = 128;
 pub const MAX_NAME_BYTES: usize = 128;
 /// Longest canonical spec in a shared file.
 pub const MAX_SPEC_BYTES: usize = 1024;
+/// Largest shared file (and `shared_max_bytes`): keeps every offset and
+/// size computed from the file far from overflow.
+pub(crate) const MAX_FILE_BYTES: u64 = 1 << 46;
 /// Alignment of policy regions.
 const REGION_ALIGN: u64 = 4096;
 
 /// One policy of the directory. Written once under the file lock, before
-/// `Header::policy_count` covers it; read-only afterwards.
+/// `Header::policy_count` covers it; read-only afterwards (but never trusted:
+/// see [`Mapping::entry_checked`]).
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub(crate) struct DirEntry {
     pub name_len: u32,
     pub spec_len: u32,
@@ -65,6 +70,21 @@ pub(crate) struct DirEntry {
     /// Byte offset of the policy's region from the start of the file.
     pub region_offset: u64,
     /// Bytes of the region.
+    pub region_bytes: u64,
+}
+
+/// A directory entry copied out of the mapping and validated: the only
+/// form in which a process uses an entry.
+#[derive(Debug, Clone)]
+pub(crate) struct EntryCopy {
+    pub name: String,
+    pub spec: String,
+    /// A power of two, below `region_bytes / 16`.
+    pub buckets: usize,
+    pub options: PolicyOptions,
+    /// Inside the file, 4096-aligned, at or after `HEADER_BYTES`.
+    pub region_offset: u64,
+    /// Non-zero; `region_offset + region_bytes` is within the file.
     pub region_bytes: u64,
 }
 
@@ -174,7 +194,7 @@ impl Mapping {
     /// Creates the file at `path` if it does not exist, then maps and
     /// validates it (resetting it if it is from an earlier boot).
     pub fn open(path: &Path, total_bytes: u64, mode: u32) -> Result<Arc<Mapping>, Error> {
-        if !(HEADER_BYTES + REGION_ALIGN..=(1u64 << 46)).contains(&total_bytes) {
+        if !(HEADER_BYTES + REGION_ALIGN..=MAX_FILE_BYTES).contains(&total_bytes) {
             return Err(Error::InvalidArgument(format!(
                 "shared_max_bytes must be between {} and 2^46 bytes (got {total_bytes})",
                 HEADER_BYTES + REGION_ALIGN
@@ -197,6 +217,12 @@ impl Mapping {
         if size < header {
             return Err(Error::Corrupt(format!(
                 "{} is {size} bytes, shorter than a ratekeeper header ({header} bytes): truncated or not a ratekeeper file",
+                path.display()
+            )));
+        }
+        if size > MAX_FILE_BYTES {
+            return Err(Error::Corrupt(format!(
+                "{} is {size} bytes, larger than any ratekeeper file (2^46 bytes)",
                 path.display()
             )));
         }
@@ -423,38 +449,75 @@ impl Mapping {
         (self.header().policy_count.load(Ordering::Acquire) as usize).min(MAX_SHARED_POLICIES)
     }
 
-    /// Entry `i` (`i < policy_count()`), validated.
-    pub fn entry_checked(&self, i: usize) -> Result<&DirEntry, Error> {
-        let e = &self.header().policies[i];
+    /// Entry `i` (`i < policy_count()`), copied out of the mapping once and
+    /// validated. Callers use only the copy: the mapping's entry may be
+    /// changed by a hostile writer at any time after it was checked.
+    pub fn entry_checked(&self, i: usize) -> Result<EntryCopy, Error> {
         let p = self.path.display();
         let bad = |what: &str| Err(Error::Corrupt(format!("{p}: policy entry {i}: {what}")));
-        if e.name_len as usize > MAX_NAME_BYTES || e.name_len == 0 {
+        if i >= MAX_SHARED_POLICIES {
+            return bad("beyond the directory");
+        }
+        // SAFETY:
+        // - entry `i` lies inside the header, which lies inside the mapping
+        //   (checked before mapping), and is 8-byte aligned (`repr(C)`);
+        // - `DirEntry` is plain integers, valid for any bit pattern; the
+        //   volatile read copies whatever bytes are there once, even if
+        //   another process writes them meanwhile (a torn copy fails the
+        //   checks below or is a wrong but in-bounds entry).
+        let e: DirEntry = unsafe {
+            std::ptr::read_volatile(std::ptr::addr_of!((*self.ptr.cast::<Header>()).policies[i]))
+        };
+        let (name_len, spec_len) = (e.name_len as usize, e.spec_len as usize);
+        if name_len > MAX_NAME_BYTES || name_len == 0 {
             return bad("bad name length");
         }
-        if e.spec_len as usize > MAX_SPEC_BYTES || e.spec_len == 0 {
+        if spec_len > MAX_SPEC_BYTES || spec_len == 0 {
             return bad("bad spec length");
         }
-        let end = e.region_offset.checked_add(e.region_bytes);
+        let len = self.len as u64;
+        let inside = e
+            .region_offset
+            .checked_add(e.region_bytes)
+            .is_some_and(|end| end <= len);
         if e.region_offset < HEADER_BYTES
             || e.region_offset % REGION_ALIGN != 0
-            || end.is_none_or(|end| end > self.len as u64)
+            || e.region_bytes == 0
+            || !inside
         {
             return bad("region outside the file");
         }
-        if !e.buckets.is_power_of_two() || e.when_full > 2 || e.flags > 3 {
+        // A bucket takes more than one 16-byte unit, so a region of
+        // `region_bytes` holds fewer than `region_bytes / 16` buckets; this
+        // bound keeps every size computed from `buckets` far from overflow
+        // (regions are at most `MAX_FILE_BYTES`).
+        if !e.buckets.is_power_of_two()
+            || e.buckets > e.region_bytes / 16
+            || e.when_full > 2
+            || e.flags > 3
+        {
             return bad("bad table parameters");
         }
-        if let Some(p) = entry_options(e).penalty {
-            if p.validate().is_err() || e.penalty[0] > u32::MAX as u64 {
+        let options = entry_options(&e);
+        if let Some(pen) = options.penalty {
+            if pen.validate().is_err() || e.penalty[0] > u32::MAX as u64 {
                 return bad("bad penalty settings");
             }
         }
-        if std::str::from_utf8(&e.name[..e.name_len as usize]).is_err()
-            || std::str::from_utf8(&e.spec[..e.spec_len as usize]).is_err()
-        {
+        let (Ok(name), Ok(spec)) = (
+            std::str::from_utf8(&e.name[..name_len]),
+            std::str::from_utf8(&e.spec[..spec_len]),
+        ) else {
             return bad("name or spec is not UTF-8");
-        }
-        Ok(e)
+        };
+        Ok(EntryCopy {
+            name: name.to_owned(),
+            spec: spec.to_owned(),
+            buckets: e.buckets as usize,
+            options,
+            region_offset: e.region_offset,
+            region_bytes: e.region_bytes,
+        })
     }
 
     /// Appends a directory entry and allocates its region; call under the lock.
@@ -476,13 +539,29 @@ impl Mapping {
                 "shared policies have names of at most {MAX_NAME_BYTES} bytes and specs of at most {MAX_SPEC_BYTES}"
             )));
         }
-        let offset = h.used_bytes.load(Ordering::SeqCst).div_ceil(REGION_ALIGN) * REGION_ALIGN;
+        let len = self.len as u64;
+        // The new region starts after the allocated bytes and after every
+        // existing region (a corrupt `used_bytes` must not make two policies
+        // share memory), all with checked arithmetic: the words are hostile.
+        let used = h.used_bytes.load(Ordering::SeqCst);
+        if !(HEADER_BYTES..=len).contains(&used) {
+            return Err(Error::Corrupt(format!(
+                "{}: allocated size {used} is outside the file",
+                self.path.display()
+            )));
+        }
+        let mut start = used;
+        for j in 0..i {
+            let e = self.entry_checked(j)?;
+            start = start.max(e.region_offset + e.region_bytes);
+        }
+        let offset = start.div_ceil(REGION_ALIGN) * REGION_ALIGN;
         let size = region_bytes.div_ceil(REGION_ALIGN) * REGION_ALIGN;
-        if offset + size > self.len as u64 {
+        if offset.checked_add(size).is_none_or(|end| end > len) {
             return Err(Error::OutOfMemory(format!(
                 "{}: no room for policy {name:?} ({size} bytes needed, {} of {} bytes free); raise shared_max_bytes or lower the policy's capacity",
                 self.path.display(),
-                self.len as u64 - offset,
+                len.saturating_sub(offset),
                 self.len
             )));
         }
@@ -559,12 +638,4 @@ pub(crate) fn entry_options(e: &DirEntry) -> PolicyOptions {
             max_ban_ns: e.penalty[3],
         }),
     }
-}
-
-/// Name and spec of a directory entry (validated as UTF-8 by `entry_checked`).
-pub(crate) fn entry_strings(e: &DirEntry) -> (&str, &str) {
-    (
-        std::str::from_utf8(&e.name[..e.name_len as usize]).unwrap_or(""),
-        std::str::from_utf8(&e.spec[..e.spec_len as usize]).unwrap_or(""),
-    )
 }

@@ -1,0 +1,311 @@
+//! The shared file as hostile input: crafted directory entries and header
+//! words, files planted by someone else (wide modes, other owners, FIFOs,
+//! symbolic links, directories), truncation while mapped, reboots, a crash
+//! in the middle of a reset, corrupt words on the hot path.
+//!
+//! Whatever can crash or hang on a bad file runs in a forked child with a
+//! generous time limit, so that a SIGSEGV or an endless loop is a test
+//! failure that names the case rather than the death of the test binary.
+
+use ratekeeper::{Engine, EngineOptions, Error, Penalty, PolicyId, PolicyOptions};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const S: u64 = 1_000_000_000;
+const NOW: u64 = 1_000 * S;
+
+/// Header offsets (see the layout table in src/shm/mod.rs).
+const BOOT_ID: u64 = 24;
+const DIR: u64 = 72;
+const ENTRY_BYTES: u64 = 1232;
+/// Offsets inside a directory entry.
+const E_BUCKETS: u64 = 1160;
+const E_REGION_OFFSET: u64 = 1216;
+/// The deny-event ring's head: after the region head (17 lines of 128 bytes).
+const RING_HEAD: u64 = 17 * 128;
+
+fn path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ratekeeper-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn opts() -> EngineOptions {
+    EngineOptions {
+        capacity: 64,
+        shared_max_bytes: 1 << 20,
+        ..Default::default()
+    }
+}
+
+fn penalty() -> PolicyOptions {
+    PolicyOptions {
+        penalty: Some(Penalty {
+            strikes: 3,
+            window_ns: 60 * S,
+            ban_ns: 10 * S,
+            max_ban_ns: 100 * S,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The policies of every test file: one of each kind the brief names.
+fn add_all(e: &Engine) -> Vec<Result<PolicyId, Error>> {
+    vec![
+        e.add_policy("gcra", "10/second"),
+        e.add_policy("composite", "10/second;100/minute"),
+        e.add_policy("log", "sliding_log 3/10 seconds"),
+        e.add_policy("conc", "concurrency 2"),
+        e.add_policy_with("pen", "5/minute", penalty()),
+    ]
+}
+
+/// A bounded run of every kind of operation on every policy.
+fn exercise(e: &Engine, ids: &[PolicyId], rounds: u64) {
+    for (n, &id) in ids.iter().enumerate() {
+        for r in 0..rounds {
+            let key = [b'k', (r % 7) as u8];
+            let t = NOW + r * (S / 10) + n as u64;
+            let _ = e.check_at(id, &key, 1, t);
+            let _ = e.peek_at(id, &key, 1, t);
+            let _ = e.refund_at(id, &key, 1, t);
+            if r % 50 == 0 {
+                let _ = e.reset(id, &key);
+                let _ = e.set_override(id, &key, 2.0);
+            }
+            if let Ok((_, Some(permit))) = e.acquire_at(id, &key, t) {
+                let _ = e.release(&permit);
+            }
+        }
+        let _ = e.stats(id);
+        let _ = e.recent_denials(id, 0);
+        let _ = e.policy_bytes(id);
+    }
+    let _ = e.policies();
+}
+
+/// A file with the five policies, some traffic, then closed.
+fn template(name: &str) -> PathBuf {
+    let p = path(name);
+    let e = Engine::open_shared(&p, opts()).unwrap();
+    let ids: Vec<PolicyId> = add_all(&e).into_iter().map(Result::unwrap).collect();
+    exercise(&e, &ids, 20);
+    p
+}
+
+fn write_u64(p: &Path, offset: u64, v: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.write_all_at(&v.to_le_bytes(), offset).unwrap();
+}
+
+fn read_u64(p: &Path, offset: u64) -> u64 {
+    let f = std::fs::File::open(p).unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn region_offset(p: &Path, entry: u64) -> u64 {
+    read_u64(p, DIR + entry * ENTRY_BYTES + E_REGION_OFFSET)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Exited(i32),
+    Signaled(i32),
+    Hung,
+}
+
+/// Writes a line to the real stderr (a forked child's prints would go to
+/// the harness's capture buffer, which nobody reads).
+fn say(msg: &str) {
+    let line = format!("{msg}\n");
+    // SAFETY: writes `line`'s bytes, valid for its length, to fd 2.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}
+
+/// Runs `f` in a forked child; its exit code is what `f` returns (101 if
+/// it panicked).
+fn spawn(f: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: fork has no preconditions; the child runs `f` and leaves with
+    // `_exit`, never returning into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(code) => code,
+            Err(payload) => {
+                let msg = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("?");
+                say(&format!("child panicked: {msg}"));
+                101
+            }
+        };
+        // SAFETY: ends the child at once, without running the harness's
+        // destructors or atexit handlers (which belong to the parent).
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+/// Waits for child `pid` until `deadline`, then kills it.
+fn wait(pid: libc::pid_t, deadline: Instant) -> Outcome {
+    loop {
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return if libc::WIFEXITED(status) {
+                Outcome::Exited(libc::WEXITSTATUS(status))
+            } else {
+                Outcome::Signaled(libc::WTERMSIG(status))
+            };
+        }
+        assert_eq!(r, 0, "waitpid failed");
+        if Instant::now() > deadline {
+            // SAFETY: `pid` is our child, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Outcome::Hung;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn in_child(f: impl FnOnce() -> i32) -> Outcome {
+    let pid = spawn(f);
+    wait(pid, Instant::now() + Duration::from_secs(60))
+}
+
+fn open_err(p: &Path, o: EngineOptions) -> Error {
+    match Engine::open_shared(p, o) {
+        Err(e) => e,
+        Ok(_) => panic!("{} opened", p.display()),
+    }
+}
+
+// ------------------------------------------------------------ defect 1
+
+#[test]
+fn a_directory_entry_with_a_huge_bucket_count_is_refused_not_mapped() {
+    let p = template("buckets");
+    write_u64(&p, DIR + E_BUCKETS, 1 << 59);
+    let out = in_child(|| {
+        let e = match Engine::open_shared(&p, opts()) {
+            Ok(e) => e,
+            Err(Error::Corrupt(m)) if m.contains("policy entry 0: bad table parameters") => {
+                return 0
+            }
+            Err(other) => {
+                say(&format!("unexpected error at open: {other}"));
+                return 2;
+            }
+        };
+        match e.add_policy("gcra", "10/second") {
+            Err(Error::Corrupt(m)) if m.contains("policy entry 0: bad table parameters") => 0,
+            Err(other) => {
+                say(&format!("unexpected error: {other}"));
+                3
+            }
+            Ok(id) => {
+                say(&format!(
+                    "accepted; policy_bytes = {:?}",
+                    e.policy_bytes(id)
+                ));
+                for i in 0..5000 {
+                    e.check_at(id, format!("k{i}").as_bytes(), 1, NOW);
+                }
+                4
+            }
+        }
+    });
+    assert_eq!(out, Outcome::Exited(0), "2^59 buckets");
+}
+
+/// Every 8-byte word of the header and of the policies' directory entries
+/// (their fixed fields, and the first word of names and specs), overwritten
+/// with each of a few extreme values: opening, adding the policies and a
+/// few thousand operations either work or fail with an error; never a
+/// crash, a panic or a hang.
+#[test]
+fn single_word_overwrites_of_the_header_and_directory_never_crash_or_hang() {
+    let t = template("words-template");
+    let original = std::fs::read(&t).unwrap();
+    let mut offsets: Vec<u64> = (0..9).map(|w| w * 8).collect();
+    for entry in 0..5 {
+        let base = DIR + entry * ENTRY_BYTES;
+        offsets.extend([base, base + 8, base + 136]);
+        offsets.extend((0..9).map(|w| base + E_BUCKETS + w * 8));
+    }
+    let values = [0, 1, 1 << 12, 1 << 40, 1 << 59, u64::MAX];
+    let mut cases = Vec::new();
+    for &o in &offsets {
+        for &v in &values {
+            cases.push((o, v));
+        }
+    }
+    let mut failures = Vec::new();
+    for batch in cases.chunks(8) {
+        let children: Vec<_> = batch
+            .iter()
+            .map(|&(o, v)| {
+                let p = path(&format!("words-{o}-{v:x}"));
+                std::fs::write(&p, &original).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+                write_u64(&p, o, v);
+                let pid = spawn(|| {
+                    if let Ok(e) = Engine::open_shared(&p, opts()) {
+                        let ids: Vec<PolicyId> =
+                            add_all(&e).into_iter().filter_map(Result::ok).collect();
+                        exercise(&e, &ids, 400);
+                    }
+                    0
+                });
+                (o, v, p, pid)
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for (o, v, p, pid) in children {
+            let out = wait(pid, deadline);
+            if out != Outcome::Exited(0) {
+                failures.push(format!("word at {o} = {v:#x}: {out:?}"));
+            }
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+// ------------------------------------------------------------ defect 5
+
+#[test]
+fn a_deny_ring_head_near_the_end_of_u64_is_harmless() {
+    let p = template("ring-head");
+    let region = region_offset(&p, 0);
+    write_u64(&p, region + RING_HEAD, u64::MAX - 1);
+    let out = in_child(|| {
+        let e = Engine::open_shared(&p, opts()).unwrap();
+        let id = e.add_policy("gcra", "10/second").unwrap();
+        for _ in 0..20 {
+            e.check_at(id, b"hot", 1, NOW);
+        }
+        let events = e.recent_denials(id, 0).unwrap();
+        let since = e.recent_denials(id, u64::MAX - 1).unwrap();
+        i32::from(!(events.len() <= ratekeeper::RING_ENTRIES && since.len() <= 2))
+    });
+    assert_eq!(out, Outcome::Exited(0));
+}
