@@ -174,6 +174,13 @@ enum rk_status
      * on an engine that is not Redis-backed.
      */
     RK_ERR_WRONG_ENGINE_KIND = 20,
+    /**
+     * A shared-memory file that must not be trusted: not a regular file
+     * (a FIFO, a directory, ...), a symbolic link, owned by another user,
+     * or with permission bits beyond `shared_file_mode`. Nothing in it
+     * was read or changed.
+     */
+    RK_ERR_UNSAFE_FILE = 21,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -1026,6 +1033,8 @@ rk_status rk_engine_new(const struct rk_engine_options *opts,
  * Errors: `RK_ERR_NULL_POINTER` (`path` or `out` NULL),
  * `RK_ERR_INVALID_ARGUMENT`, `RK_ERR_IO` (the file cannot be opened or
  * mapped), `RK_ERR_CORRUPT` (not a valid ratekeeper file),
+ * `RK_ERR_UNSAFE_FILE` (not a regular file, a symbolic link, owned by
+ * another user, or a mode wider than `shared_file_mode`),
  * `RK_ERR_UNSUPPORTED_PLATFORM`. `*out` is written only on success.
  *
  * # Safety

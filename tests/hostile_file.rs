@@ -290,6 +290,107 @@ fn single_word_overwrites_of_the_header_and_directory_never_crash_or_hang() {
     );
 }
 
+// ------------------------------------------------------------ defect 2
+
+#[test]
+fn a_file_with_a_mode_wider_than_configured_is_refused_untouched() {
+    let p = path("wide");
+    drop(Engine::open_shared(&p, opts()).unwrap());
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let before = std::fs::read(&p).unwrap();
+    let err = open_err(&p, opts());
+    assert!(matches!(err, Error::UnsafeFile(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("mode 0666") && msg.contains("0600") && msg.contains(&*p.to_string_lossy()),
+        "{msg}"
+    );
+    assert!(std::fs::read(&p).unwrap() == before, "the file was changed");
+    // 0640 is wider than the default 0600, but what a group setup asks for.
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let msg = open_err(&p, opts()).to_string();
+    assert!(msg.contains("mode 0640"), "{msg}");
+    Engine::open_shared(
+        &p,
+        EngineOptions {
+            shared_file_mode: 0o640,
+            ..opts()
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_file_owned_by_another_user_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can give a file away");
+        return;
+    }
+    let p = path("owner");
+    drop(Engine::open_shared(&p, opts()).unwrap());
+    std::os::unix::fs::chown(&p, Some(1001), None).unwrap();
+    let err = open_err(&p, opts());
+    assert!(matches!(err, Error::UnsafeFile(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("owned by uid 1001") && msg.contains("uid 0"),
+        "{msg}"
+    );
+}
+
+/// Runs `open_shared` on a thread and insists it returns within 10 s.
+fn open_err_promptly(p: &Path) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let q = p.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(Engine::open_shared(&q, opts()).map(|_| ()));
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Err(e)) => {
+            assert!(matches!(e, Error::UnsafeFile(_)), "{e:?}");
+            e.to_string()
+        }
+        Ok(Ok(())) => panic!("{} opened", p.display()),
+        Err(_) => panic!("open_shared({}) did not return within 10 s", p.display()),
+    }
+}
+
+#[test]
+fn a_fifo_at_the_path_is_refused_promptly() {
+    let p = path("fifo");
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let msg = open_err_promptly(&p);
+    assert!(msg.contains("is a FIFO, not a regular file"), "{msg}");
+}
+
+#[test]
+fn a_symbolic_link_at_the_path_is_refused() {
+    let target = path("link-target");
+    drop(Engine::open_shared(&target, opts()).unwrap());
+    let p = path("link");
+    std::os::unix::fs::symlink(&target, &p).unwrap();
+    let msg = open_err_promptly(&p);
+    assert!(msg.contains("is a symbolic link"), "{msg}");
+    // A dangling link is not followed to create its target either.
+    let dangling = path("dangling");
+    let nowhere = path("nowhere");
+    std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+    let msg = open_err_promptly(&dangling);
+    assert!(msg.contains("is a symbolic link"), "{msg}");
+    assert!(!nowhere.exists(), "the link was followed");
+}
+
+#[test]
+fn a_directory_at_the_path_is_refused() {
+    let p = path("dir");
+    std::fs::create_dir(&p).unwrap();
+    let msg = open_err_promptly(&p);
+    assert!(msg.contains("is a directory, not a regular file"), "{msg}");
+}
+
 // ------------------------------------------------------------ defect 5
 
 #[test]

@@ -184,6 +184,8 @@ pub unsafe extern "C" fn rk_engine_new(
 /// Errors: `RK_ERR_NULL_POINTER` (`path` or `out` NULL),
 /// `RK_ERR_INVALID_ARGUMENT`, `RK_ERR_IO` (the file cannot be opened or
 /// mapped), `RK_ERR_CORRUPT` (not a valid ratekeeper file),
+/// `RK_ERR_UNSAFE_FILE` (not a regular file, a symbolic link, owned by
+/// another user, or a mode wider than `shared_file_mode`),
 /// `RK_ERR_UNSUPPORTED_PLATFORM`. `*out` is written only on success.
 ///
 /// # Safety

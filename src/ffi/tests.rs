@@ -111,6 +111,7 @@ fn every_engine_error_has_its_own_status() {
         Error::OutOfMemory(String::new()),
         Error::Io(String::new()),
         Error::Corrupt(String::new()),
+        Error::UnsafeFile(String::new()),
         Error::UnsupportedPlatform(String::new()),
         Error::Backend(String::new()),
     ];

@@ -158,6 +158,28 @@ fn os_error(what: &str, path: &Path) -> Error {
     }
 }
 
+fn unsafe_file(path: &Path, what: &str) -> Error {
+    Error::UnsafeFile(format!("{} {what}", path.display()))
+}
+
+fn fstat(fd: &OwnedFd, path: &Path) -> Result<libc::stat, Error> {
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` is a valid out-pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(os_error("cannot stat shared file", path));
+    }
+    Ok(st)
+}
+
+/// Whether the path itself (not what it points at) is a symbolic link.
+fn is_symlink(c: &CString) -> bool {
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    (unsafe { libc::lstat(c.as_ptr(), &mut st) }) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFLNK
+}
+
 fn cpath(path: &Path) -> Result<CString, Error> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::InvalidArgument(format!("path {:?} contains a NUL byte", path)))
@@ -201,18 +223,8 @@ impl Mapping {
             )));
         }
         let total_bytes = total_bytes.div_ceil(REGION_ALIGN) * REGION_ALIGN;
-        if !path.exists() {
-            Self::create(path, total_bytes, mode)?;
-        }
-        let c = cpath(path)?;
-        // SAFETY: `c` is a valid NUL-terminated path; the flags open an existing file.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(os_error("cannot open shared file", path));
-        }
-        // SAFETY: `fd` was just returned by open and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let size = Self::file_size(&fd, path)?;
+        let fd = Self::open_fd(path, total_bytes, mode)?;
+        let size = Self::check_file(&fd, path, mode)?;
         let header = std::mem::size_of::<Header>() as u64;
         if size < header {
             return Err(Error::Corrupt(format!(
@@ -234,12 +246,90 @@ impl Mapping {
         Ok(Arc::new(map))
     }
 
-    fn file_size(fd: &OwnedFd, path: &Path) -> Result<u64, Error> {
-        // SAFETY: an all-zero `stat` is a valid value to be overwritten.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is open and `st` is a valid out-pointer.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(os_error("cannot stat shared file", path));
+    /// Opens the file at `path` without following a symbolic link and
+    /// without blocking (a FIFO would block a plain open), creating it first
+    /// if there is none.
+    fn open_fd(path: &Path, total_bytes: u64, mode: u32) -> Result<OwnedFd, Error> {
+        let c = cpath(path)?;
+        let mut created = false;
+        loop {
+            // SAFETY: `c` is a valid NUL-terminated path; the flags open an
+            // existing file only, never through a final symbolic link, never
+            // blocking, never as a controlling terminal.
+            let fd = unsafe {
+                libc::open(
+                    c.as_ptr(),
+                    libc::O_RDWR
+                        | libc::O_NOFOLLOW
+                        | libc::O_NONBLOCK
+                        | libc::O_NOCTTY
+                        | libc::O_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: `fd` was just returned by open and is owned by nobody else.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                // Not there: build it (under another name, linked into
+                // place), then open whatever is at the path now. Once only:
+                // a file that vanishes again is someone else's doing.
+                Some(libc::ENOENT) if !created => {
+                    Self::create(path, total_bytes, mode)?;
+                    created = true;
+                }
+                Some(libc::ELOOP) if is_symlink(&c) => {
+                    return Err(unsafe_file(
+                        path,
+                        "is a symbolic link: shared files are never opened through a link (whoever made it could point it at a file of theirs); use the real path",
+                    ));
+                }
+                Some(libc::EISDIR) => {
+                    return Err(unsafe_file(path, "is a directory, not a regular file"));
+                }
+                _ => return Err(os_error("cannot open shared file", path)),
+            }
+        }
+    }
+
+    /// Checks that the open file is one this process can trust: a regular
+    /// file, owned by the effective uid, with no permission bits beyond
+    /// `mode`. Returns its size. Touches nothing in the file.
+    fn check_file(fd: &OwnedFd, path: &Path, mode: u32) -> Result<u64, Error> {
+        let st = fstat(fd, path)?;
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => None,
+            libc::S_IFIFO => Some("a FIFO"),
+            libc::S_IFDIR => Some("a directory"),
+            libc::S_IFSOCK => Some("a socket"),
+            libc::S_IFCHR => Some("a character device"),
+            libc::S_IFBLK => Some("a block device"),
+            libc::S_IFLNK => Some("a symbolic link"),
+            _ => Some("not a file"),
+        };
+        if let Some(kind) = kind {
+            return Err(unsafe_file(path, &format!("is {kind}, not a regular file")));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if st.st_uid != euid {
+            return Err(unsafe_file(
+                path,
+                &format!(
+                    "is owned by uid {}, not by this process's uid {euid}: its owner could change the limits; remove it, or run every worker as its owner",
+                    st.st_uid
+                ),
+            ));
+        }
+        let bits = st.st_mode & 0o7777;
+        if bits & !(mode & 0o7777) != 0 {
+            return Err(unsafe_file(
+                path,
+                &format!(
+                    "is mode {bits:04o}, wider than the configured {:04o}: another user could change the limits; remove it or set shared_file_mode",
+                    mode & 0o7777
+                ),
+            ));
         }
         Ok(st.st_size as u64)
     }
