@@ -409,6 +409,16 @@ impl Engine {
         Ok(Self::with(map.seed(), options, Some(map)))
     }
 
+    /// For a shared engine, an error if its file was truncated under the
+    /// mapping (touching the missing pages would be SIGBUS). Checked on the
+    /// slow paths only: one `fstat`.
+    fn intact(&self) -> Result<(), Error> {
+        match &self.shared {
+            Some(map) => map.check_intact(),
+            None => Ok(()),
+        }
+    }
+
     /// The path of a shared engine's file (`None` for an in-process engine).
     pub fn shared_path(&self) -> Option<&std::path::Path> {
         self.shared.as_deref().map(Mapping::path)
@@ -526,6 +536,7 @@ impl Engine {
     ) -> Result<PolicyId, Error> {
         let canonical = parsed.to_string();
         let _file = map.lock()?;
+        map.check_intact()?;
         for i in 0..map.policy_count() {
             let e = map.entry_checked(i)?;
             if e.name == name {
@@ -620,6 +631,9 @@ impl Engine {
     /// engine, by any process; a corrupt entry is skipped).
     pub fn policies(&self) -> Vec<PolicyId> {
         if let Some(map) = &self.shared {
+            if map.check_intact().is_err() {
+                return Vec::new();
+            }
             return (0..map.policy_count())
                 .filter_map(|i| {
                     map.entry_checked(i)
@@ -1066,7 +1080,9 @@ impl Engine {
     /// # Ok::<(), ratekeeper::Error>(())
     /// ```
     pub fn recent_denials(&self, policy: PolicyId, since: u64) -> Result<Vec<DenyEvent>, Error> {
-        Ok(self.get(policy)?.ring().read(since))
+        let p = self.get(policy)?;
+        self.intact()?;
+        Ok(p.ring().read(since))
     }
 
     /// Gives back `cost` charged earlier to `key` (e.g. charge every login
@@ -1275,6 +1291,7 @@ impl Engine {
             )));
         }
         let p = self.get(policy)?;
+        self.intact()?;
         if p.table.layout.concurrency {
             return Err(Error::WrongPolicyKind(
                 "overrides apply to rate limits".into(),
@@ -1288,6 +1305,7 @@ impl Engine {
     pub fn clear_override(&self, policy: PolicyId, key: &[u8]) -> Result<(), Error> {
         via_redis!(self, r => self.remote_set_override(r, policy, key, 0));
         let p = self.get(policy)?;
+        self.intact()?;
         p.table.set_override(Self::hash(p, key), 0)
     }
 
@@ -1299,6 +1317,7 @@ impl Engine {
             return Ok((milli > 0).then(|| milli as f64 / 1000.0));
         }
         let p = self.get(policy)?;
+        self.intact()?;
         Ok(match p.table.override_of(Self::hash(p, key)) {
             0 => None,
             m => Some(m as f64 / 1000.0),
@@ -1319,6 +1338,7 @@ impl Engine {
     /// ```
     pub fn stats(&self, policy: PolicyId) -> Result<Stats, Error> {
         let p = self.get(policy)?;
+        self.intact()?;
         Ok(Stats {
             allowed: p.head().sum(Counter::Allowed),
             denied: p.head().sum(Counter::Denied),

@@ -391,6 +391,55 @@ fn a_directory_at_the_path_is_refused() {
     assert!(msg.contains("is a directory, not a regular file"), "{msg}");
 }
 
+// ------------------------------------------------------------ defect 3
+
+#[test]
+fn a_file_truncated_under_a_running_engine_is_a_clear_error_on_slow_paths() {
+    let p = template("truncated-live");
+    let out = in_child(|| {
+        let e = Engine::open_shared(&p, opts()).unwrap();
+        let id = e.add_policy("gcra", "10/second").unwrap();
+        assert!(e.check_at(id, b"k", 1, NOW).allowed);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(100_000)
+            .unwrap();
+        let stats = e.stats(id);
+        let add = e.add_policy("other", "1/second");
+        let denials = e.recent_denials(id, 0);
+        match (stats, add, denials) {
+            (Err(Error::Corrupt(a)), Err(Error::Corrupt(b)), Err(Error::Corrupt(c)))
+                if [&a, &b, &c].iter().all(|m| m.contains("truncated")) =>
+            {
+                0
+            }
+            other => {
+                say(&format!("{other:?}"));
+                1
+            }
+        }
+    });
+    assert_eq!(out, Outcome::Exited(0));
+}
+
+#[test]
+fn a_file_truncated_between_opens_is_a_clear_error() {
+    for len in [0, 100_000, 200_000] {
+        let p = template(&format!("truncated-{len}"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let err = open_err(&p, opts());
+        assert!(matches!(err, Error::Corrupt(_)), "{err}");
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}
+
 // ------------------------------------------------------------ defect 5
 
 #[test]

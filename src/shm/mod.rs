@@ -515,6 +515,21 @@ impl Mapping {
         }
     }
 
+    /// An error if the file is now shorter than the mapping: another
+    /// process truncated it, and touching the missing part would kill this
+    /// process with SIGBUS.
+    pub fn check_intact(&self) -> Result<(), Error> {
+        let size = fstat(&self.fd, &self.path)?.st_size as u64;
+        if size < self.len as u64 {
+            return Err(Error::Corrupt(format!(
+                "{} was truncated to {size} bytes under this process, which maps {} bytes: touching the missing part would kill it (SIGBUS); stop the workers and remove the file",
+                self.path.display(),
+                self.len
+            )));
+        }
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
