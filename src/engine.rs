@@ -397,14 +397,29 @@ impl Engine {
         path: impl AsRef<std::path::Path>,
         options: EngineOptions,
     ) -> Result<Engine, Error> {
+        Self::open_shared_booted(
+            path.as_ref(),
+            options,
+            std::path::Path::new(shm::BOOT_ID_PATH),
+        )
+    }
+
+    /// `open_shared`, reading the kernel's boot id from `boot_id_file`
+    /// (tests simulate reboots and unreadable boot ids with it).
+    pub(crate) fn open_shared_booted(
+        path: &std::path::Path,
+        options: EngineOptions,
+        boot_id_file: &std::path::Path,
+    ) -> Result<Engine, Error> {
         crate::sync::check_cpu()?;
         if options.capacity == 0 {
             return Err(Error::InvalidArgument("capacity must be at least 1".into()));
         }
         let map = Mapping::open(
-            path.as_ref(),
+            path,
             options.shared_max_bytes,
             options.shared_file_mode,
+            boot_id_file,
         )?;
         Ok(Self::with(map.seed(), options, Some(map)))
     }

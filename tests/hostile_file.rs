@@ -440,6 +440,139 @@ fn a_file_truncated_between_opens_is_a_clear_error() {
     }
 }
 
+// ------------------------------------------------------------ defect 4
+
+#[test]
+fn a_reset_for_a_new_boot_keeps_the_file_size_under_an_engine_that_maps_it() {
+    let p = template("boot-live");
+    let len = std::fs::metadata(&p).unwrap().len();
+    let out = in_child(|| {
+        let old = Engine::open_shared(&p, opts()).unwrap();
+        let id = old.add_policy("gcra", "10/second").unwrap();
+        // Another boot's id, as a file left by an earlier boot would have.
+        let id_word = read_u64(&p, BOOT_ID);
+        write_u64(&p, BOOT_ID, !id_word);
+        // The next open resets the file; the old engine still maps it.
+        let new = Engine::open_shared(&p, opts()).unwrap();
+        let size = std::fs::metadata(&p).unwrap().len();
+        let _ = old.stats(id);
+        old.check_at(id, b"k", 1, NOW);
+        let fresh = new.add_policy("gcra", "2/second").unwrap();
+        let d = new.check_at(fresh, b"k", 1, NOW);
+        i32::from(!(size == len && d.allowed && d.remaining == 1))
+    });
+    assert_eq!(out, Outcome::Exited(0));
+}
+
+#[test]
+fn a_file_left_all_zero_by_a_crash_in_a_reset_is_recovered() {
+    let p = template("crashed-reset-zero");
+    // What the old reset (ftruncate to 0 and back) left when it died
+    // before writing the new header: zeros throughout.
+    let len = std::fs::metadata(&p).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(0).unwrap();
+    f.set_len(len).unwrap();
+    let e = Engine::open_shared(&p, opts()).unwrap();
+    assert!(e.policies().is_empty());
+    let id = e.add_policy("gcra", "2/second").unwrap();
+    assert_eq!(e.check_at(id, b"k", 1, NOW).remaining, 1);
+}
+
+/// A stand-in for /proc/sys/kernel/random/boot_id.
+fn boot_file(name: &str, contents: &str) -> PathBuf {
+    let p = path(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+const BOOT_A: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n";
+const BOOT_B: &str = "11111111-2222-3333-4444-555555555555\n";
+
+fn open_booted(p: &Path, boot: &Path) -> Result<Engine, Error> {
+    ratekeeper::__private::open_shared_with_boot_id(p, opts(), boot)
+}
+
+#[test]
+fn another_boot_resets_the_file_in_place_and_the_new_data_works() {
+    let (a, b) = (boot_file("boot-a", BOOT_A), boot_file("boot-b", BOOT_B));
+    let p = path("reboot");
+    let old = open_booted(&p, &a).unwrap();
+    let id = old.add_policy("p", "1/hour").unwrap();
+    assert!(old.check_at(id, b"k", 1, NOW).allowed);
+    assert!(!old.check_at(id, b"k", 1, NOW).allowed);
+    let len = std::fs::metadata(&p).unwrap().len();
+    // The next boot: the file is reset, never shrunk, so the engine of the
+    // "earlier boot" that still maps it reads zeros instead of dying.
+    let new = open_booted(&p, &b).unwrap();
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), len);
+    assert!(
+        new.policies().is_empty(),
+        "the old boot's policies are gone"
+    );
+    assert_eq!(old.stats(id).unwrap().allowed, 0);
+    let fresh = new.add_policy("p", "2/hour").unwrap();
+    assert_eq!(new.check_at(fresh, b"k", 1, NOW).remaining, 1);
+    // Same boot again: kept, not reset again.
+    let again = open_booted(&p, &b).unwrap();
+    let id = again.policy("p").expect("kept");
+    assert_eq!(again.check_at(id, b"k", 1, NOW).remaining, 0);
+}
+
+#[test]
+fn an_unreadable_or_malformed_boot_id_is_an_error_at_open() {
+    let p = path("no-boot-id");
+    for (name, contents) in [
+        ("boot-missing", None),
+        ("boot-junk", Some("hello\n")),
+        ("boot-short", Some("0f1e2d3c-4b5a-6978-8796\n")),
+        ("boot-zero", Some("00000000-0000-0000-0000-000000000000\n")),
+        ("boot-nohex", Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1fz\n")),
+    ] {
+        let boot = match contents {
+            Some(c) => boot_file(name, c),
+            None => path(name),
+        };
+        let err = match open_booted(&p, &boot) {
+            Err(e) => e,
+            Ok(_) => panic!("opened with boot id file {name}"),
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&*boot.to_string_lossy()) && msg.contains("boot id"),
+            "{name}: {msg}"
+        );
+        assert!(!p.exists(), "{name}: the file was created");
+    }
+    let good = boot_file("boot-good", BOOT_A);
+    open_booted(&p, &good).unwrap();
+}
+
+#[test]
+fn a_reset_interrupted_by_a_crash_is_completed_by_the_next_open() {
+    let a = boot_file("boot-crash-a", BOOT_A);
+    let p = path("interrupted");
+    {
+        let e = open_booted(&p, &a).unwrap();
+        let ids: Vec<PolicyId> = add_all(&e).into_iter().map(Result::unwrap).collect();
+        exercise(&e, &ids, 20);
+    }
+    // A reset that died after marking the header and zeroing part of the
+    // regions: the mark, the old boot id, the old directory, stale state.
+    write_u64(&p, 0, u64::from_le_bytes(*b"RKRESET!"));
+    let region = region_offset(&p, 0);
+    write_u64(&p, region + 4096, 0);
+    // Opened in this boot (the boot id still matches) or the next one.
+    for boot in [a, boot_file("boot-crash-b", BOOT_B)] {
+        let e = open_booted(&p, &boot).unwrap();
+        assert!(e.policies().is_empty(), "the reset was completed");
+        let id = e.add_policy("p", "2/hour").unwrap();
+        assert_eq!(e.check_at(id, b"k", 1, NOW).remaining, 1);
+        drop(e);
+        write_u64(&p, 0, u64::from_le_bytes(*b"RKRESET!"));
+    }
+}
+
 // ------------------------------------------------------------ defect 5
 
 #[test]

@@ -11,14 +11,29 @@
 //! | `HEADER_BYTES`..  | policy regions, each 4096-aligned, allocated in order |
 //!
 //! Everything in the file is integers and atomics (`repr(C)`), located by
-//! offsets, never pointers. The header is written once, before the file
-//! appears under its name (it is built under a temporary name and
-//! `link(2)`ed into place), so no process ever sees a half-written header.
-//! Adding a policy takes an `flock(2)` on the file (not on the hot path; the
-//! kernel drops it if the holder dies); a directory entry is complete before
-//! `policy_count` is raised (release) past it, and never changes after.
+//! offsets, never pointers. The header is written before the file appears
+//! under its name (it is built under a temporary name and `link(2)`ed into
+//! place), magic number last. Adding a policy takes an `flock(2)` on the
+//! file (not on the hot path; the kernel drops it if the holder dies); a
+//! directory entry is complete before `policy_count` is raised (release)
+//! past it, and never changes after.
+//!
 //! A file whose boot id differs from the running kernel's is from an earlier
-//! boot: its contents are wiped and it is initialised afresh.
+//! boot: under the lock its magic number is replaced by `MAGIC_RESETTING`,
+//! its regions are zeroed in place (a punched hole; the size never changes,
+//! so a process that still maps it reads zeros rather than dying of
+//! SIGBUS), then a fresh header is written, magic last. An open that finds
+//! the mark (or the all-zero header an older version's interrupted reset
+//! left) completes the reset under the lock.
+//!
+//! # Hostile files
+//!
+//! The file is input from whoever can write it. It is opened without
+//! following a symbolic link or blocking, and refused unless it is a
+//! regular file owned by this process's effective uid with no permission
+//! bits beyond `shared_file_mode`. Header fields and directory entries are
+//! copied into process memory once and validated with checked arithmetic;
+//! only the copies are used afterwards.
 
 use crate::abuse::Penalty;
 use crate::hash::Seed;
@@ -35,7 +50,12 @@ use std::sync::Arc;
 /// "RATEKEEP" in ASCII, little-endian.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RATEKEEP");
 /// Bumped on any change of the file layout or of the table format.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+/// Version 2: the magic number is written last and doubles as the reset
+/// mark (`MAGIC_RESETTING`); resets never shrink the file.
+pub(crate) const LAYOUT_VERSION: u32 = 2;
+/// The magic word while the file is being reset for a new boot (or left so
+/// by a crash during a reset, which the next open completes).
+pub(crate) const MAGIC_RESETTING: u64 = u64::from_le_bytes(*b"RKRESET!");
 /// Policies one shared file can hold.
 pub const MAX_SHARED_POLICIES: usize = 128;
 /// Longest policy name in a shared file.
@@ -88,10 +108,40 @@ pub(crate) struct EntryCopy {
     pub region_bytes: u64,
 }
 
+/// The header's plain fields, as read once by `Mapping::snapshot`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeaderCopy {
+    pub magic: u64,
+    pub version: u32,
+    pub header_bytes: u32,
+    pub total_bytes: u64,
+    pub boot_id: [u8; 16],
+    pub seed: Seed,
+    pub used_bytes: u64,
+    pub policy_count: u32,
+}
+
+impl HeaderCopy {
+    /// All zero: what the reset of ratekeeper before layout version 2
+    /// (truncate to 0, then back) left when it crashed half-way.
+    fn is_zero(&self) -> bool {
+        self.magic == 0
+            && self.version == 0
+            && self.header_bytes == 0
+            && self.total_bytes == 0
+            && self.boot_id == [0; 16]
+            && self.seed == (Seed { k0: 0, k1: 0 })
+            && self.used_bytes == 0
+            && self.policy_count == 0
+    }
+}
+
 /// The file header.
 #[repr(C)]
 pub(crate) struct Header {
-    pub magic: u64,
+    /// Written last (SeqCst) when a header is written; `MAGIC_RESETTING`
+    /// while a reset is under way.
+    pub magic: AtomicU64,
     pub version: u32,
     pub header_bytes: u32,
     /// Size of the file and of the mapping.
@@ -126,6 +176,8 @@ pub(crate) struct Mapping {
     len: usize,
     fd: OwnedFd,
     path: PathBuf,
+    /// The header's seed, read once at open.
+    seed: Seed,
 }
 
 // SAFETY:
@@ -185,17 +237,48 @@ fn cpath(path: &Path) -> Result<CString, Error> {
         .map_err(|_| Error::InvalidArgument(format!("path {:?} contains a NUL byte", path)))
 }
 
-/// The running kernel's boot id (`/proc/sys/kernel/random/boot_id`).
-pub(crate) fn boot_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
-        let hex: Vec<u8> = text.bytes().filter(|b| b.is_ascii_hexdigit()).collect();
-        for (i, pair) in hex.chunks(2).take(16).enumerate() {
-            let s = std::str::from_utf8(pair).unwrap_or("0");
-            id[i] = u8::from_str_radix(s, 16).unwrap_or(0);
-        }
+/// Where the running kernel's boot id is.
+pub(crate) const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The boot id in the file at `path` (normally [`BOOT_ID_PATH`]): a UUID,
+/// `8-4-4-4-12` hex digits and a newline. Unreadable, malformed or all
+/// zero is an error: without it a reboot would go unnoticed, and a file
+/// from an earlier boot (its leases, its windows, its clock) be misread.
+pub(crate) fn read_boot_id(path: &Path) -> Result<[u8; 16], Error> {
+    let text = std::fs::read(path).map_err(|e| {
+        Error::Io(format!(
+            "cannot read the boot id from {}: {e}; shared engines need it to tell a reboot (after which a shared file is reset)",
+            path.display()
+        ))
+    })?;
+    let malformed = || {
+        Error::Io(format!(
+            "the boot id in {} is not a UUID ({:?}); shared engines need it to tell a reboot",
+            path.display(),
+            String::from_utf8_lossy(&text[..text.len().min(64)])
+        ))
+    };
+    let uuid = text.strip_suffix(b"\n").unwrap_or(&text);
+    if uuid.len() != 36 {
+        return Err(malformed());
     }
-    id
+    let mut id = [0u8; 16];
+    let mut nibbles = 0;
+    for (i, &c) in uuid.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return Err(malformed());
+            }
+            continue;
+        }
+        let v = (c as char).to_digit(16).ok_or_else(malformed)? as u8;
+        id[nibbles / 2] |= v << (4 * (1 - nibbles % 2));
+        nibbles += 1;
+    }
+    if id == [0; 16] {
+        return Err(malformed());
+    }
+    Ok(id)
 }
 
 /// An exclusive `flock` on the shared file, released on drop.
@@ -214,8 +297,15 @@ impl Drop for FileLock<'_> {
 
 impl Mapping {
     /// Creates the file at `path` if it does not exist, then maps and
-    /// validates it (resetting it if it is from an earlier boot).
-    pub fn open(path: &Path, total_bytes: u64, mode: u32) -> Result<Arc<Mapping>, Error> {
+    /// validates it (resetting it if it is from an earlier boot, or if a
+    /// reset was interrupted). `boot_id_file` is where the running kernel's
+    /// boot id is read ([`BOOT_ID_PATH`]; another file in tests).
+    pub fn open(
+        path: &Path,
+        total_bytes: u64,
+        mode: u32,
+        boot_id_file: &Path,
+    ) -> Result<Arc<Mapping>, Error> {
         if !(HEADER_BYTES + REGION_ALIGN..=MAX_FILE_BYTES).contains(&total_bytes) {
             return Err(Error::InvalidArgument(format!(
                 "shared_max_bytes must be between {} and 2^46 bytes (got {total_bytes})",
@@ -223,7 +313,8 @@ impl Mapping {
             )));
         }
         let total_bytes = total_bytes.div_ceil(REGION_ALIGN) * REGION_ALIGN;
-        let fd = Self::open_fd(path, total_bytes, mode)?;
+        let boot = read_boot_id(boot_id_file)?;
+        let fd = Self::open_fd(path, total_bytes, mode, &boot)?;
         let size = Self::check_file(&fd, path, mode)?;
         let header = std::mem::size_of::<Header>() as u64;
         if size < header {
@@ -238,18 +329,36 @@ impl Mapping {
                 path.display()
             )));
         }
-        let map = Self::map(fd, size, path)?;
-        map.validate(size)?;
-        if map.header().boot_id != boot_id() {
-            map.reset_for_new_boot()?;
+        let mut map = Self::map(fd, size, path)?;
+        let mut h = map.snapshot();
+        if h.magic != MAGIC || h.boot_id != boot {
+            // From an earlier boot, being reset, or left half reset by a
+            // crash: decide (and reset) under the lock, on a fresh look.
+            let _lock = map.lock()?;
+            h = map.snapshot();
+            let earlier_boot = h.magic == MAGIC && h.version == LAYOUT_VERSION && h.boot_id != boot;
+            let interrupted = (h.magic == MAGIC_RESETTING || h.is_zero())
+                && size >= HEADER_BYTES + REGION_ALIGN
+                && size % REGION_ALIGN == 0;
+            if earlier_boot || interrupted {
+                map.reset(&h, boot)?;
+                h = map.snapshot();
+            }
         }
+        map.validate(&h, size)?;
+        map.seed = h.seed;
         Ok(Arc::new(map))
     }
 
     /// Opens the file at `path` without following a symbolic link and
     /// without blocking (a FIFO would block a plain open), creating it first
     /// if there is none.
-    fn open_fd(path: &Path, total_bytes: u64, mode: u32) -> Result<OwnedFd, Error> {
+    fn open_fd(
+        path: &Path,
+        total_bytes: u64,
+        mode: u32,
+        boot: &[u8; 16],
+    ) -> Result<OwnedFd, Error> {
         let c = cpath(path)?;
         let mut created = false;
         loop {
@@ -275,7 +384,7 @@ impl Mapping {
                 // place), then open whatever is at the path now. Once only:
                 // a file that vanishes again is someone else's doing.
                 Some(libc::ENOENT) if !created => {
-                    Self::create(path, total_bytes, mode)?;
+                    Self::create(path, total_bytes, mode, boot)?;
                     created = true;
                 }
                 Some(libc::ELOOP) if is_symlink(&c) => {
@@ -355,12 +464,13 @@ impl Mapping {
             len: size as usize,
             fd,
             path: path.to_path_buf(),
+            seed: Seed { k0: 0, k1: 0 },
         })
     }
 
     /// Builds a complete file under a temporary name, then links it into
     /// place: whoever links first wins, the others use the winner's file.
-    fn create(path: &Path, total_bytes: u64, mode: u32) -> Result<(), Error> {
+    fn create(path: &Path, total_bytes: u64, mode: u32, boot: &[u8; 16]) -> Result<(), Error> {
         let mut rnd = [0u8; 8];
         crate::clock::fill_random(&mut rnd);
         let tmp = PathBuf::from(format!(
@@ -393,7 +503,7 @@ impl Mapping {
                 return Err(os_error("cannot size shared file", &tmp));
             }
             let map = Self::map(fd, total_bytes, &tmp)?;
-            map.init_header(total_bytes);
+            map.write_header(*boot)?;
             let link_to = cpath(path)?;
             // SAFETY: both are valid paths; link fails with EEXIST if the
             // name is taken, which is how a creation race is decided.
@@ -411,24 +521,155 @@ impl Mapping {
         result
     }
 
-    /// Writes a fresh header (the rest of the file must be zero).
-    fn init_header(&self, total_bytes: u64) {
+    /// Writes a fresh header over the whole header area (an empty
+    /// directory, a new seed), the magic number last: until it is there, an
+    /// opener finds the file being reset (or, after a crash, left so).
+    /// The regions must already be zero. On a new file, or under the lock.
+    fn write_header(&self, boot: [u8; 16]) -> Result<(), Error> {
         let seed = Seed::random();
-        let h = self.header_mut();
-        h.magic = MAGIC;
-        h.version = LAYOUT_VERSION;
-        h.header_bytes = std::mem::size_of::<Header>() as u32;
-        h.total_bytes = total_bytes;
-        h.boot_id = boot_id();
-        h.seed_k0 = seed.k0;
-        h.seed_k1 = seed.k1;
-        h.used_bytes.store(HEADER_BYTES, Ordering::SeqCst);
-        h.policy_count.store(0, Ordering::SeqCst);
+        // The header image, built in process memory and written with one
+        // pwrite (all but the magic word), then the magic.
+        let mut image = vec![0u8; std::mem::size_of::<Header>()];
+        let mut put = |offset: usize, bytes: &[u8]| {
+            image[offset..offset + bytes.len()].copy_from_slice(bytes);
+        };
+        put(8, &LAYOUT_VERSION.to_le_bytes());
+        put(12, &(std::mem::size_of::<Header>() as u32).to_le_bytes());
+        put(16, &(self.len as u64).to_le_bytes());
+        put(24, &boot);
+        put(40, &seed.k0.to_le_bytes());
+        put(48, &seed.k1.to_le_bytes());
+        put(56, &HEADER_BYTES.to_le_bytes());
+        // policy_count (64) and the directory stay zero.
+        self.pwrite(&image[8..], 8)?;
+        // SeqCst: every field above is written before the magic number that
+        // makes the header valid (readers load it with Acquire).
+        self.header().magic.store(MAGIC, Ordering::SeqCst);
+        Ok(())
     }
 
-    fn validate(&self, size: u64) -> Result<(), Error> {
-        let h = self.header();
+    /// Writes `bytes` at `offset` of the file (through the page cache the
+    /// mapping shares).
+    fn pwrite(&self, bytes: &[u8], offset: u64) -> Result<(), Error> {
+        let mut done = 0;
+        while done < bytes.len() {
+            // SAFETY: the fd is open for writing; the buffer is valid for
+            // `len - done` bytes from `done`.
+            let n = unsafe {
+                libc::pwrite(
+                    self.fd.as_raw_fd(),
+                    bytes[done..].as_ptr().cast(),
+                    bytes.len() - done,
+                    (offset + done as u64) as libc::off_t,
+                )
+            };
+            if n < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(os_error("cannot write shared file", &self.path));
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    /// Zeroes `[offset, offset + len)` of the file without changing its
+    /// size: a hole punched where the file system can, zeros written where
+    /// it cannot. Processes that still map the range read zeros, never
+    /// SIGBUS.
+    fn zero(&self, offset: u64, len: u64) -> Result<(), Error> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the fd is open for writing; KEEP_SIZE never changes the size.
+        let rc = unsafe {
+            libc::fallocate(
+                self.fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(Error::Io(format!(
+                "cannot reset {}: {e}",
+                self.path.display()
+            )));
+        }
+        let zeros = vec![0u8; 1 << 16];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(zeros.len() as u64) as usize;
+            self.pwrite(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Resets the file for this boot; call under the lock. The size never
+    /// changes (another process may still map the file: a shorter file
+    /// would be SIGBUS for it). Steps: mark the header as being reset (the
+    /// magic word), zero the regions, write the fresh header, magic last.
+    /// A crash at any step leaves the mark, or a zero header, which the
+    /// next open completes the reset from.
+    fn reset(&self, old: &HeaderCopy, boot: [u8; 16]) -> Result<(), Error> {
+        // SeqCst: the mark is visible before any region is zeroed.
+        self.header().magic.store(MAGIC_RESETTING, Ordering::SeqCst);
+        let len = self.len as u64;
+        // What was allocated, if the old header says so sanely; else all.
+        let used = if (HEADER_BYTES..=len).contains(&old.used_bytes) && old.magic == MAGIC {
+            len.min(old.used_bytes.div_ceil(REGION_ALIGN) * REGION_ALIGN)
+        } else {
+            len
+        };
+        self.zero(HEADER_BYTES, used - HEADER_BYTES)?;
+        self.write_header(boot)
+    }
+
+    /// The header's fields, each read once (volatile: another process may
+    /// be writing them); only this copy is used afterwards.
+    fn snapshot(&self) -> HeaderCopy {
+        let h = self.ptr.cast::<Header>();
+        // SAFETY:
+        // - the mapping is at least `size_of::<Header>()` bytes (checked
+        //   before mapping) and page-aligned, so every field is in bounds
+        //   and aligned; all are integers or atomics, valid for any bits;
+        // - plain fields are read with volatile reads (another process may
+        //   write them during a reset: a torn value fails validation, and
+        //   the magic number, written last, is loaded first with Acquire).
+        unsafe {
+            // Acquire: pairs with the SeqCst store of the magic number in
+            // `write_header`; the fields written before it are visible.
+            let magic = (*h).magic.load(Ordering::Acquire);
+            HeaderCopy {
+                magic,
+                version: std::ptr::read_volatile(std::ptr::addr_of!((*h).version)),
+                header_bytes: std::ptr::read_volatile(std::ptr::addr_of!((*h).header_bytes)),
+                total_bytes: std::ptr::read_volatile(std::ptr::addr_of!((*h).total_bytes)),
+                boot_id: std::ptr::read_volatile(std::ptr::addr_of!((*h).boot_id)),
+                seed: Seed {
+                    k0: std::ptr::read_volatile(std::ptr::addr_of!((*h).seed_k0)),
+                    k1: std::ptr::read_volatile(std::ptr::addr_of!((*h).seed_k1)),
+                },
+                used_bytes: (*h).used_bytes.load(Ordering::SeqCst),
+                // Acquire: entries below the count are complete (see `add_entry`).
+                policy_count: (*h).policy_count.load(Ordering::Acquire),
+            }
+        }
+    }
+
+    fn validate(&self, h: &HeaderCopy, size: u64) -> Result<(), Error> {
         let p = self.path.display();
+        if h.magic == MAGIC_RESETTING {
+            return Err(Error::Corrupt(format!(
+                "{p} was left half reset and cannot be completed (size {size} bytes is not a whole number of 4096-byte pages above the header): remove it"
+            )));
+        }
         if h.magic != MAGIC {
             return Err(Error::Corrupt(format!(
                 "{p} is not a ratekeeper shared file (bad magic number)"
@@ -453,14 +694,13 @@ impl Mapping {
                 h.total_bytes
             )));
         }
-        let used = h.used_bytes.load(Ordering::SeqCst);
-        if !(HEADER_BYTES..=size).contains(&used) {
+        if !(HEADER_BYTES..=size).contains(&h.used_bytes) {
             return Err(Error::Corrupt(format!(
-                "{p}: allocated size {used} is outside the file"
+                "{p}: allocated size {} is outside the file",
+                h.used_bytes
             )));
         }
-        // Acquire: entries below the count are complete (see `add_entry`).
-        let n = h.policy_count.load(Ordering::Acquire) as usize;
+        let n = h.policy_count as usize;
         if n > MAX_SHARED_POLICIES {
             return Err(Error::Corrupt(format!(
                 "{p}: {n} policies listed, at most {MAX_SHARED_POLICIES} fit"
@@ -472,25 +712,8 @@ impl Mapping {
         Ok(())
     }
 
-    /// Wipes a file left by an earlier boot and writes a fresh header.
-    fn reset_for_new_boot(&self) -> Result<(), Error> {
-        let _lock = self.lock()?;
-        if self.header().boot_id == boot_id() {
-            return Ok(()); // another process reset it while we waited
-        }
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: the fd is open for writing; truncating to 0 and back zeroes
-        // the file. No other process of this boot uses it yet: they all take
-        // this lock and see the new boot id after us.
-        unsafe {
-            if libc::ftruncate(fd, 0) != 0 || libc::ftruncate(fd, self.len as libc::off_t) != 0 {
-                return Err(os_error("cannot reset shared file", &self.path));
-            }
-        }
-        self.init_header(self.len as u64);
-        Ok(())
-    }
-
+    /// The header, for its atomics (`magic`, `used_bytes`, `policy_count`);
+    /// its plain fields are read once, by `snapshot`.
     pub fn header(&self) -> &Header {
         // SAFETY: the mapping is at least `size_of::<Header>()` bytes
         // (checked before mapping) and page-aligned; `Header` is repr(C) of
@@ -498,21 +721,9 @@ impl Mapping {
         unsafe { &*(self.ptr as *const Header) }
     }
 
-    #[allow(clippy::mut_from_ref)]
-    fn header_mut(&self) -> &mut Header {
-        // SAFETY: only called on a mapping no other process can see yet
-        // (during creation) or under the file lock after a boot reset, when
-        // no other reference to the header is alive in this process.
-        unsafe { &mut *(self.ptr as *mut Header) }
-    }
-
-    /// The seed all processes hash keys with.
+    /// The seed all processes hash keys with (read once, at open).
     pub fn seed(&self) -> Seed {
-        let h = self.header();
-        Seed {
-            k0: h.seed_k0,
-            k1: h.seed_k1,
-        }
+        self.seed
     }
 
     /// An error if the file is now shorter than the mapping: another
