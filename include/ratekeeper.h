@@ -431,7 +431,9 @@ typedef struct rk_engine_options {
      */
     uint64_t shared_max_bytes;
     /**
-     * Shared engines: permission bits of a newly created file (default 0600).
+     * Shared engines: permission bits of a newly created file (default
+     * 0600), and the widest an existing file may have (`RK_ERR_UNSAFE_FILE`
+     * otherwise).
      */
     uint32_t shared_file_mode;
 } rk_engine_options;
@@ -1027,7 +1029,8 @@ rk_status rk_engine_new(const struct rk_engine_options *opts,
  *
  * `path` is a NUL-terminated file name (any bytes, as on Unix). `opts` as
  * for `rk_engine_new`; `shared_max_bytes` and `shared_file_mode` apply
- * when the file is created. The caller owns the engine and frees it with
+ * when the file is created, and an existing file with permission bits
+ * beyond `shared_file_mode` is refused (`RK_ERR_UNSAFE_FILE`). The caller owns the engine and frees it with
  * `rk_engine_free` (which unmaps it; the file stays). Thread-safe.
  *
  * Errors: `RK_ERR_NULL_POINTER` (`path` or `out` NULL),

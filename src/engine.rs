@@ -38,7 +38,9 @@ pub struct EngineOptions {
     /// Shared engines: the largest size in bytes the mapping may grow to
     /// as policies are added (default 1 GiB; pages are only touched when used).
     pub shared_max_bytes: u64,
-    /// Shared engines: permission bits of a newly created file (default 0o600).
+    /// Shared engines: permission bits of a newly created file (default
+    /// 0o600), and the widest an existing file may have: one with more bits
+    /// (or owned by another user) is refused with [`Error::UnsafeFile`].
     pub shared_file_mode: u32,
 }
 
