@@ -83,7 +83,7 @@ fn status_values_are_explicit_distinct_and_described() {
         let text = c(rk_status_str(*s as u32));
         assert!(text.starts_with(&format!("{s:?}: ")), "{text}");
     }
-    assert_eq!(c(rk_status_str(21)), "unknown rk_status value");
+    assert_eq!(c(rk_status_str(22)), "unknown rk_status value");
     assert_eq!(c(rk_status_str(u32::MAX)), "unknown rk_status value");
 }
 
