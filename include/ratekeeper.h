@@ -174,6 +174,13 @@ enum rk_status
      * on an engine that is not Redis-backed.
      */
     RK_ERR_WRONG_ENGINE_KIND = 20,
+    /**
+     * A shared-memory file that must not be trusted: not a regular file
+     * (a FIFO, a directory, ...), a symbolic link, owned by another user,
+     * or with permission bits beyond `shared_file_mode`. Nothing in it
+     * was read or changed.
+     */
+    RK_ERR_UNSAFE_FILE = 21,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -424,7 +431,9 @@ typedef struct rk_engine_options {
      */
     uint64_t shared_max_bytes;
     /**
-     * Shared engines: permission bits of a newly created file (default 0600).
+     * Shared engines: permission bits of a newly created file (default
+     * 0600), and the widest an existing file may have (`RK_ERR_UNSAFE_FILE`
+     * otherwise).
      */
     uint32_t shared_file_mode;
 } rk_engine_options;
@@ -1020,12 +1029,15 @@ rk_status rk_engine_new(const struct rk_engine_options *opts,
  *
  * `path` is a NUL-terminated file name (any bytes, as on Unix). `opts` as
  * for `rk_engine_new`; `shared_max_bytes` and `shared_file_mode` apply
- * when the file is created. The caller owns the engine and frees it with
+ * when the file is created, and an existing file with permission bits
+ * beyond `shared_file_mode` is refused (`RK_ERR_UNSAFE_FILE`). The caller owns the engine and frees it with
  * `rk_engine_free` (which unmaps it; the file stays). Thread-safe.
  *
  * Errors: `RK_ERR_NULL_POINTER` (`path` or `out` NULL),
  * `RK_ERR_INVALID_ARGUMENT`, `RK_ERR_IO` (the file cannot be opened or
  * mapped), `RK_ERR_CORRUPT` (not a valid ratekeeper file),
+ * `RK_ERR_UNSAFE_FILE` (not a regular file, a symbolic link, owned by
+ * another user, or a mode wider than `shared_file_mode`),
  * `RK_ERR_UNSUPPORTED_PLATFORM`. `*out` is written only on success.
  *
  * # Safety

@@ -38,7 +38,9 @@ pub struct EngineOptions {
     /// Shared engines: the largest size in bytes the mapping may grow to
     /// as policies are added (default 1 GiB; pages are only touched when used).
     pub shared_max_bytes: u64,
-    /// Shared engines: permission bits of a newly created file (default 0o600).
+    /// Shared engines: permission bits of a newly created file (default
+    /// 0o600), and the widest an existing file may have: one with more bits
+    /// (or owned by another user) is refused with [`Error::UnsafeFile`].
     pub shared_file_mode: u32,
 }
 
@@ -340,6 +342,14 @@ fn region_units(layout: &Layout, buckets: usize) -> usize {
     TABLE_BASE + Table::units_needed(layout, buckets)
 }
 
+/// `region_units`, or `None` if it overflows (`buckets` from a shared
+/// file is hostile). A table's units grow linearly with its buckets.
+fn region_units_checked(layout: &Layout, buckets: usize) -> Option<usize> {
+    Table::units_needed(layout, 1)
+        .checked_mul(buckets)?
+        .checked_add(TABLE_BASE)
+}
+
 /// The rate-limit engine: a set of named policies.
 ///
 /// `Engine` is `Send + Sync`; share one by reference or `Arc`. `check`
@@ -441,16 +451,41 @@ impl Engine {
         path: impl AsRef<std::path::Path>,
         options: EngineOptions,
     ) -> Result<Engine, Error> {
+        Self::open_shared_booted(
+            path.as_ref(),
+            options,
+            std::path::Path::new(shm::BOOT_ID_PATH),
+        )
+    }
+
+    /// `open_shared`, reading the kernel's boot id from `boot_id_file`
+    /// (tests simulate reboots and unreadable boot ids with it).
+    pub(crate) fn open_shared_booted(
+        path: &std::path::Path,
+        options: EngineOptions,
+        boot_id_file: &std::path::Path,
+    ) -> Result<Engine, Error> {
         crate::sync::check_cpu()?;
         if options.capacity == 0 {
             return Err(Error::InvalidArgument("capacity must be at least 1".into()));
         }
         let map = Mapping::open(
-            path.as_ref(),
+            path,
             options.shared_max_bytes,
             options.shared_file_mode,
+            boot_id_file,
         )?;
         Ok(Self::with(map.seed(), options, Some(map)))
+    }
+
+    /// For a shared engine, an error if its file was truncated under the
+    /// mapping (touching the missing pages would be SIGBUS). Checked on the
+    /// slow paths only: one `fstat`.
+    fn intact(&self) -> Result<(), Error> {
+        match &self.shared {
+            Some(map) => map.check_intact(),
+            None => Ok(()),
+        }
     }
 
     /// The path of a shared engine's file (`None` for an in-process engine).
@@ -570,63 +605,76 @@ impl Engine {
     ) -> Result<PolicyId, Error> {
         let canonical = parsed.to_string();
         let _file = map.lock()?;
+        map.check_intact()?;
         for i in 0..map.policy_count() {
             let e = map.entry_checked(i)?;
-            let (n, spec) = shm::entry_strings(e);
-            if n == name {
-                let existing = policy::parse(spec).map_err(|err| {
+            if e.name == name {
+                let existing = policy::parse(&e.spec).map_err(|err| {
                     Error::Corrupt(format!(
-                        "policy {name:?} in the shared file has an unreadable spec {spec:?}: {err}"
+                        "policy {name:?} in the shared file has an unreadable spec {:?}: {err}",
+                        e.spec
                     ))
                 })?;
-                let theirs = shm::entry_options(e);
-                if existing != parsed || theirs.behaviour() != options.behaviour() {
+                if existing != parsed || e.options.behaviour() != options.behaviour() {
                     return Err(Error::PolicyMismatch {
                         name: name.into(),
-                        existing: describe(spec, &theirs),
+                        existing: describe(&e.spec, &e.options),
                         requested: describe(&canonical, &options),
                     });
                 }
-                return self.attach(map, i);
+                return self.attach(map, i, e);
             }
         }
         let layout = layout_for(&parsed, options.penalty)?;
         let buckets = Table::buckets_for(capacity);
-        let bytes = region_units(&layout, buckets) as u64 * 16;
+        let bytes = region_units_checked(&layout, buckets)
+            .and_then(|units| (units as u64).checked_mul(16))
+            .ok_or_else(|| Error::OutOfMemory(format!("a table of {buckets} buckets")))?;
         let i = map.add_entry(name, &canonical, buckets as u64, &options, bytes)?;
-        self.attach(map, i)
+        let e = map.entry_checked(i)?;
+        self.attach(map, i, e)
     }
 
-    /// Makes directory entry `i` of the shared file usable in this process.
-    fn attach(&self, map: &Arc<Mapping>, i: usize) -> Result<PolicyId, Error> {
+    /// Makes directory entry `i` of the shared file, as copied and checked
+    /// by `entry_checked` (never read again from the mapping), usable in
+    /// this process.
+    fn attach(&self, map: &Arc<Mapping>, i: usize, e: shm::EntryCopy) -> Result<PolicyId, Error> {
         let _guard = self.add_lock.lock().unwrap_or_else(|e| e.into_inner());
         if self.policies[i].get().is_some() {
             return Ok(PolicyId(i as u32));
         }
-        let e = map.entry_checked(i)?;
-        let (name, spec) = shm::entry_strings(e);
+        let shm::EntryCopy {
+            name,
+            spec,
+            buckets,
+            options,
+            region_offset,
+            region_bytes,
+        } = e;
         let corrupt =
             |m: String| Error::Corrupt(format!("{}: policy {name:?}: {m}", map.path().display()));
-        let parsed = policy::parse(spec)
+        let parsed = policy::parse(&spec)
             .map_err(|err| corrupt(format!("unreadable spec {spec:?}: {err}")))?;
-        let options = shm::entry_options(e);
         let layout = layout_for(&parsed, options.penalty)?;
-        let buckets = e.buckets as usize;
-        let units = region_units(&layout, buckets);
-        if (units as u64) * 16 > e.region_bytes {
-            return Err(corrupt(format!(
-                "region of {} bytes is too small for its table",
-                e.region_bytes
-            )));
-        }
+        let units = region_units_checked(&layout, buckets)
+            .filter(|&units| {
+                (units as u64)
+                    .checked_mul(16)
+                    .is_some_and(|b| b <= region_bytes)
+            })
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "region of {region_bytes} bytes is too small for a table of {buckets} buckets"
+                ))
+            })?;
         let mem = Memory::Mapped {
-            ptr: map.at(e.region_offset) as *const crate::sync::Atomic128,
+            ptr: map.at(region_offset) as *const crate::sync::Atomic128,
             len: units,
             _owner: map.clone(),
         };
         let policy = Policy::new(
-            name,
-            spec.into(),
+            &name,
+            spec,
             parsed,
             layout,
             options,
@@ -652,8 +700,15 @@ impl Engine {
     /// engine, by any process; a corrupt entry is skipped).
     pub fn policies(&self) -> Vec<PolicyId> {
         if let Some(map) = &self.shared {
+            if map.check_intact().is_err() {
+                return Vec::new();
+            }
             return (0..map.policy_count())
-                .filter_map(|i| self.attach(map, i).ok())
+                .filter_map(|i| {
+                    map.entry_checked(i)
+                        .and_then(|e| self.attach(map, i, e))
+                        .ok()
+                })
                 .collect();
         }
         // Acquire: pairs with the Release that published each policy.
@@ -1096,7 +1151,9 @@ impl Engine {
     /// # Ok::<(), ratekeeper::Error>(())
     /// ```
     pub fn recent_denials(&self, policy: PolicyId, since: u64) -> Result<Vec<DenyEvent>, Error> {
-        Ok(self.get(policy)?.ring().read(since))
+        let p = self.get(policy)?;
+        self.intact()?;
+        Ok(p.ring().read(since))
     }
 
     /// Gives back `cost` charged earlier to `key` (e.g. charge every login
@@ -1348,6 +1405,7 @@ impl Engine {
             )));
         }
         let p = self.get(policy)?;
+        self.intact()?;
         if p.table.layout.concurrency {
             return Err(Error::WrongPolicyKind(
                 "overrides apply to rate limits".into(),
@@ -1361,6 +1419,7 @@ impl Engine {
     pub fn clear_override(&self, policy: PolicyId, key: &[u8]) -> Result<(), Error> {
         via_redis!(self, r => self.remote_set_override(r, policy, key, 0));
         let p = self.get(policy)?;
+        self.intact()?;
         p.table.set_override(Self::hash(p, key), 0)
     }
 
@@ -1372,6 +1431,7 @@ impl Engine {
             return Ok((milli > 0).then(|| milli as f64 / 1000.0));
         }
         let p = self.get(policy)?;
+        self.intact()?;
         Ok(match p.table.override_of(Self::hash(p, key)) {
             0 => None,
             m => Some(m as f64 / 1000.0),
@@ -1392,6 +1452,7 @@ impl Engine {
     /// ```
     pub fn stats(&self, policy: PolicyId) -> Result<Stats, Error> {
         let p = self.get(policy)?;
+        self.intact()?;
         Ok(Stats {
             allowed: p.head().sum(Counter::Allowed),
             denied: p.head().sum(Counter::Denied),

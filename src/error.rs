@@ -62,6 +62,11 @@ pub enum Error {
     Io(String),
     /// A shared-memory file is not a valid ratekeeper file.
     Corrupt(String),
+    /// A shared-memory file this process must not trust: not a regular file
+    /// (a FIFO, a directory, ...), a symbolic link, owned by another user,
+    /// or with permission bits beyond the configured `shared_file_mode`.
+    /// Nothing in it was read or changed.
+    UnsafeFile(String),
     /// This CPU lacks an instruction the lock-free table needs.
     UnsupportedPlatform(String),
     /// The Redis backend could not be used: unreachable for an operation
@@ -91,6 +96,7 @@ impl fmt::Display for Error {
             Error::OutOfMemory(m) => write!(f, "out of memory: {m}"),
             Error::Io(m) => write!(f, "I/O error: {m}"),
             Error::Corrupt(m) => write!(f, "corrupt shared-memory file: {m}"),
+            Error::UnsafeFile(m) => write!(f, "unsafe shared-memory file: {m}"),
             Error::UnsupportedPlatform(m) => write!(f, "unsupported platform: {m}"),
             Error::Backend(m) => write!(f, "backend error: {m}"),
         }

@@ -90,6 +90,13 @@ fn checksum(ticket: u64, words: &[u64; WORDS]) -> u64 {
     h | 1
 }
 
+/// The sequence word of a complete entry for `ticket` (`- 1` while it is
+/// being written). Wrapping: the head lives in a shared file, where any
+/// value may be found; a wrapped sequence at worst hides an event.
+fn sequence(ticket: u64) -> u64 {
+    ticket.wrapping_mul(2).wrapping_add(2)
+}
+
 /// A ring over a head and `entries` (in a policy region, or built by loom).
 pub(crate) struct Ring<'a> {
     pub head: &'a RingHead,
@@ -134,11 +141,11 @@ impl Ring<'_> {
         w[5] = checksum(ticket, &w);
         // SeqCst: the odd sequence must be visible before any field, and
         // every field before the even one (a seqlock's write side).
-        e.w[0].store(2 * ticket + 1, Ordering::SeqCst);
+        e.w[0].store(sequence(ticket).wrapping_sub(1), Ordering::SeqCst);
         for (slot, &value) in e.w.iter().zip(&w).skip(1) {
             slot.store(value, Ordering::SeqCst);
         }
-        e.w[0].store(2 * ticket + 2, Ordering::SeqCst);
+        e.w[0].store(sequence(ticket), Ordering::SeqCst);
     }
 
     /// The next ticket (events so far).
@@ -156,7 +163,7 @@ impl Ring<'_> {
         for ticket in start..end {
             let e = &self.entries[(ticket % n) as usize];
             let seq = e.w[0].load(Ordering::SeqCst);
-            if seq != 2 * ticket + 2 {
+            if seq != sequence(ticket) {
                 continue;
             }
             let mut w = [0u64; WORDS];

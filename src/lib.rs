@@ -59,4 +59,16 @@ pub mod __private {
     #[cfg(feature = "redis")]
     pub use crate::redis::script_args;
     pub use crate::sync::Atomic128;
+
+    /// [`Engine::open_shared`](crate::Engine::open_shared), with the kernel's
+    /// boot id read from `boot_id_file` instead of
+    /// `/proc/sys/kernel/random/boot_id` (tests/hostile_file.rs simulates
+    /// reboots, unreadable boot ids and interrupted resets with it).
+    pub fn open_shared_with_boot_id(
+        path: impl AsRef<std::path::Path>,
+        options: crate::EngineOptions,
+        boot_id_file: impl AsRef<std::path::Path>,
+    ) -> Result<crate::Engine, crate::Error> {
+        crate::Engine::open_shared_booted(path.as_ref(), options, boot_id_file.as_ref())
+    }
 }

@@ -201,3 +201,24 @@ fn release_pid_refuses_a_live_process_and_accepts_a_dead_one() {
     assert!(help.contains("PID namespace"), "{help}");
     let _ = std::fs::remove_file(&p);
 }
+
+#[test]
+fn a_file_with_a_group_mode_needs_mode_and_a_wider_one_is_refused() {
+    let p = shm_path("mode");
+    assert_eq!(rk(&["add", &p, "api", "5/second", "--mode", "660"]).0, 0);
+    let (code, _, err) = rk(&["policies", &p]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("is mode 0660, wider than the configured 0600"),
+        "{err}"
+    );
+    let (code, out, _) = rk(&["policies", &p, "--mode", "660"]);
+    assert_eq!((code, out.as_str()), (0, "api\t5/second\tcapacity=65536\n"));
+    let (code, _, err) = rk(&["policies", &p, "--mode", "9"]);
+    assert_eq!(code, 2, "{err}");
+    let link = shm_path("mode-link");
+    std::os::unix::fs::symlink(&p, &link).unwrap();
+    let (code, _, err) = rk(&["policies", &link, "--mode", "660"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is a symbolic link"), "{err}");
+}

@@ -351,6 +351,14 @@ fn the_same_name_with_other_limits_in_another_engine_is_an_error_naming_both() {
     );
 }
 
+/// Writes a new file with the mode shared files must have (a wider one is
+/// refused before its contents are looked at).
+fn write_private(p: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(p, bytes).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 fn corrupt_err(p: &Path) -> String {
     match Engine::open_shared(p, opts()) {
         Err(e) => e.to_string(),
@@ -362,14 +370,14 @@ fn corrupt_err(p: &Path) -> String {
 fn bad_files_get_clear_errors() {
     // Zero length.
     let p = path("zero");
-    std::fs::write(&p, b"").unwrap();
+    write_private(&p, b"");
     assert!(corrupt_err(&p).contains("truncated or not a ratekeeper file"));
     // Random bytes.
     let p = path("random");
     let bytes: Vec<u8> = (0..300_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    std::fs::write(&p, &bytes).unwrap();
+    write_private(&p, &bytes);
     assert!(corrupt_err(&p).contains("bad magic"));
     // A real file, truncated.
     let p = path("truncated");

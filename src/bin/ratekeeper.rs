@@ -17,6 +17,17 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Permission bits (octal) of a new file, and the widest an existing
+    /// file may have: the workers' `shared_file_mode`.
+    #[arg(long, global = true, default_value = "600", value_parser = octal_mode)]
+    mode: u32,
+}
+
+fn octal_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 600 or 660"))
 }
 
 #[derive(Subcommand)]
@@ -92,11 +103,18 @@ enum Command {
     },
 }
 
-fn open(path: &Path) -> Result<Engine, String> {
-    if !path.exists() {
+fn options(mode: u32) -> EngineOptions {
+    EngineOptions {
+        shared_file_mode: mode,
+        ..Default::default()
+    }
+}
+
+fn open(path: &Path, mode: u32) -> Result<Engine, String> {
+    if std::fs::symlink_metadata(path).is_err() {
         return Err(format!("{}: no such shared file", path.display()));
     }
-    Engine::open_shared(path, EngineOptions::default()).map_err(|e| e.to_string())
+    Engine::open_shared(path, options(mode)).map_err(|e| e.to_string())
 }
 
 fn policy(e: &Engine, name: &str) -> Result<PolicyId, String> {
@@ -133,6 +151,7 @@ fn json_str(s: &str) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
+    let mode = cli.mode;
     match cli.command {
         Command::Add {
             path,
@@ -140,8 +159,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             spec,
             capacity,
         } => {
-            let e =
-                Engine::open_shared(&path, EngineOptions::default()).map_err(|e| e.to_string())?;
+            let e = Engine::open_shared(&path, options(mode)).map_err(|e| e.to_string())?;
             let opts = ratekeeper::PolicyOptions {
                 capacity,
                 ..Default::default()
@@ -156,7 +174,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policies { path } => {
-            let e = open(&path)?;
+            let e = open(&path, mode)?;
             for p in e.policies() {
                 let spec = e.policy_spec(p).map_err(|e| e.to_string())?;
                 let st = e.stats(p).map_err(|e| e.to_string())?;
@@ -170,7 +188,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { path, json } => {
-            let e = open(&path)?;
+            let e = open(&path, mode)?;
             if !json {
                 println!(
                     "{:<20} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>21}  limits",
@@ -219,7 +237,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             cost,
             peek,
         } => {
-            let e = open(&path)?;
+            let e = open(&path, mode)?;
             let p = policy(&e, &name)?;
             let d = if peek {
                 e.peek(p, key.as_bytes(), cost).map_err(|e| e.to_string())?
@@ -247,7 +265,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             policy: name,
             key,
         } => {
-            let e = open(&path)?;
+            let e = open(&path, mode)?;
             let p = policy(&e, &name)?;
             if e.reset(p, key.as_bytes()).map_err(|e| e.to_string())? {
                 println!("reset {name} {key}");
@@ -264,7 +282,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             interval_ms,
         } => {
             use std::io::Write;
-            let e = open(&path)?;
+            let e = open(&path, mode)?;
             let mut next: std::collections::HashMap<PolicyId, u64> = Default::default();
             loop {
                 let ids = match &only {
@@ -321,7 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             factor,
             clear,
         } => {
-            let e = open(&path)?;
+            let e = open(&path, mode)?;
             let p = policy(&e, &name)?;
             if clear {
                 e.clear_override(p, key.as_bytes())
@@ -340,7 +358,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::ReleasePid { path, pid } => {
-            let e = open(&path)?;
+            let e = open(&path, mode)?;
             let mut total = 0;
             for p in e.policies() {
                 total += e.release_holder(p, pid).map_err(|e| e.to_string())?;

@@ -53,7 +53,9 @@ pub struct rk_engine_options {
     /// Shared engines: the largest size in bytes the mapping may grow to as
     /// policies are added (default 1 GiB; pages are touched only when used).
     pub shared_max_bytes: u64,
-    /// Shared engines: permission bits of a newly created file (default 0600).
+    /// Shared engines: permission bits of a newly created file (default
+    /// 0600), and the widest an existing file may have (`RK_ERR_UNSAFE_FILE`
+    /// otherwise).
     pub shared_file_mode: u32,
 }
 
@@ -178,12 +180,15 @@ pub unsafe extern "C" fn rk_engine_new(
 ///
 /// `path` is a NUL-terminated file name (any bytes, as on Unix). `opts` as
 /// for `rk_engine_new`; `shared_max_bytes` and `shared_file_mode` apply
-/// when the file is created. The caller owns the engine and frees it with
+/// when the file is created, and an existing file with permission bits
+/// beyond `shared_file_mode` is refused (`RK_ERR_UNSAFE_FILE`). The caller owns the engine and frees it with
 /// `rk_engine_free` (which unmaps it; the file stays). Thread-safe.
 ///
 /// Errors: `RK_ERR_NULL_POINTER` (`path` or `out` NULL),
 /// `RK_ERR_INVALID_ARGUMENT`, `RK_ERR_IO` (the file cannot be opened or
 /// mapped), `RK_ERR_CORRUPT` (not a valid ratekeeper file),
+/// `RK_ERR_UNSAFE_FILE` (not a regular file, a symbolic link, owned by
+/// another user, or a mode wider than `shared_file_mode`),
 /// `RK_ERR_UNSUPPORTED_PLATFORM`. `*out` is written only on success.
 ///
 /// # Safety

@@ -70,6 +70,11 @@ pub enum rk_status {
     /// The operation needs the other kind of engine: `rk_engine_redis_stats`
     /// on an engine that is not Redis-backed.
     RK_ERR_WRONG_ENGINE_KIND = 20,
+    /// A shared-memory file that must not be trusted: not a regular file
+    /// (a FIFO, a directory, ...), a symbolic link, owned by another user,
+    /// or with permission bits beyond `shared_file_mode`. Nothing in it
+    /// was read or changed.
+    RK_ERR_UNSAFE_FILE = 21,
 }
 
 impl rk_status {
@@ -89,6 +94,7 @@ impl rk_status {
             Error::OutOfMemory(_) => rk_status::RK_ERR_OUT_OF_MEMORY,
             Error::Io(_) => rk_status::RK_ERR_IO,
             Error::Corrupt(_) => rk_status::RK_ERR_CORRUPT,
+            Error::UnsafeFile(_) => rk_status::RK_ERR_UNSAFE_FILE,
             Error::UnsupportedPlatform(_) => rk_status::RK_ERR_UNSUPPORTED_PLATFORM,
             Error::Backend(_) => rk_status::RK_ERR_BACKEND,
         }
@@ -96,7 +102,7 @@ impl rk_status {
 
     /// Every status, in value order (for tests).
     #[cfg(test)]
-    pub(crate) const ALL: [rk_status; 21] = [
+    pub(crate) const ALL: [rk_status; 22] = [
         rk_status::RK_OK,
         rk_status::RK_ERR_NULL_POINTER,
         rk_status::RK_ERR_NULL_KEY,
@@ -118,6 +124,7 @@ impl rk_status {
         rk_status::RK_ERR_BUFFER_TOO_SMALL,
         rk_status::RK_ERR_BACKEND,
         rk_status::RK_ERR_WRONG_ENGINE_KIND,
+        rk_status::RK_ERR_UNSAFE_FILE,
     ];
 }
 
@@ -145,6 +152,7 @@ fn describe(status: u32) -> &'static CStr {
         18 => c"RK_ERR_BUFFER_TOO_SMALL: the buffer is too small",
         19 => c"RK_ERR_BACKEND: the Redis backend could not be used",
         20 => c"RK_ERR_WRONG_ENGINE_KIND: the operation needs a Redis-backed engine",
+        21 => c"RK_ERR_UNSAFE_FILE: the shared-memory file is not a regular file owned by this user with the configured mode",
         _ => c"unknown rk_status value",
     }
 }

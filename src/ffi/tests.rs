@@ -83,7 +83,7 @@ fn status_values_are_explicit_distinct_and_described() {
         let text = c(rk_status_str(*s as u32));
         assert!(text.starts_with(&format!("{s:?}: ")), "{text}");
     }
-    assert_eq!(c(rk_status_str(21)), "unknown rk_status value");
+    assert_eq!(c(rk_status_str(22)), "unknown rk_status value");
     assert_eq!(c(rk_status_str(u32::MAX)), "unknown rk_status value");
 }
 
@@ -111,6 +111,7 @@ fn every_engine_error_has_its_own_status() {
         Error::OutOfMemory(String::new()),
         Error::Io(String::new()),
         Error::Corrupt(String::new()),
+        Error::UnsafeFile(String::new()),
         Error::UnsupportedPlatform(String::new()),
         Error::Backend(String::new()),
     ];

@@ -11,14 +11,29 @@
 //! | `HEADER_BYTES`..  | policy regions, each 4096-aligned, allocated in order |
 //!
 //! Everything in the file is integers and atomics (`repr(C)`), located by
-//! offsets, never pointers. The header is written once, before the file
-//! appears under its name (it is built under a temporary name and
-//! `link(2)`ed into place), so no process ever sees a half-written header.
-//! Adding a policy takes an `flock(2)` on the file (not on the hot path; the
-//! kernel drops it if the holder dies); a directory entry is complete before
-//! `policy_count` is raised (release) past it, and never changes after.
+//! offsets, never pointers. The header is written before the file appears
+//! under its name (it is built under a temporary name and `link(2)`ed into
+//! place), magic number last. Adding a policy takes an `flock(2)` on the
+//! file (not on the hot path; the kernel drops it if the holder dies); a
+//! directory entry is complete before `policy_count` is raised (release)
+//! past it, and never changes after.
+//!
 //! A file whose boot id differs from the running kernel's is from an earlier
-//! boot: its contents are wiped and it is initialised afresh.
+//! boot: under the lock its magic number is replaced by `MAGIC_RESETTING`,
+//! its regions are zeroed in place (a punched hole; the size never changes,
+//! so a process that still maps it reads zeros rather than dying of
+//! SIGBUS), then a fresh header is written, magic last. An open that finds
+//! the mark (or the all-zero header an older version's interrupted reset
+//! left) completes the reset under the lock.
+//!
+//! # Hostile files
+//!
+//! The file is input from whoever can write it. It is opened without
+//! following a symbolic link or blocking, and refused unless it is a
+//! regular file owned by this process's effective uid with no permission
+//! bits beyond `shared_file_mode`. Header fields and directory entries are
+//! copied into process memory once and validated with checked arithmetic;
+//! only the copies are used afterwards.
 
 use crate::abuse::Penalty;
 use crate::hash::Seed;
@@ -35,19 +50,29 @@ use std::sync::Arc;
 /// "RATEKEEP" in ASCII, little-endian.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RATEKEEP");
 /// Bumped on any change of the file layout or of the table format.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+/// Version 2: the magic number is written last and doubles as the reset
+/// mark (`MAGIC_RESETTING`); resets never shrink the file.
+pub(crate) const LAYOUT_VERSION: u32 = 2;
+/// The magic word while the file is being reset for a new boot (or left so
+/// by a crash during a reset, which the next open completes).
+pub(crate) const MAGIC_RESETTING: u64 = u64::from_le_bytes(*b"RKRESET!");
 /// Policies one shared file can hold.
 pub const MAX_SHARED_POLICIES: usize = 128;
 /// Longest policy name in a shared file.
 pub const MAX_NAME_BYTES: usize = 128;
 /// Longest canonical spec in a shared file.
 pub const MAX_SPEC_BYTES: usize = 1024;
+/// Largest shared file (and `shared_max_bytes`): keeps every offset and
+/// size computed from the file far from overflow.
+pub(crate) const MAX_FILE_BYTES: u64 = 1 << 46;
 /// Alignment of policy regions.
 const REGION_ALIGN: u64 = 4096;
 
 /// One policy of the directory. Written once under the file lock, before
-/// `Header::policy_count` covers it; read-only afterwards.
+/// `Header::policy_count` covers it; read-only afterwards (but never trusted:
+/// see [`Mapping::entry_checked`]).
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub(crate) struct DirEntry {
     pub name_len: u32,
     pub spec_len: u32,
@@ -68,10 +93,55 @@ pub(crate) struct DirEntry {
     pub region_bytes: u64,
 }
 
+/// A directory entry copied out of the mapping and validated: the only
+/// form in which a process uses an entry.
+#[derive(Debug, Clone)]
+pub(crate) struct EntryCopy {
+    pub name: String,
+    pub spec: String,
+    /// A power of two, below `region_bytes / 16`.
+    pub buckets: usize,
+    pub options: PolicyOptions,
+    /// Inside the file, 4096-aligned, at or after `HEADER_BYTES`.
+    pub region_offset: u64,
+    /// Non-zero; `region_offset + region_bytes` is within the file.
+    pub region_bytes: u64,
+}
+
+/// The header's plain fields, as read once by `Mapping::snapshot`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeaderCopy {
+    pub magic: u64,
+    pub version: u32,
+    pub header_bytes: u32,
+    pub total_bytes: u64,
+    pub boot_id: [u8; 16],
+    pub seed: Seed,
+    pub used_bytes: u64,
+    pub policy_count: u32,
+}
+
+impl HeaderCopy {
+    /// All zero: what the reset of ratekeeper before layout version 2
+    /// (truncate to 0, then back) left when it crashed half-way.
+    fn is_zero(&self) -> bool {
+        self.magic == 0
+            && self.version == 0
+            && self.header_bytes == 0
+            && self.total_bytes == 0
+            && self.boot_id == [0; 16]
+            && self.seed == (Seed { k0: 0, k1: 0 })
+            && self.used_bytes == 0
+            && self.policy_count == 0
+    }
+}
+
 /// The file header.
 #[repr(C)]
 pub(crate) struct Header {
-    pub magic: u64,
+    /// Written last (SeqCst) when a header is written; `MAGIC_RESETTING`
+    /// while a reset is under way.
+    pub magic: AtomicU64,
     pub version: u32,
     pub header_bytes: u32,
     /// Size of the file and of the mapping.
@@ -106,6 +176,8 @@ pub(crate) struct Mapping {
     len: usize,
     fd: OwnedFd,
     path: PathBuf,
+    /// The header's seed, read once at open.
+    seed: Seed,
 }
 
 // SAFETY:
@@ -138,22 +210,75 @@ fn os_error(what: &str, path: &Path) -> Error {
     }
 }
 
+fn unsafe_file(path: &Path, what: &str) -> Error {
+    Error::UnsafeFile(format!("{} {what}", path.display()))
+}
+
+fn fstat(fd: &OwnedFd, path: &Path) -> Result<libc::stat, Error> {
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` is a valid out-pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(os_error("cannot stat shared file", path));
+    }
+    Ok(st)
+}
+
+/// Whether the path itself (not what it points at) is a symbolic link.
+fn is_symlink(c: &CString) -> bool {
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    (unsafe { libc::lstat(c.as_ptr(), &mut st) }) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFLNK
+}
+
 fn cpath(path: &Path) -> Result<CString, Error> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::InvalidArgument(format!("path {:?} contains a NUL byte", path)))
 }
 
-/// The running kernel's boot id (`/proc/sys/kernel/random/boot_id`).
-pub(crate) fn boot_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
-        let hex: Vec<u8> = text.bytes().filter(|b| b.is_ascii_hexdigit()).collect();
-        for (i, pair) in hex.chunks(2).take(16).enumerate() {
-            let s = std::str::from_utf8(pair).unwrap_or("0");
-            id[i] = u8::from_str_radix(s, 16).unwrap_or(0);
-        }
+/// Where the running kernel's boot id is.
+pub(crate) const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The boot id in the file at `path` (normally [`BOOT_ID_PATH`]): a UUID,
+/// `8-4-4-4-12` hex digits and a newline. Unreadable, malformed or all
+/// zero is an error: without it a reboot would go unnoticed, and a file
+/// from an earlier boot (its leases, its windows, its clock) be misread.
+pub(crate) fn read_boot_id(path: &Path) -> Result<[u8; 16], Error> {
+    let text = std::fs::read(path).map_err(|e| {
+        Error::Io(format!(
+            "cannot read the boot id from {}: {e}; shared engines need it to tell a reboot (after which a shared file is reset)",
+            path.display()
+        ))
+    })?;
+    let malformed = || {
+        Error::Io(format!(
+            "the boot id in {} is not a UUID ({:?}); shared engines need it to tell a reboot",
+            path.display(),
+            String::from_utf8_lossy(&text[..text.len().min(64)])
+        ))
+    };
+    let uuid = text.strip_suffix(b"\n").unwrap_or(&text);
+    if uuid.len() != 36 {
+        return Err(malformed());
     }
-    id
+    let mut id = [0u8; 16];
+    let mut nibbles = 0;
+    for (i, &c) in uuid.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return Err(malformed());
+            }
+            continue;
+        }
+        let v = (c as char).to_digit(16).ok_or_else(malformed)? as u8;
+        id[nibbles / 2] |= v << (4 * (1 - nibbles % 2));
+        nibbles += 1;
+    }
+    if id == [0; 16] {
+        return Err(malformed());
+    }
+    Ok(id)
 }
 
 /// An exclusive `flock` on the shared file, released on drop.
@@ -172,27 +297,25 @@ impl Drop for FileLock<'_> {
 
 impl Mapping {
     /// Creates the file at `path` if it does not exist, then maps and
-    /// validates it (resetting it if it is from an earlier boot).
-    pub fn open(path: &Path, total_bytes: u64, mode: u32) -> Result<Arc<Mapping>, Error> {
-        if !(HEADER_BYTES + REGION_ALIGN..=(1u64 << 46)).contains(&total_bytes) {
+    /// validates it (resetting it if it is from an earlier boot, or if a
+    /// reset was interrupted). `boot_id_file` is where the running kernel's
+    /// boot id is read ([`BOOT_ID_PATH`]; another file in tests).
+    pub fn open(
+        path: &Path,
+        total_bytes: u64,
+        mode: u32,
+        boot_id_file: &Path,
+    ) -> Result<Arc<Mapping>, Error> {
+        if !(HEADER_BYTES + REGION_ALIGN..=MAX_FILE_BYTES).contains(&total_bytes) {
             return Err(Error::InvalidArgument(format!(
                 "shared_max_bytes must be between {} and 2^46 bytes (got {total_bytes})",
                 HEADER_BYTES + REGION_ALIGN
             )));
         }
         let total_bytes = total_bytes.div_ceil(REGION_ALIGN) * REGION_ALIGN;
-        if !path.exists() {
-            Self::create(path, total_bytes, mode)?;
-        }
-        let c = cpath(path)?;
-        // SAFETY: `c` is a valid NUL-terminated path; the flags open an existing file.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(os_error("cannot open shared file", path));
-        }
-        // SAFETY: `fd` was just returned by open and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let size = Self::file_size(&fd, path)?;
+        let boot = read_boot_id(boot_id_file)?;
+        let fd = Self::open_fd(path, total_bytes, mode, &boot)?;
+        let size = Self::check_file(&fd, path, mode)?;
         let header = std::mem::size_of::<Header>() as u64;
         if size < header {
             return Err(Error::Corrupt(format!(
@@ -200,20 +323,122 @@ impl Mapping {
                 path.display()
             )));
         }
-        let map = Self::map(fd, size, path)?;
-        map.validate(size)?;
-        if map.header().boot_id != boot_id() {
-            map.reset_for_new_boot()?;
+        if size > MAX_FILE_BYTES {
+            return Err(Error::Corrupt(format!(
+                "{} is {size} bytes, larger than any ratekeeper file (2^46 bytes)",
+                path.display()
+            )));
         }
+        let mut map = Self::map(fd, size, path)?;
+        let mut h = map.snapshot();
+        if h.magic != MAGIC || h.boot_id != boot {
+            // From an earlier boot, being reset, or left half reset by a
+            // crash: decide (and reset) under the lock, on a fresh look.
+            let _lock = map.lock()?;
+            h = map.snapshot();
+            let earlier_boot = h.magic == MAGIC && h.version == LAYOUT_VERSION && h.boot_id != boot;
+            let interrupted = (h.magic == MAGIC_RESETTING || h.is_zero())
+                && size >= HEADER_BYTES + REGION_ALIGN
+                && size % REGION_ALIGN == 0;
+            if earlier_boot || interrupted {
+                map.reset(&h, boot)?;
+                h = map.snapshot();
+            }
+        }
+        map.validate(&h, size)?;
+        map.seed = h.seed;
         Ok(Arc::new(map))
     }
 
-    fn file_size(fd: &OwnedFd, path: &Path) -> Result<u64, Error> {
-        // SAFETY: an all-zero `stat` is a valid value to be overwritten.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is open and `st` is a valid out-pointer.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(os_error("cannot stat shared file", path));
+    /// Opens the file at `path` without following a symbolic link and
+    /// without blocking (a FIFO would block a plain open), creating it first
+    /// if there is none.
+    fn open_fd(
+        path: &Path,
+        total_bytes: u64,
+        mode: u32,
+        boot: &[u8; 16],
+    ) -> Result<OwnedFd, Error> {
+        let c = cpath(path)?;
+        let mut created = false;
+        loop {
+            // SAFETY: `c` is a valid NUL-terminated path; the flags open an
+            // existing file only, never through a final symbolic link, never
+            // blocking, never as a controlling terminal.
+            let fd = unsafe {
+                libc::open(
+                    c.as_ptr(),
+                    libc::O_RDWR
+                        | libc::O_NOFOLLOW
+                        | libc::O_NONBLOCK
+                        | libc::O_NOCTTY
+                        | libc::O_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: `fd` was just returned by open and is owned by nobody else.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                // Not there: build it (under another name, linked into
+                // place), then open whatever is at the path now. Once only:
+                // a file that vanishes again is someone else's doing.
+                Some(libc::ENOENT) if !created => {
+                    Self::create(path, total_bytes, mode, boot)?;
+                    created = true;
+                }
+                Some(libc::ELOOP) if is_symlink(&c) => {
+                    return Err(unsafe_file(
+                        path,
+                        "is a symbolic link: shared files are never opened through a link (whoever made it could point it at a file of theirs); use the real path",
+                    ));
+                }
+                Some(libc::EISDIR) => {
+                    return Err(unsafe_file(path, "is a directory, not a regular file"));
+                }
+                _ => return Err(os_error("cannot open shared file", path)),
+            }
+        }
+    }
+
+    /// Checks that the open file is one this process can trust: a regular
+    /// file, owned by the effective uid, with no permission bits beyond
+    /// `mode`. Returns its size. Touches nothing in the file.
+    fn check_file(fd: &OwnedFd, path: &Path, mode: u32) -> Result<u64, Error> {
+        let st = fstat(fd, path)?;
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => None,
+            libc::S_IFIFO => Some("a FIFO"),
+            libc::S_IFDIR => Some("a directory"),
+            libc::S_IFSOCK => Some("a socket"),
+            libc::S_IFCHR => Some("a character device"),
+            libc::S_IFBLK => Some("a block device"),
+            libc::S_IFLNK => Some("a symbolic link"),
+            _ => Some("not a file"),
+        };
+        if let Some(kind) = kind {
+            return Err(unsafe_file(path, &format!("is {kind}, not a regular file")));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if st.st_uid != euid {
+            return Err(unsafe_file(
+                path,
+                &format!(
+                    "is owned by uid {}, not by this process's uid {euid}: its owner could change the limits; remove it, or run every worker as its owner",
+                    st.st_uid
+                ),
+            ));
+        }
+        let bits = st.st_mode & 0o7777;
+        if bits & !(mode & 0o7777) != 0 {
+            return Err(unsafe_file(
+                path,
+                &format!(
+                    "is mode {bits:04o}, wider than the configured {:04o}: another user could change the limits; remove it or set shared_file_mode",
+                    mode & 0o7777
+                ),
+            ));
         }
         Ok(st.st_size as u64)
     }
@@ -239,12 +464,13 @@ impl Mapping {
             len: size as usize,
             fd,
             path: path.to_path_buf(),
+            seed: Seed { k0: 0, k1: 0 },
         })
     }
 
     /// Builds a complete file under a temporary name, then links it into
     /// place: whoever links first wins, the others use the winner's file.
-    fn create(path: &Path, total_bytes: u64, mode: u32) -> Result<(), Error> {
+    fn create(path: &Path, total_bytes: u64, mode: u32, boot: &[u8; 16]) -> Result<(), Error> {
         let mut rnd = [0u8; 8];
         crate::clock::fill_random(&mut rnd);
         let tmp = PathBuf::from(format!(
@@ -277,7 +503,7 @@ impl Mapping {
                 return Err(os_error("cannot size shared file", &tmp));
             }
             let map = Self::map(fd, total_bytes, &tmp)?;
-            map.init_header(total_bytes);
+            map.write_header(*boot)?;
             let link_to = cpath(path)?;
             // SAFETY: both are valid paths; link fails with EEXIST if the
             // name is taken, which is how a creation race is decided.
@@ -295,24 +521,155 @@ impl Mapping {
         result
     }
 
-    /// Writes a fresh header (the rest of the file must be zero).
-    fn init_header(&self, total_bytes: u64) {
+    /// Writes a fresh header over the whole header area (an empty
+    /// directory, a new seed), the magic number last: until it is there, an
+    /// opener finds the file being reset (or, after a crash, left so).
+    /// The regions must already be zero. On a new file, or under the lock.
+    fn write_header(&self, boot: [u8; 16]) -> Result<(), Error> {
         let seed = Seed::random();
-        let h = self.header_mut();
-        h.magic = MAGIC;
-        h.version = LAYOUT_VERSION;
-        h.header_bytes = std::mem::size_of::<Header>() as u32;
-        h.total_bytes = total_bytes;
-        h.boot_id = boot_id();
-        h.seed_k0 = seed.k0;
-        h.seed_k1 = seed.k1;
-        h.used_bytes.store(HEADER_BYTES, Ordering::SeqCst);
-        h.policy_count.store(0, Ordering::SeqCst);
+        // The header image, built in process memory and written with one
+        // pwrite (all but the magic word), then the magic.
+        let mut image = vec![0u8; std::mem::size_of::<Header>()];
+        let mut put = |offset: usize, bytes: &[u8]| {
+            image[offset..offset + bytes.len()].copy_from_slice(bytes);
+        };
+        put(8, &LAYOUT_VERSION.to_le_bytes());
+        put(12, &(std::mem::size_of::<Header>() as u32).to_le_bytes());
+        put(16, &(self.len as u64).to_le_bytes());
+        put(24, &boot);
+        put(40, &seed.k0.to_le_bytes());
+        put(48, &seed.k1.to_le_bytes());
+        put(56, &HEADER_BYTES.to_le_bytes());
+        // policy_count (64) and the directory stay zero.
+        self.pwrite(&image[8..], 8)?;
+        // SeqCst: every field above is written before the magic number that
+        // makes the header valid (readers load it with Acquire).
+        self.header().magic.store(MAGIC, Ordering::SeqCst);
+        Ok(())
     }
 
-    fn validate(&self, size: u64) -> Result<(), Error> {
-        let h = self.header();
+    /// Writes `bytes` at `offset` of the file (through the page cache the
+    /// mapping shares).
+    fn pwrite(&self, bytes: &[u8], offset: u64) -> Result<(), Error> {
+        let mut done = 0;
+        while done < bytes.len() {
+            // SAFETY: the fd is open for writing; the buffer is valid for
+            // `len - done` bytes from `done`.
+            let n = unsafe {
+                libc::pwrite(
+                    self.fd.as_raw_fd(),
+                    bytes[done..].as_ptr().cast(),
+                    bytes.len() - done,
+                    (offset + done as u64) as libc::off_t,
+                )
+            };
+            if n < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(os_error("cannot write shared file", &self.path));
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    /// Zeroes `[offset, offset + len)` of the file without changing its
+    /// size: a hole punched where the file system can, zeros written where
+    /// it cannot. Processes that still map the range read zeros, never
+    /// SIGBUS.
+    fn zero(&self, offset: u64, len: u64) -> Result<(), Error> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the fd is open for writing; KEEP_SIZE never changes the size.
+        let rc = unsafe {
+            libc::fallocate(
+                self.fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(Error::Io(format!(
+                "cannot reset {}: {e}",
+                self.path.display()
+            )));
+        }
+        let zeros = vec![0u8; 1 << 16];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(zeros.len() as u64) as usize;
+            self.pwrite(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Resets the file for this boot; call under the lock. The size never
+    /// changes (another process may still map the file: a shorter file
+    /// would be SIGBUS for it). Steps: mark the header as being reset (the
+    /// magic word), zero the regions, write the fresh header, magic last.
+    /// A crash at any step leaves the mark, or a zero header, which the
+    /// next open completes the reset from.
+    fn reset(&self, old: &HeaderCopy, boot: [u8; 16]) -> Result<(), Error> {
+        // SeqCst: the mark is visible before any region is zeroed.
+        self.header().magic.store(MAGIC_RESETTING, Ordering::SeqCst);
+        let len = self.len as u64;
+        // What was allocated, if the old header says so sanely; else all.
+        let used = if (HEADER_BYTES..=len).contains(&old.used_bytes) && old.magic == MAGIC {
+            len.min(old.used_bytes.div_ceil(REGION_ALIGN) * REGION_ALIGN)
+        } else {
+            len
+        };
+        self.zero(HEADER_BYTES, used - HEADER_BYTES)?;
+        self.write_header(boot)
+    }
+
+    /// The header's fields, each read once (volatile: another process may
+    /// be writing them); only this copy is used afterwards.
+    fn snapshot(&self) -> HeaderCopy {
+        let h = self.ptr.cast::<Header>();
+        // SAFETY:
+        // - the mapping is at least `size_of::<Header>()` bytes (checked
+        //   before mapping) and page-aligned, so every field is in bounds
+        //   and aligned; all are integers or atomics, valid for any bits;
+        // - plain fields are read with volatile reads (another process may
+        //   write them during a reset: a torn value fails validation, and
+        //   the magic number, written last, is loaded first with Acquire).
+        unsafe {
+            // Acquire: pairs with the SeqCst store of the magic number in
+            // `write_header`; the fields written before it are visible.
+            let magic = (*h).magic.load(Ordering::Acquire);
+            HeaderCopy {
+                magic,
+                version: std::ptr::read_volatile(std::ptr::addr_of!((*h).version)),
+                header_bytes: std::ptr::read_volatile(std::ptr::addr_of!((*h).header_bytes)),
+                total_bytes: std::ptr::read_volatile(std::ptr::addr_of!((*h).total_bytes)),
+                boot_id: std::ptr::read_volatile(std::ptr::addr_of!((*h).boot_id)),
+                seed: Seed {
+                    k0: std::ptr::read_volatile(std::ptr::addr_of!((*h).seed_k0)),
+                    k1: std::ptr::read_volatile(std::ptr::addr_of!((*h).seed_k1)),
+                },
+                used_bytes: (*h).used_bytes.load(Ordering::SeqCst),
+                // Acquire: entries below the count are complete (see `add_entry`).
+                policy_count: (*h).policy_count.load(Ordering::Acquire),
+            }
+        }
+    }
+
+    fn validate(&self, h: &HeaderCopy, size: u64) -> Result<(), Error> {
         let p = self.path.display();
+        if h.magic == MAGIC_RESETTING {
+            return Err(Error::Corrupt(format!(
+                "{p} was left half reset and cannot be completed (size {size} bytes is not a whole number of 4096-byte pages above the header): remove it"
+            )));
+        }
         if h.magic != MAGIC {
             return Err(Error::Corrupt(format!(
                 "{p} is not a ratekeeper shared file (bad magic number)"
@@ -337,14 +694,13 @@ impl Mapping {
                 h.total_bytes
             )));
         }
-        let used = h.used_bytes.load(Ordering::SeqCst);
-        if !(HEADER_BYTES..=size).contains(&used) {
+        if !(HEADER_BYTES..=size).contains(&h.used_bytes) {
             return Err(Error::Corrupt(format!(
-                "{p}: allocated size {used} is outside the file"
+                "{p}: allocated size {} is outside the file",
+                h.used_bytes
             )));
         }
-        // Acquire: entries below the count are complete (see `add_entry`).
-        let n = h.policy_count.load(Ordering::Acquire) as usize;
+        let n = h.policy_count as usize;
         if n > MAX_SHARED_POLICIES {
             return Err(Error::Corrupt(format!(
                 "{p}: {n} policies listed, at most {MAX_SHARED_POLICIES} fit"
@@ -356,25 +712,8 @@ impl Mapping {
         Ok(())
     }
 
-    /// Wipes a file left by an earlier boot and writes a fresh header.
-    fn reset_for_new_boot(&self) -> Result<(), Error> {
-        let _lock = self.lock()?;
-        if self.header().boot_id == boot_id() {
-            return Ok(()); // another process reset it while we waited
-        }
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: the fd is open for writing; truncating to 0 and back zeroes
-        // the file. No other process of this boot uses it yet: they all take
-        // this lock and see the new boot id after us.
-        unsafe {
-            if libc::ftruncate(fd, 0) != 0 || libc::ftruncate(fd, self.len as libc::off_t) != 0 {
-                return Err(os_error("cannot reset shared file", &self.path));
-            }
-        }
-        self.init_header(self.len as u64);
-        Ok(())
-    }
-
+    /// The header, for its atomics (`magic`, `used_bytes`, `policy_count`);
+    /// its plain fields are read once, by `snapshot`.
     pub fn header(&self) -> &Header {
         // SAFETY: the mapping is at least `size_of::<Header>()` bytes
         // (checked before mapping) and page-aligned; `Header` is repr(C) of
@@ -382,21 +721,24 @@ impl Mapping {
         unsafe { &*(self.ptr as *const Header) }
     }
 
-    #[allow(clippy::mut_from_ref)]
-    fn header_mut(&self) -> &mut Header {
-        // SAFETY: only called on a mapping no other process can see yet
-        // (during creation) or under the file lock after a boot reset, when
-        // no other reference to the header is alive in this process.
-        unsafe { &mut *(self.ptr as *mut Header) }
+    /// The seed all processes hash keys with (read once, at open).
+    pub fn seed(&self) -> Seed {
+        self.seed
     }
 
-    /// The seed all processes hash keys with.
-    pub fn seed(&self) -> Seed {
-        let h = self.header();
-        Seed {
-            k0: h.seed_k0,
-            k1: h.seed_k1,
+    /// An error if the file is now shorter than the mapping: another
+    /// process truncated it, and touching the missing part would kill this
+    /// process with SIGBUS.
+    pub fn check_intact(&self) -> Result<(), Error> {
+        let size = fstat(&self.fd, &self.path)?.st_size as u64;
+        if size < self.len as u64 {
+            return Err(Error::Corrupt(format!(
+                "{} was truncated to {size} bytes under this process, which maps {} bytes: touching the missing part would kill it (SIGBUS); stop the workers and remove the file",
+                self.path.display(),
+                self.len
+            )));
         }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -423,38 +765,75 @@ impl Mapping {
         (self.header().policy_count.load(Ordering::Acquire) as usize).min(MAX_SHARED_POLICIES)
     }
 
-    /// Entry `i` (`i < policy_count()`), validated.
-    pub fn entry_checked(&self, i: usize) -> Result<&DirEntry, Error> {
-        let e = &self.header().policies[i];
+    /// Entry `i` (`i < policy_count()`), copied out of the mapping once and
+    /// validated. Callers use only the copy: the mapping's entry may be
+    /// changed by a hostile writer at any time after it was checked.
+    pub fn entry_checked(&self, i: usize) -> Result<EntryCopy, Error> {
         let p = self.path.display();
         let bad = |what: &str| Err(Error::Corrupt(format!("{p}: policy entry {i}: {what}")));
-        if e.name_len as usize > MAX_NAME_BYTES || e.name_len == 0 {
+        if i >= MAX_SHARED_POLICIES {
+            return bad("beyond the directory");
+        }
+        // SAFETY:
+        // - entry `i` lies inside the header, which lies inside the mapping
+        //   (checked before mapping), and is 8-byte aligned (`repr(C)`);
+        // - `DirEntry` is plain integers, valid for any bit pattern; the
+        //   volatile read copies whatever bytes are there once, even if
+        //   another process writes them meanwhile (a torn copy fails the
+        //   checks below or is a wrong but in-bounds entry).
+        let e: DirEntry = unsafe {
+            std::ptr::read_volatile(std::ptr::addr_of!((*self.ptr.cast::<Header>()).policies[i]))
+        };
+        let (name_len, spec_len) = (e.name_len as usize, e.spec_len as usize);
+        if name_len > MAX_NAME_BYTES || name_len == 0 {
             return bad("bad name length");
         }
-        if e.spec_len as usize > MAX_SPEC_BYTES || e.spec_len == 0 {
+        if spec_len > MAX_SPEC_BYTES || spec_len == 0 {
             return bad("bad spec length");
         }
-        let end = e.region_offset.checked_add(e.region_bytes);
+        let len = self.len as u64;
+        let inside = e
+            .region_offset
+            .checked_add(e.region_bytes)
+            .is_some_and(|end| end <= len);
         if e.region_offset < HEADER_BYTES
             || e.region_offset % REGION_ALIGN != 0
-            || end.is_none_or(|end| end > self.len as u64)
+            || e.region_bytes == 0
+            || !inside
         {
             return bad("region outside the file");
         }
-        if !e.buckets.is_power_of_two() || e.when_full > 2 || e.flags > 3 {
+        // A bucket takes more than one 16-byte unit, so a region of
+        // `region_bytes` holds fewer than `region_bytes / 16` buckets; this
+        // bound keeps every size computed from `buckets` far from overflow
+        // (regions are at most `MAX_FILE_BYTES`).
+        if !e.buckets.is_power_of_two()
+            || e.buckets > e.region_bytes / 16
+            || e.when_full > 2
+            || e.flags > 3
+        {
             return bad("bad table parameters");
         }
-        if let Some(p) = entry_options(e).penalty {
-            if p.validate().is_err() || e.penalty[0] > u32::MAX as u64 {
+        let options = entry_options(&e);
+        if let Some(pen) = options.penalty {
+            if pen.validate().is_err() || e.penalty[0] > u32::MAX as u64 {
                 return bad("bad penalty settings");
             }
         }
-        if std::str::from_utf8(&e.name[..e.name_len as usize]).is_err()
-            || std::str::from_utf8(&e.spec[..e.spec_len as usize]).is_err()
-        {
+        let (Ok(name), Ok(spec)) = (
+            std::str::from_utf8(&e.name[..name_len]),
+            std::str::from_utf8(&e.spec[..spec_len]),
+        ) else {
             return bad("name or spec is not UTF-8");
-        }
-        Ok(e)
+        };
+        Ok(EntryCopy {
+            name: name.to_owned(),
+            spec: spec.to_owned(),
+            buckets: e.buckets as usize,
+            options,
+            region_offset: e.region_offset,
+            region_bytes: e.region_bytes,
+        })
     }
 
     /// Appends a directory entry and allocates its region; call under the lock.
@@ -476,13 +855,29 @@ impl Mapping {
                 "shared policies have names of at most {MAX_NAME_BYTES} bytes and specs of at most {MAX_SPEC_BYTES}"
             )));
         }
-        let offset = h.used_bytes.load(Ordering::SeqCst).div_ceil(REGION_ALIGN) * REGION_ALIGN;
+        let len = self.len as u64;
+        // The new region starts after the allocated bytes and after every
+        // existing region (a corrupt `used_bytes` must not make two policies
+        // share memory), all with checked arithmetic: the words are hostile.
+        let used = h.used_bytes.load(Ordering::SeqCst);
+        if !(HEADER_BYTES..=len).contains(&used) {
+            return Err(Error::Corrupt(format!(
+                "{}: allocated size {used} is outside the file",
+                self.path.display()
+            )));
+        }
+        let mut start = used;
+        for j in 0..i {
+            let e = self.entry_checked(j)?;
+            start = start.max(e.region_offset + e.region_bytes);
+        }
+        let offset = start.div_ceil(REGION_ALIGN) * REGION_ALIGN;
         let size = region_bytes.div_ceil(REGION_ALIGN) * REGION_ALIGN;
-        if offset + size > self.len as u64 {
+        if offset.checked_add(size).is_none_or(|end| end > len) {
             return Err(Error::OutOfMemory(format!(
                 "{}: no room for policy {name:?} ({size} bytes needed, {} of {} bytes free); raise shared_max_bytes or lower the policy's capacity",
                 self.path.display(),
-                self.len as u64 - offset,
+                len.saturating_sub(offset),
                 self.len
             )));
         }
@@ -559,12 +954,4 @@ pub(crate) fn entry_options(e: &DirEntry) -> PolicyOptions {
             max_ban_ns: e.penalty[3],
         }),
     }
-}
-
-/// Name and spec of a directory entry (validated as UTF-8 by `entry_checked`).
-pub(crate) fn entry_strings(e: &DirEntry) -> (&str, &str) {
-    (
-        std::str::from_utf8(&e.name[..e.name_len as usize]).unwrap_or(""),
-        std::str::from_utf8(&e.spec[..e.spec_len as usize]).unwrap_or(""),
-    )
 }

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -73,6 +74,7 @@ static void test_status_strings_and_version(void) {
         "RK_ERR_INVALID_PERMIT", "RK_ERR_TIMEOUT", "RK_ERR_OUT_OF_MEMORY", "RK_ERR_IO",
         "RK_ERR_CORRUPT", "RK_ERR_UNSUPPORTED_PLATFORM", "RK_ERR_INVALID_ARGUMENT",
         "RK_ERR_PANIC", "RK_ERR_BUFFER_TOO_SMALL", "RK_ERR_BACKEND", "RK_ERR_WRONG_ENGINE_KIND",
+        "RK_ERR_UNSAFE_FILE",
     };
     const rk_status values[] = {
         RK_OK, RK_ERR_NULL_POINTER, RK_ERR_NULL_KEY, RK_ERR_INVALID_UTF8, RK_ERR_PARSE,
@@ -81,13 +83,14 @@ static void test_status_strings_and_version(void) {
         RK_ERR_TIMEOUT, RK_ERR_OUT_OF_MEMORY, RK_ERR_IO, RK_ERR_CORRUPT,
         RK_ERR_UNSUPPORTED_PLATFORM, RK_ERR_INVALID_ARGUMENT, RK_ERR_PANIC,
         RK_ERR_BUFFER_TOO_SMALL, RK_ERR_BACKEND, RK_ERR_WRONG_ENGINE_KIND,
+        RK_ERR_UNSAFE_FILE,
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         const char *s = rk_status_str((uint32_t)i);
         CHECK(values[i] == (rk_status)i); /* values are explicit and never renumbered */
         CHECK(s != NULL && strncmp(s, names[i], strlen(names[i])) == 0 && s[strlen(names[i])] == ':');
     }
-    CHECK(strcmp(rk_status_str(21), "unknown rk_status value") == 0);
+    CHECK(strcmp(rk_status_str(22), "unknown rk_status value") == 0);
     CHECK(strcmp(rk_status_str(UINT32_MAX), "unknown rk_status value") == 0);
 
     CHECK(strcmp(rk_last_error(), "") == 0); /* no failure on this thread yet */
@@ -175,7 +178,13 @@ static void test_open_shared(void) {
             CHECK_OK(rk_check_at(engine, p, KEY("k"), 1, 5 * S, &d));
             CHECK(d.allowed && d.remaining == 1);
             rk_engine_free(engine);
+            engine = NULL;
         }
+        /* Writable by others: refused as unsafe, with the mode in the message. */
+        CHECK(chmod(path, 0666) == 0);
+        CHECK_STATUS(rk_engine_open_shared(path, NULL, &engine), RK_ERR_UNSAFE_FILE);
+        CHECK_ERROR_MENTIONS("is mode 0666, wider than the configured 0600");
+        CHECK(engine == NULL);
         unlink(path);
     }
 }

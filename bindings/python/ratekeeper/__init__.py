@@ -37,6 +37,7 @@ from ._core import (
 from .errors import (
     BackendError,
     CorruptFile,
+    UnsafeFile,
     EngineClosed,
     InternalError,
     InvalidArgument,
@@ -83,6 +84,7 @@ __all__ = [
     "OutOfMemory",
     "IOFailure",
     "CorruptFile",
+    "UnsafeFile",
     "UnsupportedPlatform",
     "InternalError",
     "BackendError",

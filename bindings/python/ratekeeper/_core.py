@@ -503,11 +503,15 @@ class Engine:
         (normally under ``/dev/shm``): every process that opens the same path
         enforces the same limits together.
 
-        ``max_bytes`` (default 1 GiB, sparse) and ``mode`` (default 0o600)
-        apply when the file is created. Open it **after fork** (Gunicorn
-        ``post_fork``, uWSGI ``lazy-apps``): see :mod:`ratekeeper.gunicorn`.
-        Raises :class:`~ratekeeper.errors.IOFailure` or
-        :class:`~ratekeeper.errors.CorruptFile` on a bad file.
+        ``max_bytes`` (default 1 GiB, sparse) applies when the file is
+        created; ``mode`` (default 0o600) is the mode of a new file and the
+        widest one an existing file may have. Open it **after fork**
+        (Gunicorn ``post_fork``, uWSGI ``lazy-apps``): see
+        :mod:`ratekeeper.gunicorn`. Raises
+        :class:`~ratekeeper.errors.IOFailure` or
+        :class:`~ratekeeper.errors.CorruptFile` on a bad file, and
+        :class:`~ratekeeper.errors.UnsafeFile` on one that is not a regular
+        file owned by this user with at most ``mode``.
         """
         opts = cls._options(capacity, clock, max_bytes, mode)
         out = ffi.new("rk_engine **")

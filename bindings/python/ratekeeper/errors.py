@@ -30,6 +30,7 @@ __all__ = [
     "OutOfMemory",
     "IOFailure",
     "CorruptFile",
+    "UnsafeFile",
     "UnsupportedPlatform",
     "InternalError",
     "BackendError",
@@ -119,6 +120,13 @@ class CorruptFile(RatekeeperError):
     layout version (``RK_ERR_CORRUPT``)."""
 
 
+class UnsafeFile(RatekeeperError, PermissionError):
+    """A shared-memory file that must not be trusted (``RK_ERR_UNSAFE_FILE``):
+    not a regular file (a FIFO, a directory, ...), a symbolic link, owned by
+    another user, or with permission bits beyond the configured ``mode``.
+    Nothing in it was read or changed; the message says what is wrong."""
+
+
 class UnsupportedPlatform(RatekeeperError):
     """This CPU or OS lacks something the engine needs
     (``RK_ERR_UNSUPPORTED_PLATFORM``)."""
@@ -188,6 +196,7 @@ STATUS_CLASSES: Dict[int, "tuple[str, Type[RatekeeperError]]"] = {
     18: ("RK_ERR_BUFFER_TOO_SMALL", InternalError),
     19: ("RK_ERR_BACKEND", BackendError),
     20: ("RK_ERR_WRONG_ENGINE_KIND", WrongEngineKind),
+    21: ("RK_ERR_UNSAFE_FILE", UnsafeFile),
 }
 
 #: Pseudo-statuses of the binding itself (never returned by the library).

@@ -62,9 +62,26 @@ def test_a_new_file_gets_the_requested_mode(shm_path):
 def test_a_foreign_file_is_refused_with_corrupt_file(shm_path):
     with open(shm_path, "wb") as f:
         f.write(b"this is not a ratekeeper file" * 200)
+    os.chmod(shm_path, 0o600)
     with pytest.raises(CorruptFile) as info:
         Engine.shared(shm_path)
     assert info.value.status == 14 and str(info.value)
+
+
+def test_a_file_others_can_write_is_refused_as_unsafe(shm_path):
+    with Engine.shared(shm_path) as e:
+        e.policy("p", "1/second")
+    os.chmod(shm_path, 0o666)
+    with pytest.raises(ratekeeper.UnsafeFile) as info:
+        Engine.shared(shm_path)
+    assert info.value.status == 21 and "mode 0666, wider than the configured 0600" in str(info.value)
+    assert isinstance(info.value, PermissionError)
+    os.symlink(shm_path, shm_path + ".link")
+    try:
+        with pytest.raises(ratekeeper.UnsafeFile, match="symbolic link"):
+            Engine.shared(shm_path + ".link")
+    finally:
+        os.unlink(shm_path + ".link")
 
 
 def test_an_unusable_path_is_an_io_failure(tmp_path):
@@ -168,6 +185,7 @@ def test_gunicorn_hooks_create_attach_and_release_a_dead_workers_permits(shm_pat
 def test_gunicorn_on_starting_refuses_a_corrupt_file(shm_path):
     with open(shm_path, "wb") as f:
         f.write(b"\0garbage" * 1000)
+    os.chmod(shm_path, 0o600)
     on_starting, _, _ = ratekeeper.gunicorn.hooks(path=shm_path)
     with pytest.raises(CorruptFile):
         on_starting(types.SimpleNamespace(proc_name="x", log=None))
