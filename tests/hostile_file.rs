@@ -78,7 +78,7 @@ fn exercise(e: &Engine, ids: &[PolicyId], rounds: u64) {
                 let _ = e.set_override(id, &key, 2.0);
             }
             if let Ok((_, Some(permit))) = e.acquire_at(id, &key, t) {
-                let _ = e.release(&permit);
+                let _ = e.release(permit);
             }
         }
         let _ = e.stats(id);

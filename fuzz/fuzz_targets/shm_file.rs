@@ -242,7 +242,7 @@ fuzz_target!(|input: Input| {
             Op::Release { i } => {
                 if !permits.is_empty() {
                     let permit = permits.swap_remove(i as usize % permits.len());
-                    let _ = e.release(&permit);
+                    let _ = e.release(permit);
                 }
             }
             Op::Stats { p } => {
