@@ -32,7 +32,7 @@ const MS: u64 = 1_000_000;
 // ---------------------------------------------------------------------------
 
 /// The state of one limit for one key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum LimitState {
     /// Theoretical arrival time (0 = fresh).
     Gcra { tat: u64 },
@@ -86,6 +86,19 @@ fn sliding_counts(state: (u64, u64, u64), period: u64, t: u64) -> (u64, u64) {
         (cur, 0)
     } else {
         (0, 0)
+    }
+}
+
+/// The time a sliding-window request at `now` is decided and charged at
+/// (README, "Time"): if the stored window is later than `now`'s and counts
+/// anything, the stored window's start (elapsed 0, `prev` in full); the
+/// state never moves back to an older window.
+fn sliding_effective(state: (u64, u64, u64), period: u64, now: u64) -> u64 {
+    let (ws, prev, cur) = state;
+    if ws > now / period && (prev != 0 || cur != 0) {
+        ws * period
+    } else {
+        now
     }
 }
 
@@ -191,11 +204,13 @@ fn evaluate(limit: &Limit, state: &LimitState, cost: u64, now: u64) -> Eval {
         }
         LimitState::Sliding { w, prev, cur } => {
             let s = (*w, *prev, *cur);
-            let weighted = sliding_weighted(s, period, now);
+            // Decided at `t`; every figure is reported relative to `now`.
+            let t = sliding_effective(s, period, now);
+            let weighted = sliding_weighted(s, period, t);
             if weighted + cost <= count {
-                let (p, c) = sliding_counts(s, period, now);
-                let after = (now / period, p, c + cost);
-                let reset = first_time(now, period, |t| sliding_weighted(after, period, t) == 0);
+                let (p, c) = sliding_counts(s, period, t);
+                let after = (t / period, p, c + cost);
+                let reset = first_time(t, period, |x| sliding_weighted(after, period, x) == 0);
                 Eval {
                     allowed: true,
                     limit: count,
@@ -204,18 +219,18 @@ fn evaluate(limit: &Limit, state: &LimitState, cost: u64, now: u64) -> Eval {
                     reset_after: reset - now,
                 }
             } else {
-                let reset = first_time(now, period, |t| sliding_weighted(s, period, t) == 0);
+                let reset = first_time(t, period, |x| sliding_weighted(s, period, x) == 0);
                 let retry_after = if cost > count {
                     u64::MAX
                 } else {
-                    first_time(now + 1, period, |t| {
-                        sliding_weighted(s, period, t) + cost <= count
+                    first_time(t + 1, period, |x| {
+                        sliding_weighted(s, period, x) + cost <= count
                     }) - now
                 };
                 Eval {
                     allowed: false,
                     limit: count,
-                    remaining: count - weighted,
+                    remaining: count.saturating_sub(weighted),
                     retry_after,
                     reset_after: reset - now,
                 }
@@ -278,8 +293,9 @@ fn charge(limit: &Limit, state: &mut LimitState, cost: u64, now: u64) {
             _ => *window = Some((now, cost)),
         },
         LimitState::Sliding { w, prev, cur } => {
-            let (p, c) = sliding_counts((*w, *prev, *cur), period, now);
-            *w = now / period;
+            let t = sliding_effective((*w, *prev, *cur), period, now);
+            let (p, c) = sliding_counts((*w, *prev, *cur), period, t);
+            *w = t / period;
             *prev = p;
             *cur = c + cost;
         }
@@ -313,8 +329,9 @@ fn refund_limit(limit: &Limit, state: &mut LimitState, cost: u64, now: u64) {
                 }
             }
         }
-        LimitState::Sliding { w, cur, .. } => {
-            let nw = now / period;
+        LimitState::Sliding { w, prev, cur } => {
+            // At an older `now` a refund acts on the stored window.
+            let nw = sliding_effective((*w, *prev, *cur), period, now) / period;
             if *w == nw || (nw >= 1 && *w == nw - 1) {
                 *cur = cur.saturating_sub(cost);
             }
@@ -323,6 +340,50 @@ fn refund_limit(limit: &Limit, state: &mut LimitState, cost: u64, now: u64) {
             let drop = (cost as usize).min(entries.len());
             entries.truncate(entries.len() - drop);
         }
+    }
+}
+
+/// The decision of a policy's limits (in `states`) on a request: every limit
+/// must allow; the binding limit is the denying one with the longest
+/// retry-after, or when allowed the one with the fewest remaining (ties to
+/// the lowest index).
+fn limits_decision(limits: &[Limit], states: &[LimitState], cost: u64, now: u64) -> Decision {
+    if cost > MAX_COST {
+        let d = limits_decision(limits, states, 0, now);
+        return Decision {
+            allowed: false,
+            retry_after_ns: u64::MAX,
+            ..d
+        };
+    }
+    let evals: Vec<Eval> = limits
+        .iter()
+        .zip(states)
+        .map(|(l, s)| evaluate(l, s, cost, now))
+        .collect();
+    let allowed = evals.iter().all(|e| e.allowed);
+    let mut binding: Option<usize> = None;
+    for (i, e) in evals.iter().enumerate() {
+        let better = match binding {
+            None => allowed || !e.allowed,
+            Some(b) if allowed => e.remaining < evals[b].remaining,
+            Some(b) => !e.allowed && e.retry_after > evals[b].retry_after,
+        };
+        if better {
+            binding = Some(i);
+        }
+    }
+    let i = binding.expect("some limit binds");
+    let e = evals[i];
+    Decision {
+        allowed,
+        limit: e.limit,
+        remaining: e.remaining,
+        retry_after_ns: if allowed { 0 } else { e.retry_after },
+        reset_after_ns: e.reset_after,
+        limit_index: i as u32,
+        banned: false,
+        shadow_denied: false,
     }
 }
 
@@ -349,45 +410,7 @@ impl Model {
     }
 
     fn decide(&self, key: &[u8], cost: u64, now: u64) -> Decision {
-        if cost > MAX_COST {
-            let d = self.decide(key, 0, now);
-            return Decision {
-                allowed: false,
-                retry_after_ns: u64::MAX,
-                ..d
-            };
-        }
-        let states = self.states(key);
-        let evals: Vec<Eval> = self
-            .limits
-            .iter()
-            .zip(&states)
-            .map(|(l, s)| evaluate(l, s, cost, now))
-            .collect();
-        let allowed = evals.iter().all(|e| e.allowed);
-        let mut binding: Option<usize> = None;
-        for (i, e) in evals.iter().enumerate() {
-            let better = match binding {
-                None => allowed || !e.allowed,
-                Some(b) if allowed => e.remaining < evals[b].remaining,
-                Some(b) => !e.allowed && e.retry_after > evals[b].retry_after,
-            };
-            if better {
-                binding = Some(i);
-            }
-        }
-        let i = binding.expect("some limit binds");
-        let e = evals[i];
-        Decision {
-            allowed,
-            limit: e.limit,
-            remaining: e.remaining,
-            retry_after_ns: if allowed { 0 } else { e.retry_after },
-            reset_after_ns: e.reset_after,
-            limit_index: i as u32,
-            banned: false,
-            shadow_denied: false,
-        }
+        limits_decision(&self.limits, &self.states(key), cost, now)
     }
 
     fn check(&mut self, key: &[u8], cost: u64, now: u64) -> Decision {
@@ -410,6 +433,11 @@ impl Model {
         let Some(states) = self.keys.get_mut(key) else {
             return false;
         };
+        if cost == 0 {
+            // Nothing to give back (which matters when times go back: GCRA's
+            // TAT is not clamped at this `now`).
+            return true;
+        }
         for (l, s) in self.limits.iter().zip(states.iter_mut()) {
             refund_limit(l, s, cost, now);
         }
@@ -653,6 +681,20 @@ enum Advance {
         limit: usize,
         delta: i64,
     },
+    /// Hostile: a few microseconds either side of the clock (threads that
+    /// read the clock in one order and charge in the other).
+    Jitter(i64),
+    /// Hostile: limit `i`'s latest window edge at or before the clock, plus
+    /// `permille` (-1000 ..= 1000) of its period, plus `delta` ns: up to
+    /// one window back (or forth) around the edge.
+    AroundEdge {
+        limit: usize,
+        permille: i64,
+        delta: i64,
+    },
+    /// Hostile: far back, `permille` (0 ..= 3000) of the longest period
+    /// before the clock.
+    FarBack(u64),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -676,6 +718,8 @@ struct Case {
     keys: usize,
     start: u64,
     ops: Vec<OpGen>,
+    /// Times may go back (see [`hostile_advance`]).
+    hostile: bool,
 }
 
 fn delta() -> impl Strategy<Value = i64> {
@@ -696,6 +740,23 @@ fn advance(pressure: u32) -> impl Strategy<Value = Advance> {
         3 => (0..3usize, delta()).prop_map(|(limit, delta)| Advance::ToEmission { limit, delta }),
         1 => (0..3usize, delta()).prop_map(|(limit, delta)| Advance::ToPeriod { limit, delta }),
     ]
+}
+
+/// [`advance`] plus steps whose time goes back: jitter of a few µs, up to a
+/// window either side of a window edge, and now and then far back.
+fn hostile_advance(pressure: u32) -> BoxedStrategy<Advance> {
+    prop_oneof![
+        14 => advance(pressure),
+        3 => (-5000..=5000i64).prop_map(Advance::Jitter),
+        3 => (
+            0..3usize,
+            prop_oneof![2 => Just(0i64), 1 => Just(-1000i64), 2 => -1000..=1000i64],
+            delta(),
+        )
+            .prop_map(|(limit, permille, delta)| Advance::AroundEdge { limit, permille, delta }),
+        1 => (0..=3000u64).prop_map(Advance::FarBack),
+    ]
+    .boxed()
 }
 
 fn check_cost() -> impl Strategy<Value = CostGen> {
@@ -722,7 +783,7 @@ fn refund_cost() -> impl Strategy<Value = CostGen> {
     ]
 }
 
-fn op(pressure: u32) -> impl Strategy<Value = OpGen> {
+fn op(pressure: u32, hostile: bool) -> impl Strategy<Value = OpGen> {
     let action = prop_oneof![
         75 => Just(Action::Check),
         10 => Just(Action::Peek),
@@ -731,7 +792,12 @@ fn op(pressure: u32) -> impl Strategy<Value = OpGen> {
     ];
     // One key gets half of the traffic, so that it meets its limits.
     let key = prop_oneof![3 => Just(0usize), 3 => 1..4usize];
-    (action, key, check_cost(), refund_cost(), advance(pressure)).prop_map(
+    let advance = if hostile {
+        hostile_advance(pressure)
+    } else {
+        advance(pressure).boxed()
+    };
+    (action, key, check_cost(), refund_cost(), advance).prop_map(
         |(action, key, check_cost, refund_cost, advance)| OpGen {
             action,
             key,
@@ -755,17 +821,32 @@ fn start_time() -> impl Strategy<Value = u64> {
 }
 
 fn case(limits: impl Strategy<Value = Vec<LimitGen>>) -> impl Strategy<Value = Case> {
+    case_with(limits, false)
+}
+
+/// A case whose times go back as well as forth.
+fn hostile_case(limits: impl Strategy<Value = Vec<LimitGen>>) -> impl Strategy<Value = Case> {
+    case_with(limits, true)
+}
+
+fn case_with(
+    limits: impl Strategy<Value = Vec<LimitGen>>,
+    hostile: bool,
+) -> impl Strategy<Value = Case> {
     (
         limits,
         1..=4usize,
         start_time(),
-        (0..=2u32).prop_flat_map(|pressure| proptest::collection::vec(op(pressure), 64..=200)),
+        (0..=2u32).prop_flat_map(move |pressure| {
+            proptest::collection::vec(op(pressure, hostile), 64..=200)
+        }),
     )
-        .prop_map(|(limits, keys, start, ops)| Case {
+        .prop_map(move |(limits, keys, start, ops)| Case {
             limits,
             keys,
             start,
             ops,
+            hostile,
         })
 }
 
@@ -801,12 +882,11 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
             (l.algorithm, l.count, l.period_ns, l.burst)
         );
     }
-    let mut now = case.start;
+    let mut clock = Timeline::new(case.start, case.hostile);
     let mut last: Option<Decision> = None;
     let mut history: Vec<Step> = Vec::new();
     for (i, op) in case.ops.iter().enumerate() {
-        let step = resolve(op, case.keys, &limits, now, last);
-        now = step.now;
+        let step = resolve(op, case.keys, &limits, &mut clock, last);
         history.push(step.clone());
         match pair.agree(i, &step, &history) {
             Ok(Outcome::Decision(d)) => last = Some(d),
@@ -817,41 +897,96 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The concrete step of a generated op: its time (never before `now`), key
-/// and cost, given the policy's limits and the previous decision.
-fn resolve(op: &OpGen, keys: usize, limits: &[Limit], now: u64, last: Option<Decision>) -> Step {
-    let longest = limits.iter().map(|l| l.period_ns).max().unwrap();
-    let limit = |i: usize| &limits[i % limits.len()];
-    let target = match op.advance {
-        Advance::Zero => now,
-        Advance::Tiny(d) | Advance::Small(d) => now + d,
-        Advance::Uniform(raw) => now + raw % (2 * longest + 1),
-        Advance::Permille(p) => now + (longest as u128 * p as u128 / 1000) as u64,
-        Advance::Intervals { limit: i, permille } => {
-            now + (emission_interval(limit(i)) as u128 * permille as u128 / 1000) as u64
+/// The times of a run: the latest time seen (`clock`, what the fastest
+/// thread's clock reads) and the time of the last step (`now`). Without
+/// `hostile`, times never go back and the two are equal.
+struct Timeline {
+    clock: u64,
+    now: u64,
+    hostile: bool,
+}
+
+impl Timeline {
+    fn new(start: u64, hostile: bool) -> Timeline {
+        Timeline {
+            clock: start,
+            now: start,
+            hostile,
         }
-        Advance::AfterLast { reset, delta } => match last {
-            Some(d) => {
-                let wait = if reset {
-                    d.reset_after_ns
-                } else {
-                    d.retry_after_ns
-                };
-                if wait == u64::MAX {
-                    now
-                } else {
-                    plus(now + wait, delta)
-                }
+    }
+
+    /// The time of the next step. Small moves (and waits for the last
+    /// decision's figures) go from the last step's time, big ones from the
+    /// clock; the hostile moves go back from the clock.
+    fn next(&mut self, advance: Advance, limits: &[Limit], last: Option<Decision>) -> u64 {
+        let (clock, now) = (self.clock, self.now);
+        let longest = limits.iter().map(|l| l.period_ns).max().unwrap();
+        let limit = |i: usize| &limits[i % limits.len()];
+        let target = match advance {
+            Advance::Zero => now,
+            Advance::Tiny(d) | Advance::Small(d) => now + d,
+            Advance::Uniform(raw) => clock + raw % (2 * longest + 1),
+            Advance::Permille(p) => clock + (longest as u128 * p as u128 / 1000) as u64,
+            Advance::Intervals { limit: i, permille } => {
+                now + (emission_interval(limit(i)) as u128 * permille as u128 / 1000) as u64
             }
-            None => now,
-        },
-        Advance::ToEmission { limit: i, delta } => {
-            plus(next_multiple(now, emission_interval(limit(i))), delta)
-        }
-        Advance::ToPeriod { limit: i, delta } => {
-            plus(next_multiple(now, limit(i).period_ns), delta)
-        }
-    };
+            Advance::AfterLast { reset, delta } => match last {
+                Some(d) => {
+                    let wait = if reset {
+                        d.reset_after_ns
+                    } else {
+                        d.retry_after_ns
+                    };
+                    if wait == u64::MAX {
+                        now
+                    } else {
+                        plus(now + wait, delta)
+                    }
+                }
+                None => now,
+            },
+            Advance::ToEmission { limit: i, delta } => {
+                plus(next_multiple(clock, emission_interval(limit(i))), delta)
+            }
+            Advance::ToPeriod { limit: i, delta } => {
+                plus(next_multiple(clock, limit(i).period_ns), delta)
+            }
+            Advance::Jitter(d) => plus(clock, d),
+            Advance::AroundEdge {
+                limit: i,
+                permille,
+                delta,
+            } => {
+                let p = limit(i).period_ns;
+                let edge = clock / p * p;
+                let shift = (p as i128 * permille as i128 / 1000) as i64;
+                plus(plus(edge, shift), delta)
+            }
+            Advance::FarBack(permille) => {
+                clock.saturating_sub((longest as u128 * permille as u128 / 1000) as u64)
+            }
+        };
+        let t = if self.hostile {
+            target
+        } else {
+            target.max(clock)
+        };
+        self.now = t;
+        self.clock = clock.max(t);
+        t
+    }
+}
+
+/// The concrete step of a generated op: its time, key and cost, given the
+/// policy's limits and the previous decision.
+fn resolve(
+    op: &OpGen,
+    keys: usize,
+    limits: &[Limit],
+    clock: &mut Timeline,
+    last: Option<Decision>,
+) -> Step {
+    let now = clock.next(op.advance, limits, last);
     let smallest_capacity = limits
         .iter()
         .map(|l| {
@@ -873,7 +1008,7 @@ fn resolve(op: &OpGen, keys: usize, limits: &[Limit], now: u64, last: Option<Dec
         action: op.action,
         key: KEYS[op.key % keys].to_vec(),
         cost,
-        now: target.max(now),
+        now,
     }
 }
 
@@ -918,6 +1053,39 @@ proptest! {
 
     #[test]
     fn composite_policies_agree_with_the_reference_model(case in case(composite_limits())) {
+        run_case(&case)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        max_shrink_iters: 20_000,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn gcra_agrees_with_the_reference_model_when_time_goes_back(case in hostile_case(single(Algorithm::Gcra))) {
+        run_case(&case)?;
+    }
+
+    #[test]
+    fn fixed_window_agrees_with_the_reference_model_when_time_goes_back(case in hostile_case(single(Algorithm::FixedWindow))) {
+        run_case(&case)?;
+    }
+
+    #[test]
+    fn sliding_window_agrees_with_the_reference_model_when_time_goes_back(case in hostile_case(single(Algorithm::SlidingWindow))) {
+        run_case(&case)?;
+    }
+
+    #[test]
+    fn sliding_log_agrees_with_the_reference_model_when_time_goes_back(case in hostile_case(single(Algorithm::SlidingLog))) {
+        run_case(&case)?;
+    }
+
+    #[test]
+    fn composite_policies_agree_with_the_reference_model_when_time_goes_back(case in hostile_case(composite_limits())) {
         run_case(&case)?;
     }
 }
