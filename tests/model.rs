@@ -2849,15 +2849,16 @@ fn login_penalty(strikes: u32, window_s: u64, ban_s: u64, max_ban_s: u64) -> Opt
 #[test]
 fn a_banned_key_is_spared_while_a_key_out_of_the_penalty_box_can_be_evicted() {
     let policy = def(
-        "fixed_window 1/100 seconds",
+        "fixed_window 1/1000 seconds",
         login_penalty(1, 10, 50, 100),
         true,
     );
     let mut steps = vec![(ck(0, "banned", 1), 100 * S), (ck(0, "banned", 1), 100 * S)];
     steps.extend((1..8).map(|i| (ck(0, &format!("user:{i}"), 1), (100 + i) * S)));
     steps.extend([
-        // A ninth key: user:1 (window ends at 201 s) goes, not the banned key
-        // (window ends at 200 s, but its ban is forgiven only at 250 s).
+        // A ninth key: user:1 (window ends at 1101 s) goes, not the banned
+        // key, whose window ends sooner (1100 s) but which is in the penalty
+        // box (its ban ends at 150 s and is forgiven at 250 s).
         (ck(0, "user:8", 1), 108 * S),
         (
             Call::Refund {
@@ -2870,9 +2871,9 @@ fn a_banned_key_is_spared_while_a_key_out_of_the_penalty_box_can_be_evicted() {
         (ck(0, "banned", 1), 109 * S),
     ]);
     let outs = script(vec![policy], &steps);
-    assert_eq!(outs[1], Out::Decision(ban_of(50 * S, 100 * S, 1)));
+    assert_eq!(outs[1], Out::Decision(ban_of(50 * S, 1000 * S, 1)));
     assert_eq!(outs[10], Out::Bool(false));
-    assert_eq!(outs[11], Out::Decision(ban_of(41 * S, 91 * S, 1)));
+    assert_eq!(outs[11], Out::Decision(ban_of(41 * S, 991 * S, 1)));
 }
 
 #[test]
@@ -3148,4 +3149,34 @@ fn a_denied_batch_gives_no_strike() {
             (ck(0, "k", 0), 100 * S),
         ],
     );
+}
+
+#[test]
+#[ignore = "ambiguous (README is silent): a banned key's reset-after counts a charge it was not given"]
+fn a_banned_keys_reset_after_counts_no_charge() {
+    // The model (like the engine) takes a banned denial's reset-after as the
+    // later of the ban's end and the reset-after the limits report for this
+    // request; when the limits would allow it, that figure includes the
+    // request's own cost, though nothing is charged. An ordinary denial
+    // reports the uncharged state's reset. Here the bucket is full again at
+    // 110 s, so after the ban (150 s) the key is back to full quota: 5 s.
+    let engine = Engine::new(EngineOptions {
+        capacity: 64,
+        ..Default::default()
+    })
+    .unwrap();
+    let p = engine
+        .add_policy_with(
+            "p",
+            "gcra 1/10 seconds",
+            PolicyOptions {
+                penalty: login_penalty(1, 1, 50, 100),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(engine.check_at(p, b"k", 1, 100 * S).allowed);
+    assert!(engine.check_at(p, b"k", 1, 100 * S).banned);
+    let d = engine.check_at(p, b"k", 1, 145 * S);
+    assert_eq!(d, ban_of(5 * S, 5 * S, 1));
 }
