@@ -1,19 +1,72 @@
 //! Model-based tests: the real `Engine` against a naive reference model.
 //!
-//! The model below is written from the formulas of DESIGN.md ("Algorithms")
-//! and nothing else: plain structs, a `HashMap` of keys, exact `u64`
+//! The model below is written from the documented rules (README "Algorithms",
+//! "Time", "Abuse control", "Table and concurrency protocol", and the API
+//! docs of `Decision`, `check_many_at`, `release` and `set_override`) and
+//! nothing else: plain structs, `HashMap`/`BTreeMap`s of keys, exact `u64`
 //! nanoseconds (`u128` for products), no atomics, no packing, no closed forms
-//! from `src/algo`. The sliding window's `reset_after` / `retry_after` are
-//! found by a plain search over the (at most three) windows that matter.
+//! from `src/`. The sliding window's `reset_after` / `retry_after` are found
+//! by a plain search over the (at most four) windows that matter.
 //!
-//! Proptest drives random op sequences (check / peek / refund / reset, with
-//! costs of 0, 1, a few, just around the limit and beyond `MAX_COST`) at
-//! nondecreasing times that often land exactly on the interesting instants
-//! (multiples of `T`, window edges, the last decision's `retry_after` or
-//! `reset_after`, ± 1 ns) and compares every field of every decision and every
-//! refund / reset result after every step.
+//! **Per-policy traces** (`Model`, `run_case`): random op sequences (check /
+//! peek / refund / reset, costs of 0, 1, a few, just around the limit and
+//! beyond `MAX_COST`) on every algorithm and on composite policies, at times
+//! that often land exactly on the interesting instants (multiples of `T`,
+//! window edges, the last decision's `retry_after` or `reset_after`, ± 1 ns).
+//! Every field of every decision and every refund / reset result is compared
+//! after every step. The `*_when_time_goes_back` variants also step back:
+//! jitter of a few µs, up to a window either side of a window edge, and far
+//! back (README "Time": GCRA sees the later TAT, a fixed window counts a
+//! request stamped before its start, the log stamps `max(now, newest)`, a
+//! sliding window decides and charges a request stamped before its stored
+//! window at that window's start and never moves back).
 //!
-//! Two disagreements this suite found were fixed in the engine: a refund
+//! **Engine-level traces** (`World`, `Harness`, `run_wcase`): several
+//! policies with their options, each key's limit states, penalty box and
+//! leases, and overrides:
+//! - the penalty box: strikes (a GCRA of `strikes` per `window`), bans
+//!   doubling up to `max_ban` and forgiven after `max_ban` left alone, the
+//!   fields of a banned denial, peeks that strike nothing;
+//! - overrides set and cleared on live keys (count and burst scaled, at
+//!   least 1; sliding logs unchanged);
+//! - concurrency leases: acquire, expiry, release, double release and stale
+//!   copies rebuilt from raw parts (which must never free another holder's
+//!   lease), check / peek on a concurrency policy;
+//! - `check_many_at` over 2-3 policies: all or nothing, the binding item,
+//!   and a batch naming one key twice, refunded when a later charge denies;
+//! - a one-bucket table (`capacity: Some(8)`) with up to 16 keys, with and
+//!   without a penalty box, and of leases: a free slot, else an expired entry,
+//!   else the live entry that expires soonest, sparing penalty-box keys while
+//!   another entry exists and never a live lease (a bucket of live leases
+//!   denies a new key).
+//!
+//! All of these run at hostile times too. Where the rules leave a choice
+//! open (entries that expire at the same instant, which free lease position a
+//! permit takes) the model keeps every possible world and drops those the
+//! engine's answers rule out; after every step it also compares
+//! `stats().evictions` and `occupancy` (one slot per key), and asks the engine
+//! which keys still hold state (a refund of 0 for a rate policy, a peek at
+//! time 0 for a concurrency policy: neither changes anything).
+//!
+//! Choices the README leaves open, made here as the engine makes them (see
+//! the tests named): a ban starts the strike count over
+//! (`a_ban_starts_the_strike_count_over`); a banned denial reports the
+//! limits' binding index and quota, remaining 0 and reset-after = the later
+//! of the ban's end and the limits' reset-after for this request
+//! (`a_banned_keys_reset_after_counts_no_charge`, ignored); `release` of an
+//! expired lease whose position nobody took yet still returns true (it takes
+//! no time); a cost beyond `MAX_COST` is denied forever on a concurrency
+//! policy's check too; a GCRA refund that brings the TAT to `now` or before
+//! forgets it (also for requests stamped earlier); a refund of 0 changes
+//! nothing.
+//!
+//! Disagreements between the engine and README are `#[ignore]`d tests
+//! (`a_denial_of_a_key_with_no_state_is_a_strike`,
+//! `a_denial_of_a_cost_beyond_max_cost_is_a_strike`,
+//! `a_denied_batch_gives_no_strike`), and the generators steer clear of them
+//! (`avoid_known_disagreements`; batches never use a penalty box).
+//!
+//! Disagreements this suite found earlier were fixed in the engine: a refund
 //! of cost 0 now reports whether the key has state, and a new key takes a
 //! free slot before it reclaims an expired one.
 
@@ -1061,7 +1114,7 @@ proptest! {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 256,
+        cases: 512,
         max_shrink_iters: 20_000,
         ..ProptestConfig::default()
     })]
@@ -2056,7 +2109,8 @@ fn acquire(
 /// `check_many`: every item is decided without charging; if one denies,
 /// nothing is charged (and, README "Abuse control", the batch gives no
 /// strike) and the binding denial is the answer; else every item is charged
-/// in order and the binding item of those charges is the answer.
+/// in order and the binding item of those charges is the answer (rustdoc of
+/// `check_many_at`).
 fn many(
     defs: &[PolicyDef],
     w: &World,
@@ -2071,31 +2125,34 @@ fn many(
     if !d.allowed {
         return vec![(Out::Many(d, i), w.clone())];
     }
+    // A charge can still deny when an item repeats an earlier one's
+    // (policy, key): then the items charged so far are refunded and that
+    // denial is the answer.
+    let mut done: Vec<(Out, World)> = Vec::new();
     let mut runs: Vec<(World, Vec<Decision>)> = vec![(w.clone(), Vec::new())];
-    for (p, key, cost) in items {
-        runs = runs
-            .into_iter()
-            .flat_map(|(w, ds)| {
-                check_key(defs, &w, *p, key, *cost, now, true)
-                    .into_iter()
-                    .map(move |(d, w)| {
-                        let mut ds = ds.clone();
-                        ds.push(d);
-                        (w, ds)
-                    })
-            })
-            .collect();
+    for (i, (p, key, cost)) in items.iter().enumerate() {
+        let mut next = Vec::new();
+        for (w, ds) in runs {
+            for (d, mut w) in check_key(defs, &w, *p, key, *cost, now, true) {
+                if d.allowed {
+                    let mut ds = ds.clone();
+                    ds.push(d);
+                    next.push((w, ds));
+                } else {
+                    for (q, key, cost) in &items[..i] {
+                        refund_key(defs, &mut w, *q, key, *cost, now);
+                    }
+                    done.push((Out::Many(d, i), w));
+                }
+            }
+        }
+        runs = next;
     }
-    runs.into_iter()
-        .map(|(w, ds)| {
-            assert!(
-                ds.iter().all(|d| d.allowed),
-                "distinct items cannot deny once peeked"
-            );
-            let (d, i) = binding(&ds);
-            (Out::Many(d, i), w)
-        })
-        .collect()
+    done.extend(runs.into_iter().map(|(w, ds)| {
+        let (d, i) = binding(&ds);
+        (Out::Many(d, i), w)
+    }));
+    done
 }
 
 /// Most possible worlds a run may keep before the model gives up.
@@ -2597,7 +2654,7 @@ fn run_wcase(case: &WCase) -> Result<(), TestCaseError> {
                 milli: op.milli,
             },
             Kind::Many if rate.len() > 1 || (rate.len() == 1 && !conc) => {
-                // 1 to 4 items on distinct (policy, key) pairs.
+                // 1 to 4 items, now and then two on one (policy, key).
                 let mut items: Vec<(usize, Vec<u8>, u32)> = Vec::new();
                 let n = 1 + op.pick % 4;
                 let mut bits = op.pick / 4;
@@ -2608,7 +2665,8 @@ fn run_wcase(case: &WCase) -> Result<(), TestCaseError> {
                     bits /= 16;
                     let ic = if j == 0 { cost } else { 1 + (bits % 2) as u32 };
                     bits /= 2;
-                    if !items.iter().any(|(q, k, _)| *q == ip && *k == ik) {
+                    let repeat = items.iter().any(|(q, k, _)| *q == ip && *k == ik);
+                    if !repeat || (op.pick >> 50) % 3 == 0 {
                         items.push((ip, ik, ic));
                     }
                 }
@@ -2638,10 +2696,13 @@ const OVERRIDE_OPS: [u32; 8] = [60, 8, 8, 3, 15, 0, 0, 0];
 const LEASE_OPS: [u32; 8] = [5, 5, 0, 4, 0, 45, 35, 0];
 const BATCH_OPS: [u32; 8] = [20, 5, 10, 3, 4, 0, 0, 50];
 const EVICTION_OPS: [u32; 8] = [75, 8, 10, 3, 0, 0, 0, 0];
+// Overrides outlive eviction (not with a penalty box: an override can make
+// a fresh key's denial possible, see `avoid_known_disagreements`).
+const EVICTION_OVERRIDE_OPS: [u32; 8] = [75, 8, 10, 3, 4, 0, 0, 0];
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 256,
+        cases: 384,
         max_shrink_iters: 20_000,
         ..ProptestConfig::default()
     })]
@@ -2674,9 +2735,18 @@ proptest! {
         run_wcase(&case)?;
     }
 
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        max_shrink_iters: 20_000,
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn eviction_from_a_small_table_agrees_with_the_reference_model(
-        case in wcase(rate_def(true, false).prop_map(|d| vec![d]), 9..=16, true, EVICTION_OPS, 64..=200)
+        case in wcase(rate_def(true, false).prop_map(|d| vec![d]), 9..=16, true, EVICTION_OVERRIDE_OPS, 64..=200)
     ) {
         run_wcase(&case)?;
     }
@@ -3179,4 +3249,36 @@ fn a_banned_keys_reset_after_counts_no_charge() {
     assert!(engine.check_at(p, b"k", 1, 100 * S).banned);
     let d = engine.check_at(p, b"k", 1, 145 * S);
     assert_eq!(d, ban_of(5 * S, 5 * S, 1));
+}
+
+#[test]
+fn a_batch_that_repeats_a_key_is_refunded_when_a_later_charge_denies() {
+    let item = (0, k("k"), 1);
+    let outs = script(
+        vec![def("2/second", None, false)],
+        &[
+            (
+                Call::Many {
+                    items: vec![item.clone(), item.clone(), item],
+                },
+                100 * S,
+            ),
+            (
+                Call::Peek {
+                    p: 0,
+                    key: k("k"),
+                    cost: 1,
+                },
+                100 * S,
+            ),
+        ],
+    );
+    assert_eq!(
+        outs,
+        vec![
+            // Each item alone fits; the third charge does not.
+            Out::Many(decision(false, 2, 0, 500 * MS, S), 2),
+            Out::Decision(decision(true, 2, 1, 0, 500 * MS)),
+        ]
+    );
 }
