@@ -33,7 +33,8 @@
 //!   copies rebuilt from raw parts (which must never free another holder's
 //!   lease), check / peek on a concurrency policy;
 //! - `check_many_at` over 2-3 policies: all or nothing, the binding item,
-//!   and a batch naming one key twice, refunded when a later charge denies;
+//!   and a batch naming one key twice, refunded when a later charge denies,
+//!   also over one-bucket tables (below);
 //! - a one-bucket table (`capacity: Some(8)`) with up to 16 keys, with and
 //!   without a penalty box, and of leases: a free slot, else an expired entry,
 //!   else the live entry that expires soonest, sparing penalty-box keys while
@@ -2754,6 +2755,13 @@ proptest! {
     #[test]
     fn eviction_from_a_small_table_with_a_penalty_box_agrees_with_the_reference_model(
         case in wcase(rate_def(true, true).prop_map(|d| vec![d]), 9..=16, true, EVICTION_OPS, 64..=200)
+    ) {
+        run_wcase(&case)?;
+    }
+
+    #[test]
+    fn check_many_over_small_tables_agrees_with_the_reference_model(
+        case in wcase(proptest::collection::vec(rate_def(true, false), 2..=3), 9..=16, true, BATCH_OPS, 32..=150)
     ) {
         run_wcase(&case)?;
     }
