@@ -54,18 +54,18 @@
 //! (`a_ban_starts_the_strike_count_over`); a banned denial reports the
 //! limits' binding index and quota, remaining 0 and reset-after = the later
 //! of the ban's end and the limits' reset-after for this request
-//! (`a_banned_keys_reset_after_counts_no_charge`, ignored); `release` of an
+//! (it counts the request's own cost when the limits would allow it, though
+//! nothing is charged); `release` of an
 //! expired lease whose position nobody took yet still returns true (it takes
 //! no time); a cost beyond `MAX_COST` is denied forever on a concurrency
 //! policy's check too; a GCRA refund that brings the TAT to `now` or before
 //! forgets it (also for requests stamped earlier); a refund of 0 changes
 //! nothing.
 //!
-//! Disagreements between the engine and README are `#[ignore]`d tests
-//! (`a_denial_of_a_key_with_no_state_is_a_strike`,
-//! `a_denial_of_a_cost_beyond_max_cost_is_a_strike`,
-//! `a_denied_batch_gives_no_strike`), and the generators steer clear of them
-//! (`avoid_known_disagreements`; batches never use a penalty box).
+//! What is a strike follows README "Abuse control": a denial of a tracked
+//! key by its own limits, also as an item of a denied batch; not a cost
+//! above `MAX_COST`, nor a denial of a key with no state
+//! (`a_denial_of_a_key_with_no_state_is_no_strike` and its neighbours).
 //!
 //! Disagreements this suite found earlier were fixed in the engine: a refund
 //! of cost 0 now reports whether the key has state, and a new key takes a
@@ -1898,9 +1898,9 @@ fn check_key(
     }
     let Some(e) = st.keys.get(key) else {
         let d = limits_decision(&limits, &def.fresh().limits, cost, now);
-        // An allowed charge needs a slot; so does a denial's strike (every
-        // denial of a key is a strike).
-        let needs_slot = charge_it && cost > 0 && (d.allowed || def.penalty.is_some());
+        // An allowed charge needs a slot. A denial of a key with no state is
+        // no strike (README "Abuse control"): it claims nothing.
+        let needs_slot = charge_it && cost > 0 && d.allowed;
         if !needs_slot {
             return vec![(d, w.clone())];
         }
@@ -1921,7 +1921,8 @@ fn check_key(
         if e.penalty.until > now {
             return vec![(banned(d, e.penalty.until, now), w.clone())];
         }
-        if !d.allowed && charge_it {
+        // A cost above MAX_COST is no strike (README "Abuse control").
+        if !d.allowed && charge_it && cost <= MAX_COST {
             let mut w = w.clone();
             let e = w[p].keys.get_mut(key).unwrap();
             let d = if strike(pen, &mut e.penalty, now) {
@@ -2108,10 +2109,12 @@ fn acquire(
 }
 
 /// `check_many`: every item is decided without charging; if one denies,
-/// nothing is charged (and, README "Abuse control", the batch gives no
-/// strike) and the binding denial is the answer; else every item is charged
-/// in order and the binding item of those charges is the answer (rustdoc of
-/// `check_many_at`).
+/// nothing is charged, every item denied by its own limits is a strike for
+/// its penalty box (README "Abuse control"; in order, the first 64 items),
+/// and the binding denial is the answer — unless a strike starts a ban,
+/// when that item's banned denial is (the last such item); else every item
+/// is charged in order and the binding item of those charges is the answer
+/// (rustdoc of `check_many_at`).
 fn many(
     defs: &[PolicyDef],
     w: &World,
@@ -2124,7 +2127,30 @@ fn many(
         .collect();
     let (d, i) = binding(&peeked);
     if !d.allowed {
-        return vec![(Out::Many(d, i), w.clone())];
+        let mut runs: Vec<((Decision, usize), World)> = vec![((d, i), w.clone())];
+        for (j, (p, key, cost)) in items.iter().enumerate().take(64) {
+            if peeked[j].allowed || defs[*p].penalty.is_none() {
+                continue;
+            }
+            runs = runs
+                .into_iter()
+                .flat_map(|(answer, w)| {
+                    // Banned already (also by an earlier item's strike on
+                    // the same key): no new ban, the answer stays.
+                    let was_banned = w[*p].keys.get(key).is_some_and(|e| e.penalty.until > now);
+                    check_key(defs, &w, *p, key, *cost, now, true)
+                        .into_iter()
+                        .map(move |(dj, w2)| {
+                            let new_ban = dj.banned && !was_banned;
+                            (if new_ban { (dj, j) } else { answer }, w2)
+                        })
+                })
+                .collect();
+        }
+        return runs
+            .into_iter()
+            .map(|((d, i), w)| (Out::Many(d, i), w))
+            .collect();
     }
     // A charge can still deny when an item repeats an earlier one's
     // (policy, key): then the items charged so far are refunded and that
@@ -2626,20 +2652,10 @@ fn run_wcase(case: &WCase) -> Result<(), TestCaseError> {
         };
         let key = pick_key(op.key);
         let cap = capacity_of(def);
-        let mut cost = match op.cost {
+        let cost = match op.cost {
             CostGen::Lit(c) => c,
             CostGen::AroundLimit(d) => cap.saturating_add_signed(d).min(u32::MAX as u64) as u32,
         };
-        if def.penalty.is_some() && cost as u64 > cap && avoid_known_disagreements() {
-            // Denials of keys with no state, and denials of costs beyond
-            // MAX_COST, are not strikes in the engine: see
-            // `a_denial_of_a_key_with_no_state_is_a_strike` and
-            // `a_denial_of_a_cost_beyond_max_cost_is_a_strike`.
-            let tracked = h.worlds.iter().all(|w| w[p].keys.contains_key(&key));
-            if !tracked || cost as u64 > MAX_COST {
-                cost = cap as u32;
-            }
-        }
         let conc = def.concurrency();
         let call = match op.kind {
             Kind::Check => Call::Check { p, key, cost },
@@ -2685,21 +2701,19 @@ fn run_wcase(case: &WCase) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Steer the generators clear of the disagreements already reported (their
-/// reproductions are the ignored tests below).
-fn avoid_known_disagreements() -> bool {
-    true
-}
-
 // Weights of (check, peek, refund, reset, override, acquire, release, many).
 const PENALTY_OPS: [u32; 8] = [75, 8, 10, 3, 0, 0, 0, 0];
 const OVERRIDE_OPS: [u32; 8] = [60, 8, 8, 3, 15, 0, 0, 0];
 const LEASE_OPS: [u32; 8] = [5, 5, 0, 4, 0, 45, 35, 0];
 const BATCH_OPS: [u32; 8] = [20, 5, 10, 3, 4, 0, 0, 50];
 const EVICTION_OPS: [u32; 8] = [75, 8, 10, 3, 0, 0, 0, 0];
-// Overrides outlive eviction (not with a penalty box: an override can make
-// a fresh key's denial possible, see `avoid_known_disagreements`).
+// Overrides outlive eviction.
 const EVICTION_OVERRIDE_OPS: [u32; 8] = [75, 8, 10, 3, 4, 0, 0, 0];
+
+/// A rate policy with or without a penalty box.
+fn any_rate_def(small: bool) -> BoxedStrategy<PolicyDef> {
+    prop_oneof![rate_def(small, false), rate_def(small, true)].boxed()
+}
 
 proptest! {
     #![proptest_config(ProptestConfig {
@@ -2731,7 +2745,7 @@ proptest! {
 
     #[test]
     fn check_many_agrees_with_the_reference_model(
-        case in wcase(proptest::collection::vec(rate_def(false, false), 2..=3), 1..=3, false, BATCH_OPS, 32..=150)
+        case in wcase(proptest::collection::vec(any_rate_def(false), 2..=3), 1..=3, false, BATCH_OPS, 32..=150)
     ) {
         run_wcase(&case)?;
     }
@@ -2761,7 +2775,7 @@ proptest! {
 
     #[test]
     fn check_many_over_small_tables_agrees_with_the_reference_model(
-        case in wcase(proptest::collection::vec(rate_def(true, false), 2..=3), 9..=16, true, BATCH_OPS, 32..=150)
+        case in wcase(proptest::collection::vec(any_rate_def(true), 2..=3), 9..=16, true, BATCH_OPS, 32..=150)
     ) {
         run_wcase(&case)?;
     }
@@ -3175,15 +3189,13 @@ fn check_many_charges_all_or_nothing_and_reports_the_binding_item() {
 }
 
 // ---------------------------------------------------------------------------
-// Disagreements between the engine and README (ignored until decided)
+// What is and is not a strike (README "Abuse control")
 // ---------------------------------------------------------------------------
 
 #[test]
-#[ignore = "engine disagrees with README: a denial of a key with no state is no strike"]
-fn a_denial_of_a_key_with_no_state_is_a_strike() {
-    // README, "Abuse control": every denial of a key is a strike. With
-    // `strikes: 1` the first denial bans. A tracked key is banned by a cost
-    // it can never pay; a key with no state is not.
+fn a_denial_of_a_key_with_no_state_is_no_strike() {
+    // With `strikes: 1` the first strike bans. A tracked key is banned by a
+    // cost it can never pay; a key with no state is not (nor tracked).
     let policy = def("gcra 1/second", login_penalty(1, 10, 100, 1000), false);
     script(
         vec![policy],
@@ -3196,8 +3208,7 @@ fn a_denial_of_a_key_with_no_state_is_a_strike() {
 }
 
 #[test]
-#[ignore = "engine disagrees with README: a denial of a cost beyond MAX_COST is no strike"]
-fn a_denial_of_a_cost_beyond_max_cost_is_a_strike() {
+fn a_denial_of_a_cost_beyond_max_cost_is_no_strike() {
     let policy = def("gcra 1/second", login_penalty(1, 10, 100, 1000), false);
     script(
         vec![policy],
@@ -3209,10 +3220,8 @@ fn a_denial_of_a_cost_beyond_max_cost_is_a_strike() {
 }
 
 #[test]
-#[ignore = "engine disagrees with README: a denied check_many gives strikes"]
-fn a_denied_batch_gives_no_strike() {
-    // README, "Abuse control" (Flask): "the engine's batch check, which
-    // peeks a denied batch, would give no strike".
+fn a_batch_item_denied_by_its_own_limits_is_a_strike() {
+    // The strike starts a ban, which becomes the batch's answer.
     let policy = def("gcra 1/minute", login_penalty(1, 10, 100, 1000), false);
     script(
         vec![policy],
@@ -3227,36 +3236,6 @@ fn a_denied_batch_gives_no_strike() {
             (ck(0, "k", 0), 100 * S),
         ],
     );
-}
-
-#[test]
-#[ignore = "ambiguous (README is silent): a banned key's reset-after counts a charge it was not given"]
-fn a_banned_keys_reset_after_counts_no_charge() {
-    // The model (like the engine) takes a banned denial's reset-after as the
-    // later of the ban's end and the reset-after the limits report for this
-    // request; when the limits would allow it, that figure includes the
-    // request's own cost, though nothing is charged. An ordinary denial
-    // reports the uncharged state's reset. Here the bucket is full again at
-    // 110 s, so after the ban (150 s) the key is back to full quota: 5 s.
-    let engine = Engine::new(EngineOptions {
-        capacity: 64,
-        ..Default::default()
-    })
-    .unwrap();
-    let p = engine
-        .add_policy_with(
-            "p",
-            "gcra 1/10 seconds",
-            PolicyOptions {
-                penalty: login_penalty(1, 1, 50, 100),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    assert!(engine.check_at(p, b"k", 1, 100 * S).allowed);
-    assert!(engine.check_at(p, b"k", 1, 100 * S).banned);
-    let d = engine.check_at(p, b"k", 1, 145 * S);
-    assert_eq!(d, ban_of(5 * S, 5 * S, 1));
 }
 
 #[test]

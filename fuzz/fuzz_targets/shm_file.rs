@@ -109,7 +109,7 @@ fn template() -> &'static Template {
                 }
             }
             // Some permits stay held, some are released.
-            for p in permits.iter().step_by(2) {
+            for p in permits.into_iter().step_by(2) {
                 let _ = e.release(p);
             }
         }
