@@ -290,6 +290,65 @@ fn single_word_overwrites_of_the_header_and_directory_never_crash_or_hang() {
     );
 }
 
+/// Where a policy's table starts in its region: the counters and wait
+/// words, the deny-event ring and the override table come first.
+const TABLE_IN_REGION: u64 = 84_224;
+
+/// Words of the tables themselves (each policy's first two buckets: intents,
+/// key words, state words) overwritten with values that make intents name a
+/// slot past the bucket, break their seq pairing, or fill state words with
+/// extremes: operations still return (the fuzzer's hangs were intent pairs
+/// whose seqs were not adjacent; they are now repaired), never crash.
+#[test]
+fn single_word_overwrites_of_table_words_never_crash_or_hang() {
+    let t = template("table-template");
+    let original = std::fs::read(&t).unwrap();
+    let mut cases = Vec::new();
+    for entry in 0..5 {
+        let table = region_offset(&t, entry) + TABLE_IN_REGION;
+        for word in [0u64, 1, 2, 3, 4, 5, 8, 9, 12, 13, 20, 21, 36, 37, 44, 45] {
+            for v in [0xffff_ffffu64, 0xf000_0000_0000_0001, 1 << 59, u64::MAX] {
+                cases.push((table + word * 8, v));
+            }
+        }
+    }
+    let mut failures = Vec::new();
+    for batch in cases.chunks(8) {
+        let children: Vec<_> = batch
+            .iter()
+            .map(|&(o, v)| {
+                let p = path(&format!("table-{o}-{v:x}"));
+                std::fs::write(&p, &original).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+                write_u64(&p, o, v);
+                let pid = spawn(|| {
+                    if let Ok(e) = Engine::open_shared(&p, opts()) {
+                        let ids: Vec<PolicyId> =
+                            add_all(&e).into_iter().filter_map(Result::ok).collect();
+                        exercise(&e, &ids, 200);
+                    }
+                    0
+                });
+                (o, v, p, pid)
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for (o, v, p, pid) in children {
+            let out = wait(pid, deadline);
+            if out != Outcome::Exited(0) {
+                failures.push(format!("word at {o} = {v:#x}: {out:?}"));
+            }
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 // ------------------------------------------------------------ defect 2
 
 #[test]
