@@ -231,6 +231,48 @@ fn a_directory_entry_with_a_huge_bucket_count_is_refused_not_mapped() {
     assert_eq!(out, Outcome::Exited(0), "2^59 buckets");
 }
 
+/// For each `(offset, value)` case, a copy of `original` with that 8-byte
+/// word overwritten is opened in a child process, which adds the policies
+/// and runs `rounds` rounds of every operation: each child must exit
+/// normally (no crash, no panic, no hang), 8 at a time.
+fn every_case_returns(original: &[u8], cases: &[(u64, u64)], name: &str, rounds: u64) {
+    let mut failures = Vec::new();
+    for batch in cases.chunks(8) {
+        let children: Vec<_> = batch
+            .iter()
+            .map(|&(o, v)| {
+                let p = path(&format!("{name}-{o}-{v:x}"));
+                std::fs::write(&p, original).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+                write_u64(&p, o, v);
+                let pid = spawn(|| {
+                    if let Ok(e) = Engine::open_shared(&p, opts()) {
+                        let ids: Vec<PolicyId> =
+                            add_all(&e).into_iter().filter_map(Result::ok).collect();
+                        exercise(&e, &ids, rounds);
+                    }
+                    0
+                });
+                (o, v, p, pid)
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for (o, v, p, pid) in children {
+            let out = wait(pid, deadline);
+            if out != Outcome::Exited(0) {
+                failures.push(format!("word at {o} = {v:#x}: {out:?}"));
+            }
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 /// Every 8-byte word of the header and of the policies' directory entries
 /// (their fixed fields, and the first word of names and specs), overwritten
 /// with each of a few extreme values: opening, adding the policies and a
@@ -253,41 +295,7 @@ fn single_word_overwrites_of_the_header_and_directory_never_crash_or_hang() {
             cases.push((o, v));
         }
     }
-    let mut failures = Vec::new();
-    for batch in cases.chunks(8) {
-        let children: Vec<_> = batch
-            .iter()
-            .map(|&(o, v)| {
-                let p = path(&format!("words-{o}-{v:x}"));
-                std::fs::write(&p, &original).unwrap();
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-                write_u64(&p, o, v);
-                let pid = spawn(|| {
-                    if let Ok(e) = Engine::open_shared(&p, opts()) {
-                        let ids: Vec<PolicyId> =
-                            add_all(&e).into_iter().filter_map(Result::ok).collect();
-                        exercise(&e, &ids, 400);
-                    }
-                    0
-                });
-                (o, v, p, pid)
-            })
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        for (o, v, p, pid) in children {
-            let out = wait(pid, deadline);
-            if out != Outcome::Exited(0) {
-                failures.push(format!("word at {o} = {v:#x}: {out:?}"));
-            }
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    every_case_returns(&original, &cases, "words", 400);
 }
 
 /// Where a policy's table starts in its region: the counters and wait
@@ -312,41 +320,7 @@ fn single_word_overwrites_of_table_words_never_crash_or_hang() {
             }
         }
     }
-    let mut failures = Vec::new();
-    for batch in cases.chunks(8) {
-        let children: Vec<_> = batch
-            .iter()
-            .map(|&(o, v)| {
-                let p = path(&format!("table-{o}-{v:x}"));
-                std::fs::write(&p, &original).unwrap();
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-                write_u64(&p, o, v);
-                let pid = spawn(|| {
-                    if let Ok(e) = Engine::open_shared(&p, opts()) {
-                        let ids: Vec<PolicyId> =
-                            add_all(&e).into_iter().filter_map(Result::ok).collect();
-                        exercise(&e, &ids, 200);
-                    }
-                    0
-                });
-                (o, v, p, pid)
-            })
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        for (o, v, p, pid) in children {
-            let out = wait(pid, deadline);
-            if out != Outcome::Exited(0) {
-                failures.push(format!("word at {o} = {v:#x}: {out:?}"));
-            }
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    every_case_returns(&original, &cases, "table", 200);
 }
 
 // ------------------------------------------------------------ defect 2
