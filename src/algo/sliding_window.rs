@@ -22,24 +22,25 @@
 
 use super::{until, Eval, LimitParams, Payload, MAX_TIME_NS};
 
-/// The time a request at `now` is decided at: `now`, or, if the state has
-/// reached a later window (and counts anything), that window's start.
+/// The time a request at `now` is decided at, and its window index: `now`,
+/// or, if the state has reached a later window (and counts anything), that
+/// window's start. One division, as before this rule.
 #[inline(always)]
-pub(crate) fn effective_now(l: &LimitParams, p: Payload, now: u64) -> u64 {
+pub(crate) fn effective_now(l: &LimitParams, p: Payload, now: u64) -> (u64, u64) {
     let w = now / l.period_ns;
     let ahead = ((p.b >> 32) as u32).wrapping_sub(w as u32);
     if ahead == 0 || ahead >= 1 << 31 || (p.a == 0 && p.b as u32 == 0) {
-        return now;
+        return (now, w);
     }
-    (w + ahead as u64)
+    let t = (w + ahead as u64)
         .saturating_mul(l.period_ns)
-        .clamp(now, MAX_TIME_NS.max(now))
+        .clamp(now, MAX_TIME_NS.max(now));
+    (t, t / l.period_ns)
 }
 
-/// `(w, prev, cur)` as seen at `now`.
+/// `(w, prev, cur)` in window `w`.
 #[inline(always)]
-fn counts(l: &LimitParams, p: Payload, now: u64) -> (u64, u64, u64) {
-    let w = now / l.period_ns;
+fn counts(p: Payload, w: u64) -> (u64, u64, u64) {
     let stored = (p.b >> 32) as u32;
     let prev = p.b & 0xffff_ffff;
     match (w as u32).wrapping_sub(stored) {
@@ -82,8 +83,8 @@ fn zero_at(w: u64, prev: u64, cur: u64, period: u64) -> u64 {
 #[inline]
 pub(crate) fn evaluate(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Eval {
     let period = l.period_ns;
-    let t = effective_now(l, p, now);
-    let (w, prev, cur) = counts(l, p, t);
+    let (t, w) = effective_now(l, p, now);
+    let (w, prev, cur) = counts(p, w);
     let elapsed = t - w * period;
     let weighted = decayed(prev, elapsed, period) + cur;
     if weighted + cost <= l.count {
@@ -126,7 +127,7 @@ fn retry_at(w: u64, prev: u64, cur: u64, elapsed: u64, cost: u64, limit: u64, pe
 
 #[inline]
 pub(crate) fn charge(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
-    let (w, prev, cur) = counts(l, p, effective_now(l, p, now));
+    let (w, prev, cur) = counts(p, effective_now(l, p, now).1);
     Payload {
         a: (cur + cost) as u32,
         b: ((w as u32 as u64) << 32) | prev,
@@ -134,7 +135,7 @@ pub(crate) fn charge(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payloa
 }
 
 pub(crate) fn refund(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
-    let w = effective_now(l, p, now) / l.period_ns;
+    let w = effective_now(l, p, now).1;
     match (w as u32).wrapping_sub((p.b >> 32) as u32) {
         // The charge sits in the stored window (current or previous).
         0 | 1 => Payload {
@@ -146,7 +147,7 @@ pub(crate) fn refund(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payloa
 }
 
 pub(crate) fn expiry(l: &LimitParams, p: Payload, now: u64) -> u64 {
-    let w_now = effective_now(l, p, now) / l.period_ns;
+    let w_now = effective_now(l, p, now).1;
     let back = (w_now as u32).wrapping_sub((p.b >> 32) as u32) as u64;
     if back > 1 || back > w_now {
         return 0;
