@@ -1,4 +1,4 @@
-//! Policy spec parsing: every form DESIGN.md names, exact field values, error
+//! Policy spec parsing: every form the README's "Policies" section names, exact field values, error
 //! positions and messages, and round trips through `Display`.
 
 use proptest::prelude::*;

@@ -19,7 +19,7 @@ rustup component list --installed 2>/dev/null | grep -q clippy || rustup compone
 
 step "format and lints"
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --features cli -- -D warnings
 # Without the Redis backend (feature `redis`, on by default) it must build too.
 CARGO_TARGET_DIR=target/no-redis cargo clippy --no-default-features --lib --tests -- -D warnings
 
@@ -28,10 +28,10 @@ cargo build --lib
 git diff --exit-code -- include/ || { echo "include/ratekeeper.h is stale: commit the regenerated header"; exit 1; }
 
 step "unit, model, multi-process and CLI tests (debug: overflow checks on)"
-cargo test
+cargo test --features cli
 
 step "the same in release (what users run)"
-cargo test --release
+cargo test --release --features cli
 
 step "loom models of the lock-free protocol"
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 CARGO_TARGET_DIR=target/loom \

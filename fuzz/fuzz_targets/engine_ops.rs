@@ -11,7 +11,7 @@
 //!   had room and the time is sane);
 //! - concurrency permits never exceed the limit in flight;
 //! - a GCRA policy on a separate engine, driven at nondecreasing whole
-//!   microseconds, matches a reference model of DESIGN.md's formulas in
+//!   microseconds, matches a reference model of the README's formulas in
 //!   every field of every decision.
 #![no_main]
 
@@ -384,7 +384,7 @@ fuzz_target!(|input: Input| {
 });
 
 // ---------------------------------------------------------------------------
-// GCRA against a reference model (DESIGN.md, "Exact semantics").
+// GCRA against a reference model (README, "Algorithms").
 // ---------------------------------------------------------------------------
 
 #[derive(Arbitrary, Debug)]
@@ -406,7 +406,7 @@ enum ModelOp {
 /// `T` is whole microseconds and every figure is exact.
 const COUNTS: &[u64] = &[1, 2, 4, 5, 8, 10, 16, 20, 25, 40, 50, 64, 100];
 
-/// The six figures of DESIGN.md's Decision table.
+/// The six figures of a decision (`ratekeeper::Decision`).
 #[derive(Debug, PartialEq, Eq)]
 struct Figures {
     allowed: bool,

@@ -2,7 +2,7 @@
 //!
 //! No `unsafe`, no atomics: the table reads a slot's words, calls these to
 //! decide and to compute the new words, and then installs them with a
-//! compare-and-swap. Every figure follows DESIGN.md's formulas, in
+//! compare-and-swap. Every figure follows the README's formulas ("Algorithms"), in
 //! nanoseconds, with the emission interval `T = period_ns / count` (floor).
 
 pub(crate) mod concurrency;

@@ -182,7 +182,7 @@ else:
 class Decision(_DecisionBase):
     """The outcome of a check: immutable, hashable, comparable.
 
-    Fields (DESIGN.md "Decision"): ``allowed``; ``limit`` (quota of the
+    Fields (as the Rust ``ratekeeper::Decision``): ``allowed``; ``limit`` (quota of the
     binding limit; for GCRA the burst); ``remaining`` (requests of cost 1
     still allowed now under the binding limit); ``retry_after_ns`` (when
     denied, wait at least this long; 0 when allowed; ``2**64-1`` when the
