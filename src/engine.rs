@@ -284,11 +284,11 @@ impl Policy {
 pub const MAX_OVERRIDES: usize = 1024;
 const OVERRIDE_UNITS: usize = MAX_OVERRIDES;
 /// Where the deny-event ring starts in a region.
-const RING_BASE: usize = HEAD_UNITS;
+pub(crate) const RING_BASE: usize = HEAD_UNITS;
 /// Where the override table starts in a region.
-const OVERRIDE_BASE: usize = RING_BASE + RING_UNITS;
+pub(crate) const OVERRIDE_BASE: usize = RING_BASE + RING_UNITS;
 /// Where the table starts in a region.
-const TABLE_BASE: usize = OVERRIDE_BASE + OVERRIDE_UNITS;
+pub(crate) const TABLE_BASE: usize = OVERRIDE_BASE + OVERRIDE_UNITS;
 
 impl Policy {
     /// `Ok` for a rate limit; for a concurrency limit, the error that says

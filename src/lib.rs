@@ -71,4 +71,26 @@ pub mod __private {
     ) -> Result<crate::Engine, crate::Error> {
         crate::Engine::open_shared_booted(path.as_ref(), options, boot_id_file.as_ref())
     }
+
+    /// Byte offsets of the shared file's layout, from the structs that
+    /// define it, for tests and fuzz targets that corrupt chosen words.
+    pub mod layout {
+        use crate::shm::{DirEntry, Header};
+        use std::mem::{offset_of, size_of};
+        /// Header fields.
+        pub const BOOT_ID: usize = offset_of!(Header, boot_id);
+        pub const SEED: usize = offset_of!(Header, seed_k0);
+        /// The directory: the header's fields end where it starts.
+        pub const DIR: usize = offset_of!(Header, policies);
+        pub const ENTRY_BYTES: usize = size_of::<DirEntry>();
+        /// Fields of a directory entry.
+        pub const ENTRY_BUCKETS: usize = offset_of!(DirEntry, buckets);
+        pub const ENTRY_REGION_OFFSET: usize = offset_of!(DirEntry, region_offset);
+        pub const ENTRY_REGION_BYTES: usize = offset_of!(DirEntry, region_bytes);
+        /// Within a policy's region: the head (counters, wait words) at 0,
+        /// then the deny-event ring, the override table and the table.
+        pub const RING_IN_REGION: usize = crate::engine::RING_BASE * 16;
+        pub const OVERRIDES_IN_REGION: usize = crate::engine::OVERRIDE_BASE * 16;
+        pub const TABLE_IN_REGION: usize = crate::engine::TABLE_BASE * 16;
+    }
 }

@@ -15,15 +15,17 @@ use std::time::{Duration, Instant};
 const S: u64 = 1_000_000_000;
 const NOW: u64 = 1_000 * S;
 
-/// Header offsets (see the layout table in src/shm/mod.rs).
-const BOOT_ID: u64 = 24;
-const DIR: u64 = 72;
-const ENTRY_BYTES: u64 = 1232;
-/// Offsets inside a directory entry.
-const E_BUCKETS: u64 = 1160;
-const E_REGION_OFFSET: u64 = 1216;
-/// The deny-event ring's head: after the region head (17 lines of 128 bytes).
-const RING_HEAD: u64 = 17 * 128;
+/// Offsets of the file layout (taken from the structs that define it).
+use ratekeeper::__private::layout;
+const BOOT_ID: u64 = layout::BOOT_ID as u64;
+const DIR: u64 = layout::DIR as u64;
+const ENTRY_BYTES: u64 = layout::ENTRY_BYTES as u64;
+const E_BUCKETS: u64 = layout::ENTRY_BUCKETS as u64;
+const E_REGION_OFFSET: u64 = layout::ENTRY_REGION_OFFSET as u64;
+/// The deny-event ring's head, the first line of the ring.
+const RING_HEAD: u64 = layout::RING_IN_REGION as u64;
+/// Where a policy's table starts in its region.
+const TABLE_IN_REGION: u64 = layout::TABLE_IN_REGION as u64;
 
 fn path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ratekeeper-hostile-{}", std::process::id()));
@@ -297,10 +299,6 @@ fn single_word_overwrites_of_the_header_and_directory_never_crash_or_hang() {
     }
     every_case_returns(&original, &cases, "words", 400);
 }
-
-/// Where a policy's table starts in its region: the counters and wait
-/// words, the deny-event ring and the override table come first.
-const TABLE_IN_REGION: u64 = 84_224;
 
 /// Words of the tables themselves (each policy's first two buckets: intents,
 /// key words, state words) overwritten with values that make intents name a

@@ -23,16 +23,17 @@ const T0: u64 = 1_000 * S;
 /// File layout (src/shm/mod.rs, src/engine.rs): header fields, directory
 /// entries, and within a policy's region the head (counters, wait words),
 /// the deny ring, the override table, then the table.
-const HEADER_FIELDS: usize = 72;
-const SEED: u64 = 40;
-const DIR: usize = 72;
-const ENTRY_BYTES: usize = 1232;
-const E_REGION_OFFSET: usize = 1216;
-const E_REGION_BYTES: usize = 1224;
-const HEAD_BYTES: usize = 17 * 128;
-const RING_BYTES: usize = 128 + 512 * 128;
-const OVERRIDE_BYTES: usize = 1024 * 16;
-const TABLE_AT: usize = HEAD_BYTES + RING_BYTES + OVERRIDE_BYTES;
+use ratekeeper::__private::layout;
+const HEADER_FIELDS: usize = layout::DIR;
+const SEED: u64 = layout::SEED as u64;
+const DIR: usize = layout::DIR;
+const ENTRY_BYTES: usize = layout::ENTRY_BYTES;
+const E_REGION_OFFSET: usize = layout::ENTRY_REGION_OFFSET;
+const E_REGION_BYTES: usize = layout::ENTRY_REGION_BYTES;
+const HEAD_BYTES: usize = layout::RING_IN_REGION;
+const RING_BYTES: usize = layout::OVERRIDES_IN_REGION - layout::RING_IN_REGION;
+const OVERRIDE_BYTES: usize = layout::TABLE_IN_REGION - layout::OVERRIDES_IN_REGION;
+const TABLE_AT: usize = layout::TABLE_IN_REGION;
 
 fn opts() -> EngineOptions {
     EngineOptions {
