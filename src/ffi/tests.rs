@@ -340,26 +340,31 @@ fn permits_round_trip_and_altered_permits_are_refused() {
     free(e);
 }
 
-#[test]
-fn a_fail_open_acquire_without_room_hands_out_a_permit_whose_release_does_nothing() {
-    let e = new_engine(1);
+/// Adds "jobs", `concurrency 1` failing open when its table is full, to `e`.
+fn fail_open_jobs(e: *mut rk_engine) -> u32 {
     let mut opts = std::mem::MaybeUninit::<rk_policy_options>::uninit();
     let mut id = 0;
-    // SAFETY: live engine, writable locals, read only after RK_OK (whole block).
+    // SAFETY: `e` is a live engine; the options are initialised by
+    // rk_policy_options_init_sized before they are read.
     unsafe {
         rk_policy_options_init_sized(opts.as_mut_ptr(), size_of::<rk_policy_options>());
         let mut opts = opts.assume_init();
         opts.when_full = rk_when_full::RK_WHEN_FULL_FAIL_OPEN as u32;
+        let (name, spec) = (c"jobs".as_ptr(), c"concurrency 1".as_ptr());
         assert_eq!(
-            rk_policy_add_with(
-                e,
-                c"jobs".as_ptr(),
-                c"concurrency 1".as_ptr(),
-                &opts,
-                &mut id
-            ),
+            rk_policy_add_with(e, name, spec, &opts, &mut id),
             rk_status::RK_OK
         );
+    }
+    id
+}
+
+#[test]
+fn a_fail_open_acquire_without_room_hands_out_a_permit_whose_release_does_nothing() {
+    let e = new_engine(1);
+    let id = fail_open_jobs(e);
+    // SAFETY: live engine, writable locals, read only after RK_OK (whole block).
+    unsafe {
         let mut stats = std::mem::zeroed::<rk_stats>();
         assert_eq!(rk_policy_stats(e, id, &mut stats), rk_status::RK_OK);
         let mut unleased = None;
@@ -402,18 +407,9 @@ fn a_fail_open_acquire_without_room_hands_out_a_permit_whose_release_does_nothin
 fn rk_acquire_timeout_on_a_full_fail_open_bucket_returns_an_unleased_permit_at_once() {
     // One bucket (8 keys), each key holding its one permit.
     let e = new_engine(8);
-    let mut opts = std::mem::MaybeUninit::<rk_policy_options>::uninit();
-    let mut id = 0;
+    let id = fail_open_jobs(e);
     // SAFETY: live engine, writable locals, read only after RK_OK (whole block).
     unsafe {
-        rk_policy_options_init_sized(opts.as_mut_ptr(), size_of::<rk_policy_options>());
-        let mut opts = opts.assume_init();
-        opts.when_full = rk_when_full::RK_WHEN_FULL_FAIL_OPEN as u32;
-        let (name, spec) = (c"jobs".as_ptr(), c"concurrency 1".as_ptr());
-        assert_eq!(
-            rk_policy_add_with(e, name, spec, &opts, &mut id),
-            rk_status::RK_OK
-        );
         let acquire = |key: &[u8], timeout_ns: Option<u64>| {
             let mut permit = std::mem::MaybeUninit::<rk_permit>::uninit();
             let mut d = std::mem::MaybeUninit::<rk_decision>::uninit();
