@@ -859,12 +859,9 @@ impl Table {
         }
         let (protected, exp, j) = best.expect("SLOTS > 0");
         if protected == Protected::Lease {
-            // Every entry holds a live lease: the soonest one frees first.
-            let soonest = (0..SLOTS)
-                .map(|j| self.expiry(b, j, now).0)
-                .min()
-                .unwrap_or(exp);
-            return Victim::None(soonest);
+            // The least protected entry holds a live lease, so every entry
+            // does; `exp` is the soonest of them, when one frees.
+            return Victim::None(exp);
         }
         Victim::Live(j, exp)
     }
