@@ -397,9 +397,11 @@ fn acquire_timeout_on_a_full_fail_closed_bucket_sleeps_until_the_deadline() {
             .acquire_timeout(p, b"newcomer", std::time::Duration::from_millis(200))
             .unwrap();
         assert!(!d.allowed && permit.is_none(), "{when_full:?}: {d:?}");
+        // At least 1: on a machine so loaded that the first attempt takes
+        // the whole 200 ms, the deadline has passed when it returns.
         let attempts = e.stats(p).unwrap().table_full;
         assert!(
-            (2..=3).contains(&attempts),
+            (1..=3).contains(&attempts),
             "{when_full:?}: {attempts} attempts"
         );
     }

@@ -515,6 +515,7 @@ static void test_permits(void) {
         CHECK(rel);
         CHECK_OK(rk_release_permit(engine, &p2, NULL));
         CHECK_STATUS(rk_release_permit(engine, NULL, &rel), RK_ERR_NULL_POINTER);
+        CHECK_STATUS(rk_release_permit(NULL, &p2, &rel), RK_ERR_NULL_POINTER);
     }
 
     /* a permit from another engine, or altered */
