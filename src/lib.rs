@@ -27,11 +27,13 @@ mod error;
 pub(crate) mod events;
 pub mod ffi;
 pub(crate) mod hash;
+mod options;
 pub mod policy;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod shm;
 mod stats;
+pub(crate) mod store;
 pub(crate) mod sync;
 pub(crate) mod table;
 mod wait;
@@ -39,12 +41,10 @@ mod wait;
 pub use abuse::Penalty;
 pub use algo::{MAX_COST, MAX_LEASES, MAX_LOG_ENTRIES, MAX_TIME_NS};
 pub use clock::{Clock, ManualClock};
-pub use engine::{
-    CheckItem, Decision, Engine, EngineOptions, Permit, PolicyId, PolicyOptions, DEFAULT_CAPACITY,
-    MAX_OVERRIDES, MAX_POLICIES,
-};
+pub use engine::{CheckItem, Decision, Engine, Permit, PolicyId, MAX_OVERRIDES, MAX_POLICIES};
 pub use error::{Error, ParseError};
 pub use events::{DenyEvent, EVENT_KEY_BYTES, RING_ENTRIES};
+pub use options::{EngineOptions, PolicyOptions, DEFAULT_CAPACITY};
 pub use policy::{Algorithm, Limit, PolicySpec};
 #[cfg(feature = "redis")]
 pub use redis::{OnFailure, RedisOptions, RedisStats, REDIS_EPOCH_UNIX_S};

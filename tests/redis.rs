@@ -649,6 +649,64 @@ fn one_round_trip_per_request_whatever_the_number_of_limits() {
     assert_eq!(e.redis_stats().unwrap().round_trips, before + 10);
 }
 
+/// A shadow-mode item of a batch is concluded as the in-process engine
+/// concludes it: its would-be denial neither denies the batch (the
+/// enforced items are charged) nor binds it over an enforced denial.
+#[test]
+fn a_shadow_item_neither_denies_nor_binds_a_redis_batch() {
+    let server = shared_server();
+    let prefix = format!("shadow{}", next_id());
+    for e in [
+        open(server, &prefix),
+        Engine::new(EngineOptions::default()).unwrap(),
+    ] {
+        let enforced = e.add_policy("enforced", "3/minute").unwrap();
+        let shadow = e
+            .add_policy_with(
+                "shadow",
+                "1/hour",
+                PolicyOptions {
+                    shadow: true,
+                    ..PolicyOptions::default()
+                },
+            )
+            .unwrap();
+        let items = [
+            CheckItem {
+                policy: enforced,
+                key: b"k",
+                cost: 1,
+            },
+            CheckItem {
+                policy: shadow,
+                key: b"k",
+                cost: 1,
+            },
+        ];
+        let t = 1_000_000_000;
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            let (d, i) = e.check_many_at(&items, t).unwrap();
+            answers.push((d.allowed, d.shadow_denied, i));
+        }
+        // 1: both allow (the shadow limit has fewer left). 2: the shadow
+        // limit would deny, so it binds, but the request passes and the
+        // enforced limit is charged. 3: the same, but the enforced limit is
+        // down to 0 left too, and on a tie the lower index binds. 4: the
+        // enforced limit denies and binds.
+        let want = vec![
+            (true, false, 1),
+            (true, true, 1),
+            (true, false, 0),
+            (false, false, 0),
+        ];
+        assert_eq!(answers, want, "redis: {}", e.redis_stats().is_some());
+        assert_eq!(e.peek_at(enforced, b"k", 1, t).unwrap().remaining, 0);
+        let s = e.stats(shadow).unwrap();
+        assert_eq!(s.shadow_denied, 2, "redis: {}", e.redis_stats().is_some());
+    }
+}
+
 #[test]
 fn redis_keeps_only_hashed_keys_under_hash_tags_with_ttls() {
     let server = shared_server();

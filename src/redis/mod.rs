@@ -7,7 +7,8 @@
 //! script call (`EVALSHA`, reloaded on `NOSCRIPT`), the health state that
 //! switches to the failure policy and back, and the local deny cache. The
 //! script and its contract are `ratekeeper.lua` and `PROTOCOL.md` next to
-//! this file; `Engine` routes its operations here (`src/redis/glue.rs`).
+//! this file. The Redis store (`src/store/redis.rs`) is its one user: it
+//! turns each operation of the storage seam into script calls.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,9 +19,10 @@ use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{Client, Connection, ConnectionLike, Value};
 
 use crate::algo::LimitParams;
-use crate::engine::{Decision, EngineOptions, PolicyOptions};
 use crate::hash::{siphash13, Seed};
+use crate::options::EngineOptions;
 use crate::policy::{Algorithm, PolicySpec};
+use crate::table::Verdict;
 use crate::{Error, Penalty};
 
 /// The script (see `PROTOCOL.md`).
@@ -177,7 +179,7 @@ pub(crate) struct RemotePolicy {
 }
 
 impl RemotePolicy {
-    pub fn new(name: &str, spec: &PolicySpec, options: &PolicyOptions) -> Result<Self, Error> {
+    pub fn new(name: &str, spec: &PolicySpec, penalty: Option<Penalty>) -> Result<Self, Error> {
         for l in &spec.limits {
             // Same validation as the local table (the script trusts it).
             LimitParams::new(l, 0)?;
@@ -190,8 +192,8 @@ impl RemotePolicy {
         }
         Ok(RemotePolicy {
             name: name.into(),
-            args: script_args(spec, options.penalty),
-            penalty: options.penalty.is_some(),
+            args: script_args(spec, penalty),
+            penalty: penalty.is_some(),
         })
     }
 }
@@ -230,9 +232,9 @@ pub fn script_args(spec: &PolicySpec, penalty: Option<Penalty>) -> Vec<String> {
 /// The script's answer to `check`, `peek` and `acquire`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reply {
-    pub decision: Decision,
+    /// The binding item's verdict (`new_ban`: this call's strike started a ban).
+    pub verdict: Verdict,
     pub item: usize,
-    pub new_ban: bool,
     pub lease: Option<u32>,
 }
 
@@ -885,7 +887,7 @@ pub(crate) fn reply(v: &Value) -> Result<Reply, Down> {
     }
     let u = |i: usize| r[i] as u64;
     Ok(Reply {
-        decision: Decision {
+        verdict: Verdict {
             allowed: r[0] == 1,
             limit: u(2),
             remaining: u(3),
@@ -893,10 +895,9 @@ pub(crate) fn reply(v: &Value) -> Result<Reply, Down> {
             reset_after_ns: u(5),
             limit_index: r[6] as u32,
             banned: r[7] == 1,
-            shadow_denied: false,
+            new_ban: r[8] == 1,
         },
         item: r[1] as usize,
-        new_ban: r[8] == 1,
         lease: u32::try_from(r[10]).ok(),
     })
 }
@@ -934,7 +935,7 @@ struct Cached {
     tag: u64,
     at: u64,
     until: u64,
-    decision: Decision,
+    verdict: Verdict,
     /// The binding item (0 for a single key).
     index: usize,
     /// For a batch: each key's tag and version when stored.
@@ -985,7 +986,7 @@ impl DenyCache {
         tags: &[u64],
         mut costs: impl Iterator<Item = u32>,
         now: u64,
-    ) -> Option<(Decision, usize)> {
+    ) -> Option<(Verdict, usize)> {
         if self.shards.is_empty() || tags.len() > BATCH_ITEMS || costs.any(|c| c != 1) {
             return None;
         }
@@ -1008,10 +1009,10 @@ impl DenyCache {
         }
         let gone = now - e.at;
         Some((
-            Decision {
+            Verdict {
                 retry_after_ns: e.until - now,
-                reset_after_ns: e.decision.reset_after_ns.saturating_sub(gone),
-                ..e.decision
+                reset_after_ns: e.verdict.reset_after_ns.saturating_sub(gone),
+                ..e.verdict
             },
             e.index,
         ))
@@ -1025,7 +1026,7 @@ impl DenyCache {
         tags: &[u64],
         mut costs: impl Iterator<Item = u32>,
         now: u64,
-        d: &Decision,
+        d: &Verdict,
         index: usize,
     ) {
         let retry = d.retry_after_ns;
@@ -1050,7 +1051,7 @@ impl DenyCache {
                 tag,
                 at: now,
                 until: now.saturating_add(retry),
-                decision: *d,
+                verdict: *d,
                 index,
                 keys,
                 n,

@@ -245,6 +245,18 @@ pub(crate) enum Outcome {
     Full { retry_after_ns: u64 },
 }
 
+/// What [`Table::decide`] does besides deciding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Charge nothing; a denial is no strike.
+    Peek,
+    /// Charge if allowed; a denial is a penalty-box strike.
+    Charge,
+    /// Charge nothing, but a denial is a strike (an item of a batch that
+    /// some item denied).
+    StrikeIfDenied,
+}
+
 /// A lease held by [`Table::acquire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Lease {
@@ -741,7 +753,7 @@ impl Table {
 
     /// The verdict on `words` (a slot, or `Fresh`) under `limits`.
     #[inline]
-    fn decide(
+    fn verdict_of(
         &self,
         limits: &[LimitParams],
         words: &(impl Words + ?Sized),
@@ -765,7 +777,7 @@ impl Table {
     pub fn fresh_verdict(&self, h: u64, cost: u64, now: u64) -> Verdict {
         let now = now.min(algo::MAX_TIME_NS);
         self.with_limits(self.override_of(h), |limits| {
-            self.decide(limits, &Fresh, cost, now)
+            self.verdict_of(limits, &Fresh, cost, now)
         })
     }
 
@@ -780,7 +792,7 @@ impl Table {
             _ => algo::sliding_window::evaluate(l, p, cost.min(algo::MAX_COST + 1), now),
         };
         if cost > algo::MAX_COST {
-            return self.decide(std::slice::from_ref(l), &[p][..], cost, now);
+            return self.verdict_of(std::slice::from_ref(l), &[p][..], cost, now);
         }
         Verdict {
             allowed: e.allowed,
@@ -887,17 +899,20 @@ impl Table {
         Ok(self.transact(b, snap, OP_CLAIM, j, self.override_of(h) as u64, h) && evicted)
     }
 
-    /// Checks (and if `charge`, charges) `cost` for key hash `h` at `now`;
-    /// a denial is a penalty-box strike when charging.
-    #[inline]
+    /// `decide` with a charge flag (the unit tests' shorthand).
+    #[cfg(any(test, loom))]
     pub fn check(&self, h: u64, cost: u64, now: u64, charge: bool) -> Outcome {
-        self.check_mode(h, cost, now, charge, charge)
+        self.decide(h, cost, now, if charge { Mode::Charge } else { Mode::Peek })
     }
 
-    /// Checks without charging, but a denial still counts as a penalty-box
-    /// strike (for a batch of limits that one of them denied).
-    pub fn strike_if_denied(&self, h: u64, cost: u64, now: u64) -> Outcome {
-        self.check_mode(h, cost, now, false, true)
+    /// Decides `cost` for key hash `h` at `now` as `mode` says.
+    #[inline]
+    pub fn decide(&self, h: u64, cost: u64, now: u64, mode: Mode) -> Outcome {
+        match mode {
+            Mode::Peek => self.check_mode(h, cost, now, false, false),
+            Mode::Charge => self.check_mode(h, cost, now, true, true),
+            Mode::StrikeIfDenied => self.check_mode(h, cost, now, false, true),
+        }
     }
 
     #[inline(always)]
@@ -955,7 +970,7 @@ impl Table {
                 words: self.slot_words(b, j),
             };
             let mut verdict =
-                self.with_limits(factor, |limits| self.decide(limits, &view, cost, now));
+                self.with_limits(factor, |limits| self.verdict_of(limits, &view, cost, now));
             let mut strike = None;
             if let Some(pen) = &self.layout.penalty {
                 let off = self.layout.penalty_offset;
@@ -1086,7 +1101,7 @@ impl Table {
             };
             let words = self.slot_words(b, j);
             let view = SlotView { words };
-            let verdict = self.decide(&self.layout.limits, &view, 1, now);
+            let verdict = self.verdict_of(&self.layout.limits, &view, 1, now);
             let free = concurrency::free_lease(&l, &view, now);
             if !Self::still(b, &snap) {
                 continue;

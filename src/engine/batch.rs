@@ -1,0 +1,218 @@
+//! The one batch rule: several (policy, key, cost) items checked as one
+//! request, all charged or none. Every path runs it — `check_many` here,
+//! `rk_check_many` in the C ABI, the Python binding through that — over a
+//! store's per-key operations; only a store that decides a whole batch
+//! atomically itself (the Redis script, which keeps its own copy of this
+//! rule inside Redis) answers instead. A single check is the batch of one:
+//! one charge, which also strikes a penalty box on a denial.
+//!
+//! The rule, for two or more items:
+//!
+//! 1. **Look**: decide every item without charging. The binding item is
+//!    the denying one with the longest retry-after, else the allowed one
+//!    with the fewest remaining (ties to the lowest index).
+//! 2. **Denied**: if any item denies, nothing is charged. The denial is
+//!    counted (and recorded as a deny event) against the binding item only;
+//!    every item denied by its own limits is a penalty-box strike, and a
+//!    strike that starts a ban makes that ban the answer.
+//! 3. **Charge**: otherwise charge every item in order. If one is denied
+//!    now (a concurrent request took the last unit in between), the items
+//!    already charged are refunded and that denial is the answer; else the
+//!    binding item of the charges is.
+//!
+//! A batch allocates nothing up to [`INLINE`] items.
+
+use super::decision::{conclude, record, tally, Count, Decision};
+use super::policies::Policy;
+use super::{CheckItem, Engine};
+use crate::stats::Counter;
+use crate::store::{Batch, Keys, Now, Target};
+use crate::table::{Mode, Outcome};
+use crate::Error;
+
+/// Items of a batch kept on the stack; a larger batch allocates.
+pub(super) const INLINE: usize = 64;
+
+/// Up to [`INLINE`] values on the stack, any number beyond on the heap.
+struct Buf<T: Copy> {
+    inline: [T; INLINE],
+    len: usize,
+    heap: Vec<T>,
+}
+
+impl<T: Copy> Buf<T> {
+    /// An empty buffer (`fill` only initialises the unused room).
+    fn new(fill: T) -> Self {
+        Buf {
+            inline: [fill; INLINE],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, v: T) {
+        if self.heap.is_empty() && self.len < INLINE {
+            self.inline[self.len] = v;
+        } else {
+            if self.heap.is_empty() {
+                self.heap.extend_from_slice(&self.inline);
+            }
+            self.heap.push(v);
+        }
+        self.len += 1;
+    }
+
+    fn as_slice(&self) -> &[T] {
+        if self.heap.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+}
+
+/// A charge that stuck: the store reported an allowed, costed decision
+/// (not a shadow-mode pass or a table-full admission, which charge nothing).
+fn charged(o: &Outcome, t: &Target<'_>) -> bool {
+    matches!(o, Outcome::Decided { verdict, .. } if verdict.allowed && t.cost > 0)
+}
+
+impl Engine {
+    /// `check_many_at`: resolves the items, then runs the rule.
+    pub(super) fn run_batch(
+        &self,
+        items: &[CheckItem<'_>],
+        now: Now,
+    ) -> Result<(Decision, usize), Error> {
+        let Some(first) = items.first() else {
+            return Err(Error::InvalidArgument(
+                "check_many needs at least one item".into(),
+            ));
+        };
+        let p0 = self.get(first.policy)?;
+        let mut ps = Buf::new(p0);
+        let mut ts = Buf::new(Self::target(p0, first.policy, first.key, first.cost));
+        for it in items {
+            let p = self.get(it.policy)?;
+            p.rate_limit("use acquire/release")?;
+            ps.push(p);
+            ts.push(Self::target(p, it.policy, it.key, it.cost));
+        }
+        let (ps, ts) = (ps.as_slice(), ts.as_slice());
+        if ts.len() == 1 {
+            return Ok((self.decide(ps[0], &ts[0], now, Mode::Charge, Count::Yes), 0));
+        }
+        let whole = ps.iter().all(|p| !p.options.shadow);
+        Ok(match self.store.batch(ts, now, whole)? {
+            Batch::Done { item, outcome } => Self::whole(ps, ts, item, outcome, now),
+            Batch::Rule(keys) => Self::rule(keys, ps, ts, now),
+        })
+    }
+
+    /// A batch the store decided whole: every item was charged if the
+    /// binding one was allowed, none otherwise.
+    fn whole(
+        ps: &[&Policy],
+        ts: &[Target<'_>],
+        item: usize,
+        outcome: Outcome,
+        now: Now,
+    ) -> (Decision, usize) {
+        let d = conclude(ps[item], &ts[item], outcome, now.ns, Count::Yes);
+        if let Outcome::Decided { verdict, .. } = outcome {
+            if verdict.allowed {
+                let others = ps.iter().enumerate().filter(|&(j, _)| j != item);
+                for (_, q) in others {
+                    tally(q, &verdict.into(), false);
+                }
+            }
+        }
+        (d, item)
+    }
+
+    /// The batch rule (see the module's documentation) over `keys`.
+    fn rule(keys: &dyn Keys, ps: &[&Policy], ts: &[Target<'_>], now: Now) -> (Decision, usize) {
+        // 1. Look at every item.
+        let mut best: Option<(Decision, usize)> = None;
+        let mut denied = Buf::new(false);
+        keys.decide_each(ts, now, Mode::Peek, &mut |i, o| {
+            let d = conclude(ps[i], &ts[i], o, now.ns, Count::No);
+            denied.push(!d.allowed);
+            if best.as_ref().is_none_or(|(b, _)| d.binds_over(b)) {
+                best = Some((d, i));
+            }
+            true
+        });
+        let (d, i) = best.expect("a store decides every item of a batch");
+        if !d.allowed {
+            return Self::denied(keys, ps, ts, denied.as_slice(), (d, i), now);
+        }
+        // 3. Charge every item; stop at the first denial.
+        let mut best: Option<(Decision, usize)> = None;
+        let mut denial: Option<(Decision, usize)> = None;
+        let mut back = Buf::new(ts[0]);
+        keys.decide_each(ts, now, Mode::Charge, &mut |i, o| {
+            if charged(&o, &ts[i]) {
+                back.push(ts[i]);
+            }
+            if denial.is_some() {
+                return false; // a store that charged on regardless: refunded below
+            }
+            let d = conclude(ps[i], &ts[i], o, now.ns, Count::Yes);
+            if !d.allowed {
+                denial = Some((d, i));
+                return false;
+            }
+            if best.as_ref().is_none_or(|(b, _)| d.binds_over(b)) {
+                best = Some((d, i));
+            }
+            true
+        });
+        if let Some(answer) = denial {
+            keys.refund_each(back.as_slice(), now);
+            return answer;
+        }
+        best.expect("a store decides every item of a batch")
+    }
+
+    /// Step 2 of the rule: a batch that some item denies. Counts the denial
+    /// against the binding item, and strikes every item its own limits deny.
+    fn denied(
+        keys: &dyn Keys,
+        ps: &[&Policy],
+        ts: &[Target<'_>],
+        denied: &[bool],
+        binding: (Decision, usize),
+        now: Now,
+    ) -> (Decision, usize) {
+        let (d, i) = binding;
+        ps[i].head().add(Counter::Denied, 1);
+        record(ps[i], &d, &ts[i], now.ns);
+        let mut struck = Buf::new(ts[0]);
+        let mut index = Buf::new(0usize);
+        for (j, t) in ts.iter().enumerate() {
+            if denied[j] && t.table.layout.penalty.is_some() {
+                struck.push(*t);
+                index.push(j);
+            }
+        }
+        let mut answer = binding;
+        if struck.len > 0 {
+            let index = index.as_slice();
+            keys.decide_each(struck.as_slice(), now, Mode::StrikeIfDenied, &mut |k, o| {
+                if let Outcome::Decided { verdict, .. } = o {
+                    if verdict.new_ban {
+                        let j = index[k];
+                        ps[j].head().add(Counter::Bans, 1);
+                        answer = (verdict.into(), j);
+                    }
+                }
+                true
+            });
+        }
+        if answer.0.banned {
+            ps[answer.1].head().add(Counter::Banned, 1);
+        }
+        answer
+    }
+}

@@ -1,0 +1,172 @@
+//! The one place where what a store reports becomes a [`Decision`]: the
+//! policy's counters, its table-full behaviour, retry jitter, shadow mode
+//! and the deny-event ring.
+
+use super::policies::Policy;
+use crate::events::Record;
+use crate::stats::Counter;
+use crate::store::Target;
+use crate::table::{Outcome, Verdict, WhenFull};
+
+/// The outcome of a check.
+///
+/// Maps onto HTTP: `retry_after_ns` is `Retry-After`; `limit`, `remaining`
+/// and `reset_after_ns` feed the `RateLimit` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The request may proceed.
+    pub allowed: bool,
+    /// Quota of the binding limit (for GCRA, the burst).
+    pub limit: u64,
+    /// Requests of cost 1 still allowed now under the binding limit.
+    pub remaining: u64,
+    /// When denied: wait at least this long (`u64::MAX`: never, the cost
+    /// exceeds what the limit can ever allow); 0 when allowed.
+    pub retry_after_ns: u64,
+    /// Time until the binding limit is back to full quota.
+    pub reset_after_ns: u64,
+    /// Index of the binding limit within the policy.
+    pub limit_index: u32,
+    /// Denied because the key is in the penalty box (`retry_after_ns` is
+    /// the ban's remaining time).
+    pub banned: bool,
+    /// Shadow mode: the request passes (`allowed` is true) but would have
+    /// been denied; the other fields describe that denial.
+    pub shadow_denied: bool,
+}
+
+impl From<Verdict> for Decision {
+    fn from(v: Verdict) -> Self {
+        Decision {
+            allowed: v.allowed,
+            limit: v.limit,
+            remaining: v.remaining,
+            retry_after_ns: v.retry_after_ns,
+            reset_after_ns: v.reset_after_ns,
+            limit_index: v.limit_index,
+            banned: v.banned,
+            shadow_denied: false,
+        }
+    }
+}
+
+impl Decision {
+    /// The binding rule, for the limits of a policy and for the items of
+    /// a batch: does `self` bind over `other`? (See `table::binds_over`.)
+    #[inline(always)]
+    pub(super) fn binds_over(&self, other: &Decision) -> bool {
+        crate::table::binds_over(
+            (self.allowed, self.remaining, self.retry_after_ns),
+            (other.allowed, other.remaining, other.retry_after_ns),
+        )
+    }
+}
+
+/// Whether a decision is counted in the policy's statistics and deny
+/// events (a request), or only reported (a peek, or the first look of a
+/// batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Count {
+    Yes,
+    No,
+}
+
+/// Turns what the store reported for `t` into the decision, counting it
+/// as `count` says.
+#[inline(always)]
+pub(super) fn conclude(
+    p: &Policy,
+    t: &Target<'_>,
+    outcome: Outcome,
+    now: u64,
+    count: Count,
+) -> Decision {
+    let counted = count == Count::Yes;
+    let d: Decision = match outcome {
+        Outcome::Decided { verdict, evicted } => {
+            if evicted {
+                p.head().add(Counter::Evictions, 1);
+            }
+            let d = verdict.into();
+            if counted {
+                tally(p, &d, verdict.new_ban);
+            }
+            d
+        }
+        Outcome::Full { retry_after_ns } => {
+            if counted {
+                p.head().add(Counter::TableFull, 1);
+            }
+            let fresh = p.table.fresh_verdict(t.hash, t.cost, now);
+            match p.table.when_full {
+                WhenFull::FailOpen => fresh.into(),
+                // Fail closed, or an evicting policy that may not evict
+                // (every key of the bucket holds a live lease).
+                WhenFull::FailClosed | WhenFull::Evict => Decision {
+                    allowed: false,
+                    remaining: 0,
+                    retry_after_ns: retry_after_ns.max(1),
+                    reset_after_ns: retry_after_ns.max(1),
+                    ..fresh.into()
+                },
+            }
+        }
+    };
+    finish(p, d, t, now, count)
+}
+
+/// Counts a decision in the policy's counters.
+pub(super) fn tally(p: &Policy, d: &Decision, new_ban: bool) {
+    let head = p.head();
+    head.add(
+        if d.allowed {
+            Counter::Allowed
+        } else {
+            Counter::Denied
+        },
+        1,
+    );
+    if d.banned {
+        head.add(Counter::Banned, 1);
+    }
+    if new_ban {
+        head.add(Counter::Bans, 1);
+    }
+}
+
+/// Applies a policy's options to a decision: retry jitter and shadow
+/// mode on a denial, which is also recorded in the deny-event ring.
+fn finish(p: &Policy, mut d: Decision, t: &Target<'_>, now: u64, count: Count) -> Decision {
+    if !d.allowed {
+        if p.options.retry_jitter_ns > 0 && d.retry_after_ns != u64::MAX {
+            d.retry_after_ns = d
+                .retry_after_ns
+                .saturating_add(crate::abuse::jitter(p.options.retry_jitter_ns));
+        }
+        if p.options.shadow {
+            if count == Count::Yes {
+                p.head().add(Counter::ShadowDenied, 1);
+            }
+            d.allowed = true;
+            d.shadow_denied = true;
+        }
+        if count == Count::Yes {
+            record(p, &d, t, now);
+        }
+    }
+    d
+}
+
+/// Writes a denial into the policy's deny-event ring.
+#[cold]
+pub(super) fn record(p: &Policy, d: &Decision, t: &Target<'_>, now: u64) {
+    p.ring().push(&Record {
+        time_ns: now,
+        key_hash: t.hash,
+        key: p.options.record_keys.then_some(t.key),
+        retry_after_ns: d.retry_after_ns,
+        limit_index: d.limit_index,
+        banned: d.banned,
+        shadow: d.shadow_denied,
+    });
+}
