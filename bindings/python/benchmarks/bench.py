@@ -174,8 +174,7 @@ def main() -> int:
     from ratekeeper import _native
 
     print(f"ratekeeper {ratekeeper.__version__}, Python {sys.version.split()[0]}, "
-          f"C fast path: {'yes' if _native.speedups is not None else 'no'}, "
-          f"rk_check_many: {'yes' if _native.HAVE_CHECK_MANY else 'no (per-item fallback)'}")
+          f"C fast path: {'yes' if _native.speedups is not None else 'no'}")
     print(f"\n== one check (median of {repeats} batches of {calls:,} calls; keys rotate over {N_KEYS:,})")
     rk = bench_ratekeeper_check(calls, repeats)
     lim = bench_limits(calls // 4, repeats)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import errors
-from ._native import HAVE_CHECK_MANY, address, check_item_layout_matches, ffi, last_error, lib, speedups
+from ._native import address, ffi, last_error, lib, speedups
 from .errors import EngineClosed, RatekeeperError, Throttled, error_for_status
 
 __all__ = [
@@ -443,28 +443,17 @@ class _PyChecker:
 
 _FAST_PATH_FUNCTIONS = (
     "rk_check", "rk_check_at", "rk_peek", "rk_peek_at", "rk_refund", "rk_refund_at", "rk_last_error", "rk_now_ns",
+    "rk_check_many", "rk_check_many_at",
 )
 
 if speedups is not None:
     _Handle: Any = speedups.Handle
     _CheckerBase: Any = speedups.Checker
     _addresses: Dict[str, Optional[int]] = {name: address(name) for name in _FAST_PATH_FUNCTIONS}
-    if check_item_layout_matches():  # rk_check_many has landed, with the announced item layout
-        _addresses["rk_check_many"] = address("rk_check_many")
-        _addresses["rk_check_many_at"] = address("rk_check_many_at")
     speedups.init(_addresses, Decision, _error_handler)
 else:
     _Handle = _PyHandle
     _CheckerBase = _PyChecker
-
-
-def _better(d: Decision, b: Decision) -> bool:
-    """Whether ``d`` binds rather than ``b`` (as rk_check_many decides)."""
-    if d.allowed != b.allowed:
-        return not d.allowed
-    if not d.allowed:
-        return d.retry_after_ns > b.retry_after_ns
-    return d.remaining < b.remaining
 
 
 # ---------------------------------------------------------------- Engine
@@ -880,13 +869,14 @@ class Engine:
 
         Returns the binding decision and its index in ``items``: a denying item
         with the largest retry-after, else the item with the fewest remaining
-        (ties to the lowest index). Uses the library's ``rk_check_many`` when
-        it has one; otherwise the same algorithm over single calls (peek every
-        item, then charge in order, refunding if a race makes one deny).
+        (ties to the lowest index). One call of the library's
+        ``rk_check_many``, which decides which item binds, charges or refunds,
+        and strikes every denied item that has a penalty box. On a Redis
+        engine: one round trip, at most 64 items.
         """
         if speedups is not None and self.redis_url is None:
             return speedups.check_many(self._handle, items, now_ns)
-        return self._check_many_py(items, now_ns)
+        return self._check_many_cffi(items, now_ns)
 
     # -- Redis --------------------------------------------------------------
 
@@ -908,7 +898,9 @@ class Engine:
             _raise(st)
         return {name: (bool(out.up) if name == "up" else int(getattr(out, name))) for name in _REDIS_STATS_FIELDS}
 
-    def _check_many_py(self, items: Sequence[Tuple[Any, ...]], now_ns: Optional[int]) -> Tuple[Decision, int]:
+    def _check_many_cffi(self, items: Sequence[Tuple[Any, ...]], now_ns: Optional[int]) -> Tuple[Decision, int]:
+        """check_many through cffi: without _speedups, and on a Redis engine
+        (cffi releases the GIL while the call waits for Redis)."""
         now = _now(now_ns)
         parsed = []
         for i, item in enumerate(items):
@@ -924,55 +916,25 @@ class Engine:
             parsed.append((policy, _key_bytes(item[1]), _cost(item[2]) if len(item) == 3 else 1))
         if not parsed:
             raise ValueError("check_many needs at least one item")
-        if self._ptr is None:
-            raise EngineClosed("the engine is closed (Engine.close() was called)")
-        if HAVE_CHECK_MANY:
-            arr = ffi.new("rk_check_item[]", len(parsed))
-            keep = []
-            for slot, (policy, key, cost) in zip(arr, parsed):
-                buf = ffi.from_buffer(key)
-                keep.append(buf)
-                slot.policy, slot.key, slot.key_len, slot.cost = policy.id, buf, len(key), cost
-            out = ffi.new("rk_decision *")
-            index = ffi.new("size_t *")
-            ptr = self._enter()
-            try:
-                if now is None:
-                    st = lib.rk_check_many(ptr, arr, len(parsed), out, index)
-                else:
-                    st = lib.rk_check_many_at(ptr, arr, len(parsed), now, out, index)
-                if st:
-                    _raise(st)
-            finally:
-                self._leave()
-            return _decision(out), index[0]
-        # Without an explicit time every call reads the engine's own clock
-        # (never rk_now_ns(): the engine's may be the coarse one).
-        best: Optional[Decision] = None
-        bi = 0
-        for i, (policy, key, cost) in enumerate(parsed):
-            d = policy.peek(key, cost, now)
-            if best is None or _better(d, best):
-                best, bi = d, i
-        assert best is not None
-        if not best.allowed:
-            policy, key, cost = parsed[bi]
-            d = policy.check(key, cost, now)  # counts the denial
-            if d.allowed:  # freed meanwhile: give it back, report the peek
-                policy.refund(key, cost, now)
-                return best, bi
-            return d, bi
-        best = None
-        for i, (policy, key, cost) in enumerate(parsed):
-            d = policy.check(key, cost, now)
-            if not d.allowed:
-                for p, k, c in parsed[:i]:
-                    p.refund(k, c, now)
-                return d, i
-            if best is None or _better(d, best):
-                best, bi = d, i
-        assert best is not None
-        return best, bi
+        arr = ffi.new("rk_check_item[]", len(parsed))
+        keep = []
+        for slot, (policy, key, cost) in zip(arr, parsed):
+            buf = ffi.from_buffer(key)
+            keep.append(buf)
+            slot.policy, slot.key, slot.key_len, slot.cost = policy.id, buf, len(key), cost
+        out = ffi.new("rk_decision *")
+        index = ffi.new("size_t *")
+        ptr = self._enter()
+        try:
+            if now is None:
+                st = lib.rk_check_many(ptr, arr, len(parsed), out, index)
+            else:
+                st = lib.rk_check_many_at(ptr, arr, len(parsed), now, out, index)
+            if st:
+                _raise(st)
+        finally:
+            self._leave()
+        return _decision(out), index[0]
 
 
 # ---------------------------------------------------------------- Policy

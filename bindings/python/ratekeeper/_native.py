@@ -31,14 +31,6 @@ if LIBRARY_VERSION != __version__:
         "(pip install --force-reinstall ./bindings/python)"
     )
 
-#: Whether the library has rk_check_many (all limits of a request in one call).
-#: ``RATEKEEPER_NO_CHECK_MANY=1`` forces the per-item fallback (for tests).
-HAVE_CHECK_MANY: bool = (
-    hasattr(lib, "rk_check_many")
-    and hasattr(lib, "rk_check_many_at")
-    and os.environ.get("RATEKEEPER_NO_CHECK_MANY", "") in ("", "0")
-)
-
 speedups: Optional[Any]
 if os.environ.get("RATEKEEPER_NO_SPEEDUPS", "") not in ("", "0"):
     speedups = None
@@ -52,18 +44,6 @@ else:
 def address(name: str) -> int:
     """The address of the library function ``name``, as an int."""
     return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-
-
-def check_item_layout_matches() -> bool:
-    """Whether the header's rk_check_item has the layout _speedups assumes."""
-    if not HAVE_CHECK_MANY or speedups is None:
-        return False
-    return (
-        ffi.sizeof("rk_check_item") == speedups.CHECK_ITEM_SIZE
-        and ffi.offsetof("rk_check_item", "key") == speedups.CHECK_ITEM_KEY_OFFSET
-        and ffi.offsetof("rk_check_item", "key_len") == speedups.CHECK_ITEM_KEY_LEN_OFFSET
-        and ffi.offsetof("rk_check_item", "cost") == speedups.CHECK_ITEM_COST_OFFSET
-    )
 
 
 def last_error() -> str:

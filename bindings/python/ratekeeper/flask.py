@@ -70,7 +70,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Seq
 import flask
 from flask import Blueprint, Flask, current_app, request
 
-from ._core import U64_MAX, Decision, Engine, Penalty, Policy, _better, redis_engine, shared_engine
+from ._core import U64_MAX, Decision, Engine, Penalty, Policy, redis_engine, shared_engine
 from ._native import speedups
 from .errors import RatekeeperError
 from .logs import DenyLogger
@@ -618,16 +618,16 @@ class _Entry:
     exempt_when, not per method), the key prefix, so that the request path
     only appends the client address."""
 
-    __slots__ = ("decl", "base", "prefix", "cost", "policy", "deduct", "opts", "special")
+    __slots__ = ("decl", "base", "prefix", "cost", "policy", "deduct", "opts", "shadow")
 
     def __init__(self, decl: LimitDecl, base: str, endpoint_name: Optional[str], default_key: KeyFunc,
                  opts: PolicyOpts = _PLAIN):
         self.decl = decl
         self.base = base
         self.opts = opts
-        #: Checked on its own, not in the batch: 1 = penalty box (its strikes
-        #: must be counted), 2 = shadow mode (its would-be denial reported).
-        self.special = 2 if opts[0] else (1 if opts[2] is not None else 0)
+        #: Shadow mode: on a Redis engine checked on its own, after the
+        #: batch of the enforced limits (see _check_shadow_on_redis).
+        self.shadow = bool(opts[0])
         self.policy: Optional[Policy] = None  # cached per engine (checked on use)
         self.deduct = decl.deduct_when is not None
         self.cost = decl.cost
@@ -975,7 +975,7 @@ class Ratekeeper:
         items: List[Tuple[Policy, Any, int]] = []
         used: List[_Entry] = []
         deduct = False
-        special = False
+        shadow = False
         addr = None
         try:
             engine = st._engine or st.engine
@@ -991,8 +991,8 @@ class Ratekeeper:
                     used.append(entry)
                     if entry.deduct:
                         deduct = True
-                    if entry.special:
-                        special = True
+                    if entry.shadow:
+                        shadow = True
                     continue
                 decl = entry.decl
                 if decl.methods is not None and method not in decl.methods:
@@ -1038,20 +1038,20 @@ class Ratekeeper:
                 used.append(entry)
                 if decl.deduct_when is not None:
                     deduct = True
-                if entry.special:
-                    special = True
+                if entry.shadow:
+                    shadow = True
             if not items or allowed_by_list:
                 return None
             shadow_hits: Sequence[Tuple[int, Decision]] = ()
-            if len(items) == 1:  # one limit: a plain check (strikes and shadow included)
+            if len(items) == 1:  # one limit: a plain check
                 policy, k, cost = items[0]
                 decision, index = policy.check(k, cost), 0
-                if decision.shadow_denied:
-                    shadow_hits = ((0, decision),)
-            elif special:
-                decision, index, shadow_hits = _check_special(engine, items, used)
-            else:
+            elif shadow and engine.redis_url is not None:
+                decision, index, shadow_hits = _check_shadow_on_redis(engine, items, used)
+            else:  # the library's batch: binding item, strikes, shadow mode
                 decision, index = engine.check_many(items)
+            if decision.shadow_denied and not shadow_hits:
+                shadow_hits = ((index, decision),)
         except RatekeeperError as e:
             return self._engine_failed(st, e)
         ctx = _Context(st, items, used, decision, index, deduct)
@@ -1133,65 +1133,41 @@ def _problem(st: _State, status: int, title: str, detail: str, **extra: Any) -> 
     return flask.Response(json.dumps(body), status=status, mimetype="application/problem+json")
 
 
-def _check_special(engine: Engine, items: List[Tuple[Policy, Any, int]],
-                   plan: List["_Entry"]) -> Tuple[Decision, int, List[Tuple[int, Decision]]]:
-    """Several limits, some with a penalty box or in shadow mode.
+def _check_shadow_on_redis(engine: Engine, items: List[Tuple[Policy, Any, int]],
+                           plan: List["_Entry"]) -> Tuple[Decision, int, List[Tuple[int, Decision]]]:
+    """Several limits on a Redis engine, some in shadow mode.
 
-    ``rk_check_many`` decides a denied batch by peeking, which counts the
-    denial but gives no strike to a penalty box, and it reports a shadow
-    item's would-be denial only when that item binds. So: penalty-box
-    limits are checked one by one first (a denial there is a strike, and
-    ends the request); then the plain limits in one ``check_many`` (if that
-    denies, the penalty-box charges are refunded); then, for a request that
-    passes, the shadow-mode limits one by one (each would-be denial is
-    seen). Returns the binding decision, its index, and the shadow
-    would-be denials."""
+    The Redis batch knows nothing of shadow mode (the engine applies it
+    locally, to the binding item, after Redis decided): a shadow item that
+    would deny makes Redis deny the whole batch, so the enforced items are
+    not charged, and if it binds over an enforced item's denial the request
+    passes. Until the library's batch leaves shadow items out of the
+    enforcement on Redis too, the enforced limits are checked in one batch
+    (penalty boxes included: Redis strikes them) and, if the request
+    passes, each shadow limit on its own. Returns the binding decision (of
+    decisions that all allow: the fewest remaining, ties to the lowest
+    index), its index, and the shadow would-be denials."""
+    enforced = [i for i, entry in enumerate(plan) if not entry.shadow]
     decisions: Dict[int, Decision] = {}
-    charged: List[int] = []
-
-    def give_back() -> None:
-        for j in charged:
-            p, k, c = items[j]
-            p.refund(k, c)
-
-    rest = []
-    for i, entry in enumerate(plan):
-        if entry.special == 1:
-            p, k, c = items[i]
-            d = p.check(k, c)
-            if not d.allowed:
-                give_back()
-                return d, i, []
-            decisions[i] = d
-            charged.append(i)
-        elif entry.special == 0:
-            rest.append(i)
-    if rest:
-        if len(rest) == 1:
-            p, k, c = items[rest[0]]
+    if enforced:
+        if len(enforced) == 1:
+            p, k, c = items[enforced[0]]
             d, j = p.check(k, c), 0
         else:
-            d, j = engine.check_many([items[i] for i in rest])
+            d, j = engine.check_many([items[i] for i in enforced])
         if not d.allowed:
-            give_back()
-            return d, rest[j], []
-        decisions[rest[j]] = d
+            return d, enforced[j], []
+        decisions[enforced[j]] = d
     hits = []
     for i, entry in enumerate(plan):
-        if entry.special == 2:
+        if entry.shadow:
             p, k, c = items[i]
             d = p.check(k, c)
             decisions[i] = d
             if d.shadow_denied:
                 hits.append((i, d))
-    best_i = -1
-    best: Optional[Decision] = None
-    for i in sorted(decisions):
-        d = decisions[i]
-        if best is None or _better(d, best):
-            best, best_i = d, i
-    assert best is not None
-    return best, best_i, hits
+    index = min(sorted(decisions), key=lambda i: decisions[i].remaining)
+    return decisions[index], index, hits
 
 
 def _deduct(ctx: _Context, response: flask.Response) -> flask.Response:

@@ -41,18 +41,9 @@ typedef rk_status (*refund_at_fn)(rk_engine *, uint32_t, const uint8_t *, size_t
 typedef const char *(*last_error_fn)(void);
 typedef uint64_t (*now_fn)(void);
 
-/* The announced shape of rk_check_many's items. init() only enables
- * rk_check_many when the cffi module's rk_check_item has exactly this
- * size and these offsets (see _native.py). */
-typedef struct rkpy_check_item {
-    uint32_t policy;
-    const uint8_t *key;
-    size_t key_len;
-    uint32_t cost;
-} rkpy_check_item;
-typedef rk_status (*check_many_fn)(rk_engine *, const rkpy_check_item *, size_t, rk_decision *, size_t *);
-typedef rk_status (*check_many_at_fn)(rk_engine *, const rkpy_check_item *, size_t, uint64_t,
-                                      rk_decision *, size_t *);
+typedef rk_status (*check_many_fn)(rk_engine *, const rk_check_item *, size_t, rk_decision *, size_t *);
+typedef rk_status (*check_many_at_fn)(rk_engine *, const rk_check_item *, size_t, uint64_t, rk_decision *,
+                                      size_t *);
 
 static struct {
     check_fn check;
@@ -63,8 +54,8 @@ static struct {
     refund_at_fn refund_at;
     last_error_fn last_error;
     now_fn now_ns;
-    check_many_fn check_many;       /* NULL until the library has it */
-    check_many_at_fn check_many_at; /* NULL until the library has it */
+    check_many_fn check_many;
+    check_many_at_fn check_many_at;
     PyTypeObject *decision_type;    /* ratekeeper.Decision */
     PyObject *error_handler;        /* raise_status(status, message) */
     int ready;
@@ -588,89 +579,11 @@ static PyTypeObject CheckerType = {
 
 /* ---- check_many --------------------------------------------------------- */
 
-static int better(const rk_decision *d, const rk_decision *b) {
-    if (!d->allowed && b->allowed) return 1;
-    if (d->allowed && !b->allowed) return 0;
-    if (!d->allowed) return d->retry_after_ns > b->retry_after_ns;
-    return d->remaining < b->remaining;
-}
-
+/* Batches of at most this many items are parsed on the stack. */
 #define SMALL_BATCH 16
 
-/* One item's peek / check / refund at `now`, or at the engine's own clock
- * when there is no explicit time (the fallback must not mix the engine's
- * clock, possibly coarse, with rk_now_ns's precise one: a key checked
- * elsewhere at the lagging coarse time would look charged in the future). */
-static rk_status item_peek(rk_engine *e, const rkpy_check_item *it, int has_now, uint64_t now,
-                           rk_decision *d) {
-    return has_now ? F.peek_at(e, it->policy, it->key, it->key_len, it->cost, now, d)
-                   : F.peek(e, it->policy, it->key, it->key_len, it->cost, d);
-}
-
-static rk_status item_check(rk_engine *e, const rkpy_check_item *it, int has_now, uint64_t now,
-                            rk_decision *d) {
-    return has_now ? F.check_at(e, it->policy, it->key, it->key_len, it->cost, now, d)
-                   : F.check(e, it->policy, it->key, it->key_len, it->cost, d);
-}
-
-static rk_status item_refund(rk_engine *e, const rkpy_check_item *it, int has_now, uint64_t now) {
-    bool r;
-    return has_now ? F.refund_at(e, it->policy, it->key, it->key_len, it->cost, now, &r)
-                   : F.refund(e, it->policy, it->key, it->key_len, it->cost, &r);
-}
-
-/* The fallback while the library has no rk_check_many: the same
- * algorithm (peek every item; if one denies, return the binding denial,
- * counted by a check of that item; else charge in order and refund the
- * items already charged if a race makes one deny). */
-static rk_status many_fallback(rk_engine *e, const rkpy_check_item *it, size_t n, int has_now,
-                               uint64_t now, rk_decision *out, size_t *index) {
-    rk_decision best, d;
-    size_t bi = 0;
-    rk_status st;
-    for (size_t i = 0; i < n; i++) {
-        st = item_peek(e, &it[i], has_now, now, &d);
-        if (st != 0) return st;
-        if (i == 0 || better(&d, &best)) {
-            best = d;
-            bi = i;
-        }
-    }
-    if (!best.allowed) {
-        st = item_check(e, &it[bi], has_now, now, &d);
-        if (st != 0) return st;
-        if (d.allowed) { /* freed meanwhile: give it back, report the peek */
-            st = item_refund(e, &it[bi], has_now, now);
-            if (st != 0) return st;
-        } else {
-            best = d;
-        }
-        *out = best;
-        *index = bi;
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        st = item_check(e, &it[i], has_now, now, &d);
-        if (st != 0) return st;
-        if (!d.allowed) {
-            for (size_t j = 0; j < i; j++) {
-                st = item_refund(e, &it[j], has_now, now);
-                if (st != 0) return st;
-            }
-            *out = d;
-            *index = i;
-            return 0;
-        }
-        if (i == 0 || better(&d, &best)) {
-            best = d;
-            bi = i;
-        }
-    }
-    *out = best;
-    *index = bi;
-    return 0;
-}
-
+/* check_many(handle, items, now_ns): one call of rk_check_many(_at), the
+ * library's batch (which item binds, strikes, refunds: all decided there). */
 static PyObject *speedups_check_many(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "check_many(handle, items, now_ns)");
@@ -689,9 +602,9 @@ static PyObject *speedups_check_many(PyObject *mod, PyObject *const *args, Py_ss
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject *result = NULL;
-    rkpy_check_item small_items[SMALL_BATCH];
+    rk_check_item small_items[SMALL_BATCH];
     KeyView small_keys[SMALL_BATCH];
-    rkpy_check_item *items = small_items;
+    rk_check_item *items = small_items;
     KeyView *keys = small_keys;
     Py_ssize_t got = 0;
     if (n == 0) {
@@ -744,13 +657,8 @@ static PyObject *speedups_check_many(PyObject *mod, PyObject *const *args, Py_ss
     }
     rk_decision d;
     size_t index = 0;
-    rk_status st;
-    if (F.check_many != NULL) {
-        st = has_now ? F.check_many_at(h->engine, items, (size_t)n, now, &d, &index)
-                     : F.check_many(h->engine, items, (size_t)n, &d, &index);
-    } else {
-        st = many_fallback(h->engine, items, (size_t)n, has_now, now, &d, &index);
-    }
+    rk_status st = has_now ? F.check_many_at(h->engine, items, (size_t)n, now, &d, &index)
+                           : F.check_many(h->engine, items, (size_t)n, &d, &index);
     if (st != 0) {
         raise_status((long)st);
         goto done;
@@ -886,38 +794,26 @@ static PyObject *speedups_init(PyObject *mod, PyObject *args) {
     REQ(refund_at, refund_at_fn, "rk_refund_at");
     REQ(last_error, last_error_fn, "rk_last_error");
     REQ(now_ns, now_fn, "rk_now_ns");
+    REQ(check_many, check_many_fn, "rk_check_many");
+    REQ(check_many_at, check_many_at_fn, "rk_check_many_at");
 #undef REQ
-    F.check_many = (check_many_fn)addr_of(table, "rk_check_many", 0);
-    F.check_many_at = (check_many_at_fn)addr_of(table, "rk_check_many_at", 0);
-    if (PyErr_Occurred()) return NULL;
-    if (F.check_many == NULL || F.check_many_at == NULL) {
-        F.check_many = NULL;
-        F.check_many_at = NULL;
-    }
     Py_INCREF(decision_type);
     Py_XSETREF(F.decision_type, (PyTypeObject *)decision_type);
     Py_INCREF(handler);
     Py_XSETREF(F.error_handler, handler);
     F.ready = 1;
-    return PyBool_FromLong(F.check_many != NULL);
-}
-
-static PyObject *speedups_uses_check_many(PyObject *mod, PyObject *unused) {
-    return PyBool_FromLong(F.check_many != NULL);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"init", (PyCFunction)speedups_init, METH_VARARGS,
-     "init(addresses: dict[str, int], decision_type, error_handler) -> bool\n\n"
+     "init(addresses: dict[str, int], decision_type, error_handler) -> None\n\n"
      "Installs the rk_* function addresses (from the cffi module), the Decision\n"
-     "class to instantiate and the status->exception handler. Returns whether\n"
-     "rk_check_many is used by check_many."},
+     "class to instantiate and the status->exception handler."},
     {"check_many", (PyCFunction)(void (*)(void))speedups_check_many, METH_FASTCALL,
      "check_many(handle, items, now_ns) -> (Decision, index)"},
     {"rate_limit_fields", (PyCFunction)(void (*)(void))speedups_rate_limit_fields, METH_FASTCALL,
      "rate_limit_fields(decision, policy_value, names, legacy, now_s) -> list[tuple[str, str]]"},
-    {"uses_check_many", (PyCFunction)speedups_uses_check_many, METH_NOARGS,
-     "Whether check_many calls the library's rk_check_many."},
     {NULL}};
 
 static struct PyModuleDef module_def = {
@@ -944,12 +840,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     Py_INCREF(&CheckerType);
     if (PyModule_AddObject(m, "Handle", (PyObject *)&HandleType) < 0 ||
         PyModule_AddObject(m, "DecisionBase", (PyObject *)&DecisionBaseType) < 0 ||
-        PyModule_AddObject(m, "Checker", (PyObject *)&CheckerType) < 0 ||
-        PyModule_AddIntConstant(m, "CHECK_ITEM_SIZE", (long)sizeof(rkpy_check_item)) < 0 ||
-        PyModule_AddIntConstant(m, "CHECK_ITEM_KEY_OFFSET", (long)offsetof(rkpy_check_item, key)) < 0 ||
-        PyModule_AddIntConstant(m, "CHECK_ITEM_KEY_LEN_OFFSET",
-                                (long)offsetof(rkpy_check_item, key_len)) < 0 ||
-        PyModule_AddIntConstant(m, "CHECK_ITEM_COST_OFFSET", (long)offsetof(rkpy_check_item, cost)) < 0) {
+        PyModule_AddObject(m, "Checker", (PyObject *)&CheckerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -100,12 +100,11 @@ def test_the_package_is_typed():
     assert os.path.exists(os.path.join(root, "_speedups.pyi"))
 
 
-@pytest.mark.parametrize("variant", ["RATEKEEPER_NO_SPEEDUPS", "RATEKEEPER_NO_CHECK_MANY"])
+@pytest.mark.parametrize("variant", ["RATEKEEPER_NO_SPEEDUPS"])
 def test_the_other_code_paths_pass_the_engine_and_flask_tests(variant):
-    """The cffi-only code paths (used where _speedups is missing), and the
-    per-item check_many fallback (used with a library without
-    rk_check_many), run the same engine and Flask tests."""
-    if os.environ.get("RATEKEEPER_NO_SPEEDUPS") or os.environ.get("RATEKEEPER_NO_CHECK_MANY"):
+    """The cffi-only code paths (used where _speedups is missing) run the
+    same engine and Flask tests."""
+    if os.environ.get("RATEKEEPER_NO_SPEEDUPS"):
         pytest.skip("already a variant run")
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, **{variant: "1"})

@@ -51,13 +51,21 @@ def test_now_ns_is_monotonic_nanoseconds():
     assert abs(a - time.monotonic_ns()) < 5 * S  # same clock as Python's monotonic
 
 
-def test_check_many_uses_the_library_function_when_it_has_one():
-    from ratekeeper import _native
-
-    has = hasattr(_native.lib, "rk_check_many") and not os.environ.get("RATEKEEPER_NO_CHECK_MANY")
-    assert _native.HAVE_CHECK_MANY == has
-    if _native.speedups is not None:
-        assert _native.speedups.uses_check_many() == has
+def test_check_many_is_the_librarys_batch_every_denied_penalty_box_item_is_struck():
+    """check_many is one rk_check_many call: a denied batch strikes every
+    item its own limits deny (not only the binding one), on every code path
+    (C fast path, cffi)."""
+    engine = ratekeeper.Engine()
+    box = ratekeeper.Penalty(strikes=1, window=600.0, ban=60.0, max_ban=60.0)
+    a = engine.policy("struck-a", "1/minute", penalty=box)
+    b = engine.policy("struck-b", "1/hour", penalty=box)
+    items = [(a, "k"), (b, "k")]
+    assert engine.check_many(items, now_ns=T0)[0].allowed
+    d, i = engine.check_many(items, now_ns=T0)
+    assert not d.allowed and d.banned
+    assert (a.stats().bans, b.stats().bans) == (1, 1)
+    assert a.peek("k", now_ns=T0).banned and b.peek("k", now_ns=T0).banned
+    engine.close()
 
 
 def test_speedups_are_used_unless_disabled():

@@ -228,8 +228,8 @@ def test_banned_429_says_so_and_retry_after_is_the_ban():
 
 
 def test_penalty_box_with_several_limits_counts_strikes():
-    """With more than one limit on a request, penalty-box limits are checked
-    on their own (a batched check would give no strike)."""
+    """With more than one limit on a request (one batch), a denial by a
+    penalty-box limit is still a strike."""
     app, rk = make_app(default="100/minute", application_limits="1000/minute")
 
     @app.post("/login")

@@ -196,6 +196,66 @@ def redis_app(url: str, on_failure: str):
     return app, rk
 
 
+def several_limits_app(url: str, **config):
+    app = flask.Flask(__name__)
+    app.config.update(
+        TESTING=True,
+        RATEKEEPER_REDIS_URL=url,
+        RATEKEEPER_REDIS_OPTIONS={"prefix": prefix(), "log_switches": False},
+        **config,
+    )
+    return app, Ratekeeper(app)
+
+
+def test_flask_on_redis_shadow_limits_never_stop_or_skip_the_enforced_ones(redis_server):
+    """A request with shadow-mode and enforced limits on a Redis engine: the
+    shadow limits' would-be denials neither let an enforced denial through
+    nor keep the enforced limits from being charged."""
+    app, rk = several_limits_app(redis_server.url, RATEKEEPER_SHADOW=True, RATEKEEPER_DEFAULT="2/minute")
+
+    @app.get("/roomy")
+    @rk.limit("100/minute", shadow=False, override_defaults=False)
+    def roomy():
+        return "roomy"
+
+    @app.get("/tight")
+    @rk.limit("1/minute", shadow=False)
+    @rk.limit("1/hour")  # shadow (the app's default), with a longer retry-after than the enforced limit
+    def tight():
+        return "tight"
+
+    c = app.test_client()
+    assert [c.get("/roomy").status_code for _ in range(4)] == [200] * 4
+    with app.app_context():
+        engine = rk.engine
+    assert engine.find_policy("flask:2/minute [shadow]").stats().shadow_denied == 2
+    assert engine.find_policy("flask:100/minute").stats().allowed == 4
+    assert engine.find_policy("flask:100/minute").peek("roomy\x00127.0.0.1").remaining == 95  # charged 4 times
+    assert [c.get("/tight").status_code for _ in range(3)] == [200, 429, 429]
+
+
+def test_flask_on_redis_penalty_box_with_several_limits_counts_strikes(redis_server):
+    # Specs of its own: the process's engine on this URL (and its counters)
+    # is shared with the other tests' apps.
+    app, rk = several_limits_app(redis_server.url, RATEKEEPER_DEFAULT="90/minute",
+                                 RATEKEEPER_APPLICATION_LIMITS="900/minute")
+
+    @app.post("/login")
+    @rk.limit("2/minute", name="login", override_defaults=False,
+              penalty=ratekeeper.Penalty(strikes=2, window=600.0, ban=60.0, max_ban=60.0))
+    def login():
+        return "ok"
+
+    c = app.test_client()
+    results = [c.post("/login", environ_base={"REMOTE_ADDR": "198.51.100.9"}) for _ in range(5)]
+    assert [r.status_code for r in results] == [200, 200, 429, 429, 429]
+    assert [bool((r.get_json(silent=True) or {}).get("banned")) for r in results] == [False] * 3 + [True] * 2
+    with app.app_context():
+        engine = rk.engine
+    assert engine.find_policy("flask:90/minute").stats().allowed == 2  # not charged for denied requests
+    assert engine.find_policy("flask:900/minute").stats().allowed == 2
+
+
 def timed_get(client, addr: str):
     t = time.monotonic()
     r = client.get("/", environ_base={"REMOTE_ADDR": addr})
