@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{Client, Connection, ConnectionLike, Value};
 
@@ -920,7 +921,9 @@ pub(crate) fn reply(v: &Value) -> Result<Reply, Down> {
 /// version; a batch entry holds only while the versions of all its keys
 /// are the ones it saw.
 pub(crate) struct DenyCache {
-    shards: Box<[Mutex<Vec<Option<Cached>>>]>,
+    /// Each shard's lock on a cache line of its own: threads checking
+    /// different keys do not contend on one line.
+    shards: Box<[CachePadded<Mutex<Vec<Option<Cached>>>>]>,
     per_shard: usize,
     /// Versions of keys, by `tag % len` (a collision only drops a batch
     /// entry early).
@@ -950,7 +953,7 @@ impl DenyCache {
         let per_shard = entries.div_ceil(CACHE_SHARDS);
         DenyCache {
             shards: (0..if entries == 0 { 0 } else { CACHE_SHARDS })
-                .map(|_| Mutex::new(vec![None; per_shard]))
+                .map(|_| CachePadded::new(Mutex::new(vec![None; per_shard])))
                 .collect(),
             per_shard,
             versions: (0..entries.max(1)).map(|_| AtomicU64::new(0)).collect(),
@@ -961,7 +964,7 @@ impl DenyCache {
         if self.shards.is_empty() {
             return None;
         }
-        let shard = &self.shards[(tag % CACHE_SHARDS as u64) as usize];
+        let shard: &Mutex<_> = &self.shards[(tag % CACHE_SHARDS as u64) as usize];
         Some((
             shard,
             ((tag / CACHE_SHARDS as u64) % self.per_shard as u64) as usize,

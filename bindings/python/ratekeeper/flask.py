@@ -618,16 +618,13 @@ class _Entry:
     exempt_when, not per method), the key prefix, so that the request path
     only appends the client address."""
 
-    __slots__ = ("decl", "base", "prefix", "cost", "policy", "deduct", "opts", "shadow")
+    __slots__ = ("decl", "base", "prefix", "cost", "policy", "deduct", "opts")
 
     def __init__(self, decl: LimitDecl, base: str, endpoint_name: Optional[str], default_key: KeyFunc,
                  opts: PolicyOpts = _PLAIN):
         self.decl = decl
         self.base = base
         self.opts = opts
-        #: Shadow mode: on a Redis engine checked on its own, after the
-        #: batch of the enforced limits (see _check_shadow_on_redis).
-        self.shadow = bool(opts[0])
         self.policy: Optional[Policy] = None  # cached per engine (checked on use)
         self.deduct = decl.deduct_when is not None
         self.cost = decl.cost
@@ -975,7 +972,6 @@ class Ratekeeper:
         items: List[Tuple[Policy, Any, int]] = []
         used: List[_Entry] = []
         deduct = False
-        shadow = False
         addr = None
         try:
             engine = st._engine or st.engine
@@ -991,8 +987,6 @@ class Ratekeeper:
                     used.append(entry)
                     if entry.deduct:
                         deduct = True
-                    if entry.shadow:
-                        shadow = True
                     continue
                 decl = entry.decl
                 if decl.methods is not None and method not in decl.methods:
@@ -1038,16 +1032,12 @@ class Ratekeeper:
                 used.append(entry)
                 if decl.deduct_when is not None:
                     deduct = True
-                if entry.shadow:
-                    shadow = True
             if not items or allowed_by_list:
                 return None
             shadow_hits: Sequence[Tuple[int, Decision]] = ()
             if len(items) == 1:  # one limit: a plain check
                 policy, k, cost = items[0]
                 decision, index = policy.check(k, cost), 0
-            elif shadow and engine.redis_url is not None:
-                decision, index, shadow_hits = _check_shadow_on_redis(engine, items, used)
             else:  # the library's batch: binding item, strikes, shadow mode
                 decision, index = engine.check_many(items)
             if decision.shadow_denied and not shadow_hits:
@@ -1131,43 +1121,6 @@ def _problem(st: _State, status: int, title: str, detail: str, **extra: Any) -> 
     ``title``, ``status``, ``detail``, then ``extra`` members."""
     body = {"type": st.problem_type, "title": title, "status": status, "detail": detail, **extra}
     return flask.Response(json.dumps(body), status=status, mimetype="application/problem+json")
-
-
-def _check_shadow_on_redis(engine: Engine, items: List[Tuple[Policy, Any, int]],
-                           plan: List["_Entry"]) -> Tuple[Decision, int, List[Tuple[int, Decision]]]:
-    """Several limits on a Redis engine, some in shadow mode.
-
-    The Redis batch knows nothing of shadow mode (the engine applies it
-    locally, to the binding item, after Redis decided): a shadow item that
-    would deny makes Redis deny the whole batch, so the enforced items are
-    not charged, and if it binds over an enforced item's denial the request
-    passes. Until the library's batch leaves shadow items out of the
-    enforcement on Redis too, the enforced limits are checked in one batch
-    (penalty boxes included: Redis strikes them) and, if the request
-    passes, each shadow limit on its own. Returns the binding decision (of
-    decisions that all allow: the fewest remaining, ties to the lowest
-    index), its index, and the shadow would-be denials."""
-    enforced = [i for i, entry in enumerate(plan) if not entry.shadow]
-    decisions: Dict[int, Decision] = {}
-    if enforced:
-        if len(enforced) == 1:
-            p, k, c = items[enforced[0]]
-            d, j = p.check(k, c), 0
-        else:
-            d, j = engine.check_many([items[i] for i in enforced])
-        if not d.allowed:
-            return d, enforced[j], []
-        decisions[enforced[j]] = d
-    hits = []
-    for i, entry in enumerate(plan):
-        if entry.shadow:
-            p, k, c = items[i]
-            d = p.check(k, c)
-            decisions[i] = d
-            if d.shadow_denied:
-                hits.append((i, d))
-    index = min(sorted(decisions), key=lambda i: decisions[i].remaining)
-    return decisions[index], index, hits
 
 
 def _deduct(ctx: _Context, response: flask.Response) -> flask.Response:
