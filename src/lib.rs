@@ -37,6 +37,7 @@ pub(crate) mod table;
 mod wait;
 
 pub use abuse::Penalty;
+pub use algo::{Algorithm, Limit};
 pub use algo::{MAX_COST, MAX_LEASES, MAX_LOG_ENTRIES, MAX_TIME_NS};
 pub use clock::{Clock, ManualClock};
 pub use engine::{
@@ -45,7 +46,7 @@ pub use engine::{
 };
 pub use error::{Error, ParseError};
 pub use events::{DenyEvent, EVENT_KEY_BYTES, RING_ENTRIES};
-pub use policy::{Algorithm, Limit, PolicySpec};
+pub use policy::PolicySpec;
 #[cfg(feature = "redis")]
 pub use redis::{OnFailure, RedisOptions, RedisStats, REDIS_EPOCH_UNIX_S};
 pub use shm::{MAX_NAME_BYTES, MAX_SHARED_POLICIES, MAX_SPEC_BYTES};

@@ -17,10 +17,11 @@ use std::time::Duration;
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{Client, Connection, ConnectionLike, Value};
 
+use crate::algo::Algorithm;
 use crate::algo::LimitParams;
 use crate::engine::{Decision, EngineOptions, PolicyOptions};
 use crate::hash::{siphash13, Seed};
-use crate::policy::{Algorithm, PolicySpec};
+use crate::policy::PolicySpec;
 use crate::{Error, Penalty};
 
 /// The script (see `PROTOCOL.md`).
