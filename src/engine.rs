@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::events::{DenyEvent, Entry, Record, Ring, RingHead, RING_ENTRIES, RING_UNITS};
 use crate::hash::{siphash13, Seed};
 use crate::policy::{self, PolicySpec};
-use crate::shm::{self, Mapping};
+use crate::shm::{self, Mapping, StoredOptions};
 use crate::stats::{Counter, RegionHead, Stats, HEAD_UNITS};
 use crate::table::memory::Memory;
 use crate::table::{binds_over, Layout, Lease, Outcome, Table, Verdict, WhenFull};
@@ -474,6 +474,7 @@ impl Engine {
             options.shared_max_bytes,
             options.shared_file_mode,
             boot_id_file,
+            |stored| options_from_stored(stored).map(drop),
         )?;
         Ok(Self::with(map.seed(), options, Some(map)))
     }
@@ -615,10 +616,16 @@ impl Engine {
                         e.spec
                     ))
                 })?;
-                if existing != parsed || e.options.behaviour() != options.behaviour() {
+                let stored = options_from_stored(&e.options).map_err(|what| {
+                    Error::Corrupt(format!(
+                        "{}: policy entry {i}: {what}",
+                        map.path().display()
+                    ))
+                })?;
+                if existing != parsed || stored.behaviour() != options.behaviour() {
                     return Err(Error::PolicyMismatch {
                         name: name.into(),
-                        existing: describe(&e.spec, &e.options),
+                        existing: describe(&e.spec, &stored),
                         requested: describe(&canonical, &options),
                     });
                 }
@@ -630,7 +637,8 @@ impl Engine {
         let bytes = region_units_checked(&layout, buckets)
             .and_then(|units| (units as u64).checked_mul(16))
             .ok_or_else(|| Error::OutOfMemory(format!("a table of {buckets} buckets")))?;
-        let i = map.add_entry(name, &canonical, buckets as u64, &options, bytes)?;
+        let stored = options_to_stored(&options);
+        let i = map.add_entry(name, &canonical, buckets as u64, &stored, bytes)?;
         let e = map.entry_checked(i)?;
         self.attach(map, i, e)
     }
@@ -653,6 +661,7 @@ impl Engine {
         } = e;
         let corrupt =
             |m: String| Error::Corrupt(format!("{}: policy {name:?}: {m}", map.path().display()));
+        let options = options_from_stored(&options).map_err(|what| corrupt(what.into()))?;
         let parsed = policy::parse(&spec)
             .map_err(|err| corrupt(format!("unreadable spec {spec:?}: {err}")))?;
         let layout = layout_for(&parsed, options.penalty)?;
@@ -1563,4 +1572,65 @@ pub(crate) fn layout_for(spec: &PolicySpec, penalty: Option<Penalty>) -> Result<
         ));
     }
     Ok(Layout::new(limits, penalty))
+}
+
+// ---- shared-file encoding of PolicyOptions (moved from shm) ----
+//
+// A shared file's directory entry stores a policy's behaviour options as
+// plain numbers (`shm::StoredOptions`, layout version 2); these two
+// functions are the only code that knows what the numbers mean.
+
+/// `options` as a directory entry stores them (the capacity is not stored:
+/// the entry's bucket count records it).
+fn options_to_stored(options: &PolicyOptions) -> StoredOptions {
+    StoredOptions {
+        when_full: match options.when_full {
+            WhenFull::Evict => 0,
+            WhenFull::FailOpen => 1,
+            WhenFull::FailClosed => 2,
+        },
+        flags: options.shadow as u32 | (options.record_keys as u32) << 1,
+        retry_jitter_ns: options.retry_jitter_ns,
+        penalty: options.penalty.map_or([0; 4], |p| {
+            [p.strikes as u64, p.window_ns, p.ban_ns, p.max_ban_ns]
+        }),
+    }
+}
+
+/// The options a directory entry stores (`capacity: None`), checked: the
+/// file is hostile and may hold any numbers. `Err` says what is wrong, for
+/// the entry's `Error::Corrupt` message.
+fn options_from_stored(stored: &StoredOptions) -> Result<PolicyOptions, &'static str> {
+    const BAD_TABLE: &str = "bad table parameters";
+    const BAD_PENALTY: &str = "bad penalty settings";
+    let when_full = match stored.when_full {
+        0 => WhenFull::Evict,
+        1 => WhenFull::FailOpen,
+        2 => WhenFull::FailClosed,
+        _ => return Err(BAD_TABLE),
+    };
+    if stored.flags > 3 {
+        return Err(BAD_TABLE);
+    }
+    let [strikes, window_ns, ban_ns, max_ban_ns] = stored.penalty;
+    let penalty = if strikes == 0 {
+        None
+    } else {
+        let penalty = Penalty {
+            strikes: u32::try_from(strikes).map_err(|_| BAD_PENALTY)?,
+            window_ns,
+            ban_ns,
+            max_ban_ns,
+        };
+        penalty.validate().map_err(|_| BAD_PENALTY)?;
+        Some(penalty)
+    };
+    Ok(PolicyOptions {
+        capacity: None,
+        when_full,
+        shadow: stored.flags & 1 == 1,
+        record_keys: stored.flags & 2 == 2,
+        retry_jitter_ns: stored.retry_jitter_ns,
+        penalty,
+    })
 }
