@@ -39,13 +39,14 @@ pub(crate) mod table;
 mod wait;
 
 pub use abuse::Penalty;
+pub use algo::{Algorithm, Limit};
 pub use algo::{MAX_COST, MAX_LEASES, MAX_LOG_ENTRIES, MAX_TIME_NS};
 pub use clock::{Clock, ManualClock};
-pub use engine::{CheckItem, Decision, Engine, Permit, PolicyId, MAX_OVERRIDES, MAX_POLICIES};
+pub use engine::{CheckItem, Decision, Engine, Permit, PolicyId, MAX_OVERRIDES};
 pub use error::{Error, ParseError};
 pub use events::{DenyEvent, EVENT_KEY_BYTES, RING_ENTRIES};
-pub use options::{EngineOptions, PolicyOptions, DEFAULT_CAPACITY};
-pub use policy::{Algorithm, Limit, PolicySpec};
+pub use options::{EngineOptions, PolicyOptions, DEFAULT_CAPACITY, MAX_POLICIES};
+pub use policy::PolicySpec;
 #[cfg(feature = "redis")]
 pub use redis::{OnFailure, RedisOptions, RedisStats, REDIS_EPOCH_UNIX_S};
 pub use shm::{MAX_NAME_BYTES, MAX_SHARED_POLICIES, MAX_SPEC_BYTES};
@@ -75,7 +76,7 @@ pub mod __private {
     /// Byte offsets of the shared file's layout, from the structs that
     /// define it, for tests and fuzz targets that corrupt chosen words.
     pub mod layout {
-        use crate::shm::{DirEntry, Header};
+        use crate::shm::{DirEntry, Header, StoredOptions};
         use std::mem::{offset_of, size_of};
         /// Header fields.
         pub const BOOT_ID: usize = offset_of!(Header, boot_id);
@@ -85,6 +86,10 @@ pub mod __private {
         pub const ENTRY_BYTES: usize = size_of::<DirEntry>();
         /// Fields of a directory entry.
         pub const ENTRY_BUCKETS: usize = offset_of!(DirEntry, buckets);
+        /// A policy's options: `when_full` (u32) and `flags` (u32), then
+        /// `retry_jitter_ns` and the four penalty words.
+        pub const ENTRY_OPTIONS: usize = offset_of!(DirEntry, options);
+        pub const ENTRY_PENALTY: usize = ENTRY_OPTIONS + offset_of!(StoredOptions, penalty);
         pub const ENTRY_REGION_OFFSET: usize = offset_of!(DirEntry, region_offset);
         pub const ENTRY_REGION_BYTES: usize = offset_of!(DirEntry, region_bytes);
         /// Within a policy's region: the head (counters, wait words) at 0,

@@ -3,7 +3,11 @@
 
 use crate::abuse::Penalty;
 use crate::clock::Clock;
+use crate::shm::StoredOptions;
 use crate::table::WhenFull;
+
+/// Most policies one engine holds.
+pub const MAX_POLICIES: usize = 256;
 
 /// Default number of keys a policy tracks.
 pub const DEFAULT_CAPACITY: usize = 65_536;
@@ -103,4 +107,63 @@ impl PolicyOptions {
         }
         s
     }
+}
+
+// A shared file's directory entry stores a policy's behaviour options as
+// plain numbers (`shm::StoredOptions`, layout version 2); these two
+// functions are the only code that knows what the numbers mean.
+
+/// `options` as a directory entry stores them (the capacity is not stored:
+/// the entry's bucket count records it).
+pub(crate) fn options_to_stored(options: &PolicyOptions) -> StoredOptions {
+    StoredOptions {
+        when_full: match options.when_full {
+            WhenFull::Evict => 0,
+            WhenFull::FailOpen => 1,
+            WhenFull::FailClosed => 2,
+        },
+        flags: options.shadow as u32 | (options.record_keys as u32) << 1,
+        retry_jitter_ns: options.retry_jitter_ns,
+        penalty: options.penalty.map_or([0; 4], |p| {
+            [p.strikes as u64, p.window_ns, p.ban_ns, p.max_ban_ns]
+        }),
+    }
+}
+
+/// The options a directory entry stores (`capacity: None`), checked: the
+/// file is hostile and may hold any numbers. `Err` says what is wrong, for
+/// the entry's `Error::Corrupt` message.
+pub(crate) fn options_from_stored(stored: &StoredOptions) -> Result<PolicyOptions, &'static str> {
+    const BAD_TABLE: &str = "bad table parameters";
+    const BAD_PENALTY: &str = "bad penalty settings";
+    let when_full = match stored.when_full {
+        0 => WhenFull::Evict,
+        1 => WhenFull::FailOpen,
+        2 => WhenFull::FailClosed,
+        _ => return Err(BAD_TABLE),
+    };
+    if stored.flags > 3 {
+        return Err(BAD_TABLE);
+    }
+    let [strikes, window_ns, ban_ns, max_ban_ns] = stored.penalty;
+    let penalty = if strikes == 0 {
+        None
+    } else {
+        let penalty = Penalty {
+            strikes: u32::try_from(strikes).map_err(|_| BAD_PENALTY)?,
+            window_ns,
+            ban_ns,
+            max_ban_ns,
+        };
+        penalty.validate().map_err(|_| BAD_PENALTY)?;
+        Some(penalty)
+    };
+    Ok(PolicyOptions {
+        capacity: None,
+        when_full,
+        shadow: stored.flags & 1 == 1,
+        record_keys: stored.flags & 2 == 2,
+        retry_jitter_ns: stored.retry_jitter_ns,
+        penalty,
+    })
 }

@@ -1,60 +1,13 @@
 //! Policy specs: Flask-Limiter's rate strings plus ratekeeper's extensions.
 //!
-//! TYPES ARE FIXED (the engine depends on them); `parse` and `Display` are
-//! implemented below.
+//! The parser turns a spec into a [`PolicySpec`] of [`Limit`]s, the
+//! algorithms' vocabulary (defined with them, re-exported here); the
+//! canonical text of a policy is its limits' `Display`, joined by `"; "`.
 
+use crate::algo::UNITS;
+pub use crate::algo::{Algorithm, Limit, DEFAULT_LEASE_NS, NS_PER_SEC};
 use crate::error::ParseError;
 use std::fmt;
-
-/// Nanoseconds per second.
-pub const NS_PER_SEC: u64 = 1_000_000_000;
-
-/// Default lease of a concurrency permit when the spec gives none.
-pub const DEFAULT_LEASE_NS: u64 = 60 * NS_PER_SEC;
-
-/// Which algorithm enforces a limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    /// Generic cell rate algorithm: a token bucket of capacity `burst`
-    /// refilled at `count / period`. The default.
-    Gcra,
-    /// At most `count` per window; a window opens at the first request after
-    /// the previous one ended.
-    FixedWindow,
-    /// Weighted count of the previous and current aligned windows.
-    SlidingWindow,
-    /// Exact: at most `count` in any interval of length `period`.
-    SlidingLog,
-    /// At most `count` permits in flight, each a lease that expires.
-    Concurrency,
-}
-
-impl Algorithm {
-    /// The name used in specs (`gcra`, `fixed_window`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Gcra => "gcra",
-            Algorithm::FixedWindow => "fixed_window",
-            Algorithm::SlidingWindow => "sliding_window",
-            Algorithm::SlidingLog => "sliding_log",
-            Algorithm::Concurrency => "concurrency",
-        }
-    }
-}
-
-/// One limit of a policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Limit {
-    /// The algorithm.
-    pub algorithm: Algorithm,
-    /// Requests (cost units) per period; for `Concurrency`, permits in flight.
-    pub count: u64,
-    /// The period in nanoseconds (for `Concurrency`: the lease TTL).
-    pub period_ns: u64,
-    /// GCRA bucket capacity (defaults to `count`); equal to `count` for
-    /// every other algorithm.
-    pub burst: u64,
-}
 
 /// A parsed policy: one or more limits, all of which must allow a request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -66,61 +19,15 @@ pub struct PolicySpec {
 /// The most limits one policy may hold; a spec with more is a parse error.
 pub const MAX_LIMITS: usize = 16;
 
-const SECOND_NS: u64 = NS_PER_SEC;
-const MINUTE_NS: u64 = 60 * SECOND_NS;
-const HOUR_NS: u64 = 60 * MINUTE_NS;
-const DAY_NS: u64 = 24 * HOUR_NS;
-/// A month is 30 days, as in Flask-Limiter.
-const MONTH_NS: u64 = 30 * DAY_NS;
-/// A year is 360 days (12 months of 30 days), as in Flask-Limiter.
-const YEAR_NS: u64 = 360 * DAY_NS;
-
-/// A time unit: its canonical names, its length and every accepted spelling.
-struct Unit {
-    singular: &'static str,
-    plural: &'static str,
-    ns: u64,
-    spellings: &'static [&'static str],
-}
-
-/// Largest first: `Display` picks the first unit that divides a period.
-const UNITS: [Unit; 6] = [
-    Unit {
-        singular: "year",
-        plural: "years",
-        ns: YEAR_NS,
-        spellings: &["year", "years"],
-    },
-    Unit {
-        singular: "month",
-        plural: "months",
-        ns: MONTH_NS,
-        spellings: &["month", "months"],
-    },
-    Unit {
-        singular: "day",
-        plural: "days",
-        ns: DAY_NS,
-        spellings: &["day", "days", "d"],
-    },
-    Unit {
-        singular: "hour",
-        plural: "hours",
-        ns: HOUR_NS,
-        spellings: &["hour", "hours", "h", "hr", "hrs"],
-    },
-    Unit {
-        singular: "minute",
-        plural: "minutes",
-        ns: MINUTE_NS,
-        spellings: &["minute", "minutes", "m", "min", "mins"],
-    },
-    Unit {
-        singular: "second",
-        plural: "seconds",
-        ns: SECOND_NS,
-        spellings: &["second", "seconds", "s", "sec", "secs"],
-    },
+/// Every accepted spelling of each unit of `UNITS`, in the same order
+/// (largest first); each list holds the unit's singular and plural names.
+const SPELLINGS: [&[&str]; 6] = [
+    &["year", "years"],
+    &["month", "months"],
+    &["day", "days", "d"],
+    &["hour", "hours", "h", "hr", "hrs"],
+    &["minute", "minutes", "m", "min", "mins"],
+    &["second", "seconds", "s", "sec", "secs"],
 ];
 
 /// Algorithm names accepted before a limit: ratekeeper's own names plus
@@ -406,12 +313,9 @@ impl<'a> Lexer<'a> {
         let unit_ns = match unit.kind {
             Kind::Word => UNITS
                 .iter()
-                .find(|u| {
-                    u.spellings
-                        .iter()
-                        .any(|s| unit.text.eq_ignore_ascii_case(s))
-                })
-                .map(|u| u.ns),
+                .zip(SPELLINGS)
+                .find(|(_, spellings)| spellings.iter().any(|s| unit.text.eq_ignore_ascii_case(s)))
+                .map(|(u, _)| u.ns),
             _ => None,
         };
         let Some(unit_ns) = unit_ns else {
@@ -459,80 +363,12 @@ impl std::str::FromStr for PolicySpec {
     }
 }
 
-impl Limit {
-    /// The emission interval `T = period / count` in nanoseconds, rounded
-    /// down (for `Concurrency`: the lease TTL divided by the permits).
-    /// `u64::MAX` when `count` is 0, which `parse` never produces.
-    #[must_use]
-    pub fn emission_interval_ns(&self) -> u64 {
-        self.period_ns.checked_div(self.count).unwrap_or(u64::MAX)
-    }
-
-    /// Whether this is a concurrency limit (permits in flight) rather than a
-    /// rate limit.
-    #[must_use]
-    pub fn is_concurrency(&self) -> bool {
-        self.algorithm == Algorithm::Concurrency
-    }
-}
-
 impl PolicySpec {
     /// Whether the policy is a concurrency policy (then it has exactly one
     /// limit, of [`Algorithm::Concurrency`], if it came from [`parse`]).
     #[must_use]
     pub fn is_concurrency(&self) -> bool {
         self.limits.iter().any(Limit::is_concurrency)
-    }
-}
-
-/// A period in its most readable exact form: the largest unit that divides it
-/// (`second`, `5 minutes`, `2 days`).
-struct Period(u64);
-
-impl fmt::Display for Period {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ns = self.0;
-        if ns != 0 {
-            if let Some(unit) = UNITS.iter().find(|u| ns % u.ns == 0) {
-                let n = ns / unit.ns;
-                return if n == 1 {
-                    f.write_str(unit.singular)
-                } else {
-                    write!(f, "{n} {}", unit.plural)
-                };
-            }
-        }
-        // Not whole seconds: cannot come from `parse`, and does not parse back.
-        write!(f, "{ns} nanoseconds")
-    }
-}
-
-/// The canonical spec of one limit, which [`parse`] reads back to the same
-/// value: `10/second`, `100/5 minutes`, `10/second burst 20`,
-/// `fixed_window 1000/hour`, `concurrency 4`, `concurrency 4 ttl 30 seconds`.
-///
-/// The algorithm is named unless it is `gcra`, `burst` is shown only when it
-/// differs from `count`, a concurrency TTL only when it is not
-/// [`DEFAULT_LEASE_NS`]. A limit that `parse` cannot produce (a period that is
-/// not whole seconds, a zero count, a burst on another algorithm than `gcra`)
-/// is still written out, as a spec that does not parse.
-impl fmt::Display for Limit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.algorithm == Algorithm::Concurrency {
-            write!(f, "concurrency {}", self.count)?;
-            if self.period_ns != DEFAULT_LEASE_NS {
-                write!(f, " ttl {}", Period(self.period_ns))?;
-            }
-            return Ok(());
-        }
-        if self.algorithm != Algorithm::Gcra {
-            write!(f, "{} ", self.algorithm.name())?;
-        }
-        write!(f, "{}/{}", self.count, Period(self.period_ns))?;
-        if self.burst != self.count {
-            write!(f, " burst {}", self.burst)?;
-        }
-        Ok(())
     }
 }
 
@@ -625,23 +461,13 @@ mod tests {
     }
 
     #[test]
-    fn units_are_listed_largest_first_so_display_picks_the_largest() {
-        for pair in UNITS.windows(2) {
-            assert!(pair[0].ns > pair[1].ns);
-            assert_eq!(pair[0].ns % pair[1].ns, 0);
-        }
-        assert_eq!(UNITS[0].ns, 360 * 24 * 3600 * NS_PER_SEC);
-        assert_eq!(UNITS[1].ns, 30 * 24 * 3600 * NS_PER_SEC);
-    }
-
-    #[test]
     fn no_spelling_names_two_units_or_an_algorithm_or_a_keyword() {
         let mut seen: Vec<&str> = vec!["per", "burst", "ttl"];
         seen.extend(ALGORITHMS.iter().map(|(name, _)| *name));
-        for unit in &UNITS {
-            assert!(unit.spellings.contains(&unit.singular));
-            assert!(unit.spellings.contains(&unit.plural));
-            for spelling in unit.spellings {
+        for (unit, spellings) in UNITS.iter().zip(SPELLINGS) {
+            assert!(spellings.contains(&unit.singular));
+            assert!(spellings.contains(&unit.plural));
+            for spelling in spellings {
                 assert!(!seen.contains(spelling), "{spelling} is ambiguous");
                 seen.push(spelling);
             }
@@ -671,7 +497,6 @@ mod tests {
         };
         assert_eq!(limit.to_string(), "3/1500000000 nanoseconds");
         assert!(parse(&limit.to_string()).is_err());
-        assert_eq!(Period(0).to_string(), "0 nanoseconds");
     }
 
     #[test]
@@ -703,20 +528,6 @@ mod tests {
         assert_eq!(quote("a\"b\n"), "\"a\\\"b\\n\"");
         let long = "é".repeat(40);
         assert_eq!(quote(&long), format!("{:?}...", "é".repeat(32)));
-    }
-
-    #[test]
-    fn the_emission_interval_is_the_period_over_the_count_rounded_down() {
-        let limit = |count, period_ns| Limit {
-            algorithm: Algorithm::Gcra,
-            count,
-            period_ns,
-            burst: count,
-        };
-        assert_eq!(limit(10, NS_PER_SEC).emission_interval_ns(), 100_000_000);
-        assert_eq!(limit(3, NS_PER_SEC).emission_interval_ns(), 333_333_333);
-        assert_eq!(limit(u64::MAX, NS_PER_SEC).emission_interval_ns(), 0);
-        assert_eq!(limit(0, NS_PER_SEC).emission_interval_ns(), u64::MAX);
     }
 
     #[test]

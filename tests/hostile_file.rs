@@ -22,6 +22,8 @@ const DIR: u64 = layout::DIR as u64;
 const ENTRY_BYTES: u64 = layout::ENTRY_BYTES as u64;
 const E_BUCKETS: u64 = layout::ENTRY_BUCKETS as u64;
 const E_REGION_OFFSET: u64 = layout::ENTRY_REGION_OFFSET as u64;
+const E_OPTIONS: u64 = layout::ENTRY_OPTIONS as u64;
+const E_PENALTY: u64 = layout::ENTRY_PENALTY as u64;
 /// The deny-event ring's head, the first line of the ring.
 const RING_HEAD: u64 = layout::RING_IN_REGION as u64;
 /// Where a policy's table starts in its region.
@@ -622,4 +624,68 @@ fn a_deny_ring_head_near_the_end_of_u64_is_harmless() {
         i32::from(!(events.len() <= ratekeeper::RING_ENTRIES && since.len() <= 2))
     });
     assert_eq!(out, Outcome::Exited(0));
+}
+
+// ------------------------------------------------------------ stored options
+
+/// An entry's options are numbers the engine checks: an unknown table-full
+/// code or flag, or an impossible penalty box, is refused at open with a
+/// message naming the entry.
+#[test]
+fn a_directory_entry_with_unknown_options_is_refused_at_open() {
+    let original = std::fs::read(template("options-template")).unwrap();
+    let cases = [
+        (E_OPTIONS, 3, "bad table parameters"),       // when_full 3
+        (E_OPTIONS, 4 << 32, "bad table parameters"), // flag bit 2
+        (E_PENALTY, 1, "bad penalty settings"),       // 1 strike in 0 ns
+        (E_PENALTY, 1 << 32, "bad penalty settings"), // strikes beyond u32
+    ];
+    for (offset, value, message) in cases {
+        let p = path("options");
+        std::fs::write(&p, &original).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_u64(&p, DIR + offset, value);
+        match open_err(&p, opts()) {
+            Error::Corrupt(m) => assert!(
+                m.contains(&format!("policy entry 0: {message}")),
+                "{offset} = {value:#x}: {m}"
+            ),
+            other => panic!("{offset} = {value:#x}: {other}"),
+        }
+    }
+}
+
+/// The options are written as layout version 2 lays them out, and another
+/// engine reads them back.
+#[test]
+fn the_options_of_a_shared_policy_are_stored_as_numbers_and_read_back() {
+    let p = path("options-round-trip");
+    let options = PolicyOptions {
+        when_full: ratekeeper::WhenFull::FailOpen,
+        shadow: true,
+        record_keys: true,
+        retry_jitter_ns: 7,
+        ..penalty()
+    };
+    Engine::open_shared(&p, opts())
+        .unwrap()
+        .add_policy_with("opts", "5/minute", options)
+        .unwrap();
+    let entry = DIR + E_OPTIONS;
+    assert_eq!(read_u64(&p, entry), 1 | 0b11 << 32, "when_full, flags");
+    assert_eq!(read_u64(&p, entry + 8), 7, "retry_jitter_ns");
+    let words: Vec<u64> = (0..4)
+        .map(|w| read_u64(&p, DIR + E_PENALTY + w * 8))
+        .collect();
+    assert_eq!(words, [3, 60 * S, 10 * S, 100 * S], "penalty");
+
+    let other = Engine::open_shared(&p, opts()).unwrap();
+    assert!(other.add_policy_with("opts", "5/minute", options).is_ok());
+    match other.add_policy("opts", "5/minute") {
+        Err(Error::PolicyMismatch { existing, .. }) => assert_eq!(
+            existing,
+            "5/minute (shadow) (retry jitter 7 ns) (ban 10000000000 ns after 3 denials in 60000000000 ns, up to 100000000000 ns)"
+        ),
+        other => panic!("{other:?}"),
+    }
 }

@@ -8,10 +8,13 @@
 pub(crate) mod concurrency;
 pub(crate) mod fixed_window;
 pub(crate) mod gcra;
+mod limit;
 pub(crate) mod sliding_log;
 pub(crate) mod sliding_window;
 
-use crate::policy::{Algorithm, Limit};
+pub(crate) use limit::UNITS;
+pub use limit::{Algorithm, Limit, DEFAULT_LEASE_NS, NS_PER_SEC};
+
 use crate::Error;
 
 /// The 96 payload bits of a table word: `a` (32 bits) and `b` (64 bits).

@@ -18,7 +18,7 @@ pub(crate) use policies::{OVERRIDE_BASE, RING_BASE, TABLE_BASE};
 
 use crate::events::DenyEvent;
 use crate::hash::Seed;
-use crate::options::{EngineOptions, PolicyOptions};
+use crate::options::{options_from_stored, EngineOptions, PolicyOptions, MAX_POLICIES};
 use crate::policy::{self, PolicySpec};
 use crate::shm::{self, Mapping};
 use crate::stats::{Counter, Stats};
@@ -29,9 +29,6 @@ use decision::{conclude, Count};
 use policies::Policy;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-
-/// Most policies one engine holds.
-pub const MAX_POLICIES: usize = 256;
 
 /// A policy of one engine. Cheap to copy; only meaningful to that engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -162,6 +159,7 @@ impl Engine {
             options.shared_max_bytes,
             options.shared_file_mode,
             boot_id_file,
+            |stored| options_from_stored(stored).map(drop),
         )?;
         Ok(Self::with(map.seed(), options, Some(map)))
     }

@@ -3,12 +3,12 @@
 //! table — on the heap, or in a shared file where every process that adds
 //! the same policy attaches the same region.
 
-use super::{Engine, PolicyId, MAX_POLICIES};
+use super::{Engine, PolicyId};
 use crate::abuse::Penalty;
 use crate::algo::LimitParams;
 use crate::events::{Entry, Ring, RingHead, RING_ENTRIES, RING_UNITS};
 use crate::hash::{siphash13, Seed};
-use crate::options::PolicyOptions;
+use crate::options::{options_from_stored, options_to_stored, PolicyOptions, MAX_POLICIES};
 use crate::policy::{self, PolicySpec};
 use crate::shm::{self, Mapping};
 use crate::stats::{RegionHead, HEAD_UNITS};
@@ -255,10 +255,16 @@ impl Engine {
                         e.spec
                     ))
                 })?;
-                if existing != parsed || e.options.behaviour() != options.behaviour() {
+                let stored = options_from_stored(&e.options).map_err(|what| {
+                    Error::Corrupt(format!(
+                        "{}: policy entry {i}: {what}",
+                        map.path().display()
+                    ))
+                })?;
+                if existing != parsed || stored.behaviour() != options.behaviour() {
                     return Err(Error::PolicyMismatch {
                         name: name.into(),
-                        existing: e.options.describe(&e.spec),
+                        existing: stored.describe(&e.spec),
                         requested: options.describe(&canonical),
                     });
                 }
@@ -270,7 +276,8 @@ impl Engine {
         let bytes = region_units_checked(&layout, buckets)
             .and_then(|units| (units as u64).checked_mul(16))
             .ok_or_else(|| Error::OutOfMemory(format!("a table of {buckets} buckets")))?;
-        let i = map.add_entry(name, &canonical, buckets as u64, &options, bytes)?;
+        let stored = options_to_stored(&options);
+        let i = map.add_entry(name, &canonical, buckets as u64, &stored, bytes)?;
         let e = map.entry_checked(i)?;
         self.attach(map, i, e)
     }
@@ -293,6 +300,7 @@ impl Engine {
         } = e;
         let corrupt =
             |m: String| Error::Corrupt(format!("{}: policy {name:?}: {m}", map.path().display()));
+        let options = options_from_stored(&options).map_err(|what| corrupt(what.into()))?;
         let parsed = policy::parse(&spec)
             .map_err(|err| corrupt(format!("unreadable spec {spec:?}: {err}")))?;
         let layout = layout_for(&parsed, options.penalty)?;

@@ -19,10 +19,11 @@ use crossbeam_utils::CachePadded;
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{Client, Connection, ConnectionLike, Value};
 
+use crate::algo::Algorithm;
 use crate::algo::LimitParams;
 use crate::hash::{siphash13, Seed};
 use crate::options::EngineOptions;
-use crate::policy::{Algorithm, PolicySpec};
+use crate::policy::PolicySpec;
 use crate::table::Verdict;
 use crate::{Error, Penalty};
 
@@ -923,12 +924,15 @@ pub(crate) fn reply(v: &Value) -> Result<Reply, Down> {
 pub(crate) struct DenyCache {
     /// Each shard's lock on a cache line of its own: threads checking
     /// different keys do not contend on one line.
-    shards: Box<[CachePadded<Mutex<Vec<Option<Cached>>>>]>,
+    shards: Box<[CachePadded<Shard>]>,
     per_shard: usize,
     /// Versions of keys, by `tag % len` (a collision only drops a batch
     /// entry early).
     versions: Box<[AtomicU64]>,
 }
+
+/// One shard of the deny cache: direct-mapped entries under one lock.
+type Shard = Mutex<Vec<Option<Cached>>>;
 
 /// Most keys of a batch the deny cache keeps.
 pub(crate) const BATCH_ITEMS: usize = 4;
@@ -960,11 +964,11 @@ impl DenyCache {
         }
     }
 
-    fn place(&self, tag: u64) -> Option<(&Mutex<Vec<Option<Cached>>>, usize)> {
+    fn place(&self, tag: u64) -> Option<(&Shard, usize)> {
         if self.shards.is_empty() {
             return None;
         }
-        let shard: &Mutex<_> = &self.shards[(tag % CACHE_SHARDS as u64) as usize];
+        let shard: &Shard = &self.shards[(tag % CACHE_SHARDS as u64) as usize];
         Some((
             shard,
             ((tag / CACHE_SHARDS as u64) % self.per_shard as u64) as usize,

@@ -35,12 +35,9 @@
 //! copied into process memory once and validated with checked arithmetic;
 //! only the copies are used afterwards.
 
-use crate::abuse::Penalty;
+use crate::error::Error;
 use crate::hash::Seed;
 use crate::sync::{SharedOrdering as Ordering, SharedU32 as AtomicU32, SharedU64 as AtomicU64};
-use crate::table::WhenFull;
-use crate::Error;
-use crate::PolicyOptions;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -80,18 +77,34 @@ pub(crate) struct DirEntry {
     pub spec: [u8; MAX_SPEC_BYTES],
     /// Buckets of the policy's table.
     pub buckets: u64,
-    /// 0 evict, 1 fail open, 2 fail closed.
+    /// The policy's behaviour options, as numbers.
+    pub options: StoredOptions,
+    /// Byte offset of the policy's region from the start of the file.
+    pub region_offset: u64,
+    /// Bytes of the region.
+    pub region_bytes: u64,
+}
+
+/// A policy's behaviour options as a directory entry stores them: plain
+/// numbers, laid out as in the file. This module only stores and copies
+/// them; the engine encodes them and, since the file is hostile and any
+/// number may be found here, checks them (the [`OptionsCheck`] given to
+/// [`Mapping::open`]) before they are used.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoredOptions {
+    /// What a full table does: 0 evict, 1 fail open, 2 fail closed.
     pub when_full: u32,
     /// Bit 0: shadow mode; bit 1: the deny ring records keys.
     pub flags: u32,
     pub retry_jitter_ns: u64,
     /// Penalty box: `strikes` (0 = none), `window_ns`, `ban_ns`, `max_ban_ns`.
     pub penalty: [u64; 4],
-    /// Byte offset of the policy's region from the start of the file.
-    pub region_offset: u64,
-    /// Bytes of the region.
-    pub region_bytes: u64,
 }
+
+/// Checks a directory entry's [`StoredOptions`]; `Err` says what is wrong
+/// (it becomes the entry's `Error::Corrupt` message).
+pub(crate) type OptionsCheck = fn(&StoredOptions) -> Result<(), &'static str>;
 
 /// A directory entry copied out of the mapping and validated: the only
 /// form in which a process uses an entry.
@@ -101,7 +114,8 @@ pub(crate) struct EntryCopy {
     pub spec: String,
     /// A power of two, below `region_bytes / 16`.
     pub buckets: usize,
-    pub options: PolicyOptions,
+    /// Passed the mapping's [`OptionsCheck`].
+    pub options: StoredOptions,
     /// Inside the file, 4096-aligned, at or after `HEADER_BYTES`.
     pub region_offset: u64,
     /// Non-zero; `region_offset + region_bytes` is within the file.
@@ -163,7 +177,16 @@ pub(crate) const HEADER_BYTES: u64 =
     (std::mem::size_of::<Header>() as u64).div_ceil(REGION_ALIGN) * REGION_ALIGN;
 
 const _: () = {
+    use std::mem::offset_of;
     assert!(std::mem::size_of::<DirEntry>() == 8 + MAX_NAME_BYTES + MAX_SPEC_BYTES + 72);
+    // The options sit where layout version 2 put them, field by field.
+    assert!(std::mem::size_of::<StoredOptions>() == 48);
+    assert!(offset_of!(DirEntry, options) == offset_of!(DirEntry, buckets) + 8);
+    assert!(offset_of!(StoredOptions, when_full) == 0);
+    assert!(offset_of!(StoredOptions, flags) == 4);
+    assert!(offset_of!(StoredOptions, retry_jitter_ns) == 8);
+    assert!(offset_of!(StoredOptions, penalty) == 16);
+    assert!(offset_of!(DirEntry, region_offset) == offset_of!(DirEntry, options) + 48);
     assert!(
         std::mem::size_of::<Header>() == 72 + MAX_SHARED_POLICIES * std::mem::size_of::<DirEntry>()
     );
@@ -178,6 +201,8 @@ pub(crate) struct Mapping {
     path: PathBuf,
     /// The header's seed, read once at open.
     seed: Seed,
+    /// Checks every directory entry's options when it is copied out.
+    check_options: OptionsCheck,
 }
 
 // SAFETY:
@@ -300,11 +325,14 @@ impl Mapping {
     /// validates it (resetting it if it is from an earlier boot, or if a
     /// reset was interrupted). `boot_id_file` is where the running kernel's
     /// boot id is read ([`BOOT_ID_PATH`]; another file in tests).
+    /// `check_options` validates the options of every directory entry
+    /// (see [`Mapping::entry_checked`]), from this open on.
     pub fn open(
         path: &Path,
         total_bytes: u64,
         mode: u32,
         boot_id_file: &Path,
+        check_options: OptionsCheck,
     ) -> Result<Arc<Mapping>, Error> {
         if !(HEADER_BYTES + REGION_ALIGN..=MAX_FILE_BYTES).contains(&total_bytes) {
             return Err(Error::InvalidArgument(format!(
@@ -329,7 +357,7 @@ impl Mapping {
                 path.display()
             )));
         }
-        let mut map = Self::map(fd, size, path)?;
+        let mut map = Self::map(fd, size, path, check_options)?;
         let mut h = map.snapshot();
         if h.magic != MAGIC || h.boot_id != boot {
             // From an earlier boot, being reset, or left half reset by a
@@ -443,7 +471,12 @@ impl Mapping {
         Ok(st.st_size as u64)
     }
 
-    fn map(fd: OwnedFd, size: u64, path: &Path) -> Result<Mapping, Error> {
+    fn map(
+        fd: OwnedFd,
+        size: u64,
+        path: &Path,
+        check_options: OptionsCheck,
+    ) -> Result<Mapping, Error> {
         // SAFETY: mapping `size` bytes of an open, read-write file as shared;
         // the result is checked against MAP_FAILED.
         let ptr = unsafe {
@@ -465,6 +498,7 @@ impl Mapping {
             fd,
             path: path.to_path_buf(),
             seed: Seed { k0: 0, k1: 0 },
+            check_options,
         })
     }
 
@@ -502,7 +536,9 @@ impl Mapping {
             if unsafe { libc::ftruncate(fd.as_raw_fd(), total_bytes as libc::off_t) } != 0 {
                 return Err(os_error("cannot size shared file", &tmp));
             }
-            let map = Self::map(fd, total_bytes, &tmp)?;
+            // Only the header is written through this mapping; no directory
+            // entry is ever read from it, so none needs a check.
+            let map = Self::map(fd, total_bytes, &tmp, |_| Err("not read"))?;
             map.write_header(*boot)?;
             let link_to = cpath(path)?;
             // SAFETY: both are valid paths; link fails with EEXIST if the
@@ -807,18 +843,11 @@ impl Mapping {
         // `region_bytes` holds fewer than `region_bytes / 16` buckets; this
         // bound keeps every size computed from `buckets` far from overflow
         // (regions are at most `MAX_FILE_BYTES`).
-        if !e.buckets.is_power_of_two()
-            || e.buckets > e.region_bytes / 16
-            || e.when_full > 2
-            || e.flags > 3
-        {
+        if !e.buckets.is_power_of_two() || e.buckets > e.region_bytes / 16 {
             return bad("bad table parameters");
         }
-        let options = entry_options(&e);
-        if let Some(pen) = options.penalty {
-            if pen.validate().is_err() || e.penalty[0] > u32::MAX as u64 {
-                return bad("bad penalty settings");
-            }
+        if let Err(what) = (self.check_options)(&e.options) {
+            return bad(what);
         }
         let (Ok(name), Ok(spec)) = (
             std::str::from_utf8(&e.name[..name_len]),
@@ -830,7 +859,7 @@ impl Mapping {
             name: name.to_owned(),
             spec: spec.to_owned(),
             buckets: e.buckets as usize,
-            options,
+            options: e.options,
             region_offset: e.region_offset,
             region_bytes: e.region_bytes,
         })
@@ -842,7 +871,7 @@ impl Mapping {
         name: &str,
         spec: &str,
         buckets: u64,
-        options: &PolicyOptions,
+        options: &StoredOptions,
         region_bytes: u64,
     ) -> Result<usize, Error> {
         let h = self.header();
@@ -909,16 +938,7 @@ impl Mapping {
         e.name[..name.len()].copy_from_slice(name.as_bytes());
         e.spec[..spec.len()].copy_from_slice(spec.as_bytes());
         e.buckets = buckets;
-        e.when_full = match options.when_full {
-            WhenFull::Evict => 0,
-            WhenFull::FailOpen => 1,
-            WhenFull::FailClosed => 2,
-        };
-        e.flags = options.shadow as u32 | (options.record_keys as u32) << 1;
-        e.retry_jitter_ns = options.retry_jitter_ns;
-        e.penalty = options.penalty.map_or([0; 4], |p| {
-            [p.strikes as u64, p.window_ns, p.ban_ns, p.max_ban_ns]
-        });
+        e.options = *options;
         e.region_offset = offset;
         e.region_bytes = size;
         h.used_bytes.store(offset + size, Ordering::SeqCst);
@@ -932,26 +952,5 @@ impl Mapping {
         debug_assert!(offset <= self.len as u64);
         // SAFETY: callers pass offsets validated to lie within the mapping.
         unsafe { self.ptr.add(offset as usize) }
-    }
-}
-
-/// The behaviour options recorded in a directory entry.
-pub(crate) fn entry_options(e: &DirEntry) -> PolicyOptions {
-    PolicyOptions {
-        capacity: None,
-        when_full: match e.when_full {
-            1 => WhenFull::FailOpen,
-            2 => WhenFull::FailClosed,
-            _ => WhenFull::Evict,
-        },
-        shadow: e.flags & 1 == 1,
-        record_keys: e.flags & 2 == 2,
-        retry_jitter_ns: e.retry_jitter_ns,
-        penalty: (e.penalty[0] != 0).then(|| Penalty {
-            strikes: e.penalty[0].min(u32::MAX as u64) as u32,
-            window_ns: e.penalty[1],
-            ban_ns: e.penalty[2],
-            max_ban_ns: e.penalty[3],
-        }),
     }
 }

@@ -74,8 +74,8 @@
 pub(crate) mod memory;
 
 use crate::abuse::{self, Penalty};
+use crate::algo::Algorithm;
 use crate::algo::{self, concurrency, sliding_log, LimitParams, Payload, Words};
-use crate::policy::Algorithm;
 use crate::sync::Atomic128;
 use memory::Memory;
 
