@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 const S: u64 = 1_000_000_000;
 const T0: u64 = 1_000 * S;
 
-/// File layout (src/shm/mod.rs, src/engine.rs): header fields, directory
+/// File layout (src/shm/mod.rs, src/engine/policies.rs): header fields, directory
 /// entries, and within a policy's region the head (counters, wait words),
 /// the deny ring, the override table, then the table.
 use ratekeeper::__private::layout;

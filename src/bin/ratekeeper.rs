@@ -158,215 +158,250 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             policy,
             spec,
             capacity,
-        } => {
-            let e = Engine::open_shared(&path, options(mode)).map_err(|e| e.to_string())?;
-            let opts = ratekeeper::PolicyOptions {
-                capacity,
-                ..Default::default()
-            };
-            let id = e
-                .add_policy_with(&policy, &spec, opts)
-                .map_err(|e| e.to_string())?;
-            println!(
-                "{policy}\t{}",
-                e.policy_spec(id).map_err(|e| e.to_string())?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Policies { path } => {
-            let e = open(&path, mode)?;
-            for p in e.policies() {
-                let spec = e.policy_spec(p).map_err(|e| e.to_string())?;
-                let st = e.stats(p).map_err(|e| e.to_string())?;
-                println!(
-                    "{}\t{}\tcapacity={}",
-                    e.policy_name(p).unwrap_or("?"),
-                    spec,
-                    st.capacity
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Stats { path, json } => {
-            let e = open(&path, mode)?;
-            if !json {
-                println!(
-                    "{:<20} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>21}  limits",
-                    "policy",
-                    "allowed",
-                    "denied",
-                    "shadow",
-                    "banned",
-                    "bans",
-                    "evictions",
-                    "table_full",
-                    "occupancy"
-                );
-            }
-            for p in e.policies() {
-                let name = e.policy_name(p).unwrap_or("?");
-                let spec = e.policy_spec(p).map_err(|e| e.to_string())?.to_string();
-                let s = e.stats(p).map_err(|e| e.to_string())?;
-                if json {
-                    println!(
-                        "{{\"policy\":{},\"limits\":{},\"allowed\":{},\"denied\":{},\"shadow_denied\":{},\"banned\":{},\"bans\":{},\"evictions\":{},\"table_full\":{},\"occupancy\":{},\"capacity\":{}}}",
-                        json_str(name), json_str(&spec), s.allowed, s.denied, s.shadow_denied, s.banned, s.bans, s.evictions, s.table_full, s.occupancy, s.capacity
-                    );
-                } else {
-                    println!(
-                        "{:<20} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>21}  {}",
-                        name,
-                        s.allowed,
-                        s.denied,
-                        s.shadow_denied,
-                        s.banned,
-                        s.bans,
-                        s.evictions,
-                        s.table_full,
-                        format!("{}/{}", s.occupancy, s.capacity),
-                        spec
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => add(&path, mode, &policy, &spec, capacity),
+        Command::Policies { path } => list_policies(&open(&path, mode)?),
+        Command::Stats { path, json } => stats(&open(&path, mode)?, json),
         Command::Check {
             path,
-            policy: name,
+            policy,
             key,
             cost,
             peek,
-        } => {
-            let e = open(&path, mode)?;
-            let p = policy(&e, &name)?;
-            let d = if peek {
-                e.peek(p, key.as_bytes(), cost).map_err(|e| e.to_string())?
-            } else {
-                e.try_check_at(p, key.as_bytes(), cost, e.now_ns())
-                    .map_err(|e| e.to_string())?
-            };
-            println!(
-                "{} limit={} remaining={} retry_after={} reset_after={} limit_index={}",
-                if d.allowed { "allowed" } else { "denied" },
-                d.limit,
-                d.remaining,
-                secs(d.retry_after_ns),
-                secs(d.reset_after_ns),
-                d.limit_index
-            );
-            Ok(if d.allowed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
-        Command::Reset {
-            path,
-            policy: name,
-            key,
-        } => {
-            let e = open(&path, mode)?;
-            let p = policy(&e, &name)?;
-            if e.reset(p, key.as_bytes()).map_err(|e| e.to_string())? {
-                println!("reset {name} {key}");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                println!("{name} {key}: no state to reset");
-                Ok(ExitCode::from(1))
-            }
-        }
+        } => check(&open(&path, mode)?, &policy, &key, cost, peek),
+        Command::Reset { path, policy, key } => reset(&open(&path, mode)?, &policy, &key),
         Command::Tail {
             path,
-            policy: only,
+            policy,
             follow,
             interval_ms,
-        } => {
-            use std::io::Write;
-            let e = open(&path, mode)?;
-            let mut next: std::collections::HashMap<PolicyId, u64> = Default::default();
-            loop {
-                let ids = match &only {
-                    Some(name) => vec![policy(&e, name)?],
-                    None => e.policies(),
-                };
-                let mut batch = vec![];
-                for p in ids {
-                    let since = next.get(&p).copied().unwrap_or(0);
-                    for ev in e.recent_denials(p, since).map_err(|e| e.to_string())? {
-                        next.insert(p, ev.ticket + 1);
-                        batch.push((ev.time_ns, p, ev));
-                    }
-                }
-                batch.sort_by_key(|(t, p, ev)| (*t, p.index(), ev.ticket));
-                let mut out = std::io::stdout().lock();
-                for (_, p, ev) in batch {
-                    let key = match &ev.key {
-                        Some(k) => String::from_utf8_lossy(k).into_owned(),
-                        None => format!("#{:016x}", ev.key_hash),
-                    };
-                    let what = if ev.banned {
-                        "banned"
-                    } else if ev.shadow {
-                        "shadow-denied"
-                    } else {
-                        "denied"
-                    };
-                    let line = writeln!(
-                        out,
-                        "{:.3} {} {} {} retry_after={} limit={}",
-                        ev.time_ns as f64 / 1e9,
-                        e.policy_name(p).unwrap_or("?"),
-                        key,
-                        what,
-                        secs(ev.retry_after_ns),
-                        ev.limit_index
-                    );
-                    if line.is_err() {
-                        return Ok(ExitCode::SUCCESS); // the reader went away (| head)
-                    }
-                }
-                let _ = out.flush();
-                if !follow {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(interval_ms.max(10)));
-            }
-        }
+        } => tail(&open(&path, mode)?, policy.as_deref(), follow, interval_ms),
         Command::Override {
             path,
-            policy: name,
+            policy,
             key,
             factor,
             clear,
-        } => {
-            let e = open(&path, mode)?;
-            let p = policy(&e, &name)?;
-            if clear {
-                e.clear_override(p, key.as_bytes())
-                    .map_err(|e| e.to_string())?;
-            } else if let Some(f) = factor {
-                e.set_override(p, key.as_bytes(), f)
-                    .map_err(|e| e.to_string())?;
-            }
-            match e
-                .override_of(p, key.as_bytes())
-                .map_err(|e| e.to_string())?
-            {
-                Some(f) => println!("{name} {key}: {f}x"),
-                None => println!("{name} {key}: no override"),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::ReleasePid { path, pid } => {
-            let e = open(&path, mode)?;
-            let mut total = 0;
-            for p in e.policies() {
-                total += e.release_holder(p, pid).map_err(|e| e.to_string())?;
-            }
-            println!("released {total} permits held by pid {pid}");
-            Ok(ExitCode::SUCCESS)
+        } => set_override(&open(&path, mode)?, &policy, &key, factor, clear),
+        Command::ReleasePid { path, pid } => release_pid(&open(&path, mode)?, pid),
+    }
+}
+
+/// `add`: creates the file if needed, and the policy.
+fn add(
+    path: &Path,
+    mode: u32,
+    policy: &str,
+    spec: &str,
+    capacity: Option<usize>,
+) -> Result<ExitCode, String> {
+    let e = Engine::open_shared(path, options(mode)).map_err(|e| e.to_string())?;
+    let opts = ratekeeper::PolicyOptions {
+        capacity,
+        ..Default::default()
+    };
+    let id = e
+        .add_policy_with(policy, spec, opts)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{policy}\t{}",
+        e.policy_spec(id).map_err(|e| e.to_string())?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `policies`: one line per policy.
+fn list_policies(e: &Engine) -> Result<ExitCode, String> {
+    for p in e.policies() {
+        let spec = e.policy_spec(p).map_err(|e| e.to_string())?;
+        let st = e.stats(p).map_err(|e| e.to_string())?;
+        println!(
+            "{}\t{}\tcapacity={}",
+            e.policy_name(p).unwrap_or("?"),
+            spec,
+            st.capacity
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stats`: every policy's counters, as a table or JSON lines.
+fn stats(e: &Engine, json: bool) -> Result<ExitCode, String> {
+    if !json {
+        println!(
+            "{:<20} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>21}  limits",
+            "policy",
+            "allowed",
+            "denied",
+            "shadow",
+            "banned",
+            "bans",
+            "evictions",
+            "table_full",
+            "occupancy"
+        );
+    }
+    for p in e.policies() {
+        let name = e.policy_name(p).unwrap_or("?");
+        let spec = e.policy_spec(p).map_err(|e| e.to_string())?.to_string();
+        let s = e.stats(p).map_err(|e| e.to_string())?;
+        if json {
+            println!(
+                "{{\"policy\":{},\"limits\":{},\"allowed\":{},\"denied\":{},\"shadow_denied\":{},\"banned\":{},\"bans\":{},\"evictions\":{},\"table_full\":{},\"occupancy\":{},\"capacity\":{}}}",
+                json_str(name), json_str(&spec), s.allowed, s.denied, s.shadow_denied, s.banned, s.bans, s.evictions, s.table_full, s.occupancy, s.capacity
+            );
+        } else {
+            println!(
+                "{:<20} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>21}  {}",
+                name,
+                s.allowed,
+                s.denied,
+                s.shadow_denied,
+                s.banned,
+                s.bans,
+                s.evictions,
+                s.table_full,
+                format!("{}/{}", s.occupancy, s.capacity),
+                spec
+            );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `check`: one check (or peek); exit status 1 when denied.
+fn check(e: &Engine, name: &str, key: &str, cost: u32, peek: bool) -> Result<ExitCode, String> {
+    let p = policy(e, name)?;
+    let d = if peek {
+        e.peek(p, key.as_bytes(), cost).map_err(|e| e.to_string())?
+    } else {
+        e.try_check_at(p, key.as_bytes(), cost, e.now_ns())
+            .map_err(|e| e.to_string())?
+    };
+    println!(
+        "{} limit={} remaining={} retry_after={} reset_after={} limit_index={}",
+        if d.allowed { "allowed" } else { "denied" },
+        d.limit,
+        d.remaining,
+        secs(d.retry_after_ns),
+        secs(d.reset_after_ns),
+        d.limit_index
+    );
+    Ok(if d.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `reset`: exit status 1 when the key held no state.
+fn reset(e: &Engine, name: &str, key: &str) -> Result<ExitCode, String> {
+    let p = policy(e, name)?;
+    if e.reset(p, key.as_bytes()).map_err(|e| e.to_string())? {
+        println!("reset {name} {key}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{name} {key}: no state to reset");
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// `tail`: recent denials of one or every policy, oldest first; with
+/// `follow`, new ones as they come.
+fn tail(
+    e: &Engine,
+    only: Option<&str>,
+    follow: bool,
+    interval_ms: u64,
+) -> Result<ExitCode, String> {
+    use std::io::Write;
+    let mut next: std::collections::HashMap<PolicyId, u64> = Default::default();
+    loop {
+        let ids = match only {
+            Some(name) => vec![policy(e, name)?],
+            None => e.policies(),
+        };
+        let mut batch = vec![];
+        for p in ids {
+            let since = next.get(&p).copied().unwrap_or(0);
+            for ev in e.recent_denials(p, since).map_err(|e| e.to_string())? {
+                next.insert(p, ev.ticket + 1);
+                batch.push((ev.time_ns, p, ev));
+            }
+        }
+        batch.sort_by_key(|(t, p, ev)| (*t, p.index(), ev.ticket));
+        let mut out = std::io::stdout().lock();
+        for (_, p, ev) in batch {
+            let line = writeln!(out, "{}", event_line(e, p, &ev));
+            if line.is_err() {
+                return Ok(ExitCode::SUCCESS); // the reader went away (| head)
+            }
+        }
+        let _ = out.flush();
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(interval_ms.max(10)));
+    }
+}
+
+/// One line of `tail`.
+fn event_line(e: &Engine, p: PolicyId, ev: &ratekeeper::DenyEvent) -> String {
+    let key = match &ev.key {
+        Some(k) => String::from_utf8_lossy(k).into_owned(),
+        None => format!("#{:016x}", ev.key_hash),
+    };
+    let what = if ev.banned {
+        "banned"
+    } else if ev.shadow {
+        "shadow-denied"
+    } else {
+        "denied"
+    };
+    format!(
+        "{:.3} {} {} {} retry_after={} limit={}",
+        ev.time_ns as f64 / 1e9,
+        e.policy_name(p).unwrap_or("?"),
+        key,
+        what,
+        secs(ev.retry_after_ns),
+        ev.limit_index
+    )
+}
+
+/// `override`: sets or clears a key's override, then shows it.
+fn set_override(
+    e: &Engine,
+    name: &str,
+    key: &str,
+    factor: Option<f64>,
+    clear: bool,
+) -> Result<ExitCode, String> {
+    let p = policy(e, name)?;
+    if clear {
+        e.clear_override(p, key.as_bytes())
+            .map_err(|e| e.to_string())?;
+    } else if let Some(f) = factor {
+        e.set_override(p, key.as_bytes(), f)
+            .map_err(|e| e.to_string())?;
+    }
+    match e
+        .override_of(p, key.as_bytes())
+        .map_err(|e| e.to_string())?
+    {
+        Some(f) => println!("{name} {key}: {f}x"),
+        None => println!("{name} {key}: no override"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `release-pid`: a dead worker's permits, in every policy.
+fn release_pid(e: &Engine, pid: u32) -> Result<ExitCode, String> {
+    let mut total = 0;
+    for p in e.policies() {
+        total += e.release_holder(p, pid).map_err(|e| e.to_string())?;
+    }
+    println!("released {total} permits held by pid {pid}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

@@ -5,7 +5,7 @@ one script call per request.
 The contract with the Rust client (KEYS/ARGV layout, replies, time) is
 PROTOCOL.md next to this file. The semantics are the in-process engine's,
 function by function: each local function names the Rust function it
-mirrors (src/algo/*.rs, src/abuse.rs, src/table/mod.rs, src/engine.rs).
+mirrors (src/algo/*.rs, src/abuse.rs, src/table/mod.rs, src/engine/batch.rs).
 
 Numbers are Lua doubles. Every integer below 2^53 is exact, and so is every
 figure below 2^53 computed here: quotients come from math.fmod (exact),
@@ -740,7 +740,7 @@ local function flush(now)
 end
 
 ---------------------------------------------------------------------------
--- Decisions (table/mod.rs, engine.rs)
+-- Decisions (table/mod.rs, engine/decision.rs, engine/batch.rs)
 ---------------------------------------------------------------------------
 
 -- table::binds_over: does a bind over b? A denial over an allow; among
