@@ -5,7 +5,7 @@ use super::boundary::ffi_panic_boundary;
 use super::engine::rk_engine;
 use super::status::rk_status;
 use crate::{DenyEvent, PolicyId};
-use std::mem::{offset_of, size_of};
+use std::mem::{offset_of, size_of, MaybeUninit};
 
 /// Key bytes a deny event keeps (longer keys are cut).
 pub const RK_EVENT_KEY_BYTES: usize = 80;
@@ -86,6 +86,14 @@ impl From<&DenyEvent> for rk_deny_event {
     }
 }
 
+/// Copies as many of `found` as fit into the caller's `slots`; returns how many.
+fn copy_events(slots: &mut [MaybeUninit<rk_deny_event>], found: &[DenyEvent]) -> usize {
+    for (slot, event) in slots.iter_mut().zip(found) {
+        slot.write(event.into());
+    }
+    slots.len().min(found.len())
+}
+
 /// Copies the recent denials of `policy` with a ticket of at least `since`
 /// into `events[0..capacity]`, oldest first, and stores how many it wrote
 /// in `*count_out` (at most `capacity`).
@@ -126,9 +134,6 @@ pub unsafe extern "C" fn rk_recent_denials(
         let capacity = capacity.min(RK_DENY_RING_ENTRIES);
         let events = try_slice_mut!(events, capacity);
         let found = engine.recent_denials(PolicyId(policy), since)?;
-        for (slot, event) in events.iter_mut().zip(&found) {
-            slot.write(event.into());
-        }
-        count_out.write(events.len().min(found.len()));
+        count_out.write(copy_events(events, &found));
     })
 }

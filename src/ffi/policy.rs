@@ -571,14 +571,18 @@ pub unsafe extern "C" fn rk_policy_limit(
         let engine = try_ref_from_ptr!(engine);
         let out = try_out!(out);
         let limits = &engine.policy_spec(PolicyId(policy))?.limits;
-        let limit = limits.get(index as usize).ok_or_else(|| {
-            Failure::Invalid(format!(
-                "limit index {index} is out of range: the policy has {} limits",
-                limits.len()
-            ))
-        })?;
+        let limit = limits
+            .get(index as usize)
+            .ok_or_else(|| no_such_limit(index, limits.len()))?;
         out.write(limit.into());
     })
+}
+
+#[cold]
+fn no_such_limit(index: u32, count: usize) -> Failure {
+    Failure::Invalid(format!(
+        "limit index {index} is out of range: the policy has {count} limits"
+    ))
 }
 
 /// Stores the statistics of `policy` in `*out`.
