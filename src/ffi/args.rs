@@ -1,15 +1,26 @@
 //! Turning C arguments into Rust values. Every check that can fail returns
 //! a [`Failure`], which the boundary turns into a status and a message.
+//!
+//! The exports use these through one macro per kind of parameter (the
+//! model is rustls-ffi's `try_ref_from_ptr!`): [`try_ref_from_ptr!`],
+//! [`try_key!`], [`try_slice!`], [`try_slice_mut!`], [`try_str!`],
+//! [`try_out!`] and [`try_opt_out!`]. Each takes the export's own
+//! parameter (an identifier, which also names it in the message), checks
+//! it and returns its [`Failure`] with `?`, so it can only be used inside
+//! [`ffi_panic_boundary!`](super::boundary::ffi_panic_boundary).
+//!
+//! They hide an `unsafe` call: use them only on a parameter of an
+//! `unsafe extern "C" fn rk_*` whose `# Safety` section promises what the
+//! macro's documentation asks (in every export, that a pointer is NULL or
+//! valid for what the function does with it, during the call).
 
-use super::engine::rk_engine;
 use super::status::rk_status;
-use crate::{Engine, Error};
+use crate::Error;
 use std::ffi::{c_char, CStr, OsStr};
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::ptr::NonNull;
 use std::str::Utf8Error;
 
 /// Why an `rk_` call failed.
@@ -108,22 +119,6 @@ fn check<T>(p: *const T, name: &'static str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The engine behind `p`.
-///
-/// # Safety
-/// `p` is NULL or was returned by `rk_engine_new`/`rk_engine_open_shared`
-/// and not yet freed, and stays alive for `'a`.
-#[inline(always)]
-pub(crate) unsafe fn engine<'a>(p: *mut rk_engine) -> Result<&'a Engine, Failure> {
-    check(p, "engine")?;
-    // SAFETY:
-    // - `p` is non-NULL and aligned (checked above);
-    // - by the caller's contract it points to a live `rk_engine` made by
-    //   `Box::into_raw`, which outlives `'a`;
-    // - only shared references are ever made from it (`Engine` is `Sync`).
-    Ok(unsafe { &(*p).engine })
-}
-
 /// The key bytes `key[0..key_len]`. NULL with length 0 is the empty key.
 ///
 /// # Safety
@@ -196,6 +191,7 @@ pub(crate) unsafe fn input<'a, T>(p: *const T, name: &'static str) -> Result<&'a
 
 /// A required input array `p[0..n]` of `T`. `n == 0` is the empty slice
 /// whatever `p` is (the caller decides whether an empty array is an error).
+/// `name` and `n_name` name `p` and `n` in messages.
 ///
 /// # Safety
 /// If `n > 0` and `p` is non-NULL, `p` points to `n` readable, initialised
@@ -205,13 +201,14 @@ pub(crate) unsafe fn slice<'a, T>(
     p: *const T,
     n: usize,
     name: &'static str,
+    n_name: &'static str,
 ) -> Result<&'a [T], Failure> {
     if n == 0 {
         return Ok(&[]);
     }
     check(p, name)?;
     if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
-        return Err(Failure::TooLong("n", n));
+        return Err(Failure::TooLong(n_name, n));
     }
     // SAFETY:
     // - `p` is non-NULL and aligned (checked above);
@@ -231,13 +228,14 @@ pub(crate) unsafe fn out_slice<'a, T>(
     p: *mut T,
     n: usize,
     name: &'static str,
+    n_name: &'static str,
 ) -> Result<&'a mut [std::mem::MaybeUninit<T>], Failure> {
     if n == 0 {
         return Ok(&mut []);
     }
     check(p, name)?;
     if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
-        return Err(Failure::TooLong("capacity", n));
+        return Err(Failure::TooLong(n_name, n));
     }
     // SAFETY:
     // - `p` is non-NULL and aligned (checked above); `MaybeUninit<T>` has
@@ -251,8 +249,10 @@ pub(crate) unsafe fn out_slice<'a, T>(
 
 /// An out-parameter: checked for NULL and alignment up front (before the
 /// function does anything), written at most once, at the end, on success.
+/// An optional one the caller did not pass (NULL) is never written.
 pub(crate) struct Out<'a, T> {
-    ptr: NonNull<T>,
+    /// Aligned; NULL only for an optional out-parameter left out.
+    ptr: *mut T,
     _lifetime: PhantomData<&'a mut T>,
 }
 
@@ -265,11 +265,10 @@ impl<'a, T> Out<'a, T> {
     /// with `bytes`, valid for writing that many bytes), and nothing else
     /// accesses it meanwhile.
     #[inline(always)]
-    pub(crate) unsafe fn new(p: *mut T, name: &'static str) -> Result<Out<'a, T>, Failure> {
+    pub(crate) unsafe fn required(p: *mut T, name: &'static str) -> Result<Out<'a, T>, Failure> {
         check(p, name)?;
         Ok(Out {
-            // `check` rejected NULL.
-            ptr: NonNull::new(p).ok_or(Failure::Null(name))?,
+            ptr: p,
             _lifetime: PhantomData,
         })
     }
@@ -277,28 +276,33 @@ impl<'a, T> Out<'a, T> {
     /// An optional out-parameter: NULL means the caller does not want it.
     ///
     /// # Safety
-    /// As for [`new`](Self::new).
+    /// As for [`required`](Self::required).
     #[inline(always)]
-    pub(crate) unsafe fn optional(
-        p: *mut T,
-        name: &'static str,
-    ) -> Result<Option<Out<'a, T>>, Failure> {
+    pub(crate) unsafe fn optional(p: *mut T, name: &'static str) -> Result<Out<'a, T>, Failure> {
         if p.is_null() {
-            return Ok(None);
+            return Ok(Out {
+                ptr: p,
+                _lifetime: PhantomData,
+            });
         }
         // SAFETY: forwarded from this function's contract.
-        unsafe { Out::new(p, name) }.map(Some)
+        unsafe { Out::required(p, name) }
     }
 
     /// Writes the value (without reading or dropping the old one, which
-    /// may be uninitialised).
+    /// may be uninitialised); does nothing for an optional out-parameter
+    /// left out.
     #[inline(always)]
     pub(crate) fn write(self, value: T) {
+        if self.ptr.is_null() {
+            return;
+        }
         // SAFETY:
-        // - `ptr` is non-NULL, aligned and valid for writes for `'a`, and not
-        //   accessed by anyone else meanwhile (checked or promised at `new`);
+        // - `ptr` is non-NULL (checked just above), aligned and valid for
+        //   writes for `'a`, and not accessed by anyone else meanwhile
+        //   (checked or promised at `required`);
         // - `write` neither reads nor drops the old contents.
-        unsafe { self.ptr.as_ptr().write(value) }
+        unsafe { self.ptr.write(value) }
     }
 }
 
@@ -306,25 +310,41 @@ impl<T: Copy> Out<'_, T> {
     /// Writes only the first `bytes` bytes of `value` (a versioned output
     /// struct whose caller knows only its first fields), leaving the rest
     /// of the caller's memory alone. `bytes` is capped at `size_of::<T>()`.
+    /// Does nothing for an optional out-parameter left out.
     ///
     /// Only for `T`s without padding within the first `bytes` bytes (every
     /// byte copied is initialised).
     #[inline(always)]
     pub(crate) fn write_prefix(self, value: T, bytes: usize) {
+        if self.ptr.is_null() {
+            return;
+        }
         let bytes = bytes.min(std::mem::size_of::<T>());
         // SAFETY:
         // - the source is a local `T`, whose first `bytes` bytes are
         //   initialised (no padding there: this method's contract);
-        // - `ptr` is non-NULL, aligned and valid for writing at least `bytes`
-        //   bytes (checked or promised at `new`), and does not overlap the local.
+        // - `ptr` is non-NULL (checked just above), aligned and valid for
+        //   writing at least `bytes` bytes (checked or promised at
+        //   `required`), and does not overlap the local.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 (&value as *const T).cast::<u8>(),
-                self.ptr.as_ptr().cast::<u8>(),
+                self.ptr.cast::<u8>(),
                 bytes,
             )
         }
     }
+}
+
+/// Checks the `out_size` argument of a function that writes a versioned
+/// output struct `type_name` (at least `min` bytes, the first version's size).
+pub(crate) fn out_size(out_size: usize, min: usize, type_name: &str) -> Result<(), Failure> {
+    if out_size < min {
+        return Err(Failure::Invalid(format!(
+            "out_size is {out_size}; it must be at least {min} (pass sizeof({type_name}))"
+        )));
+    }
+    Ok(())
 }
 
 /// Copies `s` plus a NUL into the caller's buffer (`buf[0..buf_len]`) and
@@ -346,7 +366,7 @@ pub(crate) unsafe fn copy_str_out(
             return Err(Failure::Null("buf"));
         }
         // SAFETY: forwarded from this function's contract.
-        let len_out = unsafe { Out::new(len_out, "len_out (required when buf is NULL)")? };
+        let len_out = unsafe { Out::required(len_out, "len_out (required when buf is NULL)")? };
         len_out.write(s.len());
         return Ok(());
     }
@@ -369,9 +389,7 @@ pub(crate) unsafe fn copy_str_out(
         std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast::<u8>(), s.len());
         buf.add(s.len()).write(0);
     }
-    if let Some(out) = len_out {
-        out.write(s.len());
-    }
+    len_out.write(s.len());
     Ok(())
 }
 
@@ -460,3 +478,118 @@ macro_rules! versioned_bool {
     }};
 }
 pub(crate) use versioned_bool;
+
+// The argument macros. Each evaluates its parameter outside the `unsafe`
+// block, and returns its `Failure` with `?` (see the module documentation).
+
+/// `&T` from the pointer parameter `$p`: NULL is `RK_ERR_NULL_POINTER`, a
+/// misaligned pointer `RK_ERR_INVALID_ARGUMENT`; the message names `$p`.
+///
+/// The enclosing export's contract must make `$p` NULL or point to an
+/// initialised `T` valid for shared access (`&T`) during the call.
+macro_rules! try_ref_from_ptr {
+    ($p:ident) => {{
+        let p = $p;
+        // SAFETY: by the enclosing export's contract, `p` is NULL or points
+        // to an initialised value valid for shared access during the call;
+        // `input` checks NULL and alignment.
+        unsafe { $crate::ffi::args::input(p, stringify!($p)) }?
+    }};
+}
+pub(crate) use try_ref_from_ptr;
+
+/// The key bytes `$key[0..$key_len]` (NULL with length 0 is the empty
+/// key; NULL with another length is `RK_ERR_NULL_KEY`).
+///
+/// The enclosing export's contract must make `$key` NULL or point to
+/// `$key_len` readable bytes that stay unchanged during the call.
+macro_rules! try_key {
+    ($key:ident, $key_len:ident) => {{
+        let (key, key_len) = ($key, $key_len);
+        // SAFETY: by the enclosing export's contract, `key` is NULL or
+        // points to `key_len` readable bytes unchanged during the call.
+        unsafe { $crate::ffi::args::key(key, key_len) }?
+    }};
+}
+pub(crate) use try_key;
+
+/// The input array `$p[0..$n]` as `&[T]`: empty if `$n` is 0 (whatever
+/// `$p`); else NULL is `RK_ERR_NULL_POINTER`, and a misaligned `$p` or a
+/// `$n` too large for the address space `RK_ERR_INVALID_ARGUMENT`.
+///
+/// The enclosing export's contract must make `$p` NULL or point to `$n`
+/// initialised `T`s that stay unchanged during the call.
+macro_rules! try_slice {
+    ($p:ident, $n:ident) => {{
+        let (p, n) = ($p, $n);
+        // SAFETY: by the enclosing export's contract, `p` is NULL or points
+        // to `n` initialised values unchanged during the call; `slice`
+        // checks NULL, alignment and size.
+        unsafe { $crate::ffi::args::slice(p, n, stringify!($p), stringify!($n)) }?
+    }};
+}
+pub(crate) use try_slice;
+
+/// The caller's output array `$p[0..$n]` as `&mut [MaybeUninit<T>]`,
+/// checked as [`try_slice!`] checks its input.
+///
+/// The enclosing export's contract must make `$p` NULL or valid for
+/// writing `$n` `T`s that nothing else accesses during the call.
+macro_rules! try_slice_mut {
+    ($p:ident, $n:ident) => {{
+        let (p, n) = ($p, $n);
+        // SAFETY: by the enclosing export's contract, `p` is NULL or valid
+        // for writing `n` values that nothing else accesses during the
+        // call; `out_slice` checks NULL, alignment and size.
+        unsafe { $crate::ffi::args::out_slice(p, n, stringify!($p), stringify!($n)) }?
+    }};
+}
+pub(crate) use try_slice_mut;
+
+/// The NUL-terminated UTF-8 string parameter `$p` as `&str`: NULL is
+/// `RK_ERR_NULL_POINTER`, other bytes than UTF-8 `RK_ERR_INVALID_UTF8`.
+///
+/// The enclosing export's contract must make `$p` NULL or a NUL-terminated
+/// string that stays unchanged during the call.
+macro_rules! try_str {
+    ($p:ident) => {{
+        let p = $p;
+        // SAFETY: by the enclosing export's contract, `p` is NULL or a
+        // NUL-terminated string unchanged during the call.
+        unsafe { $crate::ffi::args::utf8(p, stringify!($p)) }?
+    }};
+}
+pub(crate) use try_str;
+
+/// The required out-parameter `$p` as an [`Out`], checked at once (NULL is
+/// `RK_ERR_NULL_POINTER`, misaligned `RK_ERR_INVALID_ARGUMENT`) and
+/// written with [`Out::write`] as the last step, so only on success.
+///
+/// The enclosing export's contract must make `$p` NULL or valid for
+/// writing a `T` (or, for a versioned struct written with
+/// [`Out::write_prefix`], that many bytes) that nothing else accesses
+/// during the call.
+macro_rules! try_out {
+    ($p:ident) => {{
+        let p = $p;
+        // SAFETY: by the enclosing export's contract, `p` is NULL or valid
+        // for the writes the export makes, and nothing else accesses it
+        // during the call; `required` checks NULL and alignment.
+        unsafe { $crate::ffi::args::Out::required(p, stringify!($p)) }?
+    }};
+}
+pub(crate) use try_out;
+
+/// The optional out-parameter `$p` (NULL: the caller does not want it) as
+/// an [`Out`] that [`Out::write`] leaves alone if NULL; otherwise as
+/// [`try_out!`], with the same contract.
+macro_rules! try_opt_out {
+    ($p:ident) => {{
+        let p = $p;
+        // SAFETY: by the enclosing export's contract, `p` is NULL or valid
+        // for the writes the export makes, and nothing else accesses it
+        // during the call; `optional` checks alignment.
+        unsafe { $crate::ffi::args::Out::optional(p, stringify!($p)) }?
+    }};
+}
+pub(crate) use try_opt_out;

@@ -2,10 +2,10 @@
 //! message of the last failure.
 //!
 //! Every `extern "C"` function of the crate is a thin shell around
-//! [`run`] (for functions that return an `rk_status`) or
-//! [`run_infallible`] (for the few that return a value): the body runs in
-//! `catch_unwind`, a [`Failure`] becomes its status plus a message in the
-//! thread-local buffer, and a panic becomes `RK_ERR_PANIC`.
+//! [`ffi_panic_boundary!`], which runs its body in `catch_unwind` through
+//! [`run`] (for functions that return an `rk_status`) or [`run_infallible`]
+//! (for the few that return a value): a [`Failure`] becomes its status plus
+//! a message in the thread-local buffer, and a panic becomes `RK_ERR_PANIC`.
 //!
 //! The success path touches neither the thread-local buffer nor the heap:
 //! the message is only formatted in the `#[cold]` failure path, into a
@@ -32,6 +32,31 @@ thread_local! {
     static LAST_ERROR: RefCell<[u8; MESSAGE_CAPACITY]> =
         const { RefCell::new([0; MESSAGE_CAPACITY]) };
 }
+
+/// The body of an `rk_*` export, behind the panic boundary (rustls-ffi's
+/// `ffi_panic_boundary!`). Used inside the function, so that cbindgen still
+/// sees the `extern "C" fn` with its documentation.
+///
+/// - `ffi_panic_boundary!("rk_name", { statements })` returns an
+///   `rk_status`: `RK_OK` when the statements (of type `()`) complete;
+///   a [`Failure`] raised by `?` (or a `return Err(..)`) in them becomes its
+///   status and, prefixed with `rk_name`, the thread's last-error message;
+///   a panic becomes `RK_ERR_PANIC`.
+/// - `ffi_panic_boundary!("rk_name", on_panic, { expression })` returns
+///   the block's value, or `on_panic` after a panic (for the few exports
+///   that cannot fail and return a value, or nothing: `on_panic` is `()`).
+macro_rules! ffi_panic_boundary {
+    ($function:literal, $body:block) => {
+        $crate::ffi::boundary::run($function, || {
+            let () = $body;
+            Ok(())
+        })
+    };
+    ($function:literal, $on_panic:expr, $body:block) => {
+        $crate::ffi::boundary::run_infallible($function, $on_panic, || $body)
+    };
+}
+pub(crate) use ffi_panic_boundary;
 
 /// Runs the body of `function` behind the panic boundary.
 ///

@@ -1,11 +1,11 @@
 //! Rate-limit checks: `rk_decision`, `rk_check*`, `rk_check_item`,
 //! `rk_check_many*`, `rk_peek*`, `rk_refund*`, `rk_reset`.
 
-use super::args::{self, Failure, Out};
-use super::boundary;
+use super::args::{self, try_key, try_opt_out, try_out, try_ref_from_ptr, try_slice, Failure};
+use super::boundary::ffi_panic_boundary;
 use super::engine::rk_engine;
 use super::status::rk_status;
-use crate::{CheckItem, Decision, PolicyId};
+use crate::{CheckItem, Decision, Engine, PolicyId};
 use std::mem::{offset_of, size_of};
 
 /// The outcome of a check, peek or acquire. A plain value the caller owns.
@@ -70,66 +70,33 @@ const _: () = {
     assert!(offset_of!(rk_decision, limit_index) == 40);
 };
 
-/// What a check does with the state.
-#[derive(Clone, Copy)]
-enum Mode {
-    Charge,
-    Peek,
-}
-
-/// The body of `rk_check`, `rk_check_at`, `rk_peek` and `rk_peek_at`.
-///
-/// # Safety
-/// The contract of `rk_check_at`.
+/// The decision of `rk_check` (`now_ns`: `None`) or `rk_check_at`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn check(
-    function: &'static str,
-    mode: Mode,
-    engine: *mut rk_engine,
-    policy: u32,
-    key: *const u8,
-    key_len: usize,
+fn check(
+    engine: &Engine,
+    policy: PolicyId,
+    key: &[u8],
     cost: u32,
     now_ns: Option<u64>,
-    out: *mut rk_decision,
-) -> rk_status {
-    boundary::run(function, || {
-        // SAFETY: forwarded from the caller's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from the caller's contract.
-        let key = unsafe { args::key(key, key_len)? };
-        // SAFETY: forwarded from the caller's contract.
-        let out = unsafe { Out::new(out, "out")? };
-        let policy = PolicyId(policy);
-        // No explicit time: the engine's own (for a Redis engine, Redis's).
-        let d = match mode {
-            Mode::Charge => {
-                // What `try_check_at` checks, but with `check_at`'s inlined
-                // hot path (measured: `try_check_at` costs ~13 ns more).
-                // Policies are never removed, so `check_at` cannot panic on
-                // an id that `policy_spec` accepted.
-                if engine.policy_spec(policy)?.is_concurrency() {
-                    return Err(wrong_kind(engine, policy));
-                }
-                match now_ns {
-                    Some(now_ns) => engine.check_at(policy, key, cost, now_ns),
-                    None => engine.check(policy, key, cost),
-                }
-            }
-            Mode::Peek => match now_ns {
-                Some(now_ns) => engine.peek_at(policy, key, cost, now_ns)?,
-                None => engine.peek(policy, key, cost)?,
-            },
-        };
-        out.write(d.into());
-        Ok(())
-    })
+) -> Result<rk_decision, Failure> {
+    // What `try_check_at` checks, but with `check_at`'s inlined hot path
+    // (measured: `try_check_at` costs ~13 ns more). Policies are never
+    // removed, so `check_at` cannot panic on an id that `policy_spec`
+    // accepted.
+    if engine.policy_spec(policy)?.is_concurrency() {
+        return Err(wrong_kind(engine, policy));
+    }
+    // No explicit time: the engine's own (for a Redis engine, Redis's).
+    let d = match now_ns {
+        Some(now_ns) => engine.check_at(policy, key, cost, now_ns),
+        None => engine.check(policy, key, cost),
+    };
+    Ok(d.into())
 }
 
 #[cold]
 #[inline(never)]
-fn wrong_kind(engine: &crate::Engine, policy: PolicyId) -> Failure {
+fn wrong_kind(engine: &Engine, policy: PolicyId) -> Failure {
     let name = engine.policy_name(policy).unwrap_or("?");
     Failure::Engine(crate::Error::WrongPolicyKind(format!(
         "policy {name:?} is a concurrency limit: use rk_acquire/rk_release"
@@ -165,20 +132,12 @@ pub unsafe extern "C" fn rk_check(
     cost: u32,
     out: *mut rk_decision,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        check(
-            "rk_check",
-            Mode::Charge,
-            engine,
-            policy,
-            key,
-            key_len,
-            cost,
-            None,
-            out,
-        )
-    }
+    ffi_panic_boundary!("rk_check", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
+        let out = try_out!(out);
+        out.write(check(engine, PolicyId(policy), key, cost, None)?);
+    })
 }
 
 /// `rk_check` at the explicit time `now_ns` (nanoseconds of
@@ -197,20 +156,12 @@ pub unsafe extern "C" fn rk_check_at(
     now_ns: u64,
     out: *mut rk_decision,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        check(
-            "rk_check_at",
-            Mode::Charge,
-            engine,
-            policy,
-            key,
-            key_len,
-            cost,
-            Some(now_ns),
-            out,
-        )
-    }
+    ffi_panic_boundary!("rk_check_at", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
+        let out = try_out!(out);
+        out.write(check(engine, PolicyId(policy), key, cost, Some(now_ns))?);
+    })
 }
 
 /// One item of `rk_check_many`: a policy, a key under it and the cost to
@@ -264,63 +215,46 @@ unsafe fn check_item<'a>(index: usize, item: &rk_check_item) -> Result<CheckItem
     })
 }
 
-/// The body of `rk_check_many` and `rk_check_many_at`.
+/// The binding decision of the batch `items` and its index
+/// (`rk_check_many`, or with `now_ns` `rk_check_many_at`).
 ///
 /// # Safety
-/// The contract of `rk_check_many_at`.
+/// Every item's `key` is NULL or points to its `key_len` readable bytes,
+/// unchanged during the call.
 #[inline(always)]
 unsafe fn check_many(
-    function: &'static str,
-    engine: *mut rk_engine,
-    items: *const rk_check_item,
-    n: usize,
+    engine: &Engine,
+    items: &[rk_check_item],
     now_ns: Option<u64>,
-    out: *mut rk_decision,
-    index_out: *mut usize,
-) -> rk_status {
-    boundary::run(function, || {
-        // SAFETY: forwarded from the caller's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from the caller's contract.
-        let out = unsafe { Out::new(out, "out")? };
-        // SAFETY: forwarded from the caller's contract.
-        let index_out = unsafe { Out::optional(index_out, "index_out")? };
-        if n == 0 {
-            return Err(Failure::Invalid(
-                "`n` is 0: a batch needs at least one item".into(),
-            ));
+) -> Result<(Decision, usize), Failure> {
+    if items.is_empty() {
+        return Err(Failure::Invalid(
+            "`n` is 0: a batch needs at least one item".into(),
+        ));
+    }
+    let many = |batch: &[CheckItem<'_>]| match now_ns {
+        Some(now_ns) => engine.check_many_at(batch, now_ns),
+        None => engine.check_many(batch),
+    };
+    Ok(if items.len() <= STACK_ITEMS {
+        let mut batch = [CheckItem {
+            policy: PolicyId(0),
+            key: &[],
+            cost: 0,
+        }; STACK_ITEMS];
+        for (i, (slot, item)) in batch.iter_mut().zip(items).enumerate() {
+            // SAFETY: forwarded from this function's contract (every item's key).
+            *slot = unsafe { check_item(i, item)? };
         }
-        // SAFETY: forwarded from the caller's contract.
-        let items = unsafe { args::slice(items, n, "items")? };
-        let many = |batch: &[CheckItem<'_>]| match now_ns {
-            Some(now_ns) => engine.check_many_at(batch, now_ns),
-            None => engine.check_many(batch),
-        };
-        let (d, index) = if n <= STACK_ITEMS {
-            let mut batch = [CheckItem {
-                policy: PolicyId(0),
-                key: &[],
-                cost: 0,
-            }; STACK_ITEMS];
-            for (i, (slot, item)) in batch.iter_mut().zip(items).enumerate() {
-                // SAFETY: forwarded from the caller's contract (every item's key).
-                *slot = unsafe { check_item(i, item)? };
-            }
-            many(&batch[..n])?
-        } else {
-            let batch = items
-                .iter()
-                .enumerate()
-                // SAFETY: forwarded from the caller's contract (every item's key).
-                .map(|(i, item)| unsafe { check_item(i, item) })
-                .collect::<Result<Vec<_>, _>>()?;
-            many(&batch)?
-        };
-        out.write(d.into());
-        if let Some(index_out) = index_out {
-            index_out.write(index);
-        }
-        Ok(())
+        many(&batch[..items.len()])?
+    } else {
+        let batch = items
+            .iter()
+            .enumerate()
+            // SAFETY: forwarded from this function's contract (every item's key).
+            .map(|(i, item)| unsafe { check_item(i, item) })
+            .collect::<Result<Vec<_>, _>>()?;
+        many(&batch)?
     })
 }
 
@@ -359,8 +293,16 @@ pub unsafe extern "C" fn rk_check_many(
     out: *mut rk_decision,
     index_out: *mut usize,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { check_many("rk_check_many", engine, items, n, None, out, index_out) }
+    ffi_panic_boundary!("rk_check_many", {
+        let engine = try_ref_from_ptr!(engine);
+        let out = try_out!(out);
+        let index_out = try_opt_out!(index_out);
+        let items = try_slice!(items, n);
+        // SAFETY: every item's key is NULL or valid (this function's contract).
+        let (d, index) = unsafe { check_many(engine, items, None)? };
+        out.write(d.into());
+        index_out.write(index);
+    })
 }
 
 /// `rk_check_many` at the explicit time `now_ns` (nanoseconds of
@@ -377,18 +319,16 @@ pub unsafe extern "C" fn rk_check_many_at(
     out: *mut rk_decision,
     index_out: *mut usize,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        check_many(
-            "rk_check_many_at",
-            engine,
-            items,
-            n,
-            Some(now_ns),
-            out,
-            index_out,
-        )
-    }
+    ffi_panic_boundary!("rk_check_many_at", {
+        let engine = try_ref_from_ptr!(engine);
+        let out = try_out!(out);
+        let index_out = try_opt_out!(index_out);
+        let items = try_slice!(items, n);
+        // SAFETY: every item's key is NULL or valid (this function's contract).
+        let (d, index) = unsafe { check_many(engine, items, Some(now_ns))? };
+        out.write(d.into());
+        index_out.write(index);
+    })
 }
 
 /// What `rk_check` would decide now, without charging anything or changing
@@ -407,20 +347,12 @@ pub unsafe extern "C" fn rk_peek(
     cost: u32,
     out: *mut rk_decision,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        check(
-            "rk_peek",
-            Mode::Peek,
-            engine,
-            policy,
-            key,
-            key_len,
-            cost,
-            None,
-            out,
-        )
-    }
+    ffi_panic_boundary!("rk_peek", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
+        let out = try_out!(out);
+        out.write(engine.peek(PolicyId(policy), key, cost)?.into());
+    })
 }
 
 /// `rk_peek` at the explicit time `now_ns`.
@@ -437,20 +369,12 @@ pub unsafe extern "C" fn rk_peek_at(
     now_ns: u64,
     out: *mut rk_decision,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        check(
-            "rk_peek_at",
-            Mode::Peek,
-            engine,
-            policy,
-            key,
-            key_len,
-            cost,
-            Some(now_ns),
-            out,
-        )
-    }
+    ffi_panic_boundary!("rk_peek_at", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
+        let out = try_out!(out);
+        out.write(engine.peek_at(PolicyId(policy), key, cost, now_ns)?.into());
+    })
 }
 
 /// Gives back `cost` charged earlier to `key` under `policy` (e.g. charge
@@ -472,19 +396,12 @@ pub unsafe extern "C" fn rk_refund(
     cost: u32,
     refunded_out: *mut bool,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        refund(
-            "rk_refund",
-            engine,
-            policy,
-            key,
-            key_len,
-            cost,
-            None,
-            refunded_out,
-        )
-    }
+    ffi_panic_boundary!("rk_refund", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
+        let refunded_out = try_opt_out!(refunded_out);
+        refunded_out.write(engine.refund(PolicyId(policy), key, cost)?);
+    })
 }
 
 /// `rk_refund` at the explicit time `now_ns`.
@@ -501,49 +418,11 @@ pub unsafe extern "C" fn rk_refund_at(
     now_ns: u64,
     refunded_out: *mut bool,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        refund(
-            "rk_refund_at",
-            engine,
-            policy,
-            key,
-            key_len,
-            cost,
-            Some(now_ns),
-            refunded_out,
-        )
-    }
-}
-
-/// # Safety
-/// The contract of `rk_refund_at`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn refund(
-    function: &'static str,
-    engine: *mut rk_engine,
-    policy: u32,
-    key: *const u8,
-    key_len: usize,
-    cost: u32,
-    now_ns: Option<u64>,
-    refunded_out: *mut bool,
-) -> rk_status {
-    boundary::run(function, || {
-        // SAFETY: forwarded from the caller's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from the caller's contract.
-        let key = unsafe { args::key(key, key_len)? };
-        // SAFETY: forwarded from the caller's contract.
-        let out = unsafe { Out::optional(refunded_out, "refunded_out")? };
-        let refunded = match now_ns {
-            Some(now_ns) => engine.refund_at(PolicyId(policy), key, cost, now_ns)?,
-            None => engine.refund(PolicyId(policy), key, cost)?,
-        };
-        if let Some(out) = out {
-            out.write(refunded);
-        }
-        Ok(())
+    ffi_panic_boundary!("rk_refund_at", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
+        let refunded_out = try_opt_out!(refunded_out);
+        refunded_out.write(engine.refund_at(PolicyId(policy), key, cost, now_ns)?);
     })
 }
 
@@ -563,13 +442,10 @@ pub unsafe extern "C" fn rk_reset(
     key: *const u8,
     key_len: usize,
 ) -> rk_status {
-    boundary::run("rk_reset", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let key = unsafe { args::key(key, key_len)? };
+    ffi_panic_boundary!("rk_reset", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
         engine.reset(PolicyId(policy), key)?;
-        Ok(())
     })
 }
 
@@ -589,17 +465,10 @@ pub unsafe extern "C" fn rk_reset_key(
     key_len: usize,
     had_state_out: *mut bool,
 ) -> rk_status {
-    boundary::run("rk_reset_key", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let key = unsafe { args::key(key, key_len)? };
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { Out::optional(had_state_out, "had_state_out")? };
-        let had_state = engine.reset(PolicyId(policy), key)?;
-        if let Some(out) = out {
-            out.write(had_state);
-        }
-        Ok(())
+    ffi_panic_boundary!("rk_reset_key", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
+        let had_state_out = try_opt_out!(had_state_out);
+        had_state_out.write(engine.reset(PolicyId(policy), key)?);
     })
 }

@@ -1,7 +1,7 @@
 //! `rk_engine`: creating, opening and freeing engines; `rk_version`, `rk_now_ns`.
 
-use super::args::{self, Failure, Out};
-use super::boundary;
+use super::args::{self, try_out, try_ref_from_ptr, Failure, Out};
+use super::boundary::ffi_panic_boundary;
 use super::status::rk_status;
 use crate::{Clock, Engine, EngineOptions};
 use std::ffi::c_char;
@@ -16,6 +16,22 @@ use std::mem::{offset_of, size_of};
 /// the last call).
 pub struct rk_engine {
     pub(crate) engine: Engine,
+}
+
+impl rk_engine {
+    /// A new engine, owned by the caller from now on (until `rk_engine_free`).
+    pub(super) fn into_raw(engine: Engine) -> *mut rk_engine {
+        Box::into_raw(Box::new(rk_engine { engine }))
+    }
+}
+
+impl std::ops::Deref for rk_engine {
+    type Target = Engine;
+
+    #[inline(always)]
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
 }
 
 /// Which clock an engine reads when no explicit time is given (the values
@@ -134,10 +150,10 @@ pub(super) unsafe fn read_options(p: *const rk_engine_options) -> Result<EngineO
 /// `opts` is NULL or valid for writing an `rk_engine_options`.
 #[no_mangle]
 pub unsafe extern "C" fn rk_engine_options_init(opts: *mut rk_engine_options) {
-    boundary::run_infallible("rk_engine_options_init", (), || {
+    ffi_panic_boundary!("rk_engine_options_init", (), {
         // SAFETY: forwarded from this function's contract.
-        if let Ok(Some(out)) = unsafe { Out::optional(opts, "opts") } {
-            out.write(rk_engine_options::defaults());
+        if let Ok(opts) = unsafe { Out::optional(opts, "opts") } {
+            opts.write(rk_engine_options::defaults());
         }
     })
 }
@@ -163,14 +179,11 @@ pub unsafe extern "C" fn rk_engine_new(
     opts: *const rk_engine_options,
     out: *mut *mut rk_engine,
 ) -> rk_status {
-    boundary::run("rk_engine_new", || {
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { Out::new(out, "out")? };
+    ffi_panic_boundary!("rk_engine_new", {
+        let out = try_out!(out);
         // SAFETY: forwarded from this function's contract.
         let options = unsafe { read_options(opts)? };
-        let engine = Engine::new(options)?;
-        out.write(Box::into_raw(Box::new(rk_engine { engine })));
-        Ok(())
+        out.write(rk_engine::into_raw(Engine::new(options)?));
     })
 }
 
@@ -200,16 +213,13 @@ pub unsafe extern "C" fn rk_engine_open_shared(
     opts: *const rk_engine_options,
     out: *mut *mut rk_engine,
 ) -> rk_status {
-    boundary::run("rk_engine_open_shared", || {
+    ffi_panic_boundary!("rk_engine_open_shared", {
         // SAFETY: forwarded from this function's contract.
         let path = unsafe { args::path(path, "path")? };
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { Out::new(out, "out")? };
+        let out = try_out!(out);
         // SAFETY: forwarded from this function's contract.
         let options = unsafe { read_options(opts)? };
-        let engine = Engine::open_shared(path, options)?;
-        out.write(Box::into_raw(Box::new(rk_engine { engine })));
-        Ok(())
+        out.write(rk_engine::into_raw(Engine::open_shared(path, options)?));
     })
 }
 
@@ -226,7 +236,7 @@ pub unsafe extern "C" fn rk_engine_open_shared(
 /// running or will run.
 #[no_mangle]
 pub unsafe extern "C" fn rk_engine_free(engine: *mut rk_engine) {
-    boundary::run_infallible("rk_engine_free", (), || {
+    ffi_panic_boundary!("rk_engine_free", (), {
         if !engine.is_null() {
             // SAFETY:
             // - `engine` came from `Box::into_raw` in `rk_engine_new`,
@@ -243,7 +253,7 @@ pub unsafe extern "C" fn rk_engine_free(engine: *mut rk_engine) {
 #[no_mangle]
 pub extern "C" fn rk_version() -> *const c_char {
     const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
-    boundary::run_infallible("rk_version", c"".as_ptr(), || VERSION.as_ptr().cast())
+    ffi_panic_boundary!("rk_version", c"".as_ptr(), { VERSION.as_ptr().cast() })
 }
 
 /// The current time of `CLOCK_MONOTONIC` in nanoseconds: the time base of
@@ -251,7 +261,7 @@ pub extern "C" fn rk_version() -> *const c_char {
 /// Thread-safe.
 #[no_mangle]
 pub extern "C" fn rk_now_ns() -> u64 {
-    boundary::run_infallible("rk_now_ns", 0, crate::clock::now_ns)
+    ffi_panic_boundary!("rk_now_ns", 0, { crate::clock::now_ns() })
 }
 
 /// The time the engine's own clock reads now (the one `rk_check` uses:
@@ -266,12 +276,9 @@ pub extern "C" fn rk_now_ns() -> u64 {
 /// writing a `uint64_t`.
 #[no_mangle]
 pub unsafe extern "C" fn rk_engine_now_ns(engine: *mut rk_engine, now_out: *mut u64) -> rk_status {
-    boundary::run("rk_engine_now_ns", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { Out::new(now_out, "now_out")? };
-        out.write(engine.now_ns());
-        Ok(())
+    ffi_panic_boundary!("rk_engine_now_ns", {
+        let engine = try_ref_from_ptr!(engine);
+        let now_out = try_out!(now_out);
+        now_out.write(engine.now_ns());
     })
 }

@@ -1,11 +1,11 @@
 //! Deny events: `rk_deny_event`, `rk_recent_denials`.
 
-use super::args::{self, Out};
-use super::boundary;
+use super::args::{try_out, try_ref_from_ptr, try_slice_mut};
+use super::boundary::ffi_panic_boundary;
 use super::engine::rk_engine;
 use super::status::rk_status;
 use crate::{DenyEvent, PolicyId};
-use std::mem::{offset_of, size_of};
+use std::mem::{offset_of, size_of, MaybeUninit};
 
 /// Key bytes a deny event keeps (longer keys are cut).
 pub const RK_EVENT_KEY_BYTES: usize = 80;
@@ -86,6 +86,14 @@ impl From<&DenyEvent> for rk_deny_event {
     }
 }
 
+/// Copies as many of `found` as fit into the caller's `slots`; returns how many.
+fn copy_events(slots: &mut [MaybeUninit<rk_deny_event>], found: &[DenyEvent]) -> usize {
+    for (slot, event) in slots.iter_mut().zip(found) {
+        slot.write(event.into());
+    }
+    slots.len().min(found.len())
+}
+
 /// Copies the recent denials of `policy` with a ticket of at least `since`
 /// into `events[0..capacity]`, oldest first, and stores how many it wrote
 /// in `*count_out` (at most `capacity`).
@@ -119,22 +127,13 @@ pub unsafe extern "C" fn rk_recent_denials(
     capacity: usize,
     count_out: *mut usize,
 ) -> rk_status {
-    boundary::run("rk_recent_denials", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let count_out = unsafe { Out::new(count_out, "count_out")? };
-        // SAFETY: forwarded from this function's contract; no more elements
-        // than the caller offers (and never more than the ring holds).
-        let slots =
-            unsafe { args::out_slice(events, capacity.min(RK_DENY_RING_ENTRIES), "events")? };
+    ffi_panic_boundary!("rk_recent_denials", {
+        let engine = try_ref_from_ptr!(engine);
+        let count_out = try_out!(count_out);
+        // No more elements than the caller offers, nor than the ring holds.
+        let capacity = capacity.min(RK_DENY_RING_ENTRIES);
+        let events = try_slice_mut!(events, capacity);
         let found = engine.recent_denials(PolicyId(policy), since)?;
-        let mut written = 0;
-        for (slot, event) in slots.iter_mut().zip(&found) {
-            slot.write(event.into());
-            written += 1;
-        }
-        count_out.write(written);
-        Ok(())
+        count_out.write(copy_events(events, &found));
     })
 }

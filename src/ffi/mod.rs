@@ -15,9 +15,22 @@
 //! | [`events`] | `rk_deny_event`, `rk_recent_denials` |
 //! | [`redis`] | `rk_redis_options`, `rk_redis_stats`, `rk_engine_open_redis`, `rk_engine_redis_stats` |
 //!
-//! The plumbing lives in private modules: `boundary` (the panic boundary
-//! and the thread-local last-error message) and `args` (turning C pointers
-//! into Rust references and slices, each check reported as a `Failure`).
+//! The plumbing lives in private modules, so that each export reads as
+//! what it does in a few lines: `boundary` (the panic boundary,
+//! `ffi_panic_boundary!`, and the thread-local last-error message) and
+//! `args` (turning C pointers into Rust references, slices, strings and
+//! out-parameters: `try_ref_from_ptr!`, `try_key!`, `try_slice!`,
+//! `try_slice_mut!`, `try_str!`, `try_out!`, `try_opt_out!`; each check
+//! reported as a `Failure`). A typical export:
+//!
+//! ```text
+//! ffi_panic_boundary!("rk_override_get", {
+//!     let engine = try_ref_from_ptr!(engine);
+//!     let key = try_key!(key, key_len);
+//!     let factor_out = try_out!(factor_out);
+//!     factor_out.write(engine.override_of(PolicyId(policy), key)?.unwrap_or(0.0));
+//! })
+//! ```
 //!
 //! Conventions, which every function's documentation repeats where it matters:
 //!

@@ -1,8 +1,8 @@
 //! Per-key quota overrides: `rk_override_set`, `rk_override_clear`,
 //! `rk_override_get`.
 
-use super::args::{self, Out};
-use super::boundary;
+use super::args::{try_key, try_out, try_ref_from_ptr};
+use super::boundary::ffi_panic_boundary;
 use super::engine::rk_engine;
 use super::status::rk_status;
 use crate::PolicyId;
@@ -39,13 +39,10 @@ pub unsafe extern "C" fn rk_override_set(
     key_len: usize,
     factor: f64,
 ) -> rk_status {
-    boundary::run("rk_override_set", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let key = unsafe { args::key(key, key_len)? };
+    ffi_panic_boundary!("rk_override_set", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
         engine.set_override(PolicyId(policy), key, factor)?;
-        Ok(())
     })
 }
 
@@ -65,13 +62,10 @@ pub unsafe extern "C" fn rk_override_clear(
     key: *const u8,
     key_len: usize,
 ) -> rk_status {
-    boundary::run("rk_override_clear", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let key = unsafe { args::key(key, key_len)? };
+    ffi_panic_boundary!("rk_override_clear", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
         engine.clear_override(PolicyId(policy), key)?;
-        Ok(())
     })
 }
 
@@ -94,15 +88,10 @@ pub unsafe extern "C" fn rk_override_get(
     key_len: usize,
     factor_out: *mut f64,
 ) -> rk_status {
-    boundary::run("rk_override_get", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let key = unsafe { args::key(key, key_len)? };
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { Out::new(factor_out, "factor_out")? };
-        let factor = engine.override_of(PolicyId(policy), key)?;
-        out.write(factor.unwrap_or(0.0));
-        Ok(())
+    ffi_panic_boundary!("rk_override_get", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
+        let factor_out = try_out!(factor_out);
+        factor_out.write(engine.override_of(PolicyId(policy), key)?.unwrap_or(0.0));
     })
 }

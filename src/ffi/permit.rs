@@ -1,7 +1,7 @@
 //! Concurrency permits: `rk_permit`, `rk_acquire*`, `rk_release*`.
 
-use super::args::{self, Failure, Out};
-use super::boundary;
+use super::args::{try_key, try_opt_out, try_out, try_ref_from_ptr, Failure, Out};
+use super::boundary::ffi_panic_boundary;
 use super::check::rk_decision;
 use super::engine::rk_engine;
 use super::status::rk_status;
@@ -53,17 +53,17 @@ impl From<Permit> for rk_permit {
 
 impl rk_permit {
     /// The permit of a request admitted without a lease (fail-open).
-    fn unleased(engine: *const rk_engine, policy: u32) -> rk_permit {
+    fn unleased(engine: &rk_engine, policy: u32) -> rk_permit {
         rk_permit {
             policy,
             reserved: 0,
-            opaque: [engine as u64, 0, 0, 0, UNLEASED],
+            opaque: [engine as *const rk_engine as u64, 0, 0, 0, UNLEASED],
         }
     }
 
     /// Decodes a permit presented to `engine`: `Ok(None)` for an unleased
     /// one. Any encoding this module cannot produce is refused.
-    fn decode(&self, engine: *const rk_engine) -> Result<Option<Permit>, Failure> {
+    fn decode(&self, engine: &rk_engine) -> Result<Option<Permit>, Failure> {
         let invalid = || Failure::Engine(crate::Error::InvalidPermit);
         if *self == rk_permit::unleased(engine, self.policy) {
             return Ok(None);
@@ -84,50 +84,23 @@ impl rk_permit {
     }
 }
 
-/// The body of the `rk_acquire*` functions: `timeout` is `None` for a
-/// single attempt at `now_ns` (`None`: the engine clock).
-///
-/// # Safety
-/// The contract of `rk_acquire_at`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn acquire(
-    function: &'static str,
-    engine: *mut rk_engine,
-    policy: u32,
-    key: *const u8,
-    key_len: usize,
-    now_ns: Option<u64>,
-    timeout: Option<Duration>,
-    permit_out: *mut rk_permit,
-    out: *mut rk_decision,
-) -> rk_status {
-    let engine_ptr = engine.cast_const();
-    boundary::run(function, || {
-        // SAFETY: forwarded from the caller's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from the caller's contract.
-        let key = unsafe { args::key(key, key_len)? };
-        // SAFETY: forwarded from the caller's contract.
-        let permit_out = unsafe { Out::new(permit_out, "permit_out")? };
-        // SAFETY: forwarded from the caller's contract.
-        let out = unsafe { Out::new(out, "out")? };
-        let policy = PolicyId(policy);
-        let (d, permit): (Decision, Option<Permit>) = match timeout {
-            Some(t) => engine.acquire_timeout(policy, key, t)?,
-            None => match now_ns {
-                Some(now_ns) => engine.acquire_at(policy, key, now_ns)?,
-                None => engine.acquire(policy, key)?,
-            },
-        };
-        // `allowed` tells the caller whether `*permit_out` was written.
-        match permit {
-            Some(permit) => permit_out.write(permit.into()),
-            None if d.allowed => permit_out.write(rk_permit::unleased(engine_ptr, policy.index())),
-            None => {}
-        }
-        out.write(d.into());
-        Ok(())
-    })
+/// Writes the outcome of an `rk_acquire*` call: the permit, if the request
+/// was allowed (an unleased one if it was admitted without a lease), and
+/// the decision.
+fn write_acquired(
+    engine: &rk_engine,
+    policy: PolicyId,
+    (d, permit): (Decision, Option<Permit>),
+    permit_out: Out<'_, rk_permit>,
+    out: Out<'_, rk_decision>,
+) {
+    // `allowed` tells the caller whether `*permit_out` was written.
+    match permit {
+        Some(permit) => permit_out.write(permit.into()),
+        None if d.allowed => permit_out.write(rk_permit::unleased(engine, policy.index())),
+        None => {}
+    }
+    out.write(d.into());
 }
 
 /// Takes a permit of the concurrency policy `policy` for `key` if one is
@@ -160,20 +133,13 @@ pub unsafe extern "C" fn rk_acquire(
     permit_out: *mut rk_permit,
     out: *mut rk_decision,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        acquire(
-            "rk_acquire",
-            engine,
-            policy,
-            key,
-            key_len,
-            None,
-            None,
-            permit_out,
-            out,
-        )
-    }
+    ffi_panic_boundary!("rk_acquire", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
+        let (permit_out, out) = (try_out!(permit_out), try_out!(out));
+        let acquired = engine.acquire(PolicyId(policy), key)?;
+        write_acquired(engine, PolicyId(policy), acquired, permit_out, out);
+    })
 }
 
 /// `rk_acquire` at the explicit time `now_ns` (the lease expires at
@@ -191,20 +157,13 @@ pub unsafe extern "C" fn rk_acquire_at(
     permit_out: *mut rk_permit,
     out: *mut rk_decision,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        acquire(
-            "rk_acquire_at",
-            engine,
-            policy,
-            key,
-            key_len,
-            Some(now_ns),
-            None,
-            permit_out,
-            out,
-        )
-    }
+    ffi_panic_boundary!("rk_acquire_at", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
+        let (permit_out, out) = (try_out!(permit_out), try_out!(out));
+        let acquired = engine.acquire_at(PolicyId(policy), key, now_ns)?;
+        write_acquired(engine, PolicyId(policy), acquired, permit_out, out);
+    })
 }
 
 /// `rk_acquire`, waiting up to `timeout_ns` nanoseconds (real time) for a
@@ -229,20 +188,14 @@ pub unsafe extern "C" fn rk_acquire_timeout(
     permit_out: *mut rk_permit,
     out: *mut rk_decision,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        acquire(
-            "rk_acquire_timeout",
-            engine,
-            policy,
-            key,
-            key_len,
-            None,
-            Some(Duration::from_nanos(timeout_ns)),
-            permit_out,
-            out,
-        )
-    }
+    ffi_panic_boundary!("rk_acquire_timeout", {
+        let engine = try_ref_from_ptr!(engine);
+        let key = try_key!(key, key_len);
+        let (permit_out, out) = (try_out!(permit_out), try_out!(out));
+        let timeout = Duration::from_nanos(timeout_ns);
+        let acquired = engine.acquire_timeout(PolicyId(policy), key, timeout)?;
+        write_acquired(engine, PolicyId(policy), acquired, permit_out, out);
+    })
 }
 
 /// Gives a permit back, waking one waiting `rk_acquire_timeout`. Releasing
@@ -261,16 +214,12 @@ pub unsafe extern "C" fn rk_acquire_timeout(
 /// readable `rk_permit`.
 #[no_mangle]
 pub unsafe extern "C" fn rk_release(engine: *mut rk_engine, permit: *const rk_permit) -> rk_status {
-    let engine_ptr = engine.cast_const();
-    boundary::run("rk_release", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let permit = unsafe { args::input(permit, "permit")? };
-        if let Some(permit) = permit.decode(engine_ptr)? {
+    ffi_panic_boundary!("rk_release", {
+        let engine = try_ref_from_ptr!(engine);
+        let permit = try_ref_from_ptr!(permit);
+        if let Some(permit) = permit.decode(engine)? {
             engine.release(permit)?;
         }
-        Ok(())
     })
 }
 
@@ -294,21 +243,15 @@ pub unsafe extern "C" fn rk_release_permit(
     permit: *const rk_permit,
     released_out: *mut bool,
 ) -> rk_status {
-    let engine_ptr = engine.cast_const();
-    boundary::run("rk_release_permit", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let permit = unsafe { args::input(permit, "permit")? };
-        let released = match permit.decode(engine_ptr)? {
+    ffi_panic_boundary!("rk_release_permit", {
+        let engine = try_ref_from_ptr!(engine);
+        let permit = try_ref_from_ptr!(permit);
+        let released_out = try_opt_out!(released_out);
+        let released = match permit.decode(engine)? {
             Some(permit) => engine.release(permit)?,
             None => false,
         };
-        if !released_out.is_null() {
-            // SAFETY: non-null, and valid for writing a bool by the contract.
-            unsafe { released_out.write(released) };
-        }
-        Ok(())
+        released_out.write(released);
     })
 }
 
@@ -339,15 +282,9 @@ pub unsafe extern "C" fn rk_release_holder(
     pid: u32,
     released_out: *mut u64,
 ) -> rk_status {
-    boundary::run("rk_release_holder", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { Out::optional(released_out, "released_out")? };
-        let n = engine.release_holder(PolicyId(policy), pid)?;
-        if let Some(out) = out {
-            out.write(n);
-        }
-        Ok(())
+    ffi_panic_boundary!("rk_release_holder", {
+        let engine = try_ref_from_ptr!(engine);
+        let released_out = try_opt_out!(released_out);
+        released_out.write(engine.release_holder(PolicyId(policy), pid)?);
     })
 }

@@ -1,10 +1,10 @@
 //! Policies: adding, finding and describing them; their statistics.
 
-use super::args::{self, Failure, Out};
-use super::boundary;
+use super::args::{self, try_out, try_ref_from_ptr, try_str, Failure, Out};
+use super::boundary::ffi_panic_boundary;
 use super::engine::rk_engine;
 use super::status::rk_status;
-use crate::{Algorithm, Penalty, PolicyId, PolicyOptions, WhenFull};
+use crate::{Algorithm, Engine, Limit, Penalty, PolicyId, PolicyOptions, WhenFull};
 use std::ffi::c_char;
 use std::mem::{offset_of, size_of};
 
@@ -133,6 +133,23 @@ pub struct rk_limit {
     pub burst: u64,
 }
 
+impl From<&Limit> for rk_limit {
+    fn from(limit: &Limit) -> Self {
+        rk_limit {
+            algorithm: match limit.algorithm {
+                Algorithm::Gcra => rk_algorithm::RK_ALGORITHM_GCRA,
+                Algorithm::FixedWindow => rk_algorithm::RK_ALGORITHM_FIXED_WINDOW,
+                Algorithm::SlidingWindow => rk_algorithm::RK_ALGORITHM_SLIDING_WINDOW,
+                Algorithm::SlidingLog => rk_algorithm::RK_ALGORITHM_SLIDING_LOG,
+                Algorithm::Concurrency => rk_algorithm::RK_ALGORITHM_CONCURRENCY,
+            } as u32,
+            count: limit.count,
+            period_ns: limit.period_ns,
+            burst: limit.burst,
+        }
+    }
+}
+
 /// A policy's statistics at one moment (counters summed over shards).
 ///
 /// Written by the library, and versioned by size: fields are only ever
@@ -258,55 +275,53 @@ const POLICY_OPTIONS_SIZES: [usize; 2] = [POLICY_OPTIONS_V1_SIZE, size_of::<rk_p
 ///
 /// # Safety
 /// `opts` is NULL or valid for writing `size` bytes.
-unsafe fn init_options(function: &'static str, opts: *mut rk_policy_options, size: usize) {
-    boundary::run_infallible(function, (), || {
-        let Some(&version) = POLICY_OPTIONS_SIZES.iter().rev().find(|&&v| v <= size) else {
-            return;
-        };
-        if opts.is_null() || !opts.is_aligned() {
-            return;
-        }
-        let defaults = rk_policy_options {
-            struct_size: version as u32,
-            capacity: 0,
-            when_full: rk_when_full::RK_WHEN_FULL_EVICT as u32,
-            retry_jitter_ns: 0,
-            penalty_window_ns: 0,
-            penalty_ban_ns: 0,
-            penalty_max_ban_ns: 0,
-            penalty_strikes: 0,
-            shadow: false,
-            record_keys: false,
-        };
-        macro_rules! put {
-            ($($field:ident),*) => {$(
-                if offset_of!(rk_policy_options, $field) + std::mem::size_of_val(&defaults.$field)
-                    <= version
-                {
-                    // SAFETY:
-                    // - `opts` is non-NULL and aligned (checked above) and valid
-                    //   for writing `size >= version` bytes (this function's
-                    //   contract); the field lies within the first `version`;
-                    // - a raw write through `addr_of_mut!` neither reads the
-                    //   caller's (maybe uninitialised) memory nor makes a
-                    //   reference to it.
-                    unsafe { std::ptr::addr_of_mut!((*opts).$field).write(defaults.$field) }
-                }
-            )*};
-        }
-        put!(
-            struct_size,
-            capacity,
-            when_full,
-            retry_jitter_ns,
-            penalty_window_ns,
-            penalty_ban_ns,
-            penalty_max_ban_ns,
-            penalty_strikes,
-            shadow,
-            record_keys
-        );
-    })
+unsafe fn init_options(opts: *mut rk_policy_options, size: usize) {
+    let Some(&version) = POLICY_OPTIONS_SIZES.iter().rev().find(|&&v| v <= size) else {
+        return;
+    };
+    if opts.is_null() || !opts.is_aligned() {
+        return;
+    }
+    let defaults = rk_policy_options {
+        struct_size: version as u32,
+        capacity: 0,
+        when_full: rk_when_full::RK_WHEN_FULL_EVICT as u32,
+        retry_jitter_ns: 0,
+        penalty_window_ns: 0,
+        penalty_ban_ns: 0,
+        penalty_max_ban_ns: 0,
+        penalty_strikes: 0,
+        shadow: false,
+        record_keys: false,
+    };
+    macro_rules! put {
+        ($($field:ident),*) => {$(
+            if offset_of!(rk_policy_options, $field) + std::mem::size_of_val(&defaults.$field)
+                <= version
+            {
+                // SAFETY:
+                // - `opts` is non-NULL and aligned (checked above) and valid
+                //   for writing `size >= version` bytes (this function's
+                //   contract); the field lies within the first `version`;
+                // - a raw write through `addr_of_mut!` neither reads the
+                //   caller's (maybe uninitialised) memory nor makes a
+                //   reference to it.
+                unsafe { std::ptr::addr_of_mut!((*opts).$field).write(defaults.$field) }
+            }
+        )*};
+    }
+    put!(
+        struct_size,
+        capacity,
+        when_full,
+        retry_jitter_ns,
+        penalty_window_ns,
+        penalty_ban_ns,
+        penalty_max_ban_ns,
+        penalty_strikes,
+        shadow,
+        record_keys
+    );
 }
 
 /// Fills the caller's `rk_policy_options` with every default and sets
@@ -328,8 +343,10 @@ unsafe fn init_options(function: &'static str, opts: *mut rk_policy_options, siz
 /// `rk_policy_options`.
 #[no_mangle]
 pub unsafe extern "C" fn rk_policy_options_init(opts: *mut rk_policy_options) {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { init_options("rk_policy_options_init", opts, POLICY_OPTIONS_V1_SIZE) }
+    ffi_panic_boundary!("rk_policy_options_init", (), {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { init_options(opts, POLICY_OPTIONS_V1_SIZE) }
+    })
 }
 
 /// Fills `*opts` with every default of the newest version of
@@ -346,8 +363,10 @@ pub unsafe extern "C" fn rk_policy_options_init_sized(
     opts: *mut rk_policy_options,
     opts_size: usize,
 ) {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { init_options("rk_policy_options_init_sized", opts, opts_size) }
+    ffi_panic_boundary!("rk_policy_options_init_sized", (), {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { init_options(opts, opts_size) }
+    })
 }
 
 /// Adds a policy named `name` with the limits of `spec` (e.g.
@@ -378,17 +397,13 @@ pub unsafe extern "C" fn rk_policy_add(
     spec: *const c_char,
     policy_out: *mut u32,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract (NULL options are defaults).
-    unsafe {
-        add(
-            "rk_policy_add",
-            engine,
-            name,
-            spec,
-            std::ptr::null(),
-            policy_out,
-        )
-    }
+    ffi_panic_boundary!("rk_policy_add", {
+        let engine = try_ref_from_ptr!(engine);
+        let (name, spec) = (try_str!(name), try_str!(spec));
+        let policy_out = try_out!(policy_out);
+        let id = engine.add_policy_with(name, spec, PolicyOptions::default())?;
+        policy_out.write(id.index());
+    })
 }
 
 /// `rk_policy_add` with options of the policy's own: its capacity, what it
@@ -416,33 +431,13 @@ pub unsafe extern "C" fn rk_policy_add_with(
     opts: *const rk_policy_options,
     policy_out: *mut u32,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { add("rk_policy_add_with", engine, name, spec, opts, policy_out) }
-}
-
-/// # Safety
-/// The contract of `rk_policy_add_with`.
-unsafe fn add(
-    function: &'static str,
-    engine: *mut rk_engine,
-    name: *const c_char,
-    spec: *const c_char,
-    opts: *const rk_policy_options,
-    policy_out: *mut u32,
-) -> rk_status {
-    boundary::run(function, || {
-        // SAFETY: forwarded from the caller's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: as above.
-        let name = unsafe { args::utf8(name, "name")? };
-        // SAFETY: as above.
-        let spec = unsafe { args::utf8(spec, "spec")? };
-        // SAFETY: as above.
-        let out = unsafe { Out::new(policy_out, "policy_out")? };
-        // SAFETY: as above.
+    ffi_panic_boundary!("rk_policy_add_with", {
+        let engine = try_ref_from_ptr!(engine);
+        let (name, spec) = (try_str!(name), try_str!(spec));
+        let policy_out = try_out!(policy_out);
+        // SAFETY: forwarded from this function's contract.
         let options = unsafe { read_options(opts)? };
-        out.write(engine.add_policy_with(name, spec, options)?.index());
-        Ok(())
+        policy_out.write(engine.add_policy_with(name, spec, options)?.index());
     })
 }
 
@@ -460,18 +455,14 @@ pub unsafe extern "C" fn rk_policy_find(
     name: *const c_char,
     policy_out: *mut u32,
 ) -> rk_status {
-    boundary::run("rk_policy_find", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let name = unsafe { args::utf8(name, "name")? };
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { Out::new(policy_out, "policy_out")? };
+    ffi_panic_boundary!("rk_policy_find", {
+        let engine = try_ref_from_ptr!(engine);
+        let name = try_str!(name);
+        let policy_out = try_out!(policy_out);
         let id = engine
             .policy(name)
             .ok_or_else(|| Failure::NoSuchPolicy(name.into()))?;
-        out.write(id.index());
-        Ok(())
+        policy_out.write(id.index());
     })
 }
 
@@ -483,13 +474,10 @@ pub unsafe extern "C" fn rk_policy_find(
 /// writing a `uint32_t`.
 #[no_mangle]
 pub unsafe extern "C" fn rk_policy_count(engine: *mut rk_engine, count_out: *mut u32) -> rk_status {
-    boundary::run("rk_policy_count", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { Out::new(count_out, "count_out")? };
-        out.write(engine.policies().len() as u32);
-        Ok(())
+    ffi_panic_boundary!("rk_policy_count", {
+        let engine = try_ref_from_ptr!(engine);
+        let count_out = try_out!(count_out);
+        count_out.write(engine.policies().len() as u32);
     })
 }
 
@@ -513,13 +501,12 @@ pub unsafe extern "C" fn rk_policy_name(
     buf_len: usize,
     len_out: *mut usize,
 ) -> rk_status {
-    boundary::run("rk_policy_name", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
+    ffi_panic_boundary!("rk_policy_name", {
+        let engine = try_ref_from_ptr!(engine);
         let name = engine.policy_name(PolicyId(policy))?;
         // SAFETY: forwarded from this function's contract; the engine's
         // string cannot overlap the caller's buffer.
-        unsafe { args::copy_str_out(name, buf, buf_len, len_out) }
+        unsafe { args::copy_str_out(name, buf, buf_len, len_out)? };
     })
 }
 
@@ -538,12 +525,11 @@ pub unsafe extern "C" fn rk_policy_spec(
     buf_len: usize,
     len_out: *mut usize,
 ) -> rk_status {
-    boundary::run("rk_policy_spec", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
+    ffi_panic_boundary!("rk_policy_spec", {
+        let engine = try_ref_from_ptr!(engine);
         let spec = engine.policy_spec(PolicyId(policy))?.to_string();
         // SAFETY: forwarded from this function's contract; `spec` is our own string.
-        unsafe { args::copy_str_out(&spec, buf, buf_len, len_out) }
+        unsafe { args::copy_str_out(&spec, buf, buf_len, len_out)? };
     })
 }
 
@@ -559,13 +545,10 @@ pub unsafe extern "C" fn rk_policy_limit_count(
     policy: u32,
     count_out: *mut u32,
 ) -> rk_status {
-    boundary::run("rk_policy_limit_count", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { Out::new(count_out, "count_out")? };
-        out.write(engine.policy_spec(PolicyId(policy))?.limits.len() as u32);
-        Ok(())
+    ffi_panic_boundary!("rk_policy_limit_count", {
+        let engine = try_ref_from_ptr!(engine);
+        let count_out = try_out!(count_out);
+        count_out.write(engine.policy_spec(PolicyId(policy))?.limits.len() as u32);
     })
 }
 
@@ -584,32 +567,22 @@ pub unsafe extern "C" fn rk_policy_limit(
     index: u32,
     out: *mut rk_limit,
 ) -> rk_status {
-    boundary::run("rk_policy_limit", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { Out::new(out, "out")? };
-        let spec = engine.policy_spec(PolicyId(policy))?;
-        let limit = spec.limits.get(index as usize).ok_or_else(|| {
-            Failure::Invalid(format!(
-                "limit index {index} is out of range: the policy has {} limits",
-                spec.limits.len()
-            ))
-        })?;
-        out.write(rk_limit {
-            algorithm: match limit.algorithm {
-                Algorithm::Gcra => rk_algorithm::RK_ALGORITHM_GCRA,
-                Algorithm::FixedWindow => rk_algorithm::RK_ALGORITHM_FIXED_WINDOW,
-                Algorithm::SlidingWindow => rk_algorithm::RK_ALGORITHM_SLIDING_WINDOW,
-                Algorithm::SlidingLog => rk_algorithm::RK_ALGORITHM_SLIDING_LOG,
-                Algorithm::Concurrency => rk_algorithm::RK_ALGORITHM_CONCURRENCY,
-            } as u32,
-            count: limit.count,
-            period_ns: limit.period_ns,
-            burst: limit.burst,
-        });
-        Ok(())
+    ffi_panic_boundary!("rk_policy_limit", {
+        let engine = try_ref_from_ptr!(engine);
+        let out = try_out!(out);
+        let limits = &engine.policy_spec(PolicyId(policy))?.limits;
+        let limit = limits
+            .get(index as usize)
+            .ok_or_else(|| no_such_limit(index, limits.len()))?;
+        out.write(limit.into());
     })
+}
+
+#[cold]
+fn no_such_limit(index: u32, count: usize) -> Failure {
+    Failure::Invalid(format!(
+        "limit index {index} is out of range: the policy has {count} limits"
+    ))
 }
 
 /// Stores the statistics of `policy` in `*out`.
@@ -638,8 +611,11 @@ pub unsafe extern "C" fn rk_policy_stats(
     policy: u32,
     out: *mut rk_stats,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { stats("rk_policy_stats", engine, policy, out, RK_STATS_V1_SIZE) }
+    ffi_panic_boundary!("rk_policy_stats", {
+        let engine = try_ref_from_ptr!(engine);
+        let out = try_out!(out);
+        stats(engine, PolicyId(policy), out, RK_STATS_V1_SIZE)?;
+    })
 }
 
 /// Stores the statistics of `policy` in `*out`, every field that lies
@@ -663,49 +639,36 @@ pub unsafe extern "C" fn rk_policy_stats_sized(
     out: *mut rk_stats,
     out_size: usize,
 ) -> rk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { stats("rk_policy_stats_sized", engine, policy, out, out_size) }
+    ffi_panic_boundary!("rk_policy_stats_sized", {
+        let engine = try_ref_from_ptr!(engine);
+        let out = try_out!(out);
+        stats(engine, PolicyId(policy), out, out_size)?;
+    })
 }
 
 /// The body of `rk_policy_stats` and `rk_policy_stats_sized`: writes the
-/// whole `u64` fields of `rk_stats` that fit in `out_size` bytes.
-///
-/// # Safety
-/// The contract of `rk_policy_stats_sized`.
-unsafe fn stats(
-    function: &'static str,
-    engine: *mut rk_engine,
-    policy: u32,
-    out: *mut rk_stats,
+/// whole `u64` fields of `rk_stats` that fit in `out_size` bytes (the
+/// caller's, which `out` is valid for).
+fn stats(
+    engine: &Engine,
+    policy: PolicyId,
+    out: Out<'_, rk_stats>,
     out_size: usize,
-) -> rk_status {
-    boundary::run(function, || {
-        // SAFETY: forwarded from the caller's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from the caller's contract. `Out` checks the
-        // pointer and its alignment only; `write_prefix` below writes no
-        // more than `out_size` bytes.
-        let out = unsafe { Out::new(out, "out")? };
-        if out_size < RK_STATS_V1_SIZE {
-            return Err(Failure::Invalid(format!(
-                "out_size is {out_size}; it must be at least {RK_STATS_V1_SIZE} \
-                 (pass sizeof(rk_stats))"
-            )));
-        }
-        let s = engine.stats(PolicyId(policy))?;
-        let stats = rk_stats {
-            allowed: s.allowed,
-            denied: s.denied,
-            evictions: s.evictions,
-            table_full: s.table_full,
-            occupancy: s.occupancy,
-            capacity: s.capacity,
-            shadow_denied: s.shadow_denied,
-            banned: s.banned,
-            bans: s.bans,
-        };
-        // Whole fields only (all are `u64`; `rk_stats` has no padding).
-        out.write_prefix(stats, out_size / size_of::<u64>() * size_of::<u64>());
-        Ok(())
-    })
+) -> Result<(), Failure> {
+    args::out_size(out_size, RK_STATS_V1_SIZE, "rk_stats")?;
+    let s = engine.stats(policy)?;
+    let stats = rk_stats {
+        allowed: s.allowed,
+        denied: s.denied,
+        evictions: s.evictions,
+        table_full: s.table_full,
+        occupancy: s.occupancy,
+        capacity: s.capacity,
+        shadow_denied: s.shadow_denied,
+        banned: s.banned,
+        bans: s.bans,
+    };
+    // Whole fields only (all are `u64`; `rk_stats` has no padding).
+    out.write_prefix(stats, out_size / size_of::<u64>() * size_of::<u64>());
+    Ok(())
 }

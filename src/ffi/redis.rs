@@ -6,8 +6,8 @@
 //! on cargo features; in a build without the `redis` feature they fail
 //! with `RK_ERR_BACKEND` and a message saying so.
 
-use super::args::{self, Failure, Out};
-use super::boundary;
+use super::args::{self, try_out, try_ref_from_ptr, try_str};
+use super::boundary::ffi_panic_boundary;
 use super::engine::{rk_engine, rk_engine_options};
 use super::status::rk_status;
 use std::ffi::c_char;
@@ -205,7 +205,7 @@ pub unsafe extern "C" fn rk_redis_options_init_sized(
     opts: *mut rk_redis_options,
     opts_size: usize,
 ) {
-    boundary::run_infallible("rk_redis_options_init_sized", (), || {
+    ffi_panic_boundary!("rk_redis_options_init_sized", (), {
         // SAFETY: forwarded from this function's contract.
         unsafe { init_options(opts, opts_size) }
     })
@@ -253,15 +253,12 @@ pub unsafe extern "C" fn rk_engine_open_redis(
     opts: *const rk_redis_options,
     out: *mut *mut rk_engine,
 ) -> rk_status {
-    boundary::run("rk_engine_open_redis", || {
-        // SAFETY: forwarded from this function's contract.
-        let url = unsafe { args::utf8(url, "url")? };
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { Out::new(out, "out")? };
+    ffi_panic_boundary!("rk_engine_open_redis", {
+        let url = try_str!(url);
+        let out = try_out!(out);
         // SAFETY: forwarded from this function's contract.
         let engine = unsafe { backend::open(url, opts)? };
-        out.write(Box::into_raw(Box::new(rk_engine { engine })));
-        Ok(())
+        out.write(rk_engine::into_raw(engine));
     })
 }
 
@@ -284,23 +281,13 @@ pub unsafe extern "C" fn rk_engine_redis_stats_sized(
     out: *mut rk_redis_stats,
     out_size: usize,
 ) -> rk_status {
-    boundary::run("rk_engine_redis_stats_sized", || {
-        // SAFETY: forwarded from this function's contract.
-        let engine = unsafe { args::engine(engine)? };
-        // SAFETY: forwarded from this function's contract. `Out` checks the
-        // pointer and its alignment only; only whole fields within
-        // `out_size` are written below.
-        let out = unsafe { Out::new(out, "out")? };
-        if out_size < RK_REDIS_STATS_V1_SIZE {
-            return Err(Failure::Invalid(format!(
-                "out_size is {out_size}; it must be at least {RK_REDIS_STATS_V1_SIZE} \
-                 (pass sizeof(rk_redis_stats))"
-            )));
-        }
+    ffi_panic_boundary!("rk_engine_redis_stats_sized", {
+        let engine = try_ref_from_ptr!(engine);
+        let out = try_out!(out);
+        args::out_size(out_size, RK_REDIS_STATS_V1_SIZE, "rk_redis_stats")?;
         // The whole struct: it is the first version, which `out_size` covers.
         // (A later, larger version writes only the fields within `out_size`.)
         out.write(backend::stats(engine)?);
-        Ok(())
     })
 }
 
@@ -468,7 +455,7 @@ mod backend {
                 }
                 // SAFETY: `hash_secret` points to `hash_secret_len`
                 // readable bytes (contract); `u8` needs no alignment.
-                let bytes = unsafe { args::slice(secret, len, "opts->hash_secret")? };
+                let bytes = unsafe { args::slice(secret, len, "opts->hash_secret", "n")? };
                 if bytes.is_empty() {
                     return Err(Failure::Invalid(
                         "opts->hash_secret is set but hash_secret_len is 0".into(),

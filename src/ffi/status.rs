@@ -1,6 +1,6 @@
 //! `rk_status`, `rk_status_str` and `rk_last_error`.
 
-use super::boundary;
+use super::boundary::{self, ffi_panic_boundary};
 use crate::Error;
 use std::ffi::{c_char, CStr};
 
@@ -165,7 +165,7 @@ fn describe(status: u32) -> &'static CStr {
 /// Thread-safe.
 #[no_mangle]
 pub extern "C" fn rk_status_str(status: u32) -> *const c_char {
-    boundary::run_infallible("rk_status_str", c"".as_ptr(), || describe(status).as_ptr())
+    ffi_panic_boundary!("rk_status_str", c"".as_ptr(), { describe(status).as_ptr() })
 }
 
 /// The message of the last failed `rk_` call on the calling thread (what
@@ -178,5 +178,5 @@ pub extern "C" fn rk_status_str(status: u32) -> *const c_char {
 /// keep it. Each thread has its own message.
 #[no_mangle]
 pub extern "C" fn rk_last_error() -> *const c_char {
-    boundary::run_infallible("rk_last_error", c"".as_ptr(), boundary::last_error)
+    ffi_panic_boundary!("rk_last_error", c"".as_ptr(), { boundary::last_error() })
 }

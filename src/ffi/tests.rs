@@ -138,6 +138,36 @@ fn a_panic_inside_the_boundary_becomes_rk_err_panic_with_its_message() {
     );
 }
 
+/// Every export runs behind `ffi_panic_boundary!` under its own name (the
+/// prefix of its last-error messages), which the macro cannot find itself.
+#[test]
+fn every_export_runs_behind_the_boundary_under_its_own_name() {
+    let sources = [
+        include_str!("check.rs"),
+        include_str!("engine.rs"),
+        include_str!("events.rs"),
+        include_str!("overrides.rs"),
+        include_str!("permit.rs"),
+        include_str!("policy.rs"),
+        include_str!("redis.rs"),
+        include_str!("status.rs"),
+    ];
+    let mut exports = 0;
+    for source in sources {
+        for export in source.split("extern \"C\" fn ").skip(1) {
+            let name = &export[..export.find('(').unwrap()];
+            let body = &export[..export.find("\n}\n").unwrap()];
+            let boundary = format!("ffi_panic_boundary!(\"{name}\", ");
+            assert!(
+                body.matches("ffi_panic_boundary!(").count() == 1 && body.contains(&boundary),
+                "{name} must run its whole body in {boundary}...)"
+            );
+            exports += 1;
+        }
+    }
+    assert!(exports >= 44, "found only {exports} exports");
+}
+
 #[test]
 fn a_failure_sets_the_message_and_success_leaves_it_alone() {
     std::thread::spawn(|| {
