@@ -9,7 +9,7 @@ use crate::policy::{self, PolicySpec};
 use crate::shm::{self, Mapping};
 use crate::stats::{Counter, RegionHead, Stats, HEAD_UNITS};
 use crate::table::memory::Memory;
-use crate::table::{binds_over, Layout, Lease, Outcome, Table, Verdict, WhenFull};
+use crate::table::{binds_over, Layout, Lease, Mode, Outcome, Table, Verdict, WhenFull};
 use crate::Error;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -948,7 +948,9 @@ impl Engine {
             for (j, it) in items.iter().enumerate().take(64) {
                 let p = self.get(it.policy)?;
                 if denied >> j & 1 == 1 && p.table.layout.penalty.is_some() {
-                    let outcome = p.table.strike_if_denied(hashes[j], it.cost as u64, now_ns);
+                    let outcome =
+                        p.table
+                            .decide(hashes[j], it.cost as u64, now_ns, Mode::StrikeIfDenied);
                     if let Outcome::Decided { verdict, .. } = outcome {
                         if verdict.new_ban {
                             p.head().add(Counter::Bans, 1);
@@ -1025,7 +1027,8 @@ impl Engine {
     fn decide(p: &Policy, key: &[u8], h: u64, cost: u64, now: u64, charge: bool) -> Decision {
         Self::conclude(
             p,
-            p.table.check(h, cost, now, charge),
+            p.table
+                .decide(h, cost, now, if charge { Mode::Charge } else { Mode::Peek }),
             key,
             h,
             cost,
