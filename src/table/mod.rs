@@ -27,11 +27,11 @@
 //! | bits    | field   | meaning                                             |
 //! |---------|---------|-----------------------------------------------------|
 //! | 0..32   | seq     | the transaction's sequence number                   |
-//! | 32..56  | cost    | cost of a charge or refund                          |
+//! | 32..56  | cost    | cost of a charge or refund; the override factor of a claim or factor op |
 //! | 56..59  | op      | `Op`: retag, charge, refund, claim, reset, strike, factor, touch |
 //! | 59      | pending | set until every word of the transaction is written  |
 //! | 60..64  | slot    | the slot the transaction changes                    |
-//! | 64..128 | arg     | `now` for charge/refund, the key hash for a claim   |
+//! | 64..128 | arg     | `now` for charge/refund/strike, the key hash for a claim |
 //!
 //! A lease word's `a` is a `LeaseId`: the holder's pid in bits 0..22, the
 //! lease's nonce in bits 22..32; its `b` is the lease's expiry (0 = free).
