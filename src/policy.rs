@@ -5,7 +5,7 @@
 //! canonical text of a policy is its limits' `Display`, joined by `"; "`.
 
 use crate::algo::UNITS;
-pub use crate::algo::{Algorithm, Limit, DEFAULT_LEASE_NS, NS_PER_SEC};
+pub use crate::algo::{Algorithm, Limit, DEFAULT_LEASE_NS, MAX_LIMITS, NS_PER_SEC};
 use crate::error::ParseError;
 use std::fmt;
 
@@ -15,9 +15,6 @@ pub struct PolicySpec {
     /// The limits, in spec order (their index is `Decision::limit_index`).
     pub limits: Vec<Limit>,
 }
-
-/// The most limits one policy may hold; a spec with more is a parse error.
-pub const MAX_LIMITS: usize = 16;
 
 /// Every accepted spelling of each unit of `UNITS`, in the same order
 /// (largest first); each list holds the unit's singular and plural names.

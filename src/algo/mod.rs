@@ -35,6 +35,9 @@ pub(crate) struct Eval {
     pub reset_after_ns: u64,
 }
 
+/// The most limits one policy may hold; a spec with more is a parse error.
+pub const MAX_LIMITS: usize = 16;
+
 /// Largest cost a single request may carry (the intent word keeps 24 bits
 /// for it). A larger cost is denied with `retry_after_ns = u64::MAX`.
 pub const MAX_COST: u64 = (1 << 24) - 1;

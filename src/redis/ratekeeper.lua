@@ -782,7 +782,7 @@ local function decide(s, cost, now)
   return v
 end
 
--- Table::check_mode: the verdict on one item; charges it if `charging` and
+-- Table::decide (src/table/mod.rs): the verdict on one item; charges it if `charging` and
 -- allowed, counts a denial as a penalty-box strike if `striking`. A key with
 -- no state is decided as fresh and neither struck nor written unless charged.
 -- v, if given, is this item's verdict from decide on the same state.

@@ -5,6 +5,7 @@
 //! atomic step, and loom explores every interleaving of the threads (up to
 //! the preemption bound).
 
+use super::words::Intent;
 use super::*;
 use crate::engine::layout_for;
 use crate::policy::parse;
@@ -26,7 +27,7 @@ fn racing_checks(t: &Arc<Table>, now: u64) -> usize {
     let hs: Vec<_> = (0..2)
         .map(|_| {
             let t = t.clone();
-            thread::spawn(move || allowed(t.check(7, 1, now, true)))
+            thread::spawn(move || allowed(t.decide(7, 1, now, Mode::Charge)))
         })
         .collect();
     hs.into_iter()
@@ -40,7 +41,7 @@ fn allowed(o: Outcome) -> bool {
 }
 
 fn peek(t: &Table, h: u64, now: u64) -> Verdict {
-    match t.check(h, 1, now, false) {
+    match t.decide(h, 1, now, Mode::Peek) {
         Outcome::Decided { verdict, .. } => verdict,
         o => panic!("{o:?}"),
     }
@@ -53,7 +54,7 @@ fn loom_a_new_key_claimed_by_racing_threads_gets_one_slot_and_exact_quota() {
         assert_eq!(racing_checks(&t, S), 2);
         assert_eq!(t.occupancy(), 1, "the key must not be duplicated");
         assert_eq!(peek(&t, 7, S).remaining, 0);
-        assert!(!allowed(t.check(7, 1, S, true)));
+        assert!(!allowed(t.decide(7, 1, S, Mode::Charge)));
     });
 }
 
@@ -61,7 +62,7 @@ fn loom_a_new_key_claimed_by_racing_threads_gets_one_slot_and_exact_quota() {
 fn loom_gcra_update_on_one_key_admits_exactly_the_remaining_quota() {
     loom::model(|| {
         let t = table("3/second");
-        assert!(allowed(t.check(7, 2, S, true)));
+        assert!(allowed(t.decide(7, 2, S, Mode::Charge)));
         assert_eq!(racing_checks(&t, S), 1);
     });
 }
@@ -71,21 +72,21 @@ fn loom_slot_reuse_never_applies_a_stale_update_to_the_new_key() {
     loom::model(|| {
         // Fill both slots; key 1 expires first (charged at an earlier time).
         let t = table("fixed_window 5/second");
-        assert!(allowed(t.check(1, 1, 0, true)));
-        assert!(allowed(t.check(2, 1, S / 2, true)));
+        assert!(allowed(t.decide(1, 1, 0, Mode::Charge)));
+        assert!(allowed(t.decide(2, 1, S / 2, Mode::Charge)));
         let now = S - 1;
         // Thread A charges key 1 twice; thread B brings key 3, evicting key 1
         // (soonest to expire), possibly while A is mid-update.
         let ta = {
             let t = t.clone();
             thread::spawn(move || {
-                t.check(1, 2, now, true);
+                t.decide(1, 2, now, Mode::Charge);
             })
         };
         let tb = {
             let t = t.clone();
             thread::spawn(move || {
-                assert!(allowed(t.check(3, 1, now, true)));
+                assert!(allowed(t.decide(3, 1, now, Mode::Charge)));
             })
         };
         ta.join().unwrap();
@@ -111,7 +112,7 @@ fn loom_slot_reuse_never_applies_a_stale_update_to_the_new_key() {
 fn loom_window_roll_over_opens_one_window_for_racing_threads() {
     loom::model(|| {
         let t = table("fixed_window 1/second");
-        assert!(allowed(t.check(7, 1, 0, true)));
+        assert!(allowed(t.decide(7, 1, 0, Mode::Charge)));
         assert_eq!(racing_checks(&t, S + 5), 1);
         let v = peek(&t, 7, S + 5);
         assert_eq!((v.remaining, v.reset_after_ns), (0, S));
@@ -122,12 +123,12 @@ fn loom_window_roll_over_opens_one_window_for_racing_threads() {
 fn loom_sliding_log_appends_from_racing_threads_are_all_recorded() {
     loom::model(|| {
         let t = table("sliding_log 3/second");
-        assert!(allowed(t.check(7, 1, 0, true)));
+        assert!(allowed(t.decide(7, 1, 0, Mode::Charge)));
         let hs: Vec<_> = (0..2)
             .map(|i| {
                 let t = t.clone();
                 thread::spawn(move || {
-                    assert!(allowed(t.check(7, 1, 10 + i, true)));
+                    assert!(allowed(t.decide(7, 1, 10 + i, Mode::Charge)));
                 })
             })
             .collect();
@@ -148,11 +149,11 @@ fn loom_composite_charge_is_all_or_nothing() {
         let t = table("2/second; fixed_window 2/minute");
         let ta = {
             let t = t.clone();
-            thread::spawn(move || allowed(t.check(7, 2, S, true)))
+            thread::spawn(move || allowed(t.decide(7, 2, S, Mode::Charge)))
         };
         let tb = {
             let t = t.clone();
-            thread::spawn(move || allowed(t.check(7, 1, S, true)))
+            thread::spawn(move || allowed(t.decide(7, 1, S, Mode::Charge)))
         };
         let (a, b) = (ta.join().unwrap(), tb.join().unwrap());
         assert!(
@@ -165,7 +166,7 @@ fn loom_composite_charge_is_all_or_nothing() {
         assert_eq!(peek(&t, 7, S).allowed, left > 0);
         // Charge the rest through the composite and confirm nothing extra.
         let mut n = 0;
-        while allowed(t.check(7, 1, S, true)) {
+        while allowed(t.decide(7, 1, S, Mode::Charge)) {
             n += 1;
         }
         assert_eq!(n, left);
@@ -212,10 +213,10 @@ fn loom_leases_are_exclusive_and_expired_leases_are_reclaimed_once() {
 fn loom_a_reset_racing_a_charge_leaves_either_order_never_a_mix() {
     loom::model(|| {
         let t = table("sliding_log 2/second; 3/second");
-        assert!(allowed(t.check(7, 1, S, true)));
+        assert!(allowed(t.decide(7, 1, S, Mode::Charge)));
         let ta = {
             let t = t.clone();
-            thread::spawn(move || allowed(t.check(7, 1, S, true)))
+            thread::spawn(move || allowed(t.decide(7, 1, S, Mode::Charge)))
         };
         let tb = {
             let t = t.clone();
@@ -229,7 +230,9 @@ fn loom_a_reset_racing_a_charge_leaves_either_order_never_a_mix() {
         // then reset: none (a peek leaves 1). Never a mix of the two limits.
         let v = peek(&t, 7, S);
         assert!(v.remaining <= 1, "{v:?}");
-        let more = (0..3).filter(|_| allowed(t.check(7, 1, S, true))).count() as u64;
+        let more = (0..3)
+            .filter(|_| allowed(t.decide(7, 1, S, Mode::Charge)))
+            .count() as u64;
         assert_eq!(more, v.remaining + 1);
     });
 }
@@ -249,13 +252,13 @@ fn loom_racing_strikes_start_exactly_one_ban() {
         .unwrap();
         let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
         let t = Arc::new(Table::new(layout, WhenFull::Evict, 1, mem, 0));
-        assert!(allowed(t.check(7, 1, S, true)));
+        assert!(allowed(t.decide(7, 1, S, Mode::Charge)));
         let new_bans = Arc::new(AtomicUsize::new(0));
         let hs: Vec<_> = (0..2)
             .map(|_| {
                 let (t, new_bans) = (t.clone(), new_bans.clone());
                 thread::spawn(move || {
-                    if let Outcome::Decided { verdict, .. } = t.check(7, 1, S, true) {
+                    if let Outcome::Decided { verdict, .. } = t.decide(7, 1, S, Mode::Charge) {
                         assert!(!verdict.allowed);
                         if verdict.new_ban {
                             new_bans.fetch_add(1, Ordering::SeqCst);
@@ -292,7 +295,7 @@ fn loom_an_override_set_while_its_key_is_claimed_always_reaches_the_slot() {
         let ta = {
             let t = t.clone();
             thread::spawn(move || {
-                assert!(allowed(t.check(7, 1, S, true)));
+                assert!(allowed(t.decide(7, 1, S, Mode::Charge)));
             })
         };
         let tb = {
@@ -305,7 +308,9 @@ fn loom_an_override_set_while_its_key_is_claimed_always_reaches_the_slot() {
         // 5 more if A charged under the override; 2 more if A charged half a
         // second of the old 2/second first (GCRA state is time). Without the
         // override (the race lost) only 1 more would fit.
-        let admitted = (0..10).filter(|_| allowed(t.check(7, 1, S, true))).count();
+        let admitted = (0..10)
+            .filter(|_| allowed(t.decide(7, 1, S, Mode::Charge)))
+            .count();
         assert!(admitted == 5 || admitted == 2, "{admitted}");
     });
 }
@@ -317,7 +322,7 @@ fn live_leases(t: &Table, now: u64) -> usize {
         .map(|j| {
             t.slot_words(b, j)
                 .iter()
-                .filter(|w| payload(w.load()).b > now)
+                .filter(|w| Word::from_bits(w.load()).payload.b > now)
                 .count()
         })
         .sum()
@@ -328,16 +333,16 @@ fn loom_eviction_racing_a_multi_word_charge_never_mixes_two_keys() {
     loom::model(|| {
         // Both slots full; key 1 expires first.
         let t = table("2/second; fixed_window 5/minute");
-        assert!(allowed(t.check(1, 1, 0, true)));
-        assert!(allowed(t.check(2, 1, S / 2, true)));
+        assert!(allowed(t.decide(1, 1, 0, Mode::Charge)));
+        assert!(allowed(t.decide(2, 1, S / 2, Mode::Charge)));
         let now = 100 * S;
         let ta = {
             let t = t.clone();
-            thread::spawn(move || allowed(t.check(1, 2, now, true)))
+            thread::spawn(move || allowed(t.decide(1, 2, now, Mode::Charge)))
         };
         let tb = {
             let t = t.clone();
-            thread::spawn(move || allowed(t.check(3, 1, now, true)))
+            thread::spawn(move || allowed(t.decide(3, 1, now, Mode::Charge)))
         };
         let a = ta.join().unwrap();
         assert!(tb.join().unwrap());
@@ -350,12 +355,12 @@ fn loom_eviction_racing_a_multi_word_charge_never_mixes_two_keys() {
         let words3: Vec<u64> = t
             .slot_words(b, t.find(b, 3).unwrap())
             .iter()
-            .map(|w| payload(w.load()).a as u64)
+            .map(|w| Word::from_bits(w.load()).payload.a as u64)
             .collect();
         assert_eq!(words3[1], 1, "key 3's window counts its one request");
         if a && t.find(b, 1).is_some() {
             let j = t.find(b, 1).unwrap();
-            assert_eq!(payload(t.slot_words(b, j)[1].load()).a, 2);
+            assert_eq!(Word::from_bits(t.slot_words(b, j)[1].load()).payload.a, 2);
         }
         assert_eq!(t.occupancy(), 2);
     });
@@ -395,20 +400,19 @@ fn loom_acquire_racing_eviction_never_loses_a_live_lease() {
 fn loom_a_third_thread_helps_a_pending_transaction_exactly_once() {
     loom::model(|| {
         let t = table("3/second; fixed_window 4/minute");
-        assert!(allowed(t.check(7, 1, S, true)));
+        assert!(allowed(t.decide(7, 1, S, Mode::Charge)));
         // A writer died right after committing a charge of 1.
         let b = t.bucket(0);
         let j = t.find(b, 7).unwrap();
         let snap = t.snapshot(b);
         let s1 = snap.seq.wrapping_add(1);
-        let idx = (s1 & 1) as usize;
-        let expected = if idx == 0 { snap.e0 } else { snap.e1 };
-        let e = intent(s1, OP_CHARGE, j, 1, S);
-        assert!(b[idx].compare_exchange(expected, e).is_ok());
+        let e = Intent::pending(s1, Op::Charge, j, 1, S);
+        let expected = if e.index() == 0 { snap.e0 } else { snap.e1 };
+        assert!(b[e.index()].compare_exchange(expected, e.to_bits()).is_ok());
         let hs: Vec<_> = (0..2)
             .map(|_| {
                 let t = t.clone();
-                thread::spawn(move || allowed(t.check(7, 1, S, true)))
+                thread::spawn(move || allowed(t.decide(7, 1, S, Mode::Charge)))
             })
             .collect();
         let helper = {
@@ -422,7 +426,7 @@ fn loom_a_third_thread_helps_a_pending_transaction_exactly_once() {
         assert_eq!(admitted, 1);
         let words = t.slot_words(b, j);
         assert_eq!(
-            payload(words[1].load()).a,
+            Word::from_bits(words[1].load()).payload.a,
             3,
             "the window counts 3, once each"
         );

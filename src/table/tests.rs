@@ -1,3 +1,5 @@
+use super::txn::RETAG_EVERY;
+use super::words::Intent;
 use super::*;
 use crate::engine::layout_for;
 use crate::policy::parse;
@@ -23,27 +25,71 @@ fn word_and_intent_fields_round_trip_through_their_bit_layout() {
         a: 0xdead_beef,
         b: 0x0123_4567_89ab_cdef,
     };
-    let w = word(0x8000_0001, p);
-    assert_eq!((tag(w), payload(w)), (0x8000_0001, p));
-    let e = intent(u32::MAX, OP_REFUND, 15, algo::MAX_COST, u64::MAX);
-    assert_eq!(seq(e), u32::MAX);
-    assert_eq!(intent_op(e), OP_REFUND);
-    assert_eq!(intent_slot(e), 15);
-    assert_eq!(intent_cost(e), algo::MAX_COST);
-    assert_eq!(intent_arg(e), u64::MAX);
-    assert_ne!(e & PENDING, 0);
+    let w = Word::new(0x8000_0001, p).to_bits();
+    assert_eq!(Word::from_bits(w), Word::new(0x8000_0001, p));
+    let e = Intent::pending(u32::MAX, Op::Refund, 15, algo::MAX_COST, u64::MAX);
+    assert_eq!(Intent::from_bits(e.to_bits()), e);
+    let e = Intent::from_bits(e.to_bits());
+    assert_eq!(e.seq, u32::MAX);
+    assert_eq!(e.op, Op::Refund);
+    assert_eq!(e.slot, 15);
+    assert_eq!(e.cost, algo::MAX_COST);
+    assert_eq!(e.arg, u64::MAX);
+    assert!(e.pending);
+    let id = LeaseId::new(0x3f_ffff, 0x3ff);
+    assert_eq!(LeaseId::from_a(id.to_a()), id);
+    assert_eq!(id.to_a(), u32::MAX);
+}
+
+/// The layouts are those of shared files of layout version 2, bit for bit
+/// (the shifts that `tests/hostile_file.rs` and the `shm_file` fuzz target
+/// write raw words with).
+#[test]
+fn words_keep_the_bit_layout_of_layout_version_2() {
+    let w = Word::key(7, 0xabcd, 1500).to_bits();
+    assert_eq!(w, 7 | 1500 << 32 | 0xabcd << 64);
+    let e = Intent::pending(9, Op::Claim, 5, 300, 0xabcd);
+    assert_eq!(
+        e.to_bits(),
+        9 | 300 << 32 | 3 << 56 | 1 << 59 | 5 << 60 | 0xabcd << 64
+    );
+    assert_eq!(e.done().to_bits(), e.to_bits() & !(1 << 59));
+    let ops = [
+        Op::Retag,
+        Op::Charge,
+        Op::Refund,
+        Op::Claim,
+        Op::Reset,
+        Op::Strike,
+        Op::Factor,
+        Op::Touch,
+    ];
+    for (code, op) in ops.into_iter().enumerate() {
+        let bits = (code as u128) << 56;
+        assert_eq!(Intent::from_bits(bits).op, op);
+        assert_eq!(Intent::from_bits(bits).to_bits(), bits);
+    }
+    assert_eq!(LeaseId::new(1234, 5).to_a(), 1234 | 5 << 22);
+    assert_eq!(PID_MASK, (1 << 22) - 1);
+    // Every value is a word and an intent: decoding loses nothing.
+    let mut x: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+    for _ in 0..1000 {
+        x = x.rotate_left(17).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x1234_5678;
+        assert_eq!(Word::from_bits(x).to_bits(), x);
+        assert_eq!(Intent::from_bits(x).to_bits(), x);
+    }
 }
 
 /// Commits a transaction on bucket 0 the way `transact` does, but without
 /// applying it: a writer that dies right after its commit point.
-fn commit_only(t: &Table, op: u8, slot: usize, cost: u64, arg: u64) -> u128 {
+fn commit_only(t: &Table, op: Op, slot: usize, cost: u64, arg: u64) -> Intent {
     let b = t.bucket(0);
     let snap = t.snapshot(b);
-    let s1 = snap.seq.wrapping_add(1);
-    let idx = (s1 & 1) as usize;
-    let expected = if idx == 0 { snap.e0 } else { snap.e1 };
-    let e = intent(s1, op, slot, cost, arg);
-    b[idx].compare_exchange(expected, e).unwrap();
+    let e = Intent::pending(snap.seq.wrapping_add(1), op, slot, cost, arg);
+    let expected = if e.index() == 0 { snap.e0 } else { snap.e1 };
+    b[e.index()]
+        .compare_exchange(expected, e.to_bits())
+        .unwrap();
     e
 }
 
@@ -53,15 +99,15 @@ fn commit_only(t: &Table, op: u8, slot: usize, cost: u64, arg: u64) -> u128 {
 fn a_transaction_abandoned_after_its_commit_is_completed_by_the_next_caller() {
     let t = table("sliding_log 3/minute; 10/hour", 1);
     let h = 42;
-    assert!(verdict(t.check(h, 1, S, true)).allowed);
+    assert!(verdict(t.decide(h, 1, S, Mode::Charge)).allowed);
     let j = t.find(t.bucket(0), h).unwrap();
     // Commit a charge of 1 at 2 s, then "die" before writing any word.
-    commit_only(&t, OP_CHARGE, j, 1, 2 * S);
+    commit_only(&t, Op::Charge, j, 1, 2 * S);
     // The next caller helps: two entries are recorded, so one more fits.
-    let v = verdict(t.check(h, 1, 3 * S, true));
+    let v = verdict(t.decide(h, 1, 3 * S, Mode::Charge));
     assert!(v.allowed);
     assert_eq!(v.remaining, 0);
-    assert!(!verdict(t.check(h, 1, 3 * S, true)).allowed);
+    assert!(!verdict(t.decide(h, 1, 3 * S, Mode::Charge)).allowed);
 }
 
 /// A writer that dies halfway through writing its words is completed too,
@@ -70,10 +116,10 @@ fn a_transaction_abandoned_after_its_commit_is_completed_by_the_next_caller() {
 fn a_transaction_abandoned_halfway_is_completed_exactly_once() {
     let t = table("fixed_window 5/minute; fixed_window 7/minute", 1);
     let h = 9;
-    assert!(verdict(t.check(h, 1, S, true)).allowed);
+    assert!(verdict(t.decide(h, 1, S, Mode::Charge)).allowed);
     let b = t.bucket(0);
     let j = t.find(b, h).unwrap();
-    let e = commit_only(&t, OP_CHARGE, j, 2, S);
+    let e = commit_only(&t, Op::Charge, j, 2, S);
     // Write only the first limit's word, as the dying writer would have.
     let words = t.slot_words(b, j);
     let l0 = t.layout.limits[0];
@@ -82,27 +128,34 @@ fn a_transaction_abandoned_halfway_is_completed_exactly_once() {
     })
     .unwrap();
     // Completion writes the second word only; the first keeps its 3.
-    let v0 = verdict(t.check(h, 1, S, false));
+    let v0 = verdict(t.decide(h, 1, S, Mode::Peek));
     assert_eq!(v0.remaining, 5 - 3 - 1, "limit 0 charged once, not twice");
     let l1_remaining = 7 - 3 - 1;
     assert!(v0.remaining < l1_remaining);
-    assert_eq!(payload(words[1].load()).a, 3, "limit 1 completed");
+    assert_eq!(
+        Word::from_bits(words[1].load()).payload.a,
+        3,
+        "limit 1 completed"
+    );
 }
 
 #[test]
 fn a_stale_helper_never_rewrites_a_word_of_a_completed_transaction() {
     let t = table("3/second; fixed_window 9/minute", 1);
     let h = 5;
-    assert!(verdict(t.check(h, 1, S, true)).allowed);
+    assert!(verdict(t.decide(h, 1, S, Mode::Charge)).allowed);
     let b = t.bucket(0);
     // The intent of the transaction that just completed.
     let snap = t.snapshot(b);
-    let done = if seq(snap.e0) == snap.seq {
+    let done = if Intent::from_bits(snap.e0).seq == snap.seq {
         snap.e0
     } else {
         snap.e1
     };
-    let stale = done | PENDING;
+    let stale = Intent {
+        pending: true,
+        ..Intent::from_bits(done)
+    };
     // A helper that read the intent while it was pending and wakes up now.
     let before: Vec<u128> = t
         .slot_words(b, t.find(b, h).unwrap())
@@ -152,7 +205,7 @@ fn jump_seq(t: &Table, to: u32) {
         to as u64 > from && from / r == to as u64 / r,
         "a jump must not skip a retag"
     );
-    let done = |s: u32| intent(s, OP_TOUCH, 0, 0, 0) & !PENDING;
+    let done = |s: u32| Intent::pending(s, Op::Touch, 0, 0, 0).done().to_bits();
     let cur = (to & 1) as usize;
     b[1 - cur]
         .compare_exchange(b[1 - cur].load(), done(to - 1))
@@ -169,11 +222,11 @@ fn jump_seq(t: &Table, to: u32) {
 fn a_charge_after_the_sequence_wraps_is_never_mistaken_for_already_written() {
     let t = table("2/minute; 100/hour", 1);
     let (a, other) = (0x0A, 0x0B);
-    assert!(verdict(t.check(a, 1, S, true)).allowed);
+    assert!(verdict(t.decide(a, 1, S, Mode::Charge)).allowed);
     let b = t.bucket(0);
     let ja = t.find(b, a).unwrap();
-    let a_tag = tag(t.slot_words(b, ja)[0].load());
-    assert!(verdict(t.check(other, 1, S, true)).allowed);
+    let a_tag = Word::from_bits(t.slot_words(b, ja)[0].load()).tag;
+    assert!(verdict(t.decide(other, 1, S, Mode::Charge)).allowed);
     // The other key's refunds are transactions that leave key A's words alone.
     let spin = |until: u32| {
         while t.snapshot(b).seq != until {
@@ -185,11 +238,15 @@ fn a_charge_after_the_sequence_wraps_is_never_mistaken_for_already_written() {
     jump_seq(&t, u32::MAX - 3);
     // The next transaction's seq is key A's old tag (mod 2^32).
     spin(a_tag.wrapping_sub(1));
-    let v = verdict(t.check(a, 1, S, true));
+    let v = verdict(t.decide(a, 1, S, Mode::Charge));
     assert!(v.allowed && v.remaining == 0, "{v:?}");
-    assert_eq!(verdict(t.check(a, 0, S, false)).remaining, 0, "charge kept");
+    assert_eq!(
+        verdict(t.decide(a, 0, S, Mode::Peek)).remaining,
+        0,
+        "charge kept"
+    );
     assert!(
-        !verdict(t.check(a, 1, S, true)).allowed,
+        !verdict(t.decide(a, 1, S, Mode::Charge)).allowed,
         "2/minute: the third is denied"
     );
 }
@@ -200,20 +257,26 @@ fn a_charge_after_the_sequence_wraps_is_never_mistaken_for_already_written() {
 fn a_retag_rewrites_every_tag_and_keeps_every_payload() {
     let t = table("2/minute; sliding_log 3/hour", 1);
     for k in 1..=8u64 {
-        assert!(verdict(t.check(k, 1, S, true)).allowed);
+        assert!(verdict(t.decide(k, 1, S, Mode::Charge)).allowed);
     }
     let b = t.bucket(0);
-    let payloads: Vec<Payload> = b[2..].iter().map(|w| payload(w.load())).collect();
+    let payloads: Vec<Payload> = b[2..]
+        .iter()
+        .map(|w| Word::from_bits(w.load()).payload)
+        .collect();
     jump_seq(&t, RETAG_EVERY - 1);
     assert!(t.refund(1, 1, S));
     assert!(t.snapshot(b).seq > RETAG_EVERY, "the retag took a seq");
     let retagged = b[2..]
         .iter()
-        .filter(|w| tag(w.load()) == RETAG_EVERY)
+        .filter(|w| Word::from_bits(w.load()).tag == RETAG_EVERY)
         .count();
     // Every word but the ones the refund rewrote afterwards.
     assert!(retagged >= b.len() - 2 - t.layout.words, "{retagged}");
-    let after: Vec<Payload> = b[2..].iter().map(|w| payload(w.load())).collect();
+    let after: Vec<Payload> = b[2..]
+        .iter()
+        .map(|w| Word::from_bits(w.load()).payload)
+        .collect();
     let changed = payloads.iter().zip(&after).filter(|(x, y)| x != y).count();
     assert!(
         (1..=t.layout.words).contains(&changed),
@@ -226,15 +289,15 @@ fn a_retag_rewrites_every_tag_and_keeps_every_payload() {
 #[test]
 fn an_intent_naming_a_slot_the_bucket_lacks_completes_as_a_no_op() {
     let t = std::sync::Arc::new(table("100/second; 1000/minute", 1));
-    assert!(verdict(t.check(1, 1, S, true)).allowed);
+    assert!(verdict(t.decide(1, 1, S, Mode::Charge)).allowed);
     for slot in 8..16 {
-        commit_only(&t, OP_CHARGE, slot, 1, S);
+        commit_only(&t, Op::Charge, slot, 1, S);
         let t2 = t.clone();
-        let v = returns("a check", move || verdict(t2.check(1, 1, S, true)));
+        let v = returns("a check", move || verdict(t2.decide(1, 1, S, Mode::Charge)));
         assert!(v.allowed);
     }
     // Nine real charges; the corrupt intents charged nothing.
-    assert_eq!(verdict(t.check(1, 0, S, false)).remaining, 100 - 9);
+    assert_eq!(verdict(t.decide(1, 0, S, Mode::Peek)).remaining, 100 - 9);
 }
 
 /// Issue #1/#9: intent pairs no protocol state has (wrong parity, both
@@ -242,16 +305,16 @@ fn an_intent_naming_a_slot_the_bucket_lacks_completes_as_a_no_op() {
 /// repaired, and the bucket works exactly afterwards.
 #[test]
 fn a_corrupt_intent_pair_is_repaired_never_looped_on() {
-    let pending = |s: u32| intent(s, OP_CHARGE, 0, 1, S);
-    let done = |s: u32| pending(s) & !PENDING;
+    let pending = |s: u32| Intent::pending(s, Op::Charge, 0, 1, S).to_bits();
+    let done = |s: u32| Intent::pending(s, Op::Charge, 0, 1, S).done().to_bits();
     let pairs = [
-        (done(7), done(8)),                        // parity swapped
-        (pending(4), pending(5)),                  // both pending
-        (done(2), done(1_000_001)),                // far apart
-        (0, done(6)),                              // intent 0 zero
-        (done(u32::MAX), 0),                       // odd seq in intent 0
-        (u128::MAX, u128::MAX),                    // all ones
-        (intent(4, OP_CLAIM, 15, 0, 77), done(3)), // pending claim of slot 15
+        (done(7), done(8)),                                            // parity swapped
+        (pending(4), pending(5)),                                      // both pending
+        (done(2), done(1_000_001)),                                    // far apart
+        (0, done(6)),                                                  // intent 0 zero
+        (done(u32::MAX), 0),                                           // odd seq in intent 0
+        (u128::MAX, u128::MAX),                                        // all ones
+        (Intent::pending(4, Op::Claim, 15, 0, 77).to_bits(), done(3)), // pending claim of slot 15
     ];
     for (e0, e1) in pairs {
         let t = std::sync::Arc::new(table("3/minute", 1));
@@ -263,7 +326,7 @@ fn a_corrupt_intent_pair_is_repaired_never_looped_on() {
         let t2 = t.clone();
         let admitted = returns("checks on a corrupt bucket", move || {
             (0..5)
-                .filter(|_| verdict(t2.check(9, 1, S, true)).allowed)
+                .filter(|_| verdict(t2.decide(9, 1, S, Mode::Charge)).allowed)
                 .count()
         });
         assert_eq!(admitted, 3, "pair {e0:#x} {e1:#x}");

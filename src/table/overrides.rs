@@ -1,0 +1,92 @@
+//! Per-key quota overrides: an open-addressed table of key words (tag 0,
+//! `a`: the factor in thousandths, `b`: the key hash) in the policy's own
+//! units, mirrored into the `a` of the key's live key word.
+
+use super::words::{Op, Word};
+use super::Table;
+use crate::sync::Atomic128;
+
+impl Table {
+    /// The override entry units.
+    fn override_units(&self) -> &[Atomic128] {
+        &self.mem.units()[self.overrides_base..self.overrides_base + self.overrides_len]
+    }
+
+    /// The quota override of key `h` in thousandths (0: none).
+    #[inline]
+    pub fn override_of(&self, h: u64) -> u32 {
+        let units = self.override_units();
+        let n = units.len();
+        for i in 0..n {
+            let entry = Word::from_bits(units[((h >> 32) as usize + i) % n].load());
+            if entry.hash() == h {
+                return entry.factor();
+            }
+            if entry.hash() == 0 {
+                return 0;
+            }
+        }
+        0
+    }
+
+    /// Sets (or with 0, clears) the quota override of key `h`, in
+    /// thousandths, and applies it to the key's live state at once.
+    /// Override entries are keyed once and never removed (a cleared one
+    /// keeps its key with factor 0), so racing setters of one key always
+    /// meet on the same entry.
+    pub fn set_override(&self, h: u64, factor_milli: u32) -> Result<(), crate::Error> {
+        let units = self.override_units();
+        let n = units.len();
+        let mut done = false;
+        'probe: for i in 0..n {
+            let unit = &units[((h >> 32) as usize + i) % n];
+            let mut cur = unit.load();
+            loop {
+                let entry = Word::from_bits(cur);
+                if entry.hash() != h && entry.hash() != 0 {
+                    continue 'probe;
+                }
+                if entry.hash() == 0 && factor_milli == 0 {
+                    break 'probe; // nothing to clear
+                }
+                let new = Word::key(0, h, factor_milli).to_bits();
+                match unit.compare_exchange(cur, new) {
+                    Ok(_) => {
+                        done = true;
+                        break 'probe;
+                    }
+                    Err(actual) => cur = actual,
+                }
+            }
+        }
+        if !done && factor_milli != 0 {
+            return Err(crate::Error::Unsupported(format!(
+                "the policy's override table is full ({n} keys)"
+            )));
+        }
+        // Bring the live slot in line; with no slot, a no-op transaction
+        // makes any claim proposed from an older snapshot (which may have
+        // read the old override) fail and read it again.
+        let b = self.bucket(self.bucket_of(h));
+        loop {
+            let snap = self.snapshot(b);
+            match self.find(b, h) {
+                Some(j) if self.key_word(b, j).factor() == factor_milli => {
+                    if Self::still(b, &snap) {
+                        return Ok(());
+                    }
+                }
+                Some(j) => {
+                    if self.transact(b, &snap, Op::Factor, j, factor_milli as u64, 0) {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    if self.transact(b, &snap, Op::Touch, 0, 0, 0) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}

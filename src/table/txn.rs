@@ -1,0 +1,278 @@
+//! The transaction protocol of a bucket (see "Protocol" in the module docs
+//! of `table`): snapshots, the commit of a transaction, and its completion
+//! by any thread that sees it pending.
+
+use super::words::{Intent, Op, Word};
+use super::{Table, SLOTS};
+use crate::abuse;
+use crate::algo::Algorithm;
+use crate::algo::{self, sliding_log, LimitParams, Payload};
+use crate::sync::Atomic128;
+
+/// Every transaction whose seq is a multiple of this is a retag: so no word
+/// of a bucket (other than a lease word) carries a tag more than 2^31
+/// transactions old, and a tag equal to a transaction's seq can only have
+/// been written by that transaction.
+pub(super) const RETAG_EVERY: u32 = 1 << 31;
+
+/// A bucket's two intent words as read, and the seq of its latest
+/// completed transaction. The intents are kept as raw bits: they are only
+/// compared with what the bucket holds later.
+#[derive(Clone, Copy)]
+pub(super) struct Snapshot {
+    pub e0: u128,
+    pub e1: u128,
+    pub seq: u32,
+}
+
+impl Table {
+    /// The latest completed transaction of bucket `b`, helping a pending one.
+    #[inline]
+    pub(super) fn snapshot(&self, b: &[Atomic128]) -> Snapshot {
+        loop {
+            let e0 = b[0].load();
+            let e1 = b[1].load();
+            let (i0, i1) = (Intent::from_bits(e0), Intent::from_bits(e1));
+            let (cur, other) = if i1.seq == i0.seq.wrapping_add(1) {
+                (e1, e0)
+            } else {
+                (e0, e1)
+            };
+            if !Self::consistent(e0, e1, cur, other) {
+                // Read across a transaction boundary, or a corrupt pair (a
+                // shared file written by someone else). In a live bucket the
+                // two intents are consistent at every instant, so if intent 0
+                // is unchanged since intent 1 was read, this pair is what the
+                // bucket holds: repair it, then read again.
+                if b[0].load() == e0 {
+                    Self::repair(b, e0, e1);
+                }
+                continue;
+            }
+            let latest = Intent::from_bits(cur);
+            if latest.pending {
+                self.apply(b, latest);
+                continue;
+            }
+            return Snapshot {
+                e0,
+                e1,
+                seq: latest.seq,
+            };
+        }
+    }
+
+    /// The two intents are a state the protocol can reach: the latest one
+    /// lives at index `seq & 1` and the other holds `seq - 1` (or the
+    /// bucket is all zero), and the older one is not pending.
+    #[inline(always)]
+    fn consistent(e0: u128, e1: u128, cur: u128, other: u128) -> bool {
+        if e0 == 0 && e1 == 0 {
+            return true;
+        }
+        let cur_index = if cur == e0 { 0 } else { 1 };
+        let (cur, other) = (Intent::from_bits(cur), Intent::from_bits(other));
+        cur.index() == cur_index && other.seq == cur.seq.wrapping_sub(1) && !other.pending
+    }
+
+    /// Makes a corrupt intent pair consistent, deciding from intent 0 alone
+    /// (so racing repairers agree): intent 0, which must hold an even seq,
+    /// is taken as the latest, and intent 1 becomes a completed no-op one
+    /// seq before it. Whatever transaction the corrupt words described may
+    /// be lost; the slot words keep whatever they hold. Never called for a
+    /// pair the protocol wrote.
+    #[cold]
+    fn repair(b: &[Atomic128], e0: u128, e1: u128) {
+        let s0 = Intent::from_bits(e0).seq;
+        let touch = |seq: u32| Intent::pending(seq, Op::Touch, 0, 0, 0).done().to_bits();
+        if s0 & 1 == 1 {
+            let _ = b[0].compare_exchange(e0, touch(s0.wrapping_add(1)));
+            return;
+        }
+        let _ = b[1].compare_exchange(e1, touch(s0.wrapping_sub(1)));
+    }
+
+    /// True if no transaction started since `s` was taken.
+    #[inline(always)]
+    pub(super) fn still(b: &[Atomic128], s: &Snapshot) -> bool {
+        b[0].load() == s.e0 && b[1].load() == s.e1
+    }
+
+    /// Commits transaction `snap.seq + 1`; on success, completes it.
+    pub(super) fn transact(
+        &self,
+        b: &[Atomic128],
+        snap: &Snapshot,
+        op: Op,
+        slot: usize,
+        cost: u64,
+        arg: u64,
+    ) -> bool {
+        let s1 = snap.seq.wrapping_add(1);
+        if s1 % RETAG_EVERY == 0 && op != Op::Retag {
+            // This seq belongs to a retag; the caller takes a new snapshot.
+            self.transact(b, snap, Op::Retag, 0, 0, 0);
+            return false;
+        }
+        let e = Intent::pending(s1, op, slot, cost, arg);
+        let expected = if e.index() == 0 { snap.e0 } else { snap.e1 };
+        if b[e.index()]
+            .compare_exchange(expected, e.to_bits())
+            .is_err()
+        {
+            return false;
+        }
+        self.apply(b, e);
+        true
+    }
+
+    /// Writes one word of transaction `e` (see the module docs); `None` if
+    /// the transaction turned out to be complete already.
+    #[inline]
+    pub(super) fn write(
+        b: &[Atomic128],
+        unit: &Atomic128,
+        e: Intent,
+        f: impl Fn(Payload) -> Payload,
+    ) -> Option<Payload> {
+        let bits = e.to_bits();
+        loop {
+            let cur = unit.load();
+            let w = Word::from_bits(cur);
+            if w.tag == e.seq {
+                return Some(w.payload);
+            }
+            if b[e.index()].load() != bits {
+                return None;
+            }
+            let new = Word::new(e.seq, f(w.payload));
+            if unit.compare_exchange(cur, new.to_bits()).is_ok() {
+                return Some(new.payload);
+            }
+        }
+    }
+
+    /// Marks pending transaction `e` done; failure means another helper
+    /// already did.
+    #[inline(always)]
+    fn mark_done(b: &[Atomic128], e: Intent) {
+        let _ = b[e.index()].compare_exchange(e.to_bits(), e.done().to_bits());
+    }
+
+    /// Completes transaction `e` (idempotent; any thread may call it).
+    /// An intent naming a slot the bucket does not have (a corrupt shared
+    /// file) is completed as a no-op.
+    pub(super) fn apply(&self, b: &[Atomic128], e: Intent) {
+        let slot = e.slot;
+        if slot >= SLOTS {
+            Self::mark_done(b, e);
+            return;
+        }
+        let words = self.slot_words(b, slot);
+        let done = match e.op {
+            Op::Retag => (0..SLOTS).all(|j| {
+                Self::write(b, &b[self.key_unit(j)], e, |p| p).is_some()
+                    && (self.layout.concurrency
+                        || self
+                            .slot_words(b, j)
+                            .iter()
+                            .all(|w| Self::write(b, w, e, |p| p).is_some()))
+            }),
+            Op::Claim => {
+                let key = Word::key(e.seq, e.arg, e.cost as u32);
+                Self::write(b, &b[self.key_unit(slot)], e, |_| key.payload).is_some()
+                    && words
+                        .iter()
+                        .all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
+            }
+            // A reset frees the slot: the key word goes back to empty.
+            Op::Reset => {
+                Self::write(b, &b[self.key_unit(slot)], e, |_| Payload::default()).is_some()
+                    && words
+                        .iter()
+                        .all(|w| Self::write(b, w, e, |_| Payload::default()).is_some())
+            }
+            Op::Factor => {
+                let factor = e.cost as u32;
+                // A key word's `a` is its override factor (see `Word`).
+                Self::write(b, &b[self.key_unit(slot)], e, |p| Payload {
+                    a: factor,
+                    ..p
+                })
+                .is_some()
+            }
+            Op::Touch => true,
+            Op::Strike => {
+                let (Some(pen), off, now) =
+                    (self.layout.penalty, self.layout.penalty_offset, e.arg)
+                else {
+                    return;
+                };
+                match Self::write(b, &words[off], e, |p| abuse::strike(&pen, p, now)) {
+                    // A strike word reset to 0 means this strike starts a ban.
+                    Some(strikes) => Self::write(b, &words[off + 1], e, |p| {
+                        if strikes.b == 0 {
+                            abuse::ban(&pen, p, now)
+                        } else {
+                            p
+                        }
+                    })
+                    .is_some(),
+                    None => false,
+                }
+            }
+            op @ (Op::Charge | Op::Refund) => {
+                let refund = op == Op::Refund;
+                let (cost, now) = (e.cost, e.arg);
+                // The key word's override is stable during a charge: only
+                // CLAIM and FACTOR transactions write it.
+                let factor = self.key_word(b, slot).factor();
+                self.with_limits(factor, |limits| {
+                    limits
+                        .iter()
+                        .all(|l| Self::apply_limit(b, words, l, e, refund, cost, now))
+                })
+            }
+        };
+        if done {
+            Self::mark_done(b, e);
+        }
+    }
+
+    fn apply_limit(
+        b: &[Atomic128],
+        words: &[Atomic128],
+        l: &LimitParams,
+        e: Intent,
+        refund: bool,
+        cost: u64,
+        now: u64,
+    ) -> bool {
+        let w = &words[l.offset..l.offset + l.words()];
+        match (l.algorithm, refund) {
+            (Algorithm::Gcra | Algorithm::FixedWindow | Algorithm::SlidingWindow, false) => {
+                Self::write(b, &w[0], e, |p| algo::charge_word(l, p, cost, now)).is_some()
+            }
+            (Algorithm::Gcra | Algorithm::FixedWindow | Algorithm::SlidingWindow, true) => {
+                Self::write(b, &w[0], e, |p| algo::refund_word(l, p, cost, now)).is_some()
+            }
+            (Algorithm::SlidingLog, _) => {
+                let n = l.count as usize;
+                let meta = Self::write(b, &w[0], e, |m| {
+                    if refund {
+                        let keeper = sliding_log::refund_keeper(l, m, cost);
+                        let kept = Word::from_bits(w[1 + keeper].load()).payload;
+                        sliding_log::refund_meta(l, m, cost, kept)
+                    } else {
+                        sliding_log::charge_meta(l, m, cost, now)
+                    }
+                });
+                let Some(meta) = meta else { return false };
+                let (from, len, value) = sliding_log::entries_written(l, meta, refund);
+                (0..len).all(|i| Self::write(b, &w[1 + (from + i) % n], e, |_| value).is_some())
+            }
+            // Leases change by direct CAS only.
+            (Algorithm::Concurrency, _) => true,
+        }
+    }
+}
