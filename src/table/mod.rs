@@ -592,7 +592,8 @@ impl Table {
 
     /// Decides `cost` for key hash `h` at `now`, and as `mode` says,
     /// charges it if allowed and counts a denial as a penalty-box strike.
-    #[inline]
+    /// (Always inlined: the hot path of `check`, where `mode` is a constant.)
+    #[inline(always)]
     pub fn decide(&self, h: u64, cost: u64, now: u64, mode: Mode) -> Outcome {
         let (charge, strike_denials) = (mode.charges(), mode.strikes());
         let now = now.min(algo::MAX_TIME_NS);

@@ -27,7 +27,8 @@ pub(super) struct Snapshot {
 
 impl Table {
     /// The latest completed transaction of bucket `b`, helping a pending one.
-    #[inline]
+    /// (Always inlined: it is the first step of every check.)
+    #[inline(always)]
     pub(super) fn snapshot(&self, b: &[Atomic128]) -> Snapshot {
         loop {
             let e0 = b[0].load();
