@@ -428,3 +428,58 @@ fn acquire_timeout_on_a_full_fail_closed_bucket_wakes_when_another_key_releases(
     let attempts = e.stats(p).unwrap().table_full;
     assert!((1..=3).contains(&attempts), "{attempts} attempts");
 }
+
+/// A batch of more items than the batch rule keeps on the stack (64)
+/// follows the same rule: all or nothing, and every item its own limits
+/// deny is a penalty-box strike (also items past the 64th).
+#[test]
+fn a_batch_of_more_than_64_items_follows_the_same_rule() {
+    use ratekeeper::{CheckItem, Penalty};
+    let e = engine(4096);
+    let once = PolicyOptions {
+        penalty: Some(Penalty {
+            strikes: 1,
+            window_ns: 60 * S,
+            ban_ns: 600 * S,
+            max_ban_ns: 600 * S,
+        }),
+        ..PolicyOptions::default()
+    };
+    let p = e.add_policy_with("login", "1/minute", once).unwrap();
+    let keys: Vec<Vec<u8>> = (0..100).map(|i| format!("user:{i}").into_bytes()).collect();
+    let items: Vec<CheckItem<'_>> = keys
+        .iter()
+        .map(|k| CheckItem {
+            policy: p,
+            key: k,
+            cost: 1,
+        })
+        .collect();
+    // A fresh key at the end that an earlier request exhausted: nothing of
+    // the batch is charged.
+    assert!(e.check_at(p, b"spent", 1, S).allowed);
+    let mut with_spent = items.clone();
+    with_spent.push(CheckItem {
+        policy: p,
+        key: b"spent",
+        cost: 1,
+    });
+    let (d, i) = e.check_many_at(&with_spent, S).unwrap();
+    assert!(!d.allowed && i == 100, "{d:?} {i}");
+    for k in &keys {
+        assert!(e.peek_at(p, k, 1, S).unwrap().allowed, "{k:?} was charged");
+    }
+    // All allow: every item is charged.
+    assert!(e.check_many_at(&items, S).unwrap().0.allowed);
+    for k in &keys {
+        assert!(!e.peek_at(p, k, 1, S).unwrap().allowed);
+    }
+    // All deny: each denial is a strike, and one strike bans.
+    let (d, _) = e.check_many_at(&items, S).unwrap();
+    assert!(!d.allowed && d.banned, "{d:?}");
+    for k in &keys {
+        let later = e.peek_at(p, k, 1, 120 * S).unwrap();
+        assert!(later.banned, "{k:?} was not struck: {later:?}");
+    }
+    assert_eq!(e.stats(p).unwrap().bans, 100 + 1); // "spent" was struck too
+}
