@@ -11,7 +11,7 @@
 //!
 //! Paths: `hot` (one key, `check_at`), `clock` (one key, `check`), `fw`
 //! (fixed window), `log` (sliding log), `two` (gcra + fixed window),
-//! `keys` (100,000 keys).
+//! `keys` (100,000 keys), `many` (`check_many_at` of two items).
 use ratekeeper::{Engine, EngineOptions};
 fn main() {
     let what = std::env::args().nth(1).unwrap();
@@ -28,6 +28,7 @@ fn main() {
         _ => "1000000000/second",
     };
     let p = e.add_policy("p", spec).unwrap();
+    let q = e.add_policy("q", "1000000000/second").unwrap();
     let mut allowed = 0u64;
     let mut now = 1u64 << 40;
     for i in 0..n {
@@ -37,6 +38,22 @@ fn main() {
         } else {
             7u64.to_le_bytes()
         };
+        if what == "many" {
+            let items = [
+                ratekeeper::CheckItem {
+                    policy: p,
+                    key: &key,
+                    cost: 1,
+                },
+                ratekeeper::CheckItem {
+                    policy: q,
+                    key: b"route",
+                    cost: 1,
+                },
+            ];
+            allowed += e.check_many_at(&items, now).unwrap().0.allowed as u64;
+            continue;
+        }
         let d = if what == "clock" {
             e.check(p, &key, 1)
         } else {

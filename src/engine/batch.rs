@@ -29,45 +29,64 @@ use crate::stats::Counter;
 use crate::store::{Batch, Keys, Now, Target};
 use crate::table::{Mode, Outcome};
 use crate::Error;
+use std::mem::MaybeUninit;
 
 /// Items of a batch kept on the stack; a larger batch allocates.
 pub(super) const INLINE: usize = 64;
 
 /// Up to [`INLINE`] values on the stack, any number beyond on the heap.
+/// The stack room starts uninitialised: a batch of two items writes two
+/// entries, not 64.
 struct Buf<T: Copy> {
-    inline: [T; INLINE],
+    inline: [MaybeUninit<T>; INLINE],
     len: usize,
     heap: Vec<T>,
 }
 
 impl<T: Copy> Buf<T> {
-    /// An empty buffer (`fill` only initialises the unused room).
-    fn new(fill: T) -> Self {
+    fn new() -> Self {
         Buf {
-            inline: [fill; INLINE],
+            inline: [const { MaybeUninit::uninit() }; INLINE],
             len: 0,
             heap: Vec::new(),
         }
     }
 
     fn push(&mut self, v: T) {
-        if self.heap.is_empty() && self.len < INLINE {
-            self.inline[self.len] = v;
+        if self.len < INLINE {
+            self.inline[self.len].write(v);
         } else {
-            if self.heap.is_empty() {
-                self.heap.extend_from_slice(&self.inline);
+            if self.len == INLINE {
+                let spilled = self.inline().to_vec();
+                self.heap = spilled;
             }
             self.heap.push(v);
         }
         self.len += 1;
     }
 
+    /// The values kept on the stack.
+    fn inline(&self) -> &[T] {
+        let n = self.len.min(INLINE);
+        // SAFETY:
+        // - `push` writes `inline[i]` for every i below `min(len, INLINE)`
+        //   before it counts it in `len`, and nothing ever un-writes one, so
+        //   the first `n` entries are initialised;
+        // - `MaybeUninit<T>` has the size and alignment of `T`, so `n`
+        //   initialised entries are a valid `[T]` for the borrow of `self`.
+        unsafe { std::slice::from_raw_parts(self.inline.as_ptr().cast::<T>(), n) }
+    }
+
     fn as_slice(&self) -> &[T] {
-        if self.heap.is_empty() {
-            &self.inline[..self.len]
+        if self.len <= INLINE {
+            self.inline()
         } else {
             &self.heap
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -84,14 +103,13 @@ impl Engine {
         items: &[CheckItem<'_>],
         now: Now,
     ) -> Result<(Decision, usize), Error> {
-        let Some(first) = items.first() else {
+        if items.is_empty() {
             return Err(Error::InvalidArgument(
                 "check_many needs at least one item".into(),
             ));
-        };
-        let p0 = self.get(first.policy)?;
-        let mut ps = Buf::new(p0);
-        let mut ts = Buf::new(Self::target(p0, first.policy, first.key, first.cost));
+        }
+        let mut ps = Buf::new();
+        let mut ts = Buf::new();
         for it in items {
             let p = self.get(it.policy)?;
             p.rate_limit("use acquire/release")?;
@@ -134,7 +152,7 @@ impl Engine {
     fn rule(keys: &dyn Keys, ps: &[&Policy], ts: &[Target<'_>], now: Now) -> (Decision, usize) {
         // 1. Look at every item.
         let mut best: Option<(Decision, usize)> = None;
-        let mut denied = Buf::new(false);
+        let mut denied = Buf::new();
         keys.decide_each(ts, now, Mode::Peek, &mut |i, o| {
             let d = conclude(ps[i], &ts[i], o, now.ns, Count::No);
             denied.push(!d.allowed);
@@ -150,7 +168,7 @@ impl Engine {
         // 3. Charge every item; stop at the first denial.
         let mut best: Option<(Decision, usize)> = None;
         let mut denial: Option<(Decision, usize)> = None;
-        let mut back = Buf::new(ts[0]);
+        let mut back = Buf::new();
         keys.decide_each(ts, now, Mode::Charge, &mut |i, o| {
             if charged(&o, &ts[i]) {
                 back.push(ts[i]);
@@ -188,8 +206,8 @@ impl Engine {
         let (d, i) = binding;
         ps[i].head().add(Counter::Denied, 1);
         record(ps[i], &d, &ts[i], now.ns);
-        let mut struck = Buf::new(ts[0]);
-        let mut index = Buf::new(0usize);
+        let mut struck = Buf::new();
+        let mut index = Buf::new();
         for (j, t) in ts.iter().enumerate() {
             if denied[j] && t.table.layout.penalty.is_some() {
                 struck.push(*t);
@@ -197,7 +215,7 @@ impl Engine {
             }
         }
         let mut answer = binding;
-        if struck.len > 0 {
+        if !struck.is_empty() {
             let index = index.as_slice();
             keys.decide_each(struck.as_slice(), now, Mode::StrikeIfDenied, &mut |k, o| {
                 if let Outcome::Decided { verdict, .. } = o {
@@ -214,5 +232,22 @@ impl Engine {
             ps[answer.1].head().add(Counter::Banned, 1);
         }
         answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Buf, INLINE};
+
+    #[test]
+    fn a_buffer_keeps_every_value_in_order_on_the_stack_and_past_it() {
+        for n in [0, 1, 2, INLINE - 1, INLINE, INLINE + 1, 3 * INLINE] {
+            let mut b = Buf::new();
+            for i in 0..n {
+                b.push(i);
+            }
+            assert_eq!(b.as_slice(), (0..n).collect::<Vec<_>>(), "{n} values");
+            assert_eq!(b.is_empty(), n == 0);
+        }
     }
 }

@@ -86,6 +86,13 @@ impl Redis {
         self.remote.policy(index).ok_or(Error::UnknownPolicy(index))
     }
 
+    /// The script items of `ts` (every policy must be known to Redis).
+    fn items<'a>(&'a self, ts: &[Target<'a>]) -> Result<Vec<Item<'a>>, Error> {
+        ts.iter()
+            .map(|t| Ok(Item::raw(self.policy(t.policy)?, t.key, t.cost as u32)))
+            .collect()
+    }
+
     fn on_failure(&self) -> OnFailure {
         self.remote.options.on_failure
     }
@@ -184,10 +191,7 @@ impl Redis {
             // cluster, nor treat a shadow-mode item as the engine does.
             return Ok(Batch::Rule(self));
         }
-        let mut items = Vec::with_capacity(ts.len());
-        for t in ts {
-            items.push(Item::raw(self.policy(t.policy)?, t.key, t.cost as u32));
-        }
+        let items = self.items(ts)?;
         let tags: Vec<u64> = ts.iter().map(cache_tag).collect();
         let costs: Vec<u32> = ts.iter().map(|t| t.cost as u32).collect();
         let cacheable = items.iter().all(|it| !it.policy.penalty);
@@ -369,10 +373,7 @@ impl Keys for Redis {
         mode: Mode,
         seen: &mut dyn FnMut(usize, Outcome) -> bool,
     ) {
-        let items: Result<Vec<Item<'_>>, Error> = ts
-            .iter()
-            .map(|t| Ok(Item::raw(self.policy(t.policy)?, t.key, t.cost as u32)))
-            .collect();
+        let items = self.items(ts);
         let op = if mode == Mode::Peek { "peek" } else { "check" };
         let replies = items.ok().and_then(|items| {
             let values = self
@@ -412,10 +413,7 @@ impl Keys for Redis {
     }
 
     fn refund_each(&self, ts: &[Target<'_>], now: Now) {
-        let items: Result<Vec<Item<'_>>, Error> = ts
-            .iter()
-            .map(|t| Ok(Item::raw(self.policy(t.policy)?, t.key, t.cost as u32)))
-            .collect();
+        let items = self.items(ts);
         ts.iter()
             .for_each(|t| self.remote.cache.changed(cache_tag(t)));
         let sent = items.map(|items| self.remote.call_each("refund", when(now), &items, false));
