@@ -11,11 +11,49 @@
 //!
 //! Paths: `hot` (one key, `check_at`), `clock` (one key, `check`), `fw`
 //! (fixed window), `log` (sliding log), `two` (gcra + fixed window),
-//! `keys` (100,000 keys), `many` (`check_many_at` of two items).
+//! `keys` (100,000 keys), `many` (`check_many_at` of two items), `deny`
+//! (one key, every check denied), `mixed` (one key, one check in five allowed).
+//!
+//! `gov-hot`, `gov-deny`, `gov-mixed` and `gov-keys` run the same cases
+//! through governor's keyed limiter (`DefaultKeyedRateLimiter`'s DashMap
+//! store, same quotas), on its fake clock advanced by the same steps.
 use ratekeeper::{Engine, EngineOptions};
+
+fn governor(what: &str, n: u64) -> u64 {
+    use governor::clock::FakeRelativeClock;
+    use governor::{Quota, RateLimiter};
+    use std::num::NonZeroU32;
+    let per_second = match what {
+        "gov-deny" => 1,
+        "gov-mixed" => 1_000_000,
+        _ => 1_000_000_000,
+    };
+    let clock = FakeRelativeClock::default();
+    let limiter = RateLimiter::dashmap_with_clock(
+        Quota::per_second(NonZeroU32::new(per_second).unwrap()),
+        clock.clone(),
+    );
+    let step = std::time::Duration::from_nanos(if what == "gov-mixed" { 200 } else { 1 });
+    let mut allowed = 0;
+    for i in 0..n {
+        clock.advance(step);
+        let key = if what == "gov-keys" {
+            i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 100_000
+        } else {
+            7
+        };
+        allowed += limiter.check_key(&key).is_ok() as u64;
+    }
+    allowed
+}
+
 fn main() {
     let what = std::env::args().nth(1).unwrap();
     let n: u64 = std::env::args().nth(2).unwrap().parse().unwrap();
+    if what.starts_with("gov-") {
+        println!("{}", governor(&what, n));
+        return;
+    }
     let e = Engine::new(EngineOptions {
         capacity: 1 << 17,
         ..Default::default()
@@ -25,6 +63,8 @@ fn main() {
         "fw" => "fixed_window 4000000000/second",
         "log" => "sliding_log 1000/second",
         "two" => "1000000000/second; fixed_window 4000000000/hour",
+        "deny" => "1/second",
+        "mixed" => "1000000/second",
         _ => "1000000000/second",
     };
     let p = e.add_policy("p", spec).unwrap();
@@ -32,7 +72,8 @@ fn main() {
     let mut allowed = 0u64;
     let mut now = 1u64 << 40;
     for i in 0..n {
-        now += 1;
+        // `mixed`: a check every 200 ns against 10^6/second allows one in five.
+        now += if what == "mixed" { 200 } else { 1 };
         let key = if what == "keys" {
             (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 100_000).to_le_bytes()
         } else {

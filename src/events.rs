@@ -29,6 +29,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Entries in each policy's ring.
 pub const RING_ENTRIES: usize = 512;
+/// A key's denials less than this long after its last event are not
+/// written to the ring (see "Sampling" above; the sampler counts in ticks
+/// of 2^20 ns, so "this long" is exact to about 2 ms): one event per key
+/// per second.
+pub const DENY_SAMPLE_NS: u64 = 1_000_000_000;
+/// Sampler words of each ring (a power of two). Fewer under loom, so that
+/// two keys share one.
+#[cfg(not(loom))]
+pub(crate) const SAMPLER_SLOTS: usize = 1024;
+#[cfg(loom)]
+pub(crate) const SAMPLER_SLOTS: usize = 1;
 /// Key bytes an event keeps.
 pub const EVENT_KEY_BYTES: usize = (WORDS - 6) * 8;
 
@@ -50,8 +61,9 @@ pub(crate) struct RingHead {
     next: AtomicU64,
 }
 
-/// Units (16 bytes) a ring of `RING_ENTRIES` takes, head included.
-pub(crate) const RING_UNITS: usize = (128 + RING_ENTRIES * 128) / 16;
+/// Units (16 bytes) a ring of `RING_ENTRIES` takes: head, entries, then
+/// `SAMPLER_SLOTS` sampler words.
+pub(crate) const RING_UNITS: usize = (128 + RING_ENTRIES * 128 + SAMPLER_SLOTS * 8) / 16;
 
 #[cfg(not(loom))]
 const _: () = {
@@ -97,10 +109,47 @@ fn sequence(ticket: u64) -> u64 {
     ticket.wrapping_mul(2).wrapping_add(2)
 }
 
-/// A ring over a head and `entries` (in a policy region, or built by loom).
+/// One sampler word (see [`Ring::offer`]).
+pub(crate) type SamplerWord = AtomicU64;
+
+/// A ring over a head, `entries` and its sampler words (in a policy
+/// region, or built by a test).
 pub(crate) struct Ring<'a> {
     pub head: &'a RingHead,
     pub entries: &'a [Entry],
+    pub sampler: &'a [SamplerWord],
+}
+
+/// A sampler word: bit 63 set once written, the key hash's top 23 bits in
+/// bits 40..63, and the event's time in ticks of 2^20 ns (about 1 ms) in
+/// bits 0..40 (wrapping every 36 years; differences are taken modulo 2^40).
+mod stamp {
+    pub const TICK_SHIFT: u32 = 20;
+    pub const TIME_BITS: u32 = 40;
+    pub const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+    /// [`super::DENY_SAMPLE_NS`] in ticks, rounded down: a denial a full
+    /// interval after the key's last event is always written (one a tick,
+    /// about 1 ms, less than an interval after it may be too).
+    pub const INTERVAL: u64 = super::DENY_SAMPLE_NS >> TICK_SHIFT;
+
+    #[inline(always)]
+    pub fn of(key_hash: u64, time_ns: u64) -> u64 {
+        1 << 63 | (key_hash >> 41) << TIME_BITS | (time_ns >> TICK_SHIFT) & TIME_MASK
+    }
+
+    /// `old` names the same key as `new` and is less than an interval
+    /// older (a time that went backwards is a new interval).
+    #[inline(always)]
+    pub fn recent(old: u64, new: u64) -> bool {
+        old >> TIME_BITS == new >> TIME_BITS && (new.wrapping_sub(old) & TIME_MASK) < INTERVAL
+    }
+
+    /// The sampler word a key hash uses: bits the table's bucket index
+    /// (the hash's low bits) and the fingerprint (its top bits) do not use.
+    #[inline(always)]
+    pub fn slot(key_hash: u64, slots: usize) -> usize {
+        (key_hash >> 24) as usize & (slots - 1)
+    }
 }
 
 /// What a writer records.
@@ -115,7 +164,49 @@ pub(crate) struct Record<'k> {
 }
 
 impl Ring<'_> {
+    /// Writes the event `record()` builds unless an event for the same key
+    /// was written less than [`DENY_SAMPLE_NS`] before `time_ns` (see
+    /// "Sampling"), or always if `always` (a denial that starts a ban); true
+    /// if written. A repeated denial costs one shared load and builds
+    /// nothing.
+    #[inline(always)]
+    pub fn offer<'k>(
+        &self,
+        key_hash: u64,
+        time_ns: u64,
+        always: bool,
+        record: impl FnOnce() -> Record<'k>,
+    ) -> bool {
+        let word = &self.sampler[stamp::slot(key_hash, self.sampler.len())];
+        let new = stamp::of(key_hash, time_ns);
+        if !always {
+            // Relaxed: the sampler word is a hint that publishes no other
+            // memory; the entry's own sequence word orders the event.
+            let old = word.load(Ordering::Relaxed);
+            if stamp::recent(old, new) {
+                return false;
+            }
+            // Relaxed as above. On failure another denial changed the word
+            // just now: if it stamped this key, that one writes the event; if
+            // another key, this one is written too (displaced keys are
+            // written more often, never less).
+            if let Err(current) =
+                word.compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                if stamp::recent(current, new) {
+                    return false;
+                }
+            }
+        } else {
+            // Relaxed: as above.
+            word.store(new, Ordering::Relaxed);
+        }
+        self.push(&record());
+        true
+    }
+
     /// Appends an event (never blocks; may overwrite the oldest).
+    #[cold]
     pub fn push(&self, r: &Record<'_>) {
         let n = self.entries.len() as u64;
         // Relaxed: the ticket only picks an entry; the entry's own sequence
@@ -226,12 +317,146 @@ mod tests {
         }
     }
 
-    #[test]
-    fn events_read_back_in_order_and_the_oldest_are_overwritten() {
-        let (head, entries) = ring(4);
+    fn offer(r: &Ring<'_>, rec: &Record<'_>, always: bool) -> bool {
+        r.offer(rec.key_hash, rec.time_ns, always, || Record { ..*rec })
+    }
+
+    fn sampler(n: usize) -> Vec<AtomicU64> {
+        (0..n).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    /// What each `offer` of `(key hash, time)` wrote, in order.
+    fn offered(sampler_slots: usize, offers: &[(u64, u64)]) -> Vec<bool> {
+        let (head, entries) = ring(64);
+        let sampler = sampler(sampler_slots);
         let r = Ring {
             head: &head,
             entries: &entries,
+            sampler: &sampler,
+        };
+        let mut rec = rec(0, None);
+        let out: Vec<bool> = offers
+            .iter()
+            .map(|&(key_hash, time_ns)| {
+                rec.key_hash = key_hash;
+                rec.time_ns = time_ns;
+                offer(&r, &rec, false)
+            })
+            .collect();
+        let written = out.iter().filter(|&&w| w).count();
+        assert_eq!(
+            r.read(0).len(),
+            written.min(64),
+            "offer said written: the ring holds it (the last 64)"
+        );
+        out
+    }
+
+    const S: u64 = DENY_SAMPLE_NS;
+
+    #[test]
+    fn a_key_is_written_once_per_interval_however_often_it_is_denied() {
+        let k = 0xDEAD_BEEF_0123_4567;
+        let t0 = 5 * S;
+        let mut offers = vec![(k, t0)];
+        // A flood within the interval: a thousand denials, none written.
+        offers.extend((1..1000).map(|i| (k, t0 + i * (S / 2000))));
+        // The first denial one interval later is written again.
+        offers.push((k, t0 + S));
+        let w = offered(1024, &offers);
+        assert!(w[0]);
+        assert!(w[1..1000].iter().all(|&x| !x));
+        assert!(w[1000]);
+    }
+
+    #[test]
+    fn an_event_offered_always_is_written_and_starts_the_interval() {
+        let k = 0xDEAD_BEEF_0123_4567;
+        let (head, entries) = ring(8);
+        let sampler = sampler(16);
+        let r = Ring {
+            head: &head,
+            entries: &entries,
+            sampler: &sampler,
+        };
+        let mut rec = rec(0, None);
+        rec.key_hash = k;
+        rec.time_ns = S;
+        assert!(offer(&r, &rec, false));
+        rec.time_ns = S + 1;
+        assert!(
+            offer(&r, &rec, true),
+            "a ban starts: written within the interval"
+        );
+        rec.time_ns = S + S / 2;
+        assert!(!offer(&r, &rec, false));
+        rec.time_ns = 2 * S + S / 100;
+        assert!(
+            offer(&r, &rec, false),
+            "one interval after the always-written one"
+        );
+        assert_eq!(r.read(0).len(), 3);
+    }
+
+    #[test]
+    fn time_that_goes_backwards_starts_a_new_interval() {
+        let k = 77 << 41;
+        let w = offered(
+            1024,
+            &[(k, 10 * S), (k, 10 * S - S / 2), (k, 10 * S - S / 4)],
+        );
+        // Backwards: written, and it starts the interval the third is in.
+        assert_eq!(w, vec![true, true, false]);
+    }
+
+    #[test]
+    fn keys_that_share_a_sampler_word_are_written_more_often_never_less() {
+        // One sampler word: two keys alternate; each denial of either is
+        // written, and a third key's first denial is too.
+        let (a, b, c) = (1 << 41, 2 << 41, 3 << 41);
+        let offers: Vec<(u64, u64)> = (0..10)
+            .map(|i| (if i % 2 == 0 { a } else { b }, S + i))
+            .chain([(c, S + 10)])
+            .collect();
+        assert!(offered(1, &offers).iter().all(|&x| x));
+        // With many words, distinct keys never suppress each other: the
+        // first denial of each of 200 keys is written.
+        let keys: Vec<(u64, u64)> = (0..200u64)
+            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15), S))
+            .collect();
+        assert!(offered(1024, &keys).iter().all(|&x| x));
+    }
+
+    #[test]
+    fn a_sampler_word_from_a_hostile_file_suppresses_at_most_one_interval() {
+        let k = 0x1234_5678_9ABC_DEF0;
+        let (head, entries) = ring(8);
+        let sampler = sampler(1);
+        // Someone wrote "this key, at the latest possible tick".
+        sampler[0].store(stamp::of(k, u64::MAX), Ordering::Relaxed);
+        let r = Ring {
+            head: &head,
+            entries: &entries,
+            sampler: &sampler,
+        };
+        let mut rec = rec(0, None);
+        rec.key_hash = k;
+        for t in [0, S / 2, S, 3 * S] {
+            rec.time_ns = t;
+            offer(&r, &rec, false);
+        }
+        assert!(!r.read(0).is_empty());
+        assert!(r.read(0).len() <= 4);
+    }
+
+    #[test]
+    fn events_read_back_in_order_and_the_oldest_are_overwritten() {
+        let (head, entries) = ring(4);
+        let sampler = sampler(4);
+        let r = Ring {
+            head: &head,
+            entries: &entries,
+            sampler: &sampler,
         };
         for t in 0..6 {
             r.push(&rec(
@@ -267,9 +492,11 @@ mod tests {
     #[test]
     fn long_keys_are_cut_to_80_bytes() {
         let (head, entries) = ring(2);
+        let sampler = sampler(4);
         let r = Ring {
             head: &head,
             entries: &entries,
+            sampler: &sampler,
         };
         let key = [b'x'; 200];
         r.push(&rec(1, Some(&key)));
@@ -279,9 +506,11 @@ mod tests {
     #[test]
     fn a_half_written_entry_is_skipped() {
         let (head, entries) = ring(2);
+        let sampler = sampler(4);
         let r = Ring {
             head: &head,
             entries: &entries,
+            sampler: &sampler,
         };
         r.push(&rec(1, None));
         r.push(&rec(2, None));
@@ -316,9 +545,11 @@ mod loom_tests {
                 .map(|i| {
                     let (head, entries) = (head.clone(), entries.clone());
                     loom::thread::spawn(move || {
+                        let sampler = [AtomicU64::new(0)];
                         let r = Ring {
                             head: &head,
                             entries: &entries,
+                            sampler: &sampler,
                         };
                         r.push(&Record {
                             time_ns: 100 + i,
@@ -332,9 +563,11 @@ mod loom_tests {
                     })
                 })
                 .collect();
+            let sampler = [AtomicU64::new(0)];
             let r = Ring {
                 head: &head,
                 entries: &entries,
+                sampler: &sampler,
             };
             for e in r.read(0) {
                 let i = e.time_ns - 100;
@@ -353,6 +586,67 @@ mod loom_tests {
                 let i = e.time_ns - 100;
                 assert_eq!((e.key_hash, e.retry_after_ns), (200 + i, 300 + i));
             }
+        });
+    }
+
+    /// Two threads deny two keys that share the one sampler word, at the
+    /// same time, while a third denies the first key again: whatever the
+    /// interleaving, each key's denial reaches the ring at least once, and
+    /// the sampler never holds a torn stamp.
+    #[test]
+    fn loom_the_sampler_never_loses_a_denying_key() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let head = Arc::new(RingHead {
+                next: AtomicU64::new(0),
+            });
+            let entries: Arc<Vec<Entry>> = Arc::new(
+                (0..4)
+                    .map(|_| Entry {
+                        w: Default::default(),
+                    })
+                    .collect(),
+            );
+            let sampler = Arc::new([AtomicU64::new(0)]);
+            let (a, b) = (1u64 << 41, 2u64 << 41);
+            let threads: Vec<_> = [a, b, a]
+                .into_iter()
+                .map(|key_hash| {
+                    let (head, entries, sampler) = (head.clone(), entries.clone(), sampler.clone());
+                    loom::thread::spawn(move || {
+                        let r = Ring {
+                            head: &head,
+                            entries: &entries,
+                            sampler: &*sampler,
+                        };
+                        r.offer(key_hash, DENY_SAMPLE_NS, false, || Record {
+                            time_ns: DENY_SAMPLE_NS,
+                            key_hash,
+                            key: None,
+                            retry_after_ns: 1,
+                            limit_index: 0,
+                            banned: false,
+                            shadow: false,
+                        })
+                    })
+                })
+                .collect();
+            let written: Vec<bool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert!(
+                written[1],
+                "key b shares the word with a: never suppressed by it"
+            );
+            assert!(written[0] || written[2], "key a reached the ring");
+            let r = Ring {
+                head: &head,
+                entries: &entries,
+                sampler: &*sampler,
+            };
+            let keys: Vec<u64> = r.read(0).iter().map(|e| e.key_hash).collect();
+            assert!(keys.contains(&a) && keys.contains(&b));
+            let last = sampler[0].load(Ordering::Relaxed);
+            assert!(last == stamp::of(a, DENY_SAMPLE_NS) || last == stamp::of(b, DENY_SAMPLE_NS));
         });
     }
 }

@@ -309,14 +309,52 @@ fn denials_are_kept_in_a_ring_with_keys_only_when_the_policy_opts_in() {
 #[test]
 fn the_ring_keeps_the_latest_512_denials() {
     let e = engine();
-    let p = e.add_policy("p", "1/hour").unwrap();
+    let p = e.add_policy("p", "1/day").unwrap();
+    // Two seconds apart: each denial is in a new sampling interval.
     for i in 0..2000u64 {
-        e.check_at(p, b"k", 1, S + i);
+        e.check_at(p, b"k", 1, S + 2 * S * i);
     }
     let ev = e.recent_denials(p, 0).unwrap();
     assert_eq!(ev.len(), ratekeeper::RING_ENTRIES);
     assert_eq!(ev.last().unwrap().ticket, 1998);
     assert!(ev.windows(2).all(|w| w[1].ticket == w[0].ticket + 1));
+}
+
+#[test]
+fn a_flood_of_denials_on_one_key_writes_one_event_per_second_and_counts_every_one() {
+    let e = engine();
+    let p = e.add_policy("p", "10/minute").unwrap();
+    // 10 allowed, then 100,000 denials over 5 seconds (one every 50 us),
+    // and one denial of a second key in the middle of the flood.
+    let mut denied = 0;
+    for i in 0..100_010u64 {
+        let now = S + i * 50_000;
+        denied += !e.check_at(p, b"flood", 1, now).allowed as u64;
+        if i == 50_000 {
+            for _ in 0..11 {
+                e.check_at(p, b"other", 1, now);
+            }
+        }
+    }
+    assert_eq!(denied, 100_000);
+    let stats = e.stats(p).unwrap();
+    assert_eq!(stats.denied, 100_001, "the totals count every denial");
+    let ev = e.recent_denials(p, 0).unwrap();
+    let flood: Vec<u64> = ev
+        .iter()
+        .filter(|x| x.key_hash == ev[0].key_hash)
+        .map(|x| x.time_ns)
+        .collect();
+    // One event per second of flood, at the first denial of each interval.
+    assert!((5..=6).contains(&flood.len()), "{flood:?}");
+    assert!(flood
+        .windows(2)
+        .all(|w| w[1] - w[0] >= S - S / 500 && w[1] - w[0] < S + S / 100));
+    assert_eq!(
+        ev.len(),
+        flood.len() + 1,
+        "the other key's one denial is written too"
+    );
 }
 
 #[test]

@@ -97,13 +97,20 @@ fn tail_prints_recent_denials_and_follow_prints_new_ones() {
     use std::io::{BufRead, BufReader};
     let p = shm_path("tail");
     rk(&["add", &p, "login", "1/minute"]);
-    rk(&["check", &p, "login", "ip:1"]);
-    rk(&["check", &p, "login", "ip:1"]);
-    rk(&["check", &p, "login", "ip:1"]);
+    // Two keys denied; ip:1 twice within a second, which the ring samples
+    // to one event (the first).
+    for key in ["ip:1", "ip:1", "ip:1", "ip:3", "ip:3"] {
+        rk(&["check", &p, "login", key]);
+    }
     let (code, out, _) = rk(&["tail", &p]);
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
+    assert_ne!(
+        lines[0].split(' ').nth(2),
+        lines[1].split(' ').nth(2),
+        "{out}"
+    );
     for l in &lines {
         let f: Vec<&str> = l.split(' ').collect();
         assert_eq!(f[1], "login");

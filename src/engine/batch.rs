@@ -203,9 +203,7 @@ impl Engine {
         binding: (Decision, usize),
         now: Now,
     ) -> (Decision, usize) {
-        let (d, i) = binding;
-        ps[i].head().add(Counter::Denied, 1);
-        record(ps[i], &d, &ts[i], now.ns);
+        ps[binding.1].head().add(Counter::Denied, 1);
         let mut struck = Buf::new();
         let mut index = Buf::new();
         for (j, t) in ts.iter().enumerate() {
@@ -215,6 +213,7 @@ impl Engine {
             }
         }
         let mut answer = binding;
+        let mut new_ban = false;
         if !struck.is_empty() {
             let index = index.as_slice();
             keys.decide_each(struck.as_slice(), now, Mode::StrikeIfDenied, &mut |k, o| {
@@ -223,6 +222,7 @@ impl Engine {
                         let j = index[k];
                         ps[j].head().add(Counter::Bans, 1);
                         answer = (verdict.into(), j);
+                        new_ban = true;
                     }
                 }
                 true
@@ -231,6 +231,10 @@ impl Engine {
         if answer.0.banned {
             ps[answer.1].head().add(Counter::Banned, 1);
         }
+        // The event names the item whose decision the batch returns: the
+        // binding one, or the one whose strike just started a ban.
+        let j = answer.1;
+        record(ps[j], &answer.0, &ts[j], now.ns, new_ban);
         answer
     }
 }

@@ -82,7 +82,7 @@ pub(super) fn conclude(
     count: Count,
 ) -> Decision {
     let counted = count == Count::Yes;
-    let d: Decision = match outcome {
+    let (d, new_ban): (Decision, bool) = match outcome {
         Outcome::Decided { verdict, evicted } => {
             if evicted {
                 p.head().add(Counter::Evictions, 1);
@@ -91,14 +91,14 @@ pub(super) fn conclude(
             if counted {
                 tally(p, &d, verdict.new_ban);
             }
-            d
+            (d, verdict.new_ban)
         }
         Outcome::Full { retry_after_ns } => {
             if counted {
                 p.head().add(Counter::TableFull, 1);
             }
             let fresh = p.table.fresh_verdict(t.hash, t.cost, now);
-            match p.table.when_full {
+            let d = match p.table.when_full {
                 WhenFull::FailOpen => fresh.into(),
                 // Fail closed, or an evicting policy that may not evict
                 // (every key of the bucket holds a live lease).
@@ -109,10 +109,11 @@ pub(super) fn conclude(
                     reset_after_ns: retry_after_ns.max(1),
                     ..fresh.into()
                 },
-            }
+            };
+            (d, false)
         }
     };
-    finish(p, d, t, now, count)
+    finish(p, d, t, now, count, new_ban)
 }
 
 /// Counts a decision in the policy's counters.
@@ -136,7 +137,14 @@ pub(super) fn tally(p: &Policy, d: &Decision, new_ban: bool) {
 
 /// Applies a policy's options to a decision: retry jitter and shadow
 /// mode on a denial, which is also recorded in the deny-event ring.
-fn finish(p: &Policy, mut d: Decision, t: &Target<'_>, now: u64, count: Count) -> Decision {
+fn finish(
+    p: &Policy,
+    mut d: Decision,
+    t: &Target<'_>,
+    now: u64,
+    count: Count,
+    new_ban: bool,
+) -> Decision {
     if !d.allowed {
         if p.options.retry_jitter_ns > 0 && d.retry_after_ns != u64::MAX {
             d.retry_after_ns = d
@@ -151,16 +159,19 @@ fn finish(p: &Policy, mut d: Decision, t: &Target<'_>, now: u64, count: Count) -
             d.shadow_denied = true;
         }
         if count == Count::Yes {
-            record(p, &d, t, now);
+            record(p, &d, t, now, new_ban);
         }
     }
     d
 }
 
-/// Writes a denial into the policy's deny-event ring.
-#[cold]
-pub(super) fn record(p: &Policy, d: &Decision, t: &Target<'_>, now: u64) {
-    p.ring().push(&Record {
+/// Offers a denial to the policy's deny-event ring, which writes it if
+/// the key had no event in the last `DENY_SAMPLE_NS` (events.rs,
+/// "Sampling"): a flood of denials on one key reads one shared word. A
+/// denial that starts a ban (`new_ban`) is always written.
+#[inline]
+pub(super) fn record(p: &Policy, d: &Decision, t: &Target<'_>, now: u64, new_ban: bool) {
+    p.ring().offer(t.hash, now, new_ban, || Record {
         time_ns: now,
         key_hash: t.hash,
         key: p.options.record_keys.then_some(t.key),

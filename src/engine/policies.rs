@@ -6,7 +6,7 @@
 use super::{Engine, PolicyId};
 use crate::abuse::Penalty;
 use crate::algo::LimitParams;
-use crate::events::{Entry, Ring, RingHead, RING_ENTRIES, RING_UNITS};
+use crate::events::{Entry, Ring, RingHead, SamplerWord, RING_ENTRIES, RING_UNITS, SAMPLER_SLOTS};
 use crate::hash::{siphash13, Seed};
 use crate::options::{options_from_stored, options_to_stored, PolicyOptions, MAX_POLICIES};
 use crate::policy::{self, PolicySpec};
@@ -110,15 +110,22 @@ impl Policy {
         let base = units[RING_BASE..].as_ptr() as *const u8;
         // SAFETY:
         // - units RING_BASE..RING_BASE+RING_UNITS of every region are reserved
-        //   for the ring (see `region_units`): a 128-byte `RingHead` followed
-        //   by `RING_ENTRIES` 128-byte entries; the region is 128-byte aligned
-        //   and HEAD_UNITS * 16 is a multiple of 128;
-        // - both types are repr(C) of atomics, valid for all-zero bytes, and
-        //   only accessed atomically; the memory lives as long as `self`.
+        //   for the ring (see `region_units`): a 128-byte `RingHead`,
+        //   `RING_ENTRIES` 128-byte entries, then `SAMPLER_SLOTS` 8-byte
+        //   sampler words; the region is 128-byte aligned and HEAD_UNITS * 16
+        //   is a multiple of 128;
+        // - the three types are repr(C) atomics, valid for all-zero bytes
+        //   (and for any bytes: a hostile file can only make the sampler
+        //   suppress or write an event), and only accessed atomically; the
+        //   memory lives as long as `self`.
         unsafe {
             Ring {
                 head: &*(base as *const RingHead),
                 entries: std::slice::from_raw_parts(base.add(128) as *const Entry, RING_ENTRIES),
+                sampler: std::slice::from_raw_parts(
+                    base.add(128 + RING_ENTRIES * 128) as *const SamplerWord,
+                    SAMPLER_SLOTS,
+                ),
             }
         }
     }

@@ -902,10 +902,15 @@ fn deny_events_carry_the_key_only_when_recorded_and_follow_by_ticket() {
     let keyed = add_with(e, c"keyed", c"1/second", &o).unwrap();
     let plain = add(e, c"plain", c"1/second").unwrap();
     let long = [b'x'; 100];
-    for (p, key) in [(keyed, &long[..]), (plain, b"ip:1")] {
+    let mut other = long;
+    other[99] = b'y';
+    for (p, key, second) in [(keyed, &long[..], &other[..]), (plain, b"ip:1", b"ip:2")] {
         check_at(e, p, key, 1, S).unwrap();
         check_at(e, p, key, 1, S).unwrap();
-        check_at(e, p, key, 1, 2 * S / 10 + S).unwrap();
+        // Denied again within a second: counted, but sampled out of the ring.
+        check_at(e, p, key, 1, S + S / 10).unwrap();
+        check_at(e, p, second, 1, S).unwrap();
+        check_at(e, p, second, 1, 2 * S / 10 + S).unwrap();
     }
     let mut events = [std::mem::MaybeUninit::<rk_deny_event>::uninit(); 4];
     let mut n = usize::MAX;

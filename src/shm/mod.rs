@@ -49,7 +49,9 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RATEKEEP");
 /// Bumped on any change of the file layout or of the table format.
 /// Version 2: the magic number is written last and doubles as the reset
 /// mark (`MAGIC_RESETTING`); resets never shrink the file.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+/// Version 3: each policy's deny-event ring is followed by its sampler
+/// words (events.rs, "Sampling").
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// The magic word while the file is being reset for a new boot (or left so
 /// by a crash during a reset, which the next open completes).
 pub(crate) const MAGIC_RESETTING: u64 = u64::from_le_bytes(*b"RKRESET!");

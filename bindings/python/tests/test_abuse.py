@@ -147,7 +147,9 @@ def test_shadow_mode_passes_counts_and_records_would_be_denials(engine):
     st = p.stats()
     assert (st.allowed, st.denied, st.shadow_denied, st.banned) == (2, 3, 3, 0)
     events = p.recent_denials()
-    assert [e.shadow for e in events] == [True] * 3 and all(not e.banned for e in events)
+    # Three denials of one key within a second: one event (the ring samples
+    # each key once per second); the totals above count all three.
+    assert [e.shadow for e in events] == [True] and not events[0].banned
     # Nothing is charged for a would-be denial: the quota comes back on time.
     assert not p.check("k", now_ns=T0 + 30 * S).shadow_denied
 
@@ -239,10 +241,19 @@ def test_recent_denials_keep_keys_only_with_record_keys(engine):
     assert named.recent_denials(since=2)[0].key == b"k" * 80  # cut at RK_EVENT_KEY_BYTES
 
 
+def test_a_flood_on_one_key_is_one_event_per_second_and_every_denial_is_counted(engine):
+    p = engine.policy("flood", "5/minute")
+    for i in range(15_000):  # 10,000 checks a second for 1.5 seconds
+        p.check("k", now_ns=T0 + i * 100_000)
+    events = p.recent_denials()
+    assert len(events) == 2 and events[1].time_ns - events[0].time_ns == pytest.approx(S, abs=2e6)  # to the sampler tick (2^20 ns)
+    assert p.stats().denied == 15_000 - 5
+
+
 def test_recent_denials_keep_the_last_512(engine):
     p = engine.policy("flood", "1/hour")
-    for i in range(700):
-        p.check("k", now_ns=T0 + i)
+    for i in range(700):  # two seconds apart: every denial is an event
+        p.check("k", now_ns=T0 + 2 * i * S)
     events = p.recent_denials()
     assert len(events) == 512
     assert events[-1].ticket == 698 and events[0].ticket == 698 - 511
