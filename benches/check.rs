@@ -57,6 +57,37 @@ fn hot_key(c: &mut Criterion) {
     g.finish();
 }
 
+/// One hot key at three quotas, so that every check is allowed, some are,
+/// or none is (a flood): ratekeeper's default clock against governor's.
+/// Under a flood almost every check is a denial; that path must cost least.
+fn hot_key_by_outcome(c: &mut Criterion) {
+    for (name, per_second) in [
+        ("allowed", 1_000_000_000u32),
+        ("mixed", 1_000_000),
+        ("denied", 1),
+    ] {
+        let mut g = c.benchmark_group(format!("gcra_hot_key_{name}"));
+        g.throughput(Throughput::Elements(1));
+        let e = Engine::new(EngineOptions {
+            capacity: 1024,
+            ..Default::default()
+        })
+        .unwrap();
+        let p = e
+            .add_policy("bench", &format!("{per_second}/second"))
+            .unwrap();
+        g.bench_function(BenchmarkId::new("ratekeeper", "check"), |b| {
+            b.iter(|| e.check(p, black_box(&7u64.to_le_bytes()), 1))
+        });
+        let gov: governor::DefaultKeyedRateLimiter<u64> =
+            RateLimiter::keyed(Quota::per_second(NonZeroU32::new(per_second).unwrap()));
+        g.bench_function(BenchmarkId::new("governor", "check_key"), |b| {
+            b.iter(|| gov.check_key(black_box(&7u64)))
+        });
+        g.finish();
+    }
+}
+
 fn many_keys(c: &mut Criterion) {
     for n in [100_000u64, 1_000_000] {
         let mut g = c.benchmark_group(format!("gcra_{}k_keys", n / 1000));
@@ -271,6 +302,6 @@ fn shared_vs_in_process(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(30);
-    targets = hot_key, many_keys, algorithms, threads, shared_vs_in_process
+    targets = hot_key, hot_key_by_outcome, many_keys, algorithms, threads, shared_vs_in_process
 }
 criterion_main!(benches);
