@@ -352,16 +352,21 @@ fn a_million_checks_per_policy_over_100k_keys_allocate_nothing() {
         ],
         "abuse"
     );
-    // Every denying key reached the deny-event ring exactly once, with its
-    // key: its denials all fall within one second, so after the first they
-    // are sampled out (the counters above still count each one).
+    // Every denying key reached the deny-event ring twice, with its key:
+    // its first denial (its denials all fall within one second, so the rest
+    // are sampled out; the counters above still count each one) and the
+    // denial that started its ban (always written).
     let events = e.recent_denials(abuse, ticket_before).unwrap();
     let last = events.last().unwrap();
-    assert_eq!(last.ticket + 1 - ticket_before, KEYS);
+    assert_eq!(last.ticket + 1 - ticket_before, 2 * KEYS);
     assert_eq!(last.key.as_deref(), Some(&b"key:99999"[..]));
-    // Its first denial: the first strike (2 passed), not yet banned.
-    assert!(!last.banned && !last.shadow, "{last:?}");
-    assert!(last.retry_after_ns > 0 && last.retry_after_ns <= S + 1_000_000);
+    assert_eq!(last.time_ns, T_MEASURED + (KEYS - 1) * 1_000);
+    assert!(last.banned && !last.shadow);
+    // Jitter: a ban's retry-after is its remaining time plus up to 1 ms.
+    assert!(
+        (S..=S + 1_000_000).contains(&last.retry_after_ns),
+        "{last:?}"
+    );
     // Shadow: every request passes; all but the first would have been denied.
     assert_eq!(
         t.shadow,
