@@ -51,7 +51,9 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RATEKEEP");
 /// mark (`MAGIC_RESETTING`); resets never shrink the file.
 /// Version 3: each policy's deny-event ring is followed by its sampler
 /// words (events.rs, "Sampling").
-pub(crate) const LAYOUT_VERSION: u32 = 3;
+/// Version 4: a key may live in its second bucket (table, "Two buckets per
+/// key"), which a version-3 reader would not look in.
+pub(crate) const LAYOUT_VERSION: u32 = 4;
 /// The magic word while the file is being reset for a new boot (or left so
 /// by a crash during a reset, which the next open completes).
 pub(crate) const MAGIC_RESETTING: u64 = u64::from_le_bytes(*b"RKRESET!");

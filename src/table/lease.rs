@@ -4,7 +4,7 @@
 
 use super::txn::Snapshot;
 use super::words::{LeaseId, Op, Word};
-use super::{Outcome, SlotView, Table, SLOTS};
+use super::{Located, Outcome, SlotView, Table, SLOTS};
 use crate::algo::{self, concurrency, Payload};
 use crate::sync::Atomic128;
 
@@ -24,19 +24,16 @@ impl Table {
     pub fn acquire(&self, h: u64, now: u64, holder: u32) -> (Outcome, Option<Lease>) {
         let now = now.min(algo::MAX_TIME_NS);
         let l = self.layout.limits[0];
-        let bi = self.bucket_of(h);
-        let b = self.bucket(bi);
         let mut evicted = false;
         loop {
-            let snap = self.snapshot(b);
-            let j = match self.find(b, h) {
-                Some(j) => j,
-                None => {
+            let (b, bi, snap, j) = match self.locate(h) {
+                Located::At(p) => (p.b, p.bi, p.snap, p.slot),
+                Located::Absent(absent) => {
                     let verdict = self.fresh_verdict(h, 1, now);
                     if !verdict.allowed {
                         return (Outcome::Decided { verdict, evicted }, None);
                     }
-                    match self.claim(b, &snap, h, now) {
+                    match self.claim(h, &absent, now) {
                         Ok(e) => {
                             evicted |= e;
                             continue;

@@ -24,16 +24,7 @@ fn table(spec: &str) -> Arc<Table> {
 
 /// Two threads each charge cost 1 to key 7 at `now`; how many were admitted.
 fn racing_checks(t: &Arc<Table>, now: u64) -> usize {
-    let hs: Vec<_> = (0..2)
-        .map(|_| {
-            let t = t.clone();
-            thread::spawn(move || allowed(t.decide(7, 1, now, Mode::Charge)))
-        })
-        .collect();
-    hs.into_iter()
-        .map(|h| h.join().unwrap())
-        .filter(|&a| a)
-        .count()
+    racing_checks_on(t, 7, now)
 }
 
 fn allowed(o: Outcome) -> bool {
@@ -458,4 +449,83 @@ fn loom_a_second_release_never_frees_a_lease_taken_in_between() {
             assert!(t.release(&second));
         }
     });
+}
+
+/// A two-bucket table for `spec`: every key's first bucket is its hash's
+/// low bit, its second the other bucket.
+fn table2(spec: &str) -> Arc<Table> {
+    let layout = layout_for(&parse(spec).unwrap(), None).unwrap();
+    let mem = Memory::heap(Table::units_needed(&layout, 2)).unwrap();
+    Arc::new(Table::new(layout, WhenFull::Evict, 2, mem, 0))
+}
+
+/// Slots (of both buckets) holding key `h`.
+fn copies(t: &Table, h: u64) -> usize {
+    (0..2).filter(|&b| t.find(t.bucket(b), h).is_some()).count()
+}
+
+/// The claim race of two candidate buckets: thread 1 claims key 4 while its
+/// first bucket holds a live key (so in its second bucket); thread 2 resets
+/// that key and claims key 4 in its emptied first bucket. Whatever the
+/// interleaving, key 4 ends in one slot carrying both charges.
+#[test]
+fn loom_a_key_claimed_in_its_two_buckets_at_once_lands_in_one_slot() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(2);
+    model.check(|| {
+        let t = table2("10/second");
+        assert!(allowed(t.decide(2, 1, S, Mode::Charge)));
+        let t1 = {
+            let t = t.clone();
+            thread::spawn(move || assert!(allowed(t.decide(4, 1, S, Mode::Charge))))
+        };
+        let t2 = {
+            let t = t.clone();
+            thread::spawn(move || {
+                assert!(t.reset(2));
+                assert!(allowed(t.decide(4, 1, S, Mode::Charge)));
+            })
+        };
+        t1.join().unwrap();
+        t2.join().unwrap();
+        assert_eq!(copies(&t, 4), 1, "key 4 must live in one slot");
+        assert_eq!(peek(&t, 4, S).remaining, 7, "both charges, on one state");
+    });
+}
+
+/// Two threads claim the same key while its first bucket is full: both
+/// go to its second bucket, through the first bucket's TOUCH; one slot,
+/// exact quota, and the other keys untouched.
+#[test]
+fn loom_racing_claims_through_the_first_bucket_land_in_one_slot() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(2);
+    model.check(|| {
+        let t = table2("2/second");
+        // Bucket 0 takes keys 2 and 6 (full), bucket 1 key 3: key 4 (first
+        // bucket 0) goes to the emptier bucket 1.
+        for k in [2, 3, 6] {
+            assert!(allowed(t.decide(k, 1, S, Mode::Charge)));
+        }
+        assert!(t.find(t.bucket(0), 6).is_some());
+        assert_eq!(racing_checks_on(&t, 4, S), 2);
+        assert_eq!(copies(&t, 4), 1, "key 4 must live in one slot");
+        assert!(t.find(t.bucket(1), 4).is_some(), "in its second bucket");
+        assert_eq!((copies(&t, 2), copies(&t, 3), copies(&t, 6)), (1, 1, 1));
+        assert!(!allowed(t.decide(4, 1, S, Mode::Charge)));
+    });
+}
+
+/// Two threads each charge cost 1 to key `h` at `now`; how many were admitted.
+fn racing_checks_on(t: &Arc<Table>, h: u64, now: u64) -> usize {
+    let hs: Vec<_> = (0..2)
+        .map(|_| {
+            let t = t.clone();
+            thread::spawn(move || allowed(t.decide(h, 1, now, Mode::Charge)))
+        })
+        .collect();
+    hs.into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|&a| a)
+        .count()
 }

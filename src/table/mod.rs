@@ -3,9 +3,10 @@
 //!
 //! # Layout
 //!
-//! A table is an array of buckets; a key lives in the bucket its hash picks
-//! (`hash & (buckets - 1)`), in one of [`SLOTS`] slots. Every unit is an
-//! [`Atomic128`] word. A bucket is:
+//! A table is an array of buckets; a key lives in one of two buckets its
+//! hash picks — its *first* (`hash & (buckets - 1)`) or its *second* (bits
+//! 32.. of the hash; never the first) — in one of [`SLOTS`] slots. Every
+//! unit is an [`Atomic128`] word. A bucket is:
 //!
 //! ```text
 //! [ intent 0 | intent 1 | key 0 | slot 0 words | ... | key 7 | slot 7 words ]
@@ -80,6 +81,50 @@
 //! * **Duplicates are impossible**: a key is added only by a claim
 //!   transaction proposed from a snapshot in which the key is absent, and
 //!   the proposal fails if any transaction happened since.
+//!
+//! # Two buckets per key
+//!
+//! A new key goes to whichever of its two buckets has fewer live entries
+//! (ties: the first), so a table fills far further before it must evict a
+//! live key than with one bucket per key. A key is looked for in its first
+//! bucket, then in its second. Every claim of a key is serialised through
+//! its **first** bucket's intents, so that two threads can never put it in
+//! both:
+//!
+//! * A claim in the first bucket is a CLAIM there, proposed from a snapshot
+//!   of the first bucket, after which the key was looked for in the second
+//!   bucket and not found.
+//! * A claim in the second bucket is committed in the **first** bucket as a
+//!   TOUCH whose `arg` is the key hash, `slot` the chosen slot of the second
+//!   bucket and `cost` the low 24 bits of the second bucket's seq `s` in the
+//!   snapshot the slot was chosen from. Completing it (any thread does, as
+//!   for every pending intent) means: while the second bucket's latest
+//!   transaction is still `s` and done, commit the CLAIM there as
+//!   transaction `s + 1`; once its latest is anything else, the claim is
+//!   made or can never be, and the TOUCH is marked done. The second
+//!   bucket's intents are read without helping them, so completing one
+//!   TOUCH never completes another (no recursion, even through a cycle
+//!   in a corrupt file).
+//! * So a key enters its second bucket only while a TOUCH naming it is
+//!   pending in its first bucket, and a snapshot of the first bucket
+//!   completes every pending TOUCH before it returns. A claim in the first
+//!   bucket proposed from a snapshot at seq `x` (in which no TOUCH is
+//!   pending) commits only if the first bucket is still at `x`: no claim of
+//!   the key in the second bucket was committed after `x`, and none committed
+//!   before `x` can still land (its TOUCH is done). The key's absence from
+//!   the second bucket, looked up after the snapshot, therefore holds until
+//!   the commit. Conversely a TOUCH commits only from a snapshot in which
+//!   the key is absent from the first bucket, which it then stays until the
+//!   TOUCH is done. loom: `loom_a_key_claimed_in_its_two_buckets_at_once_
+//!   lands_in_one_slot`, `loom_racing_claims_through_the_first_bucket_land_
+//!   in_one_slot`.
+//! * Everything else about a key in its second bucket (charges, refunds,
+//!   resets, strikes, leases, overrides) runs on that bucket's own intents,
+//!   as for any key there.
+//! * The 24-bit seq in the TOUCH is an ABA bound: a helper that read the
+//!   second bucket's intents and then stalled while that bucket ran exactly
+//!   a multiple of 2^24 transactions, ending done, could install a stale
+//!   claim (the key placed afresh, possibly beside a copy claimed since).
 
 mod lease;
 pub(crate) mod memory;
@@ -94,7 +139,7 @@ use crate::sync::Atomic128;
 pub(crate) use lease::Lease;
 use memory::Memory;
 use txn::Snapshot;
-use words::{LeaseId, Op, Word};
+use words::{Intent, LeaseId, Op, Word};
 
 /// Slots per bucket (two under loom, so that models stay small and a
 /// bucket fills after two keys).
@@ -287,14 +332,49 @@ impl Words for Fresh {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Victim {
     Empty(usize),
     Expired(usize),
-    /// A live entry and its expiry: evicted if the policy evicts.
-    Live(usize, u64),
+    /// A live entry, its expiry and how protected it is: evicted if the
+    /// policy evicts.
+    Live(usize, u64, Protected),
     /// Nothing may be evicted (every entry holds a live lease) until the
     /// given time.
     None(u64),
+}
+
+/// A key's slot: bucket `b` (index `bi`), as of snapshot `snap`.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    b: &'a [Atomic128],
+    bi: usize,
+    snap: Snapshot,
+    slot: usize,
+}
+
+/// A key absent from its first bucket and (if the table has more than one
+/// bucket) its second, as their snapshots saw them.
+#[derive(Clone, Copy)]
+struct Absent<'a> {
+    first: (&'a [Atomic128], Snapshot),
+    second: Option<(&'a [Atomic128], usize, Snapshot)>,
+}
+
+impl Absent<'_> {
+    /// True if neither bucket has started a transaction since: the key is
+    /// still absent.
+    #[inline(always)]
+    fn still(&self) -> bool {
+        Table::still(self.first.0, &self.first.1)
+            && self.second.is_none_or(|(b, _, s)| Table::still(b, &s))
+    }
+}
+
+/// What [`Table::locate`] found.
+enum Located<'a> {
+    At(Place<'a>),
+    Absent(Absent<'a>),
 }
 
 /// Why eviction should spare an entry; ordered from least to most.
@@ -395,6 +475,18 @@ impl Table {
     fn bucket_of(&self, h: u64) -> usize {
         // The low bits pick the bucket; keys compare on all 64 bits.
         h as usize & self.mask
+    }
+
+    /// The second bucket key `h` may live in (bits 32.. of its hash pick
+    /// it; never its first), or none in a table of one bucket.
+    #[inline(always)]
+    fn second_of(&self, h: u64) -> Option<usize> {
+        if self.mask == 0 {
+            return None;
+        }
+        let first = self.bucket_of(h);
+        let second = (h >> 32) as usize & self.mask;
+        Some(if second == first { first ^ 1 } else { second })
     }
 
     #[inline(always)]
@@ -543,51 +635,154 @@ impl Table {
         (limits, Protected::No)
     }
 
-    /// A slot for a new key: a free one, else an expired one, else the live
-    /// one that would expire soonest, sparing keys in the penalty box while
-    /// there is any other; a key holding a live lease is never a victim.
-    fn choose_victim(&self, b: &[Atomic128], h: u64, now: u64) -> Victim {
-        if let Some(j) = Self::probe_order(h).find(|&j| self.key_word(b, j).hash() == 0) {
-            return Victim::Empty(j);
-        }
+    /// A slot of bucket `b` for new key `h` — a free one (the first in
+    /// `h`'s probe order), else an expired one, else the live one that
+    /// would expire soonest, sparing keys in the penalty box while there is
+    /// any other; a key holding a live lease is never a victim — and the
+    /// bucket's live entries (held by a key, not yet equivalent to fresh).
+    fn choose_victim(&self, b: &[Atomic128], h: u64, now: u64) -> (Victim, usize) {
+        let (mut free, mut expired, mut live) = (None, None, 0);
         let mut best: Option<(Protected, u64, usize)> = None;
-        for j in 0..SLOTS {
+        for j in Self::probe_order(h) {
+            if self.key_word(b, j).hash() == 0 {
+                free = free.or(Some(j));
+                continue;
+            }
             let (exp, protected) = self.expiry(b, j, now);
             if exp <= now {
-                return Victim::Expired(j);
+                expired = expired.or(Some(j));
+                continue;
             }
+            live += 1;
             if best.is_none_or(|(p, e, _)| (protected, exp) < (p, e)) {
                 best = Some((protected, exp, j));
             }
         }
-        let (protected, exp, j) = best.expect("SLOTS > 0");
-        if protected == Protected::Lease {
+        let victim = match (free, expired, best) {
+            (Some(j), _, _) => Victim::Empty(j),
+            (None, Some(j), _) => Victim::Expired(j),
             // The least protected entry holds a live lease, so every entry
             // does; `exp` is the soonest of them, when one frees.
-            return Victim::None(exp);
-        }
-        Victim::Live(j, exp)
+            (None, None, Some((Protected::Lease, exp, _))) => Victim::None(exp),
+            (None, None, Some((protected, exp, j))) => Victim::Live(j, exp, protected),
+            (None, None, None) => unreachable!("a bucket of SLOTS > 0 slots"),
+        };
+        (victim, live)
     }
 
-    /// Claims a slot for `h`, absent from snapshot `snap`: a free slot, an
-    /// expired one, or (if the policy evicts) the live one expiring soonest.
-    /// `Err(outcome)` when the bucket is full and the policy does not evict.
-    /// `Ok(evicted)` says whether a live entry made room; the claim may also
-    /// have lost a race, and the caller simply looks again.
-    fn claim(&self, b: &[Atomic128], snap: &Snapshot, h: u64, now: u64) -> Result<bool, Outcome> {
-        let (j, evicted) = match self.choose_victim(b, h, now) {
-            Victim::Empty(j) | Victim::Expired(j) => (j, false),
-            Victim::Live(j, _) if self.when_full == WhenFull::Evict => (j, true),
-            Victim::Live(_, exp) | Victim::None(exp) => {
-                if !Self::still(b, snap) {
-                    return Ok(false);
-                }
-                return Err(Outcome::Full {
-                    retry_after_ns: algo::until(exp, now),
-                });
+    /// Claims a slot for `h`, absent from both its buckets as `absent` saw
+    /// them: a free or expired slot of its first bucket, else of its second,
+    /// else (if the policy evicts) the live entry of the two that is least
+    /// protected and expires soonest. A claim in the first bucket is a
+    /// CLAIM transaction there; a claim in the second is committed in the
+    /// first bucket as a TOUCH naming the key (see "Two buckets per key" in
+    /// the module docs), which any thread completes. `Err(outcome)` when
+    /// both buckets are full and the policy does not evict. `Ok(evicted)`
+    /// says whether a live entry made room; the claim may also have lost a
+    /// race, and the caller simply looks again.
+    fn claim(&self, h: u64, absent: &Absent<'_>, now: u64) -> Result<bool, Outcome> {
+        let (a, sa) = absent.first;
+        let (in_first, live_first) = self.choose_victim(a, h, now);
+        let second = absent.second.map(|(b, _, _)| self.choose_victim(b, h, now));
+        let in_second = second.map(|(v, _)| v);
+        // The bucket with fewer live entries takes the key (ties: the
+        // first): keys spread over two buckets fill a table far further
+        // before a live one is evicted than keys bound to one bucket.
+        let second_first = second.is_some_and(|(_, live)| live < live_first);
+        // Where the key goes: (in the second bucket, slot, evicts a live entry).
+        let place = match (in_first, in_second) {
+            (_, Some(Victim::Empty(j) | Victim::Expired(j))) if second_first => {
+                Some((true, j, false))
             }
+            (Victim::Empty(j) | Victim::Expired(j), _) => Some((false, j, false)),
+            (_, Some(Victim::Empty(j) | Victim::Expired(j))) => Some((true, j, false)),
+            _ if self.when_full != WhenFull::Evict => None,
+            (Victim::Live(j, e, p), Some(Victim::Live(k, f, q))) => Some(if (q, f) < (p, e) {
+                (true, k, true)
+            } else {
+                (false, j, true)
+            }),
+            (Victim::Live(j, _, _), _) => Some((false, j, true)),
+            (_, Some(Victim::Live(k, _, _))) => Some((true, k, true)),
+            _ => None,
         };
-        Ok(self.transact(b, snap, Op::Claim, j, self.override_of(h) as u64, h) && evicted)
+        let Some((second, j, evicts)) = place else {
+            if !absent.still() {
+                return Ok(false);
+            }
+            // Full: the soonest a slot of either bucket frees.
+            let exp = |v: Option<Victim>| match v {
+                Some(Victim::Live(_, e, _) | Victim::None(e)) => e,
+                _ => u64::MAX,
+            };
+            return Err(Outcome::Full {
+                retry_after_ns: algo::until(exp(Some(in_first)).min(exp(in_second)), now),
+            });
+        };
+        if !second {
+            return Ok(
+                self.transact(a, &sa, Op::Claim, j, self.override_of(h) as u64, h) && evicts,
+            );
+        }
+        let (b, _, sb) = absent.second.expect("a second bucket was chosen");
+        let at = sb.seq as u64 & Intent::COST_MASK as u64;
+        if !self.transact(a, &sa, Op::Touch, j, at, h) {
+            return Ok(false);
+        }
+        // Counted as an eviction if the claim in the second bucket is the
+        // transaction right after the snapshot it was chosen from (whoever
+        // completed it); if that bucket has moved on by two more
+        // transactions since, an eviction goes uncounted.
+        let e = Intent::from_bits(b[(sb.seq.wrapping_add(1) & 1) as usize].load());
+        Ok(evicts
+            && e.seq == sb.seq.wrapping_add(1)
+            && e.op == Op::Claim
+            && e.arg == h
+            && e.slot == j)
+    }
+
+    /// Where key `h` lives: the bucket and slot holding it, with a snapshot
+    /// of that bucket, or the snapshots of both its buckets without it. A
+    /// key is looked for in its first bucket, then in its second.
+    #[inline(always)]
+    fn locate(&self, h: u64) -> Located<'_> {
+        let ai = self.bucket_of(h);
+        let a = self.bucket(ai);
+        let sa = self.snapshot(a);
+        if let Some(j) = self.find(a, h) {
+            return Located::At(Place {
+                b: a,
+                bi: ai,
+                snap: sa,
+                slot: j,
+            });
+        }
+        self.locate_second(h, a, sa)
+    }
+
+    /// [`locate`](Self::locate), once the key is not in its first bucket.
+    #[inline(never)]
+    fn locate_second<'t>(&'t self, h: u64, a: &'t [Atomic128], sa: Snapshot) -> Located<'t> {
+        let Some(bi) = self.second_of(h) else {
+            return Located::Absent(Absent {
+                first: (a, sa),
+                second: None,
+            });
+        };
+        let b = self.bucket(bi);
+        let sb = self.snapshot(b);
+        if let Some(j) = self.find(b, h) {
+            return Located::At(Place {
+                b,
+                bi,
+                snap: sb,
+                slot: j,
+            });
+        }
+        Located::Absent(Absent {
+            first: (a, sa),
+            second: Some((b, bi, sb)),
+        })
     }
 
     /// Decides `cost` for key hash `h` at `now`, and as `mode` says,
@@ -597,21 +792,19 @@ impl Table {
     pub fn decide(&self, h: u64, cost: u64, now: u64, mode: Mode) -> Outcome {
         let (charge, strike_denials) = (mode.charges(), mode.strikes());
         let now = now.min(algo::MAX_TIME_NS);
-        let b = self.bucket(self.bucket_of(h));
         let mut evicted = false;
         loop {
-            let snap = self.snapshot(b);
-            let j = match self.find(b, h) {
-                Some(j) => j,
-                None => {
+            let (b, snap, j) = match self.locate(h) {
+                Located::At(p) => (p.b, p.snap, p.slot),
+                Located::Absent(absent) => {
                     let verdict = self.fresh_verdict(h, cost, now);
                     if !charge || !verdict.allowed || cost == 0 {
-                        if !Self::still(b, &snap) {
+                        if !absent.still() {
                             continue;
                         }
                         return Outcome::Decided { verdict, evicted };
                     }
-                    match self.claim(b, &snap, h, now) {
+                    match self.claim(h, &absent, now) {
                         Ok(e) => {
                             evicted |= e;
                             continue;
@@ -693,14 +886,15 @@ impl Table {
             return false;
         }
         let cost = cost.min(algo::MAX_COST);
-        let b = self.bucket(self.bucket_of(h));
         loop {
-            let snap = self.snapshot(b);
-            let Some(j) = self.find(b, h) else {
-                if Self::still(b, &snap) {
-                    return false;
+            let (b, snap, j) = match self.locate(h) {
+                Located::At(p) => (p.b, p.snap, p.slot),
+                Located::Absent(absent) => {
+                    if absent.still() {
+                        return false;
+                    }
+                    continue;
                 }
-                continue;
             };
             if cost == 0 {
                 // Nothing to give back; report whether the key has state.
@@ -733,14 +927,15 @@ impl Table {
 
     /// Forgets all state of `h`. Returns false if there was none.
     pub fn reset(&self, h: u64) -> bool {
-        let b = self.bucket(self.bucket_of(h));
         loop {
-            let snap = self.snapshot(b);
-            let Some(j) = self.find(b, h) else {
-                if Self::still(b, &snap) {
-                    return false;
+            let (b, snap, j) = match self.locate(h) {
+                Located::At(p) => (p.b, p.snap, p.slot),
+                Located::Absent(absent) => {
+                    if absent.still() {
+                        return false;
+                    }
+                    continue;
                 }
-                continue;
             };
             if self.transact(b, &snap, Op::Reset, j, 0, 0) {
                 return true;

@@ -3,7 +3,7 @@
 //! units, mirrored into the `a` of the key's live key word.
 
 use super::words::{Op, Word};
-use super::Table;
+use super::{Located, Table};
 use crate::sync::Atomic128;
 
 impl Table {
@@ -67,22 +67,23 @@ impl Table {
         // Bring the live slot in line; with no slot, a no-op transaction
         // makes any claim proposed from an older snapshot (which may have
         // read the old override) fail and read it again.
-        let b = self.bucket(self.bucket_of(h));
+        // (A key in its second bucket was claimed through its first one,
+        // which the TOUCH here fences too: see "Two buckets per key".)
         loop {
-            let snap = self.snapshot(b);
-            match self.find(b, h) {
-                Some(j) if self.key_word(b, j).factor() == factor_milli => {
-                    if Self::still(b, &snap) {
+            match self.locate(h) {
+                Located::At(p) if self.key_word(p.b, p.slot).factor() == factor_milli => {
+                    if Self::still(p.b, &p.snap) {
                         return Ok(());
                     }
                 }
-                Some(j) => {
-                    if self.transact(b, &snap, Op::Factor, j, factor_milli as u64, 0) {
+                Located::At(p) => {
+                    if self.transact(p.b, &p.snap, Op::Factor, p.slot, factor_milli as u64, 0) {
                         return Ok(());
                     }
                 }
-                None => {
-                    if self.transact(b, &snap, Op::Touch, 0, 0, 0) {
+                Located::Absent(absent) => {
+                    let (a, sa) = absent.first;
+                    if self.transact(a, &sa, Op::Touch, 0, 0, 0) {
                         return Ok(());
                     }
                 }

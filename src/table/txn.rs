@@ -202,7 +202,14 @@ impl Table {
                 })
                 .is_some()
             }
-            Op::Touch => true,
+            // A TOUCH naming a key (arg != 0) claims it in its second
+            // bucket (see "Two buckets per key" in the module docs).
+            Op::Touch => {
+                if e.arg != 0 {
+                    self.claim_in_second(e);
+                }
+                true
+            }
             Op::Strike => {
                 let (Some(pen), off, now) =
                     (self.layout.penalty, self.layout.penalty_offset, e.arg)
@@ -237,6 +244,50 @@ impl Table {
         };
         if done {
             Self::mark_done(b, e);
+        }
+    }
+
+    /// Completes the claim that TOUCH `e` (in key `e.arg`'s first bucket)
+    /// stands for: slot `e.slot` of the key's second bucket, chosen from a
+    /// snapshot at seq `e.cost` (its low 24 bits), becomes the key's — if
+    /// that bucket is still at that seq. Returns once the bucket has moved
+    /// past it (by this claim or any other transaction), after which the
+    /// claim can never be made: so once the TOUCH is done, no late helper
+    /// can put the key in the second bucket. Reads the second bucket's
+    /// intents without helping them, so a chain of such TOUCHes (or a cycle,
+    /// in a corrupt file) never recurses; a pair it cannot read as
+    /// consistent has moved on too (or is corrupt: the next snapshot of it
+    /// repairs it).
+    fn claim_in_second(&self, e: Intent) {
+        let Some(bi) = self.second_of(e.arg) else {
+            return; // a corrupt file: this table has one bucket
+        };
+        let b = self.bucket(bi);
+        let at = e.cost as u32;
+        loop {
+            let (e0, e1) = (b[0].load(), b[1].load());
+            let (i0, i1) = (Intent::from_bits(e0), Intent::from_bits(e1));
+            let (cur, other) = if i1.seq == i0.seq.wrapping_add(1) {
+                (e1, e0)
+            } else {
+                (e0, e1)
+            };
+            let latest = Intent::from_bits(cur);
+            let moved_on = !Self::consistent(e0, e1, cur, other)
+                || latest.pending
+                || latest.seq & Intent::COST_MASK as u32 != at;
+            if moved_on {
+                return;
+            }
+            let snap = Snapshot {
+                e0,
+                e1,
+                seq: latest.seq,
+            };
+            let factor = self.override_of(e.arg) as u64;
+            if self.transact(b, &snap, Op::Claim, e.slot, factor, e.arg) {
+                return;
+            }
         }
     }
 

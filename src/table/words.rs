@@ -2,7 +2,7 @@
 //! word), [`Intent`] (a bucket's transaction) and [`LeaseId`] (the `a` of a
 //! lease word). Only these types shift or mask a word's bits; the rest of
 //! the table packs and unpacks through them. The bit layouts are part of
-//! the shared-file format (layout version 2): never change them.
+//! the shared-file format (layout version 4): never change them.
 
 use crate::algo::{self, Payload};
 
@@ -94,7 +94,10 @@ pub(crate) enum Op {
     Strike = 5,
     /// Sets the override factor (`cost`) in the slot's key word.
     Factor = 6,
-    /// Changes nothing; makes concurrent proposals from older snapshots fail.
+    /// Changes nothing in this bucket; makes concurrent proposals from
+    /// older snapshots fail. With `arg` != 0 it is a claim of key hash `arg`
+    /// in its second bucket (slot `slot`, chosen at that bucket's seq
+    /// `cost`, low 24 bits): see "Two buckets per key" in `table`.
     Touch = 7,
 }
 
