@@ -108,10 +108,11 @@ tar --exclude=./target --exclude=./.git -cf - . | tar -xf - -C "$R/root/ratekeep
 # in_root SCRIPT: runs a bash script in the root, in the crate's copy.
 in_root() {
   nice chroot "$R" $E CARGO_TARGET_DIR=/root/rk-target CARGO_TERM_COLOR=never CI="${CI:-}" \
+    CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$QEMU" RATEKEEPER_TEST_RUNNER="$QEMU" \
     bash -c "set -euo pipefail; cd /root/ratekeeper; $1"
 }
-in_root 'rustc -vV | head -2; qemu-aarch64 --version | head -1'
+in_root 'rustc -vV | sed -n 1,2p; qemu-aarch64 --version | sed -n 1p'
 if [ "${RK_ARM64_KEEP_LOCK:-0}" != 1 ]; then
   in_root 'rm -f Cargo.lock && CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback cargo generate-lockfile -q'
 fi
@@ -124,11 +125,11 @@ fi
 step() { printf '\n=== aarch64: %s ===\n' "$*"; }
 
 step "unit and integration tests, default features + cli (qemu, CPU max)"
-in_root "cargo test --target $TRIPLE --features cli --lib --tests"
+in_root "cargo test --release --target $TRIPLE --features cli --lib --tests"
 
 for cpu in neoverse-n1 cortex-a53; do
   step "unit tests on CPU $cpu"
-  in_root "QEMU_CPU=$cpu cargo test --target $TRIPLE --features cli --lib"
+  in_root "QEMU_CPU=$cpu cargo test --release --target $TRIPLE --features cli --lib"
 done
 
 step "C tests, plain builds"
@@ -138,7 +139,7 @@ in_root "RK_C_TARGET=$TRIPLE RK_C_RUNNER='$QEMU' RK_C_PLAIN_ONLY=1 \
 step "one shared file, x86_64 and aarch64 in turn"
 cargo build -q --features cli --bin ratekeeper
 x86=${CARGO_TARGET_DIR:-$REPO/target}/debug/ratekeeper
-arm="chroot $R $QEMU /root/rk-target/$TRIPLE/debug/ratekeeper"
+arm="chroot $R $QEMU /root/rk-target/$TRIPLE/release/ratekeeper"
 file=/dev/shm/rk-aarch64-step-$$.rk
 trap 'rm -f "$file"' EXIT
 # expect WANT OUTPUT: OUTPUT starts with WANT.
