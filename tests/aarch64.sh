@@ -77,6 +77,9 @@ if [ ! -x "$R/bin/sh" ]; then
   nice debootstrap --variant=minbase --include=ca-certificates trixie "$R" "$mirror" >/dev/null
 fi
 cp /etc/resolv.conf "$R/etc/resolv.conf"
+# debootstrap's minbase root has no /etc/hosts: without one `localhost` (the
+# TLS test's server name) does not resolve.
+[ -f "$R/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$R/etc/hosts"
 # Local CA certificates of this machine (if any), so that cargo reaches crates.io from inside.
 if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
   mkdir -p "$R/usr/local/share/ca-certificates"
