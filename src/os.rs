@@ -17,10 +17,13 @@
 //! | [`reserve`], [`zero_range`]: `fallocate(2)` (plain, and `PUNCH_HOLE`) | `fcntl(F_PREALLOCATE)`, `fcntl(F_PUNCHHOLE)` (APFS; zeros written elsewhere) |
 //! | [`has_exited`]: `/proc/<pid>/stat` state `Z`/`X` | `proc_pidinfo(PROC_PIDTBSDINFO)` or `sysctl(KERN_PROC_PID)`, state `SZOMB` |
 //! | `src/clock.rs`: `getrandom(2)`, `CLOCK_MONOTONIC_COARSE` | `getentropy(2)`; `CLOCK_MONOTONIC_RAW_APPROX` |
+//! | `src/shm/mod.rs`: `st_mode` is a `u32` | a `u16` (a cast where the mode is checked) |
 //!
 //! The rest is POSIX (`mmap`, `flock`, `open` with `O_NOFOLLOW`, `link`,
 //! `fstat`, `kill(pid, 0)`), and the 16-byte atomic (`src/sync.rs`) is
-//! the same on Apple silicon as on aarch64 Linux (LSE `casp`).
+//! the same on Apple silicon as on aarch64 Linux (LSE `casp`). This list is
+//! what `cargo check --target aarch64-apple-darwin` reports besides the
+//! `compile_error!` below (checked once, with rustup's std for that target).
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
