@@ -7,7 +7,7 @@
 //!
 //! # Porting to macOS (not supported: never built or tested)
 //!
-//! Each item of this module, and the two Linux calls outside it:
+//! Each item of this module, and what is Linux-only outside it:
 //!
 //! | here (Linux)                         | macOS                                                          |
 //! |--------------------------------------|----------------------------------------------------------------|
@@ -21,9 +21,10 @@
 //!
 //! The rest is POSIX (`mmap`, `flock`, `open` with `O_NOFOLLOW`, `link`,
 //! `fstat`, `kill(pid, 0)`), and the 16-byte atomic (`src/sync.rs`) is
-//! the same on Apple silicon as on aarch64 Linux (LSE `casp`). This list is
-//! what `cargo check --target aarch64-apple-darwin` reports besides the
-//! `compile_error!` below (checked once, with rustup's std for that target).
+//! the same on Apple silicon as on aarch64 Linux (LSE `casp`). The last two rows
+//! (outside this module) are what `cargo check --target aarch64-apple-darwin`
+//! reports besides the `compile_error!` below (checked once, with rustup's
+//! std for that target).
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
