@@ -13,10 +13,10 @@
 # failure (tests/run.sh installs it).
 #
 # Env: CARGO_TARGET_DIR (default: <repo>/target), CC, CXX, SKIP_VALGRIND=1.
-# Cross builds (tests/aarch64.sh): RK_C_TARGET=<triple> builds the library
-# with `--target <triple>`, RK_C_RUNNER="qemu-aarch64 -L ..." runs each test
-# program through it, RK_C_PLAIN_ONLY=1 runs step 1 only (ASan, valgrind and
-# `make install` are native tools).
+# Cross builds (tests/aarch64.sh): RK_C_LIB=<libratekeeper.a> links that
+# library instead of building one, RK_C_RUNNER="qemu-aarch64 -L ..." runs
+# each test program through it, RK_C_PLAIN_ONLY=1 runs step 1 only (ASan,
+# valgrind and `make install` are native tools).
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -49,17 +49,21 @@ summary() {
     exit
 }
 
-TARGET=${RK_C_TARGET:-}
 read -r -a RUNNER <<<"${RK_C_RUNNER:-}"
 PLAIN_ONLY=${RK_C_PLAIN_ONLY:-0}
 
-echo "== building the library (cargo build --release --lib${TARGET:+ --target $TARGET})"
-if ! cargo build --release --lib ${TARGET:+--target "$TARGET"}; then
-    echo "cargo build failed"
-    echo "0 passed, 1 failed"
-    exit 1
+if [ -n "${RK_C_LIB:-}" ]; then
+    echo "== the library: $RK_C_LIB (RK_C_LIB)"
+    LIB=$RK_C_LIB
+else
+    echo "== building the library (cargo build --release --lib)"
+    if ! cargo build --release --lib; then
+        echo "cargo build failed"
+        echo "0 passed, 1 failed"
+        exit 1
+    fi
+    LIB=$TARGET_DIR/release/libratekeeper.a
 fi
-LIB=$TARGET_DIR/${TARGET:+$TARGET/}release/libratekeeper.a
 [ -f "$LIB" ] || { echo "missing $LIB"; echo "0 passed, 1 failed"; exit 1; }
 
 CFLAGS=(-std=c11 -Wall -Wextra -Wpedantic -Werror -D_POSIX_C_SOURCE=200809L -pthread -g -I"$ROOT/include")
