@@ -6,10 +6,14 @@
 # ../shared/tools/aarch64-test.sh, so that a fresh clone has it.
 #
 # Without arguments (the CI step):
-#   1. `cargo test --target aarch64-unknown-linux-gnu --features cli --lib
-#      --tests` with default features: every unit and integration test,
-#      the Redis backend's too (the tests start the root's x86_64
-#      redis-server, which the aarch64 test programs reach on 127.0.0.1);
+#   1. `cargo test --release --target aarch64-unknown-linux-gnu --features
+#      cli --lib --tests` with default features: every unit and integration
+#      test, the Redis backend's too (the tests start the root's x86_64
+#      redis-server, which the aarch64 test programs reach on 127.0.0.1).
+#      The release profile is overridden to opt-level 1, no debug info, with
+#      debug assertions and overflow checks: a debug build's tests/model.rs
+#      alone takes ~17 min under qemu, opt-level 3 costs ~9 more minutes of
+#      compiling than it saves in running (measured here);
 #   2. the unit tests again on two older CPU models (QEMU_CPU): neoverse-n1
 #      (LSE `casp`, no LSE2: 16-byte loads are `casp` too) and cortex-a53
 #      (ARMv8.0: `ldxp`/`stxp` loops), so that each of portable-atomic's
@@ -45,6 +49,11 @@
 # MSRV-aware resolver (CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback);
 # RK_ARM64_KEEP_LOCK=1 builds with the committed file as it is. Doc-tests
 # do not run with --target on cargo 1.85.
+#
+# Cost (2 shared cores, root and crate downloads present): ~9 min with a
+# cold target directory, of which ~3.5 min compiling and ~4 min running
+# tests/model.rs and tests/alloc.rs under emulation; a fresh machine adds the
+# root (README "Tests" has the figures).
 #
 # Env: RK_ARM64_ROOT, RK_ARM64_KEEP_LOCK=1, CARGO_TARGET_DIR (the native
 # CLI of step 4), CI=true (a missing tool is a failure, as in tests/c/run.sh).
@@ -111,6 +120,7 @@ tar --exclude=./target --exclude=./.git -cf - . | tar -xf - -C "$R/root/ratekeep
 # in_root SCRIPT: runs a bash script in the root, in the crate's copy.
 in_root() {
   nice chroot "$R" $E CARGO_TARGET_DIR=/root/rk-target CARGO_TERM_COLOR=never CI="${CI:-}" \
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$QEMU" RATEKEEPER_TEST_RUNNER="$QEMU" \
     bash -c "set -euo pipefail; cd /root/ratekeeper; $1"
