@@ -328,7 +328,9 @@ fn each_layer_imports_only_the_layers_below_it() {
             );
         }
     }
-    for m in ["redis", "shm", "policy", "options", "events", "stats"] {
+    for m in [
+        "redis", "shm", "policy", "options", "events", "stats", "os", "wait",
+    ] {
         for upper in ["ffi", "engine", "store"] {
             assert!(
                 !graph[m].contains(upper),
