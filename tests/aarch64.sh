@@ -11,9 +11,12 @@
 #      test, the Redis backend's too (the tests start the root's x86_64
 #      redis-server, which the aarch64 test programs reach on 127.0.0.1).
 #      The release profile is overridden to opt-level 1, no debug info, with
-#      debug assertions and overflow checks: a debug build's tests/model.rs
-#      alone takes ~17 min under qemu, opt-level 3 costs ~9 more minutes of
-#      compiling than it saves in running (measured here);
+#      debug assertions and overflow checks. Debug would be too slow to run:
+#      qemu ran the debug unit tests 7x slower than native, and
+#      tests/model.rs takes 150 s natively in debug (~17 min here,
+#      estimated). Opt-level 3 with line tables compiled in 12m47s against
+#      3m37s and ran model.rs in 114-133 s against 188 s (one cold build
+#      each, on a busy 2-core machine);
 #   2. the unit tests again on two older CPU models (QEMU_CPU): neoverse-n1
 #      (LSE `casp`, no LSE2: 16-byte loads are `casp` too) and cortex-a53
 #      (ARMv8.0: `ldxp`/`stxp` loops), so that each of portable-atomic's
