@@ -61,6 +61,9 @@
 # Env: RK_ARM64_ROOT, RK_ARM64_KEEP_LOCK=1, CARGO_TARGET_DIR (the native
 # CLI of step 4), CI=true (a missing tool is a failure, as in tests/c/run.sh).
 set -euo pipefail
+# One compound command, read whole before it runs: editing this file during
+# a run (which takes minutes) does not derail the run.
+{
 SELF=$(realpath "$0")
 cd "$(dirname "$SELF")/.."
 REPO=$(pwd)
@@ -180,3 +183,5 @@ expect '{"policy":"api","limits":"3/hour","allowed":3,"denied":1,' "$b"
 echo "x86_64 and aarch64 share one file: same counts, same key, same directory"
 
 step "all green"
+exit
+}
