@@ -28,6 +28,7 @@ pub(crate) mod events;
 pub mod ffi;
 pub(crate) mod hash;
 mod options;
+mod os;
 pub mod policy;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -46,6 +47,7 @@ pub use engine::{CheckItem, Decision, Engine, Permit, PolicyId, MAX_OVERRIDES};
 pub use error::{Error, ParseError};
 pub use events::{DenyEvent, EVENT_KEY_BYTES, RING_ENTRIES};
 pub use options::{EngineOptions, PolicyOptions, DEFAULT_CAPACITY, MAX_POLICIES};
+pub use os::DEFAULT_SHARED_DIR;
 pub use policy::PolicySpec;
 #[cfg(feature = "redis")]
 pub use redis::{OnFailure, RedisOptions, RedisStats, REDIS_EPOCH_UNIX_S};

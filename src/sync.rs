@@ -23,7 +23,7 @@ pub(crate) use std::sync::atomic::{
 };
 
 // Lock-free 16-byte CAS that this crate has been built and tested on:
-// x86_64 (CMPXCHG16B) and, next (issue #19), aarch64 (LL/SC or LSE `casp`).
+// x86_64 (CMPXCHG16B) and aarch64 (LL/SC or LSE `casp`; tests/aarch64.sh).
 // portable-atomic covers a few more (s390x, powerpc64, riscv64 with Zacas);
 // add them here once they are tested.
 #[cfg(all(not(loom), not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
@@ -134,11 +134,21 @@ impl Atomic128 {
 ///
 /// Every operation is sequentially consistent, which is what every reader
 /// of a table word relies on: the protocol reads intents, then slot words,
-/// then the intents again, and must see them in that order (on a weakly
-/// ordered CPU such as aarch64 that takes the SeqCst barriers; issue #19
-/// reviews them).
+/// then the intents again, and must see them in that order, and the loom
+/// models check it with every word access as one step of a single total
+/// order. On aarch64, portable-atomic's SeqCst operations give that order
+/// (checked in portable-atomic 1.15's `imp/atomic128/aarch64.rs`): a load is
+/// `ldar` + `ldp` + `dmb ishld` with LSE2 (the `ldar` keeps it from moving
+/// before an earlier `caspal`/`stlxp`: GCC bug 108891), `caspal` with LSE
+/// only, `ldaxp`/`stlxp` on ARMv8.0; a compare-and-swap is `caspal` or an
+/// `ldaxp`/`stlxp` loop.
 ///
-/// It is never a lock: [`check_cpu`] refuses a CPU where it would be.
+/// Without LSE2 a load writes the value it read back (`casp`, `stlxp`), so
+/// every word must be in writable memory: the heap, or a shared mapping,
+/// which is always mapped read-write.
+///
+/// It is never a lock: [`check_cpu`] refuses a CPU where it would be (on
+/// aarch64 none: every ARMv8-A CPU has `ldxp`/`stxp`).
 #[cfg(all(not(loom), not(target_arch = "x86_64")))]
 #[repr(transparent)]
 pub struct Atomic128(portable_atomic::AtomicU128);

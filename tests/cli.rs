@@ -2,8 +2,11 @@
 
 use std::process::Command;
 
+#[path = "support/runner.rs"]
+mod runner;
+
 fn rk(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ratekeeper"))
+    let out = runner::command(env!("CARGO_BIN_EXE_ratekeeper"))
         .args(args)
         .output()
         .unwrap();
@@ -128,7 +131,7 @@ fn tail_prints_recent_denials_and_follow_prints_new_ones() {
         assert_eq!(f[5], "limit=0");
     }
     // Follow: a new denial shows up while tail runs.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ratekeeper"))
+    let mut child = runner::command(env!("CARGO_BIN_EXE_ratekeeper"))
         .args([
             "tail",
             "--follow",

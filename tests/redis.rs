@@ -9,6 +9,8 @@
 mod redis_cluster;
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[path = "support/runner.rs"]
+mod runner;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -321,7 +323,7 @@ fn next_id() -> u64 {
 }
 
 fn child(url: &str, prefix: &str, n: u32) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+    runner::command(std::env::current_exe().unwrap())
         .args([
             "--ignored",
             "--exact",

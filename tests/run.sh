@@ -42,6 +42,16 @@ if [ -x tests/c/run.sh ]; then
   tests/c/run.sh
 fi
 
+step "Linux aarch64 under qemu-user, rustc 1.85: unit, integration and C tests (tests/aarch64.sh)"
+# qemu does NOT reproduce aarch64's weak memory ordering (guest loads and
+# stores run on the x86_64 host): this proves that the crate builds with
+# its MSRV and behaves on aarch64, not that its atomics are ordered right;
+# the ordering review (README "Platforms") and the loom models above do that.
+# Adds 9 min here (2 shared cores, root present, cold target directory),
+# 13-14 min on a fresh machine, which debootstraps the Debian root first
+# (README "Tests").
+tests/aarch64.sh
+
 step "Python package, Flask extension, Gunicorn (pytest)"
 bash bindings/python/run_tests.sh
 

@@ -8,6 +8,9 @@ use ratekeeper::{Engine, EngineOptions, Error};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+#[path = "support/runner.rs"]
+mod runner;
+
 const S: u64 = 1_000_000_000;
 const NOW: u64 = 1_000 * S;
 
@@ -33,7 +36,7 @@ fn open(p: &Path) -> Engine {
 
 /// Starts a child running `role` with `args` (passed in the environment).
 fn child(role: &str, p: &Path, args: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+    runner::command(std::env::current_exe().unwrap())
         .args([
             "--ignored",
             "--exact",
@@ -424,7 +427,7 @@ fn a_read_only_file_is_a_permission_error() {
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(p.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new(&exe)
+    let out = runner::command(&exe)
         .args([
             "--ignored",
             "--exact",

@@ -5,8 +5,8 @@ use super::decision::Count;
 use super::{Decision, Engine, PolicyId};
 use crate::store::Now;
 use crate::table::Lease;
+use crate::wait::Handshake;
 use crate::Error;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// A concurrency permit from [`Engine::acquire`]: give it back with
@@ -160,12 +160,15 @@ impl Engine {
         // would wake before the clock shows it and try again at once.
         let floor = self.options.clock.resolution_ns().max(1_000);
         let poll = self.store.poll_ns();
+        let cells = &p.head().cells;
+        let handshake = Handshake {
+            released: &cells.released,
+            waiters: &cells.waiters,
+        };
         loop {
-            // SeqCst (here and in `release`): the waiter's "read word, then
-            // register as waiter" and the releaser's "bump word, then read
-            // waiters" must not both miss each other.
-            let cells = &p.head().cells;
-            let seen = cells.released.load(Ordering::SeqCst);
+            // Read before the try: a release after it changes the word
+            // (src/wait.rs says why no wake-up is lost).
+            let seen = handshake.observe();
             let (d, permit) = self.acquire(policy, key)?;
             let left = deadline.saturating_sub(crate::clock::now_ns());
             let settled = permit.is_some() || d.allowed || d.retry_after_ns == u64::MAX;
@@ -173,9 +176,7 @@ impl Engine {
                 return Ok((d, permit));
             }
             let wait_ns = left.min(d.retry_after_ns.max(floor)).min(poll);
-            cells.waiters.fetch_add(1, Ordering::SeqCst);
-            crate::wait::wait(&cells.released, seen, wait_ns);
-            cells.waiters.fetch_sub(1, Ordering::SeqCst);
+            handshake.sleep(seen, wait_ns);
         }
     }
 
@@ -191,10 +192,11 @@ impl Engine {
         let released = self.store.release(&p.table, permit.policy, &permit.lease)?;
         if released {
             let cells = &p.head().cells;
-            cells.released.fetch_add(1, Ordering::SeqCst);
-            if cells.waiters.load(Ordering::SeqCst) > 0 {
-                crate::wait::wake_all(&cells.released);
+            Handshake {
+                released: &cells.released,
+                waiters: &cells.waiters,
             }
+            .notify(false);
         }
         Ok(released)
     }
@@ -232,9 +234,16 @@ impl Engine {
         let p = self.get(policy)?;
         let n = self.store.release_holder(&p.table, pid, dead_holder)?;
         if n > 0 {
+            // Wakes whoever sleeps even if `waiters` is wrong (a process that
+            // died asleep leaves it too high, which is harmless; a corrupt
+            // file could leave it too low): an administrative call, not a
+            // hot one.
             let cells = &p.head().cells;
-            cells.released.fetch_add(1, Ordering::SeqCst);
-            crate::wait::wake_all(&cells.released);
+            Handshake {
+                released: &cells.released,
+                waiters: &cells.waiters,
+            }
+            .notify(true);
         }
         Ok(n)
     }
@@ -265,26 +274,11 @@ fn dead_holder(pid: u32) -> Result<(), Error> {
     // process, never a process group (negative) or every process (-1).
     let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
         || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if alive && !dead_state(pid) {
+    if alive && !crate::os::has_exited(pid) {
         return refuse(format!(
             "process {pid} is alive (it may have reused a dead holder's pid, or \
              the holder is in another PID namespace, which release_holder cannot tell)"
         ));
     }
     Ok(())
-}
-
-/// True if `/proc/<pid>/stat` shows a process that has exited (`Z`ombie,
-/// or `X`, dead). Unreadable: false (taken as alive).
-fn dead_state(pid: u32) -> bool {
-    // "pid (comm) S ...": comm may hold ')' and spaces, so the state is the
-    // byte after the last ')' and a space.
-    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .iter()
-        .rposition(|&b| b == b')')
-        .and_then(|i| stat.get(i + 2));
-    matches!(state, Some(b'Z' | b'X'))
 }

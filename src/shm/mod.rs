@@ -18,6 +18,19 @@
 //! directory entry is complete before `policy_count` is raised (release)
 //! past it, and never changes after.
 //!
+//! The layout does not depend on the architecture, so the header records
+//! none: fields have fixed sizes (no `usize`, no pointers) and alignments
+//! fixed by the types (16-byte table words, 128-byte counter and deny-ring
+//! lines in `src/stats.rs` and `src/events.rs`: a cache line on x86_64 and
+//! on aarch64 alike, but a layout constant, not read from the build), every
+//! supported target is 64-bit little-endian (others do not build: see
+//! below), and keys hash with the portable SipHash of `src/hash.rs`.
+//! `REGION_ALIGN` (4096) is a unit of the layout, not the page size: the
+//! whole file is mapped at once from offset 0, so kernels with 16 KiB or
+//! 64 KiB pages (common on aarch64) map the same file. A file made by an
+//! x86_64 process is used as it is by an aarch64 process, and the other way
+//! round (the aarch64 CI step, `tests/aarch64.sh`, does both on one file).
+//!
 //! A file whose boot id differs from the running kernel's is from an earlier
 //! boot: under the lock its magic number is replaced by `MAGIC_RESETTING`,
 //! its regions are zeroed in place (a punched hole; the size never changes,
@@ -43,6 +56,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+// The layout is written and read as little-endian 64-bit data (the header
+// image is built with `to_le_bytes`, the words are read natively).
+#[cfg(not(all(target_endian = "little", target_pointer_width = "64")))]
+compile_error!(
+    "ratekeeper's shared-file layout needs a 64-bit little-endian target (x86_64 or aarch64 Linux)"
+);
 
 /// "RATEKEEP" in ASCII, little-endian.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RATEKEEP");
@@ -266,49 +286,9 @@ fn cpath(path: &Path) -> Result<CString, Error> {
         .map_err(|_| Error::InvalidArgument(format!("path {:?} contains a NUL byte", path)))
 }
 
-/// Where the running kernel's boot id is.
-pub(crate) const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
-
-/// The boot id in the file at `path` (normally [`BOOT_ID_PATH`]): a UUID,
-/// `8-4-4-4-12` hex digits and a newline. Unreadable, malformed or all
-/// zero is an error: without it a reboot would go unnoticed, and a file
-/// from an earlier boot (its leases, its windows, its clock) be misread.
-pub(crate) fn read_boot_id(path: &Path) -> Result<[u8; 16], Error> {
-    let text = std::fs::read(path).map_err(|e| {
-        Error::Io(format!(
-            "cannot read the boot id from {}: {e}; shared engines need it to tell a reboot (after which a shared file is reset)",
-            path.display()
-        ))
-    })?;
-    let malformed = || {
-        Error::Io(format!(
-            "the boot id in {} is not a UUID ({:?}); shared engines need it to tell a reboot",
-            path.display(),
-            String::from_utf8_lossy(&text[..text.len().min(64)])
-        ))
-    };
-    let uuid = text.strip_suffix(b"\n").unwrap_or(&text);
-    if uuid.len() != 36 {
-        return Err(malformed());
-    }
-    let mut id = [0u8; 16];
-    let mut nibbles = 0;
-    for (i, &c) in uuid.iter().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            if c != b'-' {
-                return Err(malformed());
-            }
-            continue;
-        }
-        let v = (c as char).to_digit(16).ok_or_else(malformed)? as u8;
-        id[nibbles / 2] |= v << (4 * (1 - nibbles % 2));
-        nibbles += 1;
-    }
-    if id == [0; 16] {
-        return Err(malformed());
-    }
-    Ok(id)
-}
+use crate::os::read_boot_id;
+/// Where the running kernel's boot id is (`src/os.rs`).
+pub(crate) use crate::os::BOOT_ID_PATH;
 
 /// An exclusive `flock` on the shared file, released on drop.
 pub(crate) struct FileLock<'a> {
@@ -622,24 +602,15 @@ impl Mapping {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: the fd is open for writing; KEEP_SIZE never changes the size.
-        let rc = unsafe {
-            libc::fallocate(
-                self.fd.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-            return Err(Error::Io(format!(
-                "cannot reset {}: {e}",
-                self.path.display()
-            )));
+        match crate::os::zero_range(&self.fd, offset, len) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => {
+                return Err(Error::Io(format!(
+                    "cannot reset {}: {e}",
+                    self.path.display()
+                )))
+            }
         }
         let zeros = vec![0u8; 1 << 16];
         let mut at = offset;
@@ -707,7 +678,7 @@ impl Mapping {
         let p = self.path.display();
         if h.magic == MAGIC_RESETTING {
             return Err(Error::Corrupt(format!(
-                "{p} was left half reset and cannot be completed (size {size} bytes is not a whole number of 4096-byte pages above the header): remove it"
+                "{p} was left half reset and cannot be completed (size {size} bytes is not a whole number of 4096-byte units above the header): remove it"
             )));
         }
         if h.magic != MAGIC {
@@ -915,24 +886,12 @@ impl Mapping {
             )));
         }
         // Reserve the pages now, so that a full /dev/shm is an error here
-        // rather than SIGBUS on first touch.
-        // SAFETY: the fd is open for writing; the range lies inside the file.
-        let rc = unsafe {
-            libc::fallocate(
-                self.fd.as_raw_fd(),
-                0,
-                offset as libc::off_t,
-                size as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-                return Err(Error::OutOfMemory(format!(
-                    "{}: cannot reserve {size} bytes for policy {name:?}: {e}",
-                    self.path.display()
-                )));
-            }
+        // rather than SIGBUS on first touch (the range lies inside the file).
+        if let Err(e) = crate::os::reserve(&self.fd, offset, size) {
+            return Err(Error::OutOfMemory(format!(
+                "{}: cannot reserve {size} bytes for policy {name:?}: {e}",
+                self.path.display()
+            )));
         }
         // SAFETY: entry `i` is beyond `policy_count`, so no process reads it;
         // writers are serialised by the file lock, which the caller holds.

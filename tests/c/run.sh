@@ -13,6 +13,10 @@
 # failure (tests/run.sh installs it).
 #
 # Env: CARGO_TARGET_DIR (default: <repo>/target), CC, CXX, SKIP_VALGRIND=1.
+# Cross builds (tests/aarch64.sh): RK_C_LIB=<libratekeeper.a> links that
+# library instead of building one, RK_C_RUNNER="qemu-aarch64 -L ..." runs
+# each test program through it, RK_C_PLAIN_ONLY=1 runs step 1 only (ASan,
+# valgrind and `make install` are native tools).
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -36,14 +40,30 @@ failed=0
 failures=()
 pass() { passed=$((passed + 1)); echo "PASS $1"; }
 fail() { failed=$((failed + 1)); failures+=("$1"); echo "FAIL $1"; }
+# Prints the failures and the counts, and exits with the verdict.
+summary() {
+    echo
+    for f in "${failures[@]+"${failures[@]}"}"; do echo "failed: $f"; done
+    echo "$passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+    exit
+}
 
-echo "== building the library (cargo build --release --lib)"
-if ! cargo build --release --lib; then
-    echo "cargo build failed"
-    echo "0 passed, 1 failed"
-    exit 1
+read -r -a RUNNER <<<"${RK_C_RUNNER:-}"
+PLAIN_ONLY=${RK_C_PLAIN_ONLY:-0}
+
+if [ -n "${RK_C_LIB:-}" ]; then
+    echo "== the library: $RK_C_LIB (RK_C_LIB)"
+    LIB=$RK_C_LIB
+else
+    echo "== building the library (cargo build --release --lib)"
+    if ! cargo build --release --lib; then
+        echo "cargo build failed"
+        echo "0 passed, 1 failed"
+        exit 1
+    fi
+    LIB=$TARGET_DIR/release/libratekeeper.a
 fi
-LIB=$TARGET_DIR/release/libratekeeper.a
 [ -f "$LIB" ] || { echo "missing $LIB"; echo "0 passed, 1 failed"; exit 1; }
 
 CFLAGS=(-std=c11 -Wall -Wextra -Wpedantic -Werror -D_POSIX_C_SOURCE=200809L -pthread -g -I"$ROOT/include")
@@ -105,8 +125,13 @@ compile() {
 echo "== normal builds"
 for t in "${TESTS[@]}"; do
     name=${t%.*}
-    if compile "$t" "$OUT/$name" -O1 && "$OUT/$name"; then pass "$name"; else fail "$name"; fi
+    if compile "$t" "$OUT/$name" -O1 && ${RUNNER[@]+"${RUNNER[@]}"} "$OUT/$name"; then pass "$name"; else fail "$name"; fi
 done
+
+if [ "$PLAIN_ONLY" = 1 ]; then
+    echo "SKIP ASan+UBSan, valgrind and the pkg-config example: RK_C_PLAIN_ONLY=1"
+    summary
+fi
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer"
 for t in "${TESTS[@]}"; do
@@ -156,7 +181,4 @@ else
     fail "make install"
 fi
 
-echo
-for f in "${failures[@]+"${failures[@]}"}"; do echo "failed: $f"; done
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+summary
