@@ -358,7 +358,7 @@ struct Place<'a> {
 #[derive(Clone, Copy)]
 struct Absent<'a> {
     first: (&'a [Atomic128], Snapshot),
-    second: Option<(&'a [Atomic128], usize, Snapshot)>,
+    second: Option<(&'a [Atomic128], Snapshot)>,
 }
 
 impl Absent<'_> {
@@ -367,7 +367,7 @@ impl Absent<'_> {
     #[inline(always)]
     fn still(&self) -> bool {
         Table::still(self.first.0, &self.first.1)
-            && self.second.is_none_or(|(b, _, s)| Table::still(b, &s))
+            && self.second.is_none_or(|(b, s)| Table::still(b, &s))
     }
 }
 
@@ -683,7 +683,7 @@ impl Table {
     fn claim(&self, h: u64, absent: &Absent<'_>, now: u64) -> Result<bool, Outcome> {
         let (a, sa) = absent.first;
         let (in_first, live_first) = self.choose_victim(a, h, now);
-        let second = absent.second.map(|(b, _, _)| self.choose_victim(b, h, now));
+        let second = absent.second.map(|(b, _)| self.choose_victim(b, h, now));
         let in_second = second.map(|(v, _)| v);
         // The bucket with fewer live entries takes the key (ties: the
         // first): keys spread over two buckets fill a table far further
@@ -724,7 +724,7 @@ impl Table {
                 self.transact(a, &sa, Op::Claim, j, self.override_of(h) as u64, h) && evicts,
             );
         }
-        let (b, _, sb) = absent.second.expect("a second bucket was chosen");
+        let (b, sb) = absent.second.expect("a second bucket was chosen");
         let at = sb.seq as u64 & Intent::COST_MASK as u64;
         if !self.transact(a, &sa, Op::Touch, j, at, h) {
             return Ok(false);
@@ -760,6 +760,18 @@ impl Table {
         self.locate_second(h, a, sa)
     }
 
+    /// Where key `h` lives, or `None` if it is absent from both its
+    /// buckets (confirmed: neither changed while it was looked for).
+    fn present(&self, h: u64) -> Option<Place<'_>> {
+        loop {
+            match self.locate(h) {
+                Located::At(p) => return Some(p),
+                Located::Absent(absent) if absent.still() => return None,
+                Located::Absent(_) => continue,
+            }
+        }
+    }
+
     /// [`locate`](Self::locate), once the key is not in its first bucket.
     #[inline(never)]
     fn locate_second<'t>(&'t self, h: u64, a: &'t [Atomic128], sa: Snapshot) -> Located<'t> {
@@ -781,7 +793,7 @@ impl Table {
         }
         Located::Absent(Absent {
             first: (a, sa),
-            second: Some((b, bi, sb)),
+            second: Some((b, sb)),
         })
     }
 
@@ -887,14 +899,11 @@ impl Table {
         }
         let cost = cost.min(algo::MAX_COST);
         loop {
-            let (b, snap, j) = match self.locate(h) {
-                Located::At(p) => (p.b, p.snap, p.slot),
-                Located::Absent(absent) => {
-                    if absent.still() {
-                        return false;
-                    }
-                    continue;
-                }
+            let Some(Place {
+                b, snap, slot: j, ..
+            }) = self.present(h)
+            else {
+                return false;
             };
             if cost == 0 {
                 // Nothing to give back; report whether the key has state.
@@ -928,14 +937,11 @@ impl Table {
     /// Forgets all state of `h`. Returns false if there was none.
     pub fn reset(&self, h: u64) -> bool {
         loop {
-            let (b, snap, j) = match self.locate(h) {
-                Located::At(p) => (p.b, p.snap, p.slot),
-                Located::Absent(absent) => {
-                    if absent.still() {
-                        return false;
-                    }
-                    continue;
-                }
+            let Some(Place {
+                b, snap, slot: j, ..
+            }) = self.present(h)
+            else {
+                return false;
             };
             if self.transact(b, &snap, Op::Reset, j, 0, 0) {
                 return true;

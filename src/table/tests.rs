@@ -332,3 +332,58 @@ fn a_corrupt_intent_pair_is_repaired_never_looped_on() {
         assert_eq!(admitted, 3, "pair {e0:#x} {e1:#x}");
     }
 }
+
+/// TOUCH intents naming keys (claims in a second bucket) as a corrupt or
+/// hostile file may hold them: two buckets whose pending TOUCHes point at
+/// each other (a cycle), a TOUCH naming a key whose second bucket is the
+/// bucket itself, one naming a slot the bucket lacks, and one that really
+/// installs its key. Every check completes, admits the exact quota, and no
+/// key ends in two slots.
+#[test]
+fn touches_naming_keys_in_a_corrupt_file_never_loop_recurse_or_duplicate() {
+    let touch =
+        |s: u32, slot: usize, at: u64, key: u64| Intent::pending(s, Op::Touch, slot, at, key);
+    let done = |s: u32| Intent::pending(s, Op::Touch, 0, 0, 0).done().to_bits();
+    // (bucket 0's pending intent, bucket 1's pending intent), each at seq 4
+    // with seq 3 done beside it; key 2's first bucket is 0, key 3's is 1.
+    let cases = [
+        (touch(4, 0, 4, 2), touch(4, 0, 4, 3)), // a cycle: each waits on the other
+        (touch(4, 1, 4, 2), touch(4, 1, 4, 2)), // bucket 1 names key 2, whose second bucket is 1
+        (touch(4, 9, 4, 2), touch(4, 15, 0, 3)), // slots the buckets lack
+        (touch(4, 0, 3, 2), touch(4, 0, 7, 3)), // seqs that never were
+    ];
+    for (t0, t1) in cases {
+        let t = std::sync::Arc::new(table("3/minute", 2));
+        for (bi, e) in [(0, t0), (1, t1)] {
+            let b = t.bucket(bi);
+            b[0].compare_exchange(0, e.to_bits()).unwrap();
+            b[1].compare_exchange(0, done(3)).unwrap();
+        }
+        let t2 = t.clone();
+        let admitted = returns("checks on buckets with corrupt TOUCHes", move || {
+            [2u64, 3, 9].map(|k| {
+                (0..5)
+                    .filter(|_| verdict(t2.decide(k, 1, S, Mode::Charge)).allowed)
+                    .count()
+            })
+        });
+        assert_eq!(admitted, [3, 3, 3], "{t0:?} {t1:?}");
+        for k in [2u64, 3, 9] {
+            let copies = (0..2)
+                .filter(|&bi| t.find(t.bucket(bi), k).is_some())
+                .count();
+            assert_eq!(copies, 1, "key {k}: {t0:?} {t1:?}");
+        }
+    }
+    // A TOUCH whose second bucket is still at the named seq installs its
+    // key there, once: key 2 (first bucket 0) lands in bucket 1, slot 5.
+    let t = table("3/minute", 2);
+    let b0 = t.bucket(0);
+    b0[0]
+        .compare_exchange(0, touch(4, 5, 0, 2).to_bits())
+        .unwrap();
+    b0[1].compare_exchange(0, done(3)).unwrap();
+    assert_eq!(verdict(t.decide(2, 1, S, Mode::Peek)).remaining, 2);
+    assert_eq!(t.key_word(t.bucket(1), 5).hash(), 2);
+    assert!(t.find(t.bucket(0), 2).is_none());
+}
