@@ -73,7 +73,9 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RATEKEEP");
 /// words (events.rs, "Sampling").
 /// Version 4: a key may live in its second bucket (table, "Two buckets per
 /// key"), which a version-3 reader would not look in.
-pub(crate) const LAYOUT_VERSION: u32 = 4;
+/// Version 5: an intent's op has 4 bits and its slot 3, for MOVE and
+/// MOVE-IN (table, "Moving a key"); a version-4 reader would misread them.
+pub(crate) const LAYOUT_VERSION: u32 = 5;
 /// The magic word while the file is being reset for a new boot (or left so
 /// by a crash during a reset, which the next open completes).
 pub(crate) const MAGIC_RESETTING: u64 = u64::from_le_bytes(*b"RKRESET!");

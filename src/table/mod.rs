@@ -148,6 +148,13 @@ pub(crate) const SLOTS: usize = 8;
 #[cfg(loom)]
 pub(crate) const SLOTS: usize = 2;
 
+/// Buckets a claim may examine for a key to move out of its way before it
+/// evicts a live entry (see "Moving a key" in the module docs): the bound
+/// on what a flood of new keys into a full table costs per key.
+const MOVE_BUDGET: usize = 16;
+
+const _: () = assert!(SLOTS as u128 <= Intent::SLOT_MASK + 1);
+
 /// The bits of a lease holder's pid that a lease word keeps (see
 /// [`LeaseId`]): Linux pids are below `PID_MAX_LIMIT` = 2^22.
 pub(crate) const PID_MASK: u32 = LeaseId::PID_MASK;
@@ -706,6 +713,12 @@ impl Table {
             (_, Some(Victim::Live(k, _, _))) => Some((true, k, true)),
             _ => None,
         };
+        // Rather than evict a live entry (or report the table full), move a
+        // key out of the way, into its own second bucket: see "Moving a
+        // key" in the module docs.
+        if place.is_none_or(|(_, _, evicts)| evicts) && self.make_room(h, absent, now) {
+            return Ok(false);
+        }
         let Some((second, j, evicts)) = place else {
             if !absent.still() {
                 return Ok(false);
@@ -739,6 +752,80 @@ impl Table {
             && e.op == Op::Claim
             && e.arg == h
             && e.slot == j)
+    }
+
+    /// Looks, within [`MOVE_BUDGET`] buckets, for a key that can move from
+    /// one of the new key's two buckets (full of live entries, as `absent`
+    /// saw them) into its own second bucket — directly (the key's second
+    /// bucket has a free or expired slot), or after one key of that bucket
+    /// moves on into its own second bucket — and proposes the first such
+    /// move. True if a move was proposed (committed or lost to a race: the
+    /// caller looks again), false if none was found.
+    fn make_room(&self, h: u64, absent: &Absent<'_>, now: u64) -> bool {
+        if self.layout.concurrency {
+            return false; // a live lease is never evicted: nothing to save
+        }
+        let (Some((_, sb)), Some(bi)) = (absent.second, self.second_of(h)) else {
+            return false;
+        };
+        let mut budget = MOVE_BUDGET;
+        let full = [(self.bucket_of(h), absent.first.1), (bi, sb)];
+        // A free or expired slot of bucket `y` for key `g`, with `y`'s
+        // snapshot; `None` once the budget is spent.
+        let mut room_in = |y: usize, g: u64| -> Option<Option<(usize, Snapshot)>> {
+            budget = budget.checked_sub(1)?;
+            let y = self.bucket(y);
+            let sy = self.snapshot(y);
+            Some(match self.choose_victim(y, g, now).0 {
+                Victim::Empty(j) | Victim::Expired(j) => Some((j, sy)),
+                _ => None,
+            })
+        };
+        for (x, sx) in full {
+            for (g, y) in self.movable(x) {
+                match room_in(y, g) {
+                    None => return false,
+                    Some(Some((j, sy))) => return self.propose_move(x, &sx, g, j, &sy),
+                    Some(None) => {}
+                }
+            }
+        }
+        for (x, _) in full {
+            for (_, y) in self.movable(x) {
+                let sy = self.snapshot(self.bucket(y));
+                for (g2, z) in self.movable(y) {
+                    match room_in(z, g2) {
+                        None => return false,
+                        Some(Some((j, sz))) => return self.propose_move(y, &sy, g2, j, &sz),
+                        Some(None) => {}
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// The keys of bucket `x` that live in their first bucket, each with its
+    /// second bucket: the keys that may move out of `x`.
+    fn movable(&self, x: usize) -> impl Iterator<Item = (u64, usize)> + '_ {
+        let b = self.bucket(x);
+        (0..SLOTS).filter_map(move |k| {
+            let g = self.key_word(b, k).hash();
+            if g == 0 || self.bucket_of(g) != x {
+                return None;
+            }
+            Some((g, self.second_of(g)?))
+        })
+    }
+
+    /// Proposes, from snapshot `sx` of bucket `x` (key `g`'s first), the
+    /// MOVE of `g` to slot `j` of its second bucket, as of that bucket's
+    /// snapshot `sy`. True whether or not it committed: either way the
+    /// caller looks again.
+    fn propose_move(&self, x: usize, sx: &Snapshot, g: u64, j: usize, sy: &Snapshot) -> bool {
+        let at = sy.seq as u64 & Intent::COST_MASK as u64;
+        self.transact(self.bucket(x), sx, Op::Move, j, at, g);
+        true
     }
 
     /// Where key `h` lives: the bucket and slot holding it, with a snapshot

@@ -206,10 +206,34 @@ impl Table {
             // bucket (see "Two buckets per key" in the module docs).
             Op::Touch => {
                 if e.arg != 0 {
-                    self.claim_in_second(e);
+                    self.install_in_second(e, None);
                 }
                 true
             }
+            Op::Move => self.move_out(b, e),
+            Op::MoveIn => {
+                let (from, i) = (self.bucket(self.bucket_of(e.arg)), e.cost as usize);
+                if i >= SLOTS || self.layout.concurrency {
+                    Self::mark_done(b, e);
+                    return;
+                }
+                // The key word and state of the source slot, which the
+                // pending MOVE there holds still (see "Moving a key"). A
+                // helper that reads them after that MOVE is done finds this
+                // transaction done too, and its writes fail.
+                let (src_key, src) = (&from[self.key_unit(i)], self.slot_words(from, i));
+                let factor = |_| Word::key(0, e.arg, Word::from_bits(src_key.load()).factor()).payload;
+                Self::write(b, &b[self.key_unit(slot)], e, factor).is_some()
+                    && words.iter().zip(src).all(|(w, s)| {
+                        Self::write(b, w, e, |_| Word::from_bits(s.load()).payload).is_some()
+                    })
+            }
+            Op::Reserved10
+            | Op::Reserved11
+            | Op::Reserved12
+            | Op::Reserved13
+            | Op::Reserved14
+            | Op::Reserved15 => true,
             Op::Strike => {
                 let (Some(pen), off, now) =
                     (self.layout.penalty, self.layout.penalty_offset, e.arg)
@@ -247,23 +271,29 @@ impl Table {
         }
     }
 
-    /// Completes the claim that TOUCH `e` (in key `e.arg`'s first bucket)
-    /// stands for: slot `e.slot` of the key's second bucket, chosen from a
-    /// snapshot at seq `e.cost` (its low 24 bits), becomes the key's — if
-    /// that bucket is still at that seq. Returns once the bucket has moved
-    /// past it (by this claim or any other transaction), after which the
-    /// claim can never be made: so once the TOUCH is done, no late helper
-    /// can put the key in the second bucket. Reads the second bucket's
-    /// intents without helping them, so a chain of such TOUCHes (or a cycle,
-    /// in a corrupt file) never recurses; a pair it cannot read as
-    /// consistent has moved on too (or is corrupt: the next snapshot of it
-    /// repairs it).
-    fn claim_in_second(&self, e: Intent) {
+    /// Completes what TOUCH or MOVE `e` (in key `e.arg`'s first bucket)
+    /// stands for in the key's second bucket: slot `e.slot` there, chosen
+    /// from a snapshot at seq `e.cost` (its low 24 bits), becomes the key's —
+    /// for a TOUCH by a CLAIM (fresh state), for a MOVE by a MOVE-IN copying
+    /// source slot `from` of the first bucket — if that bucket is still at
+    /// that seq. Returns once the bucket has moved past it (by this claim or
+    /// any other transaction), after which the claim can never be made: so
+    /// once the TOUCH or MOVE is done, no late helper can put the key in the
+    /// second bucket. A MOVE-IN found pending is completed before returning
+    /// (the MOVE then reads its outcome); nothing else of the second bucket
+    /// is helped, so a chain of such intents (or a cycle, in a corrupt file)
+    /// never recurses; a pair it cannot read as consistent has moved on too
+    /// (or is corrupt: the next snapshot of it repairs it).
+    fn install_in_second(&self, e: Intent, from: Option<usize>) {
         let Some(bi) = self.second_of(e.arg) else {
             return; // a corrupt file: this table has one bucket
         };
         let b = self.bucket(bi);
         let at = e.cost as u32;
+        let (op, cost) = match from {
+            None => (Op::Claim, self.override_of(e.arg) as u64),
+            Some(i) => (Op::MoveIn, i as u64),
+        };
         loop {
             let (e0, e1) = (b[0].load(), b[1].load());
             let (i0, i1) = (Intent::from_bits(e0), Intent::from_bits(e1));
@@ -273,10 +303,23 @@ impl Table {
                 (e0, e1)
             };
             let latest = Intent::from_bits(cur);
-            let moved_on = !Self::consistent(e0, e1, cur, other)
-                || latest.pending
-                || latest.seq & Intent::COST_MASK as u32 != at;
-            if moved_on {
+            if !Self::consistent(e0, e1, cur, other) {
+                return;
+            }
+            let low = |seq: u32| seq & Intent::COST_MASK as u32;
+            if latest.pending {
+                let ours = latest.op == op
+                    && latest.op == Op::MoveIn
+                    && latest.arg == e.arg
+                    && latest.slot == e.slot
+                    && latest.cost == cost
+                    && low(latest.seq) == low(at.wrapping_add(1));
+                if ours {
+                    self.apply(b, latest);
+                }
+                return;
+            }
+            if low(latest.seq) != at {
                 return;
             }
             let snap = Snapshot {
@@ -284,11 +327,46 @@ impl Table {
                 e1,
                 seq: latest.seq,
             };
-            let factor = self.override_of(e.arg) as u64;
-            if self.transact(b, &snap, Op::Claim, e.slot, factor, e.arg) {
+            if self.transact(b, &snap, op, e.slot, cost, e.arg) {
                 return;
             }
         }
+    }
+
+    /// Completes MOVE `e` in bucket `f` (key `e.arg`'s first; see "Moving a
+    /// key" in the module docs): freezes the key's state words (rewritten
+    /// with the MOVE's tag, so that no direct update read before the MOVE
+    /// can land), installs key and state in the second bucket, then writes
+    /// the outcome into the key word: empty if the second bucket's slot now
+    /// holds the key, unchanged if the second bucket moved on without it.
+    /// A key no longer in `f` was moved already (or the intent is corrupt):
+    /// nothing to do. Returns false if another helper finished first.
+    fn move_out(&self, f: &[Atomic128], e: Intent) -> bool {
+        if e.arg == 0 || self.layout.concurrency {
+            return true; // only a corrupt file holds such a MOVE
+        }
+        let Some(i) = self.find(f, e.arg) else {
+            return true;
+        };
+        if !self
+            .slot_words(f, i)
+            .iter()
+            .all(|w| Self::write(f, w, e, |p| p).is_some())
+        {
+            return false;
+        }
+        self.install_in_second(e, Some(i));
+        let moved = self
+            .second_of(e.arg)
+            .is_some_and(|s| self.key_word(self.bucket(s), e.slot).hash() == e.arg);
+        Self::write(f, &f[self.key_unit(i)], e, |p| {
+            if moved {
+                Payload::default()
+            } else {
+                p
+            }
+        })
+        .is_some()
     }
 
     fn apply_limit(

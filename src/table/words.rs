@@ -2,7 +2,7 @@
 //! word), [`Intent`] (a bucket's transaction) and [`LeaseId`] (the `a` of a
 //! lease word). Only these types shift or mask a word's bits; the rest of
 //! the table packs and unpacks through them. The bit layouts are part of
-//! the shared-file format (layout version 4): never change them.
+//! the shared-file format (layout version 5): never change them.
 
 use crate::algo::{self, Payload};
 
@@ -99,13 +99,30 @@ pub(crate) enum Op {
     /// in its second bucket (slot `slot`, chosen at that bucket's seq
     /// `cost`, low 24 bits): see "Two buckets per key" in `table`.
     Touch = 7,
+    /// Moves key hash `arg`, which this bucket (its first) holds, to slot
+    /// `slot` of its second bucket, chosen at that bucket's seq `cost` (low
+    /// 24 bits), with all its state: see "Moving a key" in `table`.
+    Move = 8,
+    /// In a key's second bucket: gives slot `slot` to key hash `arg` with
+    /// the key word and state of slot `cost` of its first bucket, which a
+    /// pending MOVE there holds still.
+    MoveIn = 9,
+    /// Ops 10..16 are never written; an intent holding one (a corrupt
+    /// file) is completed as a no-op. They exist so that every 4-bit op
+    /// field decodes to an op and encodes back to the same bits.
+    Reserved10 = 10,
+    Reserved11 = 11,
+    Reserved12 = 12,
+    Reserved13 = 13,
+    Reserved14 = 14,
+    Reserved15 = 15,
 }
 
 impl Op {
-    /// The op of a 3-bit field (every value is one).
+    /// The op of a 4-bit field (every value is one).
     #[inline(always)]
     const fn from_bits(v: u8) -> Op {
-        match v & 7 {
+        match v & 15 {
             0 => Op::Retag,
             1 => Op::Charge,
             2 => Op::Refund,
@@ -113,7 +130,15 @@ impl Op {
             4 => Op::Reset,
             5 => Op::Strike,
             6 => Op::Factor,
-            _ => Op::Touch,
+            7 => Op::Touch,
+            8 => Op::Move,
+            9 => Op::MoveIn,
+            10 => Op::Reserved10,
+            11 => Op::Reserved11,
+            12 => Op::Reserved12,
+            13 => Op::Reserved13,
+            14 => Op::Reserved14,
+            _ => Op::Reserved15,
         }
     }
 }
@@ -124,14 +149,14 @@ impl Op {
 /// | bits    | field   | meaning                                             |
 /// |---------|---------|-----------------------------------------------------|
 /// | 0..32   | seq     | the transaction's sequence number                   |
-/// | 32..56  | cost    | cost of a charge or refund; the override factor of a claim or factor op |
-/// | 56..59  | op      | [`Op`]: retag, charge, refund, claim, reset, strike, factor, touch |
-/// | 59      | pending | set until every word of the transaction is written  |
-/// | 60..64  | slot    | the slot the transaction changes                    |
-/// | 64..128 | arg     | `now` for charge/refund/strike, the key hash for a claim |
+/// | 32..56  | cost    | cost of a charge or refund; the override factor of a claim or factor op; a seq for touch and move; a slot for move-in |
+/// | 56..60  | op      | [`Op`]: retag, charge, refund, claim, reset, strike, factor, touch, move, move-in (10..16 reserved) |
+/// | 60      | pending | set until every word of the transaction is written  |
+/// | 61..64  | slot    | the slot the transaction changes                    |
+/// | 64..128 | arg     | `now` for charge/refund/strike, the key hash for a claim, touch or move |
 ///
-/// Every 128-bit value is an intent (a `slot` the bucket lacks can only
-/// come from a corrupt file, and is completed as a no-op), so
+/// Every 128-bit value is an intent (a reserved op, or a `slot` the bucket
+/// lacks, can only come from a corrupt file, and is completed as a no-op), so
 /// [`from_bits`](Self::from_bits) and [`to_bits`](Self::to_bits) are inverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Intent {
@@ -140,7 +165,7 @@ pub(crate) struct Intent {
     pub cost: u64,
     pub op: Op,
     pub pending: bool,
-    /// 0..16 (4 bits).
+    /// 0..8 (3 bits).
     pub slot: usize,
     pub arg: u64,
 }
@@ -151,11 +176,11 @@ impl Intent {
     pub const COST_SHIFT: u32 = 32;
     pub const COST_MASK: u128 = 0xff_ffff;
     pub const OP_SHIFT: u32 = 56;
-    pub const OP_MASK: u128 = 0b111;
-    pub const PENDING_SHIFT: u32 = 59;
+    pub const OP_MASK: u128 = 0xf;
+    pub const PENDING_SHIFT: u32 = 60;
     pub const PENDING_MASK: u128 = 1;
-    pub const SLOT_SHIFT: u32 = 60;
-    pub const SLOT_MASK: u128 = 0xf;
+    pub const SLOT_SHIFT: u32 = 61;
+    pub const SLOT_MASK: u128 = 0b111;
     pub const ARG_SHIFT: u32 = 64;
     pub const ARG_MASK: u128 = u64::MAX as u128;
 
