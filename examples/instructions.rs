@@ -12,7 +12,10 @@
 //! Paths: `hot` (one key, `check_at`), `clock` (one key, `check`), `fw`
 //! (fixed window), `log` (sliding log), `two` (gcra + fixed window),
 //! `keys` (100,000 keys), `many` (`check_many_at` of two items), `deny`
-//! (one key, every check denied), `mixed` (one key, one check in five allowed).
+//! (one key, every check denied), `mixed` (one key, one check in five allowed),
+//! `flood` (a new key every check, each live for an hour, into a table of
+//! 2^14 slots: past the first 16,384 checks every claim finds its two
+//! buckets full of live keys, looks for a key to move, and evicts).
 //!
 //! `gov-hot`, `gov-deny`, `gov-mixed` and `gov-keys` run the same cases
 //! through governor's keyed limiter (`DefaultKeyedRateLimiter`'s DashMap
@@ -55,7 +58,7 @@ fn main() {
         return;
     }
     let e = Engine::new(EngineOptions {
-        capacity: 1 << 17,
+        capacity: if what == "flood" { 1 << 14 } else { 1 << 17 },
         ..Default::default()
     })
     .unwrap();
@@ -64,6 +67,7 @@ fn main() {
         "log" => "sliding_log 1000/second",
         "two" => "1000000000/second; fixed_window 4000000000/hour",
         "deny" => "1/second",
+        "flood" => "1/hour",
         "mixed" => "1000000/second",
         _ => "1000000000/second",
     };
@@ -76,6 +80,8 @@ fn main() {
         now += if what == "mixed" { 200 } else { 1 };
         let key = if what == "keys" {
             (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 100_000).to_le_bytes()
+        } else if what == "flood" {
+            i.to_le_bytes()
         } else {
             7u64.to_le_bytes()
         };

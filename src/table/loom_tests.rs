@@ -529,3 +529,111 @@ fn racing_checks_on(t: &Arc<Table>, h: u64, now: u64) -> usize {
         .filter(|&a| a)
         .count()
 }
+
+/// Proposes the MOVE of key `h` from bucket 0 (its first) into the free
+/// slot of bucket 1, as `make_room` does; true if it committed.
+fn propose_move_of(t: &Table, h: u64, now: u64) -> bool {
+    let (f, s) = (t.bucket(0), t.bucket(1));
+    let sf = t.snapshot(f);
+    if t.find(f, h).is_none() {
+        return false; // moved already
+    }
+    let ss = t.snapshot(s);
+    let Victim::Empty(j) = t.choose_victim(s, h, now).0 else {
+        return false;
+    };
+    let at = ss.seq as u64 & Intent::COST_MASK as u64;
+    t.transact(f, &sf, Op::Move, j, at, h)
+}
+
+/// A key moving into its second bucket while another thread charges it
+/// (the direct-CAS path of a one-word state): the charge is never lost to
+/// the copy, and the key ends in one slot.
+#[test]
+fn loom_a_charge_racing_a_move_of_its_key_is_kept_and_the_key_stays_single() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(2);
+    model.check(|| {
+        let t = table2("10/second");
+        assert!(allowed(t.decide(2, 1, S, Mode::Charge)));
+        let mover = {
+            let t = t.clone();
+            thread::spawn(move || {
+                propose_move_of(&t, 2, S);
+            })
+        };
+        let checker = {
+            let t = t.clone();
+            thread::spawn(move || assert!(allowed(t.decide(2, 1, S, Mode::Charge))))
+        };
+        mover.join().unwrap();
+        checker.join().unwrap();
+        assert_eq!(copies(&t, 2), 1, "key 2 must live in one slot");
+        assert_eq!(peek(&t, 2, S).remaining, 7, "both charges, on one state");
+    });
+}
+
+/// The same through CHARGE transactions (a two-limit state), with a third
+/// key claimed into the second bucket at the same time: every key in one
+/// slot, every charge kept.
+#[test]
+fn loom_a_move_racing_a_charge_and_a_claim_keeps_every_key_single_and_exact() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(2);
+    model.check(|| {
+        let t = table2("10/second; 100/minute");
+        assert!(allowed(t.decide(2, 1, S, Mode::Charge)));
+        let mover = {
+            let t = t.clone();
+            thread::spawn(move || {
+                propose_move_of(&t, 2, S);
+            })
+        };
+        let other = {
+            let t = t.clone();
+            thread::spawn(move || {
+                assert!(allowed(t.decide(2, 1, S, Mode::Charge)));
+                assert!(allowed(t.decide(3, 1, S, Mode::Charge)));
+            })
+        };
+        mover.join().unwrap();
+        other.join().unwrap();
+        assert_eq!((copies(&t, 2), copies(&t, 3)), (1, 1));
+        assert_eq!(peek(&t, 2, S).remaining, 7, "both charges, on one state");
+        assert_eq!(peek(&t, 3, S).remaining, 8);
+    });
+}
+
+/// Two threads move the same key at once (each from its own snapshots):
+/// one MOVE commits, its helpers agree, and the key lands in one slot with
+/// its state.
+#[test]
+fn loom_racing_moves_of_one_key_land_it_in_one_slot_with_its_state() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(2);
+    model.check(|| {
+        let t = table2("10/second");
+        assert!(allowed(t.decide(2, 3, S, Mode::Charge)));
+        let movers: Vec<_> = (0..2)
+            .map(|_| {
+                let t = t.clone();
+                thread::spawn(move || propose_move_of(&t, 2, S))
+            })
+            .collect();
+        let committed = movers
+            .into_iter()
+            .map(|m| m.join().unwrap())
+            .filter(|&c| c)
+            .count();
+        assert_eq!(
+            committed, 1,
+            "the second MOVE finds the key gone or fails its commit"
+        );
+        assert_eq!(copies(&t, 2), 1, "key 2 must live in one slot");
+        assert!(
+            t.find(t.bucket(1), 2).is_some(),
+            "moved to its second bucket"
+        );
+        assert_eq!(peek(&t, 2, S).remaining, 6, "its state moved with it");
+    });
+}

@@ -326,13 +326,16 @@ fn a_corrupt_intent_pair_is_repaired_never_looped_on() {
     let pending = |s: u32| Intent::pending(s, Op::Charge, 0, 1, S).to_bits();
     let done = |s: u32| Intent::pending(s, Op::Charge, 0, 1, S).done().to_bits();
     let pairs = [
-        (done(7), done(8)),                                            // parity swapped
-        (pending(4), pending(5)),                                      // both pending
-        (done(2), done(1_000_001)),                                    // far apart
-        (0, done(6)),                                                  // intent 0 zero
-        (done(u32::MAX), 0),                                           // odd seq in intent 0
-        (u128::MAX, u128::MAX),                                        // all ones
-        (Intent::pending(4, Op::Reserved15, 7, 0, 77).to_bits(), done(3)), // a reserved op
+        (done(7), done(8)),         // parity swapped
+        (pending(4), pending(5)),   // both pending
+        (done(2), done(1_000_001)), // far apart
+        (0, done(6)),               // intent 0 zero
+        (done(u32::MAX), 0),        // odd seq in intent 0
+        (u128::MAX, u128::MAX),     // all ones
+        (
+            Intent::pending(4, Op::Reserved15, 7, 0, 77).to_bits(),
+            done(3),
+        ), // a reserved op
     ];
     for (e0, e1) in pairs {
         let t = std::sync::Arc::new(table("3/minute", 1));
@@ -371,8 +374,8 @@ fn touches_naming_keys_in_a_corrupt_file_never_loop_recurse_or_duplicate() {
     let cases = [
         (touch(4, 0, 4, 2), touch(4, 0, 4, 3)), // a cycle: each waits on the other
         (touch(4, 1, 4, 2), touch(4, 1, 4, 2)), // bucket 1 names key 2, whose second bucket is 1
-        (mv(4, 1, 4, 9), mv(4, 7, 0, 3)), // MOVEs of keys the buckets lack
-        (mv(4, 1, 4, 2), mv(4, 1, 4, 3)), // MOVEs of keys absent (a cycle)
+        (mv(4, 1, 4, 9), mv(4, 7, 0, 3)),       // MOVEs of keys the buckets lack
+        (mv(4, 1, 4, 2), mv(4, 1, 4, 3)),       // MOVEs of keys absent (a cycle)
         (move_in(4, 0, 9, 3), move_in(4, 1, 9, 2)), // MOVE-INs from slots no bucket has
         (move_in(4, 0, 0, 3), move_in(4, 1, 0, 2)), // MOVE-INs of keys no MOVE holds
         (touch(4, 0, 3, 2), touch(4, 0, 7, 3)), // seqs that never were
@@ -431,7 +434,10 @@ fn fill(spec: &str, fill: f64, charges: u64) -> (Table, Vec<u64>, bool) {
     for &k in &keys {
         for _ in 0..charges {
             match t.decide(k, 1, S, Mode::Charge) {
-                Outcome::Decided { verdict, evicted: e } => {
+                Outcome::Decided {
+                    verdict,
+                    evicted: e,
+                } => {
                     assert!(verdict.allowed);
                     evicted |= e;
                 }
@@ -455,7 +461,10 @@ fn ninety_percent_live_keys_fit_and_keep_their_state_through_moves() {
         .iter()
         .filter(|&&k| t.find(t.bucket(t.bucket_of(k)), k).is_none())
         .count();
-    assert!(moved > keys.len() / 4, "most keys stay first; {moved} moved or placed second");
+    assert!(
+        moved > keys.len() / 4,
+        "most keys stay first; {moved} moved or placed second"
+    );
     for &k in &keys {
         let v = verdict(t.decide(k, 1, S, Mode::Charge));
         assert!(!v.allowed, "key {k:#x} forgot its charge");
@@ -495,7 +504,11 @@ fn past_capacity_keys_are_evicted_never_duplicated() {
         }
     }
     assert!(evictions > 0);
-    assert_eq!(t.occupancy(), t.capacity() as u64, "full, each slot one key");
+    assert_eq!(
+        t.occupancy(),
+        t.capacity() as u64,
+        "full, each slot one key"
+    );
     let mut seen = std::collections::HashSet::new();
     for bi in 0..=t.mask {
         for j in 0..SLOTS {
@@ -519,9 +532,9 @@ fn a_move_abandoned_at_any_step_is_completed_by_the_next_caller() {
         let sf = t.snapshot(f);
         let ss = t.snapshot(s);
         let e = Intent::pending(sf.seq.wrapping_add(1), Op::Move, 3, ss.seq as u64, 2);
-        f[e.index()].compare_exchange(sf.e1, e.to_bits()).unwrap_or_else(|_| {
-            f[e.index()].compare_exchange(sf.e0, e.to_bits()).unwrap()
-        });
+        f[e.index()]
+            .compare_exchange(sf.e1, e.to_bits())
+            .unwrap_or_else(|_| f[e.index()].compare_exchange(sf.e0, e.to_bits()).unwrap());
         if stop >= 1 {
             for w in t.slot_words(f, i) {
                 Table::write(f, w, e, |p| p).unwrap();
@@ -529,14 +542,24 @@ fn a_move_abandoned_at_any_step_is_completed_by_the_next_caller() {
         }
         if stop >= 2 {
             let m = Intent::pending(ss.seq.wrapping_add(1), Op::MoveIn, 3, i as u64, 2);
-            s[m.index()].compare_exchange(if m.index() == 0 { ss.e0 } else { ss.e1 }, m.to_bits()).unwrap();
+            s[m.index()]
+                .compare_exchange(if m.index() == 0 { ss.e0 } else { ss.e1 }, m.to_bits())
+                .unwrap();
         }
         // The next check completes everything, then charges the moved key.
-        assert!(verdict(t.decide(2, 1, S, Mode::Charge)).allowed, "stop {stop}");
-        assert!(!verdict(t.decide(2, 1, S, Mode::Charge)).allowed, "stop {stop}");
-        assert!(t.find(f, 2).is_none(), "stop {stop}: left in its first bucket");
+        assert!(
+            verdict(t.decide(2, 1, S, Mode::Charge)).allowed,
+            "stop {stop}"
+        );
+        assert!(
+            !verdict(t.decide(2, 1, S, Mode::Charge)).allowed,
+            "stop {stop}"
+        );
+        assert!(
+            t.find(f, 2).is_none(),
+            "stop {stop}: left in its first bucket"
+        );
         assert_eq!(t.find(s, 2), Some(3), "stop {stop}");
         assert_eq!(t.occupancy(), 1);
     }
 }
-

@@ -222,7 +222,8 @@ impl Table {
                 // helper that reads them after that MOVE is done finds this
                 // transaction done too, and its writes fail.
                 let (src_key, src) = (&from[self.key_unit(i)], self.slot_words(from, i));
-                let factor = |_| Word::key(0, e.arg, Word::from_bits(src_key.load()).factor()).payload;
+                let factor =
+                    |_| Word::key(0, e.arg, Word::from_bits(src_key.load()).factor()).payload;
                 Self::write(b, &b[self.key_unit(slot)], e, factor).is_some()
                     && words.iter().zip(src).all(|(w, s)| {
                         Self::write(b, w, e, |_| Word::from_bits(s.load()).payload).is_some()
