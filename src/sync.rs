@@ -22,6 +22,11 @@ pub(crate) use std::sync::atomic::{
     AtomicU32 as SharedU32, AtomicU64 as SharedU64, Ordering as SharedOrdering,
 };
 
+/// A per-process heuristic that no correctness argument depends on (a
+/// table's move-search skip count): std's, also under loom, which need not
+/// explore its interleavings.
+pub(crate) use std::sync::atomic::AtomicU32 as HintU32;
+
 // Lock-free 16-byte CAS that this crate has been built and tested on:
 // x86_64 (CMPXCHG16B) and aarch64 (LL/SC or LSE `casp`; tests/aarch64.sh).
 // portable-atomic covers a few more (s390x, powerpc64, riscv64 with Zacas);

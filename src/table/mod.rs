@@ -186,9 +186,10 @@ mod words;
 use crate::abuse::{self, Penalty};
 use crate::algo::Algorithm;
 use crate::algo::{self, LimitParams, Payload, Words};
-use crate::sync::Atomic128;
+use crate::sync::{Atomic128, HintU32};
 pub(crate) use lease::Lease;
 use memory::Memory;
+use std::sync::atomic::Ordering::Relaxed;
 use txn::Snapshot;
 use words::{Intent, LeaseId, Op, Word};
 
@@ -203,6 +204,11 @@ pub(crate) const SLOTS: usize = 2;
 /// evicts a live entry (see "Moving a key" in the module docs): the bound
 /// on what a flood of new keys into a full table costs per key.
 const MOVE_BUDGET: usize = 16;
+
+/// Claims that evict without searching after a search found no key to
+/// move: a table that a flood of new keys keeps full pays for one search
+/// per `MOVE_SKIP + 1` claims, not one per claim.
+const MOVE_SKIP: u32 = 64;
 
 const _: () = assert!(SLOTS as u128 <= Intent::SLOT_MASK + 1);
 
@@ -455,6 +461,10 @@ pub(crate) struct Table {
     overrides_base: usize,
     overrides_len: usize,
     mem: Memory,
+    /// Claims left that evict without looking for a key to move: set to
+    /// [`MOVE_SKIP`] when a search finds nothing (see [`Table::make_room`]).
+    /// Per process, not in the shared file.
+    move_skip: HintU32,
 }
 
 impl Table {
@@ -505,6 +515,7 @@ impl Table {
             overrides_base,
             overrides_len,
             mem,
+            move_skip: HintU32::new(0),
         }
     }
 
@@ -811,7 +822,8 @@ impl Table {
     /// bucket has a free or expired slot), or after one key of that bucket
     /// moves on into its own second bucket — and proposes the first such
     /// move. True if a move was proposed (committed or lost to a race: the
-    /// caller looks again), false if none was found.
+    /// caller looks again), false if none was found — after which the next
+    /// [`MOVE_SKIP`] calls (in this process) return false at once.
     fn make_room(&self, h: u64, absent: &Absent<'_>, now: u64) -> bool {
         if self.layout.concurrency {
             return false; // a live lease is never evicted: nothing to save
@@ -819,8 +831,27 @@ impl Table {
         let (Some((_, sb)), Some(bi)) = (absent.second, self.second_of(h)) else {
             return false;
         };
+        // Relaxed: a hint; a racing claim that misreads it searches once
+        // more or once less, and every decision stays exact either way.
+        let skip = self.move_skip.load(Relaxed);
+        if skip > 0 {
+            let _ = self
+                .move_skip
+                .compare_exchange(skip, skip - 1, Relaxed, Relaxed);
+            return false;
+        }
+        if self.search_move(h, bi, absent.first.1, sb, now) {
+            return true;
+        }
+        self.move_skip.store(MOVE_SKIP, Relaxed);
+        false
+    }
+
+    /// The search of [`make_room`](Self::make_room), from the snapshots
+    /// `sa` and `sb` of key `h`'s first and second (index `bi`) buckets.
+    fn search_move(&self, h: u64, bi: usize, sa: Snapshot, sb: Snapshot, now: u64) -> bool {
         let mut budget = MOVE_BUDGET;
-        let full = [(self.bucket_of(h), absent.first.1), (bi, sb)];
+        let full = [(self.bucket_of(h), sa), (bi, sb)];
         // A free or expired slot of bucket `y` for key `g`, with `y`'s
         // snapshot; `None` once the budget is spent.
         let mut room_in = |y: usize, g: u64| -> Option<Option<(usize, Snapshot)>> {
