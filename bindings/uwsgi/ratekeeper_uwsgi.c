@@ -764,8 +764,10 @@ static void rku_master_cycle(void) {
                 total += released;
             }
         }
-        uwsgi_log("[ratekeeper] worker %d (pid %d) died: %llu permit(s) released\n", w, (int)old,
-                  (unsigned long long)total);
+        if (total) {
+            uwsgi_log("[ratekeeper] worker %d (pid %d) died: %llu permit(s) released\n", w, (int)old,
+                      (unsigned long long)total);
+        }
     }
 }
 

@@ -1,0 +1,499 @@
+#!/usr/bin/env python3
+"""Tests of the ratekeeper uWSGI plugin (bindings/uwsgi), run by
+tests/uwsgi/run.sh once it has built the plugin:
+
+    python3 tests/uwsgi/test_plugin.py --plugin PATH/ratekeeper_plugin.so
+
+Each test starts `uwsgi --master --processes 4 --http 127.0.0.1:<free
+port>` with tests/uwsgi/app.py (which records every call it receives), sends
+requests on 127.0.0.1, and stops uWSGI by its master's PID (SIGINT, then
+SIGKILL to its process group if it has not exited after 30 s). Assertions are
+on counts and contents, never on speed; waits are bounded generously.
+Prints "N passed, M failed" last and exits non-zero on any failure.
+"""
+import argparse
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+APP = os.path.join(HERE, "app.py")
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One uWSGI instance: master, 4 workers, the HTTP router."""
+
+    def __init__(self, args, routes, extra=(), processes=4, shm_file=True):
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix="rk-uwsgi-test.")
+        self.calls = os.path.join(self.tmp, "calls")
+        self.log = os.path.join(self.tmp, "uwsgi.log")
+        self.shm = "/dev/shm/rk-uwsgi-test-%d-%d.rk" % (os.getpid(), random.randrange(1 << 30)) if shm_file else None
+        self.port = free_port()
+        cmd = [
+            args.uwsgi, "--plugin-dir", args.plugin_dir, "--plugins", "http,python3," + args.plugin,
+            "--master", "--processes", str(processes), "--http", "127.0.0.1:%d" % self.port,
+            "--wsgi-file", APP, "--buffer-size", "65535", "--http-buffer-size", "65535",
+            "--env", "RK_TEST_CALLS=" + self.calls, "--logto", self.log,
+        ]
+        if self.shm:
+            cmd += ["--ratekeeper-file", self.shm]
+        for r in routes:
+            cmd += ["--route", r]
+        cmd += list(extra)
+        self.cmd = cmd
+        self.proc = None
+
+    def start(self, expect_failure=False):
+        with open(self.log + ".out", "wb") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        if expect_failure:
+            try:
+                code = self.proc.wait(timeout=START_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.stop()
+                raise AssertionError("uWSGI did not stop at startup; log:\n" + self.output())
+            return code
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("uWSGI exited with %s at startup; log:\n%s" % (self.proc.returncode, self.output()))
+            try:
+                status, _, _ = self.get("/health")
+                if status == 200:
+                    return None
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError("uWSGI did not answer within %.0f s; log:\n%s" % (START_TIMEOUT, self.output()))
+
+    def output(self):
+        text = ""
+        for path in (self.log + ".out", self.log):
+            try:
+                with open(path, "rb") as f:
+                    text += f.read().decode("utf-8", "replace")
+            except FileNotFoundError:
+                pass
+        return text
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            self._cleanup()
+            return
+        os.kill(self.proc.pid, signal.SIGINT)  # the master: stop everything now
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its process group: its workers and router
+            self.proc.wait()
+        # workers and the router leave with the master; wait for them by group
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._cleanup()
+
+    def _cleanup(self):
+        if self.shm and os.path.exists(self.shm):
+            os.unlink(self.shm)
+
+    def calls_received(self):
+        try:
+            return os.path.getsize(self.calls)
+        except FileNotFoundError:
+            return 0
+
+    def slow_pids(self):
+        try:
+            with open(self.calls + ".pids") as f:
+                return [int(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def get(self, path, headers=None, timeout=30):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.putrequest("GET", path)
+            for k, v in (headers or {}).items():
+                conn.putheader(k, v)
+            conn.endheaders()
+            resp = conn.getresponse()
+            body = resp.read()
+            return resp.status, resp.getheaders(), body
+        finally:
+            conn.close()
+
+
+def header(headers, name):
+    values = [v for k, v in headers if k.lower() == name.lower()]
+    assert len(values) <= 1, "%s appears %d times" % (name, len(values))
+    return values[0] if values else None
+
+
+def check_429(status, headers, body, policy_field, item, quota, window):
+    """A complete 429 as the Flask extension writes it."""
+    assert status == 429, status
+    assert header(headers, "Content-Type") == "application/problem+json", headers
+    retry = header(headers, "Retry-After")
+    assert retry is not None and re.fullmatch(r"[1-9][0-9]*", retry), headers
+    assert header(headers, "RateLimit-Policy") == policy_field, headers
+    rl = header(headers, "RateLimit")
+    m = re.fullmatch(r'"%s";r=0;t=([0-9]+)' % re.escape(item), rl or "")
+    assert m, rl
+    assert header(headers, "Content-Length") == str(len(body)), headers
+    doc = json.loads(body)
+    assert list(doc) == ["type", "title", "status", "detail", "policy", "retry_after"], doc
+    assert doc["type"] == "about:blank" and doc["title"] == "Too Many Requests" and doc["status"] == 429, doc
+    assert doc["policy"] == item and doc["retry_after"] == int(retry), doc
+    assert doc["detail"] == "Rate limit %s exceeded (%d per %d s); retry in %s s." % (item, quota, window, retry), doc
+    # the spacing and order of Python's json.dumps
+    assert body.decode() == json.dumps(doc), body
+
+
+def run_parallel(server, n, threads, path, headers=None):
+    results = []
+    lock = threading.Lock()
+    todo = list(range(n))
+
+    def worker():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                todo.pop()
+            r = server.get(path, headers)
+            with lock:
+                results.append(r)
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return results
+
+
+# ---------------------------------------------------------------- tests
+
+HEALTH = "^/health$ continue:"
+
+
+def test_exactly_n_of_m_allowed_across_four_workers_and_denials_never_reach_the_app(args):
+    routes = [HEALTH, "^/limited ratekeeper:policy=exact,spec=fixed_window 50/1 hour,key=one"]
+    s = Server(args, routes)
+    s.start()
+    try:
+        before = s.calls_received()
+        results = run_parallel(s, 200, 8, "/limited")
+        allowed = [r for r in results if r[0] == 200]
+        denied = [r for r in results if r[0] == 429]
+        assert len(allowed) == 50 and len(denied) == 150, (len(allowed), len(denied), {r[0] for r in results})
+        assert s.calls_received() - before == 50, s.calls_received() - before
+        for status, headers, body in denied:
+            check_429(status, headers, body, '"exact";q=50;w=3600', "exact", 50, 3600)
+        remaining = sorted(int(re.search(r";r=([0-9]+);", header(h, "RateLimit")).group(1)) for _, h, _ in allowed)
+        assert remaining == list(range(50)), remaining
+        for _, headers, _ in allowed:
+            assert header(headers, "RateLimit-Policy") == '"exact";q=50;w=3600', headers
+        pids = {int(b.split()[1]) for _, _, b in allowed}
+        print("  50 of 200 allowed, served by %d worker process(es)" % len(pids))
+    finally:
+        s.stop()
+
+
+def test_several_keys_are_charged_all_or_nothing(args):
+    routes = [HEALTH, "^/multi ratekeeper:policy=per-ip,spec=fixed_window 5/1 hour,key=ip:${REMOTE_ADDR},"
+              "policy2=per-key,spec2=fixed_window 3/1 hour,key2=k:${HTTP_X_API_KEY}"]
+    s = Server(args, routes)
+    s.start()
+    try:
+        field = '"per-ip";q=5;w=3600, "per-key";q=3;w=3600'
+        before = s.calls_received()
+        got = [s.get("/multi", {"X-Api-Key": "A"}) for _ in range(4)]
+        assert [g[0] for g in got] == [200, 200, 200, 429], [g[0] for g in got]
+        check_429(*got[3], field, "per-key", 3, 3600)
+        # the denied request charged nothing to per-ip: key B gets the 2 left
+        got = [s.get("/multi", {"X-Api-Key": "B"}) for _ in range(3)]
+        assert [g[0] for g in got] == [200, 200, 429], [g[0] for g in got]
+        check_429(*got[2], field, "per-ip", 5, 3600)
+        assert header(got[1][1], "RateLimit") == '"per-ip";r=0;t=3600', got[1][1]
+        assert s.calls_received() - before == 5, s.calls_received() - before
+    finally:
+        s.stop()
+
+
+def test_multi_limit_specs_name_each_limit_and_the_binding_one(args):
+    routes = [HEALTH, "^/api ratekeeper:policy=api,spec=fixed_window 2/1 minute;fixed_window 100/1 hour,key=one"]
+    s = Server(args, routes)
+    s.start()
+    try:
+        field = '"api-0";q=2;w=60, "api-1";q=100;w=3600'
+        got = [s.get("/api") for _ in range(3)]
+        assert [g[0] for g in got] == [200, 200, 429], [g[0] for g in got]
+        assert header(got[0][1], "RateLimit-Policy") == field, got[0][1]
+        check_429(*got[2], field, "api-0", 2, 60)
+    finally:
+        s.stop()
+
+
+def test_hostile_keys_of_any_bytes_and_length_are_keys_like_any_other(args):
+    routes = [HEALTH, "^/key ratekeeper:policy=bykey,spec=fixed_window 2/1 hour,key=${HTTP_X_API_KEY}"]
+    s = Server(args, routes)
+    s.start()
+    try:
+        rng = random.Random(17)
+        alphabet = bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
+        for length in (1, 100, 4000, 30000):
+            key = bytes(rng.choice(alphabet) for _ in range(length))
+            got = [s.get("/key", {"X-Api-Key": key})[0] for _ in range(3)]
+            assert got == [200, 200, 429], (length, got)
+        # the same long key again: still counted (denied), another one: fresh
+        key = bytes(rng.choice(alphabet) for _ in range(30000))
+        assert s.get("/key", {"X-Api-Key": key})[0] == 200
+    finally:
+        s.stop()
+
+
+def test_a_concurrency_permit_is_held_for_the_request_and_given_back_at_its_end(args):
+    routes = [HEALTH, "^/slow ratekeeper:policy=slots,spec=concurrency 1 ttl 300 seconds,key=${REMOTE_ADDR}"]
+    s = Server(args, routes)
+    s.start()
+    try:
+        for _ in range(5):  # one after the other: each gives its permit back
+            status, headers, _ = s.get("/slow?hold=0")
+            assert status == 200, status
+            assert header(headers, "RateLimit-Policy") == '"slots";q=1;w=300', headers
+        holder = threading.Thread(target=lambda: s.get("/slow?hold=3"))
+        holder.start()
+        deadline = time.monotonic() + 30
+        while len(s.slow_pids()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(s.slow_pids()) == 6
+        status, headers, body = s.get("/slow?hold=0")
+        assert status == 429, status
+        doc = json.loads(body)
+        assert doc["policy"] == "slots" and header(headers, "RateLimit") == '"slots";r=0;t=300', (doc, headers)
+        holder.join()
+        assert s.get("/slow?hold=0")[0] == 200
+    finally:
+        s.stop()
+
+
+def test_a_sigkilled_worker_gives_its_permit_back_at_once(args):
+    routes = [HEALTH, "^/slow ratekeeper:policy=slots,spec=concurrency 1 ttl 300 seconds,key=one"]
+    s = Server(args, routes)
+    s.start()
+    try:
+        holder = threading.Thread(target=lambda: _ignore_errors(lambda: s.get("/slow?hold=120", timeout=150)))
+        holder.daemon = True
+        holder.start()
+        deadline = time.monotonic() + 30
+        while not s.slow_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = s.slow_pids()
+        assert len(pids) == 1, pids
+        assert s.get("/slow?hold=0")[0] == 429  # the permit is held
+        os.kill(pids[0], signal.SIGKILL)
+        # the lease lasts 300 s: only the master's rk_release_holder frees it sooner
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline:
+            status = s.get("/slow?hold=0")[0]
+            if status == 200:
+                break
+            time.sleep(0.1)
+        assert status == 200, "the dead worker's permit was not given back:\n" + s.output()[-3000:]
+        assert "died: 1 permit(s) released" in s.output(), s.output()[-3000:]
+    finally:
+        s.stop()
+
+
+def _ignore_errors(f):
+    try:
+        f()
+    except (OSError, http.client.HTTPException):
+        pass
+
+
+def test_the_default_file_is_per_master_and_removed_at_exit(args):
+    routes = [HEALTH, "^/limited ratekeeper:policy=p,spec=5/minute"]
+    s = Server(args, routes, shm_file=False)
+    s.start()
+    path = "/dev/shm/ratekeeper-uwsgi-%d.rk" % s.proc.pid
+    try:
+        assert os.path.exists(path), s.output()
+        assert s.get("/limited")[0] == 200
+    finally:
+        s.stop()
+    assert not os.path.exists(path), path
+
+
+def test_the_file_is_named_after_procname_master(args):
+    name = "rk-test-%d" % os.getpid()
+    path = "/dev/shm/ratekeeper-uwsgi-%s.rk" % name
+    routes = [HEALTH, "^/limited ratekeeper:policy=p,spec=5/minute"]
+    s = Server(args, routes, shm_file=False, extra=["--procname-master", name])
+    s.start()
+    try:
+        assert os.path.exists(path), s.output()
+    finally:
+        s.stop()
+        if os.path.exists(path):
+            os.unlink(path)  # a stable name outlives the master (limits survive restarts)
+        else:
+            raise AssertionError("a procname-derived file must survive the master")
+
+
+BAD_ROUTES = [
+    ("an unknown option", ["^/a ratekeeper:policy=a,spec=1/second,bogus=1"], 'unknown route option "bogus"'),
+    ("a spec that does not parse", ["^/a ratekeeper:policy=a,spec=5/fortnight"], "fortnight"),
+    ("no policy", ["^/a ratekeeper:spec=5/second"], "given without policy"),
+    ("no spec anywhere", ["^/a ratekeeper:policy=a"], 'policy "a" has no spec'),
+    ("one name, two specs", ["^/a ratekeeper:policy=a,spec=5/second", "^/b ratekeeper:policy=a,spec=6/second"],
+     "RK_ERR_POLICY_MISMATCH"),
+    ("a cost that is not a number", ["^/a ratekeeper:policy=a,spec=5/second,cost=-1"], "cost=-1"),
+    ("an option without a value", ["^/a ratekeeper:policy=a,spec=5/second,headers"], "has no value"),
+    ("a bad fail= value", ["^/a ratekeeper:policy=a,spec=5/second,fail=maybe"], "fail=maybe"),
+]
+
+
+def test_bad_route_options_stop_uwsgi_at_startup_with_a_clear_message(args):
+    for what, routes, message in BAD_ROUTES:
+        s = Server(args, routes)
+        code = s.start(expect_failure=True)
+        s.stop()
+        assert code != 0, (what, code)
+        assert message in s.output(), (what, message, s.output()[-2000:])
+        assert "bad route action" in s.output() or "ratekeeper" in s.output(), what
+        print("  %s: exit %d, %r" % (what, code, _line_with(s.output(), message)))
+
+
+def test_a_bad_shared_file_stops_uwsgi_at_startup(args):
+    s = Server(args, ["^/a ratekeeper:policy=a,spec=5/second"])
+    with open(s.shm, "wb") as f:
+        f.write(b"not a ratekeeper file" * 1000)
+    os.chmod(s.shm, 0o600)
+    code = s.start(expect_failure=True)
+    s.stop()
+    assert code != 0, code
+    assert "RK_ERR_CORRUPT" in s.output(), s.output()[-2000:]
+    print("  corrupt file: exit %d, %r" % (code, _line_with(s.output(), "RK_ERR_CORRUPT")))
+    s = Server(args, ["^/a ratekeeper:policy=a,spec=5/second"])
+    with open(s.shm, "wb") as f:
+        f.write(b"")
+    os.chmod(s.shm, 0o666)
+    code = s.start(expect_failure=True)
+    s.stop()
+    assert code != 0 and "RK_ERR_UNSAFE_FILE" in s.output(), (code, s.output()[-2000:])
+
+
+def _line_with(text, needle):
+    for line in text.splitlines():
+        if needle in line:
+            return line.strip()
+    return ""
+
+
+def test_the_429_is_the_flask_extensions_429(args):
+    """Same fields, same body as ratekeeper.flask for the same limit (only
+    the seconds may differ: the two count from different instants)."""
+    try:
+        import flask
+        from ratekeeper import Engine
+        from ratekeeper.flask import Ratekeeper
+    except ImportError as e:
+        print("  SKIP: ratekeeper.flask is not importable here (%s); bindings/python/run_tests.sh installs it" % e)
+        return
+    app = flask.Flask("cmp")
+    rk = Ratekeeper(app, engine=Engine(), key=lambda: "one")
+
+    @app.route("/api")
+    @rk.limit("fixed_window 2/1 minute;fixed_window 100/1 hour", name="api")
+    def api():
+        return "ok"
+
+    client = app.test_client()
+    for _ in range(2):
+        client.get("/api")
+    fr = client.get("/api")
+    assert fr.status_code == 429
+    routes = [HEALTH, "^/api ratekeeper:policy=api,spec=fixed_window 2/1 minute;fixed_window 100/1 hour,key=one"]
+    s = Server(args, routes)
+    s.start()
+    try:
+        for _ in range(2):
+            s.get("/api")
+        status, headers, body = s.get("/api")
+    finally:
+        s.stop()
+
+    def norm(text):
+        return re.sub(r"\d+ s\.|retry_after\": \d+|t=\d+|^\d+$", "#", text)
+
+    names = ["Content-Type", "Retry-After", "RateLimit-Policy", "RateLimit"]
+    ours = {n: norm(header(headers, n)) for n in names}
+    theirs = {n: norm(fr.headers.get(n)) for n in names}
+    assert ours == theirs, (ours, theirs)
+    assert norm(body.decode()) == norm(fr.get_data(as_text=True)), (body, fr.get_data())
+    print("  the same fields and body as ratekeeper.flask: %s" % body.decode())
+
+
+TESTS = [v for k, v in sorted(globals().items()) if k.startswith("test_")]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--plugin", required=True, help="path of ratekeeper_plugin.so")
+    ap.add_argument("--uwsgi", default=os.environ.get("UWSGI", "uwsgi"))
+    ap.add_argument("--plugin-dir", default="/usr/lib/uwsgi/plugins")
+    ap.add_argument("-k", default="", help="run the tests whose name contains this")
+    args = ap.parse_args()
+    passed = failed = 0
+    failures = []
+    for t in TESTS:
+        if args.k not in t.__name__:
+            continue
+        start = time.monotonic()
+        try:
+            t(args)
+        except Exception:
+            failed += 1
+            failures.append(t.__name__)
+            print("FAIL %s\n%s" % (t.__name__, traceback.format_exc()))
+        else:
+            passed += 1
+            print("PASS %s (%.1f s)" % (t.__name__, time.monotonic() - start))
+    for f in failures:
+        print("failed: " + f)
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
