@@ -29,7 +29,7 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(HERE, "app.py")
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
 
 
 def free_port():
@@ -105,6 +105,10 @@ class Server:
         try:
             self.proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
+            ps = subprocess.run(["ps", "-o", "pid,stat,wchan:32,args", "-g", str(self.proc.pid)],
+                                capture_output=True, text=True).stdout
+            print("  WARNING: uWSGI still running %.0f s after SIGINT; killing its group:\n%s\n%s"
+                  % (STOP_TIMEOUT, ps, self.output()[-1500:]))
             os.killpg(self.proc.pid, signal.SIGKILL)  # its process group: its workers and router
             self.proc.wait()
         # workers and the router leave with the master; wait for them by group
