@@ -11,8 +11,8 @@
     python3 benches/uwsgi_bench.py                    # prints the table
     python3 benches/uwsgi_bench.py --update-report    # and puts it in benches/REPORT.md
 
-Each server is `uwsgi --master --processes 4 --http-socket 127.0.0.1:<port>
---disable-logging` (workers speak HTTP themselves: no router process between
+Each server is `uwsgi --master --processes 4 --http11-socket 127.0.0.1:<port>
+--disable-logging` (workers speak HTTP/1.1 with keep-alive themselves: no router process between
 wrk and the worker, so the table compares what the workers do); load is
 `wrk -t2 -c32` on 127.0.0.1 for --seconds (default 10) per round, the
 three servers in turn, --rounds rounds (default 3), each figure the median
@@ -90,18 +90,17 @@ def free_port():
 def start(config, plugin, venv, work):
     port = free_port()
     shm = Path(f"/dev/shm/rk-uwsgi-bench-{os.getpid()}-{config}.rk")
-    cmd = ["uwsgi", "--plugin-dir", "/usr/lib/uwsgi/plugins", "--master", "--processes", "4",
-           "--http-socket", f"127.0.0.1:{port}", "--wsgi-file", APP, "--virtualenv", venv,
-           "--disable-logging", "--logto", work / f"{config}.log"]
+    plugins = f"python3,{plugin}" if config == "plugin" else "python3"
+    cmd = ["uwsgi", "--plugin-dir", "/usr/lib/uwsgi/plugins", "--plugins", plugins, "--master", "--processes", "4",
+           "--http11-socket", f"127.0.0.1:{port}", "--wsgi-file", APP, "--virtualenv", venv, "--disable-logging"]
     if config == "plugin":
-        cmd += ["--plugins", f"python3,{plugin}", "--ratekeeper-file", shm,
-                "--route", f"^/ ratekeeper:policy=bench,spec={SPEC},key=${{REMOTE_ADDR}}"]
-    else:
-        cmd += ["--plugins", "python3"]
+        cmd += ["--ratekeeper-file", shm, "--route", f"^/ ratekeeper:policy=bench,spec={SPEC},key=${{REMOTE_ADDR}}"]
     if config == "flask":
         cmd += ["--env", f"BENCH_FLASK_LIMIT={SPEC}", "--env", f"RATEKEEPER_SHARED_PATH={shm}"]
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    log = open(work / f"{config}.log", "ab")
+    with log:
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -174,16 +173,17 @@ def table(runs, args):
     med = {c: statistics.median(r[0] for r in runs[c]) for c in CONFIGS}
     lines = [
         f"uWSGI {subprocess.run(['uwsgi', '--version'], capture_output=True, text=True).stdout.strip()}, "
-        f"4 worker processes, --http-socket, wrk -t2 -c32, {args.rounds} rounds of {args.seconds} s "
+        f"4 worker processes, --http11-socket, wrk -t2 -c32, {args.rounds} rounds of {args.seconds} s "
         f"(median), limit {SPEC} per client address, {os.cpu_count()} CPUs",
         "",
-        f"{'':8} {'req/s':>9} {'denied':>8} {'us/request':>11} {'vs plugin':>10}",
+        f"{'':8} {'req/s':>9} {'denied':>8} {'us/request':>11} {'vs plugin':>10}   req/s of each round",
     ]
     for c in CONFIGS:
         total = sum(r[1] for r in runs[c])
         denied = sum(r[2] for r in runs[c])
+        rounds = " ".join(f"{r[0]:.0f}" for r in runs[c])
         lines.append(f"{c:8} {med[c]:9.0f} {100.0 * denied / max(1, total):7.1f}% {1e6 / med[c]:11.1f} "
-                     f"{med['plugin'] / med[c]:9.2f}x")
+                     f"{med['plugin'] / med[c]:9.2f}x   {rounds}")
     lines += [
         "",
         f"a request denied by the plugin costs {med['none'] / med['plugin']:.2f}x one that enters Python "
