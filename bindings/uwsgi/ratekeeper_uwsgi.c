@@ -28,7 +28,7 @@
 
 #ifndef UWSGI_ROUTING
 #error "ratekeeper: this uWSGI was built without internal routing (it needs PCRE when uWSGI itself is compiled). Use Debian's uwsgi-core, or `pip install uwsgi` with libpcre2-dev (or libpcre3-dev) installed, then build the plugin again."
-#endif
+#else
 
 extern struct uwsgi_server uwsgi;
 
@@ -800,3 +800,5 @@ struct uwsgi_plugin ratekeeper_plugin = {
     .master_cycle = rku_master_cycle,
     .master_cleanup = rku_master_cleanup,
 };
+
+#endif /* UWSGI_ROUTING */

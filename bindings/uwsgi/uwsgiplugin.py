@@ -15,8 +15,7 @@ _core_cflags = os.environ.get('UWSGI_PLUGINS_BUILDER_CFLAGS')
 if _core_cflags is not None and '-DUWSGI_ROUTING' not in _core_cflags.split():
     sys.exit(
         "ratekeeper: this uWSGI was built without internal routing (no PCRE when uWSGI itself was compiled), "
-        "and the ratekeeper plugin is a routing action. Use Debian's uwsgi-core (apt-get install uwsgi-core "
-        "uwsgi-src), or reinstall uWSGI with the PCRE development package present "
+        "and the ratekeeper plugin is a routing action. Use Debian's uwsgi-core (apt-get install uwsgi-core), or reinstall uWSGI with the PCRE development package present "
         "(apt-get install libpcre2-dev; pip install --no-cache-dir --force-reinstall uwsgi), then build again."
     )
 

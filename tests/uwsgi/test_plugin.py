@@ -449,6 +449,27 @@ def test_a_bad_shared_file_stops_uwsgi_at_startup(args):
     assert code != 0 and "RK_ERR_UNSAFE_FILE" in s.output(), (code, s.output()[-2000:])
 
 
+def test_a_build_against_a_uwsgi_without_routing_fails_with_a_message_that_says_so(args):
+    """What `uwsgi --build-plugin` does with a uWSGI compiled without PCRE,
+    simulated with this uWSGI's own uwsgi.h and flags minus routing: the
+    plugin's uwsgiplugin.py stops first, and the C file has an #error."""
+    root = os.path.dirname(os.path.dirname(HERE))
+    cflags = subprocess.run([args.uwsgi, "--cflags"], capture_output=True, text=True, check=True).stdout
+    without = " ".join(f for f in cflags.split() if f not in ("-DUWSGI_ROUTING", "-DUWSGI_PCRE"))
+    r = subprocess.run([sys.executable, os.path.join(root, "bindings", "uwsgi", "uwsgiplugin.py")],
+                       env={**os.environ, "UWSGI_PLUGINS_BUILDER_CFLAGS": without}, capture_output=True, text=True)
+    assert r.returncode != 0 and "built without internal routing" in r.stderr, (r.returncode, r.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "uwsgi.h"), "wb") as f:
+            f.write(subprocess.run([args.uwsgi, "--dot-h"], capture_output=True, check=True).stdout)
+        flags = [f for f in without.split() if f.startswith(("-D", "-I"))]
+        r = subprocess.run(["cc", "-fsyntax-only", *flags, "-I", tmp, "-I", os.path.join(root, "include"),
+                            os.path.join(root, "bindings", "uwsgi", "ratekeeper_uwsgi.c")],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and "built without internal routing" in r.stderr, (r.returncode, r.stderr)
+        assert r.stderr.count("error:") == 1, r.stderr  # the #error alone
+
+
 def _line_with(text, needle):
     for line in text.splitlines():
         if needle in line:
