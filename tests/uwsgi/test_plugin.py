@@ -406,6 +406,37 @@ def test_the_file_is_named_after_procname_master(args):
             raise AssertionError("a procname-derived file must survive the master")
 
 
+def test_the_readme_example_config_works(args):
+    """The ini file of README "uWSGI", as it is written there (its port and
+    app replaced): inline ';' in a spec, two items, a concurrency route."""
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(HERE)), "README.md")).read()
+    section = readme[readme.index("### uWSGI\n"):]
+    ini = section[section.index("```ini\n") + 7:]
+    ini = ini[:ini.index("```")]
+    assert "plugins = http,python3,ratekeeper" in ini and "route = ^/api/ ratekeeper:" in ini, ini
+    s = Server(args, [HEALTH], shm_file=True)
+    ini = ini.replace("127.0.0.1:8000", "127.0.0.1:%d" % s.port).replace("app.py", APP)
+    path = os.path.join(s.tmp, "app.ini")
+    with open(path, "w") as f:
+        f.write(ini)
+    plugin_dir = os.path.join(s.tmp, "plugins")
+    os.mkdir(plugin_dir)
+    os.symlink(os.path.abspath(args.plugin), os.path.join(plugin_dir, "ratekeeper_plugin.so"))
+    s.cmd = [args.uwsgi, "--plugin-dir", args.plugin_dir, "--plugin-dir", plugin_dir, "--ini", path,
+             "--ratekeeper-file", s.shm, "--env", "RK_TEST_CALLS=" + s.calls, "--logto", s.log,
+             "--route", HEALTH]
+    s.start()
+    try:
+        status, headers, _ = s.get("/api/x", {"X-Api-Key": "k1"})
+        assert status == 200, status
+        assert header(headers, "RateLimit-Policy") == \
+            '"api-0";q=100;w=60, "api-1";q=2000;w=3600, "per-ip";q=20;w=1', headers
+        status, headers, _ = s.get("/upload")
+        assert status == 200 and header(headers, "RateLimit-Policy") == '"uploads";q=4;w=300', headers
+    finally:
+        s.stop()
+
+
 BAD_ROUTES = [
     ("an unknown option", ["^/a ratekeeper:policy=a,spec=1/second,bogus=1"], 'unknown route option "bogus"'),
     ("a spec that does not parse", ["^/a ratekeeper:policy=a,spec=5/fortnight"], "fortnight"),
