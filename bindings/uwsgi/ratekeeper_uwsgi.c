@@ -144,6 +144,9 @@ static int rku_known_option(const char *key, size_t len) {
 static int rku_check_option_names(const char *args) {
     size_t len = strlen(args);
     size_t start = 0;
+    /* where each option's name starts and ends: a name given twice is an
+     * error (uwsgi_kvlist_parse would keep the last one silently) */
+    size_t seen_at[64], seen_len[64], nseen = 0;
     while (start <= len) {
         /* find the end of this option */
         size_t end = start;
@@ -170,6 +173,18 @@ static int rku_check_option_names(const char *args) {
                           (int)(eq - start), args + start, RKU_MAX_ITEMS);
                 return -1;
             }
+            for (size_t k = 0; k < nseen; k++) {
+                if (seen_len[k] == eq - start && !memcmp(args + seen_at[k], args + start, eq - start)) {
+                    uwsgi_log("[ratekeeper] route option \"%.*s\" given twice\n", (int)(eq - start), args + start);
+                    return -1;
+                }
+            }
+            if (nseen == sizeof(seen_at) / sizeof(seen_at[0])) {
+                uwsgi_log("[ratekeeper] too many route options\n");
+                return -1;
+            }
+            seen_at[nseen] = start;
+            seen_len[nseen++] = eq - start;
         }
         start = end + 1;
     }
@@ -283,9 +298,13 @@ static int rku_router(struct uwsgi_route *ur, char *args) {
         char *policy = v[i][0], *spec = v[i][1], *key = v[i][2], *cost = v[i][3], *name = v[i][4];
         if (!policy) {
             if (spec || key || cost || name) {
-                uwsgi_log("[ratekeeper] %s%s%s%s given without %s\n", spec ? names[i][1] : "",
-                          key ? (spec ? "/" : "") : "", key ? names[i][2] : "",
-                          (cost || name) ? " (and more)" : "", names[i][0]);
+                char given[80] = "";
+                for (size_t k = 1; k < RKU_ITEM_KEYS; k++) {
+                    if (!v[i][k]) continue;
+                    size_t used = strlen(given);
+                    snprintf(given + used, sizeof(given) - used, "%s%s", used ? ", " : "", names[i][k]);
+                }
+                uwsgi_log("[ratekeeper] %s given without %s\n", given, names[i][0]);
                 goto error;
             }
             continue;

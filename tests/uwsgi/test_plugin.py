@@ -440,7 +440,10 @@ def test_the_readme_example_config_works(args):
 BAD_ROUTES = [
     ("an unknown option", ["^/a ratekeeper:policy=a,spec=1/second,bogus=1"], 'unknown route option "bogus"'),
     ("a spec that does not parse", ["^/a ratekeeper:policy=a,spec=5/fortnight"], "fortnight"),
-    ("no policy", ["^/a ratekeeper:spec=5/second"], "given without policy"),
+    ("no policy", ["^/a ratekeeper:spec=5/second"], "spec given without policy"),
+    ("a second item without its policy", ["^/a ratekeeper:policy=a,spec=5/second,key2=x,spec2=1/second"],
+     "spec2, key2 given without policy2"),
+    ("an option given twice", ["^/a ratekeeper:policy=a,spec=5/second,policy=b"], '"policy" given twice'),
     ("no spec anywhere", ["^/a ratekeeper:policy=a"], 'policy "a" has no spec'),
     ("one name, two specs", ["^/a ratekeeper:policy=a,spec=5/second", "^/b ratekeeper:policy=a,spec=6/second"],
      "RK_ERR_POLICY_MISMATCH"),
