@@ -24,6 +24,7 @@ command -v "$UWSGI" >/dev/null || need+=(uwsgi-core)
 [ -f /usr/lib/uwsgi/plugins/python3_plugin.so ] || need+=(uwsgi-plugin-python3)
 command -v gcc >/dev/null || need+=(gcc)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v ps >/dev/null || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== apt-get install ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -44,6 +45,12 @@ echo "== $UWSGI --build-plugin bindings/uwsgi ($("$UWSGI" --version))"
 (cd "$WORK" && PKG_CONFIG_PATH="$WORK/prefix/lib/pkgconfig" "$UWSGI" --build-plugin "$ROOT/bindings/uwsgi" >build.log 2>&1) ||
   { cat "$WORK/build.log"; exit 1; }
 [ -f "$WORK/ratekeeper_plugin.so" ] || { cat "$WORK/build.log"; echo "no ratekeeper_plugin.so" >&2; exit 1; }
+
+echo "== the plugin's sources compile without a warning (-Wall -Wextra -Werror, uWSGI's own flags)"
+mkdir -p "$WORK/uwsgi-h" && "$UWSGI" --dot-h >"$WORK/uwsgi-h/uwsgi.h"
+# shellcheck disable=SC2046 # uWSGI's flags are words, some with quotes (-DUWSGI_VERSION="\"...\"")
+eval cc -fsyntax-only -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
+  $("$UWSGI" --cflags) -I"$WORK/uwsgi-h" -I"$WORK/prefix/include" bindings/uwsgi/ratekeeper_uwsgi.c bindings/uwsgi/rk_fields.c
 
 echo "== the plugin's fields and body (tests/uwsgi/test_fields.c, ASan+UBSan)"
 cc -std=c11 -Wall -Wextra -Wpedantic -Werror -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
