@@ -163,7 +163,8 @@ static int rku_check_option_names(const char *args) {
                 eq++;
             }
             if (eq == end) {
-                uwsgi_log("[ratekeeper] route option \"%.*s\" has no value (options are name=value, separated by ',')\n",
+                uwsgi_log("[ratekeeper] route option \"%.*s\" has no value (options are name=value, separated "
+                          "by ','; separate the limits of a spec with ';' or '|', or write '\\,')\n",
                           (int)(end - start), args + start);
                 return -1;
             }
@@ -487,6 +488,9 @@ static int rku_init(void) {
                 uwsgi_log("[ratekeeper] policy \"%s\" (\"%s\") in %s\n", it->policy, it->spec, rku.path);
                 rku_fatal("rk_policy_add", st);
             }
+            /* Used as is if this process serves requests itself (no
+             * master, one process: no fork); a worker sets its own. */
+            it->policy_id = it->policy_master;
             rku_prepare_item(it);
             policies++;
         }
