@@ -12,6 +12,9 @@
 #   5. runs tests/uwsgi/test_plugin.py (each test starts and stops its own
 #      uwsgi --master --processes 4 --http 127.0.0.1:<free port>).
 # Safe to re-run; leaves nothing behind (temporary directory, /dev/shm files).
+# Another uWSGI: UWSGI=/path/to/uwsgi; one with http and python built in (as
+# `pip install uwsgi` makes it) also needs `--core-plugins ''` (arguments
+# go to test_plugin.py).
 # Prints "N passed, M failed" last; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
