@@ -378,6 +378,36 @@ def _ignore_errors(f):
         pass
 
 
+def test_a_worker_without_its_engine_fails_open_or_closed_as_the_route_says(args):
+    """A worker that cannot open the shared file (here: it was made
+    world-readable after the master checked it, and the worker respawned)
+    lets `fail=open` routes through and answers 503 on `fail=closed` ones."""
+    routes = [HEALTH, "^/open ratekeeper:policy=o,spec=1/hour,key=x,fail=open",
+              "^/closed ratekeeper:policy=c,spec=1/hour,key=x,fail=closed"]
+    s = Server(args, routes, processes=1, extra=["--ratekeeper-problem-type", "https://example.com/problems/limiter"])
+    s.start()
+    try:
+        worker = [int(p) for p in re.findall(r"spawned uWSGI worker 1 \(pid: ([0-9]+)", s.output())]
+        assert len(worker) == 1, s.output()
+        os.chmod(s.shm, 0o644)
+        os.kill(worker[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "rk_engine_open_shared(%s): RK_ERR_UNSAFE_FILE" % s.shm not in s.output():
+            assert time.monotonic() < deadline, s.output()[-3000:]
+            time.sleep(0.05)
+        before = s.calls_received()
+        assert [s.get("/open")[0] for _ in range(3)] == [200, 200, 200]
+        assert s.calls_received() - before == 3
+        status, headers, body = s.get("/closed")
+        assert status == 503 and header(headers, "Content-Type") == "application/problem+json", (status, headers)
+        assert json.loads(body) == {"type": "https://example.com/problems/limiter", "title": "Service Unavailable",
+                                    "status": 503, "detail": "The rate limiter is unavailable."}, body
+        assert s.calls_received() - before == 3
+        assert "this worker has no ratekeeper engine" in s.output(), s.output()[-2000:]
+    finally:
+        s.stop()
+
+
 def test_the_default_file_is_per_master_and_removed_at_exit(args):
     routes = [HEALTH, "^/limited ratekeeper:policy=p,spec=5/minute"]
     s = Server(args, routes, shm_file=False)
