@@ -51,7 +51,7 @@ echo "== $UWSGI --build-plugin bindings/uwsgi ($("$UWSGI" --version))"
 
 echo "== the plugin's sources compile without a warning (-Wall -Wextra -Werror, uWSGI's own flags)"
 mkdir -p "$WORK/uwsgi-h" && "$UWSGI" --dot-h >"$WORK/uwsgi-h/uwsgi.h"
-# shellcheck disable=SC2046 # uWSGI's flags are words, some with quotes (-DUWSGI_VERSION="\"...\"")
+# eval: uWSGI's flags carry their own shell quoting (-DUWSGI_VERSION="\"2.0.21-debian\"")
 eval cc -fsyntax-only -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
   $("$UWSGI" --cflags) -I"$WORK/uwsgi-h" -I"$WORK/prefix/include" bindings/uwsgi/ratekeeper_uwsgi.c bindings/uwsgi/rk_fields.c
 
