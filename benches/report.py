@@ -60,6 +60,11 @@ def run_all():
     (CRIT / "instructions.txt").write_text(instructions())
     redis = sh(["cargo", "bench", "--bench", "redis"], capture_output=True).stdout
     (CRIT / "redis.txt").write_text(redis)
+    try:
+        text = sh([sys.executable, str(ROOT / "benches" / "uwsgi_bench.py")], capture_output=True).stdout
+        (CRIT / "uwsgi.txt").write_text(text)
+    except subprocess.CalledProcessError as e:
+        print(f"uwsgi_bench.py failed: {e}", file=sys.stderr)
     for script, out in [("bench.py", "python.txt"), ("bench_redis.py", "python_redis.txt")]:
         py = ROOT / "bindings" / "python" / "benchmarks" / script
         if py.exists():
@@ -399,8 +404,75 @@ def report():
             "```",
         ]
     lines += redis_section()
+    lines += uwsgi_section()
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}", file=sys.stderr)
+
+
+UWSGI_HEADING = "## uWSGI: the plugin, the Flask extension, no limiter"
+
+
+def uwsgi_lines(text):
+    return [
+        "",
+        UWSGI_HEADING,
+        "",
+        "`python3 benches/uwsgi_bench.py --update-report` (which writes this section alone; `report.py` runs it",
+        "too): one Flask app under uWSGI (4 workers) with no limiter, behind the",
+        "ratekeeper plugin (`bindings/uwsgi`: the 429 is written in uWSGI's router, in C) and behind the Flask",
+        "extension (the 429 is written by Python), at a load where nearly every request of the last two is",
+        "denied. `us/request` is wall time per request of the whole server (1 / req/s).",
+        "",
+        "```",
+        text.rstrip(),
+        "```",
+    ]
+
+
+def _existing_uwsgi_section():
+    """The section as the report has it now (kept when this run did not
+    measure uWSGI: the bench needs uWSGI and a few minutes of its own)."""
+    if not OUT.exists():
+        return None
+    lines = OUT.read_text().splitlines()
+    if UWSGI_HEADING not in lines:
+        return None
+    start = lines.index(UWSGI_HEADING)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    return [""] + lines[start:end]
+
+
+def uwsgi_section():
+    f = CRIT / "uwsgi.txt"
+    if f.exists():
+        return uwsgi_lines(f.read_text())
+    kept = _existing_uwsgi_section()
+    if kept is not None:
+        return kept
+    return ["", UWSGI_HEADING, "", "Not measured in this run (`python3 benches/uwsgi_bench.py`)."]
+
+
+def update_uwsgi_section(text):
+    """Puts `text` (uwsgi_bench.py's table) in REPORT.md's uWSGI section,
+    leaving every other section as it is; also keeps it for report.py."""
+    (CRIT / "uwsgi.txt").parent.mkdir(parents=True, exist_ok=True)
+    (CRIT / "uwsgi.txt").write_text(text + "\n")
+    lines = OUT.read_text().splitlines()
+    new = uwsgi_lines(text)
+    if UWSGI_HEADING in lines:
+        start = lines.index(UWSGI_HEADING)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        while start > 0 and not lines[start - 1].strip():
+            start -= 1
+        lines[start:end] = new + ([""] if end < len(lines) else [])
+    else:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += new
+    OUT.write_text("\n".join(lines) + "\n")
+    print(f"updated the uWSGI section of {OUT}", file=sys.stderr)
 
 
 def main():

@@ -55,6 +55,10 @@ tests/aarch64.sh
 step "Python package, Flask extension, Gunicorn (pytest)"
 bash bindings/python/run_tests.sh
 
+step "uWSGI plugin: built with uwsgi --build-plugin, under uwsgi --master --processes 4 (tests/uwsgi/run.sh)"
+# After the Python step: the plugin's 429 is compared with ratekeeper.flask's.
+tests/uwsgi/run.sh
+
 if [ -x fuzz/smoke.sh ]; then
   step "fuzz smoke (${FUZZ_SECONDS:-20} s per target)"
   fuzz/smoke.sh
