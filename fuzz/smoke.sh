@@ -40,5 +40,12 @@ for target in $(cargo fuzz list); do
     fi
     rm -f "$log"
 done
+# The shm_file target keeps its template in /dev/shm/rk-fuzz-shm-<pid>/
+# (or $TMPDIR) for its whole run; libFuzzer exits without running
+# destructors, so remove the directories of fuzzers no longer running.
+for d in /dev/shm/rk-fuzz-shm-* "${TMPDIR:-/tmp}"/rk-fuzz-shm-*; do
+    [ -d "$d" ] || continue
+    kill -0 "${d##*-}" 2>/dev/null || rm -rf "$d"
+done
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
