@@ -24,8 +24,8 @@ pub(crate) enum Counter {
 }
 
 /// One shard: a 128-byte line of counters (the size and alignment of
-/// `crossbeam_utils::CachePadded` on x86_64, as a `repr(C)` type so that the
-/// shared-memory layout is fixed).
+/// `crossbeam_utils::CachePadded` on x86_64 and aarch64, as a `repr(C)` type
+/// so that the shared-memory layout is fixed and the same on both).
 #[repr(C, align(128))]
 pub(crate) struct Shard {
     counts: [AtomicU64; 16],

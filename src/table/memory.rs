@@ -48,8 +48,10 @@ impl Memory {
             let layout = heap_layout(len)?;
             // SAFETY:
             // - `layout` has non-zero size (at least HEAP_ALIGN bytes);
-            // - all-zero bytes are a valid `Atomic128` (an `UnsafeCell<u128>`),
-            //   so the zeroed allocation holds `len` initialised values.
+            // - all-zero bytes are a valid `Atomic128` (on x86_64 an
+            //   `UnsafeCell<u128>`, elsewhere portable-atomic's `AtomicU128`,
+            //   also a plain 16-byte integer), so the zeroed allocation holds
+            //   `len` initialised values.
             let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut Atomic128;
             if ptr.is_null() {
                 return Err(Error::OutOfMemory(format!(
