@@ -13,7 +13,8 @@
 //! (fixed window), `log` (sliding log), `two` (gcra + fixed window),
 //! `keys` (100,000 keys), `many` (`check_many_at` of two items), `deny`
 //! (one key, every check denied), `mixed` (one key, one check in five allowed),
-//! `flood` (a new key every check, each live for an hour, into a table of
+//! `c` (the `hot` case through the C ABI's `rk_check_at`), `flood` (a new
+//! key every check, each live for an hour, into a table of
 //! 2^14 slots: past the first 16,384 checks every claim finds its two
 //! buckets full of live keys, looks for a key to move, and evicts).
 //!
@@ -50,9 +51,48 @@ fn governor(what: &str, n: u64) -> u64 {
     allowed
 }
 
+/// The `hot` case through the C ABI: `rk_check_at` on an engine and policy
+/// made by `rk_engine_new` and `rk_policy_add`, as a C program does.
+fn c_abi(n: u64) -> u64 {
+    use ratekeeper::ffi::{check, engine, policy, status::rk_status};
+    let mut e: *mut engine::rk_engine = std::ptr::null_mut();
+    let mut p = 0u32;
+    // SAFETY: out-pointers are live locals; the strings are NUL-terminated.
+    unsafe {
+        assert_eq!(
+            engine::rk_engine_new(std::ptr::null(), &mut e),
+            rk_status::RK_OK
+        );
+        assert_eq!(
+            policy::rk_policy_add(e, c"p".as_ptr(), c"1000000000/second".as_ptr(), &mut p),
+            rk_status::RK_OK
+        );
+    }
+    let key = 7u64.to_le_bytes();
+    let mut out = std::mem::MaybeUninit::<check::rk_decision>::uninit();
+    let (mut allowed, mut now) = (0, 1u64 << 40);
+    for _ in 0..n {
+        now += 1;
+        // SAFETY: a live engine, the key slice, a writable out-parameter;
+        // the decision is read only after RK_OK wrote it.
+        unsafe {
+            let st = check::rk_check_at(e, p, key.as_ptr(), key.len(), 1, now, out.as_mut_ptr());
+            assert_eq!(st, rk_status::RK_OK);
+            allowed += out.assume_init_ref().allowed as u64;
+        }
+    }
+    // SAFETY: not used after this.
+    unsafe { engine::rk_engine_free(e) };
+    allowed
+}
+
 fn main() {
     let what = std::env::args().nth(1).unwrap();
     let n: u64 = std::env::args().nth(2).unwrap().parse().unwrap();
+    if what == "c" {
+        println!("{}", c_abi(n));
+        return;
+    }
     if what.starts_with("gov-") {
         println!("{}", governor(&what, n));
         return;

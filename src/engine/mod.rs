@@ -285,6 +285,16 @@ impl Engine {
         Ok(&self.get(id)?.spec)
     }
 
+    /// Whether a policy is one concurrency limit (a field read, for the C
+    /// ABI's checks of its callers' calls); `None` if there is no such policy.
+    #[inline(always)]
+    pub(crate) fn is_concurrency(&self, id: PolicyId) -> Option<bool> {
+        self.policies
+            .get(id.0 as usize)
+            .and_then(OnceLock::get)
+            .map(|p| p.table.layout.concurrency)
+    }
+
     /// The engine's current time (its clock, in nanoseconds). On a Redis
     /// engine, `check` uses Redis's clock instead; this is the local clock
     /// of the fallback tables.

@@ -193,7 +193,9 @@ impl Engine {
         self.policies
             .get(id.0 as usize)
             .and_then(|p| p.get())
-            .ok_or(Error::UnknownPolicy(id.0))
+            // Built only when missing: an error built eagerly is dropped on
+            // every call (its drop glue showed in the C ABI's profile).
+            .ok_or_else(|| Error::UnknownPolicy(id.0))
     }
 
     /// `add_policy_with` on the local tables (in a shared file or on the
