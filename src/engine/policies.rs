@@ -190,12 +190,13 @@ impl Engine {
     /// The policy `id`, or `UnknownPolicy`.
     #[inline(always)]
     pub(super) fn get(&self, id: PolicyId) -> Result<&Policy, Error> {
-        self.policies
-            .get(id.0 as usize)
-            .and_then(|p| p.get())
-            // Built only when missing: an error built eagerly is dropped on
-            // every call (its drop glue showed in the C ABI's profile).
-            .ok_or_else(|| Error::UnknownPolicy(id.0))
+        // A match, not `ok_or`: the error is built only when the policy is
+        // missing (built eagerly, it was dropped on every call and its drop
+        // glue showed in the C ABI's profile).
+        match self.policies.get(id.0 as usize).and_then(|p| p.get()) {
+            Some(policy) => Ok(policy),
+            None => Err(Error::UnknownPolicy(id.0)),
+        }
     }
 
     /// `add_policy_with` on the local tables (in a shared file or on the
