@@ -62,6 +62,15 @@ def need_packages():
         need.append("pkg-config")
     if subprocess.run(["/usr/bin/python3", "-c", "import venv, ensurepip"], capture_output=True).returncode:
         need.append("python3-venv")
+    # Headers that Debian's uwsgi.h includes (its build has capabilities,
+    # UUIDs, SSL, PCRE and zlib); `uwsgi --build-plugin` needs them.
+    for header, package in [("sys/capability.h", "libcap-dev"), ("uuid/uuid.h", "uuid-dev"),
+                            ("openssl/ssl.h", "libssl-dev"), ("pcre.h", "libpcre3-dev"),
+                            ("zlib.h", "zlib1g-dev")]:
+        probe = subprocess.run(["gcc", "-E", "-x", "c", "-"], input=f"#include <{header}>\n",
+                               capture_output=True, text=True)
+        if probe.returncode:
+            need.append(package)
     if need:
         sh(["apt-get", "update", "-qq"])
         sh(["apt-get", "install", "-y", "-qq", *need], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})

@@ -32,7 +32,27 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "== apt-get install ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! "$UWSGI" --cflags | grep -q -- -DUWSGI_ROUTING; then
+# uwsgi --build-plugin compiles against uwsgi.h, which includes the
+# headers of every feature the uWSGI binary was built with: install the
+# development package of each one missing (Debian's uwsgi-core 2.0.21 has
+# capabilities, UUIDs, SSL, PCRE and zlib; a fresh machine has none of
+# their headers).
+cflags=$("$UWSGI" --cflags)
+has_header() { printf '#define PCRE2_CODE_UNIT_WIDTH 8\n#include <%s>\n' "$1" | gcc -E -x c - >/dev/null 2>&1; }
+dev=()
+for pair in UWSGI_CAP:sys/capability.h:libcap-dev UWSGI_UUID:uuid/uuid.h:uuid-dev \
+            UWSGI_SSL:openssl/ssl.h:libssl-dev UWSGI_PCRE:pcre.h:libpcre3-dev \
+            UWSGI_PCRE2:pcre2.h:libpcre2-dev UWSGI_ZLIB:zlib.h:zlib1g-dev; do
+  IFS=: read -r flag header package <<<"$pair"
+  if grep -q -- "-D$flag\b" <<<"$cflags" && ! has_header "$header"; then
+    dev+=("$package")
+  fi
+done
+if [ ${#dev[@]} -gt 0 ]; then
+  echo "== apt-get install ${dev[*]} (headers uwsgi.h includes)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${dev[@]}" >/dev/null
+fi
+if ! grep -q -- -DUWSGI_ROUTING <<<"$cflags"; then
   echo "$UWSGI was built without internal routing (PCRE): the plugin needs it (README \"uWSGI\")" >&2
   exit 1
 fi
