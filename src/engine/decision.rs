@@ -117,6 +117,7 @@ pub(super) fn conclude(
 }
 
 /// Counts a decision in the policy's counters.
+#[inline(always)]
 pub(super) fn tally(p: &Policy, d: &Decision, new_ban: bool) {
     let head = p.head();
     head.add(
@@ -137,6 +138,7 @@ pub(super) fn tally(p: &Policy, d: &Decision, new_ban: bool) {
 
 /// Applies a policy's options to a decision: retry jitter and shadow
 /// mode on a denial, which is also recorded in the deny-event ring.
+#[inline(always)]
 fn finish(
     p: &Policy,
     mut d: Decision,
