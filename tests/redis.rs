@@ -732,7 +732,9 @@ fn redis_keeps_only_hashed_keys_under_hash_tags_with_ttls() {
             "raw key in {k}"
         );
         let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut con).unwrap();
-        if k.ends_with(":s") {
+        // `:c`: a compact (string) state; `:s`: a hash (sliding_log,
+        // concurrency); PROTOCOL.md, "Keys".
+        if k.ends_with(":c") || k.ends_with(":s") {
             state += 1;
             assert!(k.contains(":{") && k.contains("}:"), "no hash tag in {k}");
             assert!(ttl > 0 && ttl <= 120_000, "{k}: ttl {ttl} ms");
