@@ -1027,6 +1027,73 @@ local function library()
     return v
   end
 
+  -- The policy of an item record whose limit count m is argument a - 1
+  -- (its first algorithm argument a): limits, state fields, penalty box.
+  -- Built once per record text and library, then kept (a function library
+  -- lives on between calls).
+  local function parse_policy(i, a, m)
+    local it = { base = {}, fields = {} }
+    for k = 1, m do
+      local alg = A[a - O]
+      if alg ~= 'g' and alg ~= 'f' and alg ~= 'w' and alg ~= 'l' and alg ~= 'c' then
+        fail('unknown algorithm ' .. tostring(alg))
+      end
+      local l = limit_params(alg, int_arg(a + 1), int_arg(a + 2), int_arg(a + 3))
+      it.base[k] = l
+      if alg == 'c' then
+        if m ~= 1 then
+          fail('a concurrency limit must be alone')
+        end
+        it.conc = true
+        it.fields[#it.fields + 1] = 'E'
+      elseif alg == 'f' then
+        it.fields[#it.fields + 1] = k .. 's'
+        it.fields[#it.fields + 1] = k .. 'n'
+      elseif alg == 'w' then
+        if not sliding_eval then
+          define_sliding_window()
+        end
+        it.fields[#it.fields + 1] = k .. 'w'
+        it.fields[#it.fields + 1] = k .. 'c'
+        it.fields[#it.fields + 1] = k .. 'p'
+      elseif alg == 'g' then
+        it.fields[#it.fields + 1] = k .. 't'
+      else
+        if not log_eval then
+          define_sliding_log()
+        end
+        it.log = true
+        it.fields[#it.fields + 1] = k .. 'h'
+        it.fields[#it.fields + 1] = k .. 'm'
+        it.fields[#it.fields + 1] = k .. 'l0'
+      end
+      if alg == 'g' or alg == 'f' or alg == 'w' then
+        it.scalable = true
+      end
+      a = a + 4
+    end
+    local strikes = int_arg(a)
+    if strikes > 0 then
+      it.pen = { strikes = strikes, window = int_arg(a + 1), ban = int_arg(a + 2), max_ban = int_arg(a + 3) }
+      if it.pen.window < strikes or it.pen.ban < 1 or it.pen.max_ban < it.pen.ban then
+        fail('bad penalty box')
+      end
+      if it.conc then
+        fail('a penalty box needs a rate limit')
+      end
+      if not strike then
+        define_penalty_box()
+      end
+      it.fields[#it.fields + 1] = 'ps'
+      it.fields[#it.fields + 1] = 'pl'
+      it.fields[#it.fields + 1] = 'pu'
+    end
+    it.compact = not it.conc and not it.log
+    return it
+  end
+
+  local policies, npolicies = {}, 0
+
   -- One call: op over the keys K and the arguments args (see A, O above).
   local function run(op, K, args, offset)
     A, O = args, offset
@@ -1059,70 +1126,32 @@ local function library()
       if a + 1 > (#A + O) then
         fail('item ' .. i .. ' is cut short')
       end
-      local it = { key = K[2 * i - 1], okey = K[2 * i], cost = int_arg(a), base = {}, fields = {} }
-      local m = int_arg(a + 1)
-      a = a + 2
-      if m < 1 or a + 4 * m + 3 > (#A + O) then
+      local cost, m = int_arg(a), int_arg(a + 1)
+      if m < 1 or a + 4 * m + 5 > (#A + O) then
         fail('item ' .. i .. ' has a bad limit count ' .. m)
       end
-      for k = 1, m do
-        local alg = A[a - O]
-        if alg ~= 'g' and alg ~= 'f' and alg ~= 'w' and alg ~= 'l' and alg ~= 'c' then
-          fail('unknown algorithm ' .. tostring(alg))
+      local id = concat(A, ' ', a + 1 - O, a + 4 * m + 5 - O)
+      local pol = policies[id]
+      if pol == nil then
+        pol = parse_policy(i, a + 2, m)
+        if npolicies >= 1024 then
+          policies, npolicies = {}, 0
         end
-        local l = limit_params(alg, int_arg(a + 1), int_arg(a + 2), int_arg(a + 3))
-        it.base[k] = l
-        if alg == 'c' then
-          if m ~= 1 then
-            fail('a concurrency limit must be alone')
-          end
-          it.conc = true
-          it.fields[#it.fields + 1] = 'E'
-        elseif alg == 'f' then
-          it.fields[#it.fields + 1] = k .. 's'
-          it.fields[#it.fields + 1] = k .. 'n'
-        elseif alg == 'w' then
-          if not sliding_eval then
-            define_sliding_window()
-          end
-          it.fields[#it.fields + 1] = k .. 'w'
-          it.fields[#it.fields + 1] = k .. 'c'
-          it.fields[#it.fields + 1] = k .. 'p'
-        elseif alg == 'g' then
-          it.fields[#it.fields + 1] = k .. 't'
-        else
-          if not log_eval then
-            define_sliding_log()
-          end
-          it.log = true
-          it.fields[#it.fields + 1] = k .. 'h'
-          it.fields[#it.fields + 1] = k .. 'm'
-          it.fields[#it.fields + 1] = k .. 'l0'
-        end
-        if alg == 'g' or alg == 'f' or alg == 'w' then
-          it.scalable = true
-        end
-        a = a + 4
+        policies[id], npolicies = pol, npolicies + 1
       end
-      local strikes = int_arg(a)
-      if strikes > 0 then
-        it.pen = { strikes = strikes, window = int_arg(a + 1), ban = int_arg(a + 2), max_ban = int_arg(a + 3) }
-        if it.pen.window < strikes or it.pen.ban < 1 or it.pen.max_ban < it.pen.ban then
-          fail('bad penalty box')
-        end
-        if it.conc then
-          fail('a penalty box needs a rate limit')
-        end
-        if not strike then
-          define_penalty_box()
-        end
-        it.fields[#it.fields + 1] = 'ps'
-        it.fields[#it.fields + 1] = 'pl'
-        it.fields[#it.fields + 1] = 'pu'
-      end
-      a = a + 4
-      it.compact = not it.conc and not it.log
-      items[i] = it
+      items[i] = {
+        key = K[2 * i - 1],
+        okey = K[2 * i],
+        cost = cost,
+        base = pol.base,
+        fields = pol.fields,
+        conc = pol.conc,
+        log = pol.log,
+        pen = pol.pen,
+        scalable = pol.scalable,
+        compact = pol.compact,
+      }
+      a = a + 4 * m + 6
     end
     if (#A + O) ~= a - 1 + extra then
       fail(op .. ' takes ' .. (a - 1 + extra) .. ' arguments, got ' .. (#A + O))
