@@ -1406,7 +1406,15 @@ fn a_big_sliding_log_counts_every_entry() {
 
 #[test]
 fn malformed_calls_are_errors() {
+    for functions in [false, true] {
+        malformed_calls_are_errors_via(functions);
+    }
+}
+
+/// Through `FCALL` (an unknown op is then an unknown function) or `EVALSHA`.
+fn malformed_calls_are_errors_via(functions: bool) {
     let mut lua = Lua::connect();
+    lua.functions = functions;
     let keys = fresh_keys();
     let good = spec_args("gcra 5/second", None, 1);
     let err = |r: redis::RedisResult<Value>| -> String {
@@ -1415,14 +1423,19 @@ fn malformed_calls_are_errors() {
         assert!(e.starts_with("\"rk:\": "), "{e}");
         e
     };
-    let e = err(lua.eval(
+    let unknown = lua.eval(
         "frobnicate",
         Some(0),
         std::slice::from_ref(&keys),
         std::slice::from_ref(&good),
         &[],
-    ));
-    assert!(e.contains("unknown op"), "{e}");
+    );
+    if functions {
+        let e = unknown.expect_err("an error").to_string();
+        assert!(e.contains("Function not found"), "{e}");
+    } else {
+        assert!(err(unknown).contains("unknown op"));
+    }
     let mut bad = good.clone();
     bad[2] = "x".into();
     let e = err(lua.eval("check", Some(0), std::slice::from_ref(&keys), &[bad], &[]));
