@@ -1089,6 +1089,13 @@ local function library()
       it.fields[#it.fields + 1] = 'pu'
     end
     it.compact = not it.conc and not it.log
+    it.fast = not it.pen
+    for k = 1, m do
+      local a = it.base[k].alg
+      if a ~= 'g' and a ~= 'f' then
+        it.fast = false
+      end
+    end
     return it
   end
 
@@ -1108,68 +1115,106 @@ local function library()
     return pol
   end
 
-  -- check of one item whose policy is one gcra or fixed_window limit with
-  -- no penalty box, the most common call: what check, check_mode, decide
-  -- and flush do for it, without their tables (the same decisions; the
-  -- conformance tests drive both paths). Returns the reply.
-  local function check_one_limit(K, now)
-    local cost = int_arg(4)
-    local pol = policy_at(1, 4, 1)
-    local l = pol.base[1]
+  -- check of one item whose limits are all gcra or fixed_window, with no
+  -- penalty box (pol.fast), the most common call: what check, check_mode,
+  -- decide and flush do for it, without their tables (the same decisions;
+  -- the conformance tests drive both paths). Returns the reply.
+  local function check_fast(K, now, pol, cost)
+    local base, m = pol.base, #pol.base
     local r = call('MGET', K[1], K[2])
     local str = r[1]
     local factor = tonumber(r[2]) or 0
-    local eff = l
+    local eff = base
     if factor ~= 0 then
       if not scaled then
         define_scaled()
       end
-      eff = scaled(l, factor)
-    end
-    local x = {}
-    if l.alg == 'g' then
-      x.t = str and tonumber(str) or 0
-    else
-      x.n = 0
-      if str then
-        local e = find(str, ' ', 1, true) or #str + 1
-        x.s, x.n = tonumber(sub(str, 1, e - 1)), tonumber(sub(str, e + 1)) or 0
+      eff = {}
+      for k = 1, m do
+        eff[k] = scaled(base[k], factor)
       end
+    end
+    -- The state: the compact string's fields, in limit order.
+    local xs, i = {}, 1
+    for k = 1, m do
+      local x = {}
+      if base[k].alg == 'g' then
+        x.t = 0
+        if str then
+          local e = find(str, ' ', i, true) or #str + 1
+          x.t = tonumber(sub(str, i, e - 1)) or 0
+          i = e + 1
+        end
+      else
+        x.n = 0
+        if str then
+          local e = find(str, ' ', i, true) or #str + 1
+          x.s = tonumber(sub(str, i, e - 1))
+          i = e + 1
+          e = find(str, ' ', i, true) or #str + 1
+          x.n = tonumber(sub(str, i, e - 1)) or 0
+          i = e + 1
+        end
+      end
+      xs[k] = x
     end
     local c = cost
     if cost > MAX_COST then
       c = 0
     end
-    local allowed, limit, remaining, retry, reset = evaluate(eff, x, c, now)
-    if allowed then
+    -- decide: every limit's verdict, the binding one kept (binds_over).
+    local all, ba, blimit, brem, bretry, breset, bindex = true, nil, 0, 0, 0, 0, 0
+    for k = 1, m do
+      local a, limit, remaining, retry, reset = evaluate(eff[k], xs[k], c, now)
+      all = all and a
+      local binds
+      if ba == nil then
+        binds = true
+      elseif a ~= ba then
+        binds = not a
+      elseif a then
+        binds = remaining < brem
+      else
+        binds = retry > bretry
+      end
+      if binds then
+        ba, blimit, brem, bretry, breset, bindex = a, limit, remaining, retry, reset, k - 1
+      end
+    end
+    local allowed, retry = all, bretry
+    if all then
       retry = 0
     end
     if cost > MAX_COST then
       allowed, retry = false, U64
     end
     if allowed and cost ~= 0 then
-      charge(eff, x, cost, now)
-      local rel = max(expiry_in(l, x, now), 0)
+      local rel, v = 0, {}
+      for k = 1, m do
+        local l, x = eff[k], xs[k]
+        charge(l, x, cost, now)
+        rel = max(rel, expiry_in(base[k], x, now))
+        if l.alg == 'g' then
+          v[#v + 1] = num(x.t)
+        else
+          v[#v + 1] = x.s and num(x.s) or ''
+          v[#v + 1] = num(x.n)
+        end
+      end
       if rel <= 0 then
         call('DEL', K[1])
       else
-        local v
-        if l.alg == 'g' then
-          v = num(x.t)
-        else
-          v = (x.s and num(x.s) or '') .. ' ' .. num(x.n)
-        end
-        call('SET', K[1], v, 'PX', num(min(ceil_div(rel, 1000000), TWO53)))
+        call('SET', K[1], concat(v, ' '), 'PX', num(min(ceil_div(rel, 1000000), TWO53)))
       end
     end
     return {
       allowed and 1 or 0,
       0,
-      out(limit),
-      out(remaining),
+      out(blimit),
+      out(brem),
       out(retry),
-      out(reset),
-      0,
+      out(breset),
+      bindex,
       0,
       0,
       now,
@@ -1200,10 +1245,13 @@ local function library()
     end
 
     local n = int_arg(3)
-    if op == 'check' and n == 1 and #K == 2 and (#A + O) == 13 and A[5 - O] == '1' and A[10 - O] == '0' then
-      local alg = A[6 - O]
-      if alg == 'g' or alg == 'f' then
-        return check_one_limit(K, now)
+    if op == 'check' and n == 1 and #K == 2 then
+      local cost, m = int_arg(4), int_arg(5)
+      if m >= 1 and (#A + O) == 9 + 4 * m then
+        local pol = policy_at(1, 4, m)
+        if pol.fast then
+          return check_fast(K, now, pol, cost)
+        end
       end
     end
     if n < 1 or n > 64 or ((op ~= 'check' and op ~= 'peek') and n ~= 1) or #K ~= 2 * n then
