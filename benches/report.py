@@ -404,12 +404,16 @@ def report():
             "```",
         ]
     lines += redis_section()
+    lines += _existing_uwsgi_section(REDIS_CAPACITY_HEADING) or []
     lines += uwsgi_section()
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}", file=sys.stderr)
 
 
 UWSGI_HEADING = "## uWSGI: the plugin, the Flask extension, no limiter"
+# Written by benches/redis_capacity.py --update-report (minutes of its own
+# and the Python package); report.py keeps it as it is.
+REDIS_CAPACITY_HEADING = "## Redis: time inside Redis and capacity of one server"
 
 
 def uwsgi_lines(text):
@@ -429,15 +433,16 @@ def uwsgi_lines(text):
     ]
 
 
-def _existing_uwsgi_section():
+def _existing_uwsgi_section(heading=UWSGI_HEADING):
     """The section as the report has it now (kept when this run did not
-    measure uWSGI: the bench needs uWSGI and a few minutes of its own)."""
+    measure uWSGI: the bench needs uWSGI and a few minutes of its own; and
+    the Redis capacity section, which benches/redis_capacity.py writes)."""
     if not OUT.exists():
         return None
     lines = OUT.read_text().splitlines()
-    if UWSGI_HEADING not in lines:
+    if heading not in lines:
         return None
-    start = lines.index(UWSGI_HEADING)
+    start = lines.index(heading)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     while end > start and not lines[end - 1].strip():
         end -= 1

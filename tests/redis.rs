@@ -651,6 +651,60 @@ fn one_round_trip_per_request_whatever_the_number_of_limits() {
     assert_eq!(e.redis_stats().unwrap().round_trips, before + 10);
 }
 
+/// A server without `FUNCTION` (Redis 6 and older; here the commands are
+/// renamed away): the client falls back to `EVALSHA` of the same script
+/// and decides alike, with every layout (compact and hash) and a batch.
+#[test]
+fn a_server_without_functions_is_called_with_evalsha() {
+    let server = RedisServer::start_with_args(&[
+        "--rename-command",
+        "FUNCTION",
+        "",
+        "--rename-command",
+        "FCALL",
+        "",
+    ])
+    .expect("redis-server starts");
+    let e = open(&server, "nofn");
+    let gcra = e.add_policy("gcra", "gcra 3/hour").unwrap();
+    let log = e.add_policy("log", "sliding_log 2/hour").unwrap();
+    for (p, n) in [(gcra, 3), (log, 2)] {
+        for i in 0..n {
+            assert!(e.check(p, b"k", 1).allowed, "{i}");
+        }
+        assert!(!e.check(p, b"k", 1).allowed);
+    }
+    let items = [
+        CheckItem {
+            policy: gcra,
+            key: b"other",
+            cost: 1,
+        },
+        CheckItem {
+            policy: log,
+            key: b"other",
+            cost: 1,
+        },
+    ];
+    assert!(e.check_many(&items).unwrap().0.allowed);
+    let s = e.redis_stats().unwrap();
+    assert_eq!(
+        (s.errors, s.fallback_decisions, s.script_loads),
+        (0, 0, 1),
+        "{s:?}"
+    );
+    let mut con = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let scripts: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(redis::Script::new(include_str!("../src/redis/ratekeeper.lua")).get_hash())
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(scripts, [true]);
+}
+
 /// A shadow-mode item of a batch is concluded as the in-process engine
 /// concludes it: its would-be denial neither denies the batch (the
 /// enforced items are charged) nor binds it over an enforced denial.
@@ -732,7 +786,9 @@ fn redis_keeps_only_hashed_keys_under_hash_tags_with_ttls() {
             "raw key in {k}"
         );
         let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut con).unwrap();
-        if k.ends_with(":s") {
+        // `:c`: a compact (string) state; `:s`: a hash (sliding_log,
+        // concurrency); PROTOCOL.md, "Keys".
+        if k.ends_with(":c") || k.ends_with(":s") {
             state += 1;
             assert!(k.contains(":{") && k.contains("}:"), "no hash tag in {k}");
             assert!(ttl > 0 && ttl <= 120_000, "{k}: ttl {ttl} ms");

@@ -62,14 +62,19 @@ fn next_id() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A connection with the script loaded.
+/// A connection with the script loaded, as a function library and as an
+/// `EVALSHA` script.
 struct Lua {
     con: redis::Connection,
     sha: String,
+    /// Calls are `FCALL rk_<op>_test` (else `EVALSHA`): every other
+    /// connection, so that proptest cases exercise both entry kinds.
+    functions: bool,
 }
 
 impl Lua {
     fn connect() -> Lua {
+        static N: AtomicU64 = AtomicU64::new(0);
         let client = redis::Client::open(server().url()).unwrap();
         let mut con = client.get_connection().unwrap();
         let sha: String = redis::cmd("SCRIPT")
@@ -77,7 +82,21 @@ impl Lua {
             .arg(SCRIPT)
             .query(&mut con)
             .unwrap();
-        Lua { con, sha }
+        // The library as the client sends it (PROTOCOL.md, "Entry points").
+        let _: String = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(format!(
+                "#!lua name=ratekeeper_test\nlocal SUFFIX = '_test'\n{SCRIPT}"
+            ))
+            .query(&mut con)
+            .unwrap();
+        let functions = N.fetch_add(1, Ordering::Relaxed) % 2 == 0;
+        Lua {
+            con,
+            sha,
+            functions,
+        }
     }
 
     /// The `EVALSHA` command for `op` over `keys` (state, override) with
@@ -90,12 +109,21 @@ impl Lua {
         records: &[Vec<String>],
         extra: &[String],
     ) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.sha).arg(keys.len() * 2);
+        let mut cmd;
+        if self.functions {
+            cmd = redis::cmd("FCALL");
+            cmd.arg(format!("rk_{op}_test"));
+        } else {
+            cmd = redis::cmd("EVALSHA");
+            cmd.arg(&self.sha);
+        }
+        cmd.arg(keys.len() * 2);
         for (s, o) in keys {
             cmd.arg(s).arg(o);
         }
-        cmd.arg(op);
+        if !self.functions {
+            cmd.arg(op);
+        }
         match now {
             Some(t) => cmd.arg(t.to_string()),
             None => cmd.arg(""),
@@ -952,7 +980,7 @@ fn muldivmod_lua() -> String {
     let start = SCRIPT
         .find("local function muldivmod")
         .expect("muldivmod in the script");
-    let end = start + SCRIPT[start..].find("\nend\n").expect("its end") + 5;
+    let end = start + SCRIPT[start..].find("\n  end\n").expect("its end") + 7;
     format!(
         "local fmod = math.fmod\nlocal TWO53 = 9007199254740992\n{}\n\
          local q, r = muldivmod(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n\
@@ -1378,7 +1406,15 @@ fn a_big_sliding_log_counts_every_entry() {
 
 #[test]
 fn malformed_calls_are_errors() {
+    for functions in [false, true] {
+        malformed_calls_are_errors_via(functions);
+    }
+}
+
+/// Through `FCALL` (an unknown op is then an unknown function) or `EVALSHA`.
+fn malformed_calls_are_errors_via(functions: bool) {
     let mut lua = Lua::connect();
+    lua.functions = functions;
     let keys = fresh_keys();
     let good = spec_args("gcra 5/second", None, 1);
     let err = |r: redis::RedisResult<Value>| -> String {
@@ -1387,14 +1423,19 @@ fn malformed_calls_are_errors() {
         assert!(e.starts_with("\"rk:\": "), "{e}");
         e
     };
-    let e = err(lua.eval(
+    let unknown = lua.eval(
         "frobnicate",
         Some(0),
         std::slice::from_ref(&keys),
         std::slice::from_ref(&good),
         &[],
-    ));
-    assert!(e.contains("unknown op"), "{e}");
+    );
+    if functions {
+        let e = unknown.expect_err("an error").to_string();
+        assert!(e.contains("Function not found"), "{e}");
+    } else {
+        assert!(err(unknown).contains("unknown op"));
+    }
     let mut bad = good.clone();
     bad[2] = "x".into();
     let e = err(lua.eval("check", Some(0), std::slice::from_ref(&keys), &[bad], &[]));

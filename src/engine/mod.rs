@@ -176,6 +176,14 @@ impl Engine {
     /// denied ([`OnFailure::Open`], [`OnFailure::Closed`]). Recovery is
     /// detected by trying again with backoff, without a restart.
     ///
+    /// `url`: `redis://[[user]:password@]host[:port][/db]`, `rediss://`
+    /// (TLS), with [`RedisOptions::cluster`](crate::RedisOptions::cluster) a comma-separated list of
+    /// cluster nodes, or
+    /// `redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]`:
+    /// the master that the sentinels name, asked again after every failed
+    /// call, so that a failover is followed (the failure policy decides
+    /// meanwhile).
+    ///
     /// Errors: a bad URL or option ([`Error::InvalidArgument`]); a refused
     /// password or a server that is not Redis ([`Error::Backend`]). An
     /// unreachable server is not an error: the engine starts on its failure

@@ -218,8 +218,10 @@ pub unsafe extern "C" fn rk_redis_options_init_sized(
 /// of its policy. Checks without an explicit time use Redis `TIME` (one
 /// clock for all hosts); a `*_at` call's `now_ns` is used as given.
 ///
-/// `url`: `redis://[[user]:password@]host[:port][/db]`, or `rediss://` for
-/// TLS. `opts` may be NULL for every default; else set it up with
+/// `url`: `redis://[[user]:password@]host[:port][/db]`, `rediss://` for
+/// TLS, or `redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]`
+/// for the master that Redis Sentinel names (found again after a failover;
+/// the password is the master's). `opts` may be NULL for every default; else set it up with
 /// `rk_redis_options_init`. The engine connects once at open, so that a
 /// wrong password or a server that is not Redis fails here; a server that
 /// cannot be reached is not an error: the engine starts on its failure

@@ -27,8 +27,16 @@ use crate::policy::PolicySpec;
 use crate::table::Verdict;
 use crate::{Error, Penalty};
 
-/// The script (see `PROTOCOL.md`).
+/// The script (see `PROTOCOL.md`): a Redis Functions library, or an
+/// `EVALSHA` script where the server has no `FUNCTION`.
 pub(crate) const SCRIPT: &str = include_str!("ratekeeper.lua");
+
+/// How this engine calls the script on its server.
+const VIA_UNKNOWN: u8 = 0;
+/// `FCALL rk_<op>_<version>` of the library (Redis 7+).
+const VIA_FUNCTIONS: u8 = 1;
+/// `EVALSHA` of the script (a server without `FUNCTION`).
+const VIA_SCRIPT: u8 = 2;
 
 /// Seconds from the Unix epoch to the script's time origin
 /// (2026-01-01T00:00:00Z): Redis-clock times are nanoseconds since then.
@@ -178,6 +186,9 @@ pub(crate) struct RemotePolicy {
     name: String,
     args: Vec<String>,
     pub penalty: bool,
+    /// No sliding_log or concurrency limit: the state is one string
+    /// (`PROTOCOL.md`, "Keys"), under the key suffix `:c`, not `:s`.
+    compact: bool,
 }
 
 impl RemotePolicy {
@@ -196,6 +207,10 @@ impl RemotePolicy {
             name: name.into(),
             args: script_args(spec, penalty),
             penalty: penalty.is_some(),
+            compact: spec
+                .limits
+                .iter()
+                .all(|l| !matches!(l.algorithm, Algorithm::SlidingLog | Algorithm::Concurrency)),
         })
     }
 }
@@ -267,10 +282,119 @@ struct Counters {
     script_loads: AtomicU64,
 }
 
-/// A standalone server's client, or a cluster's.
+/// A standalone server's client, a cluster's, or the sentinels that name
+/// the master of a service.
 enum Link {
     One(Client),
     Cluster(ClusterClient),
+    Sentinel(Sentinels),
+}
+
+/// `redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]`:
+/// every new connection asks the sentinels, in order, for the service's
+/// master (`SENTINEL get-master-addr-by-name`) and checks that it says it
+/// is one (`ROLE`). A failed call empties the pool, so that after a failover
+/// the next try connects to the master the sentinels name then.
+struct Sentinels {
+    /// `host:port` of each sentinel (port 26379 if left out).
+    nodes: Vec<String>,
+    service: String,
+    /// `user:password@` of the master, as in the URL (the sentinels are
+    /// asked without it), or empty.
+    auth: String,
+    /// `/db`, or empty.
+    db: String,
+}
+
+impl Sentinels {
+    /// Parses a `redis+sentinel://` URL.
+    fn parse(url: &str) -> Option<Sentinels> {
+        let rest = url.strip_prefix("redis+sentinel://")?;
+        let (authority, path) = rest.split_once('/')?;
+        let (auth, hosts) = match authority.rsplit_once('@') {
+            Some((a, h)) => (format!("{a}@"), h),
+            None => (String::new(), authority),
+        };
+        let mut nodes = Vec::new();
+        for h in hosts.split(',').map(str::trim) {
+            let (host, port) = match h.rsplit_once(':') {
+                Some((host, port)) => (host, port.parse::<u16>().ok()?),
+                None => (h, 26379),
+            };
+            if host.is_empty() {
+                return None;
+            }
+            nodes.push(format!("{host}:{port}"));
+        }
+        let (service, db) = match path.split_once('/') {
+            Some((s, d)) if d.parse::<u32>().is_ok() => (s, format!("/{d}")),
+            Some((_, "")) => (path.trim_end_matches('/'), String::new()),
+            Some(_) => return None,
+            None => (path, String::new()),
+        };
+        if service.is_empty() || nodes.is_empty() {
+            return None;
+        }
+        Some(Sentinels {
+            nodes,
+            service: service.into(),
+            auth,
+            db,
+        })
+    }
+
+    /// A connection to the master the first sentinel that answers names.
+    fn master(
+        &self,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> redis::RedisResult<Connection> {
+        let mut last = None;
+        for node in &self.nodes {
+            let asked = Client::open(format!("redis://{node}/")).and_then(|c| {
+                let mut con = c.get_connection_with_timeout(connect_timeout)?;
+                con.set_read_timeout(Some(timeout))?;
+                con.set_write_timeout(Some(timeout))?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&self.service)
+                    .query::<Option<(String, u16)>>(&mut con)
+            });
+            let (host, port) = match asked {
+                Ok(Some(addr)) => addr,
+                Ok(None) => {
+                    last = Some(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the sentinel knows no such service",
+                        format!("{} at {node}", self.service),
+                    )));
+                    continue;
+                }
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let url = format!("redis://{}{host}:{port}{}", self.auth, self.db);
+            let mut con = Client::open(url)?.get_connection_with_timeout(connect_timeout)?;
+            con.set_read_timeout(Some(timeout))?;
+            con.set_write_timeout(Some(timeout))?;
+            let role: Vec<Value> = redis::cmd("ROLE").query(&mut con)?;
+            if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
+                // Demoted and not yet noticed by this sentinel: ask the next.
+                last = Some(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the server the sentinel named is not a master",
+                    format!("{host}:{port}"),
+                )));
+                continue;
+            }
+            return Ok(con);
+        }
+        Err(last.unwrap_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Io, "no sentinel answered"))
+        }))
+    }
 }
 
 /// A connection of either kind.
@@ -296,7 +420,12 @@ pub(crate) struct Remote {
     pool: Mutex<Vec<Conn>>,
     /// The process the pooled connections belong to.
     pid: std::sync::atomic::AtomicU32,
+    /// The script's SHA-1 (`EVALSHA`).
     sha: String,
+    /// `_<version>`: the end of the library's name and of its functions'.
+    suffix: String,
+    /// `VIA_*`: functions until the server says it has none.
+    via: std::sync::atomic::AtomicU8,
     pub options: RedisOptions,
     secret: OnceLock<[Seed; 2]>,
     /// Script arguments of each policy, by policy index.
@@ -363,6 +492,8 @@ impl Remote {
             pool: Mutex::new(Vec::new()),
             pid: std::sync::atomic::AtomicU32::new(std::process::id()),
             sha: sha1_hex(SCRIPT.as_bytes()),
+            suffix: format!("_{}", &sha1_hex(SCRIPT.as_bytes())[..12]),
+            via: std::sync::atomic::AtomicU8::new(VIA_UNKNOWN),
             cache: DenyCache::new(options.deny_cache),
             options,
             secret,
@@ -412,6 +543,19 @@ impl Remote {
                 })
             }
         };
+        if url.starts_with("redis+sentinel://") {
+            if options.cluster || certs.is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{shown:?}: a sentinel URL is for one service, without cluster or tls_ca_file"
+                )));
+            }
+            return Sentinels::parse(url).map(Link::Sentinel).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "bad Redis URL {shown:?}: expected \
+                     redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]"
+                ))
+            });
+        }
         if !options.cluster {
             if url.contains(',') {
                 return Err(Error::InvalidArgument(format!(
@@ -478,6 +622,9 @@ impl Remote {
                 con.set_read_timeout(t)?;
                 con.set_write_timeout(t)?;
                 Conn::Cluster(Box::new(con))
+            }
+            Link::Sentinel(sentinels) => {
+                Conn::One(sentinels.master(self.options.connect_timeout, self.options.timeout)?)
             }
         })
     }
@@ -661,6 +808,11 @@ impl Remote {
                 Ok(v)
             }
             Err(e) => {
+                // The pooled connections may be to the same dead or demoted
+                // server: the next calls connect afresh (to the master the
+                // sentinels name then).
+                // (`take` has already left a forked parent's alone.)
+                self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 let down = Down(self.describe(&e));
                 self.failed(&down);
                 Err(down)
@@ -682,7 +834,7 @@ impl Remote {
             match cmd.query::<Value>(con.link()) {
                 Err(e) if no_script(&e) => {
                     self.load(con.link())?;
-                    cmd.query(con.link())
+                    self.script(&seeds, op, now, items, extra).query(con.link())
                 }
                 r => r,
             }
@@ -713,15 +865,18 @@ impl Remote {
                     })
                     .collect();
             };
-            let mut pipe = redis::cluster::cluster_pipe();
-            for it in items {
-                pipe.add_command(self.script(&seeds, op, now, std::slice::from_ref(it), &[]));
-            }
-            match pipe.query::<Vec<Value>>(cluster) {
+            let pipe = || {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for it in items {
+                    pipe.add_command(self.script(&seeds, op, now, std::slice::from_ref(it), &[]));
+                }
+                pipe
+            };
+            match pipe().query::<Vec<Value>>(cluster) {
                 Err(e) if no_script(&e) => {
                     self.load(cluster)?;
                     if retry {
-                        pipe.query(cluster)
+                        pipe().query(cluster)
                     } else {
                         Err(e)
                     }
@@ -731,15 +886,40 @@ impl Remote {
         })
     }
 
-    /// Loads the script (on every node of a cluster).
+    /// Loads the library (on every node of a cluster), or the script on a
+    /// server without `FUNCTION` (from then on, calls are `EVALSHA`).
     fn load(&self, con: &mut dyn ConnectionLike) -> redis::RedisResult<()> {
+        // Relaxed: `via` publishes nothing else, and either value works on
+        // any server that has it (a stale read costs one more load).
+        if self.via.load(Ordering::Relaxed) != VIA_SCRIPT {
+            let library = format!(
+                "#!lua name=ratekeeper{s}\nlocal SUFFIX = '{s}'\n{SCRIPT}",
+                s = self.suffix
+            );
+            // REPLACE: another host may have loaded the same version.
+            match redis::cmd("FUNCTION")
+                .arg("LOAD")
+                .arg("REPLACE")
+                .arg(library)
+                .query::<Value>(con)
+            {
+                Ok(_) => {
+                    self.via.store(VIA_FUNCTIONS, Ordering::Relaxed);
+                    self.counters.script_loads.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) if unknown_command(&e) => self.via.store(VIA_SCRIPT, Ordering::Relaxed),
+                Err(e) => return Err(e),
+            }
+        }
         // Orderings: see `Health`.
         let _: Value = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT).query(con)?;
         self.counters.script_loads.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// The `EVALSHA` of one script call (`PROTOCOL.md`, "Arguments").
+    /// The `FCALL` (or `EVALSHA`) of one script call (`PROTOCOL.md`,
+    /// "Arguments").
     fn script(
         &self,
         seeds: &[Seed; 2],
@@ -748,14 +928,27 @@ impl Remote {
         items: &[Item<'_>],
         extra: &[String],
     ) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.sha).arg(items.len() * 2);
+        // Relaxed: see `load`.
+        let script = self.via.load(Ordering::Relaxed) == VIA_SCRIPT;
+        let mut cmd = if script {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(&self.sha);
+            cmd
+        } else {
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg(format!("rk_{op}{}", self.suffix));
+            cmd
+        };
+        cmd.arg(items.len() * 2);
         for it in items {
             let tag = self.tag(seeds, it);
-            cmd.arg(format!("{}{{{tag}}}:s", self.options.prefix));
+            let state = if it.policy.compact { 'c' } else { 's' };
+            cmd.arg(format!("{}{{{tag}}}:{state}", self.options.prefix));
             cmd.arg(format!("{}{{{tag}}}:o", self.options.prefix));
         }
-        cmd.arg(op);
+        if script {
+            cmd.arg(op);
+        }
         match now {
             Some(t) => cmd.arg(t.min(crate::MAX_TIME_NS)),
             None => cmd.arg(""),
@@ -806,8 +999,18 @@ impl Remote {
     }
 }
 
+/// The server lacks the library or the script (first call, a restart,
+/// `FUNCTION FLUSH`, `SCRIPT FLUSH`), or has no `FCALL` at all.
 fn no_script(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        || e.to_string().contains("Function not found")
+        || unknown_command(e)
+}
+
+/// `ERR unknown command`: a server older than Redis 7 (no `FUNCTION`,
+/// `FCALL`).
+fn unknown_command(e: &redis::RedisError) -> bool {
+    e.to_string().contains("unknown command")
 }
 
 /// Errors at open that retrying cannot fix.

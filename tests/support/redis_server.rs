@@ -43,6 +43,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     password: Option<String>,
+    /// More `redis-server` arguments (kept across restarts).
+    args: Vec<String>,
     dir: PathBuf,
 }
 
@@ -50,26 +52,32 @@ impl RedisServer {
     /// Starts a server on a free port of 127.0.0.1 and waits until it
     /// answers `PING`.
     pub fn start() -> io::Result<RedisServer> {
-        Self::start_with(None)
+        Self::start_with(None, Vec::new())
+    }
+
+    /// [`start`](Self::start) with more `redis-server` arguments.
+    pub fn start_with_args(args: &[&str]) -> io::Result<RedisServer> {
+        Self::start_with(None, args.iter().map(|a| a.to_string()).collect())
     }
 
     /// [`start`](Self::start), with `--requirepass password`: clients must
     /// `AUTH` (e.g. `redis://:password@127.0.0.1:PORT/`).
     pub fn start_with_password(password: &str) -> io::Result<RedisServer> {
-        Self::start_with(Some(password.to_string()))
+        Self::start_with(Some(password.to_string()), Vec::new())
     }
 
-    fn start_with(password: Option<String>) -> io::Result<RedisServer> {
+    fn start_with(password: Option<String>, args: Vec<String>) -> io::Result<RedisServer> {
         let dir = temp_dir();
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match launch(port, password.as_deref(), &dir) {
+            match launch(port, password.as_deref(), &args, &dir) {
                 Ok(child) => {
                     return Ok(RedisServer {
                         child: Some(child),
                         port,
                         password,
+                        args,
                         dir,
                     })
                 }
@@ -126,7 +134,7 @@ impl RedisServer {
         self.stop();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match launch(self.port, self.password.as_deref(), &self.dir) {
+            match launch(self.port, self.password.as_deref(), &self.args, &self.dir) {
                 Ok(child) => {
                     self.child = Some(child);
                     return Ok(());
@@ -226,14 +234,14 @@ pub fn spawn_guarded(mut cmd: Command) -> io::Result<Child> {
 
 /// Starts `redis-server` on `port` in `dir` and waits until it answers
 /// `PING`; `AddrInUse` if the port was taken. `dir` exists only meanwhile.
-fn launch(port: u16, password: Option<&str>, dir: &Path) -> io::Result<Child> {
+fn launch(port: u16, password: Option<&str>, args: &[String], dir: &Path) -> io::Result<Child> {
     std::fs::create_dir_all(dir)?;
-    let started = start_in(port, password, dir);
+    let started = start_in(port, password, args, dir);
     let _ = std::fs::remove_dir_all(dir);
     started
 }
 
-fn start_in(port: u16, password: Option<&str>, dir: &Path) -> io::Result<Child> {
+fn start_in(port: u16, password: Option<&str>, args: &[String], dir: &Path) -> io::Result<Child> {
     let log = dir.join(format!("redis-{port}.log"));
     let mut cmd = Command::new(binary());
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -248,6 +256,7 @@ fn start_in(port: u16, password: Option<&str>, dir: &Path) -> io::Result<Child> 
     if let Some(p) = password {
         cmd.args(["--requirepass", p]);
     }
+    cmd.args(args);
     let mut child = spawn_guarded(cmd).map_err(|e| {
         io::Error::new(
             e.kind(),

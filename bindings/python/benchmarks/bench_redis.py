@@ -26,6 +26,15 @@ PID (not a test).
    ratekeeper also its client's own count of round trips
    (``Engine.redis_stats()["round_trips"]``).
 
+``--inside-redis [--before OLD.lua]`` runs one more table alone, which needs
+no ratekeeper Python package: the time inside Redis (``INFO commandstats``
+µs per call) of the very commands ratekeeper's Rust client sends (``FCALL``
+of ``src/redis/ratekeeper.lua`` loaded as a function library, ``EVALSHA``
+of it, and with ``--before`` ``EVALSHA`` of an older script, e.g. ``git show
+HEAD~1:src/redis/ratekeeper.lua > /tmp/old.lua``), sent with redis-py,
+beside ``limits`` ``RedisStorage`` fixed and moving window ``hit`` at the
+same limits, on one server, contenders taking turns, median of the rounds.
+
 Installs ``limits``, ``flask-limiter`` and ``redis`` (the Python client) with
 pip if they are missing; needs ``redis-server`` on PATH. The ratekeeper rows
 are skipped (with a note) when the installed package has no Redis backend.
@@ -146,6 +155,95 @@ def ratekeeper_checks(url: str) -> tuple:
     return out, engine
 
 
+# ---------------------------------------------------------------- 0. inside Redis
+
+SCRIPT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, os.pardir,
+                           "src", "redis", "ratekeeper.lua")
+S_NS = 1_000_000_000
+# (label, ratekeeper item record after the cost (PROTOCOL.md), limits limit
+# string or None, limits strategy)
+INSIDE_CASES = (
+    ("gcra 100000000/hour", ["1", "g", "100000000", str(3600 * S_NS), "100000000"], "100000000/hour", "fixed"),
+    ("fixed_window 100000000/hour", ["1", "f", "100000000", str(3600 * S_NS), "100000000"], "100000000/hour",
+     "fixed"),
+    ("10000/second;100000/hour (2 limits; limits: 2 hits)",
+     ["2", "g", "10000", str(S_NS), "10000", "g", "100000", str(3600 * S_NS), "100000"],
+     "10000/second;100000/hour", "fixed"),
+    ("sliding_log 1000/hour (limits: moving window)", ["1", "l", "1000", str(3600 * S_NS), "1000"], "1000/hour",
+     "moving"),
+)
+
+
+def inside_redis(server: RedisServer, calls: int, rounds: int, before: str | None) -> None:
+    """Prints µs inside Redis per call (commandstats) for each case and contender."""
+    import redis as redis_py
+    from limits import parse_many, storage, strategies
+
+    r = redis_py.Redis(host="127.0.0.1", port=server.port)
+    text = open(SCRIPT_PATH).read()
+    r.execute_command("FUNCTION", "LOAD", "REPLACE", f"#!lua name=ratekeeper_bench\nlocal SUFFIX = '_bench'\n{text}")
+    sha_new = r.script_load(text)
+    sha_old = r.script_load(open(before).read()) if before else None
+    keys = [f"ip:10.{i // 256 % 256}.{i % 256}" for i in range(N_KEYS)]
+
+    def ratekeeper(how: str, record: list, compact: bool):
+        it = iter(range(1 << 62))
+        penalty = ["0", "0", "0", "0"]
+        suffix = "c" if compact and how != "old" else "s"
+
+        def run():
+            k = keys[next(it) % N_KEYS]
+            ks = [f"rkb:{how}:{{{k}}}:{suffix}", f"rkb:{how}:{{{k}}}:o"]
+            rest = ["", "1", "1", *record, *penalty]
+            if how == "fcall":
+                r.execute_command("FCALL", "rk_check_bench", 2, *ks, *rest)
+            else:
+                r.execute_command("EVALSHA", sha_new if how == "evalsha" else sha_old, 2, *ks, "check", *rest)
+        return run
+
+    def limits_hit(spec: str, kind: str):
+        stor = storage.RedisStorage(f"redis://127.0.0.1:{server.port}")
+        cls = strategies.FixedWindowRateLimiter if kind == "fixed" else strategies.MovingWindowRateLimiter
+        limiter, items, it = cls(stor), parse_many(spec), iter(range(1 << 62))
+
+        def run():
+            k = keys[next(it) % N_KEYS]
+            for item in items:  # Flask-Limiter's way: one hit per limit
+                limiter.hit(item, "lim", kind, k)
+        return run
+
+    def usec_per_call(fn) -> float:
+        for _ in range(100):
+            fn()
+        r.config_resetstat()
+        for _ in range(calls):
+            fn()
+        stats = r.info("commandstats")
+        usec = sum(v["usec"] for name, v in stats.items() if name in ("cmdstat_evalsha", "cmdstat_fcall"))
+        return usec / calls
+
+    print(f"\n== inside Redis: INFO commandstats µs per check (evalsha + fcall usec / checks), {calls:,} checks "
+          f"per contender and round, keys rotate over {N_KEYS:,}, median of {rounds} rounds (contenders take turns)")
+    for label, record, spec, kind in INSIDE_CASES:
+        compact = "l" not in record
+        fns = {"ratekeeper FCALL (library)": ratekeeper("fcall", record, compact),
+               "ratekeeper EVALSHA (no FUNCTION)": ratekeeper("evalsha", record, compact)}
+        if sha_old:
+            fns["ratekeeper before (EVALSHA of --before)"] = ratekeeper("old", record, compact)
+        fns[f"limits {kind} window, {spec}"] = limits_hit(spec, kind)
+        got: dict = {name: [] for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                got[name].append(usec_per_call(fn))
+        print(f"  {label}")
+        med = {name: statistics.median(v) for name, v in got.items()}
+        for name, us in med.items():
+            runs = " ".join(f"{u:.1f}" for u in got[name])
+            print(f"    {name:44} {us:6.1f} µs   rounds: {runs}")
+        lim = med[f"limits {kind} window, {spec}"]
+        print(f"    ratio FCALL / limits = {med['ratekeeper FCALL (library)'] / lim:.2f}")
+
+
 # ---------------------------------------------------------------- 2. Flask
 
 
@@ -238,7 +336,21 @@ def flask_traffic(server: RedisServer, apps: dict, engine, n: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    ap.add_argument("--inside-redis", action="store_true",
+                    help="only the table of time inside Redis (no ratekeeper Python package needed)")
+    ap.add_argument("--before", metavar="OLD.lua", help="with --inside-redis: an older script to compare")
     args = ap.parse_args()
+    if args.inside_redis:
+        ensure("limits:limits", "redis:redis")
+        server = RedisServer()
+        server.start()
+        try:
+            print(f"redis-server {server.info('server').get('redis_version', '?')} on 127.0.0.1:{server.port}, "
+                  f"{os.cpu_count()} CPUs")
+            inside_redis(server, 500 if args.quick else 5_000, 3 if args.quick else 5, args.before)
+        finally:
+            server.close()
+        return 0
     calls, repeats, requests, rounds, traffic_n = (
         (300, 3, 300, 3, 200) if args.quick else (2_000, 9, 1_000, 5, 1_000)
     )
