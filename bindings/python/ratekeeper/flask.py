@@ -71,7 +71,7 @@ import flask
 from flask import Blueprint, Flask, current_app, request
 
 from ._core import U64_MAX, Decision, Engine, Penalty, Policy, redis_engine, shared_engine
-from ._native import speedups
+from ._ratekeeper import rate_limit_fields as _rate_limit_fields
 from .errors import RatekeeperError
 from .logs import DenyLogger
 
@@ -1134,25 +1134,6 @@ def _deduct(ctx: _Context, response: flask.Response) -> flask.Response:
             except RatekeeperError as e:
                 log.warning("ratekeeper: refund failed: %s", e)
     return response
-
-
-def _py_rate_limit_fields(d: Decision, policy_value: str, names: Tuple[str, ...], legacy: bool,
-                          now_s: int) -> List[Tuple[str, str]]:
-    """Python twin of ``_speedups.rate_limit_fields``."""
-    reset = -(-d.reset_after_ns // 1_000_000_000)
-    li = d.limit_index
-    fields = [
-        ("RateLimit-Policy", policy_value),
-        ("RateLimit", f"{names[li] if li < len(names) else names[0]};r={d.remaining};t={reset}"),
-    ]
-    if legacy:
-        fields.append(("X-RateLimit-Limit", str(d.limit)))
-        fields.append(("X-RateLimit-Remaining", str(d.remaining)))
-        fields.append(("X-RateLimit-Reset", str(now_s + reset)))
-    return fields
-
-
-_rate_limit_fields = speedups.rate_limit_fields if speedups is not None else _py_rate_limit_fields
 
 
 def _header_fields(ctx: _Context) -> List[Tuple[str, str]]:
