@@ -526,6 +526,16 @@ class Engine:
         with self._lock:
             return self._policies.setdefault(pid, policy)
 
+    def reset(self) -> int:
+        """Forgets every key of every policy (every permit of a concurrency
+        policy): every quota is full again — for tests (a pytest fixture,
+        see the README) and administration. On a shared engine it clears the
+        file every process uses. A scan of each policy's table: keys added
+        while it runs may stay. Returns how many keys held state. A Redis
+        engine raises :class:`~ratekeeper.errors.InvalidArgument` (its keys
+        live in Redis under hashed names; use a fresh ``prefix`` per test)."""
+        return sum(policy.reset_all() for policy in self.policies())
+
     # -- batches ----------------------------------------------------------
 
     def check_many(

@@ -628,6 +628,14 @@ impl Checker {
         self.fail(py, "Policy.reset", r)
     }
 
+    /// Forgets every key of this policy (a scan of its table); how many
+    /// held state. A Redis engine refuses (InvalidArgument).
+    fn reset_all(&self, py: Python<'_>) -> PyResult<u64> {
+        let id = self.id;
+        let r = self.shared.run(py, |e| e.reset_all(id))?;
+        self.fail(py, "Policy.reset_all", r)
+    }
+
     /// `(name, spec, [(algorithm, count, period_ns, burst), ...])`.
     fn _info(&self, py: Python<'_>) -> PyResult<PolicyInfo> {
         let id = self.id;

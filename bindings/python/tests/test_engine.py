@@ -627,3 +627,19 @@ def test_reset_of_a_concurrency_policy_drops_its_permits(engine):
     c.acquire("k")
     assert c.reset("k") is True
     assert c.acquire("k").decision.allowed
+
+
+def test_engine_reset_clears_every_key_of_every_policy_and_drops_permits(engine):
+    p = engine.policy("p", "1/minute")
+    q = engine.policy("q", "sliding_log 1/hour")
+    c = engine.policy("c", "concurrency 1")
+    for k in ("a", "b", "c"):
+        assert p.check(k, now_ns=T0).allowed
+    assert q.check("a", now_ns=T0).allowed
+    c.acquire("k")
+    assert not p.check("a", now_ns=T0).allowed and not q.check("a", now_ns=T0).allowed
+    assert engine.reset() == 5
+    assert p.check("a", now_ns=T0).allowed and q.check("a", now_ns=T0).allowed
+    assert c.acquire("k").decision.allowed
+    assert p.stats().occupancy == 1
+    assert engine.reset() == 3 and engine.reset() == 0
