@@ -1,7 +1,7 @@
 //! `Handle` (one engine, closable at any time from any thread) and
 //! `Checker`, the base class of `ratekeeper.Policy`.
 
-use crate::decision::Decision;
+use crate::decision::new_decision;
 use crate::{
     cost_of, engine_closed, engine_error, key_bytes, now_of, status_error, with_key, KeyBytes,
     Origin,
@@ -381,7 +381,7 @@ impl Handle {
         py: Python<'py>,
         items: &Bound<'py, PyAny>,
         now_ns: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<(Decision, usize)> {
+    ) -> PyResult<(Bound<'py, PyAny>, usize)> {
         let now = now_of(now_ns)?;
         // The key objects are held here, so their bytes stay valid below.
         let mut held: Vec<(PolicyId, KeyBytes<'py>, u32)> = Vec::new();
@@ -456,7 +456,7 @@ impl Handle {
             None => e.check_many(&batch),
         })?;
         let (d, index) = result.map_err(|e| engine_error(py, "Engine.check_many", &e))?;
-        Ok((d.into(), index))
+        Ok((new_decision(py, &d)?, index))
     }
 }
 
@@ -558,13 +558,13 @@ impl Checker {
 
     /// Checks `key` and charges `cost` if every limit allows.
     #[pyo3(signature = (key, cost=None, now_ns=None))]
-    fn check(
+    fn check<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         key: &Bound<'_, PyAny>,
         cost: Option<&Bound<'_, PyAny>>,
         now_ns: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Decision> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let cost = cost_of(cost)?;
         let now = now_of(now_ns)?;
         if self.concurrency {
@@ -577,18 +577,18 @@ impl Checker {
             None => e.check(id, k, cost),
             Some(t) => e.check_at(id, k, cost, t),
         })?;
-        Ok(d.into())
+        new_decision(py, &d)
     }
 
     /// What `check` would decide, changing nothing.
     #[pyo3(signature = (key, cost=None, now_ns=None))]
-    fn peek(
+    fn peek<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         key: &Bound<'_, PyAny>,
         cost: Option<&Bound<'_, PyAny>>,
         now_ns: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Decision> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let cost = cost_of(cost)?;
         let now = now_of(now_ns)?;
         let id = self.id;
@@ -596,7 +596,8 @@ impl Checker {
             None => e.peek(id, k, cost),
             Some(t) => e.peek_at(id, k, cost, t),
         })?;
-        self.fail(py, "Policy.peek", r).map(Decision::from)
+        let d = self.fail(py, "Policy.peek", r)?;
+        new_decision(py, &d)
     }
 
     /// Gives back `cost`; whether the key held state.
@@ -727,13 +728,13 @@ impl Checker {
     /// denied and `(policy, None)` for a fail-open admission without a lease.
     #[pyo3(signature = (key, timeout_ns, now_ns))]
     #[allow(clippy::type_complexity)]
-    fn _acquire(
+    fn _acquire<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         key: &Bound<'_, PyAny>,
         timeout_ns: Option<u64>,
         now_ns: Option<u64>,
-    ) -> PyResult<(Decision, Option<(u32, Option<[u64; 4]>)>)> {
+    ) -> PyResult<(Bound<'py, PyAny>, Option<(u32, Option<[u64; 4]>)>)> {
         let id = self.id;
         let r = with_key(key, |k| match (timeout_ns, now_ns) {
             (_, Some(t)) => self.shared.run(py, |e| e.acquire_at(id, k, t)),
@@ -751,7 +752,7 @@ impl Checker {
             None if d.allowed => Some((id.index(), None)),
             None => None,
         };
-        Ok((d.into(), raw))
+        Ok((new_decision(py, &d)?, raw))
     }
 
     /// Releases a raw permit from `_acquire`; whether this call released

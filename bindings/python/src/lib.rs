@@ -223,7 +223,7 @@ fn _ratekeeper(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
     m.add_function(wrap_pyfunction!(status_str, m)?)?;
     m.add_function(wrap_pyfunction!(decision::rate_limit_fields, m)?)?;
-    m.add_class::<decision::Decision>()?;
+    decision::init(m)?;
     m.add_class::<engine::Handle>()?;
     m.add_class::<engine::Checker>()?;
     m.add("DENY_RING_ENTRIES", ratekeeper::RING_ENTRIES)?;

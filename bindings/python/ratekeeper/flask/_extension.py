@@ -21,7 +21,9 @@ from ._constants import _APP_SCOPE, _CALLABLE_OPTIONS, _CTX_ENV, _OPTION_NAMES, 
 from ._keys import KeyFunc, _state_of, remote_addr
 from ._options import PLAIN, Access, OnFailure, PolicyOptions, WhenFull, check_jitter
 from ._plan import LimitDecl, Spec, _decl_kwargs, _Entry, _item_name, build_plan
-from ._responses import Breach, _ceil_s, _Context, _deduct, _HeadersMiddleware, _problem, _sf_string
+from ._responses import Breach, _ceil_s, _Context, _deduct, _problem, headers_middleware, _sf_string, entry_fragment
+
+_new_context = object.__new__
 
 log = logging.getLogger("ratekeeper.flask")
 
@@ -81,6 +83,9 @@ class _State:
         self._engine: Optional[Engine] = ext._engine
         self._lock = threading.Lock()
         self.policies: Dict[str, Policy] = {}
+        #: Whether any policy of this app is in shadow mode (else no request
+        #: needs to look at Decision.shadow_denied).
+        self.any_shadow = False
         self.plans: Dict[Optional[str], Tuple[_Entry, ...]] = {}
         self.fragments: Dict[Tuple[str, int], Tuple[str, Tuple[str, ...]]] = {}
         if ext._engine is None:
@@ -189,6 +194,8 @@ class _State:
                                retry_jitter=opts.retry_jitter, penalty=opts.penalty, record_keys=opts.record_keys)
         with self._lock:
             self.policies[cache_key] = policy
+            if opts.shadow:
+                self.any_shadow = True
         return policy
 
     def fragment(self, base: str, policy: Policy) -> Tuple[str, Tuple[str, ...]]:
@@ -309,15 +316,11 @@ class Ratekeeper:
         state = _State(self, app, config)
         app.extensions["ratekeeper"] = state
 
-        # A closure over this app's state: no current_app lookup per request.
-        def ratekeeper_before_request() -> Optional[flask.Response]:
-            return self._before_request(app, state)
-
-        app.before_request(ratekeeper_before_request)
+        app.before_request(self._before_request_hook(app, state))
         # The rate-limit fields are appended where the response's header list
         # is a plain list (start_response), from the context the check left in
         # the WSGI environ: cheaper than an after_request hook.
-        app.wsgi_app = _HeadersMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+        app.wsgi_app = headers_middleware(app.wsgi_app)  # type: ignore[method-assign]
         self._apps.append(app)
         if state.metrics_endpoint:
             self._add_metrics_endpoint(app, state, str(state.metrics_endpoint))
@@ -504,119 +507,139 @@ class Ratekeeper:
         ctx = request.environ.get(_CTX_ENV)
         return ctx.decision if ctx is not None else None
 
-    def _before_request(self, app: Flask, st: _State) -> Optional[flask.Response]:
-        enabled = st.enabled_option
-        if enabled is None:
-            enabled = st.app_config.get("RATEKEEPER_ENABLED", True)
-        if not enabled:
-            return None
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        environ = req.environ
-        environ[_STATE_ENV] = st
-        endpoint_name = req.endpoint
-        plan = st.plans.get(endpoint_name)
-        if plan is None:
-            plan = st.plan(app, endpoint_name)
-        allowed_by_list = False
-        if st.lists:  # allow and deny lists (never on the fast path when unset)
-            addr = _client_address(environ, st.trusted_proxies, st.ipv6_prefix)
-            access = st.ip_access(_client_ip(environ, st.trusted_proxies))
-            if access is Access.UNLISTED and st.key_lists and (plan or st.deny.keys):
-                value = st.default_key()
-                if value is not None:
-                    access = st.key_access(value)
-            if access is Access.DENIED:
-                return self._forbidden(st, addr)
-            allowed_by_list = access is Access.ALLOWED
-            if allowed_by_list and not st.deny.keys:
+    def _before_request_hook(self, app: Flask, st: _State) -> Callable[[], Optional[flask.Response]]:
+        """This app's before_request hook: the whole check of a request in one
+        frame, a closure over the app and its state (no current_app lookup)."""
+
+        def ratekeeper_before_request() -> Optional[flask.Response]:
+            enabled = st.enabled_option
+            if enabled is None:
+                enabled = st.app_config.get("RATEKEEPER_ENABLED", True)
+            if not enabled:
                 return None
-        if not plan:
-            return None
-        method = req.method
-        items: List[Tuple[Policy, Any, int]] = []
-        used: List[_Entry] = []
-        deduct = False
-        addr = None
-        try:
-            engine = st._engine or st.engine
-            for entry in plan:
-                prefix = entry.prefix
-                if prefix is not None:  # the common case, precomputed
-                    policy = entry.policy
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            environ = req.environ
+            environ[_STATE_ENV] = st
+            rule = req.url_rule  # what Request.endpoint reads, without its property frame
+            endpoint_name = rule.endpoint if rule is not None else None
+            plan = st.plans.get(endpoint_name)
+            if plan is None:
+                plan = st.plan(app, endpoint_name)
+            allowed_by_list = False
+            if st.lists:  # allow and deny lists (never on the fast path when unset)
+                addr = _client_address(environ, st.trusted_proxies, st.ipv6_prefix)
+                access = st.ip_access(_client_ip(environ, st.trusted_proxies))
+                if access is Access.UNLISTED and st.key_lists and (plan or st.deny.keys):
+                    value = st.default_key()
+                    if value is not None:
+                        access = st.key_access(value)
+                if access is Access.DENIED:
+                    return self._forbidden(st, addr)
+                allowed_by_list = access is Access.ALLOWED
+                if allowed_by_list and not st.deny.keys:
+                    return None
+            if not plan:
+                return None
+            method = req.method
+            items: List[Tuple[Policy, Any, int]] = []
+            used: List[_Entry] = []
+            deduct = False
+            addr = None
+            try:
+                engine = st._engine or st.engine
+                for entry in plan:
+                    prefix = entry.prefix
+                    if prefix is not None:  # the common case, precomputed
+                        policy = entry.policy
+                        if policy is None or policy._engine is not engine:
+                            policy = entry.policy = st.policy(engine, entry.decl.spec, entry.opts)  # type: ignore[arg-type]
+                        if addr is None:
+                            addr = environ.get("REMOTE_ADDR") or ""
+                            if st.trusted_proxies or ":" in addr:
+                                addr = _client_address(environ, st.trusted_proxies, st.ipv6_prefix)
+                        items.append((policy, prefix + addr, entry.cost))  # type: ignore[arg-type]
+                        used.append(entry)
+                        if entry.deduct:
+                            deduct = True
+                        continue
+                    decl = entry.decl
+                    if decl.methods is not None and method not in decl.methods:
+                        continue
+                    if decl.exempt_when is not None and decl.exempt_when():
+                        continue
+                    spec = decl.spec
+                    if spec.__class__ is not str:
+                        spec = spec()  # type: ignore[operator]
+                    policy = st.policies.get((spec, entry.opts))  # type: ignore[call-overload]
                     if policy is None or policy._engine is not engine:
-                        policy = entry.policy = st.policy(engine, entry.decl.spec, entry.opts)  # type: ignore[arg-type]
-                    if addr is None:
-                        addr = _client_address(environ, st.trusted_proxies, st.ipv6_prefix)
-                    items.append((policy, prefix + addr, entry.cost))  # type: ignore[arg-type]
+                        policy = st.policy(engine, spec, entry.opts)  # type: ignore[arg-type]
+                    keyfn = decl.key or st.default_key
+                    if keyfn is remote_addr:  # the default: no second request lookup
+                        if addr is None:
+                            addr = _client_address(environ, st.trusted_proxies, st.ipv6_prefix)
+                        value: Any = addr
+                    else:
+                        value = keyfn()
+                    if value is None:
+                        continue
+                    if st.key_lists:
+                        access = st.key_access(value)
+                        if access is Access.DENIED:
+                            return self._forbidden(st, value)
+                        if access is Access.ALLOWED:
+                            allowed_by_list = True
+                    scope = decl.scope
+                    if scope is None:
+                        scope = endpoint_name or ""
+                    elif scope.__class__ is not str:
+                        scope = scope()  # type: ignore[operator]
+                    if decl.per_method:
+                        scope = f"{scope}\x00{method}"
+                    if value.__class__ is bytes:
+                        k: Any = scope.encode("utf-8") + b"\x00" + value  # type: ignore[union-attr, operator]
+                    else:
+                        k = f"{scope}\x00{value}"
+                    cost = decl.cost
+                    if cost.__class__ is not int:
+                        cost = cost()  # type: ignore[operator]
+                    items.append((policy, k, cost))  # type: ignore[arg-type]
                     used.append(entry)
-                    if entry.deduct:
+                    if decl.deduct_when is not None:
                         deduct = True
-                    continue
-                decl = entry.decl
-                if decl.methods is not None and method not in decl.methods:
-                    continue
-                if decl.exempt_when is not None and decl.exempt_when():
-                    continue
-                spec = decl.spec
-                if spec.__class__ is not str:
-                    spec = spec()  # type: ignore[operator]
-                policy = st.policies.get((spec, entry.opts))  # type: ignore[call-overload]
-                if policy is None or policy._engine is not engine:
-                    policy = st.policy(engine, spec, entry.opts)  # type: ignore[arg-type]
-                keyfn = decl.key or st.default_key
-                if keyfn is remote_addr:  # the default: no second request lookup
-                    if addr is None:
-                        addr = _client_address(environ, st.trusted_proxies, st.ipv6_prefix)
-                    value: Any = addr
-                else:
-                    value = keyfn()
-                if value is None:
-                    continue
-                if st.key_lists:
-                    access = st.key_access(value)
-                    if access is Access.DENIED:
-                        return self._forbidden(st, value)
-                    if access is Access.ALLOWED:
-                        allowed_by_list = True
-                scope = decl.scope
-                if scope is None:
-                    scope = endpoint_name or ""
-                elif scope.__class__ is not str:
-                    scope = scope()  # type: ignore[operator]
-                if decl.per_method:
-                    scope = f"{scope}\x00{method}"
-                if value.__class__ is bytes:
-                    k: Any = scope.encode("utf-8") + b"\x00" + value  # type: ignore[union-attr, operator]
-                else:
-                    k = f"{scope}\x00{value}"
-                cost = decl.cost
-                if cost.__class__ is not int:
-                    cost = cost()  # type: ignore[operator]
-                items.append((policy, k, cost))  # type: ignore[arg-type]
-                used.append(entry)
-                if decl.deduct_when is not None:
-                    deduct = True
-            if not items or allowed_by_list:
+                if not items or allowed_by_list:
+                    return None
+                shadow_hits: Sequence[Tuple[int, Decision]] = ()
+                if len(items) == 1:  # one limit: a plain check
+                    policy, k, cost = items[0]
+                    decision, index = policy.check(k, cost), 0
+                else:  # the library's batch: binding item, strikes, shadow mode
+                    decision, index = engine.check_many(items)
+                # (Only an app with a shadow-mode policy can get a shadow denial.)
+                if st.any_shadow and decision.shadow_denied:
+                    shadow_hits = ((index, decision),)
+            except RatekeeperError as e:
+                return self._engine_failed(st, e)
+            ctx = _new_context(_Context)  # no __init__ frame: this runs on every request
+            allowed = decision.allowed
+            ctx.state, ctx.items, ctx.plan, ctx.decision, ctx.allowed, ctx.index, ctx.deduct = (
+                st, items, used, decision, allowed, index, deduct)
+            ctx.response_is_ours = False
+            ctx.fragment = None
+            if len(items) == 1:
+                cached = used[0].fragment
+                policy = items[0][0]
+                ctx.fragment = cached[1] if cached is not None and cached[0] is policy else entry_fragment(
+                    st, used[0], policy)
+            environ[_CTX_ENV] = ctx
+            if shadow_hits:
+                self._log_shadow(st, ctx, shadow_hits)
+            if allowed:
+                if deduct:
+                    flask.after_this_request(functools.partial(_deduct, ctx))
                 return None
-            shadow_hits: Sequence[Tuple[int, Decision]] = ()
-            if len(items) == 1:  # one limit: a plain check
-                policy, k, cost = items[0]
-                decision, index = policy.check(k, cost), 0
-            else:  # the library's batch: binding item, strikes, shadow mode
-                decision, index = engine.check_many(items)
-            if decision.shadow_denied and not shadow_hits:
-                shadow_hits = ((index, decision),)
-        except RatekeeperError as e:
-            return self._engine_failed(st, e)
-        ctx = _Context(st, items, used, decision, index, deduct)
-        environ[_CTX_ENV] = ctx
-        if shadow_hits:
-            self._log_shadow(st, ctx, shadow_hits)
-        if decision.allowed:
-            if deduct:
-                flask.after_this_request(functools.partial(_deduct, ctx))
-            return None
-        return self._breach(st, ctx)
+            return self._breach(st, ctx)
+
+        return ratekeeper_before_request
 
     def _forbidden(self, st: _State, key: Any) -> flask.Response:
         """403 for a deny-listed client (logged like a denial)."""

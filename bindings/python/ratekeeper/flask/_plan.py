@@ -73,7 +73,7 @@ class _Entry:
     exempt_when, not per method), the key prefix, so that the request path
     only appends the client address."""
 
-    __slots__ = ("decl", "base", "prefix", "cost", "policy", "deduct", "opts")
+    __slots__ = ("decl", "base", "prefix", "cost", "policy", "deduct", "opts", "fragment")
 
     def __init__(self, decl: LimitDecl, base: str, endpoint_name: Optional[str], default_key: KeyFunc,
                  opts: PolicyOptions = PLAIN):
@@ -81,6 +81,8 @@ class _Entry:
         self.base = base
         self.opts = opts
         self.policy: Optional[Policy] = None  # cached per engine (checked on use)
+        #: (policy, its RateLimit-Policy value and names), cached by _responses.entry_fragment.
+        self.fragment: Optional[Tuple[Policy, Tuple[str, Tuple[str, ...]]]] = None
         self.deduct = decl.deduct_when is not None
         self.cost = decl.cost
         simple = (

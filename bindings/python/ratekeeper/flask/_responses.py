@@ -52,9 +52,13 @@ def _sf_string(name: str) -> str:
 
 class _Context:
     """What one request's check leaves in the WSGI environ for the response
-    fields (_HeadersMiddleware) and deduct_when (_deduct)."""
+    fields (headers_middleware) and deduct_when (_deduct)."""
 
-    __slots__ = ("state", "items", "plan", "decision", "index", "deduct", "response_is_ours")
+    __slots__ = ("state", "items", "plan", "decision", "allowed", "index", "deduct", "response_is_ours", "fragment")
+
+    #: For a request with one limit: its (RateLimit-Policy value, names);
+    #: else None (built from every item in start_response).
+    fragment: Optional[Tuple[str, Tuple[str, ...]]]
 
     def __init__(self, state: "_State", items: List[Tuple[Policy, Any, int]], plan: List[_Entry],
                  decision: Decision, index: int, deduct: bool):
@@ -62,9 +66,11 @@ class _Context:
         self.items = items
         self.plan = plan
         self.decision = decision
+        self.allowed = decision.allowed
         self.index = index
         self.deduct = deduct
         self.response_is_ours = False
+        self.fragment = None
 
 
 def _problem(st: "_State", status: int, title: str, detail: str, **extra: Any) -> flask.Response:
@@ -87,13 +93,26 @@ def _deduct(ctx: _Context, response: flask.Response) -> flask.Response:
     return response
 
 
+def entry_fragment(st: "_State", entry: _Entry, policy: Policy) -> Tuple[str, Tuple[str, ...]]:
+    """An entry's RateLimit-Policy value and item names under ``policy``,
+    cached on the entry (one attribute read per request)."""
+    cached = entry.fragment
+    if cached is not None and cached[0] is policy:
+        return cached[1]
+    value = st.fragment(entry.base, policy)
+    entry.fragment = (policy, value)
+    return value
+
+
 def _header_fields(ctx: _Context) -> List[Tuple[str, str]]:
     """The rate-limit fields of a checked request: ``RateLimit-Policy`` (every
     limit that applied), ``RateLimit`` (the binding one) and, if enabled, the
     legacy ``X-RateLimit-*`` (``X-RateLimit-Reset``: Unix time, seconds)."""
     st = ctx.state
     items = ctx.items
-    if len(items) == 1:
+    if ctx.fragment is not None:
+        policy_value, names = ctx.fragment
+    elif len(items) == 1:
         policy_value, names = st.fragment(ctx.plan[0].base, items[0][0])
     else:
         parts = [st.fragment(entry.base, item[0]) for entry, item in zip(ctx.plan, items)]
@@ -103,21 +122,25 @@ def _header_fields(ctx: _Context) -> List[Tuple[str, str]]:
     return _rate_limit_fields(ctx.decision, policy_value, names, legacy, int(time.time()) if legacy else 0)
 
 
-class _HeadersMiddleware:
+def headers_middleware(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
     """Wraps ``app.wsgi_app``: appends the rate-limit fields of the request
-    (if a limit applied) to the response's header list in start_response."""
+    (if a limit applied) to the response's header list in start_response.
+    (A closure, not an object with ``__call__``: cheaper to call.)"""
 
-    def __init__(self, wsgi_app: Callable[..., Any]):
-        self.wsgi_app = wsgi_app
-
-    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    def ratekeeper_wsgi_app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
         def ratekeeper_start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
-            ctx = environ.get(_CTX_ENV)
+            ctx = environ.pop(_CTX_ENV, None)
             if ctx is not None:
-                del environ[_CTX_ENV]
-                if ctx.decision.allowed:
-                    if ctx.state.headers_enabled:
-                        headers.extend(_header_fields(ctx))
+                if ctx.allowed:
+                    st = ctx.state
+                    if st.headers_enabled:
+                        fragment = ctx.fragment
+                        if fragment is not None:  # one limit: the common case, without a call of _header_fields
+                            legacy = st.legacy_headers
+                            headers.extend(_rate_limit_fields(ctx.decision, fragment[0], fragment[1], legacy,
+                                                              int(time.time()) if legacy else 0))
+                        else:
+                            headers.extend(_header_fields(ctx))
                 elif ctx.response_is_ours:
                     headers.extend(_header_fields(ctx))
                 else:  # a custom over-limit response may set its own fields
@@ -125,4 +148,7 @@ class _HeadersMiddleware:
                     headers.extend(f for f in _header_fields(ctx) if f[0].lower() not in present)
             return start_response(status, headers, exc_info)
 
-        return self.wsgi_app(environ, ratekeeper_start_response)
+        return wsgi_app(environ, ratekeeper_start_response)
+
+    ratekeeper_wsgi_app.wsgi_app = wsgi_app  # type: ignore[attr-defined]
+    return ratekeeper_wsgi_app
