@@ -621,15 +621,21 @@ class Ratekeeper:
                 return self._engine_failed(st, e)
             ctx = _new_context(_Context)  # no __init__ frame: this runs on every request
             allowed = decision.allowed
-            ctx.state, ctx.items, ctx.plan, ctx.decision, ctx.allowed, ctx.index, ctx.deduct = (
-                st, items, used, decision, allowed, index, deduct)
+            ctx.state = st
+            ctx.items = items
+            ctx.plan = used
+            ctx.decision = decision
+            ctx.allowed = allowed
+            ctx.index = index
+            ctx.deduct = deduct
             ctx.response_is_ours = False
-            ctx.fragment = None
             if len(items) == 1:
                 cached = used[0].fragment
                 policy = items[0][0]
                 ctx.fragment = cached[1] if cached is not None and cached[0] is policy else entry_fragment(
                     st, used[0], policy)
+            else:
+                ctx.fragment = None
             environ[_CTX_ENV] = ctx
             if shadow_hits:
                 self._log_shadow(st, ctx, shadow_hits)
