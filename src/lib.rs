@@ -39,6 +39,9 @@ pub(crate) mod sync;
 pub(crate) mod table;
 mod wait;
 
+/// The crate's version (what `rk_version()` returns).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub use abuse::Penalty;
 pub use algo::{Algorithm, Limit};
 pub use algo::{MAX_COST, MAX_LEASES, MAX_LOG_ENTRIES, MAX_TIME_NS};

@@ -19,9 +19,13 @@ rustup component list --installed 2>/dev/null | grep -q clippy || rustup compone
 
 step "format and lints"
 cargo fmt --all -- --check
+# The Python extension (bindings/python: PyO3) is a workspace of its own,
+# which `cargo fmt --all` above does not reach.
+(cd bindings/python && cargo fmt -- --check)
 cargo clippy --all-targets --features cli -- -D warnings
 # Without the Redis backend (feature `redis`, on by default) it must build too.
 CARGO_TARGET_DIR=target/no-redis cargo clippy --no-default-features --lib --tests -- -D warnings
+(cd bindings/python && CARGO_TARGET_DIR="$PWD/../../target/python" cargo clippy --all-targets -- -D warnings)
 
 step "the committed C header is what cbindgen generates"
 cargo build --lib

@@ -574,6 +574,37 @@ impl Engine {
         self.store.reset(&Self::target(p, policy, key, 0))
     }
 
+    /// Forgets every key of `policy` (for a concurrency policy: drops every
+    /// permit), in this process's view of the table — for a shared engine,
+    /// the file every process uses. A scan of the whole table, for tests
+    /// and administration: keys inserted while it runs may stay. Returns
+    /// how many keys held state. A Redis engine refuses
+    /// ([`Error::InvalidArgument`]): its keys live in Redis, under hashed
+    /// names that no scan of the local tables can find.
+    ///
+    /// ```
+    /// # let engine = ratekeeper::Engine::new(Default::default())?;
+    /// let p = engine.add_policy("p", "1/minute")?;
+    /// assert!(engine.check_at(p, b"a", 1, 1).allowed && engine.check_at(p, b"b", 1, 1).allowed);
+    /// assert!(!engine.check_at(p, b"a", 1, 1).allowed);
+    /// assert_eq!(engine.reset_all(p)?, 2);
+    /// assert!(engine.check_at(p, b"a", 1, 1).allowed && engine.check_at(p, b"b", 1, 1).allowed);
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
+    pub fn reset_all(&self, policy: PolicyId) -> Result<u64, Error> {
+        let p = self.get(policy)?;
+        #[cfg(feature = "redis")]
+        if self.store.redis().is_some() {
+            return Err(Error::InvalidArgument(
+                "reset_all is not supported on a Redis engine (its keys live in Redis); \
+                 reset keys one by one, or use a fresh key prefix"
+                    .into(),
+            ));
+        }
+        self.intact()?;
+        Ok(p.table.reset_all())
+    }
+
     /// Gives `key` a quota of `factor` times the policy's own (e.g. 10.0 for
     /// a partner API key), from now on and for every process sharing the
     /// engine. Applies to `gcra`, `fixed_window` and `sliding_window` limits

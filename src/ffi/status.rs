@@ -78,8 +78,8 @@ pub enum rk_status {
 }
 
 impl rk_status {
-    /// The status of an engine error.
-    pub(crate) fn of(e: &Error) -> rk_status {
+    /// The status of an engine error (also used by the Python binding).
+    pub fn of(e: &Error) -> rk_status {
         // Exhaustive on purpose: a new `Error` variant must get a status.
         match e {
             Error::Parse(_) => rk_status::RK_ERR_PARSE,
@@ -128,8 +128,9 @@ impl rk_status {
     ];
 }
 
-/// The description of a status value, for messages.
-fn describe(status: u32) -> &'static CStr {
+/// The description of a status value, for messages (`rk_status_str`; the
+/// Python binding's `status_str`).
+pub fn describe(status: u32) -> &'static CStr {
     match status {
         0 => c"RK_OK: success",
         1 => c"RK_ERR_NULL_POINTER: a required pointer argument is NULL",

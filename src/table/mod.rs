@@ -1127,6 +1127,24 @@ impl Table {
         }
     }
 
+    /// Forgets every key: [`reset`](Self::reset) of each occupied slot's
+    /// hash, one after the other (a scan, for tests and administration: a
+    /// key inserted while it runs may stay). Returns how many keys held
+    /// state.
+    pub fn reset_all(&self) -> u64 {
+        let mut count = 0;
+        for bi in 0..=self.mask {
+            let b = self.bucket(bi);
+            for j in 0..SLOTS {
+                let h = self.key_word(b, j).hash();
+                if h != 0 && self.reset(h) {
+                    count += 1;
+                }
+            }
+        }
+        count
+    }
+
     /// Keys currently held (a scan: for statistics, not the hot path).
     pub fn occupancy(&self) -> u64 {
         (0..=self.mask)

@@ -5,8 +5,7 @@ in one run (not a test).
 
 1. One check: ``policy.check(key)`` (str key, encoding included) vs
    ``limits`` MemoryStorage ``hit`` with FixedWindowRateLimiter,
-   MovingWindowRateLimiter and SlidingWindowCounterRateLimiter; plus
-   ratekeeper's cffi-only path (``RATEKEEPER_NO_SPEEDUPS=1``, a subprocess).
+   MovingWindowRateLimiter and SlidingWindowCounterRateLimiter.
    Keys rotate over 10,000 clients, limits are never reached (every call is
    an allowed, charged hit). Median of several timed batches, ns per call.
 2. Flask per-request overhead: the same trivial route served by Flask's test
@@ -14,6 +13,11 @@ in one run (not a test).
    RateLimit-Policy, legacy X-RateLimit-*) and with Flask-Limiter
    (``memory://``, headers on). Requests are interleaved (one of each in
    turn) and timed one by one; overhead = median(with) - median(without).
+
+``--against PYTHON`` runs the same measurements, in the same run, under
+another interpreter with another build of ratekeeper installed (e.g. the
+previous release's venv) and prints both side by side (``--json``: the
+numbers of this interpreter only, as JSON).
 
 Installs ``limits`` and ``flask-limiter`` with pip if they are missing.
 """
@@ -158,46 +162,65 @@ def bench_flask(requests: int) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
-    ap.add_argument("--check-only-json", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    calls, repeats, requests = (20_000, 5, 1_000) if args.quick else (200_000, 9, 5_000)
-
-    if args.check_only_json:  # the cffi-only subprocess
-        print(json.dumps(bench_ratekeeper_check(calls // 4, repeats)))
-        return 0
-
-    ensure("limits:limits", "flask-limiter:flask_limiter", "flask:flask")
-    import ratekeeper
-    from ratekeeper import _native
-
-    print(f"ratekeeper {ratekeeper.__version__}, Python {sys.version.split()[0]}, "
-          f"C fast path: {'yes' if _native.speedups is not None else 'no'}")
-    print(f"\n== one check (median of {repeats} batches of {calls:,} calls; keys rotate over {N_KEYS:,})")
+def measure(quick: bool) -> dict:
+    calls, repeats, requests = (20_000, 5, 1_000) if quick else (200_000, 9, 5_000)
     rk = bench_ratekeeper_check(calls, repeats)
     lim = bench_limits(calls // 4, repeats)
-    env = dict(os.environ, RATEKEEPER_NO_SPEEDUPS="1")
-    cffi_only = json.loads(subprocess.run(
-        [sys.executable, __file__, "--check-only-json"] + (["--quick"] if args.quick else []),
-        env=env, check=True, capture_output=True, text=True).stdout)
+    fl = bench_flask(requests)
+    return {"check": rk, "limits": lim, "flask": fl, "calls": calls, "repeats": repeats, "requests": requests}
+
+
+def report(m: dict, label: str) -> None:
+    rk, lim, fl = m["check"], m["limits"], m["flask"]
+    print(f"\n== {label}: one check (median of {m['repeats']} batches of {m['calls']:,} calls; "
+          f"keys rotate over {N_KEYS:,})")
     ours = rk["policy.check(str key)"]
     for name, ns in rk.items():
         print(f"  {name:44} {ns:9.0f} ns")
-    print(f"  {'policy.check(str key), cffi only (no C fast path)':44} {cffi_only['policy.check(str key)']:9.0f} ns")
     for name, ns in lim.items():
         print(f"  {name:44} {ns:9.0f} ns   ratekeeper is {ns / ours:5.1f}x faster (ratio {ours / ns:.3f})")
-
-    print(f"\n== Flask per request (test client, trivial route; median of {requests:,} interleaved requests)")
-    fl = bench_flask(requests)
+    print(f"== {label}: Flask per request (test client, trivial route; median of {m['requests']:,} "
+          "interleaved requests)")
     base = fl["no limiter"]
     for name, ns in fl.items():
-        over = ns - base
-        print(f"  {name:30} {ns / 1000:8.1f} us   overhead {over / 1000:7.1f} us")
-    ours = fl["ratekeeper (all headers)"] - base
+        print(f"  {name:30} {ns / 1000:8.1f} us   overhead {(ns - base) / 1000:7.1f} us")
     theirs = fl["Flask-Limiter memory://"] - base
-    print(f"  overhead ratio ratekeeper / Flask-Limiter = {ours / theirs:.3f} (target <= 0.1)")
+    print(f"  overhead ratio ratekeeper / Flask-Limiter = {(fl['ratekeeper (all headers)'] - base) / theirs:.3f} "
+          "(target <= 0.08)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    ap.add_argument("--json", action="store_true", help="print this interpreter's numbers as JSON")
+    ap.add_argument("--against", metavar="PYTHON", help="also measure under this interpreter, side by side")
+    args = ap.parse_args()
+
+    ensure("limits:limits", "flask-limiter:flask_limiter", "flask:flask")
+    import ratekeeper
+
+    if args.json:
+        print(json.dumps(measure(args.quick)))
+        return 0
+    print(f"ratekeeper {ratekeeper.__version__} ({os.path.dirname(ratekeeper.__file__)}), "
+          f"Python {sys.version.split()[0]}")
+    other = None
+    if args.against:
+        cmd = [args.against, os.path.abspath(__file__), "--json"] + (["--quick"] if args.quick else [])
+        other = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    mine = measure(args.quick)
+    if other is not None:
+        report(other, f"against ({args.against})")
+    report(mine, "this interpreter")
+    if other is not None:
+        print("\n== side by side (against -> this)")
+        for name in mine["check"]:
+            print(f"  {name:44} {other['check'][name]:7.0f} ns -> {mine['check'][name]:7.0f} ns")
+        for m, who in ((other, "against"), (mine, "this")):
+            base = m["flask"]["no limiter"]
+            ratio = (m["flask"]["ratekeeper (all headers)"] - base) / (m["flask"]["Flask-Limiter memory://"] - base)
+            fixed = m["check"]["policy.check(str key)"] / m["limits"]["limits FixedWindowRateLimiter.hit"]
+            print(f"  {who:8} check / limits FixedWindow hit = {fixed:.3f}; Flask overhead / Flask-Limiter = {ratio:.3f}")
     return 0
 
 

@@ -220,8 +220,8 @@ def error_for_status(status: int, message: str = "") -> RatekeeperError:
 
 def _status_str(status: int) -> str:
     try:
-        from ._native import ffi, lib
+        from ._ratekeeper import status_str
 
-        return ffi.string(lib.rk_status_str(status)).decode("utf-8", "replace")
+        return status_str(status) if status >= 0 else "unknown status"
     except Exception:  # pragma: no cover - only while the module is broken
         return "unknown status"

@@ -68,14 +68,10 @@ def test_check_many_is_the_librarys_batch_every_denied_penalty_box_item_is_struc
     engine.close()
 
 
-def test_speedups_are_used_unless_disabled():
-    from ratekeeper import _native
+def test_decision_is_the_compiled_type():
+    from ratekeeper import _ratekeeper
 
-    if os.environ.get("RATEKEEPER_NO_SPEEDUPS"):
-        assert _native.speedups is None
-    else:
-        assert _native.speedups is not None
-        assert isinstance(ratekeeper.Decision(True, 1, 0, 0, 0), _native.speedups.DecisionBase)
+    assert isinstance(ratekeeper.Decision(True, 1, 0, 0, 0), _ratekeeper.Decision)
 
 
 # ------------------------------------------------------------------ engine and policies
@@ -376,12 +372,9 @@ def test_a_second_release_returns_false_and_leaves_another_holders_permit_held(e
 
 
 def ffi_copy(permit):
-    """A new ``rk_permit`` with the same bytes as ``permit``'s."""
-    from ratekeeper._core import ffi
-
-    raw = ffi.new("rk_permit *")
-    ffi.memmove(raw, permit._raw, ffi.sizeof("rk_permit"))
-    return raw
+    """A new raw permit with the same value as ``permit``'s."""
+    policy, parts = permit._raw
+    return (policy, tuple(parts))
 
 
 def test_releasing_a_fail_open_permit_returns_false(engine):
@@ -634,3 +627,19 @@ def test_reset_of_a_concurrency_policy_drops_its_permits(engine):
     c.acquire("k")
     assert c.reset("k") is True
     assert c.acquire("k").decision.allowed
+
+
+def test_engine_reset_clears_every_key_of_every_policy_and_drops_permits(engine):
+    p = engine.policy("p", "1/minute")
+    q = engine.policy("q", "sliding_log 1/hour")
+    c = engine.policy("c", "concurrency 1")
+    for k in ("a", "b", "c"):
+        assert p.check(k, now_ns=T0).allowed
+    assert q.check("a", now_ns=T0).allowed
+    c.acquire("k")
+    assert not p.check("a", now_ns=T0).allowed and not q.check("a", now_ns=T0).allowed
+    assert engine.reset() == 5
+    assert p.check("a", now_ns=T0).allowed and q.check("a", now_ns=T0).allowed
+    assert c.acquire("k").decision.allowed
+    assert p.stats().occupancy == 1
+    assert engine.reset() == 3 and engine.reset() == 0

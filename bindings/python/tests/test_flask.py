@@ -769,3 +769,74 @@ def test_the_engine_is_reopened_in_a_forked_child(tmp_path):
     out = os.read(r, 100).decode()
     os.waitpid(pid, 0)
     assert out == "True 200"
+
+
+def test_enabled_is_read_at_every_request_so_tests_can_switch_limits_off_and_on():
+    app, rk = make_app(default="1/minute")
+    c = app.test_client()
+    assert statuses(c, 2) == [200, 429]
+    app.config["RATEKEEPER_ENABLED"] = False
+    assert statuses(c, 3) == [200] * 3  # off: nothing checked, nothing charged
+    app.config["RATEKEEPER_ENABLED"] = True
+    assert statuses(c, 1) == [429]  # on again: the earlier charge still holds
+    fixed, _ = make_app({"RATEKEEPER_ENABLED": True}, default="1/minute", enabled=False)
+    assert statuses(fixed.test_client(), 3) == [200] * 3  # the constructor's option wins
+
+
+def test_reset_clears_every_key_of_every_policy():
+    app, rk = make_app(default="1/minute", application_limits="3/minute")
+    c = app.test_client()
+    assert statuses(c, 2, "/") == [200, 429]
+    assert statuses(c, 2, "/other", ip="198.51.100.9") == [200, 429]
+    assert rk.reset() == 4  # two keys under each of the two policies
+    assert statuses(c, 2, "/") == [200, 429]
+    assert statuses(c, 1, "/other", ip="198.51.100.9") == [200]
+
+
+@pytest.fixture
+def limited_app():
+    """The README's fixture pattern: one app, its limits reset around each test."""
+    app, rk = make_app(default="2/minute")
+    rk.reset()
+    yield app
+    rk.reset()
+
+
+@pytest.mark.parametrize("run", [1, 2])
+def test_the_readme_fixture_gives_each_test_a_full_quota(limited_app, run):
+    assert statuses(limited_app.test_client(), 3) == [200, 200, 429]
+
+
+def test_readme_recipe_proxyfix_with_trusted_proxies_zero_keys_by_the_client():
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app, rk = make_app(default="1/minute")
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)
+    c = app.test_client()
+    via_proxy = {"REMOTE_ADDR": "10.0.0.1"}
+
+    def get_as(client_ip, spoofed=""):
+        xff = f"{spoofed}, {client_ip}" if spoofed else client_ip
+        return c.get("/", environ_base=via_proxy, headers={"X-Forwarded-For": xff}).status_code
+
+    assert [get_as("203.0.113.5"), get_as("203.0.113.5")] == [200, 429]
+    assert get_as("203.0.113.6") == 200  # another client behind the same proxy
+    assert get_as("203.0.113.5", spoofed="198.51.100.77") == 429  # a spoofed entry changes nothing
+
+
+def test_readme_recipe_cf_connecting_ip_keys_by_cloudflares_client_address():
+    def cloudflare_client(wsgi_app):
+        def app_(environ, start_response):
+            client = environ.get("HTTP_CF_CONNECTING_IP")
+            if client:
+                environ["REMOTE_ADDR"] = client
+            return wsgi_app(environ, start_response)
+        return app_
+
+    app, rk = make_app(default="1/minute")
+    app.wsgi_app = cloudflare_client(app.wsgi_app)
+    c = app.test_client()
+    edge = {"REMOTE_ADDR": "172.64.0.1"}
+    get_as = lambda ip: c.get("/", environ_base=edge, headers={"CF-Connecting-IP": ip}).status_code  # noqa: E731
+    assert [get_as("2001:db8:1:2::1"), get_as("2001:db8:1:2::2")] == [200, 429]  # one /64
+    assert get_as("203.0.113.9") == 200

@@ -467,3 +467,11 @@ def test_prometheus_reports_the_redis_counters_of_a_redis_engine(redis_server):
     engine.close()
     local, _ = generate(ratekeeper.Engine())
     assert b"ratekeeper_redis_" not in local
+
+
+def test_reset_of_a_redis_engine_is_a_clear_error(redis_server):
+    engine = redis(redis_server.url)
+    engine.policy("p", "1/minute")
+    with pytest.raises(ratekeeper.InvalidArgument, match="Redis"):
+        engine.reset()
+    engine.close()

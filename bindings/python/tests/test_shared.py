@@ -198,3 +198,12 @@ def test_gunicorn_default_path(monkeypatch):
     path = ratekeeper.gunicorn.default_path("my app:create_app()")
     assert os.path.basename(path) == "ratekeeper-my_app_create_app.rk"
     assert set(ratekeeper.gunicorn.__all__) == {"on_starting", "post_fork", "child_exit"}
+
+
+def test_reset_of_a_shared_engine_clears_the_file_for_every_engine_on_it(shm_path):
+    with Engine.shared(shm_path) as a, Engine.shared(shm_path) as b:
+        pa, pb = a.policy("p", "1/minute"), b.policy("p", "1/minute")
+        assert pa.check("k", now_ns=T0).allowed
+        assert not pb.check("k", now_ns=T0).allowed
+        assert b.reset() == 1
+        assert pa.check("k", now_ns=T0).allowed

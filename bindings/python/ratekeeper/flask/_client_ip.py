@@ -1,0 +1,98 @@
+"""The client's address: the peer, or the one the outermost trusted proxy
+saw in ``X-Forwarded-For`` (``RATEKEEPER_TRUSTED_PROXIES``); IPv6 grouped by
+``RATEKEEPER_IPV6_PREFIX``; and allow/deny lists matched against it."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Any, Dict, List, Union
+
+
+@functools.lru_cache(maxsize=4096)
+def _group_ipv6(addr: str, prefix: int) -> str:
+    try:
+        ip = ipaddress.IPv6Address(addr.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return addr
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if prefix >= 128:
+        return str(ip)
+    return str(ipaddress.IPv6Network((ip, prefix), strict=False))
+
+
+def _client_address(environ: Dict[str, Any], trusted_proxies: int, ipv6_prefix: int) -> str:
+    addr = environ.get("REMOTE_ADDR") or ""
+    if trusted_proxies > 0:  # (no extra call on the common path)
+        addr = _client_ip(environ, trusted_proxies)
+    if ":" in addr:
+        return _group_ipv6(addr, ipv6_prefix)
+    return addr
+
+
+def _client_ip(environ: Dict[str, Any], trusted_proxies: int) -> str:
+    """The client's address as received (IPv6 not grouped)."""
+    addr = environ.get("REMOTE_ADDR") or ""
+    if trusted_proxies > 0:
+        xff = environ.get("HTTP_X_FORWARDED_FOR")
+        if xff:
+            hops = [h.strip() for h in xff.split(",")]
+            # Each trusted proxy appended the address it received the request
+            # from; the client is the one the outermost trusted proxy saw.
+            if len(hops) >= trusted_proxies and hops[-trusted_proxies]:
+                addr = hops[-trusted_proxies]
+    return addr
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_of(addr: str) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Address, None]:
+    """``addr`` as an IP address (IPv4-mapped IPv6 as IPv4), or None."""
+    try:
+        ip = ipaddress.ip_address(addr.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class AccessList:
+    """An allow or deny list: networks (CIDR, IPv4 or IPv6; a bare address
+    is a /32 or /128) matched against the client address, and literal keys
+    matched against the values of the request's key functions (e.g.
+    ``"x-api-key:abc"`` for ``header("X-API-Key")``) and the client
+    address. A string is split at commas and whitespace (for values from
+    the environment)."""
+
+    def __init__(self, entries: Any, what: str):
+        nets: List[Any] = []
+        keys: set = set()
+        if entries is None:
+            entries = []
+        elif isinstance(entries, str):
+            entries = [e for e in entries.replace(",", " ").split() if e]
+        for e in entries:
+            if isinstance(e, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                nets.append(e)
+            elif isinstance(e, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+                nets.append(ipaddress.ip_network(e))
+            elif isinstance(e, bytes):
+                keys.add(e)
+            elif isinstance(e, str):
+                try:
+                    nets.append(ipaddress.ip_network(e.strip(), strict=False))
+                except ValueError:
+                    keys.add(e)
+            else:
+                raise TypeError(f"{what}: entries must be CIDR strings or keys, not {e!r}")
+        self.networks = tuple(nets)
+        self.keys = frozenset(keys)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks or self.keys)
+
+    def has_ip(self, ip: Any) -> bool:
+        if ip is None:
+            return False
+        return any(ip.version == net.version and ip in net for net in self.networks)
