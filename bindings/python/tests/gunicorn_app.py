@@ -2,6 +2,7 @@
 with `gunicorn -w N`."""
 
 import os
+import time
 
 from flask import Flask, jsonify
 
@@ -37,6 +38,15 @@ def hourly():
 @app.get("/pid")
 @rk.exempt
 def pid():
+    return jsonify(pid=os.getpid())
+
+
+@app.get("/nap")
+@rk.exempt
+def nap():
+    """Holds its (sync) worker for 0.2 s: concurrent naps reach every ready
+    worker, which is how the tests' fixture waits until all have booted."""
+    time.sleep(0.2)
     return jsonify(pid=os.getpid())
 
 

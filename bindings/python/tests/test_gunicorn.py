@@ -61,6 +61,7 @@ def gunicorn_server(tmp_path_factory, tag: str, env: Optional[dict] = None, n_wo
                 break
             time.sleep(0.05)
         assert port, "gunicorn did not start:\n" + log_path.read_text()
+        wait_for_every_worker(port, n_workers, log_path)
         yield {"port": port, "pid": proc.pid, "path": path, "workers": workers, "log": log_path}
     finally:
         workers.update(children(proc.pid))
@@ -79,6 +80,23 @@ def gunicorn_server(tmp_path_factory, tag: str, env: Optional[dict] = None, n_wo
         log.close()
         if os.path.exists(path):
             os.unlink(path)
+
+
+def wait_for_every_worker(port: int, n_workers: int, log_path) -> None:
+    """Returns once each of the n_workers workers has answered a request.
+    A worker is forked before it has imported the app; on a loaded machine
+    the first ones ready would otherwise serve a whole burst, and a test
+    of exactness across workers would run on one. Rounds of 2N concurrent
+    /nap requests (each holds a sync worker for 0.2 s) reach every worker
+    that accepts connections."""
+    seen: set = set()
+    deadline = time.monotonic() + 60
+    with ThreadPoolExecutor(2 * n_workers) as pool:
+        while len(seen) < n_workers:
+            assert time.monotonic() < deadline, (
+                f"only {len(seen)} of {n_workers} workers answered in 60 s:\n" + log_path.read_text()
+            )
+            seen |= {p for _, p in pool.map(lambda _: request(port, "/nap"), range(2 * n_workers)) if p}
 
 
 def request(port: int, path: str, retries: int = 5):
