@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The Python binding's tests, as CI runs them. On a fresh Debian machine with
 # Python >= 3.10 (pip, venv), gcc and a Rust toolchain (cargo on PATH), it:
-#   1. builds the wheel with `maturin build --release` (pip-installs maturin
-#      into a build venv first; honours CARGO_TARGET_DIR);
+#   1. builds the wheel with `maturin build --release --zig --compatibility
+#      manylinux2014` (pip-installs maturin and ziglang into a build venv
+#      first; honours CARGO_TARGET_DIR): zig links against glibc 2.17's
+#      symbols, so the wheel is manylinux_2_17 and installs on any x86_64
+#      Linux with glibc >= 2.17 (checked below), not just on machines as new
+#      as the one that built it;
 #   2. installs that wheel into a fresh venv whose PATH has no cargo and runs
 #      the smoke test (tests/wheel_smoke.py: import, a shared engine, a check,
 #      a Flask app with one limit): the wheel needs no Rust to install or run;
@@ -28,16 +32,40 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 pip_q=(-m pip install -q --disable-pip-version-check)
 
-echo "== maturin build --release (the wheel: the Rust library linked into ratekeeper._ratekeeper)"
+echo "== maturin build --release --zig --compatibility manylinux2014 (the wheel: the Rust library linked into ratekeeper._ratekeeper)"
 mkdir -p "$work"
-[ -x "$work/maturin-venv/bin/maturin" ] || {
+[ -x "$work/maturin-venv/bin/maturin" ] && "$work/maturin-venv/bin/python" -m ziglang version >/dev/null 2>&1 || {
   "$python" -m venv "$work/maturin-venv"
-  "$work/maturin-venv/bin/python" "${pip_q[@]}" "maturin>=1.7,<2"
+  "$work/maturin-venv/bin/python" "${pip_q[@]}" "maturin>=1.7,<2" "ziglang>=0.11,<0.15"
 }
 rm -rf "$work/wheels"
-(cd "$here" && "$work/maturin-venv/bin/maturin" build --release --quiet --interpreter "$python" --out "$work/wheels")
+(
+  cd "$here"
+  # maturin finds zig through the `ziglang` package of its own venv.
+  export PATH="$work/maturin-venv/bin:$PATH"
+  maturin build --release --quiet --zig --compatibility manylinux2014 --interpreter "$python" --out "$work/wheels"
+)
 wheel="$(ls "$work"/wheels/ratekeeper-*.whl)"
 echo "   $(basename "$wheel")"
+case "$(basename "$wheel")" in
+  *manylinux_2_17_x86_64*|*manylinux_2_17_aarch64*) ;;
+  *) echo "run_tests.sh: the wheel is not manylinux_2_17: $(basename "$wheel")" >&2; exit 1 ;;
+esac
+# maturin audits the tag it writes; check the symbols ourselves too: no
+# glibc symbol version above 2.17 may be imported.
+"$python" - "$wheel" <<'PY'
+import re, subprocess, sys, tempfile, zipfile
+with tempfile.TemporaryDirectory() as d:
+    z = zipfile.ZipFile(sys.argv[1])
+    so = [n for n in z.namelist() if n.endswith(".so")]
+    assert len(so) == 1, so
+    path = z.extract(so[0], d)
+    syms = subprocess.run(["objdump", "-T", path], check=True, capture_output=True, text=True).stdout
+versions = {tuple(int(x) for x in v.split(".")) for v in re.findall(r"GLIBC_(\d+(?:\.\d+)+)", syms)}
+newest = max(versions)
+assert newest <= (2, 17), f"the module imports glibc {'.'.join(map(str, newest))} symbols: not manylinux_2_17"
+print(f"   newest glibc symbol version imported: {'.'.join(map(str, newest))} (manylinux_2_17 allows 2.17)")
+PY
 
 echo "== the wheel in a fresh venv without cargo on PATH: tests/wheel_smoke.py"
 rm -rf "$work/smoke-venv"
