@@ -4,6 +4,7 @@ what it exposes, and the version check at import."""
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -51,3 +52,12 @@ def test_the_package_is_typed():
     root = os.path.dirname(ratekeeper.__file__)
     assert os.path.exists(os.path.join(root, "py.typed"))
     assert os.path.exists(os.path.join(root, "_ratekeeper.pyi"))
+
+
+def test_the_package_readme_is_the_repository_readme_chapter():
+    # bindings/python/README.md (the long description on PyPI) is generated
+    # from the repository README's Python chapter: a hand edit of either
+    # alone would make them drift.
+    script = pathlib.Path(__file__).resolve().parent.parent / "readme.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
