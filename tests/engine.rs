@@ -483,3 +483,31 @@ fn a_batch_of_more_than_64_items_follows_the_same_rule() {
     }
     assert_eq!(e.stats(p).unwrap().bans, 100 + 1); // "spent" was struck too
 }
+
+#[test]
+fn try_check_at_refuses_foreign_ids_and_concurrency_policies_and_charges_nothing() {
+    let e = engine(1024);
+    let rate = e.add_policy("rate", "2/hour").unwrap();
+    let slots = e.add_policy("slots", "concurrency 1").unwrap();
+    // The third policy of another engine: this one has two.
+    let other = engine(1024);
+    let foreign = ["a", "b", "c"].map(|n| other.add_policy(n, "1/hour").unwrap())[2];
+    assert!(matches!(
+        e.try_check_at(foreign, b"k", 1, S),
+        Err(ratekeeper::Error::UnknownPolicy(i)) if i == foreign.index()
+    ));
+    match e.try_check_at(slots, b"k", 1, S) {
+        Err(ratekeeper::Error::WrongPolicyKind(m)) => {
+            assert!(m.contains("\"slots\"") && m.contains("use acquire/release"), "{m}")
+        }
+        other => panic!("a concurrency policy was checked: {other:?}"),
+    }
+    // Refused calls took nothing: the permit is still free.
+    let (d, permit) = e.acquire_at(slots, b"k", S).unwrap();
+    assert!(d.allowed && permit.is_some());
+    // And a rate limit is checked as by check_at: exactly 2 of 3.
+    let allowed: Vec<bool> = (0..3)
+        .map(|_| e.try_check_at(rate, b"k", 1, S).unwrap().allowed)
+        .collect();
+    assert_eq!(allowed, [true, true, false]);
+}

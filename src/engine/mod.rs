@@ -293,14 +293,32 @@ impl Engine {
         Ok(&self.get(id)?.spec)
     }
 
-    /// Whether a policy is one concurrency limit (a field read, for the C
-    /// ABI's checks of its callers' calls); `None` if there is no such policy.
+    /// [`check_at`](Self::check_at) (with `now_ns`) or
+    /// [`check`](Self::check) (without) after one lookup of the policy,
+    /// which refuses a foreign id or a concurrency policy instead of
+    /// panicking or peeking (the caller builds the error with
+    /// [`not_rate`](Self::not_rate), off the hot path): the C ABI's
+    /// `rk_check`/`rk_check_at` and [`try_check_at`](Self::try_check_at).
     #[inline(always)]
-    pub(crate) fn is_concurrency(&self, id: PolicyId) -> Option<bool> {
-        self.policies
-            .get(id.0 as usize)
-            .and_then(OnceLock::get)
-            .map(|p| p.table.layout.concurrency)
+    pub(crate) fn check_rate(
+        &self,
+        policy: PolicyId,
+        key: &[u8],
+        cost: u32,
+        now_ns: Option<u64>,
+    ) -> Result<Decision, NotRate> {
+        let Some(p) = self.policies.get(policy.0 as usize).and_then(OnceLock::get) else {
+            return Err(NotRate);
+        };
+        if p.table.layout.concurrency {
+            return Err(NotRate);
+        }
+        let now = match now_ns {
+            Some(ns) => Self::at(ns),
+            None => self.clock_now(),
+        };
+        let t = Self::target(p, policy, key, cost);
+        Ok(self.decide(p, &t, now, Mode::Charge, Count::Yes))
     }
 
     /// The engine's current time (its clock, in nanoseconds). On a Redis
@@ -412,9 +430,22 @@ impl Engine {
         cost: u32,
         now_ns: u64,
     ) -> Result<Decision, Error> {
-        let p = self.get(policy)?;
-        p.rate_limit("use acquire/release")?;
-        Ok(self.check_at(policy, key, cost, now_ns))
+        match self.check_rate(policy, key, cost, Some(now_ns)) {
+            Ok(d) => Ok(d),
+            Err(_) => Err(self.not_rate(policy, "use acquire/release")),
+        }
+    }
+
+    /// The error of a rate-limit call (one that [`check_rate`](Self::check_rate)
+    /// refused) on `policy`: a foreign id, or a concurrency policy that
+    /// needs `instead`.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn not_rate(&self, policy: PolicyId, instead: &str) -> Error {
+        match self.get(policy) {
+            Ok(p) => p.kind_error(instead),
+            Err(e) => e,
+        }
     }
 
     /// Checks several (policy, key, cost) items — e.g. every limit that
@@ -690,6 +721,11 @@ impl Engine {
         Ok(self.get(policy)?.table.bytes())
     }
 }
+
+/// [`Engine::check_rate`] refused the policy: see [`Engine::not_rate`].
+/// (No payload: a small `Result` keeps the decision in registers.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotRate;
 
 #[cold]
 #[inline(never)]

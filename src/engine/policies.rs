@@ -134,12 +134,20 @@ impl Policy {
     /// to use `instead`.
     pub fn rate_limit(&self, instead: &str) -> Result<(), Error> {
         if self.table.layout.concurrency {
-            return Err(Error::WrongPolicyKind(format!(
-                "policy {:?} is a concurrency limit: {instead}",
-                self.name
-            )));
+            return Err(self.kind_error(instead));
         }
         Ok(())
+    }
+
+    /// The error of a rate-limit call on this concurrency policy, which
+    /// needs `instead`.
+    #[cold]
+    #[inline(never)]
+    pub fn kind_error(&self, instead: &str) -> Error {
+        Error::WrongPolicyKind(format!(
+            "policy {:?} is a concurrency limit: {instead}",
+            self.name
+        ))
     }
 
     /// `Ok` for a concurrency limit; for a rate limit, the error that says
