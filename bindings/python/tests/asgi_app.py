@@ -50,7 +50,7 @@ async def hourly():
 
 @app.get("/multi")
 async def multi(_a=Depends(rk.limit("3/hour", name="small")),
-                _b=Depends(rk.limit("100/hour", name="wide", key=header("X-API-Key")))):
+                _b=Depends(rk.limit("100/day", name="wide", key=header("X-API-Key")))):
     served("multi")
     return {"pid": os.getpid()}
 
