@@ -475,3 +475,59 @@ def test_inline_checks_of_a_local_engine_never_leave_the_loop(monkeypatch):
         return {}
 
     assert [run(app, "/x").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_a_custom_response_is_an_asgi_app_and_gets_the_fields_it_lacks():
+    from starlette.responses import PlainTextResponse
+
+    app = FastAPI()
+    Ratekeeper(app, engine=ratekeeper.Engine(), default="1/hour",
+               response=lambda breach: PlainTextResponse(f"slow down ({breach.name})", status_code=429,
+                                                         headers={"Retry-After": "7"}))
+
+    @app.get("/x")
+    async def x():
+        return {}
+
+    assert run(app, "/x").status_code == 200
+    r = run(app, "/x")
+    assert r.status_code == 429 and r.text == "slow down (default)"
+    assert r.headers["retry-after"] == "7"  # its own, not replaced
+    assert r.headers["ratelimit-policy"] == '"default";q=1;w=3600'
+
+
+def test_metrics_endpoint_serves_the_engines_counters_and_is_never_limited():
+    app = FastAPI()
+    Ratekeeper(app, engine=ratekeeper.Engine(), default="1/hour", metrics_endpoint="/metrics")
+
+    @app.get("/x")
+    async def x():
+        return {}
+
+    assert [run(app, "/x").status_code for _ in range(3)] == [200, 429, 429]
+    for _ in range(3):
+        r = run(app, "/metrics")
+        assert r.status_code == 200 and "ratelimit" not in r.headers
+    assert 'ratekeeper_decisions_total{outcome="allowed",policy="asgi:1/hour"} 1.0' in r.text
+    assert 'ratekeeper_decisions_total{outcome="denied",policy="asgi:1/hour"} 2.0' in r.text
+
+
+def test_the_readme_quick_start_runs_as_written():
+    import ratekeeper.asgi
+
+    app = FastAPI()
+    rk = Ratekeeper(app, engine=ratekeeper.Engine(), default="100/minute", paths={"/health": None})
+
+    @app.get("/search", dependencies=[Depends(rk.limit("10/second", key=header("X-API-Key")))])
+    async def search(q: str):
+        return {"q": q}
+
+    @app.get("/health")
+    async def health():
+        return {}
+
+    r = run(app, "/search?q=a", {"X-API-Key": "k"})  # (10/second refills: no count of denials here)
+    assert r.status_code == 200 and r.json() == {"q": "a"}
+    assert r.headers["ratelimit-policy"] == '"search";q=10;w=1'
+    assert "ratelimit" not in run(app, "/health").headers
+    assert ratekeeper.asgi.Ratekeeper is Ratekeeper
