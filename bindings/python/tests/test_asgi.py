@@ -531,3 +531,33 @@ def test_the_readme_quick_start_runs_as_written():
     assert r.headers["ratelimit-policy"] == '"search";q=10;w=1'
     assert "ratelimit" not in run(app, "/health").headers
     assert ratekeeper.asgi.Ratekeeper is Ratekeeper
+
+
+def test_acquire_with_a_timeout_waits_in_a_thread_and_a_plain_try_runs_inline(monkeypatch):
+    import ratekeeper.asgi._extension as ext
+    from ratekeeper.asgi import acquire, release
+
+    threaded = []
+    real = ext.run_off_loop
+
+    async def counting(fn):
+        threaded.append(fn)
+        return await real(fn)
+
+    monkeypatch.setattr(ext, "run_off_loop", counting)
+
+    async def go():
+        with ratekeeper.Engine() as e:
+            jobs = e.policy("jobs", "concurrency 1")
+            first = await acquire(jobs, "k")  # inline
+            assert threaded == []
+            with pytest.raises(ratekeeper.Throttled):
+                await acquire(jobs, "k")  # inline, refused at once
+            waiter = asyncio.ensure_future(acquire(jobs, "k", timeout=30.0))  # waits in a thread
+            await asyncio.sleep(0)
+            assert await release(first)
+            second = await waiter
+            assert len(threaded) == 1 and not second.released
+            assert await release(second)
+
+    asyncio.run(go())
