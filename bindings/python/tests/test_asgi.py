@@ -561,3 +561,46 @@ def test_acquire_with_a_timeout_waits_in_a_thread_and_a_plain_try_runs_inline(mo
             assert await release(second)
 
     asyncio.run(go())
+
+
+def test_a_mounted_fastapi_app_s_dependency_limits_are_found_before_routing():
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    engine = ratekeeper.Engine()
+    calls = []
+    inner = FastAPI()
+    outer = Starlette(routes=[Mount("/v1", app=inner)])
+    rk = Ratekeeper(outer, engine=engine, default="100/hour")
+
+    @inner.get("/items/{n}", dependencies=[Depends(rk.limit("2/hour", name="items"))])
+    async def items(n: int):
+        return {"n": n}
+
+    real = engine.check_many
+    engine.check_many = lambda items, now_ns=None: calls.append(len(items)) or real(items, now_ns)
+    codes = [run(outer, f"/v1/items/{i}").status_code for i in range(3)]
+    assert codes == [200, 200, 429]  # one counter per route, whatever the path parameter
+    r = run(outer, "/v1/items/9")
+    assert r.headers["content-type"] == "application/problem+json" and r.json()["policy"] == "items"
+    assert calls == []  # one limit: a plain check, not a batch
+    # each request charged once (a second check by the dependency would have denied the second request)
+    assert engine.find_policy("asgi:2/hour").stats().allowed == 2
+
+
+def test_a_route_the_middleware_cannot_see_is_checked_by_its_dependency():
+    inner = FastAPI()
+    rk = Ratekeeper(engine=ratekeeper.Engine())
+
+    @inner.get("/x", dependencies=[Depends(rk.limit("1/hour", name="x"))])
+    async def x():
+        return {}
+
+    async def opaque(scope, receive, send):  # no .router: the middleware cannot resolve the route
+        await inner(scope, receive, send)
+
+    app = rk.wrap(opaque)
+    assert run(app, "/x").status_code == 200
+    r = run(app, "/x")
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert r.headers["ratelimit-policy"] == '"x";q=1;w=3600'

@@ -23,9 +23,11 @@ from ..errors import RatekeeperError
 from ._keys import _Checking, _checking, remote_addr
 
 try:  # FastAPI injects the dependency's Request by this annotation
+    from starlette.exceptions import HTTPException as _HTTPException
     from starlette.requests import Request
 except ImportError:  # pragma: no cover - plain ASGI without Starlette
     Request = Any  # type: ignore[misc, assignment]
+    _HTTPException = Exception  # type: ignore[misc, assignment]
 
 log = logging.getLogger("ratekeeper.asgi")
 
@@ -50,14 +52,26 @@ async def run_off_loop(fn: Callable[[], Any]) -> Any:
     return await anyio.to_thread.run_sync(fn)
 
 
-class RateLimited(Exception):
+class RateLimited(_HTTPException):  # type: ignore[misc, valid-type]
     """Raised by a :meth:`Ratekeeper.limit` dependency that checked its
-    limit itself (a route the middleware could not resolve) and was
-    denied; the middleware answers it with the 429."""
+    limit itself (a route the middleware could not resolve before routing)
+    and was denied. The handler :meth:`Ratekeeper.init_app` registers (and
+    the middleware, if it reaches it) answers with the 429 of the
+    middleware; an app without that handler still answers 429 with the
+    same header fields (a Starlette ``HTTPException``)."""
 
     def __init__(self, reply: "_Reply"):
-        super().__init__("rate limited")
+        fields = {n: v for n, v in reply.headers if n.lower() not in ("content-type", "content-length")}
+        if _HTTPException is Exception:  # pragma: no cover
+            super().__init__("rate limited")
+        else:
+            super().__init__(status_code=reply.status, detail="Too Many Requests", headers=fields)
         self.reply = reply
+
+
+async def _rate_limited_handler(request: Any, exc: RateLimited) -> Any:
+    """Starlette exception handler: the reply, as an ASGI app."""
+    return exc.reply
 
 
 class _Reply:
@@ -70,6 +84,9 @@ class _Reply:
         self.headers = headers
         self.body = body
         self.app = app  #: a custom ASGI response (``response=``), sent with ``headers`` added if absent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.send(scope, receive, send)
 
     async def send(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.app is not None:
@@ -291,6 +308,7 @@ class Ratekeeper:
         if add is None:
             raise TypeError("init_app needs a Starlette or FastAPI app; wrap any other ASGI app: app = rk.wrap(app)")
         add(RatekeeperMiddleware, ratekeeper=self)
+        app.add_exception_handler(RateLimited, _rate_limited_handler)
 
     def wrap(self, app: ASGIApp) -> "RatekeeperMiddleware":
         """``app`` behind the middleware (any ASGI app)."""
@@ -607,10 +625,17 @@ class RatekeeperMiddleware:
         partial = None
         for route in router.routes:
             try:
-                match, _child = route.matches(scope)
+                match, child_scope = route.matches(scope)
             except Exception:  # a custom route that cannot match this scope
                 continue
             if match is Match.FULL:
+                inner = getattr(route, "app", None)
+                inner_router = getattr(inner, "router", inner)
+                if getattr(route, "routes", None) is not None and hasattr(inner_router, "routes"):
+                    # a Mount of a FastAPI/Starlette app or router: its route
+                    child = dict(scope)
+                    child.update(child_scope)
+                    return self._match(inner_router, child)
                 return getattr(route, "name", None), self._limits_of(route)
             if match is Match.PARTIAL and partial is None:
                 partial = route
