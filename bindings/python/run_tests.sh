@@ -5,7 +5,8 @@
 #      into a build venv first; honours CARGO_TARGET_DIR);
 #   2. installs that wheel into a fresh venv whose PATH has no cargo and runs
 #      the smoke test (tests/wheel_smoke.py: import, a shared engine, a check,
-#      a Flask app with one limit): the wheel needs no Rust to install or run;
+#      a Flask app with one limit, a plain ASGI app behind ratekeeper.asgi):
+#      the wheel needs no Rust to install or run;
 #   3. installs the wheel and pytest, flask, gunicorn, prometheus-client,
 #      redis (the Python client the Redis tests' helpers use), and fastapi,
 #      uvicorn, httpx and websockets (the ASGI tests) into $PYTHON
