@@ -163,11 +163,14 @@ class _AsgiState(LimiterState):
         self.path_limits.sort(key=lambda p: (len(p[0]), not p[1]), reverse=True)
         self.plans: Dict[Tuple[Optional[str], str, Tuple[LimitDecl, ...]], Tuple[_Entry, ...]] = {}
         self.metrics_registry: Any = None
-        # Redis (a URL given or in the environment): every engine call runs
-        # off the event loop.
-        self.engine_blocks = bool(self.config["RATEKEEPER_REDIS_URL"] or _env_redis_url()) and rk._engine is None
-        if rk._engine is not None and rk._engine.redis_url is not None:
-            self.engine_blocks = True
+
+    def engine_blocks(self) -> bool:
+        """Whether an engine call may wait on the network or the file system:
+        the engine is not open yet in this process (opening it connects to
+        Redis or maps the file), or it is a Redis engine (a round trip).
+        Such calls run off the event loop."""
+        engine = self._engine
+        return engine is None or engine.redis_url is not None
 
     def path_decls(self, path: str) -> Tuple[bool, Optional[List[LimitDecl]]]:
         """(whether a pattern matched, its declarations: None = exempt)."""
@@ -198,12 +201,6 @@ class _AsgiState(LimiterState):
             self.plans.clear()
         self.plans[cache_key] = plan
         return plan
-
-
-def _env_redis_url() -> Optional[str]:
-    import os
-
-    return os.environ.get("RATEKEEPER_REDIS_URL")
 
 
 class _LimitDependency:
@@ -455,7 +452,7 @@ class Ratekeeper:
             return None
         decide = functools.partial(_decide, st, wanted)
         try:
-            if st.engine_blocks or st._engine is None:
+            if st.engine_blocks():
                 # Redis round trips (and opening an engine: a connection or
                 # a file) never run on the event loop.
                 items, decision, index = await run_off_loop(decide)
@@ -589,7 +586,7 @@ class RatekeeperMiddleware:
                         view = _ResponseView(message["status"], {bytes(n).decode("latin-1").lower():
                                                                  bytes(v).decode("latin-1")
                                                                  for n, v in message.get("headers") or ()})
-                        if st.engine_blocks:
+                        if st.engine_blocks():
                             await run_off_loop(functools.partial(_deduct, c, view))
                         else:
                             _deduct(c, view)
