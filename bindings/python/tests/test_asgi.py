@@ -534,7 +534,7 @@ def test_the_readme_quick_start_runs_as_written():
 
 
 def test_acquire_with_a_timeout_waits_in_a_thread_and_a_plain_try_runs_inline(monkeypatch):
-    import ratekeeper.asgi._extension as ext
+    import ratekeeper.asgi._threads as ext
     from ratekeeper.asgi import acquire, release
 
     threaded = []

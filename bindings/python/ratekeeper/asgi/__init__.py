@@ -29,9 +29,11 @@ runs in a worker thread through ``anyio.to_thread.run_sync`` (else
 ``asyncio.to_thread``). :func:`acquire` does the same for concurrency
 permits with a ``timeout``.
 
-Layout: ``_keys`` (key functions and the request being checked),
-``_extension`` (:class:`Ratekeeper`, :class:`RatekeeperMiddleware`, the
-dependency); the rest is shared with the Flask extension in
+Layout (one module per concern): ``_keys`` (key functions and the request
+being checked), ``_extension`` (:class:`Ratekeeper`, the check, the
+dependency), ``_middleware`` (:class:`RatekeeperMiddleware`),
+``_responses`` (what the middleware writes itself), ``_threads`` (what
+runs off the event loop); the rest is shared with the Flask extension in
 ``ratekeeper._web``.
 """
 
@@ -42,7 +44,10 @@ from .._web.constants import DEFAULTS
 from .._web.options import Access, OnFailure, PolicyOptions, WhenFull
 from .._web.plan import KeyFunc, LimitDecl, Spec
 from .._web.responses import Breach
-from ._extension import SCOPE_KEY, Ratekeeper, RateLimited, RatekeeperMiddleware, acquire, release, run_off_loop
+from ._extension import SCOPE_KEY, Ratekeeper
+from ._middleware import RatekeeperMiddleware
+from ._responses import RateLimited
+from ._threads import acquire, release, run_off_loop
 from ._keys import current_scope, endpoint, header, remote_addr, user
 
 __all__ = [

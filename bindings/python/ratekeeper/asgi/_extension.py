@@ -1,134 +1,41 @@
-"""The ASGI limiter: :class:`Ratekeeper` (options and declarations),
-:class:`RatekeeperMiddleware` (a pure ASGI middleware: one engine call per
-HTTP request) and the FastAPI dependency of :meth:`Ratekeeper.limit`."""
+"""The ASGI limiter: :class:`Ratekeeper` (options, declarations and the
+per-request check: one engine call per request), its state, and the
+FastAPI dependency of :meth:`Ratekeeper.limit`. The middleware that calls
+the check is in ``_middleware``."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .._core import Engine, Penalty, Permit, Policy
+from .._core import Engine, Penalty, Policy
 from .._web.client_ip import client_ip_of
 from .._web.constants import _CALLABLE_OPTIONS, _OPTION_NAMES, DEFAULTS
 from .._web.options import Access
 from .._web.plan import KeyFunc, LimitDecl, Spec, _base_name, _decl_kwargs, _Entry, decls_from
 from .._web.responses import (
-    FORBIDDEN_DETAIL, PROBLEM_JSON, UNAVAILABLE_DETAIL, Breach, _Context, _deduct, _header_fields, breach_of,
-    log_shadow, over_limit_problem, problem_json,
+    FORBIDDEN_DETAIL, UNAVAILABLE_DETAIL, _Context, _header_fields, breach_of, log_shadow, over_limit_problem,
 )
 from .._web.state import LimiterState
 from ..errors import RatekeeperError
 from ._keys import _Checking, _checking, remote_addr
+from ._responses import ASGIApp, RateLimited, Scope, _problem_reply, _rate_limited_handler, _Reply
+from ._threads import run_off_loop
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._middleware import RatekeeperMiddleware
 
 try:  # FastAPI injects the dependency's Request by this annotation
-    from starlette.exceptions import HTTPException as _HTTPException
     from starlette.requests import Request
 except ImportError:  # pragma: no cover - plain ASGI without Starlette
     Request = Any  # type: ignore[misc, assignment]
-    _HTTPException = Exception  # type: ignore[misc, assignment]
 
 log = logging.getLogger("ratekeeper.asgi")
-
-Scope = Dict[str, Any]
-Receive = Callable[[], Awaitable[Dict[str, Any]]]
-Send = Callable[[Dict[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Where the middleware leaves a request's record in its scope (read by
 #: the FastAPI dependency).
 SCOPE_KEY = "ratekeeper"
-
-async def run_off_loop(fn: Callable[[], Any]) -> Any:
-    """Runs ``fn()`` in a worker thread and awaits it: anyio's
-    ``to_thread.run_sync`` (its default limiter: 40 threads) when anyio is
-    installed (it is with Starlette and FastAPI), else
-    ``asyncio.to_thread`` (the loop's default executor)."""
-    try:
-        import anyio.to_thread
-    except ImportError:  # pragma: no cover - plain asyncio
-        return await asyncio.to_thread(fn)
-    return await anyio.to_thread.run_sync(fn)
-
-
-class RateLimited(_HTTPException):  # type: ignore[misc, valid-type]
-    """Raised by a :meth:`Ratekeeper.limit` dependency that checked its
-    limit itself (a route the middleware could not resolve before routing)
-    and was denied. The handler :meth:`Ratekeeper.init_app` registers (and
-    the middleware, if it reaches it) answers with the 429 of the
-    middleware; an app without that handler still answers 429 with the
-    same header fields (a Starlette ``HTTPException``)."""
-
-    def __init__(self, reply: "_Reply"):
-        fields = {n: v for n, v in reply.headers if n.lower() not in ("content-type", "content-length")}
-        if _HTTPException is Exception:  # pragma: no cover
-            super().__init__("rate limited")
-        else:
-            super().__init__(status_code=reply.status, detail="Too Many Requests", headers=fields)
-        self.reply = reply
-
-
-async def _rate_limited_handler(request: Any, exc: RateLimited) -> Any:
-    """Starlette exception handler: the reply, as an ASGI app."""
-    return exc.reply
-
-
-class _Reply:
-    """A response the limiter writes itself: status, header fields, body."""
-
-    __slots__ = ("status", "headers", "body", "app")
-
-    def __init__(self, status: int, headers: List[Tuple[str, str]], body: bytes = b"", app: Any = None):
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.app = app  #: a custom ASGI response (``response=``), sent with ``headers`` added if absent
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.send(scope, receive, send)
-
-    async def send(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.app is not None:
-            extra = self.headers
-
-            async def send_with_fields(message: Dict[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    headers = list(message.get("headers") or ())
-                    present = {bytes(name).lower() for name, _ in headers}
-                    headers.extend((n.lower().encode("latin-1"), v.encode("latin-1"))
-                                   for n, v in extra if n.lower().encode("latin-1") not in present)
-                    message = dict(message, headers=headers)
-                await send(message)
-
-            await self.app(scope, receive, send_with_fields)
-            return
-        await send({
-            "type": "http.response.start",
-            "status": self.status,
-            "headers": [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in self.headers],
-        })
-        await send({"type": "http.response.body", "body": self.body})
-
-
-def _problem_reply(st: "_AsgiState", status: int, title: str, detail: str, **extra: Any) -> _Reply:
-    """The problem+json response of ratekeeper.flask (the same body, and
-    its Content-Type and Content-Length fields)."""
-    body = problem_json(st.problem_type, status, title, detail, **extra).encode("utf-8")
-    return _Reply(status, [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(body)))], body)
-
-
-class _ResponseView:
-    """What ``deduct_when(response)`` gets: the status and header fields
-    of the response being started (``response.status_code >= 400`` works
-    as with Flask)."""
-
-    __slots__ = ("status_code", "headers")
-
-    def __init__(self, status_code: int, headers: Dict[str, str]):
-        self.status_code = status_code
-        self.headers = headers
-
 
 class _Record:
     """A request's record in its scope (``scope["ratekeeper"]``): which
@@ -304,11 +211,15 @@ class Ratekeeper:
         add = getattr(app, "add_middleware", None)
         if add is None:
             raise TypeError("init_app needs a Starlette or FastAPI app; wrap any other ASGI app: app = rk.wrap(app)")
+        from ._middleware import RatekeeperMiddleware
+
         add(RatekeeperMiddleware, ratekeeper=self)
         app.add_exception_handler(RateLimited, _rate_limited_handler)
 
     def wrap(self, app: ASGIApp) -> "RatekeeperMiddleware":
         """``app`` behind the middleware (any ASGI app)."""
+        from ._middleware import RatekeeperMiddleware
+
         return RatekeeperMiddleware(app, ratekeeper=self)
 
     @property
@@ -527,157 +438,4 @@ def _decide(st: _AsgiState, wanted: List[Tuple[str, Any, Any, int]]) -> Tuple[Li
     return items, decision, index
 
 
-class RatekeeperMiddleware:
-    """A pure ASGI middleware (not Starlette's ``BaseHTTPMiddleware``): for
-    each HTTP request, one engine call for every limit that applies; a
-    denied request gets the 429 of :mod:`ratekeeper.flask` and never reaches
-    the app; an allowed one gets the ``RateLimit-Policy`` and ``RateLimit``
-    fields added to its ``http.response.start``. WebSocket and lifespan
-    scopes pass through untouched.
-
-    ``RatekeeperMiddleware(app, ratekeeper=rk)`` (also the form of
-    Starlette's ``app.add_middleware(RatekeeperMiddleware, ratekeeper=rk)``).
-    On a Starlette or FastAPI app, the request's route is found before the
-    app routes it (its name is the endpoint, as in Flask), so that the
-    route's :meth:`Ratekeeper.limit` dependencies are checked together with
-    the application, path and default limits.
-    """
-
-    def __init__(self, app: ASGIApp, ratekeeper: Ratekeeper):
-        if not isinstance(ratekeeper, Ratekeeper):
-            raise TypeError(f"ratekeeper must be a ratekeeper.asgi.Ratekeeper, not {ratekeeper!r}")
-        self.app = app
-        self.rk = ratekeeper
-        self._routes: Dict[Tuple[int, str, str], Tuple[Optional[str], Tuple[LimitDecl, ...]]] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # websocket, lifespan: untouched
-            await self.app(scope, receive, send)
-            return
-        rk = self.rk
-        st = rk.state
-        if not st.enabled:
-            await self.app(scope, receive, send)
-            return
-        if st.metrics_registry is not None and scope.get("path") == st.metrics_endpoint:
-            await self._metrics(st, send)
-            return
-        record = _Record(rk)
-        scope[SCOPE_KEY] = record
-        endpoint_name, own = self._route_of(scope)
-        reply = await rk._check(scope, endpoint_name, own, record)
-        if reply is not None:
-            await reply.send(scope, receive, send)
-            return
-        started = False
-
-        async def send_with_fields(message: Dict[str, Any]) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                c = record.ctx
-                if c is not None:
-                    if c.allowed and st.headers_enabled:
-                        headers = list(message.get("headers") or ())
-                        headers.extend((n.lower().encode("latin-1"), v.encode("latin-1"))
-                                       for n, v in _header_fields(c))
-                        message = dict(message, headers=headers)
-                    if c.deduct:
-                        view = _ResponseView(message["status"], {bytes(n).decode("latin-1").lower():
-                                                                 bytes(v).decode("latin-1")
-                                                                 for n, v in message.get("headers") or ()})
-                        if st.engine_blocks():
-                            await run_off_loop(functools.partial(_deduct, c, view))
-                        else:
-                            _deduct(c, view)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_fields)
-        except RateLimited as e:
-            if started:
-                raise
-            await e.reply.send(scope, receive, send)
-
-    def _route_of(self, scope: Scope) -> Tuple[Optional[str], Tuple[LimitDecl, ...]]:
-        """The endpoint name and the route's own limits (its
-        ``rk.limit`` dependencies): a Starlette/FastAPI router's matching
-        route (cached per method and path), else the path."""
-        router = getattr(scope.get("app"), "router", None) or getattr(self.app, "router", None)
-        path = scope.get("path", "")
-        if router is None or not hasattr(router, "routes"):
-            return path, ()
-        cache_key = (id(router), scope.get("method", ""), path)
-        found = self._routes.get(cache_key)
-        if found is None:
-            found = self._match(router, scope)
-            if len(self._routes) >= 4096:
-                self._routes.clear()
-            self._routes[cache_key] = found
-        return found
-
-    def _match(self, router: Any, scope: Scope) -> Tuple[Optional[str], Tuple[LimitDecl, ...]]:
-        from starlette.routing import Match
-
-        partial = None
-        for route in router.routes:
-            try:
-                match, child_scope = route.matches(scope)
-            except Exception:  # a custom route that cannot match this scope
-                continue
-            if match is Match.FULL:
-                inner = getattr(route, "app", None)
-                inner_router = getattr(inner, "router", inner)
-                if getattr(route, "routes", None) is not None and hasattr(inner_router, "routes"):
-                    # a Mount of a FastAPI/Starlette app or router: its route
-                    child = dict(scope)
-                    child.update(child_scope)
-                    return self._match(inner_router, child)
-                return getattr(route, "name", None), self._limits_of(route)
-            if match is Match.PARTIAL and partial is None:
-                partial = route
-        if partial is not None:  # e.g. 405: the route's name, not its limits (the app will refuse it)
-            return getattr(partial, "name", None), ()
-        return None, ()
-
-    def _limits_of(self, route: Any) -> Tuple[LimitDecl, ...]:
-        found: List[LimitDecl] = []
-        dependant = getattr(route, "dependant", None)
-        stack = list(reversed(getattr(dependant, "dependencies", None) or ()))
-        while stack:
-            dep = stack.pop()
-            call = getattr(dep, "call", None)
-            if isinstance(call, _LimitDependency) and call.rk is self.rk and call.decl not in found:
-                found.append(call.decl)
-            stack.extend(reversed(getattr(dep, "dependencies", None) or ()))
-        return tuple(found)
-
-    async def _metrics(self, st: _AsgiState, send: Send) -> None:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        body = generate_latest(st.metrics_registry)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode("latin-1")),
-                                (b"content-length", str(len(body)).encode("latin-1"))]})
-        await send({"type": "http.response.body", "body": body})
-
-
-async def acquire(policy: Policy, key: Any, timeout: Optional[float] = None) -> Permit:
-    """:meth:`Policy.acquire` from async code: a try without waiting on an
-    in-process or shared engine runs inline; a wait (``timeout`` > 0) or a
-    Redis engine runs in a thread (:func:`run_off_loop`), so the event loop
-    never blocks. Raises :class:`ratekeeper.Throttled` as ``acquire`` does."""
-    if timeout or policy.engine.redis_url is not None:
-        return await run_off_loop(functools.partial(policy.acquire, key, timeout))
-    return policy.acquire(key)
-
-
-async def release(permit: Permit) -> bool:
-    """:meth:`Permit.release` from async code (a thread for Redis)."""
-    if permit.policy.engine.redis_url is not None:
-        return await run_off_loop(permit.release)
-    return permit.release()
-
-
-__all__ = ["Ratekeeper", "RatekeeperMiddleware", "RateLimited", "Breach", "acquire", "release", "run_off_loop",
-           "SCOPE_KEY"]
+__all__ = ["Ratekeeper", "SCOPE_KEY"]
