@@ -36,8 +36,10 @@ def server(tmp_path_factory):
     yield from gunicorn_server(tmp_path_factory, "gunicorn-test")
 
 
-def gunicorn_server(tmp_path_factory, tag: str, env: Optional[dict] = None, n_workers: int = 4):
-    """Runs `gunicorn -w N` (gunicorn_conf.py, gunicorn_app:app) on
+def gunicorn_server(tmp_path_factory, tag: str, env: Optional[dict] = None, n_workers: int = 4,
+                    conf: str = "gunicorn_conf.py", app: str = "gunicorn_app:app"):
+    """Runs `gunicorn -w N` (``conf``, default gunicorn_conf.py, and ``app``,
+    default gunicorn_app:app; test_asgi.py serves its app with UvicornWorker) on
     127.0.0.1 with a shared file of its own (and `env` added to its
     environment); yields {port, pid, path, workers, log}; stops it by PID
     and removes the file."""
@@ -47,7 +49,7 @@ def gunicorn_server(tmp_path_factory, tag: str, env: Optional[dict] = None, n_wo
     env = dict(os.environ, RATEKEEPER_SHARED_PATH=path, **(env or {}))
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn_conf.py", "-w", str(n_workers), "gunicorn_app:app"],
+        [sys.executable, "-m", "gunicorn", "-c", conf, "-w", str(n_workers), app],
         cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     workers: set = set()

@@ -1,6 +1,7 @@
 """Smoke test of an installed wheel (run_tests.sh runs it in a fresh venv
 with no cargo on PATH): import, a shared engine, a check, a Flask app with
-one limit. Prints one line per step; exits non-zero on failure."""
+one limit, a plain ASGI app behind ratekeeper.asgi (no ASGI framework
+installed). Prints one line per step; exits non-zero on failure."""
 
 import os
 import sys
@@ -44,4 +45,35 @@ assert codes == [200, 200, 200, 429, 429], codes
 last = client.get("/")
 assert last.status_code == 429 and "Retry-After" in last.headers, dict(last.headers)
 print(f"flask: {codes} and a 429 with Retry-After {last.headers['Retry-After']}")
+
+import asyncio  # noqa: E402
+
+from ratekeeper.asgi import Ratekeeper as AsgiRatekeeper  # noqa: E402
+
+
+async def plain(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def asgi_statuses(n):
+    wrapped = AsgiRatekeeper(default="2/minute").wrap(plain)
+    statuses = []
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    for _ in range(n):
+        await wrapped({"type": "http", "method": "GET", "path": "/", "headers": [], "client": ("192.0.2.1", 1)},
+                      receive, send)
+    return statuses
+
+
+statuses = asyncio.run(asgi_statuses(3))
+assert statuses == [200, 200, 429], statuses
+print(f"asgi: {statuses} without an ASGI framework installed")
 print("wheel smoke test passed")

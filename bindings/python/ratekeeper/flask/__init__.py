@@ -53,20 +53,23 @@ for its workers: 200 or 429), ``"open"`` (every request passes: 200) or
 the next reconnect try). The engine goes back to Redis by itself when it
 answers again.
 
-Layout (one module per concern): ``_constants`` (config keys and defaults),
-``_options`` (frozen option bundles and enums), ``_keys`` (key functions),
-``_client_ip`` (trusted proxies, IPv6 grouping, allow/deny lists), ``_plan``
-(declarations and the per-route plan), ``_responses`` (header fields,
-problem+json, breaches), ``_extension`` (:class:`Ratekeeper`).
+Layout (one module per concern): ``_keys`` (key functions), ``_plan`` (the
+per-route plan), ``_responses`` (the WSGI header middleware, Flask
+responses), ``_extension`` (:class:`Ratekeeper`). What is not Flask's is in
+``ratekeeper._web``, shared with :mod:`ratekeeper.asgi`: ``constants``
+(config keys and defaults), ``options`` (frozen option bundles and enums),
+``client_ip`` (trusted proxies, IPv6 grouping, allow/deny lists), ``plan``
+(declarations), ``state`` (options, engine, policies, header fragments),
+``responses`` (header fields, problem+json, breaches).
 """
 
 from __future__ import annotations
 
 from .._core import Penalty, redis_engine, shared_engine
-from ._constants import DEFAULTS
+from .._web.constants import DEFAULTS
+from .._web.options import Access, OnFailure, PolicyOptions, WhenFull
 from ._extension import Ratekeeper
 from ._keys import KeyFunc, endpoint, header, remote_addr, user
-from ._options import Access, OnFailure, PolicyOptions, WhenFull
 from ._plan import LimitDecl, Spec
 from ._responses import Breach
 

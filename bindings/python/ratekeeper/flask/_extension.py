@@ -5,215 +5,45 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import threading
-import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import flask
 from flask import Blueprint, Flask, current_app, request
 
-from .._core import U64_MAX, Decision, Engine, Penalty, Policy, redis_engine, shared_engine
+from .._core import Decision, Engine, Penalty, Policy
 from ..errors import RatekeeperError
-from ..logs import DenyLogger
-from ._client_ip import AccessList, _client_address, _client_ip, _group_ipv6, _ip_of
-from ._constants import _APP_SCOPE, _CALLABLE_OPTIONS, _CTX_ENV, _OPTION_NAMES, _STATE_ENV, DEFAULTS
+from .._web.client_ip import _client_address, _client_ip
+from .._web.constants import _CALLABLE_OPTIONS, _CTX_ENV, _OPTION_NAMES, _STATE_ENV, DEFAULTS
+from .._web.options import Access
+from .._web.responses import FORBIDDEN_DETAIL, UNAVAILABLE_DETAIL, breach_of, log_shadow, over_limit_problem
+from .._web.state import LimiterState
 from ._keys import KeyFunc, _state_of, remote_addr
-from ._options import PLAIN, Access, OnFailure, PolicyOptions, WhenFull, check_jitter
-from ._plan import LimitDecl, Spec, _decl_kwargs, _Entry, _item_name, build_plan
-from ._responses import Breach, _ceil_s, _Context, _deduct, _problem, headers_middleware, _sf_string, entry_fragment
+from .._web.plan import decls_from
+from ._plan import LimitDecl, Spec, _decl_kwargs, _Entry, build_plan
+from ._responses import _Context, _deduct, _problem, entry_fragment, headers_middleware
 
 _new_context = object.__new__
 
 log = logging.getLogger("ratekeeper.flask")
 
 
-class _State:
-    """Everything one app's requests need, in app.extensions["ratekeeper"]."""
+class _State(LimiterState):
+    """Everything one app's requests need, in app.extensions["ratekeeper"]:
+    the framework-neutral :class:`LimiterState` plus the app's limits and
+    per-endpoint plans."""
 
     def __init__(self, ext: "Ratekeeper", app: Flask, config: Dict[str, Any]):
+        super().__init__(config, ext._engine, ext._key, ext._options.get("on_breach"), ext._options.get("response"))
         self.ext = ext
-        self.config = config
         #: ``enabled=`` given to the constructor (fixed), else None: then
         #: ``app.config["RATEKEEPER_ENABLED"]`` is read at every request, so
         #: tests can switch limiting off and on at run time.
         self.enabled_option: Optional[bool] = (
             bool(ext._options["enabled"]) if "enabled" in ext._options else None)
         self.app_config = app.config
-        self.headers_enabled = bool(config["RATEKEEPER_HEADERS_ENABLED"])
-        self.legacy_headers = bool(config["RATEKEEPER_LEGACY_HEADERS"])
-        self.fail_open = bool(config["RATEKEEPER_FAIL_OPEN"])
-        self.trusted_proxies = int(config["RATEKEEPER_TRUSTED_PROXIES"])
-        self.ipv6_prefix = int(config["RATEKEEPER_IPV6_PREFIX"])
-        self.key_prefix = str(config["RATEKEEPER_KEY_PREFIX"])
-        self.problem_type = str(config["RATEKEEPER_PROBLEM_TYPE"])
-        self.capacity = config["RATEKEEPER_CAPACITY"]
-        self.when_full = WhenFull.parse(config["RATEKEEPER_WHEN_FULL"])
-        if self.trusted_proxies < 0:
-            raise ValueError("RATEKEEPER_TRUSTED_PROXIES must be >= 0")
-        if not 0 <= self.ipv6_prefix <= 128:
-            raise ValueError("RATEKEEPER_IPV6_PREFIX must be in 0..128")
-        self.shadow = bool(config["RATEKEEPER_SHADOW"])
-        self.retry_jitter = check_jitter(config["RATEKEEPER_RETRY_JITTER"] or 0.0)
-        self.penalty = config["RATEKEEPER_PENALTY"]
-        if self.penalty is not None and not isinstance(self.penalty, Penalty):
-            raise TypeError("RATEKEEPER_PENALTY must be a ratekeeper.Penalty or None")
-        self.record_keys = bool(config["RATEKEEPER_RECORD_KEYS"])
-        self.redis_options = dict(config["RATEKEEPER_REDIS_OPTIONS"] or {})
-        on_failure = config["RATEKEEPER_REDIS_ON_FAILURE"]
-        if on_failure is not None:
-            OnFailure.parse(on_failure, "RATEKEEPER_REDIS_ON_FAILURE")
-        self.allow = AccessList(config["RATEKEEPER_ALLOWLIST"], "RATEKEEPER_ALLOWLIST")
-        self.deny = AccessList(config["RATEKEEPER_DENYLIST"], "RATEKEEPER_DENYLIST")
-        self.lists = bool(self.allow or self.deny)
-        self._ip_access_cache: Dict[str, Access] = {}
-        self.key_lists = bool(self.allow.keys or self.deny.keys)
-        self.metrics_endpoint = config["RATEKEEPER_METRICS_ENDPOINT"]
-        salt = config["RATEKEEPER_LOG_HASH_SALT"]
-        self.deny_log = DenyLogger(
-            max_per_second=config["RATEKEEPER_LOG_MAX_PER_SECOND"],
-            level=config["RATEKEEPER_LOG_LEVEL"],
-            hash_salt=salt.encode("utf-8") if isinstance(salt, str) else salt,
-        )
-        self.default_key = ext._key
-        self.on_breach = ext._options.get("on_breach")
-        self.response = ext._options.get("response")
         self.app_limits = ext._decls_from("application", config["RATEKEEPER_APPLICATION_LIMITS"], "app")
         self.default_limits = ext._decls_from("default", config["RATEKEEPER_DEFAULT"], "default")
-        self._engine: Optional[Engine] = ext._engine
-        self._lock = threading.Lock()
-        self.policies: Dict[str, Policy] = {}
-        #: Whether any policy of this app is in shadow mode (else no request
-        #: needs to look at Decision.shadow_denied).
-        self.any_shadow = False
         self.plans: Dict[Optional[str], Tuple[_Entry, ...]] = {}
-        self.fragments: Dict[Tuple[str, int], Tuple[str, Tuple[str, ...]]] = {}
-        if ext._engine is None:
-            # A forked child opens its own engine (and for a shared file: after
-            # fork, as the README requires); the parent's stays the parent's.
-            _forget_at_fork(self)
-
-    def _after_fork_in_child(self) -> None:
-        self._engine = None
-        self._lock = threading.Lock()
-        self.policies = {}
-
-    @property
-    def engine(self) -> Engine:
-        """The engine: ``engine=``, else the Redis of RATEKEEPER_REDIS_URL
-        (config, else the environment variable), else the shared file of
-        RATEKEEPER_SHARED_PATH (or of the environment variable of that name,
-        which ratekeeper.gunicorn sets), else one in-process engine per
-        process. Opened lazily in each process (so after fork)."""
-        engine = self._engine
-        if engine is not None:
-            return engine
-        with self._lock:
-            if self._engine is not None:
-                return self._engine
-            url = self.config["RATEKEEPER_REDIS_URL"] or os.environ.get("RATEKEEPER_REDIS_URL")
-            path = self.config["RATEKEEPER_SHARED_PATH"] or os.environ.get("RATEKEEPER_SHARED_PATH")
-            if url:
-                on_failure = (self.config["RATEKEEPER_REDIS_ON_FAILURE"]
-                              or os.environ.get("RATEKEEPER_REDIS_ON_FAILURE") or "local")
-                on_failure = OnFailure.parse(on_failure, "$RATEKEEPER_REDIS_ON_FAILURE")
-                options = {
-                    "on_failure": on_failure.value,
-                    # The local fallback in the host's shared file: still one
-                    # limit for all of this host's workers while Redis is down.
-                    "fallback_path": path if on_failure is OnFailure.LOCAL else None,
-                    "capacity": self.capacity,
-                    "max_bytes": self.config["RATEKEEPER_SHARED_MAX_BYTES"],
-                    "mode": self.config["RATEKEEPER_SHARED_MODE"] if path else None,
-                }
-                options.update(self.redis_options)
-                engine = redis_engine(url, **options)
-            elif path:
-                engine = shared_engine(
-                    path,
-                    capacity=self.capacity,
-                    max_bytes=self.config["RATEKEEPER_SHARED_MAX_BYTES"],
-                    mode=self.config["RATEKEEPER_SHARED_MODE"],
-                )
-            else:
-                engine = Engine(capacity=self.capacity)
-            self.policies = {}
-            self._engine = engine
-            return engine
-
-    def ip_access(self, addr: str) -> Access:
-        """Whether the address is deny-listed (by network or as a literal
-        key), allow-listed or neither. Deny wins. Cached per address."""
-        value = self._ip_access_cache.get(addr)
-        if value is None:
-            ip = _ip_of(addr)
-            grouped = _group_ipv6(addr, self.ipv6_prefix) if ":" in addr else addr
-            if self.deny.has_ip(ip) or addr in self.deny.keys or grouped in self.deny.keys:
-                value = Access.DENIED
-            elif self.allow.has_ip(ip) or addr in self.allow.keys or grouped in self.allow.keys:
-                value = Access.ALLOWED
-            else:
-                value = Access.UNLISTED
-            if len(self._ip_access_cache) >= 4096:
-                self._ip_access_cache.clear()
-            self._ip_access_cache[addr] = value
-        return value
-
-    def key_access(self, value: Any) -> Access:
-        """The lists' verdict on a key function's value (deny wins)."""
-        if value in self.deny.keys:
-            return Access.DENIED
-        if value in self.allow.keys:
-            return Access.ALLOWED
-        return Access.UNLISTED
-
-    def options(self, decl: LimitDecl) -> PolicyOptions:
-        """A declaration's abuse-control options, defaults filled in."""
-        return PolicyOptions(
-            shadow=self.shadow if decl.shadow is None else bool(decl.shadow),
-            retry_jitter=self.retry_jitter if decl.retry_jitter is None else float(decl.retry_jitter),
-            penalty=self.penalty if decl.penalty is None else decl.penalty,
-            record_keys=self.record_keys if decl.record_keys is None else bool(decl.record_keys),
-        )
-
-    def policy(self, engine: Engine, spec: str, opts: PolicyOptions = PLAIN) -> Policy:
-        """The engine policy of ``spec`` with ``opts`` (one per distinct spec
-        string and options), named ``<prefix>:<spec>`` (plus the options, e.g.
-        ``flask:5/minute [shadow]``)."""
-        cache_key = (spec, opts)
-        policy = self.policies.get(cache_key)
-        if policy is not None and policy.engine is engine:
-            return policy
-        name = f"{self.key_prefix}:{spec}{opts.name_suffix()}"
-        if len(name.encode("utf-8")) > 128:
-            import hashlib
-
-            digest = hashlib.sha1(f"{spec}{opts.name_suffix()}".encode("utf-8")).hexdigest()
-            name = f"{self.key_prefix}:sha1:{digest}"
-        policy = engine.policy(name, spec, capacity=self.capacity, when_full=self.when_full.value, shadow=opts.shadow,
-                               retry_jitter=opts.retry_jitter, penalty=opts.penalty, record_keys=opts.record_keys)
-        with self._lock:
-            self.policies[cache_key] = policy
-            if opts.shadow:
-                self.any_shadow = True
-        return policy
-
-    def fragment(self, base: str, policy: Policy) -> Tuple[str, Tuple[str, ...]]:
-        """For one declaration's policy: its RateLimit-Policy items (e.g.
-        ``"burst";q=10;w=1``) and the structured-field name of each of its
-        limits (cached: the headers cost a dict lookup per request)."""
-        key = (base, policy.id)
-        value = self.fragments.get(key)
-        if value is None:
-            names = tuple(_sf_string(_item_name(base, policy, i)) for i in range(len(policy.limits)))
-            items = ", ".join(
-                f"{names[i]};q={limit.quota};w={max(1, _ceil_s(limit.period_ns))}"
-                for i, limit in enumerate(policy.limits)
-            )
-            value = (items, names)
-            if len(self.fragments) < 4096:
-                self.fragments[key] = value
-        return value
 
     def plan(self, app: Flask, endpoint_name: Optional[str]) -> Tuple[_Entry, ...]:
         """The declarations that may apply to ``endpoint_name`` (before method
@@ -225,22 +55,6 @@ class _State:
                               self.options)
             self.plans[endpoint_name] = plan
         return plan
-
-
-_fork_states: "weakref.WeakSet[_State]" = weakref.WeakSet()
-
-
-def _reset_states_after_fork() -> None:
-    for state in list(_fork_states):
-        state._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_states_after_fork)
-
-
-def _forget_at_fork(state: "_State") -> None:
-    _fork_states.add(state)
 
 
 
@@ -370,16 +184,7 @@ class Ratekeeper:
     # -- declarations ----------------------------------------------------------
 
     def _decls_from(self, kind: str, specs: Union[Spec, Sequence[Spec], None], name: str) -> List[LimitDecl]:
-        if specs is None or specs == "":
-            return []
-        if isinstance(specs, str) or callable(specs):
-            specs = [specs]
-        specs = list(specs)
-        return [
-            LimitDecl(spec, kind, name=name if len(specs) == 1 else f"{name}-{i}",
-                      scope=_APP_SCOPE if kind == "application" else None)
-            for i, spec in enumerate(specs)
-        ]
+        return decls_from(kind, specs, name)
 
     def limit(
         self,
@@ -651,16 +456,10 @@ class Ratekeeper:
         """403 for a deny-listed client (logged like a denial)."""
         st.deny_log.deny("forbidden", "denylist", key, record_key=st.record_keys,
                          detail=f"{request.method} {request.path}")
-        return _problem(st, 403, "Forbidden", "This client is not allowed to use this service.")
+        return _problem(st, 403, "Forbidden", FORBIDDEN_DETAIL)
 
     def _log_shadow(self, st: _State, ctx: "_Context", hits: Sequence[Tuple[int, Decision]]) -> None:
-        log_ = st.deny_log
-        for i, d in hits:
-            entry = ctx.plan[i]
-            policy, key, _cost = ctx.items[i]
-            log_.deny("shadow_denied", policy.name, key, record_key=entry.opts.record_keys,
-                      retry_after=d.retry_after, limit=_item_name(entry.base, policy, d.limit_index),
-                      banned=d.banned, shadow=True)
+        log_shadow(st, ctx, hits)
 
     def _engine_failed(self, st: _State, error: Exception) -> Optional[flask.Response]:
         if st.fail_open:
@@ -668,20 +467,15 @@ class Ratekeeper:
                         request.method, request.path, error)
             return None
         log.error("ratekeeper: request refused with 503 (RATEKEEPER_FAIL_OPEN is False): %s", error)
-        return _problem(st, 503, "Service Unavailable", "The rate limiter is unavailable.")
+        return _problem(st, 503, "Service Unavailable", UNAVAILABLE_DETAIL)
 
     def _breach(self, st: _State, ctx: _Context) -> flask.Response:
         d = ctx.decision
-        entry = ctx.plan[ctx.index]
-        decl, base = entry.decl, entry.base
-        policy, key, _cost = ctx.items[ctx.index]
-        limit = policy.limits[d.limit_index] if d.limit_index < len(policy.limits) else policy.limits[0]
-        name = _item_name(base, policy, d.limit_index)
-        retry_after = None if d.retry_after_ns == U64_MAX else max(1, _ceil_s(d.retry_after_ns))
-        window = max(1, _ceil_s(limit.period_ns))
-        breach = Breach(d, decl, policy, name, key, retry_after, d.limit, window)
-        st.deny_log.deny("banned" if d.banned else "denied", policy.name, key, record_key=entry.opts.record_keys,
-                         retry_after=d.retry_after, limit=name, banned=d.banned)
+        breach, entry = breach_of(ctx)
+        retry_after = breach.retry_after
+        st.deny_log.deny("banned" if d.banned else "denied", breach.policy.name, breach.key,
+                         record_key=entry.opts.record_keys, retry_after=d.retry_after, limit=breach.name,
+                         banned=d.banned)
         if st.on_breach is not None:
             st.on_breach(breach)
         response = None
@@ -690,18 +484,7 @@ class Ratekeeper:
             if response is not None:
                 response = flask.make_response(response)
         if response is None:
-            if decl.error_message:
-                detail = decl.error_message
-            elif d.banned:
-                detail = (f"Too many requests over the {name} limit: this client is banned "
-                          f"for {retry_after} s.")
-            elif retry_after is None:
-                detail = f"This request costs more than the {name} limit ({d.limit} per {window} s) can ever allow."
-            else:
-                detail = f"Rate limit {name} exceeded ({d.limit} per {window} s); retry in {retry_after} s."
-            extra: Dict[str, Any] = {"policy": name, "retry_after": retry_after}
-            if d.banned:
-                extra["banned"] = True
+            detail, extra = over_limit_problem(breach)
             response = _problem(st, 429, "Too Many Requests", detail, **extra)
             ctx.response_is_ours = True
         if retry_after is not None and (ctx.response_is_ours or "Retry-After" not in response.headers):

@@ -7,14 +7,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from flask import Flask, current_app, request
 
-from ._client_ip import _client_address
-from ._constants import _STATE_ENV
+from .._web.client_ip import _client_address
+from .._web.constants import _STATE_ENV
+from .._web.plan import KeyFunc
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._extension import _State
-
-KeyFunc = Callable[[], Union[str, bytes, None]]
-
 
 def remote_addr() -> str:
     """The client's IP address, as a key.

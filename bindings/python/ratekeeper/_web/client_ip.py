@@ -1,12 +1,12 @@
-"""The client's address: the peer, or the one the outermost trusted proxy
-saw in ``X-Forwarded-For`` (``RATEKEEPER_TRUSTED_PROXIES``); IPv6 grouped by
+"""The client's address (framework-neutral: the Flask extension and the ASGI
+middleware both use it): the peer, or the one the outermost trusted proxy saw in ``X-Forwarded-For`` (``RATEKEEPER_TRUSTED_PROXIES``); IPv6 grouped by
 ``RATEKEEPER_IPV6_PREFIX``; and allow/deny lists matched against it."""
 
 from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 
 @functools.lru_cache(maxsize=4096)
@@ -22,27 +22,43 @@ def _group_ipv6(addr: str, prefix: int) -> str:
     return str(ipaddress.IPv6Network((ip, prefix), strict=False))
 
 
+def client_ip_of(peer: str, forwarded_for: Optional[str], trusted_proxies: int) -> str:
+    """The client's address as received (IPv6 not grouped): ``peer``, or
+    with ``trusted_proxies`` = N > 0 the N-th entry from the right of
+    ``forwarded_for`` (the ``X-Forwarded-For`` value), the address the
+    outermost trusted proxy saw. Framework-neutral: WSGI and ASGI callers
+    pass what their request holds."""
+    if trusted_proxies > 0 and forwarded_for:
+        hops = [h.strip() for h in forwarded_for.split(",")]
+        # Each trusted proxy appended the address it received the request
+        # from; the client is the one the outermost trusted proxy saw.
+        if len(hops) >= trusted_proxies and hops[-trusted_proxies]:
+            return hops[-trusted_proxies]
+    return peer
+
+
+def client_address_of(peer: str, forwarded_for: Optional[str], trusted_proxies: int, ipv6_prefix: int) -> str:
+    """The client's address as a key: :func:`client_ip_of`, IPv6 grouped by
+    ``ipv6_prefix`` (IPv4-mapped IPv6 as IPv4)."""
+    addr = client_ip_of(peer, forwarded_for, trusted_proxies) if trusted_proxies > 0 else peer
+    if ":" in addr:
+        return _group_ipv6(addr, ipv6_prefix)
+    return addr
+
+
 def _client_address(environ: Dict[str, Any], trusted_proxies: int, ipv6_prefix: int) -> str:
+    """:func:`client_address_of` of a WSGI environ."""
     addr = environ.get("REMOTE_ADDR") or ""
     if trusted_proxies > 0:  # (no extra call on the common path)
-        addr = _client_ip(environ, trusted_proxies)
+        addr = client_ip_of(addr, environ.get("HTTP_X_FORWARDED_FOR"), trusted_proxies)
     if ":" in addr:
         return _group_ipv6(addr, ipv6_prefix)
     return addr
 
 
 def _client_ip(environ: Dict[str, Any], trusted_proxies: int) -> str:
-    """The client's address as received (IPv6 not grouped)."""
-    addr = environ.get("REMOTE_ADDR") or ""
-    if trusted_proxies > 0:
-        xff = environ.get("HTTP_X_FORWARDED_FOR")
-        if xff:
-            hops = [h.strip() for h in xff.split(",")]
-            # Each trusted proxy appended the address it received the request
-            # from; the client is the one the outermost trusted proxy saw.
-            if len(hops) >= trusted_proxies and hops[-trusted_proxies]:
-                addr = hops[-trusted_proxies]
-    return addr
+    """:func:`client_ip_of` of a WSGI environ."""
+    return client_ip_of(environ.get("REMOTE_ADDR") or "", environ.get("HTTP_X_FORWARDED_FOR"), trusted_proxies)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -1,4 +1,5 @@
-"""The extension's configuration keys and their defaults, and the names it
+"""Configuration keys and their defaults (the Flask extension and the ASGI
+middleware take the same options), and the names the Flask extension
 keeps in the WSGI environ."""
 
 from __future__ import annotations
