@@ -6,8 +6,10 @@
 #   2. installs that wheel into a fresh venv whose PATH has no cargo and runs
 #      the smoke test (tests/wheel_smoke.py: import, a shared engine, a check,
 #      a Flask app with one limit): the wheel needs no Rust to install or run;
-#   3. installs the wheel and pytest, flask, gunicorn, prometheus-client and
-#      redis (the Python client the Redis tests' helpers use) into $PYTHON
+#   3. installs the wheel and pytest, flask, gunicorn, prometheus-client,
+#      redis (the Python client the Redis tests' helpers use), and limits,
+#      flask-limiter, slowapi, starlette and uvicorn (ratekeeper.limits_storage's
+#      tests) into $PYTHON
 #      (gcc, python3-venv, python3-pip and redis-server with apt-get only if
 #      missing) and runs pytest.
 # Exits non-zero on failure; pytest's summary line is the last line printed.
@@ -55,9 +57,10 @@ done
   cd "$here/tests" && python wheel_smoke.py
 )
 
-echo "== pip install the wheel, pytest, flask, gunicorn, prometheus-client, redis"
+echo "== pip install the wheel, pytest, flask, gunicorn, prometheus-client, redis, limits, flask-limiter, slowapi, starlette, uvicorn"
 "$python" "${pip_q[@]}" --force-reinstall --no-deps "$wheel"
-"$python" "${pip_q[@]}" pytest flask gunicorn prometheus-client redis
+"$python" "${pip_q[@]}" pytest flask gunicorn prometheus-client redis \
+  "limits>=4.1" "flask-limiter>=3.10" "slowapi>=0.1.9" starlette "uvicorn>=0.30"
 
 echo "== pytest bindings/python/tests"
 cd "$here/tests"
