@@ -244,7 +244,8 @@ class _RatekeeperStorageBase(Storage, MovingWindowSupport, SlidingWindowCounterS
         :data:`FIXED_WINDOW_COUNT_MAX` per window)."""
         now = time.time_ns()
         policy = self._policies.get(("fixed", 0, expiry)) or self._policy("fixed", 0, _seconds("expiry", expiry))
-        amount = _count("amount", amount, MAX_AMOUNT)
+        if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:  # noqa: E721 (the fast test)
+            _count("amount", amount, MAX_AMOUNT)
         d = policy.check(key, amount, now)
         if not d.allowed:  # the window's count would pass 2**32 - 1
             return FIXED_WINDOW_COUNT_MAX
@@ -293,7 +294,8 @@ class _RatekeeperStorageBase(Storage, MovingWindowSupport, SlidingWindowCounterS
             if limit == 0:
                 return False
             policy = self._policy("moving", limit, _seconds("expiry", expiry))
-        amount = _count("amount", amount, MAX_AMOUNT)
+        if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:  # noqa: E721 (the fast test)
+            _count("amount", amount, MAX_AMOUNT)
         if amount > limit:
             return False
         return policy.check(key, amount, now).allowed
@@ -327,7 +329,8 @@ class _RatekeeperStorageBase(Storage, MovingWindowSupport, SlidingWindowCounterS
             if limit == 0:
                 return False
             policy = self._policy("sliding", limit, _seconds("expiry", expiry))
-        amount = _count("amount", amount, MAX_AMOUNT)
+        if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:  # noqa: E721 (the fast test)
+            _count("amount", amount, MAX_AMOUNT)
         if amount > limit:
             return False
         return policy.check(key, amount, now).allowed
