@@ -128,6 +128,14 @@ class _RatekeeperStorageBase(Storage, MovingWindowSupport, SlidingWindowCounterS
 
     _scheme: str = ""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # limits' Storage/MovingWindowSupport/SlidingWindowCounterSupport wrap
+        # every storage method (``wrap_exceptions``) in each subclass they
+        # see: this class's methods are wrapped already, and wrapping them
+        # again in the two scheme classes would add a call to every hit.
+        # (Registration of STORAGE_SCHEME is the metaclass's, unaffected.)
+        pass
+
     def __init__(self, uri: str, wrap_exceptions: bool = False, **options: Any) -> None:
         if not isinstance(uri, str):
             raise TypeError(f"storage uri must be a str, not {type(uri).__name__}")

@@ -18,6 +18,7 @@ import pytest
 
 limits = pytest.importorskip("limits")
 
+import limits.errors  # noqa: E402
 from limits import RateLimitItemPerMinute, RateLimitItemPerSecond, parse  # noqa: E402
 from limits.storage import MemoryStorage, storage_from_string  # noqa: E402
 from limits.strategies import (  # noqa: E402
@@ -130,6 +131,13 @@ def test_a_path_that_cannot_be_a_shared_file_fails_on_first_use_with_the_engines
     with pytest.raises(ratekeeper.IOFailure):
         s.incr("k", 10)
     assert s.check() is False
+
+
+def test_wrap_exceptions_turns_the_engines_errors_into_storage_errors(tmp_path):
+    s = storage_from_string(f"ratekeeper+shm://{tmp_path}/missing-dir/app.rk", wrap_exceptions=True)
+    with pytest.raises(limits.errors.StorageError, match="missing-dir"):
+        s.incr("k", 10)
+    assert ls.SharedRatekeeperStorage.incr is ls.RatekeeperStorage.incr  # wrapped once, not per subclass
 
 
 def test_windows_must_be_whole_seconds_and_moving_limits_fit_the_log(clock):
