@@ -178,7 +178,9 @@ class _RatekeeperStorageBase(Storage, MovingWindowSupport, SlidingWindowCounterS
         raise NotImplementedError
 
     def _forget_engine(self) -> None:
-        """After a fork: this process opens its own engine on next use."""
+        """After a fork: this process opens its own engine on next use (and
+        gets a fresh lock: another thread of the parent may have held it)."""
+        self._lock = threading.Lock()
         self._policies = {}
         self._engine_obj = None
 
