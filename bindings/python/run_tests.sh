@@ -12,8 +12,10 @@
 #      a Flask app with one limit, a plain ASGI app behind ratekeeper.asgi):
 #      the wheel needs no Rust to install or run;
 #   3. installs the wheel and pytest, flask, gunicorn, prometheus-client,
-#      redis (the Python client the Redis tests' helpers use), and fastapi,
-#      uvicorn, httpx and websockets (the ASGI tests) into $PYTHON
+#      redis (the Python client the Redis tests' helpers use), fastapi,
+#      uvicorn, uvicorn-worker, httpx and websockets (the ASGI tests), and
+#      limits, flask-limiter and slowapi (ratekeeper.limits_storage's tests)
+#      into $PYTHON
 #      (gcc, python3-venv, python3-pip and redis-server with apt-get only if
 #      missing) and runs pytest.
 # Exits non-zero on failure; pytest's summary line is the last line printed.
@@ -85,9 +87,11 @@ done
   cd "$here/tests" && python wheel_smoke.py
 )
 
-echo "== pip install the wheel, pytest, flask, gunicorn, prometheus-client, redis, fastapi, uvicorn, httpx, websockets"
+echo "== pip install the wheel, pytest, flask, gunicorn, prometheus-client, redis, fastapi, uvicorn, uvicorn-worker, httpx, websockets, limits, flask-limiter, slowapi"
 "$python" "${pip_q[@]}" --force-reinstall --no-deps "$wheel"
-"$python" "${pip_q[@]}" pytest flask gunicorn prometheus-client redis fastapi uvicorn httpx websockets
+"$python" "${pip_q[@]}" pytest flask gunicorn prometheus-client redis \
+  fastapi "uvicorn>=0.30" uvicorn-worker httpx websockets \
+  "limits>=4.1" "flask-limiter>=3.10" "slowapi>=0.1.9"
 
 echo "== pytest bindings/python/tests"
 cd "$here/tests"

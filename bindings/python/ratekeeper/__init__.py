@@ -14,7 +14,9 @@ Many hosts: ``Engine.redis("redis://host:6379/0")`` (one Redis round trip
 per check, with a local fallback while Redis is down).
 
 Flask: :mod:`ratekeeper.flask`; Gunicorn hooks: :mod:`ratekeeper.gunicorn`;
-Prometheus: :mod:`ratekeeper.prometheus`.
+Prometheus: :mod:`ratekeeper.prometheus`; storages for ``limits``
+(Flask-Limiter, slowapi: ``storage_uri="ratekeeper+shm:///dev/shm/app.rk"``):
+``import ratekeeper.limits_storage``.
 """
 
 from ._version import __version__

@@ -1,5 +1,5 @@
 """The apps that test_asgi.py serves with uvicorn and with `gunicorn -w 4
--k uvicorn.workers.UvicornWorker`: ``app`` (FastAPI: dependency limits,
+-k uvicorn_worker.UvicornWorker`: ``app`` (FastAPI: dependency limits,
 per-path and default limits) and ``plain`` (a bare ASGI callable behind
 the middleware). Every request a limited endpoint serves appends a line to
 ``$ASGI_SERVED_LOG`` (O_APPEND: whole lines from every worker), so a test

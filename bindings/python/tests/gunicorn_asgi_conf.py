@@ -2,7 +2,7 @@
 # that shares limits across workers.
 from ratekeeper.gunicorn import *  # noqa: F401,F403
 
-worker_class = "uvicorn.workers.UvicornWorker"
+worker_class = "uvicorn_worker.UvicornWorker"
 workers = 4
 bind = "127.0.0.1:0"
 graceful_timeout = 5
