@@ -216,9 +216,12 @@ impl RemotePolicy {
 }
 
 /// A policy's item record after the cost (`PROTOCOL.md`, "Arguments"):
-/// the number of limits, each limit, the penalty box.
+/// one argument, the text of the number of limits, each limit and the
+/// penalty box, separated by spaces. The script parses each text once and
+/// keeps it, so a call only looks it up.
 pub fn script_args(spec: &PolicySpec, penalty: Option<Penalty>) -> Vec<String> {
-    let mut args = vec![spec.limits.len().to_string()];
+    use std::fmt::Write;
+    let mut text = spec.limits.len().to_string();
     for l in &spec.limits {
         let code = match l.algorithm {
             Algorithm::Gcra => "g",
@@ -227,23 +230,18 @@ pub fn script_args(spec: &PolicySpec, penalty: Option<Penalty>) -> Vec<String> {
             Algorithm::SlidingLog => "l",
             Algorithm::Concurrency => "c",
         };
-        args.extend([
-            code.to_string(),
-            l.count.to_string(),
-            l.period_ns.to_string(),
-            l.burst.to_string(),
-        ]);
+        // Writing to a String cannot fail.
+        let _ = write!(text, " {code} {} {} {}", l.count, l.period_ns, l.burst);
     }
-    match penalty {
-        Some(p) => args.extend([
-            p.strikes.to_string(),
-            p.window_ns.to_string(),
-            p.ban_ns.to_string(),
-            p.max_ban_ns.to_string(),
-        ]),
-        None => args.extend(["0", "0", "0", "0"].map(String::from)),
-    }
-    args
+    let _ = match penalty {
+        Some(p) => write!(
+            text,
+            " {} {} {} {}",
+            p.strikes, p.window_ns, p.ban_ns, p.max_ban_ns
+        ),
+        None => write!(text, " 0 0 0 0"),
+    };
+    vec![text]
 }
 
 /// The script's answer to `check`, `peek` and `acquire`.

@@ -1,6 +1,6 @@
 --[[
 ratekeeper.lua: every operation of ratekeeper's Redis backend, atomically,
-one script call per request.
+one script call per request. Protocol 3: a policy is one argument.
 
 The contract with the Rust client (KEYS/ARGV layout, replies, time) is
 PROTOCOL.md next to this file. The semantics are the in-process engine's,
@@ -10,9 +10,10 @@ mirrors (src/algo/*.rs, src/abuse.rs, src/table/mod.rs, src/engine/batch.rs).
 Numbers are Lua doubles. Every integer below 2^53 is exact, and so is every
 figure below 2^53 computed here: quotients come from math.fmod (exact),
 products that may pass 2^53 go through muldivmod, and times are compared by
-their differences (now - start < period, not now < start + period). Numbers
-are stored as '%.0f' strings, never passed to Redis as Lua numbers (Redis
-would format them with %.14g).
+their differences (now - start < period, not now < start + period). State
+numbers are stored as '%.0f' strings; a TTL (milliseconds, at most 2^53) is
+passed to Redis as a Lua number, which Redis formats with %.17g (fpconv in
+7.2+): exact for every integer below 10^17.
 
 The state (KEYS[2i-1]). Compact (it.compact: gcra, fixed and sliding window
 limits only): one string of the values of it.fields below, in that order,
@@ -387,9 +388,33 @@ local function library()
     end
 
     -- sliding_log::first_counting: ring index of the first entry that counts
-    -- (count if none); the ring is in time order from its head.
+    -- (count if none). The ring is in time order from its head and its
+    -- entries are one run ending at the newest (x.m, index count - 1), so
+    -- the entries that count are a suffix: this finds its start as the
+    -- binary search of the Rust code does, but gallops back from the newest
+    -- first, so that a key with few entries reads only the chunks near its
+    -- head (each chunk not loaded yet is one HGET), not log2(count) chunks
+    -- across the ring.
     function first_counting(l, x, now)
-      local lo, hi = 0, l.count
+      local n = l.count
+      if x.m == nil or now - x.m >= l.period then
+        return n -- no entry, or not even the newest counts
+      end
+      local lo, hi, step = 0, n - 1, 1 -- hi counts
+      while step < n do
+        local i = n - 1 - step
+        if i < 0 then
+          break
+        end
+        local t = log_entry(l, x, i)
+        if t ~= nil and now - t < l.period then
+          hi = i
+        else
+          lo = i + 1
+          break
+        end
+        step = step + step
+      end
       while lo < hi do
         local mid = (lo + hi - fmod(lo + hi, 2)) / 2
         local t = log_entry(l, x, mid)
@@ -725,7 +750,7 @@ local function library()
             rel = max(rel, s.pu - now + it.pen.max_ban)
           end
         end
-        local ttl = num(min(ceil_div(rel, 1000000), TWO53))
+        local ttl = min(ceil_div(rel, 1000000), TWO53) -- a Lua number: see the top
         if rel <= 0 then
           call('DEL', it.key)
         elseif it.compact then
@@ -1027,18 +1052,36 @@ local function library()
     return v
   end
 
-  -- The policy of an item record whose limit count m is argument a - 1
-  -- (its first algorithm argument a): limits, state fields, penalty box.
-  -- Built once per record text and library, then kept (a function library
-  -- lives on between calls).
-  local function parse_policy(i, a, m)
-    local it = { base = {}, fields = {} }
+  -- The policy of an item record: its one argument, the text
+  -- "m alg count period_ns burst ... strikes window_ns ban_ns max_ban_ns"
+  -- (PROTOCOL.md), parsed into limits (with their derived constants), state
+  -- fields and penalty box. Built once per policy text and library, then
+  -- kept (a function library lives on between calls): a call only looks its
+  -- argument up.
+  local function parse_policy(text)
+    local f = {}
+    for w in string.gmatch(text, '[^ ]+') do
+      f[#f + 1] = w
+    end
+    local function field(j)
+      local v = tonumber(f[j])
+      if v == nil or v < 0 or v ~= v - fmod(v, 1) then
+        fail('policy field ' .. j .. ' is not a non-negative integer: ' .. tostring(f[j]) .. ' in ' .. text)
+      end
+      return v
+    end
+    local m = field(1)
+    if m < 1 or #f ~= 4 * m + 5 then
+      fail('policy with a bad limit count ' .. m .. ': ' .. text)
+    end
+    local it = { base = {}, fields = {}, m = m }
+    local a = 2
     for k = 1, m do
-      local alg = A[a - O]
+      local alg = f[a]
       if alg ~= 'g' and alg ~= 'f' and alg ~= 'w' and alg ~= 'l' and alg ~= 'c' then
         fail('unknown algorithm ' .. tostring(alg))
       end
-      local l = limit_params(alg, int_arg(a + 1), int_arg(a + 2), int_arg(a + 3))
+      local l = limit_params(alg, field(a + 1), field(a + 2), field(a + 3))
       it.base[k] = l
       if alg == 'c' then
         if m ~= 1 then
@@ -1072,9 +1115,9 @@ local function library()
       end
       a = a + 4
     end
-    local strikes = int_arg(a)
+    local strikes = field(a)
     if strikes > 0 then
-      it.pen = { strikes = strikes, window = int_arg(a + 1), ban = int_arg(a + 2), max_ban = int_arg(a + 3) }
+      it.pen = { strikes = strikes, window = field(a + 1), ban = field(a + 2), max_ban = field(a + 3) }
       if it.pen.window < strikes or it.pen.ban < 1 or it.pen.max_ban < it.pen.ban then
         fail('bad penalty box')
       end
@@ -1096,21 +1139,23 @@ local function library()
         it.fast = false
       end
     end
+    -- One gcra limit: its compact state is one number (check_fast).
+    it.one_gcra = it.fast and m == 1 and it.base[1].alg == 'g'
     return it
   end
 
   local policies, npolicies = {}, 0
 
-  -- The policy of the record from argument a (its cost) on, parsed once.
-  local function policy_at(i, a, m)
-    local id = concat(A, ' ', a + 1 - O, a + 4 * m + 5 - O)
-    local pol = policies[id]
+  -- The policy whose text is argument a, parsed once.
+  local function policy_at(a)
+    local text = A[a - O]
+    local pol = policies[text]
     if pol == nil then
-      pol = parse_policy(i, a + 2, m)
+      pol = parse_policy(text)
       if npolicies >= 1024 then
         policies, npolicies = {}, 0
       end
-      policies[id], npolicies = pol, npolicies + 1
+      policies[text], npolicies = pol, npolicies + 1
     end
     return pol
   end
@@ -1120,43 +1165,51 @@ local function library()
   -- decide and flush do for it, without their tables (the same decisions;
   -- the conformance tests drive both paths). Returns the reply.
   local function check_fast(K, now, pol, cost)
-    local base, m = pol.base, #pol.base
+    local base, m = pol.base, pol.m
     local r = call('MGET', K[1], K[2])
     local str = r[1]
-    local factor = tonumber(r[2]) or 0
     local eff = base
-    if factor ~= 0 then
-      if not scaled then
-        define_scaled()
-      end
-      eff = {}
-      for k = 1, m do
-        eff[k] = scaled(base[k], factor)
+    if r[2] then
+      local factor = tonumber(r[2]) or 0
+      if factor ~= 0 then
+        if not scaled then
+          define_scaled()
+        end
+        eff = {}
+        for k = 1, m do
+          eff[k] = scaled(base[k], factor)
+        end
       end
     end
-    -- The state: the compact string's fields, in limit order.
-    local xs, i = {}, 1
-    for k = 1, m do
-      local x = {}
-      if base[k].alg == 'g' then
-        x.t = 0
-        if str then
-          local e = find(str, ' ', i, true) or #str + 1
-          x.t = tonumber(sub(str, i, e - 1)) or 0
-          i = e + 1
+    -- The state: the compact string's fields, in limit order (one number
+    -- for one gcra limit).
+    local xs = {}
+    if pol.one_gcra then
+      xs[1] = { t = str and tonumber(str) or 0 }
+    else
+      local i = 1
+      for k = 1, m do
+        local x = {}
+        if base[k].alg == 'g' then
+          x.t = 0
+          if str then
+            local e = find(str, ' ', i, true) or #str + 1
+            x.t = tonumber(sub(str, i, e - 1)) or 0
+            i = e + 1
+          end
+        else
+          x.n = 0
+          if str then
+            local e = find(str, ' ', i, true) or #str + 1
+            x.s = tonumber(sub(str, i, e - 1))
+            i = e + 1
+            e = find(str, ' ', i, true) or #str + 1
+            x.n = tonumber(sub(str, i, e - 1)) or 0
+            i = e + 1
+          end
         end
-      else
-        x.n = 0
-        if str then
-          local e = find(str, ' ', i, true) or #str + 1
-          x.s = tonumber(sub(str, i, e - 1))
-          i = e + 1
-          e = find(str, ' ', i, true) or #str + 1
-          x.n = tonumber(sub(str, i, e - 1)) or 0
-          i = e + 1
-        end
+        xs[k] = x
       end
-      xs[k] = x
     end
     local c = cost
     if cost > MAX_COST then
@@ -1188,23 +1241,39 @@ local function library()
     if cost > MAX_COST then
       allowed, retry = false, U64
     end
+    -- A denial changes nothing: no write.
     if allowed and cost ~= 0 then
-      local rel, v = 0, {}
-      for k = 1, m do
-        local l, x = eff[k], xs[k]
+      local rel, v = 0, nil
+      if m == 1 then
+        local l, x = eff[1], xs[1]
         charge(l, x, cost, now)
-        rel = max(rel, expiry_in(base[k], x, now))
+        rel = expiry_in(base[1], x, now)
         if l.alg == 'g' then
-          v[#v + 1] = num(x.t)
+          v = num(x.t)
         else
-          v[#v + 1] = x.s and num(x.s) or ''
-          v[#v + 1] = num(x.n)
+          v = (x.s and num(x.s) or '') .. ' ' .. num(x.n)
         end
+      else
+        v = {}
+        for k = 1, m do
+          local l, x = eff[k], xs[k]
+          charge(l, x, cost, now)
+          rel = max(rel, expiry_in(base[k], x, now))
+          if l.alg == 'g' then
+            v[#v + 1] = num(x.t)
+          else
+            v[#v + 1] = x.s and num(x.s) or ''
+            v[#v + 1] = num(x.n)
+          end
+        end
+        v = concat(v, ' ')
       end
       if rel <= 0 then
         call('DEL', K[1])
       else
-        call('SET', K[1], concat(v, ' '), 'PX', num(min(ceil_div(rel, 1000000), TWO53)))
+        -- The TTL in ms as a Lua number: Redis writes it with %.17g, exact
+        -- for these integers (below 2^53).
+        call('SET', K[1], v, 'PX', min(ceil_div(rel, 1000000), TWO53))
       end
     end
     return {
@@ -1225,7 +1294,6 @@ local function library()
   -- One call: op over the keys K and the arguments args (see A, O above).
   local function run(op, K, args, offset)
     A, O = args, offset
-    states, order = {}, {}
     call = redis.call
     local extra = EXTRA[op]
     if extra == nil then
@@ -1244,16 +1312,16 @@ local function library()
       now = min(int_arg(2), MAX_TIME)
     end
 
-    local n = int_arg(3)
-    if op == 'check' and n == 1 and #K == 2 then
-      local cost, m = int_arg(4), int_arg(5)
-      if m >= 1 and (#A + O) == 9 + 4 * m then
-        local pol = policy_at(1, 4, m)
-        if pol.fast then
-          return check_fast(K, now, pol, cost)
-        end
+    -- The most common call, one item of a pol.fast policy, before any
+    -- table is built.
+    if op == 'check' and #K == 2 and (#A + O) == 5 and A[3 - O] == '1' then
+      local pol = policy_at(5)
+      if pol.fast then
+        return check_fast(K, now, pol, int_arg(4))
       end
     end
+    states, order = {}, {}
+    local n = int_arg(3)
     if n < 1 or n > 64 or ((op ~= 'check' and op ~= 'peek') and n ~= 1) or #K ~= 2 * n then
       fail('bad item count ' .. n .. ' for ' .. op .. ' with ' .. #K .. ' keys')
     end
@@ -1263,11 +1331,8 @@ local function library()
       if a + 1 > (#A + O) then
         fail('item ' .. i .. ' is cut short')
       end
-      local cost, m = int_arg(a), int_arg(a + 1)
-      if m < 1 or a + 4 * m + 5 > (#A + O) then
-        fail('item ' .. i .. ' has a bad limit count ' .. m)
-      end
-      local pol = policy_at(i, a, m)
+      local cost = int_arg(a)
+      local pol = policy_at(a + 1)
       items[i] = {
         key = K[2 * i - 1],
         okey = K[2 * i],
@@ -1280,7 +1345,7 @@ local function library()
         scalable = pol.scalable,
         compact = pol.compact,
       }
-      a = a + 4 * m + 6
+      a = a + 2
     end
     if (#A + O) ~= a - 1 + extra then
       fail(op .. ' takes ' .. (a - 1 + extra) .. ' arguments, got ' .. (#A + O))
