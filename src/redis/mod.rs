@@ -186,10 +186,20 @@ pub(crate) struct RemotePolicy {
     name: String,
     args: Vec<String>,
     pub penalty: bool,
-    /// No sliding_log or concurrency limit: the state is one string
-    /// (`PROTOCOL.md`, "Keys"), under the key suffix `:c`, not `:s`.
-    compact: bool,
+    /// `<16 hex digits>:c` or `:s`, the end of every state key name of the
+    /// policy (after its hash tag): the 64-bit hash of its name says whose
+    /// key it is, so that [`Remote::delete_policy_state`] finds them all;
+    /// `c` when the state is one string (no sliding_log or concurrency
+    /// limit; `PROTOCOL.md`, "Keys"), `s` for a hash.
+    state_suffix: String,
 }
+
+/// The fixed key of the hash that names a policy in its state keys (not
+/// a secret: policy names are stored in Redis in the clear anyway).
+const POLICY_NAME_SEED: Seed = Seed {
+    k0: 0x7270_6f6c_6963_7921,
+    k1: 0x6e61_6d65_2d74_6167,
+};
 
 impl RemotePolicy {
     pub fn new(name: &str, spec: &PolicySpec, penalty: Option<Penalty>) -> Result<Self, Error> {
@@ -203,16 +213,87 @@ impl RemotePolicy {
                 )));
             }
         }
+        let compact = spec
+            .limits
+            .iter()
+            .all(|l| !matches!(l.algorithm, Algorithm::SlidingLog | Algorithm::Concurrency));
         Ok(RemotePolicy {
             name: name.into(),
             args: script_args(spec, penalty),
             penalty: penalty.is_some(),
-            compact: spec
-                .limits
-                .iter()
-                .all(|l| !matches!(l.algorithm, Algorithm::SlidingLog | Algorithm::Concurrency)),
+            state_suffix: format!(
+                "{:016x}:{}",
+                siphash13(POLICY_NAME_SEED, name.as_bytes()),
+                if compact { 'c' } else { 's' }
+            ),
         })
     }
+}
+
+/// `text` with the glob characters of `SCAN MATCH` (`*?[]\`) escaped.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Keys of one `SCAN` page (and one `UNLINK`).
+const SCAN_COUNT: usize = 1000;
+
+/// Scans the keys of one server that match `pattern`, a page at a time
+/// (`SCAN`, never `KEYS`), and unlinks each page with `unlink`; returns
+/// how many keys were removed.
+fn scan_and_unlink<C: ?Sized>(
+    con: &mut C,
+    pattern: &str,
+    scan: impl Fn(&mut C, &redis::Cmd) -> redis::RedisResult<(String, Vec<String>)>,
+    unlink: impl Fn(&mut C, &[String]) -> redis::RedisResult<u64>,
+) -> redis::RedisResult<u64> {
+    let mut cursor = "0".to_string();
+    let mut removed = 0;
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(&cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        let (next, keys) = scan(con, &cmd)?;
+        if !keys.is_empty() {
+            removed += unlink(con, &keys)?;
+        }
+        if next == "0" {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
+
+/// The `host` and `port` of every master of a cluster, from `CLUSTER
+/// NODES` (`<id> <ip:port@cport[,hostname]> <flags> ...`; masters that are
+/// not marked failed).
+fn cluster_masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let addr = fields.nth(1)?;
+            let flags = fields.next()?;
+            let master = flags.split(',').any(|f| f == "master")
+                && !flags.split(',').any(|f| f == "fail" || f == "noaddr");
+            if !master {
+                return None;
+            }
+            let addr = addr.split([',', '@']).next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?))
+        })
+        .collect()
 }
 
 /// A policy's item record after the cost (`PROTOCOL.md`, "Arguments"):
@@ -940,9 +1021,9 @@ impl Remote {
         cmd.arg(items.len() * 2);
         for it in items {
             let tag = self.tag(seeds, it);
-            let state = if it.policy.compact { 'c' } else { 's' };
-            cmd.arg(format!("{}{{{tag}}}:{state}", self.options.prefix));
-            cmd.arg(format!("{}{{{tag}}}:o", self.options.prefix));
+            let prefix = &self.options.prefix;
+            cmd.arg(format!("{prefix}{{{tag}}}:{}", it.policy.state_suffix));
+            cmd.arg(format!("{prefix}{{{tag}}}:o"));
         }
         if script {
             cmd.arg(op);
@@ -994,6 +1075,61 @@ impl Remote {
             }),
             _ => Ok(()),
         }
+    }
+}
+
+impl Remote {
+    /// Deletes the state of every key of `policy` in Redis — every server
+    /// of a cluster, every master — and returns how many keys were removed:
+    /// `SCAN` for `<prefix>{*}:<policy hash>:c` (or `:s`) a page at a time,
+    /// `UNLINK` of each page (overrides, under `:o`, stay). O(keys in
+    /// Redis); keys written while it runs may stay. For tests and
+    /// administration, not for the request path.
+    pub fn delete_policy_state(&self, policy: &RemotePolicy) -> Result<u64, Down> {
+        let pattern = format!(
+            "{}{{*}}:{}",
+            glob_escape(&self.options.prefix),
+            policy.state_suffix
+        );
+        self.with_conn(|con| match con {
+            Conn::One(c) => scan_and_unlink(
+                c,
+                &pattern,
+                |c, cmd| cmd.query(c),
+                |c, keys| redis::cmd("UNLINK").arg(keys).query(c),
+            ),
+            Conn::Cluster(cluster) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut **cluster)?;
+                let mut removed = 0;
+                for (host, port) in cluster_masters(&nodes) {
+                    let at = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port,
+                    });
+                    scan_and_unlink(
+                        &mut **cluster,
+                        &pattern,
+                        |cluster, cmd| {
+                            let v = cluster.route_command(cmd, at.clone())?;
+                            Ok(redis::from_redis_value(v)?)
+                        },
+                        |cluster, keys| {
+                            // The keys of a page sit in many slots: one
+                            // UNLINK each, pipelined, each to its slot's node.
+                            let mut pipe = redis::cluster::cluster_pipe();
+                            for k in keys {
+                                pipe.cmd("UNLINK").arg(k);
+                            }
+                            let counts: Vec<u64> = pipe.query(cluster)?;
+                            Ok(counts.iter().sum())
+                        },
+                    )
+                    .map(|n| removed += n)?;
+                }
+                Ok(removed)
+            }
+        })
     }
 }
 
@@ -1264,6 +1400,18 @@ impl DenyCache {
                 keys,
                 n,
             });
+        }
+    }
+
+    /// Every key may have changed (a policy's keys were all reset): every
+    /// entry goes.
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            shard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter_mut()
+                .for_each(|e| *e = None);
         }
     }
 
