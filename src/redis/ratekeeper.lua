@@ -10,15 +10,17 @@ mirrors (src/algo/*.rs, src/abuse.rs, src/table/mod.rs, src/engine/batch.rs).
 Numbers are Lua doubles. Every integer below 2^53 is exact, and so is every
 figure below 2^53 computed here: quotients come from math.fmod (exact),
 products that may pass 2^53 go through muldivmod, and times are compared by
-their differences (now - start < period, not now < start + period). State
-numbers are stored as '%.0f' strings; a TTL (milliseconds, at most 2^53) is
+their differences (now - start < period, not now < start + period). The
+numbers in a state hash are stored as '%.0f' strings (in a compact state,
+as doubles: exact); a TTL (milliseconds, at most 2^53) is
 passed to Redis as a Lua number, which Redis formats with %.17g (fpconv in
 7.2+): exact for every integer below 10^17.
 
 The state (KEYS[2i-1]). Compact (it.compact: gcra, fixed and sliding window
 limits only): one string of the values of it.fields below, in that order,
-separated by spaces ('' for absent), read with the override by MGET and
-written by SET PX. Otherwise a hash of these fields; for the limit at
+each an 8-byte big-endian double (struct it.fmt, '>d' per field; -1 for an
+absent window start), read with the override by MGET and written by SET PX:
+no decimal formatting or parsing on a check. Otherwise a hash of these fields; for the limit at
 position k (1-based):
   gcra            k..'t'  theoretical arrival time (0: fresh)
   fixed_window    k..'s'  window start (absent: no window), k..'n' its count
@@ -196,8 +198,12 @@ local function library()
 
   -- algo::gcra::evaluate. With behind = max(tat, now) - now, allowed iff
   -- behind + c*T <= tol, i.e. behind - tr <= (tq - c) * T.
-  local function gcra_eval(l, x, cost, now)
-    local behind = max(x.t, now) - now
+  local function gcra_eval(l, tat, cost, now)
+    local behind = now
+    if tat > now then
+      behind = tat
+    end
+    behind = behind - now
     local over = max(behind - l.tr, 0)
     if cost <= l.burst and behind - l.tr <= (l.tq - cost) * l.t then
       -- remaining = floor((tol - behind - c*T) / T)
@@ -482,7 +488,7 @@ local function library()
   local function evaluate(l, x, cost, now)
     local a = l.alg
     if a == 'g' then
-      return gcra_eval(l, x, cost, now)
+      return gcra_eval(l, x.t, cost, now)
     elseif a == 'f' then
       return fixed_eval(l, x, cost, now)
     elseif a == 'w' then
@@ -659,13 +665,13 @@ local function library()
       -- command for both (same hash tag, so same slot).
       local r = call('MGET', it.key, it.okey)
       v, over = {}, r[2]
-      s.exists = r[1] ~= false
+      s.exists = r[1] ~= false and #r[1] == 8 * #it.fields
       if s.exists then
-        local str, i = r[1], 1
+        v = { unpack1(it.fmt, r[1]) }
         for j = 1, #it.fields do
-          local e = find(str, ' ', i, true) or #str + 1
-          v[j] = sub(str, i, e - 1)
-          i = e + 1
+          if v[j] < 0 then
+            v[j] = false -- a fixed window's start: none
+          end
         end
       end
     else
@@ -758,22 +764,22 @@ local function library()
           for k, l in ipairs(it.base) do
             local x, a = s.lim[k], l.alg
             if a == 'g' then
-              v[#v + 1] = num(x.t)
+              v[#v + 1] = x.t
             elseif a == 'f' then
-              v[#v + 1] = x.s and num(x.s) or ''
-              v[#v + 1] = num(x.n)
+              v[#v + 1] = x.s or -1
+              v[#v + 1] = x.n
             else
-              v[#v + 1] = num(x.w)
-              v[#v + 1] = num(x.c)
-              v[#v + 1] = num(x.p)
+              v[#v + 1] = x.w
+              v[#v + 1] = x.c
+              v[#v + 1] = x.p
             end
           end
           if it.pen then
-            v[#v + 1] = num(s.ps)
-            v[#v + 1] = num(s.pl)
-            v[#v + 1] = num(s.pu)
+            v[#v + 1] = s.ps
+            v[#v + 1] = s.pl
+            v[#v + 1] = s.pu
           end
-          call('SET', it.key, concat(v, ' '), 'PX', ttl)
+          call('SET', it.key, pack(it.fmt, unpack(v)), 'PX', ttl)
         else
           if it.conc then
             local l, e = it.base[1], {}
@@ -1132,6 +1138,8 @@ local function library()
       it.fields[#it.fields + 1] = 'pu'
     end
     it.compact = not it.conc and not it.log
+    -- The compact state: one 8-byte double per field (PROTOCOL.md, "Keys").
+    it.fmt = '>' .. rep('d', #it.fields)
     it.fast = not it.pen
     for k = 1, m do
       local a = it.base[k].alg
@@ -1164,10 +1172,18 @@ local function library()
   -- penalty box (pol.fast), the most common call: what check, check_mode,
   -- decide and flush do for it, without their tables (the same decisions;
   -- the conformance tests drive both paths). Returns the reply.
+  -- The reply of check_fast (one item, no penalty box).
+  local function fast_reply(allowed, limit, remaining, retry, reset, index, now)
+    return { allowed and 1 or 0, 0, out(limit), out(remaining), out(retry), out(reset), index, 0, 0, now, 0 }
+  end
+
   local function check_fast(K, now, pol, cost)
     local base, m = pol.base, pol.m
     local r = call('MGET', K[1], K[2])
     local str = r[1]
+    if str and #str ~= 8 * #pol.fields then
+      str = false -- not a state of this layout: fresh
+    end
     local eff = base
     if r[2] then
       local factor = tonumber(r[2]) or 0
@@ -1181,39 +1197,52 @@ local function library()
         end
       end
     end
-    -- The state: the compact string's fields, in limit order (one number
-    -- for one gcra limit).
-    local xs = {}
-    if pol.one_gcra then
-      xs[1] = { t = str and tonumber(str) or 0 }
-    else
-      local i = 1
-      for k = 1, m do
-        local x = {}
-        if base[k].alg == 'g' then
-          x.t = 0
-          if str then
-            local e = find(str, ' ', i, true) or #str + 1
-            x.t = tonumber(sub(str, i, e - 1)) or 0
-            i = e + 1
-          end
-        else
-          x.n = 0
-          if str then
-            local e = find(str, ' ', i, true) or #str + 1
-            x.s = tonumber(sub(str, i, e - 1))
-            i = e + 1
-            e = find(str, ' ', i, true) or #str + 1
-            x.n = tonumber(sub(str, i, e - 1)) or 0
-            i = e + 1
-          end
-        end
-        xs[k] = x
-      end
-    end
     local c = cost
     if cost > MAX_COST then
       c = 0
+    end
+    if pol.one_gcra then
+      -- One gcra limit: its theoretical arrival time, no table.
+      local l, tat = eff[1], 0
+      if str then
+        tat = unpack1('>d', str)
+      end
+      local allowed, limit, remaining, retry, reset = gcra_eval(l, tat, c, now)
+      if cost > MAX_COST then
+        allowed, retry = false, U64
+      end
+      if allowed and cost ~= 0 then
+        if tat < now then
+          tat = now
+        end
+        tat = tat + cost * l.t
+        if tat <= now then
+          -- cost * T vanished in the rounding of a time past 2^53: fresh.
+          call('DEL', K[1])
+        else
+          call('SET', K[1], pack('>d', tat), 'PX', min(ceil_div(tat - now, 1000000), TWO53))
+        end
+      end
+      return fast_reply(allowed, limit, remaining, retry, reset, 0, now)
+    end
+    -- The state: the compact string's fields, in limit order.
+    local v = str and { unpack1(pol.fmt, str) } or nil
+    local xs, j = {}, 1
+    for k = 1, m do
+      if base[k].alg == 'g' then
+        xs[k] = { t = v and v[j] or 0 }
+        j = j + 1
+      else
+        local x = { n = 0 }
+        if v then
+          if v[j] >= 0 then
+            x.s = v[j]
+          end
+          x.n = v[j + 1]
+        end
+        xs[k] = x
+        j = j + 2
+      end
     end
     -- decide: every limit's verdict, the binding one kept (binds_over).
     local all, ba, blimit, brem, bretry, breset, bindex = true, nil, 0, 0, 0, 0, 0
@@ -1243,52 +1272,27 @@ local function library()
     end
     -- A denial changes nothing: no write.
     if allowed and cost ~= 0 then
-      local rel, v = 0, nil
-      if m == 1 then
-        local l, x = eff[1], xs[1]
+      local rel, out_v = 0, {}
+      for k = 1, m do
+        local l, x = eff[k], xs[k]
         charge(l, x, cost, now)
-        rel = expiry_in(base[1], x, now)
+        rel = max(rel, expiry_in(base[k], x, now))
         if l.alg == 'g' then
-          v = num(x.t)
+          out_v[#out_v + 1] = x.t
         else
-          v = (x.s and num(x.s) or '') .. ' ' .. num(x.n)
+          out_v[#out_v + 1] = x.s or -1
+          out_v[#out_v + 1] = x.n
         end
-      else
-        v = {}
-        for k = 1, m do
-          local l, x = eff[k], xs[k]
-          charge(l, x, cost, now)
-          rel = max(rel, expiry_in(base[k], x, now))
-          if l.alg == 'g' then
-            v[#v + 1] = num(x.t)
-          else
-            v[#v + 1] = x.s and num(x.s) or ''
-            v[#v + 1] = num(x.n)
-          end
-        end
-        v = concat(v, ' ')
       end
       if rel <= 0 then
         call('DEL', K[1])
       else
         -- The TTL in ms as a Lua number: Redis writes it with %.17g, exact
         -- for these integers (below 2^53).
-        call('SET', K[1], v, 'PX', min(ceil_div(rel, 1000000), TWO53))
+        call('SET', K[1], pack(pol.fmt, unpack(out_v)), 'PX', min(ceil_div(rel, 1000000), TWO53))
       end
     end
-    return {
-      allowed and 1 or 0,
-      0,
-      out(blimit),
-      out(brem),
-      out(retry),
-      out(breset),
-      bindex,
-      0,
-      0,
-      now,
-      0,
-    }
+    return fast_reply(allowed, blimit, brem, retry, breset, bindex, now)
   end
 
   -- One call: op over the keys K and the arguments args (see A, O above).
@@ -1344,6 +1348,7 @@ local function library()
         pen = pol.pen,
         scalable = pol.scalable,
         compact = pol.compact,
+        fmt = pol.fmt,
       }
       a = a + 2
     end
