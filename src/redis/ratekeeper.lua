@@ -11,10 +11,10 @@ Numbers are Lua doubles. Every integer below 2^53 is exact, and so is every
 figure below 2^53 computed here: quotients come from math.fmod (exact),
 products that may pass 2^53 go through muldivmod, and times are compared by
 their differences (now - start < period, not now < start + period). The
-numbers in a state hash are stored as '%.0f' strings (in a compact state,
-as doubles: exact); a TTL (milliseconds, at most 2^53) is
-passed to Redis as a Lua number, which Redis formats with %.17g (fpconv in
-7.2+): exact for every integer below 10^17.
+numbers of a state hash and TTLs (milliseconds, at most 2^53) are passed to
+Redis as Lua numbers, which Redis formats with %.17g (the shortest exact
+form in 7.2+): exact for every double, read back with tonumber; a compact
+state holds doubles (struct '>d'). No string.format on a check.
 
 The state (KEYS[2i-1]). Compact (it.compact: gcra, fixed and sliding window
 limits only): one string of the values of it.fields below, in that order,
@@ -788,32 +788,33 @@ local function library()
             end
             call('HSET', it.key, 'E', pack('>' .. rep('d', l.count), unpack(e)))
           else
+            -- Numbers go to Redis as Lua numbers (%.17g, exact; see the top).
             local args, j = {}, 0
             for k, l in ipairs(it.base) do
               local x, a = s.lim[k], l.alg
               if a == 'g' then
-                args[j + 1], args[j + 2], j = k .. 't', num(x.t), j + 2
+                args[j + 1], args[j + 2], j = k .. 't', x.t, j + 2
               elseif a == 'f' then
                 if x.s ~= nil then
-                  args[j + 1], args[j + 2], j = k .. 's', num(x.s), j + 2
+                  args[j + 1], args[j + 2], j = k .. 's', x.s, j + 2
                 end
-                args[j + 1], args[j + 2], j = k .. 'n', num(x.n), j + 2
+                args[j + 1], args[j + 2], j = k .. 'n', x.n, j + 2
               elseif a == 'w' then
-                args[j + 1], args[j + 2] = k .. 'w', num(x.w)
-                args[j + 3], args[j + 4] = k .. 'c', num(x.c)
-                args[j + 5], args[j + 6], j = k .. 'p', num(x.p), j + 6
+                args[j + 1], args[j + 2] = k .. 'w', x.w
+                args[j + 3], args[j + 4] = k .. 'c', x.c
+                args[j + 5], args[j + 6], j = k .. 'p', x.p, j + 6
               else
-                args[j + 1], args[j + 2] = k .. 'h', num(x.h)
-                args[j + 3], args[j + 4], j = k .. 'm', x.m and num(x.m) or '', j + 4
+                args[j + 1], args[j + 2] = k .. 'h', x.h
+                args[j + 3], args[j + 4], j = k .. 'm', x.m and x.m or '', j + 4
                 for c in pairs(x.dirty) do
                   args[j + 1], args[j + 2], j = x.pre .. c, x.ch[c], j + 2
                 end
               end
             end
             if it.pen then
-              args[j + 1], args[j + 2] = 'ps', num(s.ps)
-              args[j + 3], args[j + 4] = 'pl', num(s.pl)
-              args[j + 5], args[j + 6] = 'pu', num(s.pu)
+              args[j + 1], args[j + 2] = 'ps', s.ps
+              args[j + 3], args[j + 4] = 'pl', s.pl
+              args[j + 5], args[j + 6] = 'pu', s.pu
             end
             call('HSET', it.key, unpack(args))
           end
