@@ -20,8 +20,8 @@ The state (KEYS[2i-1]). Compact (it.compact: gcra, fixed and sliding window
 limits only): one string of the values of it.fields below, in that order,
 each an 8-byte big-endian double (struct it.fmt, '>d' per field; -1 for an
 absent window start), read with the override by MGET and written by SET PX:
-no decimal formatting or parsing on a check. Otherwise a hash of these fields; for the limit at
-position k (1-based):
+no decimal formatting or parsing on a check. Otherwise a hash of these
+fields; for the limit at position k (1-based):
   gcra            k..'t'  theoretical arrival time (0: fresh)
   fixed_window    k..'s'  window start (absent: no window), k..'n' its count
   sliding_window  k..'w'  stored window index mod 2^32, k..'c' its count,
@@ -30,7 +30,9 @@ position k (1-based):
                   entry), k..'m' the newest timestamp ('' or absent: none),
                   k..'l'..j slots 64j..64j+63 of the ring, 8 bytes each
                   (struct '>d' of timestamp + 1; 0 or absent: empty), so
-                  that a call reads and writes only the chunks it needs
+                  that a call reads and writes only the chunks it needs;
+                  k..'k' the slots in use (a run ending at the newest;
+                  absent: all, if there is an entry)
   concurrency     'E'     the leases' expiries, 8 bytes each (struct '>d';
                           0 or absent: free), 'T'..i "token holder" of lease i
   penalty box     'ps'    strike TAT, 'pl' bans so far, 'pu' banned until
@@ -406,10 +408,12 @@ local function library()
       if x.m == nil or now - x.m >= l.period then
         return n -- no entry, or not even the newest counts
       end
-      local lo, hi, step = 0, n - 1, 1 -- hi counts
+      -- Ring indices below n - x.k hold no entry (x.k: slots in use, a
+      -- run ending at the newest), so they are never read.
+      local lo, hi, step = n - x.k, n - 1, 1 -- hi counts
       while step < n do
         local i = n - 1 - step
-        if i < 0 then
+        if i < lo then
           break
         end
         local t = log_entry(l, x, i)
@@ -522,6 +526,7 @@ local function library()
       end
       log_fill(x, l.count, x.h, cost, stamp + 1)
       x.h, x.m = fmod(x.h + cost, l.count), stamp
+      x.k = min(x.k + cost, l.count)
     end
   end
 
@@ -562,6 +567,7 @@ local function library()
         end
         log_fill(x, n, h, c, 0)
         x.h, x.m = h, nil
+        x.k = max(x.k - c, 0)
         if keeper ~= 0 then
           x.m = keeper - 1
         end
@@ -709,7 +715,9 @@ local function library()
       else
         x.h, x.m = tonumber(v[j]) or 0, tonumber(v[j + 1])
         x.key, x.pre, x.ch, x.dirty = it.key, k .. 'l', { [0] = v[j + 2] or '' }, {}
-        j = j + 3
+        -- Ring slots in use (absent: assume all, unless there is no entry).
+        x.k = tonumber(v[j + 3]) or (x.m and l.count or 0)
+        j = j + 4
       end
       s.lim[k] = x
     end
@@ -805,7 +813,8 @@ local function library()
                 args[j + 5], args[j + 6], j = k .. 'p', x.p, j + 6
               else
                 args[j + 1], args[j + 2] = k .. 'h', x.h
-                args[j + 3], args[j + 4], j = k .. 'm', x.m and x.m or '', j + 4
+                args[j + 3], args[j + 4] = k .. 'm', x.m and x.m or ''
+                args[j + 5], args[j + 6], j = k .. 'k', x.k, j + 6
                 for c in pairs(x.dirty) do
                   args[j + 1], args[j + 2], j = x.pre .. c, x.ch[c], j + 2
                 end
@@ -1116,6 +1125,7 @@ local function library()
         it.fields[#it.fields + 1] = k .. 'h'
         it.fields[#it.fields + 1] = k .. 'm'
         it.fields[#it.fields + 1] = k .. 'l0'
+        it.fields[#it.fields + 1] = k .. 'k'
       end
       if alg == 'g' or alg == 'f' or alg == 'w' then
         it.scalable = true
