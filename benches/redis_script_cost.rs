@@ -153,7 +153,9 @@ fn script_cost_per_call() {
             runs[c].push(usec_per_call(&mut con, n, f));
         }
     }
-    println!("\nusec per script call (FCALL or EVALSHA) inside Redis, N = {n}, median of {RUNS} runs");
+    println!(
+        "\nusec per script call (FCALL or EVALSHA) inside Redis, N = {n}, median of {RUNS} runs"
+    );
     println!("{:<44} {:>8}   runs", "case", "median");
     for ((name, _), r) in cases.iter().zip(&mut runs) {
         let shown = r
