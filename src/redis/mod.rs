@@ -1102,7 +1102,15 @@ impl Remote {
                 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
                 let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut **cluster)?;
                 let mut removed = 0;
-                for (host, port) in cluster_masters(&nodes) {
+                let masters = cluster_masters(&nodes);
+                if masters.is_empty() {
+                    // Never a silent reset of nothing.
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "CLUSTER NODES names no master to reset",
+                    )));
+                }
+                for (host, port) in masters {
                     let at = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                         host: host.clone(),
                         port,
@@ -1427,5 +1435,35 @@ impl DenyCache {
                 s[i] = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_of_a_prefix_match_only_themselves() {
+        assert_eq!(glob_escape("rk:"), "rk:");
+        assert_eq!(glob_escape(r"a*b?c[d]e\f"), r"a\*b\?c\[d\]e\\f");
+    }
+
+    #[test]
+    fn cluster_nodes_name_the_live_masters() {
+        let nodes = "\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@40003,node-3.example master - 0 1426238318243 3 connected 10923-16383
+e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+6ec2 127.0.0.1:30005@40005 master,fail - 1426238316232 1426238316232 5 disconnected
+";
+        assert_eq!(
+            cluster_masters(nodes),
+            [
+                ("127.0.0.1".to_string(), 30002),
+                ("127.0.0.1".to_string(), 30003),
+                ("127.0.0.1".to_string(), 30001),
+            ]
+        );
     }
 }
