@@ -1,5 +1,6 @@
-//! The Redis script's own cost: microseconds per `EVALSHA` inside Redis
-//! (`INFO commandstats`, `cmdstat_evalsha`), per case, through the real
+//! The Redis script's own cost: microseconds per script call inside Redis
+//! (`INFO commandstats`, `cmdstat_fcall` plus `cmdstat_evalsha`: the
+//! function library on Redis 7+, the script on older servers), per case, through the real
 //! client (`Engine::open_redis`, Redis `TIME`, deny cache off so that every
 //! call reaches Redis). Each case makes `N` calls after `CONFIG RESETSTAT`;
 //! the table is the median of 3 runs. A `redis-server` is started on a free
@@ -20,24 +21,28 @@ use redis_server::RedisServer;
 
 const RUNS: usize = 3;
 
-/// Total `usec` and `calls` of `cmdstat_evalsha` since the last reset.
-fn evalsha_stats(con: &mut redis::Connection) -> (f64, f64) {
+/// Total `usec` and `calls` of `cmdstat_fcall` and `cmdstat_evalsha`
+/// since the last reset.
+fn script_stats(con: &mut redis::Connection) -> (f64, f64) {
     let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
-    let line = info
+    let lines: Vec<&str> = info
         .lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .expect("evalsha was called");
-    let field = |name: &str| -> f64 {
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_fcall:"))
+        .collect();
+    assert!(!lines.is_empty(), "the script was called");
+    let field = |line: &str, name: &str| -> f64 {
         line.split([':', ','])
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             .unwrap()
             .parse()
             .unwrap()
     };
-    (field("usec"), field("calls"))
+    lines.iter().fold((0.0, 0.0), |(u, c), l| {
+        (u + field(l, "usec"), c + field(l, "calls"))
+    })
 }
 
-/// Microseconds per `EVALSHA` over `n` iterations of `f` (after a warm-up).
+/// Microseconds per script call over `n` iterations of `f` (after a warm-up).
 fn usec_per_call(con: &mut redis::Connection, n: u64, mut f: impl FnMut(u64)) -> f64 {
     for i in 0..n / 10 {
         f(n + i);
@@ -46,7 +51,7 @@ fn usec_per_call(con: &mut redis::Connection, n: u64, mut f: impl FnMut(u64)) ->
     for i in 0..n {
         f(i);
     }
-    let (usec, calls) = evalsha_stats(con);
+    let (usec, calls) = script_stats(con);
     usec / calls
 }
 
@@ -148,7 +153,9 @@ fn script_cost_per_call() {
             runs[c].push(usec_per_call(&mut con, n, f));
         }
     }
-    println!("\nusec per EVALSHA inside Redis, N = {n}, median of {RUNS} runs");
+    println!(
+        "\nusec per script call (FCALL or EVALSHA) inside Redis, N = {n}, median of {RUNS} runs"
+    );
     println!("{:<44} {:>8}   runs", "case", "median");
     for ((name, _), r) in cases.iter().zip(&mut runs) {
         let shown = r

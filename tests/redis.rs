@@ -854,6 +854,96 @@ fn permits_are_shared_through_redis() {
     assert!(a.release(p4.unwrap()).unwrap());
 }
 
+/// Issue #15: `reset_all` on a Redis engine deletes the state of every key
+/// of that policy in Redis, for every host, and nothing else: another
+/// policy's keys, the policy's overrides and another prefix's keys of a
+/// policy of the same name keep their state.
+#[test]
+fn reset_all_deletes_one_policys_keys_for_every_host_and_nothing_else() {
+    let server = shared_server();
+    let id = next_id();
+    // `?` would match any character if the prefix were not escaped in the
+    // SCAN pattern: the `x` prefix's keys must survive a reset under `?`.
+    let a = open(server, &format!("resetall{id}?"));
+    let b = open(server, &format!("resetall{id}?"));
+    let other = open(server, &format!("resetall{id}x"));
+    let add = |e: &Engine| {
+        (
+            e.add_policy("login", "2/hour").unwrap(),
+            e.add_policy("api", "sliding_log 2/hour").unwrap(),
+            e.add_policy("uploads", "concurrency 1 ttl 1 hour").unwrap(),
+        )
+    };
+    let (la, qa, ca) = add(&a);
+    let (lb, qb, cb) = add(&b);
+    let (lo, _, _) = add(&other);
+    a.set_override(la, b"vip", 1.5).unwrap(); // 3 per hour
+    let keys: Vec<String> = (0..40).map(|i| format!("client:{i}")).collect();
+    for k in &keys {
+        for p in [la, qa] {
+            assert!(a.check(p, k.as_bytes(), 2).allowed, "{k}");
+            assert!(!a.check(p, k.as_bytes(), 1).allowed, "{k}");
+        }
+        assert!(other.check(lo, k.as_bytes(), 2).allowed, "{k}");
+    }
+    assert!(a.check(la, b"vip", 3).allowed);
+    let (held, permit) = a.acquire(ca, b"user:1").unwrap();
+    assert!(held.allowed && permit.is_some());
+    assert!(!b.acquire(cb, b"user:1").unwrap().0.allowed);
+
+    // Reset on the other host: 40 keys and the override's key hold state.
+    assert_eq!(b.reset_all(lb).unwrap(), 41);
+    for k in &keys {
+        assert!(a.check(la, k.as_bytes(), 2).allowed, "{k}: login is fresh");
+        assert!(
+            !b.check(qb, k.as_bytes(), 1).allowed,
+            "{k}: api kept its state"
+        );
+        assert!(
+            !other.check(lo, k.as_bytes(), 1).allowed,
+            "{k}: another prefix kept its state"
+        );
+    }
+    assert_eq!(
+        a.override_of(la, b"vip").unwrap(),
+        Some(1.5),
+        "overrides stay"
+    );
+    assert!(a.check(la, b"vip", 3).allowed, "fresh, with its override");
+    // Nothing left of login but what was just charged; a second reset
+    // finds exactly those keys.
+    assert_eq!(a.reset_all(la).unwrap(), 41);
+    assert_eq!(a.reset_all(la).unwrap(), 0);
+    // A concurrency policy's reset drops its permits.
+    assert_eq!(b.reset_all(cb).unwrap(), 1);
+    let (d, p) = b.acquire(cb, b"user:1").unwrap();
+    assert!(d.allowed && p.is_some());
+    let s = b.redis_stats().unwrap();
+    assert_eq!((s.errors, s.fallback_decisions), (0, 0), "{s:?}");
+}
+
+/// `reset_all` while Redis cannot answer is an error (an administrative
+/// call needs Redis), not a silent success.
+#[test]
+fn reset_all_needs_redis() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = Engine::open_redis(
+        &format!("redis://127.0.0.1:{port}/"),
+        RedisOptions {
+            connect_timeout: Duration::from_millis(100),
+            timeout: Duration::from_millis(100),
+            ..opts("down")
+        },
+    )
+    .unwrap();
+    let p = e.add_policy("p", "1/minute").unwrap();
+    assert!(matches!(e.reset_all(p), Err(Error::Backend(_))));
+}
+
 // ---------------------------------------------------------------------
 // TLS (rediss://) with a private certificate authority.
 
@@ -1087,6 +1177,37 @@ proptest! {
         }
         prop_assert_eq!(remote.redis_stats().unwrap().fallback_decisions, 0);
     }
+}
+
+/// `reset_all` on a cluster scans every master: the keys of the policy,
+/// spread over the nodes by their slots, are all deleted, and another
+/// policy's are not.
+#[test]
+fn reset_all_on_a_cluster_deletes_the_policys_keys_on_every_master() {
+    let cluster = shared_cluster();
+    let prefix = format!("clreset{}", next_id());
+    let a = open_cluster(&prefix);
+    let b = open_cluster(&prefix);
+    let pa = a.add_policy("p", "1/hour").unwrap();
+    let qa = a.add_policy("q", "sliding_log 1/hour").unwrap();
+    let pb = b.add_policy("p", "1/hour").unwrap();
+    let keys: Vec<String> = (0..60).map(|i| format!("client:{i}")).collect();
+    for k in &keys {
+        assert!(a.check(pa, k.as_bytes(), 1).allowed);
+        assert!(a.check(qa, k.as_bytes(), 1).allowed);
+    }
+    let counts = cluster.key_counts();
+    assert!(counts.iter().filter(|&&n| n > 0).count() >= 2, "{counts:?}");
+    assert_eq!(b.reset_all(pb).unwrap(), 60);
+    for k in &keys {
+        assert!(a.check(pa, k.as_bytes(), 1).allowed, "{k}: p is fresh");
+        assert!(
+            !a.check(qa, k.as_bytes(), 1).allowed,
+            "{k}: q kept its state"
+        );
+    }
+    assert_eq!(a.reset_all(qa).unwrap(), 60);
+    assert_eq!(a.redis_stats().unwrap().fallback_decisions, 0);
 }
 
 #[test]

@@ -1436,8 +1436,10 @@ fn malformed_calls_are_errors_via(functions: bool) {
     } else {
         assert!(err(unknown).contains("unknown op"));
     }
+    // The record is the cost and the policy's text (PROTOCOL.md).
+    assert_eq!(good.len(), 2, "{good:?}");
     let mut bad = good.clone();
-    bad[2] = "x".into();
+    bad[1] = bad[1].replacen(" g ", " x ", 1);
     let e = err(lua.eval("check", Some(0), std::slice::from_ref(&keys), &[bad], &[]));
     assert!(e.contains("unknown algorithm"), "{e}");
     let e = err(lua.eval(
@@ -1460,7 +1462,7 @@ fn malformed_calls_are_errors_via(functions: bool) {
         "check",
         Some(0),
         std::slice::from_ref(&keys),
-        &[good[..4].to_vec()],
+        &[good[..1].to_vec()],
         &[],
     ));
     assert!(
@@ -1469,6 +1471,11 @@ fn malformed_calls_are_errors_via(functions: bool) {
     );
     let mut bad = good.clone();
     bad[0] = "-1".into();
-    let e = err(lua.eval("check", Some(0), &[keys], &[bad], &[]));
+    let e = err(lua.eval("check", Some(0), std::slice::from_ref(&keys), &[bad], &[]));
     assert!(e.contains("not a non-negative integer"), "{e}");
+    // A policy text with a limit count its fields do not match.
+    let mut bad = good.clone();
+    bad[1] = bad[1].replacen('1', "2", 1);
+    let e = err(lua.eval("check", Some(0), &[keys], &[bad], &[]));
+    assert!(e.contains("bad limit count"), "{e}");
 }

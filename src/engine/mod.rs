@@ -609,9 +609,14 @@ impl Engine {
     /// permit), in this process's view of the table — for a shared engine,
     /// the file every process uses. A scan of the whole table, for tests
     /// and administration: keys inserted while it runs may stay. Returns
-    /// how many keys held state. A Redis engine refuses
-    /// ([`Error::InvalidArgument`]): its keys live in Redis, under hashed
-    /// names that no scan of the local tables can find.
+    /// how many keys held state.
+    ///
+    /// On a Redis engine it deletes the policy's state in Redis, on every
+    /// master of a cluster (`SCAN` of the policy's key pattern a page at a
+    /// time and `UNLINK`; overrides stay), for every host, and clears the
+    /// local fallback tables and the deny cache; it returns how many keys
+    /// Redis held. O(keys in Redis): for tests and administration, not the
+    /// request path. Redis must answer ([`Error::Backend`] otherwise).
     ///
     /// ```
     /// # let engine = ratekeeper::Engine::new(Default::default())?;
@@ -624,15 +629,11 @@ impl Engine {
     /// ```
     pub fn reset_all(&self, policy: PolicyId) -> Result<u64, Error> {
         let p = self.get(policy)?;
-        #[cfg(feature = "redis")]
-        if self.store.redis().is_some() {
-            return Err(Error::InvalidArgument(
-                "reset_all is not supported on a Redis engine (its keys live in Redis); \
-                 reset keys one by one, or use a fresh key prefix"
-                    .into(),
-            ));
-        }
         self.intact()?;
+        #[cfg(feature = "redis")]
+        if let Some(r) = self.store.redis() {
+            return r.reset_all(policy.0, &p.table);
+        }
         Ok(p.table.reset_all())
     }
 

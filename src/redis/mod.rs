@@ -186,10 +186,20 @@ pub(crate) struct RemotePolicy {
     name: String,
     args: Vec<String>,
     pub penalty: bool,
-    /// No sliding_log or concurrency limit: the state is one string
-    /// (`PROTOCOL.md`, "Keys"), under the key suffix `:c`, not `:s`.
-    compact: bool,
+    /// `<16 hex digits>:c` or `:s`, the end of every state key name of the
+    /// policy (after its hash tag): the 64-bit hash of its name says whose
+    /// key it is, so that [`Remote::delete_policy_state`] finds them all;
+    /// `c` when the state is one string (no sliding_log or concurrency
+    /// limit; `PROTOCOL.md`, "Keys"), `s` for a hash.
+    state_suffix: String,
 }
+
+/// The fixed key of the hash that names a policy in its state keys (not
+/// a secret: policy names are stored in Redis in the clear anyway).
+const POLICY_NAME_SEED: Seed = Seed {
+    k0: 0x7270_6f6c_6963_7921,
+    k1: 0x6e61_6d65_2d74_6167,
+};
 
 impl RemotePolicy {
     pub fn new(name: &str, spec: &PolicySpec, penalty: Option<Penalty>) -> Result<Self, Error> {
@@ -203,22 +213,96 @@ impl RemotePolicy {
                 )));
             }
         }
+        let compact = spec
+            .limits
+            .iter()
+            .all(|l| !matches!(l.algorithm, Algorithm::SlidingLog | Algorithm::Concurrency));
         Ok(RemotePolicy {
             name: name.into(),
             args: script_args(spec, penalty),
             penalty: penalty.is_some(),
-            compact: spec
-                .limits
-                .iter()
-                .all(|l| !matches!(l.algorithm, Algorithm::SlidingLog | Algorithm::Concurrency)),
+            state_suffix: format!(
+                "{:016x}:{}",
+                siphash13(POLICY_NAME_SEED, name.as_bytes()),
+                if compact { 'c' } else { 's' }
+            ),
         })
     }
 }
 
+/// `text` with the glob characters of `SCAN MATCH` (`*?[]\`) escaped.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Keys of one `SCAN` page (and one `UNLINK`).
+const SCAN_COUNT: usize = 1000;
+
+/// Scans the keys of one server that match `pattern`, a page at a time
+/// (`SCAN`, never `KEYS`), and unlinks each page with `unlink`; returns
+/// how many keys were removed.
+fn scan_and_unlink<C: ?Sized>(
+    con: &mut C,
+    pattern: &str,
+    scan: impl Fn(&mut C, &redis::Cmd) -> redis::RedisResult<(String, Vec<String>)>,
+    unlink: impl Fn(&mut C, &[String]) -> redis::RedisResult<u64>,
+) -> redis::RedisResult<u64> {
+    let mut cursor = "0".to_string();
+    let mut removed = 0;
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(&cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        let (next, keys) = scan(con, &cmd)?;
+        if !keys.is_empty() {
+            removed += unlink(con, &keys)?;
+        }
+        if next == "0" {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
+
+/// The `host` and `port` of every master of a cluster, from `CLUSTER
+/// NODES` (`<id> <ip:port@cport[,hostname]> <flags> ...`; masters that are
+/// not marked failed).
+fn cluster_masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let addr = fields.nth(1)?;
+            let flags = fields.next()?;
+            let master = flags.split(',').any(|f| f == "master")
+                && !flags.split(',').any(|f| f == "fail" || f == "noaddr");
+            if !master {
+                return None;
+            }
+            let addr = addr.split([',', '@']).next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?))
+        })
+        .collect()
+}
+
 /// A policy's item record after the cost (`PROTOCOL.md`, "Arguments"):
-/// the number of limits, each limit, the penalty box.
+/// one argument, the text of the number of limits, each limit and the
+/// penalty box, separated by spaces. The script parses each text once and
+/// keeps it, so a call only looks it up.
 pub fn script_args(spec: &PolicySpec, penalty: Option<Penalty>) -> Vec<String> {
-    let mut args = vec![spec.limits.len().to_string()];
+    use std::fmt::Write;
+    let mut text = spec.limits.len().to_string();
     for l in &spec.limits {
         let code = match l.algorithm {
             Algorithm::Gcra => "g",
@@ -227,23 +311,18 @@ pub fn script_args(spec: &PolicySpec, penalty: Option<Penalty>) -> Vec<String> {
             Algorithm::SlidingLog => "l",
             Algorithm::Concurrency => "c",
         };
-        args.extend([
-            code.to_string(),
-            l.count.to_string(),
-            l.period_ns.to_string(),
-            l.burst.to_string(),
-        ]);
+        // Writing to a String cannot fail.
+        let _ = write!(text, " {code} {} {} {}", l.count, l.period_ns, l.burst);
     }
-    match penalty {
-        Some(p) => args.extend([
-            p.strikes.to_string(),
-            p.window_ns.to_string(),
-            p.ban_ns.to_string(),
-            p.max_ban_ns.to_string(),
-        ]),
-        None => args.extend(["0", "0", "0", "0"].map(String::from)),
-    }
-    args
+    let _ = match penalty {
+        Some(p) => write!(
+            text,
+            " {} {} {} {}",
+            p.strikes, p.window_ns, p.ban_ns, p.max_ban_ns
+        ),
+        None => write!(text, " 0 0 0 0"),
+    };
+    vec![text]
 }
 
 /// The script's answer to `check`, `peek` and `acquire`.
@@ -942,9 +1021,9 @@ impl Remote {
         cmd.arg(items.len() * 2);
         for it in items {
             let tag = self.tag(seeds, it);
-            let state = if it.policy.compact { 'c' } else { 's' };
-            cmd.arg(format!("{}{{{tag}}}:{state}", self.options.prefix));
-            cmd.arg(format!("{}{{{tag}}}:o", self.options.prefix));
+            let prefix = &self.options.prefix;
+            cmd.arg(format!("{prefix}{{{tag}}}:{}", it.policy.state_suffix));
+            cmd.arg(format!("{prefix}{{{tag}}}:o"));
         }
         if script {
             cmd.arg(op);
@@ -996,6 +1075,69 @@ impl Remote {
             }),
             _ => Ok(()),
         }
+    }
+}
+
+impl Remote {
+    /// Deletes the state of every key of `policy` in Redis — every server
+    /// of a cluster, every master — and returns how many keys were removed:
+    /// `SCAN` for `<prefix>{*}:<policy hash>:c` (or `:s`) a page at a time,
+    /// `UNLINK` of each page (overrides, under `:o`, stay). O(keys in
+    /// Redis); keys written while it runs may stay. For tests and
+    /// administration, not for the request path.
+    pub fn delete_policy_state(&self, policy: &RemotePolicy) -> Result<u64, Down> {
+        let pattern = format!(
+            "{}{{*}}:{}",
+            glob_escape(&self.options.prefix),
+            policy.state_suffix
+        );
+        self.with_conn(|con| match con {
+            Conn::One(c) => scan_and_unlink(
+                c,
+                &pattern,
+                |c, cmd| cmd.query(c),
+                |c, keys| redis::cmd("UNLINK").arg(keys).query(c),
+            ),
+            Conn::Cluster(cluster) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut **cluster)?;
+                let mut removed = 0;
+                let masters = cluster_masters(&nodes);
+                if masters.is_empty() {
+                    // Never a silent reset of nothing.
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "CLUSTER NODES names no master to reset",
+                    )));
+                }
+                for (host, port) in masters {
+                    let at = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port,
+                    });
+                    scan_and_unlink(
+                        &mut **cluster,
+                        &pattern,
+                        |cluster, cmd| {
+                            let v = cluster.route_command(cmd, at.clone())?;
+                            Ok(redis::from_redis_value(v)?)
+                        },
+                        |cluster, keys| {
+                            // The keys of a page sit in many slots: one
+                            // UNLINK each, pipelined, each to its slot's node.
+                            let mut pipe = redis::cluster::cluster_pipe();
+                            for k in keys {
+                                pipe.cmd("UNLINK").arg(k);
+                            }
+                            let counts: Vec<u64> = pipe.query(cluster)?;
+                            Ok(counts.iter().sum())
+                        },
+                    )
+                    .map(|n| removed += n)?;
+                }
+                Ok(removed)
+            }
+        })
     }
 }
 
@@ -1269,6 +1411,18 @@ impl DenyCache {
         }
     }
 
+    /// Every key may have changed (a policy's keys were all reset): every
+    /// entry goes.
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            shard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter_mut()
+                .for_each(|e| *e = None);
+        }
+    }
+
     /// The key `tag` changed (charged, refunded, reset, overridden): its
     /// entry goes, and so does every batch entry that includes it.
     pub fn changed(&self, tag: u64) {
@@ -1281,5 +1435,35 @@ impl DenyCache {
                 s[i] = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_of_a_prefix_match_only_themselves() {
+        assert_eq!(glob_escape("rk:"), "rk:");
+        assert_eq!(glob_escape(r"a*b?c[d]e\f"), r"a\*b\?c\[d\]e\\f");
+    }
+
+    #[test]
+    fn cluster_nodes_name_the_live_masters() {
+        let nodes = "\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@40003,node-3.example master - 0 1426238318243 3 connected 10923-16383
+e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+6ec2 127.0.0.1:30005@40005 master,fail - 1426238316232 1426238316232 5 disconnected
+";
+        assert_eq!(
+            cluster_masters(nodes),
+            [
+                ("127.0.0.1".to_string(), 30002),
+                ("127.0.0.1".to_string(), 30003),
+                ("127.0.0.1".to_string(), 30001),
+            ]
+        );
     }
 }

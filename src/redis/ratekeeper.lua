@@ -1,6 +1,6 @@
 --[[
 ratekeeper.lua: every operation of ratekeeper's Redis backend, atomically,
-one script call per request.
+one script call per request. Protocol 3: a policy is one argument.
 
 The contract with the Rust client (KEYS/ARGV layout, replies, time) is
 PROTOCOL.md next to this file. The semantics are the in-process engine's,
@@ -10,15 +10,18 @@ mirrors (src/algo/*.rs, src/abuse.rs, src/table/mod.rs, src/engine/batch.rs).
 Numbers are Lua doubles. Every integer below 2^53 is exact, and so is every
 figure below 2^53 computed here: quotients come from math.fmod (exact),
 products that may pass 2^53 go through muldivmod, and times are compared by
-their differences (now - start < period, not now < start + period). Numbers
-are stored as '%.0f' strings, never passed to Redis as Lua numbers (Redis
-would format them with %.14g).
+their differences (now - start < period, not now < start + period). The
+numbers of a state hash and TTLs (milliseconds, at most 2^53) are passed to
+Redis as Lua numbers, which Redis formats with %.17g (the shortest exact
+form in 7.2+): exact for every double, read back with tonumber; a compact
+state holds doubles (struct '>d'). No string.format on a check.
 
 The state (KEYS[2i-1]). Compact (it.compact: gcra, fixed and sliding window
 limits only): one string of the values of it.fields below, in that order,
-separated by spaces ('' for absent), read with the override by MGET and
-written by SET PX. Otherwise a hash of these fields; for the limit at
-position k (1-based):
+each an 8-byte big-endian double (struct it.fmt, '>d' per field; -1 for an
+absent window start), read with the override by MGET and written by SET PX:
+no decimal formatting or parsing on a check. Otherwise a hash of these
+fields; for the limit at position k (1-based):
   gcra            k..'t'  theoretical arrival time (0: fresh)
   fixed_window    k..'s'  window start (absent: no window), k..'n' its count
   sliding_window  k..'w'  stored window index mod 2^32, k..'c' its count,
@@ -27,7 +30,9 @@ position k (1-based):
                   entry), k..'m' the newest timestamp ('' or absent: none),
                   k..'l'..j slots 64j..64j+63 of the ring, 8 bytes each
                   (struct '>d' of timestamp + 1; 0 or absent: empty), so
-                  that a call reads and writes only the chunks it needs
+                  that a call reads and writes only the chunks it needs;
+                  k..'k' the slots in use (a run ending at the newest;
+                  absent: all, if there is an entry)
   concurrency     'E'     the leases' expiries, 8 bytes each (struct '>d';
                           0 or absent: free), 'T'..i "token holder" of lease i
   penalty box     'ps'    strike TAT, 'pl' bans so far, 'pu' banned until
@@ -195,8 +200,12 @@ local function library()
 
   -- algo::gcra::evaluate. With behind = max(tat, now) - now, allowed iff
   -- behind + c*T <= tol, i.e. behind - tr <= (tq - c) * T.
-  local function gcra_eval(l, x, cost, now)
-    local behind = max(x.t, now) - now
+  local function gcra_eval(l, tat, cost, now)
+    local behind = now
+    if tat > now then
+      behind = tat
+    end
+    behind = behind - now
     local over = max(behind - l.tr, 0)
     if cost <= l.burst and behind - l.tr <= (l.tq - cost) * l.t then
       -- remaining = floor((tol - behind - c*T) / T)
@@ -387,9 +396,35 @@ local function library()
     end
 
     -- sliding_log::first_counting: ring index of the first entry that counts
-    -- (count if none); the ring is in time order from its head.
+    -- (count if none). The ring is in time order from its head and its
+    -- entries are one run ending at the newest (x.m, index count - 1), so
+    -- the entries that count are a suffix: this finds its start as the
+    -- binary search of the Rust code does, but gallops back from the newest
+    -- first, so that a key with few entries reads only the chunks near its
+    -- head (each chunk not loaded yet is one HGET), not log2(count) chunks
+    -- across the ring.
     function first_counting(l, x, now)
-      local lo, hi = 0, l.count
+      local n = l.count
+      if x.m == nil or now - x.m >= l.period then
+        return n -- no entry, or not even the newest counts
+      end
+      -- Ring indices below n - x.k hold no entry (x.k: slots in use, a
+      -- run ending at the newest), so they are never read.
+      local lo, hi, step = n - x.k, n - 1, 1 -- hi counts
+      while step < n do
+        local i = n - 1 - step
+        if i < lo then
+          break
+        end
+        local t = log_entry(l, x, i)
+        if t ~= nil and now - t < l.period then
+          hi = i
+        else
+          lo = i + 1
+          break
+        end
+        step = step + step
+      end
       while lo < hi do
         local mid = (lo + hi - fmod(lo + hi, 2)) / 2
         local t = log_entry(l, x, mid)
@@ -457,7 +492,7 @@ local function library()
   local function evaluate(l, x, cost, now)
     local a = l.alg
     if a == 'g' then
-      return gcra_eval(l, x, cost, now)
+      return gcra_eval(l, x.t, cost, now)
     elseif a == 'f' then
       return fixed_eval(l, x, cost, now)
     elseif a == 'w' then
@@ -491,6 +526,7 @@ local function library()
       end
       log_fill(x, l.count, x.h, cost, stamp + 1)
       x.h, x.m = fmod(x.h + cost, l.count), stamp
+      x.k = min(x.k + cost, l.count)
     end
   end
 
@@ -531,6 +567,7 @@ local function library()
         end
         log_fill(x, n, h, c, 0)
         x.h, x.m = h, nil
+        x.k = max(x.k - c, 0)
         if keeper ~= 0 then
           x.m = keeper - 1
         end
@@ -634,13 +671,13 @@ local function library()
       -- command for both (same hash tag, so same slot).
       local r = call('MGET', it.key, it.okey)
       v, over = {}, r[2]
-      s.exists = r[1] ~= false
+      s.exists = r[1] ~= false and #r[1] == 8 * #it.fields
       if s.exists then
-        local str, i = r[1], 1
+        v = { unpack1(it.fmt, r[1]) }
         for j = 1, #it.fields do
-          local e = find(str, ' ', i, true) or #str + 1
-          v[j] = sub(str, i, e - 1)
-          i = e + 1
+          if v[j] < 0 then
+            v[j] = false -- a fixed window's start: none
+          end
         end
       end
     else
@@ -678,7 +715,9 @@ local function library()
       else
         x.h, x.m = tonumber(v[j]) or 0, tonumber(v[j + 1])
         x.key, x.pre, x.ch, x.dirty = it.key, k .. 'l', { [0] = v[j + 2] or '' }, {}
-        j = j + 3
+        -- Ring slots in use (absent: assume all, unless there is no entry).
+        x.k = tonumber(v[j + 3]) or (x.m and l.count or 0)
+        j = j + 4
       end
       s.lim[k] = x
     end
@@ -725,7 +764,7 @@ local function library()
             rel = max(rel, s.pu - now + it.pen.max_ban)
           end
         end
-        local ttl = num(min(ceil_div(rel, 1000000), TWO53))
+        local ttl = min(ceil_div(rel, 1000000), TWO53) -- a Lua number: see the top
         if rel <= 0 then
           call('DEL', it.key)
         elseif it.compact then
@@ -733,22 +772,22 @@ local function library()
           for k, l in ipairs(it.base) do
             local x, a = s.lim[k], l.alg
             if a == 'g' then
-              v[#v + 1] = num(x.t)
+              v[#v + 1] = x.t
             elseif a == 'f' then
-              v[#v + 1] = x.s and num(x.s) or ''
-              v[#v + 1] = num(x.n)
+              v[#v + 1] = x.s or -1
+              v[#v + 1] = x.n
             else
-              v[#v + 1] = num(x.w)
-              v[#v + 1] = num(x.c)
-              v[#v + 1] = num(x.p)
+              v[#v + 1] = x.w
+              v[#v + 1] = x.c
+              v[#v + 1] = x.p
             end
           end
           if it.pen then
-            v[#v + 1] = num(s.ps)
-            v[#v + 1] = num(s.pl)
-            v[#v + 1] = num(s.pu)
+            v[#v + 1] = s.ps
+            v[#v + 1] = s.pl
+            v[#v + 1] = s.pu
           end
-          call('SET', it.key, concat(v, ' '), 'PX', ttl)
+          call('SET', it.key, pack(it.fmt, unpack(v)), 'PX', ttl)
         else
           if it.conc then
             local l, e = it.base[1], {}
@@ -757,32 +796,34 @@ local function library()
             end
             call('HSET', it.key, 'E', pack('>' .. rep('d', l.count), unpack(e)))
           else
+            -- Numbers go to Redis as Lua numbers (%.17g, exact; see the top).
             local args, j = {}, 0
             for k, l in ipairs(it.base) do
               local x, a = s.lim[k], l.alg
               if a == 'g' then
-                args[j + 1], args[j + 2], j = k .. 't', num(x.t), j + 2
+                args[j + 1], args[j + 2], j = k .. 't', x.t, j + 2
               elseif a == 'f' then
                 if x.s ~= nil then
-                  args[j + 1], args[j + 2], j = k .. 's', num(x.s), j + 2
+                  args[j + 1], args[j + 2], j = k .. 's', x.s, j + 2
                 end
-                args[j + 1], args[j + 2], j = k .. 'n', num(x.n), j + 2
+                args[j + 1], args[j + 2], j = k .. 'n', x.n, j + 2
               elseif a == 'w' then
-                args[j + 1], args[j + 2] = k .. 'w', num(x.w)
-                args[j + 3], args[j + 4] = k .. 'c', num(x.c)
-                args[j + 5], args[j + 6], j = k .. 'p', num(x.p), j + 6
+                args[j + 1], args[j + 2] = k .. 'w', x.w
+                args[j + 3], args[j + 4] = k .. 'c', x.c
+                args[j + 5], args[j + 6], j = k .. 'p', x.p, j + 6
               else
-                args[j + 1], args[j + 2] = k .. 'h', num(x.h)
-                args[j + 3], args[j + 4], j = k .. 'm', x.m and num(x.m) or '', j + 4
+                args[j + 1], args[j + 2] = k .. 'h', x.h
+                args[j + 3], args[j + 4] = k .. 'm', x.m and x.m or ''
+                args[j + 5], args[j + 6], j = k .. 'k', x.k, j + 6
                 for c in pairs(x.dirty) do
                   args[j + 1], args[j + 2], j = x.pre .. c, x.ch[c], j + 2
                 end
               end
             end
             if it.pen then
-              args[j + 1], args[j + 2] = 'ps', num(s.ps)
-              args[j + 3], args[j + 4] = 'pl', num(s.pl)
-              args[j + 5], args[j + 6] = 'pu', num(s.pu)
+              args[j + 1], args[j + 2] = 'ps', s.ps
+              args[j + 3], args[j + 4] = 'pl', s.pl
+              args[j + 5], args[j + 6] = 'pu', s.pu
             end
             call('HSET', it.key, unpack(args))
           end
@@ -1027,18 +1068,36 @@ local function library()
     return v
   end
 
-  -- The policy of an item record whose limit count m is argument a - 1
-  -- (its first algorithm argument a): limits, state fields, penalty box.
-  -- Built once per record text and library, then kept (a function library
-  -- lives on between calls).
-  local function parse_policy(i, a, m)
-    local it = { base = {}, fields = {} }
+  -- The policy of an item record: its one argument, the text
+  -- "m alg count period_ns burst ... strikes window_ns ban_ns max_ban_ns"
+  -- (PROTOCOL.md), parsed into limits (with their derived constants), state
+  -- fields and penalty box. Built once per policy text and library, then
+  -- kept (a function library lives on between calls): a call only looks its
+  -- argument up.
+  local function parse_policy(text)
+    local f = {}
+    for w in string.gmatch(text, '[^ ]+') do
+      f[#f + 1] = w
+    end
+    local function field(j)
+      local v = tonumber(f[j])
+      if v == nil or v < 0 or v ~= v - fmod(v, 1) then
+        fail('policy field ' .. j .. ' is not a non-negative integer: ' .. tostring(f[j]) .. ' in ' .. text)
+      end
+      return v
+    end
+    local m = field(1)
+    if m < 1 or #f ~= 4 * m + 5 then
+      fail('policy with a bad limit count ' .. m .. ': ' .. text)
+    end
+    local it = { base = {}, fields = {}, m = m }
+    local a = 2
     for k = 1, m do
-      local alg = A[a - O]
+      local alg = f[a]
       if alg ~= 'g' and alg ~= 'f' and alg ~= 'w' and alg ~= 'l' and alg ~= 'c' then
         fail('unknown algorithm ' .. tostring(alg))
       end
-      local l = limit_params(alg, int_arg(a + 1), int_arg(a + 2), int_arg(a + 3))
+      local l = limit_params(alg, field(a + 1), field(a + 2), field(a + 3))
       it.base[k] = l
       if alg == 'c' then
         if m ~= 1 then
@@ -1066,15 +1125,16 @@ local function library()
         it.fields[#it.fields + 1] = k .. 'h'
         it.fields[#it.fields + 1] = k .. 'm'
         it.fields[#it.fields + 1] = k .. 'l0'
+        it.fields[#it.fields + 1] = k .. 'k'
       end
       if alg == 'g' or alg == 'f' or alg == 'w' then
         it.scalable = true
       end
       a = a + 4
     end
-    local strikes = int_arg(a)
+    local strikes = field(a)
     if strikes > 0 then
-      it.pen = { strikes = strikes, window = int_arg(a + 1), ban = int_arg(a + 2), max_ban = int_arg(a + 3) }
+      it.pen = { strikes = strikes, window = field(a + 1), ban = field(a + 2), max_ban = field(a + 3) }
       if it.pen.window < strikes or it.pen.ban < 1 or it.pen.max_ban < it.pen.ban then
         fail('bad penalty box')
       end
@@ -1089,6 +1149,8 @@ local function library()
       it.fields[#it.fields + 1] = 'pu'
     end
     it.compact = not it.conc and not it.log
+    -- The compact state: one 8-byte double per field (PROTOCOL.md, "Keys").
+    it.fmt = '>' .. rep('d', #it.fields)
     it.fast = not it.pen
     for k = 1, m do
       local a = it.base[k].alg
@@ -1096,21 +1158,23 @@ local function library()
         it.fast = false
       end
     end
+    -- One gcra limit: its compact state is one number (check_fast).
+    it.one_gcra = it.fast and m == 1 and it.base[1].alg == 'g'
     return it
   end
 
   local policies, npolicies = {}, 0
 
-  -- The policy of the record from argument a (its cost) on, parsed once.
-  local function policy_at(i, a, m)
-    local id = concat(A, ' ', a + 1 - O, a + 4 * m + 5 - O)
-    local pol = policies[id]
+  -- The policy whose text is argument a, parsed once.
+  local function policy_at(a)
+    local text = A[a - O]
+    local pol = policies[text]
     if pol == nil then
-      pol = parse_policy(i, a + 2, m)
+      pol = parse_policy(text)
       if npolicies >= 1024 then
         policies, npolicies = {}, 0
       end
-      policies[id], npolicies = pol, npolicies + 1
+      policies[text], npolicies = pol, npolicies + 1
     end
     return pol
   end
@@ -1119,48 +1183,77 @@ local function library()
   -- penalty box (pol.fast), the most common call: what check, check_mode,
   -- decide and flush do for it, without their tables (the same decisions;
   -- the conformance tests drive both paths). Returns the reply.
+  -- The reply of check_fast (one item, no penalty box).
+  local function fast_reply(allowed, limit, remaining, retry, reset, index, now)
+    return { allowed and 1 or 0, 0, out(limit), out(remaining), out(retry), out(reset), index, 0, 0, now, 0 }
+  end
+
   local function check_fast(K, now, pol, cost)
-    local base, m = pol.base, #pol.base
+    local base, m = pol.base, pol.m
     local r = call('MGET', K[1], K[2])
     local str = r[1]
-    local factor = tonumber(r[2]) or 0
-    local eff = base
-    if factor ~= 0 then
-      if not scaled then
-        define_scaled()
-      end
-      eff = {}
-      for k = 1, m do
-        eff[k] = scaled(base[k], factor)
-      end
+    if str and #str ~= 8 * #pol.fields then
+      str = false -- not a state of this layout: fresh
     end
-    -- The state: the compact string's fields, in limit order.
-    local xs, i = {}, 1
-    for k = 1, m do
-      local x = {}
-      if base[k].alg == 'g' then
-        x.t = 0
-        if str then
-          local e = find(str, ' ', i, true) or #str + 1
-          x.t = tonumber(sub(str, i, e - 1)) or 0
-          i = e + 1
+    local eff = base
+    if r[2] then
+      local factor = tonumber(r[2]) or 0
+      if factor ~= 0 then
+        if not scaled then
+          define_scaled()
         end
-      else
-        x.n = 0
-        if str then
-          local e = find(str, ' ', i, true) or #str + 1
-          x.s = tonumber(sub(str, i, e - 1))
-          i = e + 1
-          e = find(str, ' ', i, true) or #str + 1
-          x.n = tonumber(sub(str, i, e - 1)) or 0
-          i = e + 1
+        eff = {}
+        for k = 1, m do
+          eff[k] = scaled(base[k], factor)
         end
       end
-      xs[k] = x
     end
     local c = cost
     if cost > MAX_COST then
       c = 0
+    end
+    if pol.one_gcra then
+      -- One gcra limit: its theoretical arrival time, no table.
+      local l, tat = eff[1], 0
+      if str then
+        tat = unpack1('>d', str)
+      end
+      local allowed, limit, remaining, retry, reset = gcra_eval(l, tat, c, now)
+      if cost > MAX_COST then
+        allowed, retry = false, U64
+      end
+      if allowed and cost ~= 0 then
+        if tat < now then
+          tat = now
+        end
+        tat = tat + cost * l.t
+        if tat <= now then
+          -- cost * T vanished in the rounding of a time past 2^53: fresh.
+          call('DEL', K[1])
+        else
+          call('SET', K[1], pack('>d', tat), 'PX', min(ceil_div(tat - now, 1000000), TWO53))
+        end
+      end
+      return fast_reply(allowed, limit, remaining, retry, reset, 0, now)
+    end
+    -- The state: the compact string's fields, in limit order.
+    local v = str and { unpack1(pol.fmt, str) } or nil
+    local xs, j = {}, 1
+    for k = 1, m do
+      if base[k].alg == 'g' then
+        xs[k] = { t = v and v[j] or 0 }
+        j = j + 1
+      else
+        local x = { n = 0 }
+        if v then
+          if v[j] >= 0 then
+            x.s = v[j]
+          end
+          x.n = v[j + 1]
+        end
+        xs[k] = x
+        j = j + 2
+      end
     end
     -- decide: every limit's verdict, the binding one kept (binds_over).
     local all, ba, blimit, brem, bretry, breset, bindex = true, nil, 0, 0, 0, 0, 0
@@ -1188,44 +1281,34 @@ local function library()
     if cost > MAX_COST then
       allowed, retry = false, U64
     end
+    -- A denial changes nothing: no write.
     if allowed and cost ~= 0 then
-      local rel, v = 0, {}
+      local rel, out_v = 0, {}
       for k = 1, m do
         local l, x = eff[k], xs[k]
         charge(l, x, cost, now)
         rel = max(rel, expiry_in(base[k], x, now))
         if l.alg == 'g' then
-          v[#v + 1] = num(x.t)
+          out_v[#out_v + 1] = x.t
         else
-          v[#v + 1] = x.s and num(x.s) or ''
-          v[#v + 1] = num(x.n)
+          out_v[#out_v + 1] = x.s or -1
+          out_v[#out_v + 1] = x.n
         end
       end
       if rel <= 0 then
         call('DEL', K[1])
       else
-        call('SET', K[1], concat(v, ' '), 'PX', num(min(ceil_div(rel, 1000000), TWO53)))
+        -- The TTL in ms as a Lua number: Redis writes it with %.17g, exact
+        -- for these integers (below 2^53).
+        call('SET', K[1], pack(pol.fmt, unpack(out_v)), 'PX', min(ceil_div(rel, 1000000), TWO53))
       end
     end
-    return {
-      allowed and 1 or 0,
-      0,
-      out(blimit),
-      out(brem),
-      out(retry),
-      out(breset),
-      bindex,
-      0,
-      0,
-      now,
-      0,
-    }
+    return fast_reply(allowed, blimit, brem, retry, breset, bindex, now)
   end
 
   -- One call: op over the keys K and the arguments args (see A, O above).
   local function run(op, K, args, offset)
     A, O = args, offset
-    states, order = {}, {}
     call = redis.call
     local extra = EXTRA[op]
     if extra == nil then
@@ -1244,16 +1327,16 @@ local function library()
       now = min(int_arg(2), MAX_TIME)
     end
 
-    local n = int_arg(3)
-    if op == 'check' and n == 1 and #K == 2 then
-      local cost, m = int_arg(4), int_arg(5)
-      if m >= 1 and (#A + O) == 9 + 4 * m then
-        local pol = policy_at(1, 4, m)
-        if pol.fast then
-          return check_fast(K, now, pol, cost)
-        end
+    -- The most common call, one item of a pol.fast policy, before any
+    -- table is built.
+    if op == 'check' and #K == 2 and (#A + O) == 5 and A[3 - O] == '1' then
+      local pol = policy_at(5)
+      if pol.fast then
+        return check_fast(K, now, pol, int_arg(4))
       end
     end
+    states, order = {}, {}
+    local n = int_arg(3)
     if n < 1 or n > 64 or ((op ~= 'check' and op ~= 'peek') and n ~= 1) or #K ~= 2 * n then
       fail('bad item count ' .. n .. ' for ' .. op .. ' with ' .. #K .. ' keys')
     end
@@ -1263,11 +1346,8 @@ local function library()
       if a + 1 > (#A + O) then
         fail('item ' .. i .. ' is cut short')
       end
-      local cost, m = int_arg(a), int_arg(a + 1)
-      if m < 1 or a + 4 * m + 5 > (#A + O) then
-        fail('item ' .. i .. ' has a bad limit count ' .. m)
-      end
-      local pol = policy_at(i, a, m)
+      local cost = int_arg(a)
+      local pol = policy_at(a + 1)
       items[i] = {
         key = K[2 * i - 1],
         okey = K[2 * i],
@@ -1279,8 +1359,9 @@ local function library()
         pen = pol.pen,
         scalable = pol.scalable,
         compact = pol.compact,
+        fmt = pol.fmt,
       }
-      a = a + 4 * m + 6
+      a = a + 2
     end
     if (#A + O) ~= a - 1 + extra then
       fail(op .. ' takes ' .. (a - 1 + extra) .. ' arguments, got ' .. (#A + O))

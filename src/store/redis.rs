@@ -269,6 +269,23 @@ impl Redis {
         Ok(self.admin("reset", t, &[])? == 1 || local)
     }
 
+    /// `reset_all` of policy `index`: every state key of the policy in
+    /// Redis is deleted (a scan: see [`Remote::delete_policy_state`]), and
+    /// the local tables (the fallback) and the deny cache forget it too.
+    /// Redis must answer, or the caller gets `Error::Backend`. Returns how
+    /// many keys Redis held.
+    pub fn reset_all(&self, index: u32, table: &Table) -> Result<u64, Error> {
+        let rp = self.policy(index)?;
+        table.reset_all();
+        let removed = self
+            .remote
+            .delete_policy_state(rp)
+            .map_err(|e| Error::Backend(e.0))?;
+        // After the delete: a denial cached meanwhile is dropped too.
+        self.remote.cache.clear();
+        Ok(removed)
+    }
+
     /// Sets or clears an override in Redis; the local tables get it too,
     /// so that the failure policy `Local` honours it.
     pub fn set_override(&self, t: &Target<'_>, milli: u32) -> Result<(), Error> {

@@ -30,10 +30,14 @@ PID (not a test).
 no ratekeeper Python package: the time inside Redis (``INFO commandstats``
 µs per call) of the very commands ratekeeper's Rust client sends (``FCALL``
 of ``src/redis/ratekeeper.lua`` loaded as a function library, ``EVALSHA``
-of it, and with ``--before`` ``EVALSHA`` of an older script, e.g. ``git show
-HEAD~1:src/redis/ratekeeper.lua > /tmp/old.lua``), sent with redis-py,
+of it, and with ``--before`` an older script, e.g. ``git show
+HEAD~1:src/redis/ratekeeper.lua > /tmp/old.lua``, through ``EVALSHA`` and,
+if it is a function library too, ``FCALL``; each script gets its policies in
+the form it takes: one argument from protocol 3 on), sent with redis-py,
 beside ``limits`` ``RedisStorage`` fixed and moving window ``hit`` at the
-same limits, on one server, contenders taking turns, median of the rounds.
+same limits, on one server, contenders taking turns, median of the rounds;
+and a floor: ``FCALL`` of a function that sends only what a check of a
+compact state must (``TIME``, ``MGET``, ``SET PX``) and returns 11 integers.
 
 Installs ``limits``, ``flask-limiter`` and ``redis`` (the Python client) with
 pip if they are missing; needs ``redis-server`` on PATH. The ratekeeper rows
@@ -160,6 +164,18 @@ def ratekeeper_checks(url: str) -> tuple:
 SCRIPT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, os.pardir,
                            "src", "redis", "ratekeeper.lua")
 S_NS = 1_000_000_000
+# A function that sends what a check of a compact state must send (TIME,
+# MGET, SET PX) and returns a reply of 11 integers, deciding nothing.
+FLOOR_LIBRARY = """#!lua name=ratekeeper_floor_bench
+redis.register_function('rk_floor_bench', function(keys, args)
+  local t = redis.call('TIME')
+  local r = redis.call('MGET', keys[1], keys[2])
+  redis.call('SET', keys[1], '12345678', 'PX', 1)
+  return {1, 0, 100, 99, 0, 36000, 0, 0, 0, tonumber(t[1]), 0}
+end)
+"""
+# The line of ratekeeper.lua that says it takes a policy as one argument.
+PROTOCOL_3 = "Protocol 3: a policy is one argument."
 # (label, ratekeeper item record after the cost (PROTOCOL.md), limits limit
 # string or None, limits strategy)
 INSIDE_CASES = (
@@ -183,8 +199,31 @@ def inside_redis(server: RedisServer, calls: int, rounds: int, before: str | Non
     text = open(SCRIPT_PATH).read()
     r.execute_command("FUNCTION", "LOAD", "REPLACE", f"#!lua name=ratekeeper_bench\nlocal SUFFIX = '_bench'\n{text}")
     sha_new = r.script_load(text)
-    sha_old = r.script_load(open(before).read()) if before else None
+    old_text = open(before).read() if before else ""
+    sha_old = r.script_load(old_text) if before else None
+    # An older script that is a function library too (protocol 2 on) is
+    # also called as one: FCALL before and after, side by side.
+    fcall_old = before is not None and "register_function" in old_text
+    if fcall_old:
+        r.execute_command("FUNCTION", "LOAD", "REPLACE",
+                          f"#!lua name=ratekeeper_before\nlocal SUFFIX = '_before'\n{old_text}")
+    # Protocol 3 takes a policy as one argument (its fields joined by
+    # spaces); protocols 1 and 2 took each field as an argument.
+    one_arg = {how: PROTOCOL_3 in t
+               for how, t in (("fcall", text), ("evalsha", text), ("old", old_text), ("fcall_old", old_text))}
+    r.execute_command("FUNCTION", "LOAD", "REPLACE", FLOOR_LIBRARY)
     keys = [f"ip:10.{i // 256 % 256}.{i % 256}" for i in range(N_KEYS)]
+
+    def floor():
+        """The commands a check of a compact state cannot do without (TIME,
+        MGET of state and override, SET PX) and its 11-integer reply, with
+        no decision at all: what any script call of this shape costs."""
+        it = iter(range(1 << 62))
+
+        def run():
+            k = keys[next(it) % N_KEYS]
+            r.execute_command("FCALL", "rk_floor_bench", 2, f"rkb:floor:{{{k}}}:c", f"rkb:floor:{{{k}}}:o", "")
+        return run
 
     def ratekeeper(how: str, record: list, compact: bool):
         it = iter(range(1 << 62))
@@ -194,9 +233,11 @@ def inside_redis(server: RedisServer, calls: int, rounds: int, before: str | Non
         def run():
             k = keys[next(it) % N_KEYS]
             ks = [f"rkb:{how}:{{{k}}}:{suffix}", f"rkb:{how}:{{{k}}}:o"]
-            rest = ["", "1", "1", *record, *penalty]
-            if how == "fcall":
-                r.execute_command("FCALL", "rk_check_bench", 2, *ks, *rest)
+            policy = [" ".join([*record, *penalty])] if one_arg[how] else [*record, *penalty]
+            rest = ["", "1", "1", *policy]
+            if how in ("fcall", "fcall_old"):
+                name = "rk_check_bench" if how == "fcall" else "rk_check_before"
+                r.execute_command("FCALL", name, 2, *ks, *rest)
             else:
                 r.execute_command("EVALSHA", sha_new if how == "evalsha" else sha_old, 2, *ks, "check", *rest)
         return run
@@ -228,8 +269,12 @@ def inside_redis(server: RedisServer, calls: int, rounds: int, before: str | Non
         compact = "l" not in record
         fns = {"ratekeeper FCALL (library)": ratekeeper("fcall", record, compact),
                "ratekeeper EVALSHA (no FUNCTION)": ratekeeper("evalsha", record, compact)}
+        if fcall_old:
+            fns["ratekeeper before (FCALL of --before)"] = ratekeeper("fcall_old", record, compact)
         if sha_old:
             fns["ratekeeper before (EVALSHA of --before)"] = ratekeeper("old", record, compact)
+        if compact:
+            fns["(floor) FCALL: TIME, MGET, SET, no logic"] = floor()
         fns[f"limits {kind} window, {spec}"] = limits_hit(spec, kind)
         got: dict = {name: [] for name in fns}
         for _ in range(rounds):
@@ -242,6 +287,11 @@ def inside_redis(server: RedisServer, calls: int, rounds: int, before: str | Non
             print(f"    {name:44} {us:6.1f} µs   rounds: {runs}")
         lim = med[f"limits {kind} window, {spec}"]
         print(f"    ratio FCALL / limits = {med['ratekeeper FCALL (library)'] / lim:.2f}")
+        if compact:
+            print(f"    ratio floor / limits = {med['(floor) FCALL: TIME, MGET, SET, no logic'] / lim:.2f}")
+        if fcall_old:
+            print(f"    ratio FCALL / FCALL before = "
+                  f"{med['ratekeeper FCALL (library)'] / med['ratekeeper before (FCALL of --before)']:.2f}")
 
 
 # ---------------------------------------------------------------- 2. Flask

@@ -531,9 +531,12 @@ class Engine:
         policy): every quota is full again — for tests (a pytest fixture,
         see the README) and administration. On a shared engine it clears the
         file every process uses. A scan of each policy's table: keys added
-        while it runs may stay. Returns how many keys held state. A Redis
-        engine raises :class:`~ratekeeper.errors.InvalidArgument` (its keys
-        live in Redis under hashed names; use a fresh ``prefix`` per test)."""
+        while it runs may stay. Returns how many keys held state. On a Redis
+        engine it deletes each policy's keys in Redis, for every host (a
+        ``SCAN`` of the policy's keys and ``UNLINK``, on every master of a
+        cluster; overrides stay): O(keys in Redis), for tests and
+        administration, not the request path; raises
+        :class:`~ratekeeper.errors.BackendError` if Redis cannot answer."""
         return sum(policy.reset_all() for policy in self.policies())
 
     # -- batches ----------------------------------------------------------

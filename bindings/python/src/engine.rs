@@ -629,8 +629,9 @@ impl Checker {
         self.fail(py, "Policy.reset", r)
     }
 
-    /// Forgets every key of this policy (a scan of its table); how many
-    /// held state. A Redis engine refuses (InvalidArgument).
+    /// Forgets every key of this policy (a scan of its table; on a Redis
+    /// engine, of its keys in Redis, for every host); how many held state.
+    /// Releases the GIL while it waits for Redis.
     fn reset_all(&self, py: Python<'_>) -> PyResult<u64> {
         let id = self.id;
         let r = self.shared.run(py, |e| e.reset_all(id))?;

@@ -469,9 +469,43 @@ def test_prometheus_reports_the_redis_counters_of_a_redis_engine(redis_server):
     assert b"ratekeeper_redis_" not in local
 
 
-def test_reset_of_a_redis_engine_is_a_clear_error(redis_server):
-    engine = redis(redis_server.url)
-    engine.policy("p", "1/minute")
-    with pytest.raises(ratekeeper.InvalidArgument, match="Redis"):
-        engine.reset()
-    engine.close()
+def test_reset_clears_a_redis_engines_policies_for_every_host(redis_server):
+    """Policy.reset_all() and Engine.reset() on a Redis engine delete the
+    policies' keys in Redis: another host on the same prefix sees full
+    quotas, another policy keeps its state until it is reset too, and
+    another prefix is never touched."""
+    shared = prefix()
+    a = redis(redis_server.url, prefix=shared)
+    b = redis(redis_server.url, prefix=shared)
+    other = redis(redis_server.url)
+    login_a, api_a = a.policy("login", "2/hour"), a.policy("api", "sliding_log 1/hour")
+    login_b, api_b = b.policy("login", "2/hour"), b.policy("api", "sliding_log 1/hour")
+    login_other = other.policy("login", "2/hour")
+    keys = [f"client:{i}" for i in range(10)]
+    for k in keys:
+        assert login_a.check(k, 2).allowed and not login_b.check(k).allowed
+        assert api_a.check(k).allowed and not api_b.check(k).allowed
+        assert login_other.check(k, 2).allowed
+    assert login_b.reset_all() == 10
+    for k in keys:
+        assert login_a.check(k, 2).allowed, "login is fresh on the other host too"
+        assert not api_a.check(k).allowed, "api keeps its state"
+    assert b.reset() == 20  # login's 10 keys (charged again) and api's 10
+    for k in keys:
+        assert login_a.check(k, 2).allowed and api_b.check(k).allowed
+        assert not login_other.check(k).allowed, "another prefix keeps its state"
+    for e in (a, b, other):
+        assert e.redis_stats()["fallback_decisions"] == 0
+        e.close()
+
+
+def test_reset_of_a_flask_app_on_redis_for_a_pytest_fixture(redis_server):
+    """The README's pytest fixture pattern works on Redis: rk.reset()
+    gives every limit its full quota back."""
+    app, rk = redis_app(redis_server.url, "closed")
+    c = app.test_client()
+    assert [c.get("/").status_code for _ in range(6)] == [200] * 5 + [429]
+    # At least this client's key (the app's engine is the process's one for
+    # this URL, which earlier tests' apps may have charged too).
+    assert rk.reset() >= 1
+    assert [c.get("/").status_code for _ in range(6)] == [200] * 5 + [429]

@@ -165,10 +165,9 @@ class Ratekeeper:
         """Forgets every key of every policy of the engine of each app this
         extension serves (every quota full again): for tests, e.g. in a
         pytest fixture (see the README). On a shared engine it clears the
-        file every worker uses; a Redis engine raises
-        :class:`~ratekeeper.errors.InvalidArgument` (use a fresh
-        ``RATEKEEPER_REDIS_OPTIONS={"prefix": ...}`` per test instead).
-        Returns how many keys held state."""
+        file every worker uses; on a Redis engine, the policies' keys in
+        Redis, for every host (O(keys in Redis): for tests and
+        administration). Returns how many keys held state."""
         total = 0
         seen: List[int] = []
         for app in self._apps:
