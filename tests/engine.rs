@@ -498,7 +498,10 @@ fn try_check_at_refuses_foreign_ids_and_concurrency_policies_and_charges_nothing
     ));
     match e.try_check_at(slots, b"k", 1, S) {
         Err(ratekeeper::Error::WrongPolicyKind(m)) => {
-            assert!(m.contains("\"slots\"") && m.contains("use acquire/release"), "{m}")
+            assert!(
+                m.contains("\"slots\"") && m.contains("use acquire/release"),
+                "{m}"
+            )
         }
         other => panic!("a concurrency policy was checked: {other:?}"),
     }
