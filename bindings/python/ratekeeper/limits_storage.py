@@ -297,18 +297,7 @@ class _RatekeeperStorageBase(Storage, MovingWindowSupport, SlidingWindowCounterS
     def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         """Takes ``amount`` entries if at most ``limit - amount`` were taken in
         the last ``expiry`` seconds; a refused request takes none."""
-        now = time.time_ns()
-        policy = self._policies.get(("moving", limit, expiry))
-        if policy is None:
-            _count("limit", limit, MOVING_WINDOW_LIMIT_MAX)
-            if limit == 0:
-                return False
-            policy = self._policy("moving", limit, _seconds("expiry", expiry))
-        if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:  # noqa: E721 (the fast test)
-            _count("amount", amount, MAX_AMOUNT)
-        if amount > limit:
-            return False
-        return policy.check(key, amount, now).allowed
+        return self._acquire("moving", MOVING_WINDOW_LIMIT_MAX, key, limit, expiry, amount)
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> Tuple[float, int]:
         """``(time of the oldest entry still in the window, entries in the
@@ -332,13 +321,18 @@ class _RatekeeperStorageBase(Storage, MovingWindowSupport, SlidingWindowCounterS
         """Takes ``amount`` if ``floor(previous * (expiry - elapsed) / expiry)
         + current + amount <= limit``, windows aligned on epoch multiples of
         ``expiry``; a refused request takes nothing."""
+        return self._acquire("sliding", FIXED_WINDOW_COUNT_MAX, key, limit, expiry, amount)
+
+    def _acquire(self, kind: str, most: int, key: str, limit: int, expiry: int, amount: int) -> bool:
+        """One hit of ``amount`` on the ``kind`` policy of (``limit`` at most
+        ``most``, ``expiry``): the moving and sliding-window acquires."""
         now = time.time_ns()
-        policy = self._policies.get(("sliding", limit, expiry))
+        policy = self._policies.get((kind, limit, expiry))
         if policy is None:
-            _count("limit", limit, FIXED_WINDOW_COUNT_MAX)
+            _count("limit", limit, most)
             if limit == 0:
                 return False
-            policy = self._policy("sliding", limit, _seconds("expiry", expiry))
+            policy = self._policy(kind, limit, _seconds("expiry", expiry))
         if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:  # noqa: E721 (the fast test)
             _count("amount", amount, MAX_AMOUNT)
         if amount > limit:

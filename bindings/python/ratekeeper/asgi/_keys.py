@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Union
 
 from .._web.client_ip import client_address_of
 from .._web.plan import KeyFunc
+from .._web.keys import user_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._extension import _AsgiState
@@ -97,14 +98,7 @@ def user(get_id: Callable[[], Any], fallback: Optional[KeyFunc] = remote_addr) -
     user's id (e.g. ``lambda: current_scope()["state"].get("user_id")``);
     anonymous requests (``None``) are keyed by ``fallback()``."""
 
-    def key() -> Union[str, bytes, None]:
-        uid = get_id()
-        if uid is not None:
-            return f"user:{uid}"
-        return fallback() if fallback is not None else None
-
-    key.__name__ = "user"
-    return key
+    return user_key(get_id, fallback)
 
 
 def endpoint() -> str:

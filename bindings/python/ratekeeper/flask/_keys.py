@@ -10,6 +10,7 @@ from flask import Flask, current_app, request
 from .._web.client_ip import _client_address
 from .._web.constants import _STATE_ENV
 from .._web.plan import KeyFunc
+from .._web.keys import user_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._extension import _State
@@ -59,14 +60,7 @@ def user(get_id: Callable[[], Any], fallback: Optional[KeyFunc] = remote_addr) -
     keyed by ``fallback()`` (default: the client address); with
     ``fallback=None`` the limit does not apply to them."""
 
-    def key() -> Union[str, bytes, None]:
-        uid = get_id()
-        if uid is not None:
-            return f"user:{uid}"
-        return fallback() if fallback is not None else None
-
-    key.__name__ = "user"
-    return key
+    return user_key(get_id, fallback)
 
 
 def endpoint() -> str:
