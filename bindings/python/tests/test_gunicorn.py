@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import Optional, Sequence
 
 import pytest
 
@@ -37,7 +37,8 @@ def server(tmp_path_factory):
 
 
 def gunicorn_server(tmp_path_factory, tag: str, env: Optional[dict] = None, n_workers: int = 4,
-                    conf: str = "gunicorn_conf.py", app: str = "gunicorn_app:app"):
+                    conf: str = "gunicorn_conf.py", app: str = "gunicorn_app:app",
+                    args: Sequence[str] = (), start_timeout: float = 30):
     """Runs `gunicorn -w N` (``conf``, default gunicorn_conf.py, and ``app``,
     default gunicorn_app:app; test_asgi.py serves its app with UvicornWorker) on
     127.0.0.1 with a shared file of its own (and `env` added to its
@@ -49,13 +50,13 @@ def gunicorn_server(tmp_path_factory, tag: str, env: Optional[dict] = None, n_wo
     env = dict(os.environ, RATEKEEPER_SHARED_PATH=path, **(env or {}))
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", conf, "-w", str(n_workers), app],
+        [sys.executable, "-m", "gunicorn", "-c", conf, "-w", str(n_workers), *args, app],
         cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     workers: set = set()
     try:
         port = None
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline and proc.poll() is None:
             m = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log_path.read_text())
             if m and len(children(proc.pid)) == n_workers:

@@ -9,12 +9,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,11 +17,10 @@ import pytest
 pytest.importorskip("gunicorn")
 pytest.importorskip("limits")
 
-from test_gunicorn import children, wait_for_every_worker  # noqa: E402
+from test_gunicorn import gunicorn_server  # noqa: E402
 
 import ratekeeper  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 STRATEGIES = ["fixed-window", "moving-window", "sliding-window-counter"]
 POLICY = {  # the storage's policy a "20/year" limit of each strategy lands in
     "fixed-window": "limits:fixed:31104000",
@@ -37,52 +30,18 @@ POLICY = {  # the storage's policy a "20/year" limit of each strategy lands in
 
 
 @contextlib.contextmanager
-def serve(tmp_path, app: str, strategy: str, worker_class: str = "sync", n_workers: int = 4):
-    """Runs `gunicorn -w N -k worker_class app` with ratekeeper's hooks
-    (gunicorn_conf.py) on a shared file of its own; yields {port, path,
-    served}; stops it by PID and removes the file."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else str(tmp_path)
-    path = os.path.join(base, f"rk-limits-gunicorn-{uuid.uuid4().hex}.rk")
-    served = tmp_path / "served.log"
-    log_path = tmp_path / "gunicorn.log"
-    env = dict(os.environ, RATEKEEPER_SHARED_PATH=path, LIMITS_STRATEGY=strategy, SERVED_LOG=str(served),
-               PYTHONWARNINGS="ignore::DeprecationWarning")
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn_conf.py", "-w", str(n_workers), "-k", worker_class, app],
-        cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    workers: set = set()
-    try:
-        port = None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            m = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log_path.read_text())
-            if m and len(children(proc.pid)) == n_workers:
-                port = int(m.group(1))
-                break
-            time.sleep(0.05)
-        assert port, "gunicorn did not start:\n" + log_path.read_text()
-        wait_for_every_worker(port, n_workers, log_path)
-        workers.update(children(proc.pid))
-        yield {"port": port, "path": path, "served": served, "log": log_path}
-    finally:
-        workers.update(children(proc.pid))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        for pid in workers:  # by PID, in case any outlived the master
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
-        if os.path.exists(path):
-            os.unlink(path)
+def serve(tmp_path_factory, app: str, strategy: str, worker_class: str = "sync"):
+    """Runs `gunicorn -w 4 -k worker_class app` with ratekeeper's hooks
+    (gunicorn_conf.py) on a shared file of its own, through
+    test_gunicorn.gunicorn_server; yields {port, path, served, log}; stops
+    it by PID and removes the file."""
+    served = tmp_path_factory.mktemp("served") / "served.log"
+    env = {"LIMITS_STRATEGY": strategy, "SERVED_LOG": str(served), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    with contextlib.contextmanager(gunicorn_server)(
+        tmp_path_factory, f"limits-gunicorn-{uuid.uuid4().hex}", env=env, app=app,
+        args=("-k", worker_class), start_timeout=60,
+    ) as server:
+        yield {"port": server["port"], "path": server["path"], "served": served, "log": server["log"]}
 
 
 def get(port: int, path: str):
@@ -118,15 +77,15 @@ def burst_admits_exactly_the_quota(server, strategy: str) -> None:
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_flask_limiter_on_four_gunicorn_workers_admits_exactly_20_of_200(tmp_path, strategy):
+def test_flask_limiter_on_four_gunicorn_workers_admits_exactly_20_of_200(tmp_path_factory, strategy):
     pytest.importorskip("flask_limiter")
-    with serve(tmp_path, "limits_flask_app:app", strategy) as server:
+    with serve(tmp_path_factory, "limits_flask_app:app", strategy) as server:
         burst_admits_exactly_the_quota(server, strategy)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_slowapi_on_four_uvicorn_workers_admits_exactly_20_of_200(tmp_path, strategy):
+def test_slowapi_on_four_uvicorn_workers_admits_exactly_20_of_200(tmp_path_factory, strategy):
     pytest.importorskip("slowapi")
     pytest.importorskip("uvicorn")
-    with serve(tmp_path, "limits_slowapi_app:app", strategy, worker_class="uvicorn_worker.UvicornWorker") as server:
+    with serve(tmp_path_factory, "limits_slowapi_app:app", strategy, worker_class="uvicorn_worker.UvicornWorker") as server:
         burst_admits_exactly_the_quota(server, strategy)
