@@ -46,7 +46,10 @@ CONFIGS = ("none", "plugin", "flask")
 
 
 def sh(cmd, **kw):
+    """Runs a setup command. Its output goes to stderr unless redirected:
+    stdout is the table alone (report.py puts it in benches/REPORT.md)."""
     print("+", " ".join(str(c) for c in cmd), file=sys.stderr, flush=True)
+    kw.setdefault("stdout", sys.stderr)
     return subprocess.run([str(c) for c in cmd], check=True, **kw)
 
 
