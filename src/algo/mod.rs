@@ -219,6 +219,7 @@ pub(crate) fn refund_word(l: &LimitParams, p: Payload, cost: u64, now: u64) -> P
 
 /// The time from which a limit's state is equivalent to fresh: an entry
 /// whose every limit has reached its expiry can be reclaimed.
+#[inline]
 pub(crate) fn expiry(l: &LimitParams, w: &(impl Words + ?Sized), now: u64) -> u64 {
     match l.algorithm {
         Algorithm::Gcra => w.word(0).b,

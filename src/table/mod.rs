@@ -710,6 +710,9 @@ impl Table {
     /// any other; a key holding a live lease is never a victim — and the
     /// bucket's live entries (held by a key, not yet equivalent to fresh).
     fn choose_victim(&self, b: &[Atomic128], h: u64, now: u64) -> (Victim, usize) {
+        if self.layout.single_word {
+            return self.choose_victim_single(b, h, now);
+        }
         let (mut free, mut expired, mut live) = (None, None, 0);
         let mut best: Option<(Protected, u64, usize)> = None;
         for j in Self::probe_order(h) {
@@ -735,6 +738,47 @@ impl Table {
             (None, None, Some((Protected::Lease, exp, _))) => Victim::None(exp),
             (None, None, Some((protected, exp, j))) => Victim::Live(j, exp, protected),
             (None, None, None) => unreachable!("a bucket of SLOTS > 0 slots"),
+        };
+        (victim, live)
+    }
+
+    /// [`choose_victim`](Self::choose_victim) for a single-word policy (one
+    /// limit in one word: no penalty box, no lease, so nothing is
+    /// protected), the same choice in one pass without the general
+    /// `expiry`: a flood of new keys into a full table runs this twice per
+    /// check.
+    #[inline]
+    fn choose_victim_single(&self, b: &[Atomic128], h: u64, now: u64) -> (Victim, usize) {
+        let l = &self.layout.first;
+        let (mut free, mut expired, mut live) = (SLOTS, SLOTS, 0);
+        let (mut soonest, mut victim) = (u64::MAX, SLOTS);
+        for j in Self::probe_order(h) {
+            if self.key_word(b, j).hash() == 0 {
+                if free == SLOTS {
+                    free = j;
+                }
+                continue;
+            }
+            let state = Word::from_bits(self.slot_words(b, j)[0].load()).payload;
+            let exp = algo::expiry(l, &[state][..], now);
+            if exp <= now {
+                if expired == SLOTS {
+                    expired = j;
+                }
+                continue;
+            }
+            live += 1;
+            // Strictly sooner: ties keep the first in probe order.
+            if victim == SLOTS || exp < soonest {
+                (soonest, victim) = (exp, j);
+            }
+        }
+        let victim = if free < SLOTS {
+            Victim::Empty(free)
+        } else if expired < SLOTS {
+            Victim::Expired(expired)
+        } else {
+            Victim::Live(victim, soonest, Protected::No)
         };
         (victim, live)
     }
