@@ -514,3 +514,22 @@ fn try_check_at_refuses_foreign_ids_and_concurrency_policies_and_charges_nothing
         .collect();
     assert_eq!(allowed, [true, true, false]);
 }
+
+#[test]
+fn policy_memory_bytes_counts_the_table_and_its_head_small_or_mapped() {
+    for capacity in [1_000usize, 1 << 20] {
+        let e = Engine::new(EngineOptions {
+            capacity,
+            ..Default::default()
+        })
+        .unwrap();
+        let p = e.add_policy("p", "10/second").unwrap();
+        let table = e.policy_bytes(p).unwrap();
+        let region = e.policy_memory_bytes(p).unwrap();
+        // The region holds the table (at least 36 bytes a slot) and, before
+        // it, the counters and the deny-event ring.
+        assert!(table >= capacity * 36, "{table} bytes for {capacity} slots");
+        assert!(region > table, "{region} <= {table}");
+        assert!(region < table + (1 << 20), "{region} vs {table}");
+    }
+}

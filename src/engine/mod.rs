@@ -721,6 +721,15 @@ impl Engine {
     pub fn policy_bytes(&self, policy: PolicyId) -> Result<usize, Error> {
         Ok(self.get(policy)?.table.bytes())
     }
+
+    /// Bytes of memory the policy holds: its table, counters and deny-event
+    /// ring (in a shared engine, its region of the file). An in-process
+    /// region of 2 MiB or more is a mapping of its own (huge pages), not
+    /// memory from the global allocator.
+    pub fn policy_memory_bytes(&self, policy: PolicyId) -> Result<usize, Error> {
+        let units = self.get(policy)?.table.memory().units().len();
+        Ok(units * std::mem::size_of::<crate::sync::Atomic128>())
+    }
 }
 
 /// [`Engine::check_rate`] refused the policy: see [`Engine::not_rate`].
