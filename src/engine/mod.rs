@@ -727,8 +727,9 @@ impl Engine {
     /// region of 2 MiB or more is a mapping of its own (huge pages), not
     /// memory from the global allocator.
     pub fn policy_memory_bytes(&self, policy: PolicyId) -> Result<usize, Error> {
-        let units = self.get(policy)?.table.memory().units().len();
-        Ok(units * std::mem::size_of::<crate::sync::Atomic128>())
+        Ok(std::mem::size_of_val(
+            self.get(policy)?.table.memory().units(),
+        ))
     }
 }
 
