@@ -333,11 +333,11 @@ impl Engine {
                     "region of {region_bytes} bytes is too small for a table of {buckets} buckets"
                 ))
             })?;
-        let mem = Memory::Mapped {
-            ptr: map.at(region_offset) as *const crate::sync::Atomic128,
-            len: units,
-            _owner: map.clone(),
-        };
+        let mem = Memory::mapped(
+            map.at(region_offset) as *const crate::sync::Atomic128,
+            units,
+            map.clone(),
+        );
         let seed = self.seed.for_policy(i as u32);
         let policy = Policy::new(&name, parsed, layout, options, buckets, mem, seed);
         let _ = self.policies[i].set(policy);

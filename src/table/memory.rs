@@ -7,32 +7,37 @@ use crate::Error;
 /// Alignment of heap regions: a policy's counters are 128-byte lines.
 const HEAP_ALIGN: usize = 128;
 
-/// A region of `len` zero-initialised (or previously used) units.
-pub(crate) enum Memory {
-    /// Owned zeroed memory, 128-byte aligned, freed on drop: from the
-    /// allocator, or (`mapped`: the mapping's start and length, for large
-    /// tables on Linux) an anonymous mapping that asks for huge pages.
+/// A region of `len` zero-initialised (or previously used) units at `ptr`,
+/// kept alive by its owner. Every region is read the same way (`units` is
+/// not a `match`: it sits on the hot path).
+pub(crate) struct Memory {
+    ptr: *const Atomic128,
+    len: usize,
+    _owner: Owner,
+}
+
+/// What keeps a region's memory alive, and frees it on drop.
+enum Owner {
+    /// From the allocator, 128-byte aligned, with `heap_layout(len)`.
     #[cfg(not(loom))]
-    Heap {
-        ptr: *mut Atomic128,
-        len: usize,
-        mapped: Option<(usize, usize)>,
-    },
+    Alloc,
+    /// An anonymous mapping of `len` bytes at `base` (large tables on Linux:
+    /// huge pages), 2 MiB-aligned at `ptr`.
+    #[cfg(not(loom))]
+    Anon { base: usize, len: usize },
     /// Loom atomics cannot be zero-initialised: built one by one.
     #[cfg(loom)]
-    Heap(Box<[Atomic128]>),
-    /// Part of a shared mapping kept alive by `owner`.
+    Boxed { _units: Box<[Atomic128]> },
+    /// Part of a shared file's mapping.
     Mapped {
-        ptr: *const Atomic128,
-        len: usize,
-        _owner: std::sync::Arc<crate::shm::Mapping>,
+        _map: std::sync::Arc<crate::shm::Mapping>,
     },
 }
 
 // SAFETY:
-// - `Heap` owns its allocation, which holds only atomics;
-// - `Mapped` points into a mapping owned by `owner` (kept alive as long as
-//   this value), and the units are atomics only.
+// - `ptr..ptr+len` is owned by `_owner` (an allocation, an anonymous
+//   mapping, a box) or lies in the shared mapping it keeps alive, as long
+//   as this value; the units are atomics only.
 unsafe impl Send for Memory {}
 // SAFETY: as for `Send`: shared access only ever goes through atomic operations.
 unsafe impl Sync for Memory {}
@@ -96,11 +101,11 @@ impl Memory {
             let layout = heap_layout(len)?;
             #[cfg(target_os = "linux")]
             if layout.size() >= HUGE_PAGE {
-                if let Some((ptr, mapped)) = huge_mapping(layout.size()) {
-                    return Ok(Memory::Heap {
+                if let Some((ptr, (base, map_len))) = huge_mapping(layout.size()) {
+                    return Ok(Memory {
                         ptr,
                         len,
-                        mapped: Some(mapped),
+                        _owner: Owner::Anon { base, len: map_len },
                     });
                 }
             }
@@ -117,33 +122,44 @@ impl Memory {
                     layout.size()
                 )));
             }
-            Ok(Memory::Heap {
+            Ok(Memory {
                 ptr,
                 len,
-                mapped: None,
+                _owner: Owner::Alloc,
             })
         }
         #[cfg(loom)]
         {
             let _ = HEAP_ALIGN;
-            Ok(Memory::Heap((0..len).map(|_| Atomic128::new(0)).collect()))
+            let b: Box<[Atomic128]> = (0..len).map(|_| Atomic128::new(0)).collect();
+            Ok(Memory {
+                ptr: b.as_ptr(),
+                len,
+                _owner: Owner::Boxed { _units: b },
+            })
         }
     }
 
     #[inline(always)]
     pub fn units(&self) -> &[Atomic128] {
-        match self {
-            #[cfg(not(loom))]
-            // SAFETY: `ptr` is a live allocation of `len` initialised units,
-            // owned by `self` and freed only on drop.
-            Memory::Heap { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
-            #[cfg(loom)]
-            Memory::Heap(b) => b,
-            // SAFETY:
-            // - `ptr..ptr+len` lies inside the mapping owned by `owner`, which
-            //   this value keeps alive; regions are 4096-byte aligned and
-            //   shared units are only accessed atomically.
-            Memory::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        // SAFETY:
+        // - `ptr..ptr+len` holds `len` initialised units (zeroed memory, a
+        //   box, or a file region), owned by `_owner` or inside the mapping
+        //   it keeps alive, and freed only when `self` is dropped;
+        // - units are only ever accessed atomically.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// A range of a shared file's mapping, which `owner` keeps alive.
+    pub fn mapped(
+        ptr: *const Atomic128,
+        len: usize,
+        owner: std::sync::Arc<crate::shm::Mapping>,
+    ) -> Memory {
+        Memory {
+            ptr,
+            len,
+            _owner: Owner::Mapped { _map: owner },
         }
     }
 }
@@ -151,21 +167,19 @@ impl Memory {
 #[cfg(not(loom))]
 impl Drop for Memory {
     fn drop(&mut self) {
-        if let Memory::Heap {
-            mapped: Some((base, map_len)),
-            ..
-        } = *self
-        {
-            // SAFETY: `base..base + map_len` is the mapping made by
-            // `huge_mapping`, owned by `self` and unmapped once, here.
-            unsafe { libc::munmap(base as *mut libc::c_void, map_len) };
-            return;
-        }
-        if let Memory::Heap { ptr, len, .. } = *self {
-            let layout = heap_layout(len).expect("the layout was valid at allocation");
-            // SAFETY: `ptr` came from `alloc_zeroed` with exactly this layout
-            // and is freed once, here.
-            unsafe { std::alloc::dealloc(ptr.cast(), layout) }
+        match self._owner {
+            Owner::Alloc => {
+                let layout = heap_layout(self.len).expect("the layout was valid at allocation");
+                // SAFETY: `ptr` came from `alloc_zeroed` with exactly this
+                // layout and is freed once, here.
+                unsafe { std::alloc::dealloc(self.ptr as *mut u8, layout) }
+            }
+            Owner::Anon { base, len } => {
+                // SAFETY: `base..base + len` is the mapping made by
+                // `huge_mapping`, owned by `self` and unmapped once, here.
+                unsafe { libc::munmap(base as *mut libc::c_void, len) };
+            }
+            Owner::Mapped { .. } => {}
         }
     }
 }
@@ -200,13 +214,7 @@ mod tests {
     fn a_large_table_is_zeroed_huge_page_aligned_and_advised() {
         let len = HUGE_PAGE / 16 * 3 + 5;
         let mem = Memory::heap(len).unwrap();
-        assert!(matches!(
-            mem,
-            Memory::Heap {
-                mapped: Some(_),
-                ..
-            }
-        ));
+        assert!(matches!(mem._owner, Owner::Anon { .. }));
         let units = mem.units();
         assert_eq!(units.len(), len);
         let addr = units.as_ptr() as usize;
@@ -226,7 +234,7 @@ mod tests {
     #[test]
     fn a_small_table_comes_from_the_allocator() {
         let mem = Memory::heap(1000).unwrap();
-        assert!(matches!(mem, Memory::Heap { mapped: None, .. }));
+        assert!(matches!(mem._owner, Owner::Alloc));
         assert_eq!(mem.units().as_ptr() as usize % HEAP_ALIGN, 0);
         assert!(mem.units().iter().all(|u| u.load() == 0));
     }
