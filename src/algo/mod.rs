@@ -218,7 +218,9 @@ pub(crate) fn refund_word(l: &LimitParams, p: Payload, cost: u64, now: u64) -> P
 }
 
 /// The time from which a limit's state is equivalent to fresh: an entry
-/// whose every limit has reached its expiry can be reclaimed.
+/// whose every limit has reached its expiry can be reclaimed. (Inlined:
+/// a victim scan asks for 16 per claim; out of line, a flood of new keys
+/// cost 3,355 instructions per check against 2,978.)
 #[inline]
 pub(crate) fn expiry(l: &LimitParams, w: &(impl Words + ?Sized), now: u64) -> u64 {
     match l.algorithm {

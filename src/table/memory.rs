@@ -21,10 +21,10 @@ enum Owner {
     /// From the allocator, 128-byte aligned, with `heap_layout(len)`.
     #[cfg(not(loom))]
     Alloc,
-    /// An anonymous mapping of `len` bytes at `base` (large tables on Linux:
-    /// huge pages), 2 MiB-aligned at `ptr`.
+    /// An anonymous mapping of `map_len` bytes at `base` (large tables on
+    /// Linux: huge pages), 2 MiB-aligned at `ptr`.
     #[cfg(not(loom))]
-    Anon { base: usize, len: usize },
+    Anon { base: usize, map_len: usize },
     /// Loom atomics cannot be zero-initialised: built one by one.
     #[cfg(loom)]
     Boxed { _units: Box<[Atomic128]> },
@@ -105,7 +105,7 @@ impl Memory {
                     return Ok(Memory {
                         ptr,
                         len,
-                        _owner: Owner::Anon { base, len: map_len },
+                        _owner: Owner::Anon { base, map_len },
                     });
                 }
             }
@@ -174,10 +174,10 @@ impl Drop for Memory {
                 // layout and is freed once, here.
                 unsafe { std::alloc::dealloc(self.ptr as *mut u8, layout) }
             }
-            Owner::Anon { base, len } => {
-                // SAFETY: `base..base + len` is the mapping made by
+            Owner::Anon { base, map_len } => {
+                // SAFETY: `base..base + map_len` is the mapping made by
                 // `huge_mapping`, owned by `self` and unmapped once, here.
-                unsafe { libc::munmap(base as *mut libc::c_void, len) };
+                unsafe { libc::munmap(base as *mut libc::c_void, map_len) };
             }
             Owner::Mapped { .. } => {}
         }

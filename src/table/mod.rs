@@ -710,48 +710,33 @@ impl Table {
     /// any other; a key holding a live lease is never a victim — and the
     /// bucket's live entries (held by a key, not yet equivalent to fresh).
     fn choose_victim(&self, b: &[Atomic128], h: u64, now: u64) -> (Victim, usize) {
+        // Two instances of one loop: single-word policies (one limit in one
+        // word: no penalty box, no lease) read each slot's state word inline
+        // and compare expiries alone, since nothing is protected. A flood of
+        // new keys into a full table runs this twice per check.
         if self.layout.single_word {
-            return self.choose_victim_single(b, h, now);
+            let l = &self.layout.first;
+            return self.pick_victim(b, h, now, |j| {
+                let state = Word::from_bits(self.slot_words(b, j)[0].load()).payload;
+                (algo::expiry(l, &[state][..], now), Protected::No)
+            });
         }
-        let (mut free, mut expired, mut live) = (None, None, 0);
-        let mut best: Option<(Protected, u64, usize)> = None;
-        for j in Self::probe_order(h) {
-            if self.key_word(b, j).hash() == 0 {
-                free = free.or(Some(j));
-                continue;
-            }
-            let (exp, protected) = self.expiry(b, j, now);
-            if exp <= now {
-                expired = expired.or(Some(j));
-                continue;
-            }
-            live += 1;
-            if best.is_none_or(|(p, e, _)| (protected, exp) < (p, e)) {
-                best = Some((protected, exp, j));
-            }
-        }
-        let victim = match (free, expired, best) {
-            (Some(j), _, _) => Victim::Empty(j),
-            (None, Some(j), _) => Victim::Expired(j),
-            // The least protected entry holds a live lease, so every entry
-            // does; `exp` is the soonest of them, when one frees.
-            (None, None, Some((Protected::Lease, exp, _))) => Victim::None(exp),
-            (None, None, Some((protected, exp, j))) => Victim::Live(j, exp, protected),
-            (None, None, None) => unreachable!("a bucket of SLOTS > 0 slots"),
-        };
-        (victim, live)
+        self.pick_victim(b, h, now, |j| self.expiry(b, j, now))
     }
 
-    /// [`choose_victim`](Self::choose_victim) for a single-word policy (one
-    /// limit in one word: no penalty box, no lease, so nothing is
-    /// protected), the same choice in one pass without the general
-    /// `expiry`: a flood of new keys into a full table runs this twice per
-    /// check.
-    #[inline]
-    fn choose_victim_single(&self, b: &[Atomic128], h: u64, now: u64) -> (Victim, usize) {
-        let l = &self.layout.first;
+    /// The loop of [`choose_victim`](Self::choose_victim), with slot `j`'s
+    /// expiry and protection from `expiry(j)`.
+    #[inline(always)]
+    fn pick_victim(
+        &self,
+        b: &[Atomic128],
+        h: u64,
+        now: u64,
+        expiry: impl Fn(usize) -> (u64, Protected),
+    ) -> (Victim, usize) {
+        // Slot indices, `SLOTS` for none: cheaper than `Option`s here.
         let (mut free, mut expired, mut live) = (SLOTS, SLOTS, 0);
-        let (mut soonest, mut victim) = (u64::MAX, SLOTS);
+        let (mut best, mut best_at) = ((Protected::Lease, u64::MAX), SLOTS);
         for j in Self::probe_order(h) {
             if self.key_word(b, j).hash() == 0 {
                 if free == SLOTS {
@@ -759,8 +744,7 @@ impl Table {
                 }
                 continue;
             }
-            let state = Word::from_bits(self.slot_words(b, j)[0].load()).payload;
-            let exp = algo::expiry(l, &[state][..], now);
+            let (exp, protected) = expiry(j);
             if exp <= now {
                 if expired == SLOTS {
                     expired = j;
@@ -768,9 +752,10 @@ impl Table {
                 continue;
             }
             live += 1;
-            // Strictly sooner: ties keep the first in probe order.
-            if victim == SLOTS || exp < soonest {
-                (soonest, victim) = (exp, j);
+            // Strictly less protected, or as protected and sooner: ties keep
+            // the first in probe order.
+            if best_at == SLOTS || (protected, exp) < best {
+                (best, best_at) = ((protected, exp), j);
             }
         }
         let victim = if free < SLOTS {
@@ -778,7 +763,13 @@ impl Table {
         } else if expired < SLOTS {
             Victim::Expired(expired)
         } else {
-            Victim::Live(victim, soonest, Protected::No)
+            // Every slot is live, so `best_at` is one of them.
+            match best {
+                // The least protected entry holds a live lease, so every
+                // entry does; `exp` is the soonest of them, when one frees.
+                (Protected::Lease, exp) => Victim::None(exp),
+                (protected, exp) => Victim::Live(best_at, exp, protected),
+            }
         };
         (victim, live)
     }
