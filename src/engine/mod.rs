@@ -6,6 +6,7 @@
 
 mod batch;
 mod decision;
+mod memo;
 mod permits;
 mod policies;
 
@@ -70,6 +71,9 @@ pub struct CheckItem<'a> {
 /// ```
 pub struct Engine {
     id: u64,
+    /// This engine's number for the spot memo ([`memo::engine_id`]); 0 when
+    /// the memo is off (a Redis engine, whose state is not in its tables).
+    memo_id: u64,
     seed: Seed,
     options: EngineOptions,
     policies: Box<[OnceLock<Policy>]>,
@@ -104,6 +108,7 @@ impl Engine {
         crate::clock::fill_random(&mut id);
         Engine {
             id: u64::from_le_bytes(id) | 1,
+            memo_id: memo::engine_id(),
             seed,
             options,
             policies: (0..MAX_POLICIES).map(|_| OnceLock::new()).collect(),
@@ -204,6 +209,7 @@ impl Engine {
             None => Engine::new(options.engine.clone())?,
         };
         engine.store = Store::Redis(Box::new(crate::store::Redis::open(url, options)?));
+        engine.memo_id = 0;
         Ok(engine)
     }
 
@@ -317,8 +323,7 @@ impl Engine {
             Some(ns) => Self::at(ns),
             None => self.clock_now(),
         };
-        let t = Self::target(p, policy, key, cost);
-        Ok(self.decide(p, &t, now, Mode::Charge, Count::Yes))
+        Ok(self.decide_key(p, policy, key, cost, now, Mode::Charge))
     }
 
     /// The engine's current time (its clock, in nanoseconds). On a Redis
@@ -357,6 +362,49 @@ impl Engine {
             hash: p.hash(key),
             cost: cost as u64,
         }
+    }
+
+    /// A counted decision on one key: at the spot this thread's memo keeps
+    /// for it, if the memo has one that still holds (see `memo`), else
+    /// through the store; then concluded.
+    #[inline(always)]
+    fn decide_key(
+        &self,
+        p: &Policy,
+        policy: PolicyId,
+        key: &[u8],
+        cost: u32,
+        now: Now,
+        mode: Mode,
+    ) -> Decision {
+        if self.memo_id == 0 || !p.table.layout.single_word {
+            return self.decide(
+                p,
+                &Self::target(p, policy, key, cost),
+                now,
+                mode,
+                Count::Yes,
+            );
+        }
+        let (c, table) = (cost as u64, &p.table);
+        if let Some((outcome, hash)) =
+            memo::decide(self.memo_id, policy.0, table, key, c, now.ns, mode)
+        {
+            let t = Target {
+                policy: policy.0,
+                table,
+                key,
+                hash,
+                cost: c,
+            };
+            return conclude(p, &t, outcome, now.ns, Count::Yes);
+        }
+        let t = Self::target(p, policy, key, cost);
+        let d = self.decide(p, &t, now, mode, Count::Yes);
+        if memo::missed(policy.0, key, t.hash) {
+            memo::fill(self.memo_id, policy.0, table, key, t.hash);
+        }
+        d
     }
 
     /// Asks the store about one key and concludes the decision.
@@ -412,13 +460,7 @@ impl Engine {
         } else {
             Mode::Charge
         };
-        self.decide(
-            p,
-            &Self::target(p, policy, key, cost),
-            now,
-            mode,
-            Count::Yes,
-        )
+        self.decide_key(p, policy, key, cost, now, mode)
     }
 
     /// [`check_at`](Self::check_at) that reports a foreign policy id or a

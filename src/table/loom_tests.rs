@@ -637,3 +637,53 @@ fn loom_racing_moves_of_one_key_land_it_in_one_slot_with_its_state() {
         assert_eq!(peek(&t, 2, S).remaining, 6, "its state moved with it");
     });
 }
+
+/// A charge at a remembered spot (`decide_at`, the engine's spot memo,
+/// falling back to `decide` when the spot no longer holds) racing a check
+/// of the same key through `decide`: together they admit exactly what
+/// remains.
+#[test]
+fn loom_a_charge_at_a_spot_racing_a_check_admits_exactly_the_remaining_quota() {
+    loom::model(|| {
+        let t = table("3/second");
+        assert!(allowed(t.decide(7, 2, S, Mode::Charge)));
+        let spot = t.spot_of(7).unwrap();
+        let ta = {
+            let t = t.clone();
+            thread::spawn(move || {
+                let o = t
+                    .decide_at(&spot, 1, S, Mode::Charge)
+                    .unwrap_or_else(|| t.decide(7, 1, S, Mode::Charge));
+                allowed(o) as usize
+            })
+        };
+        let b = allowed(t.decide(7, 1, S, Mode::Charge)) as usize;
+        assert_eq!(ta.join().unwrap() + b, 1);
+        assert_eq!(peek(&t, 7, S).remaining, 0);
+    });
+}
+
+/// A spot taken before its key is evicted is never used on the key that
+/// takes the slot: thread A charges 2 at key 1's spot while thread B
+/// brings key 3, which evicts key 1; key 3 holds B's charge alone.
+#[test]
+fn loom_a_spot_is_never_used_on_the_key_that_took_its_slot() {
+    loom::model(|| {
+        let t = table("fixed_window 5/second");
+        assert!(allowed(t.decide(1, 1, 0, Mode::Charge)));
+        assert!(allowed(t.decide(2, 1, S / 2, Mode::Charge)));
+        let spot = t.spot_of(1).unwrap();
+        let now = S - 1;
+        let ta = {
+            let t = t.clone();
+            thread::spawn(move || {
+                let _ = t.decide_at(&spot, 2, now, Mode::Charge);
+            })
+        };
+        assert!(allowed(t.decide(3, 1, now, Mode::Charge)));
+        ta.join().unwrap();
+        // A peek of cost 1 reports what remains after it: 5 - 1 - 1 (with
+        // A's 2 landing on key 3 it would be 1).
+        assert_eq!(peek(&t, 3, now).remaining, 3, "key 3 saw key 1's charge");
+    });
+}

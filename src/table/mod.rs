@@ -435,6 +435,34 @@ impl Absent<'_> {
     }
 }
 
+/// Where a key of a single-word policy lived when [`Table::spot_of`] found
+/// it: its bucket and slot, the bucket's intent words then, and the slot's
+/// key word. Kept between checks by a caller that wants to skip hashing and
+/// probing ([`Table::decide_at`]); only meaningful for the table it came
+/// from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Spot {
+    bucket: usize,
+    slot: usize,
+    e0: u128,
+    e1: u128,
+    seq: u32,
+    key: u128,
+}
+
+impl Spot {
+    /// A spot that names bucket 0, slot 0 (kept only beside an owner that
+    /// marks it unused).
+    pub const EMPTY: Spot = Spot {
+        bucket: 0,
+        slot: 0,
+        e0: 0,
+        e1: 0,
+        seq: 0,
+        key: 0,
+    };
+}
+
 /// What [`Table::locate`] found.
 enum Located<'a> {
     At(Place<'a>),
@@ -1001,6 +1029,104 @@ impl Table {
         })
     }
 
+    /// Single-word policies: decides `cost` on slot `j` of bucket `b` (key
+    /// override `factor`), found under snapshot `snap`, and charges it if
+    /// allowed and `charge`. `None` if the bucket changed meanwhile or the
+    /// charge lost a race: the caller looks again.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn single_at(
+        &self,
+        b: &[Atomic128],
+        snap: &Snapshot,
+        j: usize,
+        factor: u32,
+        cost: u64,
+        now: u64,
+        charge: bool,
+    ) -> Option<Verdict> {
+        // No override (factor 0, nearly every key): the layout's limit by
+        // reference; `scaled` would copy it (27 instructions of a
+        // 600-instruction check, callgrind).
+        let scaled;
+        let l = if factor == 0 {
+            &self.layout.first
+        } else {
+            scaled = self.layout.first.scaled(factor);
+            &scaled
+        };
+        let unit = &self.slot_words(b, j)[0];
+        let cur = unit.load();
+        let state = Word::from_bits(cur).payload;
+        let verdict = self.decide_single(l, state, cost, now);
+        if !Self::still(b, snap) {
+            return None;
+        }
+        if !charge || !verdict.allowed || cost == 0 {
+            return Some(verdict);
+        }
+        let new = Word::new(snap.seq, algo::charge_word(l, state, cost, now));
+        unit.compare_exchange(cur, new.to_bits())
+            .is_ok()
+            .then_some(verdict)
+    }
+
+    /// Where key `h` lives now, for [`decide_at`](Self::decide_at): `None`
+    /// if it is absent, or if the policy keeps more than one word per key
+    /// (only single-word policies are decided at a spot).
+    pub fn spot_of(&self, h: u64) -> Option<Spot> {
+        if !self.layout.single_word {
+            return None;
+        }
+        let p = self.present(h)?;
+        let key = p.b[self.key_unit(p.slot)].load();
+        (Word::from_bits(key).hash() == h && Self::still(p.b, &p.snap)).then_some(Spot {
+            bucket: p.bi,
+            slot: p.slot,
+            e0: p.snap.e0,
+            e1: p.snap.e1,
+            seq: p.snap.seq,
+            key,
+        })
+    }
+
+    /// [`decide`](Self::decide) for the key found at spot `s` of this table
+    /// ([`spot_of`](Self::spot_of)), without hashing or probing: `None` if
+    /// the spot no longer holds what it held then (the bucket has begun a
+    /// transaction since, or the key word changed), or the charge lost a
+    /// race; the caller then asks `decide`.
+    ///
+    /// The same decision `decide` would make: a bucket whose intent words
+    /// are unchanged has begun no transaction since the spot's snapshot
+    /// (claims, moves, evictions, resets and retags are all transactions,
+    /// and each writes an intent), so the snapshot is still the bucket's
+    /// latest, its slot still holds the key (its key word, factor included,
+    /// is compared too), and what follows is `decide`'s own step on a
+    /// located key: the state word as it is now, the `still` check, the
+    /// charge's compare-and-swap.
+    #[inline(always)]
+    pub fn decide_at(&self, s: &Spot, cost: u64, now: u64, mode: Mode) -> Option<Outcome> {
+        let now = now.min(algo::MAX_TIME_NS);
+        let b = self.bucket(s.bucket);
+        let snap = Snapshot {
+            e0: s.e0,
+            e1: s.e1,
+            seq: s.seq,
+        };
+        // The key word, then (in `single_at`) the state word, then the
+        // intents compared with the spot's: if they are unchanged, both
+        // words were read under the spot's snapshot.
+        if b[self.key_unit(s.slot)].load() != s.key {
+            return None;
+        }
+        let factor = Word::from_bits(s.key).factor();
+        let verdict = self.single_at(b, &snap, s.slot, factor, cost, now, mode.charges())?;
+        Some(Outcome::Decided {
+            verdict,
+            evicted: false,
+        })
+    }
+
     /// Decides `cost` for key hash `h` at `now`, and as `mode` says,
     /// charges it if allowed and counts a denial as a penalty-box strike.
     /// (Always inlined: the hot path of `check`, where `mode` is a constant.)
@@ -1031,31 +1157,10 @@ impl Table {
             };
             let factor = self.key_word(b, j).factor();
             if self.layout.single_word {
-                // No override (factor 0, nearly every key): the layout's
-                // limit by reference; `scaled` would copy it (27
-                // instructions of a 600-instruction check, callgrind).
-                let scaled;
-                let l = if factor == 0 {
-                    &self.layout.first
-                } else {
-                    scaled = self.layout.first.scaled(factor);
-                    &scaled
-                };
-                let unit = &self.slot_words(b, j)[0];
-                let cur = unit.load();
-                let state = Word::from_bits(cur).payload;
-                let verdict = self.decide_single(l, state, cost, now);
-                if !Self::still(b, &snap) {
-                    continue;
+                match self.single_at(b, &snap, j, factor, cost, now, charge) {
+                    Some(verdict) => return Outcome::Decided { verdict, evicted },
+                    None => continue,
                 }
-                if !charge || !verdict.allowed || cost == 0 {
-                    return Outcome::Decided { verdict, evicted };
-                }
-                let new = Word::new(snap.seq, algo::charge_word(l, state, cost, now));
-                if unit.compare_exchange(cur, new.to_bits()).is_ok() {
-                    return Outcome::Decided { verdict, evicted };
-                }
-                continue;
             }
             let view = SlotView {
                 words: self.slot_words(b, j),

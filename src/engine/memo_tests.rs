@@ -1,0 +1,218 @@
+//! The spot memo against engines without it: every operation gives the
+//! same result, whatever the order of keys, costs, refunds, resets,
+//! overrides, evictions and times (forwards and backwards).
+
+use super::hits;
+use crate::engine::Engine;
+use crate::hash::Seed;
+use crate::{EngineOptions, PolicyId};
+use proptest::prelude::*;
+
+const S: u64 = 1_000_000_000;
+
+/// Keys that share their first 8 bytes, keys of 0, 8, 9, 32 and 33 bytes
+/// (the last is too long for the memo).
+fn keys() -> Vec<Vec<u8>> {
+    let mut k: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"a".to_vec(),
+        b"b".to_vec(),
+        b"8bytes!!".to_vec(),
+        b"8bytes!!x".to_vec(),
+        b"8bytes!!y".to_vec(),
+        vec![b'l'; 32],
+        vec![b'l'; 33],
+    ];
+    k.extend((0..8).map(|i| format!("user:{i}").into_bytes()));
+    k
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Check(usize, u32),
+    Peek(usize),
+    Refund(usize, u32),
+    Reset(usize),
+    Override(usize, u32),
+    ClearOverride(usize),
+    ResetAll,
+    /// Moves the time by this many milliseconds (backwards if negative).
+    Time(i32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let n = keys().len();
+    prop_oneof![
+        8 => (0..n, 0u32..3).prop_map(|(k, c)| Op::Check(k, c)),
+        1 => (0..n).prop_map(Op::Peek),
+        1 => (0..n, 1u32..3).prop_map(|(k, c)| Op::Refund(k, c)),
+        1 => (0..n).prop_map(Op::Reset),
+        1 => (0..n, 500u32..3000).prop_map(|(k, f)| Op::Override(k, f)),
+        1 => (0..n).prop_map(Op::ClearOverride),
+        1 => Just(Op::ResetAll),
+        3 => (-400i32..1500).prop_map(Op::Time),
+    ]
+}
+
+/// What an operation returned, for comparing two engines.
+fn apply(e: &Engine, id: PolicyId, op: &Op, now: u64) -> String {
+    let keys = keys();
+    match *op {
+        Op::Check(k, c) => format!("{:?}", e.check_at(id, &keys[k], c, now)),
+        Op::Peek(k) => format!("{:?}", e.peek_at(id, &keys[k], 1, now)),
+        Op::Refund(k, c) => format!("{:?}", e.refund_at(id, &keys[k], c, now)),
+        Op::Reset(k) => format!("{:?}", e.reset(id, &keys[k])),
+        Op::Override(k, f) => format!("{:?}", e.set_override(id, &keys[k], f as f64 / 1000.0)),
+        Op::ClearOverride(k) => format!("{:?}", e.clear_override(id, &keys[k])),
+        Op::ResetAll => format!("{:?}", e.reset_all(id)),
+        Op::Time(_) => String::new(),
+    }
+}
+
+fn step(now: u64, op: &Op) -> u64 {
+    match *op {
+        Op::Time(ms) => now.saturating_add_signed(ms as i64 * 1_000_000).max(1),
+        _ => now,
+    }
+}
+
+/// Two in-process engines with the same hash seed (so the same keys land
+/// in the same slots and are evicted alike), the second without the memo.
+fn twins(spec: &str, capacity: usize) -> ((Engine, PolicyId), (Engine, PolicyId)) {
+    let seed = Seed { k0: 7, k1: 11 };
+    let options = EngineOptions {
+        capacity,
+        ..Default::default()
+    };
+    let with = Engine::with(seed, options.clone(), None);
+    let mut without = Engine::with(seed, options, None);
+    without.memo_id = 0;
+    let a = with.add_policy("p", spec).unwrap();
+    let b = without.add_policy("p", spec).unwrap();
+    ((with, a), (without, b))
+}
+
+fn same_results(spec: &str, capacity: usize, ops: &[Op]) -> Result<(), TestCaseError> {
+    let ((with, a), (without, b)) = twins(spec, capacity);
+    let mut now = 1_000 * S;
+    for (i, op) in ops.iter().enumerate() {
+        now = step(now, op);
+        prop_assert_eq!(
+            apply(&with, a, op, now),
+            apply(&without, b, op, now),
+            "op {} ({:?}) at {}",
+            i,
+            op,
+            now
+        );
+    }
+    prop_assert_eq!(with.stats(a).unwrap(), without.stats(b).unwrap());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// A table of 8 slots for 16 keys: claims evict and move keys while
+    /// the memo holds their spots.
+    #[test]
+    fn gcra_under_eviction_pressure_decides_as_without_the_memo(
+        ops in proptest::collection::vec(op(), 1..120)
+    ) {
+        same_results("3/second", 8, &ops)?;
+    }
+
+    #[test]
+    fn gcra_with_room_decides_as_without_the_memo(
+        ops in proptest::collection::vec(op(), 1..120)
+    ) {
+        same_results("2/second", 1024, &ops)?;
+    }
+
+    #[test]
+    fn fixed_and_sliding_windows_decide_as_without_the_memo(
+        ops in proptest::collection::vec(op(), 1..120),
+        sliding in any::<bool>(),
+        capacity in prop_oneof![Just(8usize), Just(1024)],
+    ) {
+        let spec = if sliding { "sliding_window 4/second" } else { "fixed_window 3/second" };
+        same_results(spec, capacity, &ops)?;
+    }
+
+    /// Two limits (not single-word: the memo stays out of the way).
+    #[test]
+    fn a_two_limit_policy_decides_as_without_the_memo(
+        ops in proptest::collection::vec(op(), 1..80)
+    ) {
+        same_results("2/second;5/minute", 8, &ops)?;
+    }
+
+    /// Two engines on one shared file (two workers) with the memo, against
+    /// one engine without it: whatever one worker does to a key (charge,
+    /// refund, reset, override) the other's next check sees, though it
+    /// holds the key's spot.
+    #[test]
+    fn two_workers_on_a_shared_file_decide_as_one_engine_without_the_memo(
+        ops in proptest::collection::vec((op(), any::<bool>()), 1..120)
+    ) {
+        let path = std::env::temp_dir().join(format!(
+            "rk-memo-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let options = EngineOptions { capacity: 1024, shared_max_bytes: 1 << 22, ..Default::default() };
+        let w1 = Engine::open_shared(&path, options.clone()).unwrap();
+        let w2 = Engine::open_shared(&path, options.clone()).unwrap();
+        let mut reference = Engine::new(options).unwrap();
+        reference.memo_id = 0;
+        let (p1, p2) = (w1.add_policy("p", "3/second").unwrap(), w2.add_policy("p", "3/second").unwrap());
+        let r = reference.add_policy("p", "3/second").unwrap();
+        let mut now = 1_000 * S;
+        for (i, (op, second)) in ops.iter().enumerate() {
+            now = step(now, op);
+            let (w, p) = if *second { (&w2, p2) } else { (&w1, p1) };
+            prop_assert_eq!(apply(w, p, op, now), apply(&reference, r, op, now), "op {} ({:?})", i, op);
+        }
+        drop((w1, w2));
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// The memo is used at all: a key denied again and again is decided at
+/// its spot from its third check on, and a reset (a transaction of its
+/// bucket) sends the next check back to the table, which allows it.
+#[test]
+fn a_denied_key_is_decided_at_its_spot_until_its_bucket_changes() {
+    let ((e, id), _) = twins("1/minute", 1024);
+    let t = 1_000 * S;
+    let before = hits();
+    assert!(e.check_at(id, b"k", 1, t).allowed);
+    assert!(!e.check_at(id, b"k", 1, t).allowed);
+    assert_eq!(hits(), before, "filled after the second miss, not used yet");
+    for i in 1..=5 {
+        let d = e.check_at(id, b"k", 1, t + i);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_ns, 60 * S - i);
+    }
+    assert_eq!(hits(), before + 5);
+    assert!(e.reset(id, b"k").unwrap());
+    assert!(
+        e.check_at(id, b"k", 1, t + 6).allowed,
+        "a stale spot was used"
+    );
+    assert_eq!(hits(), before + 5);
+    assert_eq!(e.stats(id).unwrap().denied, 6);
+}
+
+/// A key longer than the memo keeps is always decided by the table.
+#[test]
+fn a_key_longer_than_the_memo_keeps_never_hits() {
+    let ((e, id), _) = twins("1/minute", 1024);
+    let key = [b'x'; super::KEY_BYTES + 1];
+    let before = hits();
+    for i in 0..5 {
+        e.check_at(id, &key, 1, S + i);
+    }
+    assert_eq!(hits(), before);
+}
