@@ -15,9 +15,9 @@
 //! key and deciding on it — and reads the key's state as it is now. So a
 //! decision through the memo is the decision the table would make: nothing
 //! is cached but a location, and a location that may have changed is never
-//! used. A refund, a reset, an override or another process's charge
-//! changes the state or the key word, which the spot reads afresh or
-//! compares; an eviction or a move is a transaction of the bucket.
+//! used. A refund or another worker's charge changes the state word, which
+//! is read afresh; a claim, a move, an eviction, a reset, an override or a
+//! retag is a transaction of the bucket, which changes its intents.
 //!
 //! An entry is filled when the same key misses the same entry twice in a
 //! row (the entry remembers the last hash that missed it), so a stream of
@@ -27,10 +27,11 @@
 //! memo.
 //!
 //! Thread-local, fixed-size, never allocating: a `const`-initialised
-//! `thread_local!` of plain `Copy` data registers no destructor.
+//! `thread_local!` of `Cell`s of plain data, which has no drop glue and so
+//! registers no destructor.
 
 use crate::table::{Mode, Outcome, Spot, Table};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Entries per thread (a power of two).
@@ -38,45 +39,60 @@ const WAYS: usize = 8;
 /// Longest key the memo keeps: longer keys always take the table's path.
 pub(crate) const KEY_BYTES: usize = 32;
 
-#[derive(Clone, Copy)]
+/// One remembered key. Every field is a `Cell`, so that a check reads
+/// only the fields it compares (the spot is copied out on a hit alone).
 struct Entry {
-    /// The engine ([`engine_id`]) and policy index the spot belongs to;
-    /// engine 0: empty.
-    engine: u64,
-    policy: u32,
-    len: u32,
+    /// The engine ([`engine_id`]) the spot belongs to; 0: empty.
+    engine: Cell<u64>,
+    /// The policy's index in that engine.
+    policy: Cell<u32>,
+    len: Cell<u32>,
     /// The key's first 8 bytes (zero-padded), then the rest.
-    head: u64,
-    tail: [u8; KEY_BYTES - 8],
-    hash: u64,
-    spot: Spot,
+    head: Cell<u64>,
+    tail: Cell<[u8; KEY_BYTES - 8]>,
+    hash: Cell<u64>,
+    spot: Cell<Spot>,
+    /// The hash of the last key that missed this entry.
+    missed: Cell<u64>,
 }
 
 impl Entry {
+    #[allow(clippy::declare_interior_mutable_const)]
     const EMPTY: Entry = Entry {
-        engine: 0,
-        policy: 0,
-        len: 0,
-        head: 0,
-        tail: [0; KEY_BYTES - 8],
-        hash: 0,
-        spot: Spot::EMPTY,
+        engine: Cell::new(0),
+        policy: Cell::new(0),
+        len: Cell::new(0),
+        head: Cell::new(0),
+        tail: Cell::new([0; KEY_BYTES - 8]),
+        hash: Cell::new(0),
+        spot: Cell::new(Spot::EMPTY),
+        missed: Cell::new(0),
     };
 
     #[inline(always)]
     fn holds(&self, engine: u64, policy: u32, key: &[u8], head: u64) -> bool {
-        self.engine == engine
-            && self.policy == policy
-            && self.head == head
-            && self.len as usize == key.len()
-            && (key.len() <= 8 || self.tail[..key.len() - 8] == key[8..])
+        self.engine.get() == engine
+            && self.head.get() == head
+            && self.policy.get() == policy
+            && self.len.get() as usize == key.len()
+            && (key.len() <= 8 || self.tail.get()[..key.len() - 8] == key[8..])
     }
 }
 
 thread_local! {
-    static MEMO: RefCell<[Entry; WAYS]> = const { RefCell::new([Entry::EMPTY; WAYS]) };
-    /// Per entry, the hash of the last key that missed it.
-    static MISSED: [Cell<u64>; WAYS] = const { [const { Cell::new(0) }; WAYS] };
+    static MEMO: [Entry; WAYS] = const { [Entry::EMPTY; WAYS] };
+}
+
+/// This thread's entries.
+#[inline(always)]
+fn entries() -> &'static [Entry; WAYS] {
+    // SAFETY: a `const`-initialised thread-local of a type without drop
+    // glue is never destroyed: its storage lives as long as the thread, and
+    // the reference never leaves the thread (`Entry` is `!Sync` through
+    // its `Cell`s, so `&'static [Entry]` is `!Send`). One `with` per check
+    // instead of one per access: `LocalKey::with` is not inlined here, and
+    // each call cost about 40 instructions (callgrind).
+    unsafe { &*MEMO.with(|m| m as *const [Entry; WAYS]) }
 }
 
 /// A number no other engine of this process has had (from 1), so that an
@@ -91,10 +107,10 @@ pub(crate) fn engine_id() -> u64 {
 /// A key's first (up to) 8 bytes, zero-padded, as a number.
 #[inline(always)]
 fn head_of(key: &[u8]) -> u64 {
-    let mut head = [0u8; 8];
-    let n = key.len().min(8);
-    head[..n].copy_from_slice(&key[..n]);
-    u64::from_le_bytes(head)
+    if let Some(first) = key.first_chunk::<8>() {
+        return u64::from_le_bytes(*first);
+    }
+    key.iter().rev().fold(0u64, |h, &b| (h << 8) | b as u64)
 }
 
 /// The entry a key of `policy` uses: its head, its length and the policy,
@@ -105,9 +121,16 @@ fn way(policy: u32, key: &[u8], head: u64) -> usize {
     (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - WAYS.trailing_zeros())) as usize
 }
 
+/// Where `key` of `policy` would be remembered: its entry and head.
+#[derive(Clone, Copy)]
+pub(crate) struct Way {
+    e: &'static Entry,
+    head: u64,
+}
+
 /// The decision on `key` (of `policy` of engine `engine`, table `table`)
-/// at the spot this thread remembers for it, with the key's hash; `None`
-/// if there is none or it no longer holds.
+/// at the spot this thread remembers for it, with the key's hash; else the
+/// key's [`Way`] for [`missed`] (`None`: too long to remember).
 #[inline(always)]
 pub(crate) fn decide(
     engine: u64,
@@ -117,61 +140,56 @@ pub(crate) fn decide(
     cost: u64,
     now: u64,
     mode: Mode,
-) -> Option<(Outcome, u64)> {
+) -> Result<(Outcome, u64), Option<Way>> {
     if key.len() > KEY_BYTES {
-        return None;
+        return Err(None);
     }
     let head = head_of(key);
-    let i = way(policy, key, head);
-    let (spot, hash) = MEMO.with(|m| {
-        let m = m.borrow();
-        let e = &m[i];
-        e.holds(engine, policy, key, head)
-            .then_some((e.spot, e.hash))
-    })?;
-    let outcome = table.decide_at(&spot, cost, now, mode);
+    let e = &entries()[way(policy, key, head)];
+    if !e.holds(engine, policy, key, head) {
+        return Err(Some(Way { e, head }));
+    }
+    let outcome = table.decide_at(&e.spot.get(), cost, now, mode);
     #[cfg(test)]
     HITS.with(|h| h.set(h.get() + outcome.is_some() as u64));
-    if outcome.is_none() {
-        // Gone or changed: refilled after the next miss.
-        MEMO.with(|m| m.borrow_mut()[i].engine = 0);
+    match outcome {
+        Some(o) => Ok((o, e.hash.get())),
+        None => {
+            // Gone or changed: refilled after the next miss.
+            e.engine.set(0);
+            Err(Some(Way { e, head }))
+        }
     }
-    Some((outcome?, hash))
 }
 
-/// After the table decided `key` (hash `hash`) itself: true if the key
-/// also missed its entry the last time anything did, and so should
+/// After the table decided a key (hash `hash`, way `w`) itself: true if the
+/// key also missed its entry the last time anything did, and so should
 /// [`fill`] it.
 #[inline(always)]
-pub(crate) fn missed(policy: u32, key: &[u8], hash: u64) -> bool {
-    if key.len() > KEY_BYTES {
-        return false;
-    }
-    let i = way(policy, key, head_of(key));
-    MISSED.with(|m| m[i].replace(hash) == hash)
+pub(crate) fn missed(w: Way, hash: u64) -> bool {
+    w.e.missed.replace(hash) == hash
 }
 
-/// Remembers where `key` (hash `hash`) of `policy` lives in `table` now.
+/// Remembers where `key` (hash `hash`, way `w`) of `policy` lives in
+/// `table` now.
 #[cold]
 #[inline(never)]
-pub(crate) fn fill(engine: u64, policy: u32, table: &Table, key: &[u8], hash: u64) {
+pub(crate) fn fill(engine: u64, policy: u32, table: &Table, key: &[u8], hash: u64, w: Way) {
     let Some(spot) = table.spot_of(hash) else {
         return;
     };
-    let head = head_of(key);
-    MEMO.with(|m| {
-        let mut m = m.borrow_mut();
-        let e = &mut m[way(policy, key, head)];
-        e.engine = engine;
-        e.policy = policy;
-        e.len = key.len() as u32;
-        e.head = head;
-        if key.len() > 8 {
-            e.tail[..key.len() - 8].copy_from_slice(&key[8..]);
-        }
-        e.hash = hash;
-        e.spot = spot;
-    });
+    let e = w.e;
+    e.engine.set(engine);
+    e.policy.set(policy);
+    e.len.set(key.len() as u32);
+    e.head.set(w.head);
+    if key.len() > 8 {
+        let mut tail = [0; KEY_BYTES - 8];
+        tail[..key.len() - 8].copy_from_slice(&key[8..]);
+        e.tail.set(tail);
+    }
+    e.hash.set(hash);
+    e.spot.set(spot);
 }
 
 #[cfg(test)]

@@ -387,22 +387,25 @@ impl Engine {
             );
         }
         let (c, table) = (cost as u64, &p.table);
-        if let Some((outcome, hash)) =
-            memo::decide(self.memo_id, policy.0, table, key, c, now.ns, mode)
-        {
-            let t = Target {
-                policy: policy.0,
-                table,
-                key,
-                hash,
-                cost: c,
-            };
-            return conclude(p, &t, outcome, now.ns, Count::Yes);
-        }
+        let way = match memo::decide(self.memo_id, policy.0, table, key, c, now.ns, mode) {
+            Ok((outcome, hash)) => {
+                let t = Target {
+                    policy: policy.0,
+                    table,
+                    key,
+                    hash,
+                    cost: c,
+                };
+                return conclude(p, &t, outcome, now.ns, Count::Yes);
+            }
+            Err(way) => way,
+        };
         let t = Self::target(p, policy, key, cost);
         let d = self.decide(p, &t, now, mode, Count::Yes);
-        if memo::missed(policy.0, key, t.hash) {
-            memo::fill(self.memo_id, policy.0, table, key, t.hash);
+        if let Some(w) = way {
+            if memo::missed(w, t.hash) {
+                memo::fill(self.memo_id, policy.0, table, key, t.hash, w);
+            }
         }
         d
     }
