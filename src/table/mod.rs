@@ -1098,12 +1098,12 @@ impl Table {
     ///
     /// The same decision `decide` would make: a bucket whose intent words
     /// are unchanged has begun no transaction since the spot's snapshot
-    /// (claims, moves, evictions, resets and retags are all transactions,
-    /// and each writes an intent), so the snapshot is still the bucket's
-    /// latest, its slot still holds the key (its key word, factor included,
-    /// is compared too), and what follows is `decide`'s own step on a
-    /// located key: the state word as it is now, the `still` check, the
-    /// charge's compare-and-swap.
+    /// (claims, moves, evictions, resets, overrides and retags are all
+    /// transactions, and each writes an intent), so the snapshot is still
+    /// the bucket's latest, its slot still holds the key (its key word,
+    /// factor included, is compared too), and what follows is `decide`'s
+    /// own step on a located key: the state word as it is now, the `still`
+    /// check, the charge's compare-and-swap.
     #[inline(always)]
     pub fn decide_at(&self, s: &Spot, cost: u64, now: u64, mode: Mode) -> Option<Outcome> {
         let now = now.min(algo::MAX_TIME_NS);
