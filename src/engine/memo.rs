@@ -154,20 +154,37 @@ pub(crate) fn decide(
     HITS.with(|h| h.set(h.get() + outcome.is_some() as u64));
     match outcome {
         Some(o) => Ok((o, e.hash.get())),
-        None => {
-            // Gone or changed: refilled after the next miss.
-            e.engine.set(0);
-            Err(Some(Way { e, head }))
+        None => match again(e, table, cost, now, mode) {
+            Some(o) => Ok((o, e.hash.get())),
+            None => Err(Some(Way { e, head })),
+        },
+    }
+}
+
+/// After a look at `e`'s spot that failed: a charge that lost its race
+/// with another thread's charge of the key looks again at the spot while it
+/// holds (as the table's own path looks again); a spot that no longer
+/// holds is forgotten, and refilled after the next miss.
+#[cold]
+#[inline(never)]
+fn again(e: &Entry, table: &Table, cost: u64, now: u64, mode: Mode) -> Option<Outcome> {
+    let spot = e.spot.get();
+    while table.spot_holds(&spot) {
+        if let Some(o) = table.decide_at(&spot, cost, now, mode) {
+            return Some(o);
         }
     }
+    e.engine.set(0);
+    None
 }
 
 /// After the table decided a key (hash `hash`, way `w`) itself: true if the
 /// key also missed its entry the last time anything did, and so should
-/// [`fill`] it.
+/// [`fill`] it — unless the entry holds the key's spot already (kept after
+/// a lost race).
 #[inline(always)]
 pub(crate) fn missed(w: Way, hash: u64) -> bool {
-    w.e.missed.replace(hash) == hash
+    w.e.missed.replace(hash) == hash && (w.e.engine.get() == 0 || w.e.hash.get() != hash)
 }
 
 /// Remembers where `key` (hash `hash`, way `w`) of `policy` lives in

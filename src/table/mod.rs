@@ -1094,7 +1094,10 @@ impl Table {
     /// ([`spot_of`](Self::spot_of)), without hashing or probing: `None` if
     /// the spot no longer holds what it held then (the bucket has begun a
     /// transaction since, or the key word changed), or the charge lost a
-    /// race; the caller then asks `decide`.
+    /// race with another charge of the key (then [`spot_holds`] is still
+    /// true, and the caller may look again at the spot).
+    ///
+    /// [`spot_holds`]: Self::spot_holds
     ///
     /// The same decision `decide` would make: a bucket whose intent words
     /// are unchanged has begun no transaction since the spot's snapshot
@@ -1125,6 +1128,14 @@ impl Table {
             verdict,
             evicted: false,
         })
+    }
+
+    /// True if spot `s` still holds its key as [`spot_of`](Self::spot_of)
+    /// found it: the bucket has begun no transaction since and the key word
+    /// is unchanged.
+    pub fn spot_holds(&self, s: &Spot) -> bool {
+        let b = self.bucket(s.bucket);
+        b[0].load() == s.e0 && b[1].load() == s.e1 && b[self.key_unit(s.slot)].load() == s.key
     }
 
     /// Decides `cost` for key hash `h` at `now`, and as `mode` says,
