@@ -92,20 +92,32 @@ fn twins(spec: &str, capacity: usize) -> ((Engine, PolicyId), (Engine, PolicyId)
     ((with, a), (without, b))
 }
 
-fn same_results(spec: &str, capacity: usize, ops: &[Op]) -> Result<(), TestCaseError> {
-    let ((with, a), (without, b)) = twins(spec, capacity);
+/// Runs each of `ops` (from a time of 1,000 s) on the engine and policy
+/// `on` picks for it and on `reference`: every result must be the same.
+fn same_as_reference<'e>(
+    ops: &[Op],
+    on: impl Fn(usize) -> (&'e Engine, PolicyId),
+    reference: (&Engine, PolicyId),
+) -> Result<(), TestCaseError> {
     let mut now = 1_000 * S;
     for (i, op) in ops.iter().enumerate() {
         now = step(now, op);
+        let (e, id) = on(i);
         prop_assert_eq!(
-            apply(&with, a, op, now),
-            apply(&without, b, op, now),
+            apply(e, id, op, now),
+            apply(reference.0, reference.1, op, now),
             "op {} ({:?}) at {}",
             i,
             op,
             now
         );
     }
+    Ok(())
+}
+
+fn same_results(spec: &str, capacity: usize, ops: &[Op]) -> Result<(), TestCaseError> {
+    let ((with, a), (without, b)) = twins(spec, capacity);
+    same_as_reference(ops, |_| (&with, a), (&without, b))?;
     prop_assert_eq!(with.stats(a).unwrap(), without.stats(b).unwrap());
     Ok(())
 }
@@ -168,12 +180,9 @@ proptest! {
         reference.memo_id = 0;
         let (p1, p2) = (w1.add_policy("p", "3/second").unwrap(), w2.add_policy("p", "3/second").unwrap());
         let r = reference.add_policy("p", "3/second").unwrap();
-        let mut now = 1_000 * S;
-        for (i, (op, second)) in ops.iter().enumerate() {
-            now = step(now, op);
-            let (w, p) = if *second { (&w2, p2) } else { (&w1, p1) };
-            prop_assert_eq!(apply(w, p, op, now), apply(&reference, r, op, now), "op {} ({:?})", i, op);
-        }
+        let (ops, second): (Vec<Op>, Vec<bool>) = ops.into_iter().unzip();
+        let on = |i: usize| if second[i] { (&w2, p2) } else { (&w1, p1) };
+        same_as_reference(&ops, on, (&reference, r))?;
         drop((w1, w2));
         std::fs::remove_file(&path).unwrap();
     }

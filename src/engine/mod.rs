@@ -355,11 +355,24 @@ impl Engine {
     /// `key` of policy `p` (id `policy`) as the store sees it.
     #[inline(always)]
     fn target<'a>(p: &'a Policy, policy: PolicyId, key: &'a [u8], cost: u32) -> Target<'a> {
+        Self::target_hashed(p, policy, key, cost, p.hash(key))
+    }
+
+    /// [`target`](Self::target) for a key whose hash is known (the spot
+    /// memo keeps it).
+    #[inline(always)]
+    fn target_hashed<'a>(
+        p: &'a Policy,
+        policy: PolicyId,
+        key: &'a [u8],
+        cost: u32,
+        hash: u64,
+    ) -> Target<'a> {
         Target {
             policy: policy.0,
             table: &p.table,
             key,
-            hash: p.hash(key),
+            hash,
             cost: cost as u64,
         }
     }
@@ -386,16 +399,18 @@ impl Engine {
                 Count::Yes,
             );
         }
-        let (c, table) = (cost as u64, &p.table);
-        let way = match memo::decide(self.memo_id, policy.0, table, key, c, now.ns, mode) {
+        let table = &p.table;
+        let way = match memo::decide(
+            self.memo_id,
+            policy.0,
+            table,
+            key,
+            cost as u64,
+            now.ns,
+            mode,
+        ) {
             Ok((outcome, hash)) => {
-                let t = Target {
-                    policy: policy.0,
-                    table,
-                    key,
-                    hash,
-                    cost: c,
-                };
+                let t = Self::target_hashed(p, policy, key, cost, hash);
                 return conclude(p, &t, outcome, now.ns, Count::Yes);
             }
             Err(way) => way,

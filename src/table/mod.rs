@@ -440,13 +440,13 @@ impl Absent<'_> {
 /// key word. Kept between checks by a caller that wants to skip hashing and
 /// probing ([`Table::decide_at`]); only meaningful for the table it came
 /// from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub(crate) struct Spot {
     bucket: usize,
     slot: usize,
-    e0: u128,
-    e1: u128,
-    seq: u32,
+    /// The bucket's snapshot when the key was found there.
+    snap: Snapshot,
+    /// The slot's key word then.
     key: u128,
 }
 
@@ -456,9 +456,11 @@ impl Spot {
     pub const EMPTY: Spot = Spot {
         bucket: 0,
         slot: 0,
-        e0: 0,
-        e1: 0,
-        seq: 0,
+        snap: Snapshot {
+            e0: 0,
+            e1: 0,
+            seq: 0,
+        },
         key: 0,
     };
 }
@@ -1083,9 +1085,7 @@ impl Table {
         (Word::from_bits(key).hash() == h && Self::still(p.b, &p.snap)).then_some(Spot {
             bucket: p.bi,
             slot: p.slot,
-            e0: p.snap.e0,
-            e1: p.snap.e1,
-            seq: p.snap.seq,
+            snap: p.snap,
             key,
         })
     }
@@ -1111,11 +1111,6 @@ impl Table {
     pub fn decide_at(&self, s: &Spot, cost: u64, now: u64, mode: Mode) -> Option<Outcome> {
         let now = now.min(algo::MAX_TIME_NS);
         let b = self.bucket(s.bucket);
-        let snap = Snapshot {
-            e0: s.e0,
-            e1: s.e1,
-            seq: s.seq,
-        };
         // The key word, then (in `single_at`) the state word, then the
         // intents compared with the spot's: if they are unchanged, both
         // words were read under the spot's snapshot.
@@ -1123,7 +1118,7 @@ impl Table {
             return None;
         }
         let factor = Word::from_bits(s.key).factor();
-        let verdict = self.single_at(b, &snap, s.slot, factor, cost, now, mode.charges())?;
+        let verdict = self.single_at(b, &s.snap, s.slot, factor, cost, now, mode.charges())?;
         Some(Outcome::Decided {
             verdict,
             evicted: false,
@@ -1135,7 +1130,7 @@ impl Table {
     /// is unchanged.
     pub fn spot_holds(&self, s: &Spot) -> bool {
         let b = self.bucket(s.bucket);
-        b[0].load() == s.e0 && b[1].load() == s.e1 && b[self.key_unit(s.slot)].load() == s.key
+        Self::still(b, &s.snap) && b[self.key_unit(s.slot)].load() == s.key
     }
 
     /// Decides `cost` for key hash `h` at `now`, and as `mode` says,
