@@ -84,9 +84,10 @@
 //!
 //! # Two buckets per key
 //!
-//! A new key goes to whichever of its two buckets has fewer live entries
-//! (ties: the first), so a table fills far further before it must evict a
-//! live key than with one bucket per key. A key is looked for in its first
+//! A new key goes to a free slot of either bucket before an expired one
+//! (whose key may come back), then to whichever of its two buckets has
+//! fewer live entries (ties: the first), so a table fills far further
+//! before it must evict a live key than with one bucket per key. A key is looked for in its first
 //! bucket, then in its second. Every claim of a key is serialised through
 //! its **first** bucket's intents, so that two threads can never put it in
 //! both:
@@ -406,6 +407,18 @@ enum Victim {
     /// Nothing may be evicted (every entry holds a live lease) until the
     /// given time.
     None(u64),
+}
+
+impl Victim {
+    /// How much a claim of this slot costs others: nothing (free), a
+    /// returning key's state (expired), a live entry.
+    fn rank(self) -> u8 {
+        match self {
+            Victim::Empty(_) => 0,
+            Victim::Expired(_) => 1,
+            Victim::Live(..) | Victim::None(_) => 2,
+        }
+    }
 }
 
 /// A key's slot: bucket `b` (index `bi`), as of snapshot `snap`.
@@ -805,9 +818,10 @@ impl Table {
     }
 
     /// Claims a slot for `h`, absent from both its buckets as `absent` saw
-    /// them: a free or expired slot of its first bucket, else of its second,
-    /// else (if the policy evicts) the live entry of the two that is least
-    /// protected and expires soonest. A claim in the first bucket is a
+    /// them: a free slot of either bucket, else an expired one, (each in
+    /// the bucket with fewer live entries; ties: the first), else (if the
+    /// policy evicts) the live entry of the two that is least protected and
+    /// expires soonest. A claim in the first bucket is a
     /// CLAIM transaction there; a claim in the second is committed in the
     /// first bucket as a TOUCH naming the key (see "Two buckets per key" in
     /// the module docs), which any thread completes. `Err(outcome)` when
@@ -819,10 +833,18 @@ impl Table {
         let (in_first, live_first) = self.choose_victim(a, h, now);
         let second = absent.second.map(|(b, _)| self.choose_victim(b, h, now));
         let in_second = second.map(|(v, _)| v);
-        // The bucket with fewer live entries takes the key (ties: the
-        // first): keys spread over two buckets fill a table far further
-        // before a live one is evicted than keys bound to one bucket.
-        let second_first = second.is_some_and(|(_, live)| live < live_first);
+        // A free slot of either bucket before an expired one: an expired
+        // entry's key may come back, and a key found again is charged in
+        // place, where one whose slot was reused must claim anew (and may
+        // take another returning key's slot: at 76% occupancy, with every
+        // entry expired, preferring the first bucket's expired slots made
+        // one check in ten a claim). Then the bucket with fewer live
+        // entries (ties: the first): keys spread over two buckets fill a
+        // table far further before a live one is evicted than keys bound
+        // to one bucket.
+        let rank = |v: Victim, live: usize| (v.rank(), live);
+        let second_first =
+            second.is_some_and(|(v, live)| rank(v, live) < rank(in_first, live_first));
         // Where the key goes: (in the second bucket, slot, evicts a live entry).
         let place = match (in_first, in_second) {
             (_, Some(Victim::Empty(j) | Victim::Expired(j))) if second_first => {

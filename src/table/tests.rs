@@ -490,6 +490,75 @@ fn moves_carry_multi_word_state_and_later_charges_land_on_it() {
     }
 }
 
+/// A new key takes a free slot of its second bucket before an expired
+/// slot of its first: an expired entry's key may come back, and it is then
+/// found and charged in place instead of claiming a slot anew.
+#[test]
+fn a_new_key_takes_a_free_slot_before_an_expired_one() {
+    let t = table("1/second", 2);
+    // Even keys: first bucket 0, second bucket 1 (their bit 32 is 0, which
+    // names bucket 0, so the second is the other one).
+    let old: Vec<u64> = (1..=SLOTS as u64).map(|k| 2 * k).collect();
+    // Each charged once the one before has expired, so that every claim
+    // finds no live entry in either bucket: the first bucket takes them all.
+    for (i, &k) in old.iter().enumerate() {
+        assert!(verdict(t.decide(k, 1, 2 * i as u64 * S, Mode::Charge)).allowed);
+    }
+    assert!((0..SLOTS).all(|j| t.key_word(t.bucket(1), j).hash() == 0));
+    // Every entry of bucket 0 has expired.
+    let new = 2 * (SLOTS as u64 + 1);
+    assert!(verdict(t.decide(new, 1, 100 * S, Mode::Charge)).allowed);
+    assert!(t.find(t.bucket(1), new).is_some(), "placed second");
+    for &k in &old {
+        assert!(t.find(t.bucket(0), k).is_some(), "key {k} kept its slot");
+    }
+    // Both buckets full: an expired slot is taken (the table evicts nothing live).
+    for k in 0..SLOTS as u64 - 1 {
+        assert!(verdict(t.decide(2 * (SLOTS as u64 + 2 + k), 1, 100 * S, Mode::Charge)).allowed);
+    }
+    assert_eq!(t.occupancy(), 2 * SLOTS as u64);
+    let late = 2 * (3 * SLOTS as u64);
+    assert!(verdict(t.decide(late, 1, 100 * S, Mode::Charge)).allowed);
+    assert_eq!(t.occupancy(), 2 * SLOTS as u64);
+    assert_eq!(
+        old.iter()
+            .filter(|&&k| t.find(t.bucket(0), k).is_none())
+            .count(),
+        1
+    );
+}
+
+/// Keys that arrive one by one, each after every earlier one has expired
+/// (a client a second, limit 1/second), at 76% of the capacity: a key
+/// whose first bucket is full goes to a free slot of its second rather than
+/// push out an expired key. Choosing by live entries alone (which took the
+/// first bucket's expired slots) left 688 of the 12,451 keys untracked,
+/// each of which would claim a slot again on its next check and push out
+/// another; now 159 are, keys whose two buckets had no free slot left.
+#[test]
+fn keys_arriving_after_earlier_ones_expired_push_out_few_of_them() {
+    let t = table("1/second", 1 << 11);
+    let n = (t.capacity() as f64 * 0.76) as u64;
+    let keys: Vec<u64> = (0..n).map(mix).collect();
+    for (i, &k) in keys.iter().enumerate() {
+        let now = (i as u64 + 1) * 2 * S;
+        assert!(verdict(t.decide(k, 1, now, Mode::Charge)).allowed);
+    }
+    let untracked = keys
+        .iter()
+        .filter(|&&k| {
+            t.find(t.bucket(t.bucket_of(k)), k).is_none()
+                && t.second_of(k)
+                    .is_none_or(|b| t.find(t.bucket(b), k).is_none())
+        })
+        .count();
+    assert!(
+        untracked * 40 < keys.len(),
+        "{untracked} of {} keys untracked",
+        keys.len()
+    );
+}
+
 /// Past the honest capacity a table still works: live keys are evicted
 /// (counted), nothing is duplicated, and a flood of new keys costs at most
 /// `MOVE_BUDGET` bucket examinations each (not measured here: bounded by
