@@ -7,7 +7,7 @@
 
 use crate::sync::{FutexWord, SharedOrdering as Ordering, SharedU64 as AtomicU64};
 
-/// Number of shards (see [`shard_index`] for how threads map onto them).
+/// Number of shards (see [`pick_shard`] for how threads map onto them).
 pub(crate) const SHARDS: usize = 16;
 
 /// Counter indices (room for 16 per shard; the layout reserves them).
@@ -61,10 +61,12 @@ const _: () = {
 pub(crate) const HEAD_UNITS: usize = std::mem::size_of::<RegionHead>() / 16;
 
 impl RegionHead {
+    /// Adds `n` to counter `c` in shard `shard`: the calling thread's
+    /// (see [`pick_shard`]), so that threads write different lines.
     #[inline(always)]
-    pub fn add(&self, c: Counter, n: u64) {
+    pub fn add_in(&self, shard: usize, c: Counter, n: u64) {
         // Relaxed: counters are statistics; no other memory is published through them.
-        self.shards[shard_index()].counts[c as usize].fetch_add(n, Ordering::Relaxed);
+        self.shards[shard % SHARDS].counts[c as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn sum(&self, c: Counter) -> u64 {
@@ -76,52 +78,18 @@ impl RegionHead {
     }
 }
 
-/// This thread's shard, chosen on its first count: the process id plus a
+/// A shard for a thread that has none yet (the engine keeps each thread's
+/// in its thread-local state, `engine/local.rs`): the process id plus a
 /// per-process round-robin number, so that the single-threaded workers of
 /// a pre-fork server (consecutive pids) write different lines of a shared
-/// file instead of all starting at shard 0. A forked child forgets the
-/// shard it inherited (see [`forget_shard_in_child`]) and picks its own.
-#[inline(always)]
-fn shard_index() -> usize {
-    SHARD.with(|i| {
-        let v = i.get();
-        if v != usize::MAX {
-            return v;
-        }
-        let v = pick_shard();
-        i.set(v);
-        v
-    })
-}
-
-thread_local! {
-    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-}
-
+/// file instead of all starting at shard 0.
 #[cold]
-fn pick_shard() -> usize {
+pub(crate) fn pick_shard() -> usize {
     use std::sync::atomic::AtomicUsize;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    static AT_FORK: std::sync::Once = std::sync::Once::new();
-    AT_FORK.call_once(|| {
-        // SAFETY: `forget_shard_in_child` is an `extern "C" fn()` that only
-        // writes a thread-local `Cell` (async-signal-safe in effect: no
-        // allocation, no lock); registering a handler has no other
-        // precondition. A failure (ENOMEM) only leaves forked children on
-        // their parent's shard, which costs contention, not correctness.
-        unsafe { libc::pthread_atfork(None, None, Some(forget_shard_in_child)) };
-    });
     // Relaxed: only spreading matters, not ordering.
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     (std::process::id() as usize).wrapping_add(n) % SHARDS
-}
-
-/// Runs in a forked child, in its only thread (the one that called fork):
-/// its next count picks a shard from the child's own pid.
-extern "C" fn forget_shard_in_child() {
-    // `try_with`: the thread-local may already be destroyed if fork is
-    // called from a thread-local destructor; then there is nothing to reset.
-    let _ = SHARD.try_with(|i| i.set(usize::MAX));
 }
 
 /// A policy's statistics at one moment.

@@ -118,7 +118,10 @@ impl Engine {
         }
         let (ps, ts) = (ps.as_slice(), ts.as_slice());
         if ts.len() == 1 {
-            return Ok((self.decide(ps[0], &ts[0], now, Mode::Charge, Count::Yes), 0));
+            return Ok((
+                self.decide(ps[0], &ts[0], now, Mode::Charge, Count::here()),
+                0,
+            ));
         }
         let whole = ps.iter().all(|p| !p.options.shadow);
         Ok(match self.store.batch(ts, now, whole)? {
@@ -136,12 +139,15 @@ impl Engine {
         outcome: Outcome,
         now: Now,
     ) -> (Decision, usize) {
-        let d = conclude(ps[item], &ts[item], outcome, now.ns, Count::Yes);
+        let count = Count::here();
+        let d = conclude(ps[item], &ts[item], outcome, now.ns, count);
         if let Outcome::Decided { verdict, .. } = outcome {
             if verdict.allowed {
                 let others = ps.iter().enumerate().filter(|&(j, _)| j != item);
                 for (_, q) in others {
-                    tally(q, &verdict.into(), false);
+                    if let Count::In(shard) = count {
+                        tally(q, shard, &verdict.into(), false);
+                    }
                 }
             }
         }
@@ -176,7 +182,7 @@ impl Engine {
             if denial.is_some() {
                 return false; // a store that charged on regardless: refunded below
             }
-            let d = conclude(ps[i], &ts[i], o, now.ns, Count::Yes);
+            let d = conclude(ps[i], &ts[i], o, now.ns, Count::here());
             if !d.allowed {
                 denial = Some((d, i));
                 return false;
@@ -203,7 +209,8 @@ impl Engine {
         binding: (Decision, usize),
         now: Now,
     ) -> (Decision, usize) {
-        ps[binding.1].head().add(Counter::Denied, 1);
+        let shard = super::local::shard();
+        ps[binding.1].head().add_in(shard, Counter::Denied, 1);
         let mut struck = Buf::new();
         let mut index = Buf::new();
         for (j, t) in ts.iter().enumerate() {
@@ -220,7 +227,7 @@ impl Engine {
                 if let Outcome::Decided { verdict, .. } = o {
                     if verdict.new_ban {
                         let j = index[k];
-                        ps[j].head().add(Counter::Bans, 1);
+                        ps[j].head().add_in(shard, Counter::Bans, 1);
                         answer = (verdict.into(), j);
                         new_ban = true;
                     }
@@ -229,7 +236,7 @@ impl Engine {
             });
         }
         if answer.0.banned {
-            ps[answer.1].head().add(Counter::Banned, 1);
+            ps[answer.1].head().add_in(shard, Counter::Banned, 1);
         }
         // The event names the item whose decision the batch returns: the
         // binding one, or the one whose strike just started a ban.

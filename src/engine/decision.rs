@@ -67,8 +67,18 @@ impl Decision {
 /// batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Count {
-    Yes,
+    /// Counted, in this counter shard (the calling thread's: see
+    /// [`Local::shard`](super::local::Local::shard)).
+    In(usize),
     No,
+}
+
+impl Count {
+    /// Counted, in the calling thread's shard.
+    #[inline(always)]
+    pub(super) fn here() -> Count {
+        Count::In(super::local::shard())
+    }
 }
 
 /// Turns what the store reported for `t` into the decision, counting it
@@ -81,21 +91,21 @@ pub(super) fn conclude(
     now: u64,
     count: Count,
 ) -> Decision {
-    let counted = count == Count::Yes;
     let (d, new_ban): (Decision, bool) = match outcome {
         Outcome::Decided { verdict, evicted } => {
             if evicted {
-                p.head().add(Counter::Evictions, 1);
+                p.head()
+                    .add_in(super::local::shard(), Counter::Evictions, 1);
             }
             let d = verdict.into();
-            if counted {
-                tally(p, &d, verdict.new_ban);
+            if let Count::In(shard) = count {
+                tally(p, shard, &d, verdict.new_ban);
             }
             (d, verdict.new_ban)
         }
         Outcome::Full { retry_after_ns } => {
-            if counted {
-                p.head().add(Counter::TableFull, 1);
+            if let Count::In(shard) = count {
+                p.head().add_in(shard, Counter::TableFull, 1);
             }
             let fresh = p.table.fresh_verdict(t.hash, t.cost, now);
             let d = match p.table.when_full {
@@ -118,9 +128,10 @@ pub(super) fn conclude(
 
 /// Counts a decision in the policy's counters.
 #[inline(always)]
-pub(super) fn tally(p: &Policy, d: &Decision, new_ban: bool) {
+pub(super) fn tally(p: &Policy, shard: usize, d: &Decision, new_ban: bool) {
     let head = p.head();
-    head.add(
+    head.add_in(
+        shard,
         if d.allowed {
             Counter::Allowed
         } else {
@@ -129,10 +140,10 @@ pub(super) fn tally(p: &Policy, d: &Decision, new_ban: bool) {
         1,
     );
     if d.banned {
-        head.add(Counter::Banned, 1);
+        head.add_in(shard, Counter::Banned, 1);
     }
     if new_ban {
-        head.add(Counter::Bans, 1);
+        head.add_in(shard, Counter::Bans, 1);
     }
 }
 
@@ -154,13 +165,13 @@ fn finish(
                 .saturating_add(crate::abuse::jitter(p.options.retry_jitter_ns));
         }
         if p.options.shadow {
-            if count == Count::Yes {
-                p.head().add(Counter::ShadowDenied, 1);
+            if let Count::In(shard) = count {
+                p.head().add_in(shard, Counter::ShadowDenied, 1);
             }
             d.allowed = true;
             d.shadow_denied = true;
         }
-        if count == Count::Yes {
+        if count != Count::No {
             record(p, &d, t, now, new_ban);
         }
     }

@@ -26,22 +26,21 @@
 //! only evicts it; the check then takes the table's path, as without the
 //! memo.
 //!
-//! Thread-local, fixed-size, never allocating: a `const`-initialised
-//! `thread_local!` of `Cell`s of plain data, which has no drop glue and so
-//! registers no destructor.
+//! Thread-local, fixed-size, never allocating: the entries are part of
+//! this thread's [`Local`](super::local::Local), which the check reads once.
 
 use crate::table::{Mode, Outcome, Spot, Table};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Entries per thread (a power of two).
-const WAYS: usize = 8;
+pub(crate) const WAYS: usize = 8;
 /// Longest key the memo keeps: longer keys always take the table's path.
 pub(crate) const KEY_BYTES: usize = 32;
 
 /// One remembered key. Every field is a `Cell`, so that a check reads
 /// only the fields it compares (the spot is copied out on a hit alone).
-struct Entry {
+pub(crate) struct Entry {
     /// The engine ([`engine_id`]) the spot belongs to; 0: empty.
     engine: Cell<u64>,
     /// The policy's index in that engine.
@@ -58,7 +57,7 @@ struct Entry {
 
 impl Entry {
     #[allow(clippy::declare_interior_mutable_const)]
-    const EMPTY: Entry = Entry {
+    pub(crate) const EMPTY: Entry = Entry {
         engine: Cell::new(0),
         policy: Cell::new(0),
         len: Cell::new(0),
@@ -77,22 +76,6 @@ impl Entry {
             && self.len.get() as usize == key.len()
             && (key.len() <= 8 || self.tail.get()[..key.len() - 8] == key[8..])
     }
-}
-
-thread_local! {
-    static MEMO: [Entry; WAYS] = const { [Entry::EMPTY; WAYS] };
-}
-
-/// This thread's entries.
-#[inline(always)]
-fn entries() -> &'static [Entry; WAYS] {
-    // SAFETY: a `const`-initialised thread-local of a type without drop
-    // glue is never destroyed: its storage lives as long as the thread, and
-    // the reference never leaves the thread (`Entry` is `!Sync` through
-    // its `Cell`s, so `&'static [Entry]` is `!Send`). One `with` per check
-    // instead of one per access: `LocalKey::with` is not inlined here, and
-    // each call cost about 40 instructions (callgrind).
-    unsafe { &*MEMO.with(|m| m as *const [Entry; WAYS]) }
 }
 
 /// A number no other engine of this process has had (from 1), so that an
@@ -129,10 +112,13 @@ pub(crate) struct Way {
 }
 
 /// The decision on `key` (of `policy` of engine `engine`, table `table`)
-/// at the spot this thread remembers for it, with the key's hash; else the
-/// key's [`Way`] for [`missed`] (`None`: too long to remember).
+/// at the spot this thread remembers for it in `entries` (this thread's:
+/// [`Local::memo`](super::local::Local::memo)), with the key's hash; else
+/// the key's [`Way`] for [`missed`] (`None`: too long to remember).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn decide(
+    entries: &'static [Entry; WAYS],
     engine: u64,
     policy: u32,
     table: &Table,
@@ -145,7 +131,7 @@ pub(crate) fn decide(
         return Err(None);
     }
     let head = head_of(key);
-    let e = &entries()[way(policy, key, head)];
+    let e = &entries[way(policy, key, head)];
     if !e.holds(engine, policy, key, head) {
         return Err(Some(Way { e, head }));
     }

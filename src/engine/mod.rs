@@ -6,7 +6,8 @@
 
 mod batch;
 mod decision;
-mod memo;
+mod local;
+pub(crate) mod memo;
 mod permits;
 mod policies;
 
@@ -390,17 +391,14 @@ impl Engine {
         now: Now,
         mode: Mode,
     ) -> Decision {
+        let here = local::here();
+        let count = Count::In(here.shard());
         if self.memo_id == 0 || !p.table.layout.single_word {
-            return self.decide(
-                p,
-                &Self::target(p, policy, key, cost),
-                now,
-                mode,
-                Count::Yes,
-            );
+            return self.decide(p, &Self::target(p, policy, key, cost), now, mode, count);
         }
         let table = &p.table;
         let way = match memo::decide(
+            &here.memo,
             self.memo_id,
             policy.0,
             table,
@@ -411,12 +409,12 @@ impl Engine {
         ) {
             Ok((outcome, hash)) => {
                 let t = Self::target_hashed(p, policy, key, cost, hash);
-                return conclude(p, &t, outcome, now.ns, Count::Yes);
+                return conclude(p, &t, outcome, now.ns, count);
             }
             Err(way) => way,
         };
         let t = Self::target(p, policy, key, cost);
-        let d = self.decide(p, &t, now, mode, Count::Yes);
+        let d = self.decide(p, &t, now, mode, count);
         if let Some(w) = way {
             if memo::missed(w, t.hash) {
                 memo::fill(self.memo_id, policy.0, table, key, t.hash, w);

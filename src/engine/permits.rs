@@ -110,7 +110,7 @@ impl Engine {
         let holder = unsafe { libc::getpid() } as u32;
         let t = Self::target(p, policy, key, 1);
         let (outcome, lease) = self.store.acquire(&t, now, holder);
-        let d = super::decision::conclude(p, &t, outcome, now.ns, Count::Yes);
+        let d = super::decision::conclude(p, &t, outcome, now.ns, Count::here());
         let permit = lease.map(|lease| Permit {
             engine: self.id,
             policy: policy.0,

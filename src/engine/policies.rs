@@ -104,6 +104,7 @@ impl Policy {
     }
 
     /// The deny-event ring.
+    #[inline(always)]
     pub fn ring(&self) -> Ring<'_> {
         let units = self.table.memory().units();
         debug_assert!(units.len() >= RING_BASE + RING_UNITS);
