@@ -139,15 +139,13 @@ impl Engine {
         outcome: Outcome,
         now: Now,
     ) -> (Decision, usize) {
-        let count = Count::here();
-        let d = conclude(ps[item], &ts[item], outcome, now.ns, count);
+        let shard = super::local::shard();
+        let d = conclude(ps[item], &ts[item], outcome, now.ns, Count::In(shard));
         if let Outcome::Decided { verdict, .. } = outcome {
             if verdict.allowed {
                 let others = ps.iter().enumerate().filter(|&(j, _)| j != item);
                 for (_, q) in others {
-                    if let Count::In(shard) = count {
-                        tally(q, shard, &verdict.into(), false);
-                    }
+                    tally(q, shard, &verdict.into(), false);
                 }
             }
         }
@@ -175,6 +173,7 @@ impl Engine {
         let mut best: Option<(Decision, usize)> = None;
         let mut denial: Option<(Decision, usize)> = None;
         let mut back = Buf::new();
+        let count = Count::here();
         keys.decide_each(ts, now, Mode::Charge, &mut |i, o| {
             if charged(&o, &ts[i]) {
                 back.push(ts[i]);
@@ -182,7 +181,7 @@ impl Engine {
             if denial.is_some() {
                 return false; // a store that charged on regardless: refunded below
             }
-            let d = conclude(ps[i], &ts[i], o, now.ns, Count::here());
+            let d = conclude(ps[i], &ts[i], o, now.ns, count);
             if !d.allowed {
                 denial = Some((d, i));
                 return false;
