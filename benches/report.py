@@ -22,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,12 +59,14 @@ def median(path):
     return latest(path)
 
 
-def record_round(rounds):
-    """Adds the last run of every benchmark of ROUND_GROUPS to `rounds`."""
+def record_round(rounds, since):
+    """Adds to `rounds` every benchmark of ROUND_GROUPS that ran after time `since`
+    (a benchmark left from an older run, since renamed, is not one of them)."""
     for group in ROUND_GROUPS:
         for f in (CRIT / group).glob("**/new/estimates.json"):
-            path = str(f.parent.parent.relative_to(CRIT))
-            rounds.setdefault(path, []).append(latest(path))
+            if f.stat().st_mtime >= since:
+                path = str(f.parent.parent.relative_to(CRIT))
+                rounds.setdefault(path, []).append(latest(path))
 
 
 def ratio(a, b):
@@ -87,22 +90,26 @@ def run_all():
     rounds = {}
     # One group filter for the rounds after the first (criterion matches a regex).
     again = ["cargo", "bench", "--bench", "check", "--", "^(" + "|".join(ROUND_GROUPS) + ")/"]
+    since = time.time()
     sh(["cargo", "bench", "--bench", "check"])
-    record_round(rounds)
+    record_round(rounds, since)
     sh(["cargo", "bench", "--bench", "ffi"])
+    since = time.time()
     sh(again)
-    record_round(rounds)
+    record_round(rounds, since)
     mem = sh(["cargo", "bench", "--bench", "memory"], capture_output=True).stdout
     (CRIT / "memory.txt").parent.mkdir(parents=True, exist_ok=True)
     (CRIT / "memory.txt").write_text(mem)
+    since = time.time()
     sh(again)
-    record_round(rounds)
+    record_round(rounds, since)
     (CRIT / "instructions.txt").write_text(instructions())
     redis = sh(["cargo", "bench", "--bench", "redis"], capture_output=True).stdout
     (CRIT / "redis.txt").write_text(redis)
     for _ in range(ROUNDS - 3):
+        since = time.time()
         sh(again)
-        record_round(rounds)
+        record_round(rounds, since)
     ROUNDS_FILE.write_text(json.dumps(rounds, indent=1))
     try:
         text = sh([sys.executable, str(ROOT / "benches" / "uwsgi_bench.py")], capture_output=True).stdout

@@ -48,12 +48,12 @@ impl Local {
         if v != usize::MAX {
             return v;
         }
-        self.pick_shard()
+        self.first_shard()
     }
 
     #[cold]
     #[inline(never)]
-    fn pick_shard(&self) -> usize {
+    fn first_shard(&self) -> usize {
         static AT_FORK: std::sync::Once = std::sync::Once::new();
         AT_FORK.call_once(|| {
             // SAFETY: `forget_shard_in_child` is an `extern "C" fn()` that

@@ -87,8 +87,8 @@
 //! A new key goes to a free slot of either bucket before an expired one
 //! (whose key may come back), then to whichever of its two buckets has
 //! fewer live entries (ties: the first), so a table fills far further
-//! before it must evict a live key than with one bucket per key. A key is looked for in its first
-//! bucket, then in its second. Every claim of a key is serialised through
+//! before it must evict a live key than with one bucket per key. A key is
+//! looked for in its first bucket, then in its second. Every claim of a key is serialised through
 //! its **first** bucket's intents, so that two threads can never put it in
 //! both:
 //!
@@ -818,7 +818,7 @@ impl Table {
     }
 
     /// Claims a slot for `h`, absent from both its buckets as `absent` saw
-    /// them: a free slot of either bucket, else an expired one, (each in
+    /// them: a free slot of either bucket, else an expired one (each in
     /// the bucket with fewer live entries; ties: the first), else (if the
     /// policy evicts) the live entry of the two that is least protected and
     /// expires soonest. A claim in the first bucket is a
