@@ -2,6 +2,9 @@
 
 use ratekeeper::{Engine, EngineOptions, Penalty, PolicyOptions};
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 const S: u64 = 1_000_000_000;
 const MIN: u64 = 60 * S;
 
@@ -15,8 +18,7 @@ fn engine() -> Engine {
 
 /// Two engines on one new shared file (think: two worker processes).
 fn two_engines_on_one_file(name: &str) -> (std::path::PathBuf, Engine, Engine) {
-    let path = std::env::temp_dir().join(format!("rk-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let path = scratch::path(name);
     let opts = EngineOptions {
         shared_max_bytes: 16 << 20,
         capacity: 1024,

@@ -4,6 +4,8 @@ use std::process::Command;
 
 #[path = "support/runner.rs"]
 mod runner;
+#[path = "support/scratch.rs"]
+mod scratch;
 
 fn rk(args: &[&str]) -> (i32, String, String) {
     let out = runner::command(env!("CARGO_BIN_EXE_ratekeeper"))
@@ -18,8 +20,7 @@ fn rk(args: &[&str]) -> (i32, String, String) {
 }
 
 fn shm_path(name: &str) -> String {
-    let p = std::env::temp_dir().join(format!("rk-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_file(&p);
+    let p = scratch::path(name);
     p.to_string_lossy().into_owned()
 }
 

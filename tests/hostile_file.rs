@@ -29,13 +29,9 @@ const RING_HEAD: u64 = layout::RING_IN_REGION as u64;
 /// Where a policy's table starts in its region.
 const TABLE_IN_REGION: u64 = layout::TABLE_IN_REGION as u64;
 
-fn path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ratekeeper-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    let _ = std::fs::remove_file(&p);
-    p
-}
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::path;
 
 fn opts() -> EngineOptions {
     EngineOptions {

@@ -14,13 +14,9 @@ mod runner;
 const S: u64 = 1_000_000_000;
 const NOW: u64 = 1_000 * S;
 
-fn path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ratekeeper-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    let _ = std::fs::remove_file(&p);
-    p
-}
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::path;
 
 fn opts() -> EngineOptions {
     EngineOptions {

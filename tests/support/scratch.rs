@@ -1,0 +1,45 @@
+//! A scratch directory of this test process's own. Its name holds the pid,
+//! the clock and an attempt number, and it is made with `create_dir`, which
+//! fails on a name that exists: the pid alone is not enough, because a CI
+//! machine runs the same binaries again with the same small pids and a
+//! failed run leaves its files behind (a directory left by one run once made
+//! the next run's `create_dir` fail with "File exists").
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The directory, made on first use.
+pub fn dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let base = std::env::temp_dir();
+        for attempt in 0..1_000 {
+            let d = base.join(format!(
+                "ratekeeper-test-{}-{nanos}-{attempt}",
+                std::process::id()
+            ));
+            match std::fs::create_dir(&d) {
+                Ok(()) => return d,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => panic!("cannot make a scratch directory {}: {e}", d.display()),
+            }
+        }
+        panic!("no free scratch directory name under {}", base.display())
+    })
+}
+
+/// `name` in the scratch directory, with nothing at it: a file, link or
+/// directory an earlier call of this process left there is removed.
+pub fn path(name: &str) -> PathBuf {
+    let p = dir().join(name);
+    match p.symlink_metadata() {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).unwrap(),
+        Ok(_) => std::fs::remove_file(&p).unwrap(),
+        Err(_) => {}
+    }
+    p
+}
