@@ -12,6 +12,13 @@ fn increment(l: &LimitParams, cost: u64) -> u64 {
     cost.saturating_mul(l.t_ns)
 }
 
+/// `x / T`, by a multiplication (`divisor.rs`; a GCRA limit's `T` is at
+/// least 1: `LimitParams::new` refuses less, `scaled` keeps it so).
+#[inline(always)]
+fn per_t(l: &LimitParams, x: u64) -> u64 {
+    l.t_div.div(x)
+}
+
 /// Decision for `cost` at `now` on state `p`.
 #[inline]
 pub(crate) fn evaluate(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Eval {
@@ -22,7 +29,7 @@ pub(crate) fn evaluate(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Eval
         Eval {
             allowed: true,
             limit: l.burst,
-            remaining: (l.tol_ns - ahead) / l.t_ns,
+            remaining: per_t(l, l.tol_ns - ahead),
             retry_after_ns: 0,
             reset_after_ns: ahead,
         }
@@ -35,7 +42,7 @@ pub(crate) fn evaluate(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Eval
         Eval {
             allowed: false,
             limit: l.burst,
-            remaining: (l.tol_ns - (tat - now).min(l.tol_ns)) / l.t_ns,
+            remaining: per_t(l, l.tol_ns - (tat - now).min(l.tol_ns)),
             retry_after_ns: retry,
             reset_after_ns: tat - now,
         }

@@ -6,6 +6,7 @@
 //! nanoseconds, with the emission interval `T = period_ns / count` (floor).
 
 pub(crate) mod concurrency;
+mod divisor;
 pub(crate) mod fixed_window;
 pub(crate) mod gcra;
 mod limit;
@@ -16,6 +17,7 @@ pub(crate) use limit::UNITS;
 pub use limit::{Algorithm, Limit, DEFAULT_LEASE_NS, NS_PER_SEC};
 
 use crate::Error;
+pub(crate) use divisor::Divisor;
 
 /// The 96 payload bits of a table word: `a` (32 bits) and `b` (64 bits).
 /// What they mean is up to each algorithm; all zero is always "fresh".
@@ -62,6 +64,10 @@ pub(crate) struct LimitParams {
     pub burst: u64,
     /// Emission interval `period_ns / count`.
     pub t_ns: u64,
+    /// `t_ns` as a divisor: GCRA's `remaining` divides by it on every
+    /// check. (A window algorithm's `t_ns` may be 0; it never divides by it,
+    /// and its `t_div` is 1.)
+    pub t_div: Divisor,
     /// GCRA's tolerance `burst * t_ns`.
     pub tol_ns: u64,
     /// Index of this limit's first word within the slot.
@@ -121,6 +127,7 @@ impl LimitParams {
             period_ns: limit.period_ns,
             burst: limit.burst,
             t_ns,
+            t_div: divisor_of(t_ns),
             tol_ns: tol as u64,
             offset,
         })
@@ -147,6 +154,7 @@ impl LimitParams {
                     count,
                     burst,
                     t_ns,
+                    t_div: divisor_of(t_ns),
                     tol_ns: burst.saturating_mul(t_ns).min(u64::MAX / 4),
                     ..*self
                 }
@@ -170,6 +178,11 @@ impl LimitParams {
             Algorithm::Concurrency => self.count as usize,
         }
     }
+}
+
+/// `t_ns` as a [`Divisor`] (1 for 0).
+fn divisor_of(t_ns: u64) -> Divisor {
+    Divisor::new(std::num::NonZeroU64::new(t_ns).unwrap_or(std::num::NonZeroU64::MIN))
 }
 
 /// Reads word `i` of a limit's words (the table passes a closure over its

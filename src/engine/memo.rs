@@ -140,28 +140,18 @@ pub(crate) fn decide(
     HITS.with(|h| h.set(h.get() + outcome.is_some() as u64));
     match outcome {
         Some(o) => Ok((o, e.hash.get())),
-        None => match again(e, table, cost, now, mode) {
-            Some(o) => Ok((o, e.hash.get())),
-            None => Err(Some(Way { e, head })),
-        },
+        None => Err(Some(forget(e, head))),
     }
 }
 
-/// After a look at `e`'s spot that failed: a charge that lost its race
-/// with another thread's charge of the key looks again at the spot while it
-/// holds (as the table's own path looks again); a spot that no longer
-/// holds is forgotten, and refilled after the next miss.
+/// After a look at `e`'s spot that found it no longer holds the key (its
+/// bucket began a transaction, or its key word changed): the entry is
+/// forgotten, and refilled after the next miss.
 #[cold]
 #[inline(never)]
-fn again(e: &Entry, table: &Table, cost: u64, now: u64, mode: Mode) -> Option<Outcome> {
-    let spot = e.spot.get();
-    while table.spot_holds(&spot) {
-        if let Some(o) = table.decide_at(&spot, cost, now, mode) {
-            return Some(o);
-        }
-    }
+fn forget(e: &'static Entry, head: u64) -> Way {
     e.engine.set(0);
-    None
+    Way { e, head }
 }
 
 /// After the table decided a key (hash `hash`, way `w`) itself: true if the

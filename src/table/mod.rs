@@ -1055,8 +1055,9 @@ impl Table {
 
     /// Single-word policies: decides `cost` on slot `j` of bucket `b` (key
     /// override `factor`), found under snapshot `snap`, and charges it if
-    /// allowed and `charge`. `None` if the bucket changed meanwhile or the
-    /// charge lost a race: the caller looks again.
+    /// allowed and `charge`. `None` if the bucket changed meanwhile: the
+    /// caller looks again. A charge that loses a race with another charge
+    /// of the key decides again on the word that won.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn single_at(
@@ -1080,19 +1081,30 @@ impl Table {
             &scaled
         };
         let unit = &self.slot_words(b, j)[0];
-        let cur = unit.load();
-        let state = Word::from_bits(cur).payload;
-        let verdict = self.decide_single(l, state, cost, now);
-        if !Self::still(b, snap) {
-            return None;
+        let mut cur = unit.load();
+        loop {
+            let state = Word::from_bits(cur).payload;
+            let verdict = self.decide_single(l, state, cost, now);
+            if !Self::still(b, snap) {
+                return None;
+            }
+            if !charge || !verdict.allowed || cost == 0 {
+                return Some(verdict);
+            }
+            let new = Word::new(snap.seq, algo::charge_word(l, state, cost, now));
+            match unit.compare_exchange(cur, new.to_bits()) {
+                Ok(_) => return Some(verdict),
+                // Another charge of the key won: decide again on the word
+                // it wrote, which the failed compare-and-swap returned (and
+                // whose cache line this core now holds, so that under
+                // contention the next attempt rarely loses it again). The
+                // key word need not be read again: `still` above, after
+                // this word was read, finds the intents unchanged, so no
+                // transaction began since the key word matched, exactly as
+                // for the first word.
+                Err(actual) => cur = actual,
+            }
         }
-        if !charge || !verdict.allowed || cost == 0 {
-            return Some(verdict);
-        }
-        let new = Word::new(snap.seq, algo::charge_word(l, state, cost, now));
-        unit.compare_exchange(cur, new.to_bits())
-            .is_ok()
-            .then_some(verdict)
     }
 
     /// Where key `h` lives now, for [`decide_at`](Self::decide_at): `None`
@@ -1115,11 +1127,9 @@ impl Table {
     /// [`decide`](Self::decide) for the key found at spot `s` of this table
     /// ([`spot_of`](Self::spot_of)), without hashing or probing: `None` if
     /// the spot no longer holds what it held then (the bucket has begun a
-    /// transaction since, or the key word changed), or the charge lost a
-    /// race with another charge of the key (then [`spot_holds`] is still
-    /// true, and the caller may look again at the spot).
-    ///
-    /// [`spot_holds`]: Self::spot_holds
+    /// transaction since, or the key word changed), which it never will
+    /// again. A charge that loses a race with another charge of the key
+    /// decides again on the word that won (`single_at`).
     ///
     /// The same decision `decide` would make: a bucket whose intent words
     /// are unchanged has begun no transaction since the spot's snapshot
@@ -1145,14 +1155,6 @@ impl Table {
             verdict,
             evicted: false,
         })
-    }
-
-    /// True if spot `s` still holds its key as [`spot_of`](Self::spot_of)
-    /// found it: the bucket has begun no transaction since and the key word
-    /// is unchanged.
-    pub fn spot_holds(&self, s: &Spot) -> bool {
-        let b = self.bucket(s.bucket);
-        Self::still(b, &s.snap) && b[self.key_unit(s.slot)].load() == s.key
     }
 
     /// Decides `cost` for key hash `h` at `now`, and as `mode` says,
