@@ -35,6 +35,12 @@ impl Divisor {
         }
     }
 
+    /// `d`.
+    #[inline(always)]
+    pub(crate) const fn get(self) -> u64 {
+        self.d
+    }
+
     /// `floor(x / d)`, exactly.
     #[inline(always)]
     pub(crate) const fn div(self, x: u64) -> u64 {

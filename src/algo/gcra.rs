@@ -9,14 +9,14 @@ use super::{Eval, LimitParams, Payload};
 /// `c * T`, saturating (a cost that large is denied anyway).
 #[inline(always)]
 fn increment(l: &LimitParams, cost: u64) -> u64 {
-    cost.saturating_mul(l.t_ns)
+    cost.saturating_mul(l.t.get())
 }
 
 /// `x / T`, by a multiplication (`divisor.rs`; a GCRA limit's `T` is at
 /// least 1: `LimitParams::new` refuses less, `scaled` keeps it so).
 #[inline(always)]
 fn per_t(l: &LimitParams, x: u64) -> u64 {
-    l.t_div.div(x)
+    l.t.div(x)
 }
 
 /// Decision for `cost` at `now` on state `p`.

@@ -62,13 +62,13 @@ pub(crate) struct LimitParams {
     pub count: u64,
     pub period_ns: u64,
     pub burst: u64,
-    /// Emission interval `period_ns / count`.
-    pub t_ns: u64,
-    /// `t_ns` as a divisor: GCRA's `remaining` divides by it on every
-    /// check. (A window algorithm's `t_ns` may be 0; it never divides by it,
-    /// and its `t_div` is 1.)
-    pub t_div: Divisor,
-    /// GCRA's tolerance `burst * t_ns`.
+    /// GCRA's emission interval `T = period_ns / count`, kept only as a
+    /// divisor (`t.get()` is T), since `remaining` divides by it on every
+    /// check: one field, so T and its reciprocal cannot disagree. `new`
+    /// refuses a GCRA limit with T = 0; the other algorithms never read it
+    /// (theirs is `period_ns / count`, or 1 where that is 0).
+    pub t: Divisor,
+    /// GCRA's tolerance `burst * T`.
     pub tol_ns: u64,
     /// Index of this limit's first word within the slot.
     pub offset: usize,
@@ -126,8 +126,7 @@ impl LimitParams {
             count: limit.count,
             period_ns: limit.period_ns,
             burst: limit.burst,
-            t_ns,
-            t_div: divisor_of(t_ns),
+            t: divisor_of(t_ns),
             tol_ns: tol as u64,
             offset,
         })
@@ -153,8 +152,7 @@ impl LimitParams {
                 LimitParams {
                     count,
                     burst,
-                    t_ns,
-                    t_div: divisor_of(t_ns),
+                    t: divisor_of(t_ns),
                     tol_ns: burst.saturating_mul(t_ns).min(u64::MAX / 4),
                     ..*self
                 }
@@ -180,7 +178,7 @@ impl LimitParams {
     }
 }
 
-/// `t_ns` as a [`Divisor`] (1 for 0).
+/// `t_ns` as a [`Divisor`] (1 for 0, which only a window algorithm has).
 fn divisor_of(t_ns: u64) -> Divisor {
     Divisor::new(std::num::NonZeroU64::new(t_ns).unwrap_or(std::num::NonZeroU64::MIN))
 }
