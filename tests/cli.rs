@@ -8,10 +8,7 @@ mod runner;
 mod scratch;
 
 fn rk(args: &[&str]) -> (i32, String, String) {
-    let out = runner::command(env!("CARGO_BIN_EXE_ratekeeper"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = runner::output(runner::command(env!("CARGO_BIN_EXE_ratekeeper")).args(args)).unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),

@@ -29,6 +29,8 @@ const RING_HEAD: u64 = layout::RING_IN_REGION as u64;
 /// Where a policy's table starts in its region.
 const TABLE_IN_REGION: u64 = layout::TABLE_IN_REGION as u64;
 
+#[path = "support/runner.rs"]
+mod runner;
 #[path = "support/scratch.rs"]
 mod scratch;
 use scratch::path;
@@ -202,9 +204,15 @@ fn diagnose(pid: libc::pid_t) -> String {
         proc("syscall").trim(),
         proc("stack")
     );
-    let gdb = std::process::Command::new("timeout")
-        .args(["60", "gdb", "-batch", "-p", &pid.to_string(), "-ex", "bt"])
-        .output();
+    let gdb = runner::output(std::process::Command::new("timeout").args([
+        "60",
+        "gdb",
+        "-batch",
+        "-p",
+        &pid.to_string(),
+        "-ex",
+        "bt",
+    ]));
     if let Ok(o) = gdb {
         out.push_str("gdb:\n");
         out.push_str(&String::from_utf8_lossy(&o.stdout));

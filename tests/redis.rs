@@ -11,6 +11,8 @@ mod redis_cluster;
 mod redis_server;
 #[path = "support/runner.rs"]
 mod runner;
+#[path = "support/scratch.rs"]
+mod scratch;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -322,22 +324,20 @@ fn next_id() -> u64 {
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 1_000 + std::process::id() as u64
 }
 
-fn child(url: &str, prefix: &str, n: u32) -> Child {
-    runner::command(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "host_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RK_REDIS_URL", url)
-        .env("RK_REDIS_PREFIX", prefix)
-        .env("RK_REDIS_N", n.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+fn child(url: &str, prefix: &str, n: u32) -> runner::Logged {
+    let mut c = runner::command(std::env::current_exe().unwrap());
+    c.args([
+        "--ignored",
+        "--exact",
+        "host_entry",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("RK_REDIS_URL", url)
+    .env("RK_REDIS_PREFIX", prefix)
+    .env("RK_REDIS_N", n.to_string())
+    .stdin(Stdio::null());
+    runner::spawn_logged(&mut c).unwrap()
 }
 
 #[test]
@@ -378,12 +378,17 @@ fn host_entry() {
 fn two_hosts_admit_exactly_the_quota() {
     let server = shared_server();
     let prefix = format!("hosts{}", next_id());
-    let hosts: Vec<Child> = (0..2).map(|_| child(&server.url(), &prefix, 150)).collect();
+    let hosts: Vec<runner::Logged> = (0..2).map(|_| child(&server.url(), &prefix, 150)).collect();
     let total: u32 = hosts
         .into_iter()
         .map(|c| {
-            let out = c.wait_with_output().unwrap();
-            assert!(out.status.success(), "host failed: {:?}", out.status);
+            let out = c.wait().unwrap();
+            assert!(
+                out.status.success(),
+                "host failed: {:?}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8(out.stdout)
                 .unwrap()
                 .lines()
@@ -963,26 +968,15 @@ impl Drop for TlsServer {
     }
 }
 
-/// Runs `openssl` in `dir`, its output in `dir/openssl.log`. Not
-/// `Command::output`: its pipe reader unwraps its own I/O errors, and one
-/// CI run on this VM panicked there ("Bad address" from a read of the
-/// child's pipes) although openssl had nothing wrong; a file and `status`
-/// leave std nothing to unwrap.
+/// Runs `openssl` in `dir` (through `runner::output`: no pipes).
 fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let log_path = dir.join("openssl.log");
-    let log = std::fs::File::create(&log_path).expect("openssl's log file");
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("openssl's log file"))
-        .stderr(log)
-        .status()
-        .expect("openssl runs");
+    let out =
+        runner::output(Command::new("openssl").args(args).current_dir(dir)).expect("openssl runs");
     assert!(
-        status.success(),
-        "openssl {args:?}: {status}: {}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
+        out.status.success(),
+        "openssl {args:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -14,6 +14,8 @@
 mod redis_sentinel;
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[path = "support/runner.rs"]
+mod runner;
 
 use std::time::{Duration, Instant};
 

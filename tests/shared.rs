@@ -30,19 +30,27 @@ fn open(p: &Path) -> Engine {
     Engine::open_shared(p, opts()).unwrap()
 }
 
-/// Starts a child running `role` with `args` (passed in the environment).
+/// The command that runs this test binary as a child in `role`, with
+/// `args` (passed in the environment).
+fn child_command(role: &str, p: &Path, args: &str) -> Command {
+    let mut c = runner::command(std::env::current_exe().unwrap());
+    c.args([
+        "--ignored",
+        "--exact",
+        "child_entry",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("RK_CHILD_ROLE", role)
+    .env("RK_CHILD_PATH", p)
+    .env("RK_CHILD_ARGS", args);
+    c
+}
+
+/// Starts a child in `role` that talks to this process while it runs: its
+/// stdin and stdout are pipes.
 fn child(role: &str, p: &Path, args: &str) -> Child {
-    runner::command(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RK_CHILD_ROLE", role)
-        .env("RK_CHILD_PATH", p)
-        .env("RK_CHILD_ARGS", args)
+    child_command(role, p, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -50,10 +58,21 @@ fn child(role: &str, p: &Path, args: &str) -> Child {
         .unwrap()
 }
 
+/// Starts a child in `role` whose only answer is its `RESULT` line, read
+/// when it has exited (see [`result`]).
+fn answering_child(role: &str, p: &Path, args: &str) -> runner::Logged {
+    runner::spawn_logged(child_command(role, p, args).stdin(Stdio::null())).unwrap()
+}
+
 /// The `RESULT ...` line a child printed.
-fn result(c: Child) -> String {
-    let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "child failed: {:?}", out.status);
+fn result(c: runner::Logged) -> String {
+    let out = c.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "child failed: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -180,8 +199,8 @@ fn four_processes_hammering_one_key_admit_exactly_the_quota() {
         "fixed_window 100/minute",
     ] {
         let p = path("hammer");
-        let children: Vec<Child> = (0..4)
-            .map(|_| child("hammer", &p, &format!("{spec}|400")))
+        let children: Vec<runner::Logged> = (0..4)
+            .map(|_| answering_child("hammer", &p, &format!("{spec}|400")))
             .collect();
         let total: u64 = children
             .into_iter()
@@ -197,7 +216,7 @@ fn four_processes_hammering_one_key_admit_exactly_the_quota() {
 #[test]
 fn with_many_keys_no_key_exceeds_its_quota_across_processes() {
     let p = path("keys");
-    let children: Vec<Child> = (0..4).map(|_| child("keys", &p, "")).collect();
+    let children: Vec<runner::Logged> = (0..4).map(|_| answering_child("keys", &p, "")).collect();
     let mut per_key = vec![0u32; 500];
     for c in children {
         for (k, n) in result(c).split(',').enumerate() {
@@ -299,7 +318,9 @@ fn acquire_with_a_timeout_sleeps_until_another_process_releases() {
 #[test]
 fn eight_processes_creating_one_new_file_at_once_share_one_table() {
     let p = path("race");
-    let children: Vec<Child> = (0..8).map(|_| child("open_and_add", &p, "")).collect();
+    let children: Vec<runner::Logged> = (0..8)
+        .map(|_| answering_child("open_and_add", &p, ""))
+        .collect();
     let total: u64 = children
         .into_iter()
         .map(|c| result(c).parse::<u64>().unwrap())
@@ -423,21 +444,22 @@ fn a_read_only_file_is_a_permission_error() {
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(p.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = runner::command(&exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RK_CHILD_ROLE", "open_only")
-        .env("RK_CHILD_PATH", &p)
-        .env("RK_CHILD_ARGS", "")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let out = runner::output(
+        runner::command(&exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "child_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("RK_CHILD_ROLE", "open_only")
+            .env("RK_CHILD_PATH", &p)
+            .env("RK_CHILD_ARGS", "")
+            .uid(65534)
+            .gid(65534),
+    )
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("permission denied"), "{text}");
 }

@@ -1,7 +1,8 @@
 //! A throwaway Redis Cluster for tests and benches: three `redis-server`
 //! masters (no replicas) on free ports of 127.0.0.1, joined with
 //! `redis-cli --cluster create`, each in its own temporary directory,
-//! killed by PID on drop.
+//! killed by PID on drop. The including test declares `runner` and
+//! `scratch` (tests/support) beside it.
 
 use std::io;
 use std::net::TcpListener;
@@ -41,11 +42,11 @@ fn free_pair(taken: &[u16]) -> io::Result<u16> {
 }
 
 fn cli(port: u16, args: &[&str]) -> io::Result<String> {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?;
+    let out = super::runner::output(
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args),
+    )?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -53,10 +54,12 @@ impl RedisCluster {
     /// Starts three masters and creates the cluster; returns once every
     /// node reports `cluster_state:ok`.
     pub fn start() -> io::Result<RedisCluster> {
+        // In the test process's scratch directory: a cluster kept in a
+        // `static` is never dropped, and the next test process sweeps it.
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!("rk-cluster-{}-{nanos}", std::process::id()));
+        let dir = super::scratch::dir().join(format!("cluster-{nanos}"));
         std::fs::create_dir_all(&dir)?;
         let mut cluster = RedisCluster {
             nodes: Vec::new(),

@@ -6,7 +6,8 @@
 //!
 //! The sentinels watch the service `mymaster` with quorum 2, call the
 //! master down after `DOWN_AFTER_MS` without an answer, and fail over to
-//! the replica.
+//! the replica. `redis-cli` runs through `runner::output`: the including
+//! test declares `runner` (tests/support) beside it.
 #![allow(dead_code)]
 
 use std::io;
@@ -35,14 +36,13 @@ fn free_port() -> io::Result<u16> {
 
 /// `redis-cli` on `port`, its output (empty if it could not connect).
 pub fn cli(port: u16, args: &[&str]) -> String {
-    Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
+    super::runner::output(
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args),
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    .unwrap_or_default()
 }
 
 impl SentinelSet {

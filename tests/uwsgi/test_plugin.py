@@ -12,11 +12,13 @@ on counts and contents, never on speed; waits are bounded generously.
 Prints "N passed, M failed" last and exits non-zero on any failure.
 """
 import argparse
+import atexit
 import http.client
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +46,9 @@ class Server:
     def __init__(self, args, routes, extra=(), processes=4, shm_file=True):
         self.args = args
         self.tmp = tempfile.mkdtemp(prefix="rk-uwsgi-test.")
+        # Kept until the run ends (a failing test's message quotes the log
+        # after stop()), then removed.
+        atexit.register(shutil.rmtree, self.tmp, True)
         self.calls = os.path.join(self.tmp, "calls")
         self.log = os.path.join(self.tmp, "uwsgi.log")
         self.shm = "/dev/shm/rk-uwsgi-test-%d-%d.rk" % (os.getpid(), random.randrange(1 << 30)) if shm_file else None
