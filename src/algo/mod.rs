@@ -208,7 +208,9 @@ pub(crate) fn evaluate(l: &LimitParams, w: &(impl Words + ?Sized), cost: u64, no
 
 /// A one-word limit's state after charging `cost` at `now` (the other
 /// algorithms keep several words; their transactions write them).
-#[inline]
+/// (Always inlined, as `gcra::evaluate` is: `rk_check_at` called it out of
+/// line.)
+#[inline(always)]
 pub(crate) fn charge_word(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
     match l.algorithm {
         Algorithm::Gcra => gcra::charge(l, p, cost, now),
@@ -235,12 +237,18 @@ pub(crate) fn refund_word(l: &LimitParams, p: Payload, cost: u64, now: u64) -> P
 #[inline]
 pub(crate) fn expiry(l: &LimitParams, w: &(impl Words + ?Sized), now: u64) -> u64 {
     match l.algorithm {
-        Algorithm::Gcra => w.word(0).b,
+        Algorithm::Gcra => expiry_gcra(w.word(0)),
         Algorithm::FixedWindow => fixed_window::expiry(l, w.word(0)),
         Algorithm::SlidingWindow => sliding_window::expiry(l, w.word(0), now),
         Algorithm::SlidingLog => sliding_log::expiry(l, w),
         Algorithm::Concurrency => concurrency::expiry(l, w),
     }
+}
+
+/// [`expiry`] of a GCRA limit: its TAT (at which the bucket is full again).
+#[inline(always)]
+pub(crate) fn expiry_gcra(p: Payload) -> u64 {
+    p.b
 }
 
 /// Saturating `a - b` for times.

@@ -673,9 +673,14 @@ impl Table {
     /// The verdict for a key with no state yet.
     pub fn fresh_verdict(&self, h: u64, cost: u64, now: u64) -> Verdict {
         let now = now.min(algo::MAX_TIME_NS);
-        self.with_limits(self.override_of(h), |limits| {
-            self.evaluate(limits, &Fresh, cost, now)
-        })
+        let factor = self.override_of(h);
+        if self.layout.single_word && factor == 0 {
+            // The step a located key of a single-word policy takes
+            // (`single_at`), on the fresh state: what a flood of new keys
+            // asks for on every check.
+            return self.decide_single(&self.layout.first, Payload::default(), cost, now);
+        }
+        self.with_limits(factor, |limits| self.evaluate(limits, &Fresh, cost, now))
     }
 
     /// Single-word policies: the verdict on one word's payload.
@@ -757,12 +762,22 @@ impl Table {
         // word: no penalty box, no lease) read each slot's state word inline
         // and compare expiries alone, since nothing is protected. A flood of
         // new keys into a full table runs this twice per check.
+        // The algorithm is matched once, outside the loop (inside, it cost
+        // a jump through a table per slot).
         if self.layout.single_word {
             let l = &self.layout.first;
-            return self.pick_victim(b, h, now, |j| {
-                let state = Word::from_bits(self.slot_words(b, j)[0].load()).payload;
-                (algo::expiry(l, &[state][..], now), Protected::No)
-            });
+            let state = |j| Word::from_bits(self.slot_words(b, j)[0].load()).payload;
+            return match l.algorithm {
+                Algorithm::Gcra => {
+                    self.pick_victim(b, h, now, |j| (algo::expiry_gcra(state(j)), Protected::No))
+                }
+                Algorithm::FixedWindow => self.pick_victim(b, h, now, |j| {
+                    (algo::fixed_window::expiry(l, state(j)), Protected::No)
+                }),
+                _ => self.pick_victim(b, h, now, |j| {
+                    (algo::expiry(l, &[state(j)][..], now), Protected::No)
+                }),
+            };
         }
         self.pick_victim(b, h, now, |j| self.expiry(b, j, now))
     }
