@@ -11,7 +11,10 @@
 //!
 //! Paths: `hot` (one key, `check_at`), `clock` (one key, `check`), `fw`
 //! (fixed window), `log` (sliding log), `two` (gcra + fixed window),
-//! `keys` (100,000 keys), `many` (`check_many_at` of two items), `deny`
+//! `keys` (100,000 keys, each expired by its next check), `live` (100,000
+//! keys that stay live: a limit of 10^6 an hour; in both, every key is
+//! claimed before the count starts, so only checks of tracked keys are
+//! counted), `many` (`check_many_at` of two items), `deny`
 //! (one key, every check denied), `mixed` (one key, one check in five allowed),
 //! `c` (the `hot` case through the C ABI's `rk_check_at`), `rust-abi` (the
 //! same through Rust's `try_check_at`, which validates its arguments as
@@ -25,6 +28,14 @@
 //! through governor's keyed limiter (`DefaultKeyedRateLimiter`'s DashMap
 //! store, same quotas), on its fake clock advanced by the same steps.
 use ratekeeper::{Engine, EngineOptions};
+
+/// Keys of the keyed cases (`keys`, `live`, `gov-keys`).
+const KEYS: u64 = 100_000;
+
+/// The `i`-th key of a keyed case: the keys in a scattered order.
+fn scatter(i: u64) -> u64 {
+    i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS
+}
 
 fn governor(what: &str, n: u64) -> u64 {
     use governor::clock::FakeRelativeClock;
@@ -40,15 +51,17 @@ fn governor(what: &str, n: u64) -> u64 {
         Quota::per_second(NonZeroU32::new(per_second).unwrap()),
         clock.clone(),
     );
+    if what == "gov-keys" {
+        // Every key tracked before the count starts, as for `keys`.
+        for k in 0..KEYS {
+            let _ = limiter.check_key(&k);
+        }
+    }
     let step = std::time::Duration::from_nanos(if what == "gov-mixed" { 200 } else { 1 });
     let mut allowed = 0;
     for i in 0..n {
         clock.advance(step);
-        let key = if what == "gov-keys" {
-            i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 100_000
-        } else {
-            7
-        };
+        let key = if what == "gov-keys" { scatter(i) } else { 7 };
         allowed += limiter.check_key(&key).is_ok() as u64;
     }
     allowed
@@ -112,6 +125,17 @@ fn rust_abi(n: u64) -> u64 {
     allowed
 }
 
+/// Claims every key of a keyed case. Out of line, through `check`: a
+/// second call site of `check_at` in `main` would change how it inlines
+/// there, and the count of every path with it.
+#[inline(never)]
+fn claim_all(e: &Engine, p: ratekeeper::PolicyId, now: u64) {
+    for k in 0..KEYS {
+        let d = e.try_check_at(p, std::hint::black_box(&k.to_le_bytes()[..]), 1, now);
+        assert!(d.unwrap().allowed);
+    }
+}
+
 fn main() {
     let what = std::env::args().nth(1).unwrap();
     let n: u64 = std::env::args().nth(2).unwrap().parse().unwrap();
@@ -139,17 +163,25 @@ fn main() {
         "deny" => "1/second",
         "flood" => "1/hour",
         "mixed" => "1000000/second",
+        // Every key stays live (its TAT is ahead of `now`) and allowed.
+        "live" => "1000000/hour",
         _ => "1000000000/second",
     };
     let p = e.add_policy("p", spec).unwrap();
     let q = e.add_policy("q", "1000000000/second").unwrap();
     let mut allowed = 0u64;
     let mut now = 1u64 << 40;
+    // Keyed cases first claim every key, in both runs, so that the
+    // difference counts checks of tracked keys only.
+    let keyed = what == "keys" || what == "live";
+    if keyed {
+        claim_all(&e, p, now);
+    }
     for i in 0..n {
         // `mixed`: a check every 200 ns against 10^6/second allows one in five.
         now += if what == "mixed" { 200 } else { 1 };
-        let key = if what == "keys" {
-            (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 100_000).to_le_bytes()
+        let key = if keyed {
+            scatter(i).to_le_bytes()
         } else if what == "flood" {
             i.to_le_bytes()
         } else {
