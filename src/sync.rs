@@ -223,6 +223,37 @@ impl Atomic128 {
     }
 }
 
+/// Asks the CPU to start loading the cache line of `w` (a hint: no
+/// effect on what any load returns, and none under loom). A check whose key
+/// may sit in either of two buckets issues the second bucket's lines early,
+/// so that their misses overlap the first bucket's instead of following
+/// them.
+#[inline(always)]
+pub(crate) fn prefetch(w: &Atomic128) {
+    #[cfg(all(not(loom), target_arch = "x86_64"))]
+    // SAFETY:
+    // - `prefetcht0` reads nothing architecturally and cannot fault; `w` is
+    //   a live reference in any case. SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (w as *const Atomic128).cast(),
+        );
+    }
+    #[cfg(all(not(loom), target_arch = "aarch64"))]
+    // SAFETY:
+    // - `prfm` is a hint: it changes no register, flag or memory and cannot
+    //   fault; `w` is a live reference in any case.
+    unsafe {
+        std::arch::asm!(
+            "prfm pldl1keep, [{p}]",
+            p = in(reg) w as *const Atomic128,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+    #[cfg(loom)]
+    let _ = w;
+}
+
 /// Checks that this CPU has what [`Atomic128`] needs: a lock-free 16-byte
 /// compare-and-swap and, on x86_64, atomic 16-byte loads (AVX). Where
 /// portable-atomic would fall back to a lock, the table is refused: a lock
