@@ -45,15 +45,21 @@ thread_local! {
 /// - `ffi_panic_boundary!("rk_name", on_panic, { expression })` returns
 ///   the block's value, or `on_panic` after a panic (for the few exports
 ///   that cannot fail and return a value, or nothing: `on_panic` is `()`).
+///
+/// The body is a `move` closure: the export's parameters (raw pointers and
+/// integers, all `Copy`) are copied into it. Captured by reference, each
+/// was spilled to the stack and read back through a pointer, on every call
+/// (callgrind, `examples/instructions.rs c`: 415 → 397 instructions per
+/// `rk_check_at`).
 macro_rules! ffi_panic_boundary {
     ($function:literal, $body:block) => {
-        $crate::ffi::boundary::run($function, || {
+        $crate::ffi::boundary::run($function, move || {
             let () = $body;
             Ok(())
         })
     };
     ($function:literal, $on_panic:expr, $body:block) => {
-        $crate::ffi::boundary::run_infallible($function, $on_panic, || $body)
+        $crate::ffi::boundary::run_infallible($function, $on_panic, move || $body)
     };
 }
 pub(crate) use ffi_panic_boundary;
