@@ -457,7 +457,7 @@ def report():
         "  has begun no transaction since. The hot-key rows above go through it; the 100k and",
         "  1M-key rows pay its miss (about 20 instructions).",
         "- **Honest capacity is met by moving keys** (a claim that finds both buckets full moves",
-        "  a key on to its other bucket first, within a budget of 16 bucket examinations): that",
+        "  a key on to its other bucket first, within a budget of 64 bucket examinations): that",
         "  costs the flood of new keys into a full table, not a check of a tracked key.",
         "- **Memory**: a single-limit key takes a 16-byte key word (64-bit hash + 32-bit tag +",
         "  the override factor) and a 16-byte state word, plus 4 bytes of bucket intents: 36",

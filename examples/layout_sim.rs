@@ -1,8 +1,8 @@
 //! Placement simulator for the packed table layout of issue #14 ("Core
 //! v2"): how full a table of `S`-slot buckets gets before a claim must
-//! evict a live key, under the placement rules `src/table/mod.rs` uses
-//! today ("Two buckets per key", "Moving a key"), for bucket geometries
-//! the packed layout could use. It models placement only (no time, no
+//! evict a live key, under the placement rules of `src/table/mod.rs`
+//! ("Two buckets per key", "Moving a key"), for bucket geometries the
+//! packed layout could use. It models placement only (no time, no
 //! concurrency): every key is live, uniformly random, and new.
 //!
 //! ```text
@@ -15,7 +15,8 @@
 //! slots. The figures are quoted in
 //! the README ("Design notes": the packed layout).
 //!
-//! The rules, as the table applies them to a key whose two buckets are
+//! The rules, as the table applied them until it searched breadth first
+//! (the first line of each geometry), to a key whose two buckets are
 //! `first` and `second` (different buckets):
 //!
 //! * a free slot in either bucket: the bucket with fewer keys (ties: the
@@ -28,9 +29,9 @@
 //! * nothing found: the table would evict a live key. The simulation
 //!   stops there.
 //!
-//! and the variants the packed layout could use instead (`Search`): a
-//! breadth-first search over chains of moves of any length (applied from
-//! the last move back), keys allowed to move back from their second bucket
+//! and the variants (`Search`): a breadth-first search over chains of
+//! moves of any length (applied from the last move back; the table now
+//! searches so, first bucket to second, within 64 examinations), keys allowed to move back from their second bucket
 //! to their first ("both ways"), and a new key placed in its first bucket
 //! while it has room ("first-fit"). Each line also gives the share of keys
 //! in their first bucket when the table held 90% of its slots: a check of
@@ -266,7 +267,8 @@ fn first_eviction(slots_total: usize, slots: usize, search: Search, seed: u64) -
 struct Search {
     /// Most bucket examinations per claim.
     budget: usize,
-    /// 2: today's search (a direct move, then a move after one more);
+    /// 2: a direct move, then a move after one more (the table's search
+    /// until it searched breadth first);
     /// 0: breadth-first over chains of any length.
     depth: usize,
     /// Keys may also move back from their second bucket to their first.
@@ -279,7 +281,7 @@ struct Search {
 impl Search {
     fn name(self) -> String {
         let how = match (self.depth, self.both_ways) {
-            (2, false) => "today's, depth 2",
+            (2, false) => "depth 2",
             (_, false) => "BFS, first -> second",
             (_, true) => "BFS, both ways",
         };
