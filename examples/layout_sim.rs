@@ -31,7 +31,8 @@
 //!
 //! and the variants (`Search`): a breadth-first search over chains of
 //! moves of any length (applied from the last move back; the table now
-//! searches so, first bucket to second, within 64 examinations), keys allowed to move back from their second bucket
+//! searches so, first bucket to second, within 64 examinations, and
+//! places first-fit), keys allowed to move back from their second bucket
 //! to their first ("both ways"), and a new key placed in its first bucket
 //! while it has room ("first-fit"). Each line also gives the share of keys
 //! in their first bucket when the table held 90% of its slots: a check of
@@ -315,6 +316,7 @@ fn main() {
     let searches = [
         search(16, 2, false, false),
         search(64, 0, false, false),
+        search(64, 0, false, true),
         search(64, 0, true, false),
         search(256, 0, true, false),
         search(64, 0, true, true),

@@ -462,8 +462,8 @@ fn ninety_percent_live_keys_fit_and_keep_their_state_through_moves() {
         .filter(|&&k| t.find(t.bucket(t.bucket_of(k)), k).is_none())
         .count();
     assert!(
-        moved > keys.len() / 4,
-        "most keys stay first; {moved} moved or placed second"
+        moved > keys.len() / 20,
+        "keys go first while there is room, then move or go second; {moved} did"
     );
     for &k in &keys {
         let v = verdict(t.decide(k, 1, S, Mode::Charge));
