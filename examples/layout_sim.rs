@@ -23,7 +23,8 @@
 //!   first);
 //! * both full: look, within `budget` bucket examinations, for a key of
 //!   either bucket that sits in its own first bucket and whose second
-//!   bucket has a free slot, and move it there; failing that (depth 2), for
+//!   bucket has a free slot, and move it there; failing that (a chain of
+//!   two moves), for
 //!   such a key whose second bucket holds a key that can move on the same
 //!   way; then try again (a move makes room, and the claim looks again);
 //! * nothing found: the table would evict a live key. The simulation
@@ -61,12 +62,7 @@ struct Table {
     mask: u64,
     cells: Vec<Option<(u32, u32)>>,
     fill: Vec<u8>,
-    budget: usize,
-    depth: usize,
-    /// Keys may move back from their second bucket to their first.
-    both_ways: bool,
-    /// A new key takes its first bucket while it has a free slot.
-    first_fit: bool,
+    search: Search,
 }
 
 impl Table {
@@ -77,10 +73,7 @@ impl Table {
             mask: buckets as u64 - 1,
             cells: vec![None; buckets * slots],
             fill: vec![0; buckets],
-            budget: search.budget,
-            depth: search.depth,
-            both_ways: search.both_ways,
-            first_fit: search.first_fit,
+            search,
         }
     }
 
@@ -125,23 +118,27 @@ impl Table {
         (0..self.slots)
             .filter_map(|k| match self.cells[base + k] {
                 Some((f, s)) if f == x => Some((k, s)),
-                Some((f, _)) if self.both_ways => Some((k, f)),
+                Some((f, _)) if self.search.both_ways => Some((k, f)),
                 _ => None,
             })
             .collect()
     }
 
-    /// Breadth-first search for a chain of moves, from bucket `first` or
-    /// `second`, that ends in a bucket with a free slot, examining at most
-    /// `budget` buckets; applies it (last move first).
-    fn make_room_bfs(&mut self, first: u32, second: u32) -> bool {
-        // (bucket, index of the node it was reached from, slot moved out of it)
-        let mut nodes: Vec<(u32, usize, usize)> =
-            vec![(first, usize::MAX, 0), (second, usize::MAX, 0)];
+    /// Breadth-first search for a chain of at most `max_chain` moves, from
+    /// bucket `first` or `second`, that ends in a bucket with a free slot,
+    /// examining at most `budget` buckets; applies it (last move first).
+    fn make_room(&mut self, first: u32, second: u32) -> bool {
+        // (bucket, index of the node it was reached from, slot moved out of
+        // that node's bucket, moves in the chain that reaches it)
+        let mut nodes: Vec<(u32, usize, usize, usize)> =
+            vec![(first, usize::MAX, 0, 0), (second, usize::MAX, 0, 0)];
         let mut next = 0;
-        let mut budget = self.budget;
+        let mut budget = self.search.budget;
         while next < nodes.len() {
-            let (x, _, _) = nodes[next];
+            let (x, _, _, moves) = nodes[next];
+            if moves == self.search.max_chain {
+                break;
+            }
             for (k, y) in self.movable(x) {
                 if budget == 0 {
                     return false;
@@ -150,14 +147,13 @@ impl Table {
                 if nodes.iter().any(|n| n.0 == y) {
                     continue;
                 }
-                nodes.push((y, next, k));
+                nodes.push((y, next, k, moves + 1));
                 if !self.full(y) {
                     // Apply the chain from its end: each move makes room
                     // for the one before it.
                     let mut at = nodes.len() - 1;
                     while nodes[at].1 != usize::MAX {
-                        let (_, from, _) = nodes[at];
-                        let k = nodes[at].2;
+                        let (_, from, k, _) = nodes[at];
                         self.move_out(nodes[from].0, k);
                         at = from;
                     }
@@ -169,48 +165,6 @@ impl Table {
         false
     }
 
-    /// One move that makes room in bucket `first` or `second`, if the
-    /// search finds one within the budget.
-    fn make_room(&mut self, first: u32, second: u32) -> bool {
-        if self.depth == 0 {
-            return self.make_room_bfs(first, second);
-        }
-        let mut budget = self.budget;
-        // Depth 1: a key of a full bucket moves straight to its second.
-        for x in [first, second] {
-            for (k, y) in self.movable(x) {
-                if budget == 0 {
-                    return false;
-                }
-                budget -= 1;
-                if !self.full(y) {
-                    self.move_out(x, k);
-                    return true;
-                }
-            }
-        }
-        if self.depth < 2 {
-            return false;
-        }
-        // Depth 2: a key of that key's second bucket moves on first (the
-        // claim then looks again and finds the depth-1 move).
-        for x in [first, second] {
-            for (_, y) in self.movable(x) {
-                for (k2, z) in self.movable(y) {
-                    if budget == 0 {
-                        return false;
-                    }
-                    budget -= 1;
-                    if !self.full(z) {
-                        self.move_out(y, k2);
-                        return true;
-                    }
-                }
-            }
-        }
-        false
-    }
-
     /// Claims a slot for a new key; false if the table would have to
     /// evict a live key.
     fn claim(&mut self, h: u64) -> bool {
@@ -218,7 +172,7 @@ impl Table {
         loop {
             let (fa, fb) = (self.fill[a as usize], self.fill[b as usize]);
             if !self.full(a) || !self.full(b) {
-                let x = if !self.full(a) && (fa <= fb || self.first_fit) || self.full(b) {
+                let x = if !self.full(a) && (fa <= fb || self.search.first_fit) || self.full(b) {
                     a
                 } else {
                     b
@@ -268,10 +222,9 @@ fn first_eviction(slots_total: usize, slots: usize, search: Search, seed: u64) -
 struct Search {
     /// Most bucket examinations per claim.
     budget: usize,
-    /// 2: a direct move, then a move after one more (the table's search
-    /// until it searched breadth first);
-    /// 0: breadth-first over chains of any length.
-    depth: usize,
+    /// Longest chain of moves: 2 was the table's search until it searched
+    /// without a bound (a direct move, or a move after one more).
+    max_chain: usize,
     /// Keys may also move back from their second bucket to their first.
     both_ways: bool,
     /// A new key takes its first bucket while it has a free slot (else
@@ -281,10 +234,14 @@ struct Search {
 
 impl Search {
     fn name(self) -> String {
-        let how = match (self.depth, self.both_ways) {
-            (2, false) => "depth 2",
-            (_, false) => "BFS, first -> second",
-            (_, true) => "BFS, both ways",
+        let ways = if self.both_ways {
+            "both ways"
+        } else {
+            "first -> second"
+        };
+        let how = match self.max_chain {
+            usize::MAX => format!("BFS, {ways}"),
+            n => format!("chains <= {n}, {ways}"),
         };
         let fit = if self.first_fit {
             "first-fit"
@@ -307,20 +264,20 @@ fn main() {
         (4, "4 slots: one 64 B line"),
         (3, "3 slots + header: 64 B"),
     ];
-    let search = |budget, depth, both_ways, first_fit| Search {
+    let search = |budget, max_chain, both_ways, first_fit| Search {
         budget,
-        depth,
+        max_chain,
         both_ways,
         first_fit,
     };
     let searches = [
         search(16, 2, false, false),
-        search(64, 0, false, false),
-        search(64, 0, false, true),
-        search(64, 0, true, false),
-        search(256, 0, true, false),
-        search(64, 0, true, true),
-        search(256, 0, true, true),
+        search(64, usize::MAX, false, false),
+        search(64, usize::MAX, false, true),
+        search(64, usize::MAX, true, false),
+        search(256, usize::MAX, true, false),
+        search(64, usize::MAX, true, true),
+        search(256, usize::MAX, true, true),
     ];
     println!(
         "at the first claim with no room: occupancy (keys / slots), median [min, max] of \
@@ -346,7 +303,7 @@ fn main() {
                 shares.sort_by(f64::total_cmp);
                 v.sort_by(|x, y| x.0.total_cmp(&y.0));
                 println!(
-                    "{n:>8} slots  {what:<26} {:<44}: {:.3} [{:.3}, {:.3}]  first {:.2}",
+                    "{n:>8} slots  {what:<26} {:<52}: {:.3} [{:.3}, {:.3}]  first {:.2}",
                     search.name(),
                     v[v.len() / 2].0,
                     v[0].0,

@@ -539,7 +539,7 @@ fn propose_move_of(t: &Table, h: u64, now: u64) -> bool {
         return false; // moved already
     }
     let ss = t.snapshot(s);
-    let Victim::Empty(j) = t.choose_victim(s, h, now).0 else {
+    let Victim::Empty(j) = t.choose_victim(s, h, now) else {
         return false;
     };
     let at = ss.seq as u64 & Intent::COST_MASK as u64;

@@ -764,9 +764,8 @@ impl Table {
     /// A slot of bucket `b` for new key `h` — a free one (the first in
     /// `h`'s probe order), else an expired one, else the live one that
     /// would expire soonest, sparing keys in the penalty box while there is
-    /// any other; a key holding a live lease is never a victim — and the
-    /// bucket's live entries (held by a key, not yet equivalent to fresh).
-    fn choose_victim(&self, b: &[Atomic128], h: u64, now: u64) -> (Victim, usize) {
+    /// any other; a key holding a live lease is never a victim.
+    fn choose_victim(&self, b: &[Atomic128], h: u64, now: u64) -> Victim {
         // Two instances of one loop: single-word policies (one limit in one
         // word: no penalty box, no lease) read each slot's state word inline
         // and compare expiries alone, since nothing is protected. A flood of
@@ -800,9 +799,9 @@ impl Table {
         h: u64,
         now: u64,
         expiry: impl Fn(usize) -> (u64, Protected),
-    ) -> (Victim, usize) {
+    ) -> Victim {
         // Slot indices, `SLOTS` for none: cheaper than `Option`s here.
-        let (mut free, mut expired, mut live) = (SLOTS, SLOTS, 0);
+        let (mut free, mut expired) = (SLOTS, SLOTS);
         let (mut best, mut best_at) = ((Protected::Lease, u64::MAX), SLOTS);
         for j in Self::probe_order(h) {
             if self.key_word(b, j).hash() == 0 {
@@ -818,14 +817,13 @@ impl Table {
                 }
                 continue;
             }
-            live += 1;
             // Strictly less protected, or as protected and sooner: ties keep
             // the first in probe order.
             if best_at == SLOTS || (protected, exp) < best {
                 (best, best_at) = ((protected, exp), j);
             }
         }
-        let victim = if free < SLOTS {
+        if free < SLOTS {
             Victim::Empty(free)
         } else if expired < SLOTS {
             Victim::Expired(expired)
@@ -837,8 +835,7 @@ impl Table {
                 (Protected::Lease, exp) => Victim::None(exp),
                 (protected, exp) => Victim::Live(best_at, exp, protected),
             }
-        };
-        (victim, live)
+        }
     }
 
     /// Claims a slot for `h`, absent from both its buckets as `absent` saw
@@ -854,8 +851,8 @@ impl Table {
     /// race, and the caller simply looks again.
     fn claim(&self, h: u64, absent: &Absent<'_>, now: u64) -> Result<bool, Outcome> {
         let (a, sa) = absent.first;
-        let (in_first, _) = self.choose_victim(a, h, now);
-        let in_second = absent.second.map(|(b, _)| self.choose_victim(b, h, now).0);
+        let in_first = self.choose_victim(a, h, now);
+        let in_second = absent.second.map(|(b, _)| self.choose_victim(b, h, now));
         // A free slot of either bucket before an expired one: an expired
         // entry's key may come back, and a key found again is charged in
         // place, where one whose slot was reused must claim anew (and may
@@ -984,7 +981,7 @@ impl Table {
                 budget = left;
                 let b = self.bucket(y);
                 let sy = self.snapshot(b);
-                if let Victim::Empty(j) | Victim::Expired(j) = self.choose_victim(b, g, now).0 {
+                if let Victim::Empty(j) | Victim::Expired(j) = self.choose_victim(b, g, now) {
                     return self.propose_move(x, &sx, g, j, &sy);
                 }
                 if !reached[..len].iter().any(|&(z, _)| z == y) {

@@ -416,6 +416,35 @@ fn touches_naming_keys_in_a_corrupt_file_never_loop_recurse_or_duplicate() {
     assert!(t.find(t.bucket(0), 2).is_none());
 }
 
+/// First-fit: a new key takes its first bucket while it has a free slot,
+/// even when its second bucket is emptier; then its second bucket's free
+/// slot; and a free slot of either bucket before an expired one.
+#[test]
+fn a_new_key_takes_its_first_bucket_while_it_has_room() {
+    let t = table("1/hour", 2);
+    // Even keys below 2^32: first bucket 0, second bucket 1.
+    let first: Vec<u64> = (1..=SLOTS as u64).map(|i| 2 * i).collect();
+    for &k in &first {
+        assert!(verdict(t.decide(k, 1, S, Mode::Charge)).allowed);
+        assert!(
+            t.find(t.bucket(0), k).is_some(),
+            "key {k} not in its first bucket"
+        );
+    }
+    assert!((0..SLOTS).all(|j| t.key_word(t.bucket(1), j).hash() == 0));
+    // Bucket 0 full of live keys: the next one goes second.
+    let k = 2 * (SLOTS as u64 + 1);
+    assert!(verdict(t.decide(k, 1, S, Mode::Charge)).allowed);
+    assert!(t.find(t.bucket(1), k).is_some());
+    // An hour on, bucket 0's entries have expired; a new key still takes a
+    // free slot of bucket 1 rather than an expired entry of bucket 0.
+    let later = S + 3_600 * S + 1;
+    let k = 2 * (SLOTS as u64 + 2);
+    assert!(verdict(t.decide(k, 1, later, Mode::Charge)).allowed);
+    assert!(t.find(t.bucket(1), k).is_some());
+    assert!(first.iter().all(|&k| t.find(t.bucket(0), k).is_some()));
+}
+
 fn mix(i: u64) -> u64 {
     let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
