@@ -1,0 +1,493 @@
+use super::word::{Intent, Op, Slot, FP_MASK, GEN_MASK, STATE_MASK};
+use super::*;
+use crate::engine::layout_for;
+use crate::policy::parse;
+use crate::table::memory::Memory;
+use crate::table::{Layout, Mode, Table};
+use proptest::prelude::*;
+
+const S: u64 = 1_000_000_000;
+
+fn layout(spec: &str) -> Layout {
+    layout_for(&parse(spec).unwrap(), None).unwrap()
+}
+
+/// A packed table with its memory.
+struct Owned {
+    shape: Shape,
+    mem: Memory,
+}
+
+impl Owned {
+    fn t(&self) -> Packed<'_> {
+        self.shape.over(self.mem.units())
+    }
+}
+
+fn packed(spec: &str, capacity: usize, when_full: WhenFull) -> Owned {
+    let buckets = Shape::buckets_for(capacity);
+    let units = Shape::units_needed(buckets);
+    let mem = Memory::heap(units).unwrap();
+    Owned {
+        shape: Shape::new(layout(spec).first, when_full, buckets, units, 0),
+        mem,
+    }
+}
+
+/// The layout-4 table, for the same policy.
+fn reference(spec: &str, capacity: usize) -> Table {
+    let l = layout(spec);
+    let buckets = Table::buckets_for(capacity);
+    let mem = Memory::heap(Table::units_needed(&l, buckets)).unwrap();
+    Table::new(l, WhenFull::Evict, buckets, mem, 0)
+}
+
+fn verdict(o: Outcome) -> Verdict {
+    match o {
+        Outcome::Decided { verdict, .. } => verdict,
+        o => panic!("{o:?}"),
+    }
+}
+
+fn evicted(o: Outcome) -> bool {
+    matches!(o, Outcome::Decided { evicted: true, .. })
+}
+
+/// splitmix64: uniformly random 64-bit key hashes (never 0).
+fn hashes(seed: u64) -> impl Iterator<Item = u64> {
+    let mut x = seed;
+    std::iter::from_fn(move || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        Some(mix(x).max(1))
+    })
+}
+
+/// Every live or frozen word of the table, as (bucket, slot, word).
+fn words(t: &Packed<'_>) -> Vec<(usize, usize, Slot)> {
+    let mut out = Vec::new();
+    for x in 0..=t.mask {
+        for (j, u) in t.line(x).iter().enumerate() {
+            let w = Slot::from_bits(u.load());
+            if !w.is_empty() {
+                out.push((x, j, w));
+            }
+        }
+    }
+    out
+}
+
+/// No fingerprint is held twice (the keys of these tests have distinct
+/// fingerprints), and no word is frozen once every operation returned.
+fn assert_single_and_thawed(t: &Packed<'_>) {
+    let ws = words(t);
+    let mut fps: Vec<u64> = ws.iter().map(|w| w.2.fp).collect();
+    fps.sort_unstable();
+    let n = fps.len();
+    fps.dedup();
+    assert_eq!(fps.len(), n, "a key is held in two slots");
+    assert!(ws.iter().all(|w| !w.2.frozen), "a frozen word outlived its move");
+    for (x, _, w) in ws {
+        let (a, b) = (x, x ^ t.off_of(w.fp));
+        assert!(a.min(b) <= t.mask && a != b, "a key outside its two buckets");
+    }
+}
+
+#[test]
+fn slot_and_intent_fields_round_trip_through_their_bit_layout() {
+    let w = Slot {
+        fp: FP_MASK,
+        gen: GEN_MASK,
+        frozen: true,
+        state: STATE_MASK,
+        ovr: true,
+    };
+    assert_eq!(Slot::from_bits(w.to_bits()), w);
+    assert_eq!(w.to_bits(), u128::MAX, "every bit of the word is a field");
+    let z = Slot::empty(0);
+    assert_eq!(z.to_bits(), 0, "a zeroed table is empty");
+    assert_eq!(Slot::from_bits(w.bumped(false).to_bits()).gen, 0, "generations wrap");
+    for op in [Op::Claim, Op::Move, Op::Reset, Op::Thaw] {
+        let i = Intent {
+            seq: u32::MAX,
+            op,
+            pending: true,
+            member: 3,
+            tgt_other: true,
+            tgt_slot: 3,
+            src_slot: if op == Op::Move { 2 } else { 0 },
+            ovr: op == Op::Claim,
+            tgt_gen: GEN_MASK,
+            fp: if op == Op::Claim { FP_MASK } else { 0 },
+            src_gen: if op == Op::Claim { 0 } else { GEN_MASK - 1 },
+            off: if op == Op::Claim { 0 } else { u32::MAX },
+        };
+        assert_eq!(Intent::from_bits(i.to_bits()), i, "{op:?}");
+        assert_eq!(Intent::from_bits(i.done().to_bits()), i.done());
+    }
+    assert_eq!(Intent::from_bits(0), Intent::FRESH);
+    // An op no writer uses (a corrupt file) reads as none.
+    assert_eq!(Intent::from_bits(7 << 32).op, Op::None);
+}
+
+#[test]
+fn buckets_are_lines_and_a_key_can_find_its_other_bucket_from_either() {
+    let o = packed("10/second", 1 << 12, WhenFull::Evict);
+    let t = o.t();
+    assert_eq!(t.capacity(), 1 << 12);
+    assert_eq!(t.bytes(), (1 << 12) * 16 + (1 << 10) * 16 / 4);
+    let addr = t.line(0).as_ptr() as usize;
+    assert_eq!(addr % 64, 0, "bucket 0 starts a cache line");
+    for h in hashes(1).take(10_000) {
+        let fp = Packed::fp_of(h);
+        assert!(fp != 0 && fp <= FP_MASK);
+        let a = h as usize & t.mask;
+        let b = a ^ t.off_of(fp);
+        assert!(b != a && b <= t.mask);
+        assert_eq!(b ^ t.off_of(fp), a);
+        assert_eq!(Packed::group_of(a, t.off_of(fp)), Packed::group_of(b, t.off_of(fp)));
+    }
+    assert_eq!(Packed::fp_of(1), 1, "a hash whose top bits are 0 still has a key");
+    // A table base that is not a multiple of a line is rounded up.
+    let buckets = Shape::buckets_for(64);
+    let units = 1 + Shape::units_needed(buckets);
+    let mem = Memory::heap(units).unwrap();
+    let shape = Shape::new(layout("1/second").first, WhenFull::Evict, buckets, units, 1);
+    assert_eq!(shape.over(mem.units()).line(0).as_ptr() as usize % 64, 0);
+}
+
+/// One operation of the differential test.
+#[derive(Debug, Clone)]
+enum Step {
+    Check { key: usize, cost: u64, dt: i64 },
+    Peek { key: usize, cost: u64 },
+    Refund { key: usize, cost: u64 },
+    Reset { key: usize },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0..40usize, 0..4u64, -2 * S as i64..3 * S as i64)
+            .prop_map(|(key, cost, dt)| Step::Check { key, cost, dt }),
+        1 => (0..40usize, 0..3u64).prop_map(|(key, cost)| Step::Peek { key, cost }),
+        1 => (0..40usize, 0..3u64).prop_map(|(key, cost)| Step::Refund { key, cost }),
+        1 => (0..40usize).prop_map(|key| Step::Reset { key }),
+    ]
+}
+
+proptest! {
+    /// The packed table decides exactly as the layout-4 table (the
+    /// reference model of GCRA's formulas is in `tests/model.rs`; this holds
+    /// the new storage to the old) while no key is evicted: every verdict,
+    /// refund and reset, with time going backwards as well as forwards and
+    /// costs of 0 and above the burst.
+    #[test]
+    fn decides_as_the_layout_4_table(spec in prop_oneof![
+        Just("5/second"), Just("3/second burst 6"), Just("100/minute"), Just("1/hour"),
+    ], steps in proptest::collection::vec(step(), 1..300)) {
+        let o = packed(spec, 256, WhenFull::Evict);
+        let new = o.t();
+        let old = reference(spec, 256);
+        let keys: Vec<u64> = hashes(7).take(40).collect();
+        let mut now = 10 * S;
+        for s in steps {
+            match s {
+                Step::Check { key, cost, dt } => {
+                    now = now.saturating_add_signed(dt);
+                    let (a, b) = (new.decide(keys[key], cost, now, true), old.decide(keys[key], cost, now, Mode::Charge));
+                    prop_assert_eq!(verdict(a), verdict(b));
+                }
+                Step::Peek { key, cost } => {
+                    let (a, b) = (new.decide(keys[key], cost, now, false), old.decide(keys[key], cost, now, Mode::Peek));
+                    prop_assert_eq!(verdict(a), verdict(b));
+                }
+                Step::Refund { key, cost } => {
+                    prop_assert_eq!(new.refund(keys[key], cost, now), old.refund(keys[key], cost, now));
+                }
+                Step::Reset { key } => prop_assert_eq!(new.reset(keys[key]), old.reset(keys[key])),
+            }
+        }
+        prop_assert_eq!(new.occupancy(), old.occupancy());
+        assert_single_and_thawed(&new);
+    }
+}
+
+#[test]
+fn a_cost_above_the_largest_is_denied_without_a_charge() {
+    let o = packed("5/second", 64, WhenFull::Evict);
+    let t = o.t();
+    let v = verdict(t.decide(9, algo::MAX_COST + 1, S, true));
+    assert!(!v.allowed);
+    assert_eq!(v.retry_after_ns, u64::MAX);
+    assert_eq!(t.occupancy(), 0, "a denied new key is not claimed");
+    assert!(verdict(t.decide(9, 5, S, true)).allowed);
+}
+
+/// Fills a table of `slots` with live keys until a claim evicts one;
+/// returns the keys held then ÷ slots.
+fn first_live_eviction(slots: usize, seed: u64) -> f64 {
+    let o = packed("1000/hour", slots, WhenFull::Evict);
+    let t = o.t();
+    for (n, h) in hashes(seed).enumerate() {
+        if evicted(t.decide(h, 1, S, true)) {
+            return n as f64 / slots as f64;
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn live_keys_fill_most_of_the_table_before_one_is_evicted() {
+    // layout_sim: 4-slot buckets, moves both ways, budget 64: 0.924 of
+    // 2^17 slots (median of 5). A table that placed keys without moves
+    // evicts at about 0.6; one with moves one way only at about 0.83.
+    let fills: Vec<f64> = (1..=3).map(|seed| first_live_eviction(1 << 14, seed)).collect();
+    assert!(fills.iter().all(|&f| f > 0.88), "{fills:?}");
+}
+
+#[test]
+fn keys_keep_their_state_through_the_moves_that_make_room() {
+    // A key charged once, then many new keys: the moves that fit them
+    // carry every earlier key's state with it.
+    let slots = 1 << 12;
+    let o = packed("2/hour", slots, WhenFull::Evict);
+    let t = o.t();
+    let early: Vec<u64> = hashes(3).take(slots / 2).collect();
+    for &h in &early {
+        assert!(verdict(t.decide(h, 1, S, true)).allowed);
+    }
+    let late: Vec<u64> = hashes(4).take(slots * 85 / 100 - slots / 2).collect();
+    for &h in &late {
+        assert!(!evicted(t.decide(h, 1, S, true)));
+    }
+    let moved = early
+        .iter()
+        .filter(|&&h| {
+            let a = h as usize & t.mask;
+            !t.line(a).iter().any(|u| Slot::from_bits(u.load()).fp == Packed::fp_of(h))
+        })
+        .count();
+    assert!(moved > slots / 40, "too few keys left their first bucket to test moves: {moved}");
+    for &h in &early {
+        let v = verdict(t.decide(h, 1, S, false));
+        assert_eq!(v.remaining, 0, "a key lost its charge when it moved");
+        assert!(verdict(t.decide(h, 1, S, true)).allowed, "the second request of two");
+        assert!(!verdict(t.decide(h, 1, S, true)).allowed, "a third over a limit of two");
+    }
+    assert_single_and_thawed(&t);
+}
+
+#[test]
+fn a_full_table_evicts_the_soonest_to_expire_or_fails_as_the_policy_says() {
+    for when_full in [WhenFull::Evict, WhenFull::FailOpen, WhenFull::FailClosed] {
+        let o = packed("1/hour", 16, when_full);
+        let t = o.t();
+        let keys: Vec<u64> = hashes(5).take(64).collect();
+        let (mut evictions, mut full) = (0, 0);
+        for (i, &h) in keys.iter().enumerate() {
+            match t.decide(h, 1, S + i as u64, true) {
+                Outcome::Decided { evicted, verdict } => {
+                    assert!(verdict.allowed);
+                    evictions += evicted as usize;
+                }
+                Outcome::Full { retry_after_ns } => {
+                    assert!(retry_after_ns > 0);
+                    full += 1;
+                }
+            }
+        }
+        assert!(t.occupancy() <= t.capacity() as u64);
+        assert_single_and_thawed(&t);
+        match when_full {
+            WhenFull::Evict => assert!(evictions > 0 && full == 0, "{evictions} {full}"),
+            _ => assert!(evictions == 0 && full > 0, "{evictions} {full}"),
+        }
+    }
+}
+
+#[test]
+fn expired_entries_make_room_without_counting_as_evictions() {
+    let o = packed("1/second", 16, WhenFull::Evict);
+    let t = o.t();
+    for h in hashes(6).take(200) {
+        t.decide(h, 1, S, true); // fills it, evicting as it goes
+    }
+    let later = 10 * S;
+    // Up to 7 new keys: a key's two buckets (8 slots) always hold an
+    // expired entry then.
+    for h in hashes(7).take(7) {
+        assert!(!evicted(t.decide(h, 1, later, true)), "an expired entry counted as evicted");
+    }
+}
+
+#[test]
+fn reset_all_forgets_every_key_and_counts_them() {
+    let o = packed("1/hour", 256, WhenFull::Evict);
+    let t = o.t();
+    let keys: Vec<u64> = hashes(8).take(100).collect();
+    for &h in &keys {
+        t.decide(h, 1, S, true);
+    }
+    assert_eq!(t.reset_all(), 100);
+    assert_eq!(t.occupancy(), 0);
+    for &h in &keys {
+        assert!(!t.reset(h));
+        assert!(verdict(t.decide(h, 1, S, true)).allowed);
+    }
+}
+
+#[test]
+fn a_pending_transaction_left_by_a_killed_process_is_completed_by_the_next_check() {
+    // A claim committed, then its process died before any step: the next
+    // check of any key of the group completes it, and the key is held once.
+    let o = packed("2/hour", 64, WhenFull::Evict);
+    let t = o.t();
+    let h = hashes(9).next().unwrap();
+    let fp = Packed::fp_of(h);
+    let a = h as usize & t.mask;
+    let off = t.off_of(fp);
+    let (g, d) = Packed::group_of(a, off);
+    let i = Intent {
+        seq: 1,
+        op: Op::Claim,
+        pending: true,
+        member: (d % GROUP) as u8,
+        tgt_other: a != d,
+        tgt_slot: 2,
+        tgt_gen: 0,
+        fp,
+        ..Intent::FRESH
+    };
+    t.intent(g).compare_exchange(0, i.to_bits()).unwrap();
+    assert!(verdict(t.decide(h, 1, S, true)).allowed);
+    assert!(!Intent::from_bits(t.intent(g).load()).pending);
+    assert_eq!(Slot::from_bits(t.line(a)[2].load()).fp, fp, "the dead claim's slot");
+    assert!(verdict(t.decide(h, 1, S, true)).allowed);
+    assert!(!verdict(t.decide(h, 1, S, true)).allowed, "held once, charged twice");
+    assert_eq!(t.occupancy(), 1);
+
+    // A move frozen half-way (its source frozen, its target not yet
+    // written) by a dead process: a check of the key completes it.
+    let x = a;
+    let j = 2;
+    let y = x ^ off;
+    let w = Slot::from_bits(t.line(x)[j].load());
+    let m = Intent {
+        seq: 2,
+        op: Op::Move,
+        pending: true,
+        member: (d % GROUP) as u8,
+        tgt_other: y != d,
+        tgt_slot: 1,
+        src_slot: j as u8,
+        tgt_gen: 0,
+        src_gen: w.gen,
+        off: off as u32,
+        ..Intent::FRESH
+    };
+    t.intent(g).compare_exchange(i.done().to_bits(), m.to_bits()).unwrap();
+    t.line(x)[j].compare_exchange(w.to_bits(), w.bumped(true).to_bits()).unwrap();
+    assert!(!verdict(t.decide(h, 1, S, true)).allowed, "the state moved with the key");
+    assert_eq!(Slot::from_bits(t.line(y)[1].load()).fp, fp, "completed into its target");
+    assert!(Slot::from_bits(t.line(x)[j].load()).is_empty());
+    assert_single_and_thawed(&t);
+}
+
+#[test]
+fn a_frozen_word_no_move_explains_is_thawed_with_its_state() {
+    // Only a corrupt file has one: a check must neither hang nor lose it.
+    let o = packed("2/hour", 64, WhenFull::Evict);
+    let t = o.t();
+    let h = hashes(10).next().unwrap();
+    assert!(verdict(t.decide(h, 1, S, true)).allowed);
+    let (x, j, w) = words(&t)[0];
+    t.line(x)[j].compare_exchange(w.to_bits(), w.bumped(true).to_bits()).unwrap();
+    assert!(verdict(t.decide(h, 1, S, true)).allowed, "thawed, with one charge");
+    assert!(!verdict(t.decide(h, 1, S, true)).allowed);
+    assert_single_and_thawed(&t);
+}
+
+#[test]
+fn a_step_of_a_finished_move_never_lands_when_the_key_comes_back() {
+    // The ABA of the README's first draft: a helper of move M1 stalls; M1
+    // completes; the key moves back into M1's source slot, with the same
+    // state. The stalled helper, replayed now with M1's intent reinstated
+    // as pending (the worst it could see), must change nothing: every step
+    // names generations the slots have left.
+    let o = packed("2/hour", 64, WhenFull::Evict);
+    let t = o.t();
+    let h = hashes(11).next().unwrap();
+    assert!(verdict(t.decide(h, 1, S, true)).allowed);
+    let fp = Packed::fp_of(h);
+    let off = t.off_of(fp);
+    let (x, j, w) = words(&t)[0];
+    let y = x ^ off;
+    let (g, d) = Packed::group_of(x, off);
+    let move_of = |slot: usize, w: Slot, to: usize, e: u32| Intent {
+        op: Op::Move,
+        member: (d % GROUP) as u8,
+        tgt_other: to != d,
+        tgt_slot: 0,
+        src_slot: slot as u8,
+        tgt_gen: e,
+        src_gen: w.gen,
+        off: off as u32,
+        ..Intent::FRESH
+    };
+    let m1 = move_of(j, w, y, 0);
+    let snap = t.intent(g).load();
+    t.propose(g, snap, m1, S).unwrap();
+    let (y2, j2, w2) = words(&t)[0];
+    assert_eq!((y2, j2), (y, 0));
+    let e_back = Slot::from_bits(t.line(x)[j].load()).gen;
+    let m2 = move_of(0, w2, x, e_back);
+    let m2 = Intent { tgt_slot: j as u8, ..m2 };
+    let snap2 = t.intent(g).load();
+    t.propose(g, snap2, m2, S).unwrap();
+    let back = Slot::from_bits(t.line(x)[j].load());
+    assert_eq!((back.fp, back.state, back.frozen), (w.fp, w.state, false));
+    // Replay M1 as pending (the stalled helper's view).
+    let stale = Intent {
+        seq: Intent::from_bits(snap).seq.wrapping_add(1),
+        pending: true,
+        ..m1
+    };
+    let now_bits = t.intent(g).load();
+    t.intent(g).compare_exchange(now_bits, stale.to_bits()).unwrap();
+    let before: Vec<_> = words(&t);
+    t.complete(g, stale.to_bits(), S);
+    assert_eq!(words(&t), before, "a finished move's step landed");
+    assert_single_and_thawed(&t);
+}
+
+#[test]
+fn a_table_of_random_bytes_neither_panics_nor_hangs() {
+    // A corrupt or hostile file: every word random. Checks, refunds and
+    // resets of any key return, and afterwards no key is held twice that
+    // the table itself put there.
+    for seed in 0..20u64 {
+        let o = packed("5/second", 256, WhenFull::Evict);
+        let t = o.t();
+        let mut r = hashes(seed * 7919);
+        for u in o.mem.units() {
+            let v = (r.next().unwrap() as u128) << 64 | r.next().unwrap() as u128;
+            // Keep GCRA states below the limit a valid writer keeps.
+            let _ = u.compare_exchange(0, v & !(1u128 << 127));
+        }
+        for (i, h) in hashes(seed).take(500).enumerate() {
+            let now = S * (i as u64 % 50);
+            match i % 4 {
+                0 | 1 => {
+                    t.decide(h, 1, now, true);
+                }
+                2 => {
+                    t.refund(h, 1, now);
+                }
+                _ => {
+                    t.reset(h);
+                }
+            }
+        }
+        t.occupancy();
+        t.reset_all();
+    }
+}
