@@ -29,13 +29,33 @@ impl Owned {
 
 /// The smallest table (one group) for `spec`.
 fn table(spec: &str) -> Arc<Owned> {
+    table_of(spec, GROUP)
+}
+
+/// A table of `buckets` buckets for `spec`.
+fn table_of(spec: &str, buckets: usize) -> Arc<Owned> {
     let layout = layout_for(&parse(spec).unwrap(), None).unwrap();
-    let units = Shape::units_needed(GROUP);
+    let units = Shape::units_needed(buckets);
     let mem = Memory::heap(units).unwrap();
     Arc::new(Owned {
-        shape: Shape::new(layout.first, WhenFull::Evict, GROUP, units, 0),
+        shape: Shape::new(layout.first, WhenFull::Evict, buckets, units, 0),
         mem,
     })
+}
+
+/// Puts key `h` in empty slot `j` of bucket `x` with state `state`, as a
+/// claim and charges would have (the setup of a model, before its threads).
+fn put(t: &Packed<'_>, x: usize, j: usize, h: u64, state: u64) {
+    let w = Slot::from_bits(t.line(x)[j].load());
+    assert!(w.is_empty());
+    let k = Slot {
+        fp: Packed::fp_of(h),
+        gen: w.gen + 1,
+        frozen: false,
+        state,
+        ovr: false,
+    };
+    t.line(x)[j].compare_exchange(w.to_bits(), k.to_bits()).unwrap();
 }
 
 /// The `n`th key hash whose first bucket is `a` and second `b` (searched:
@@ -97,7 +117,7 @@ fn commit_move(t: &Packed<'_>, x: usize, j: usize, k: usize) -> (usize, Intent) 
         src_slot: j as u8,
         tgt_gen: Slot::from_bits(t.line(y)[k].load()).gen,
         src_gen: w.gen,
-        off: off as u32,
+        fp: w.fp,
         ..Intent::FRESH
     };
     t.intent(g).compare_exchange(snap, m.to_bits()).unwrap();
@@ -154,23 +174,18 @@ fn loom_packed_a_charge_racing_a_move_of_its_key_is_kept_and_the_key_stays_singl
 #[test]
 fn loom_packed_a_claim_and_a_move_racing_for_one_empty_slot_keep_every_key_single() {
     loom::model(|| {
-        let o = table("3/hour");
+        // Two groups: K (buckets 0 and 4, group 0) moves from bucket 0 into
+        // bucket 4's free slot, while J (buckets 4 and 5, group 1: another
+        // intent) claims that same slot (its first bucket, on a tie with 5).
+        let o = table_of("3/hour", 8);
         let t = o.t();
-        // K lives in bucket 0 (pair 0/1); bucket 1 has one empty slot left,
-        // which K's move and J's claim both want.
-        let k = key(&t, 0, 1, 0);
-        let f = key(&t, 1, 0, 0);
-        assert!(allowed(t.decide(f, 1, S, true)));
-        assert!(allowed(t.decide(k, 1, S, true)));
-        let kx = words(&t).into_iter().find(|w| w.2.fp == Packed::fp_of(k)).unwrap();
-        assert_eq!(kx.0, 0, "{:?} k={k:x} f={f:x}", words(&t));
-        let free = (0..WAYS)
-            .find(|&s| Slot::from_bits(t.line(1)[s].load()).is_empty())
-            .unwrap();
-        let (g, m) = commit_move(&t, kx.0, kx.1, free);
-        // J's buckets are 1 and 0, one free slot each: it claims bucket 1's
-        // (its first, on a tie) unless the move took it.
-        let jh = key(&t, 1, 0, 1);
+        let (k, f, g5, jh) = (key(&t, 0, 4, 0), key(&t, 4, 5, 0), key(&t, 5, 6, 0), key(&t, 4, 5, 1));
+        let charged = S + 1200 * S; // one request of three an hour, at S
+        put(&t, 0, 0, k, charged);
+        put(&t, 4, 0, f, charged);
+        put(&t, 5, 0, g5, charged);
+        let (g, m) = commit_move(&t, 0, 0, 1);
+        assert_ne!(g, Packed::group_of(4, 4 ^ 5).0);
         let claimer = {
             let o = o.clone();
             thread::spawn(move || allowed(o.t().decide(jh, 1, S, true)))
@@ -183,11 +198,9 @@ fn loom_packed_a_claim_and_a_move_racing_for_one_empty_slot_keep_every_key_singl
         };
         assert!(claimer.join().unwrap());
         helper.join().unwrap();
-        for h in [k, f, jh] {
-            assert!(single(&t, h).is_some(), "a key was lost");
-            assert!(allowed(t.decide(h, 1, S, true)));
-            assert!(allowed(t.decide(h, 1, S, true)));
-            assert!(!allowed(t.decide(h, 1, S, true)), "a key lost its charge");
+        assert!(single(&t, jh).is_some());
+        for h in [k, f, g5] {
+            assert_eq!(single(&t, h).map(|w| w.state), Some(charged), "a key was lost");
         }
     });
 }
@@ -195,21 +208,19 @@ fn loom_packed_a_claim_and_a_move_racing_for_one_empty_slot_keep_every_key_singl
 #[test]
 fn loom_packed_an_eviction_racing_a_move_of_its_victim_keeps_every_key_single() {
     loom::model(|| {
-        let o = table("2/hour");
+        // V (buckets 4 and 0, group 0) moves from bucket 4 to bucket 0,
+        // while N (buckets 4 and 5, group 1), finding both full, evicts
+        // (V is the soonest to expire) or makes room.
+        let o = table_of("2/hour", 8);
         let t = o.t();
-        // Buckets 0 and 1 full (2 keys each); V (in bucket 0) is being
-        // moved to bucket 2 (pair 0/2) while a new key N of pair 0/1 must
-        // evict (or wait for the slot the move frees).
-        let v = key(&t, 0, 2, 0);
-        let others = [key(&t, 0, 1, 0), key(&t, 1, 0, 0), key(&t, 1, 0, 1)];
-        assert!(allowed(t.decide(v, 1, S, true)));
-        for (i, &h) in others.iter().enumerate() {
-            assert!(allowed(t.decide(h, 1, S + 1 + i as u64, true)));
-        }
-        let vx = words(&t).into_iter().find(|w| w.2.fp == Packed::fp_of(v)).unwrap();
-        assert_eq!(vx.0, 0, "V placed in its first bucket");
-        let (g, m) = commit_move(&t, vx.0, vx.1, 0);
-        let n = key(&t, 0, 1, 1);
+        let (v, x, y, z) = (key(&t, 4, 0, 0), key(&t, 4, 5, 0), key(&t, 5, 6, 0), key(&t, 5, 6, 1));
+        put(&t, 4, 0, v, S + 10);
+        put(&t, 4, 1, x, S + 20);
+        put(&t, 5, 0, y, S + 30);
+        put(&t, 5, 1, z, S + 40);
+        let (g, m) = commit_move(&t, 4, 0, 0);
+        let n = key(&t, 4, 5, 1);
+        assert_ne!(g, Packed::group_of(4, 4 ^ 5).0);
         let claimer = {
             let o = o.clone();
             thread::spawn(move || allowed(o.t().decide(n, 1, S, true)))
@@ -223,10 +234,10 @@ fn loom_packed_an_eviction_racing_a_move_of_its_victim_keeps_every_key_single() 
         assert!(claimer.join().unwrap());
         helper.join().unwrap();
         assert!(single(&t, n).is_some());
-        for h in [v, others[0], others[1], others[2]] {
-            // Each is held once, or was evicted; one that is held kept its charge.
+        for (h, state) in [(v, S + 10), (x, S + 20), (y, S + 30), (z, S + 40)] {
+            // Each is held once with its state, or was evicted.
             if let Some(w) = single(&t, h) {
-                assert!(w.state > S, "a held key lost its state");
+                assert_eq!(w.state, state, "a held key lost its state");
             }
         }
     });

@@ -185,7 +185,6 @@ impl Shape {
     /// one GCRA limit.
     pub fn new(limit: LimitParams, when_full: WhenFull, buckets: usize, units: usize, base: usize) -> Shape {
         assert!(buckets.is_power_of_two() && buckets >= GROUP);
-        assert!(buckets <= 1 << 32, "a bucket offset must fit an intent's 32 bits");
         assert_eq!(limit.algorithm, algo::Algorithm::Gcra);
         assert!(units >= base + Self::units_needed(buckets));
         let aligned = base.next_multiple_of(4);
@@ -399,7 +398,7 @@ impl<'a> Packed<'a> {
             tgt_other: x != d,
             tgt_slot: j as u8,
             tgt_gen: w.gen,
-            off: off as u32,
+            fp: w.fp,
             ..Intent::FRESH
         }, now);
     }
@@ -412,7 +411,7 @@ impl<'a> Packed<'a> {
         let prev = Intent::from_bits(i);
         debug_assert!(!prev.pending);
         let t = Intent {
-            seq: prev.seq.wrapping_add(1),
+            seq: prev.seq.wrapping_add(1) & word::SEQ_MASK,
             pending: true,
             ..t
         };
@@ -450,7 +449,7 @@ impl<'a> Packed<'a> {
     #[inline(always)]
     fn slot_of(&self, g: usize, t: &Intent, other: bool, slot: u8) -> (usize, &'a Atomic128) {
         let d = g * GROUP + t.member as usize;
-        let off = if t.op == Op::Claim { self.off_of(t.fp) } else { t.off as usize };
+        let off = self.off_of(t.fp);
         let x = if other { (d ^ off) & self.mask } else { d };
         (x, &self.line(x)[slot as usize % WAYS])
     }
@@ -542,12 +541,14 @@ impl<'a> Packed<'a> {
             }
             // The target still as proposed (empty), or holding the copy.
             let tgt_free = tw.gen == e && tw.is_empty();
-            let tgt_copy = tw.gen == next_gen(e) && tw.frozen;
+            let tgt_copy = tw.gen == next_gen(e) && tw.frozen && tw.fp == t.fp;
             let step = match gens_since(sw.gen, p) {
                 // 1: freeze the live source, while the target is free;
                 // else undo: bump it, so that no late freeze lands.
-                0 if sw.is_live() => src.compare_exchange(sv, sw.bumped(tgt_free).to_bits()),
-                1 if sw.frozen && sw.fp != 0 => {
+                0 if sw.is_live() && sw.fp == t.fp => {
+                    src.compare_exchange(sv, sw.bumped(tgt_free).to_bits())
+                }
+                1 if sw.frozen && sw.fp == t.fp => {
                     if tgt_free {
                         // 2: copy, frozen, into the target.
                         let copy = Slot {
@@ -555,7 +556,7 @@ impl<'a> Packed<'a> {
                             ..sw
                         };
                         tgt.compare_exchange(tv, copy.to_bits())
-                    } else if tgt_copy && tw.fp == sw.fp {
+                    } else if tgt_copy {
                         // 3: empty the source.
                         src.compare_exchange(sv, Slot::empty(next_gen(sw.gen)).to_bits())
                     } else {
@@ -563,8 +564,11 @@ impl<'a> Packed<'a> {
                         src.compare_exchange(sv, sw.bumped(false).to_bits())
                     }
                 }
-                // 4: the source is empty (step 3 done): unfreeze the target.
-                2 if sw.is_empty() && tgt_copy => tgt.compare_exchange(tv, tw.bumped(false).to_bits()),
+                // 4: the source has left `p + 1` frozen: emptied by step 3
+                // (perhaps claimed again since), or unfrozen by an undo. The
+                // copy exists only after step 2, and an undo happens only
+                // before it, so a copy means step 3 is done: unfreeze it.
+                _ if tgt_copy => tgt.compare_exchange(tv, tw.bumped(false).to_bits()),
                 // Done, undone, or the source was evicted before its freeze.
                 _ => return,
             };
@@ -706,7 +710,7 @@ impl<'a> Packed<'a> {
                         src_slot: i as u8,
                         tgt_gen: e,
                         src_gen: w.gen,
-                        off: off as u32,
+                        fp: w.fp,
                         ..Intent::FRESH
                     }, now);
                     return true;
@@ -783,7 +787,7 @@ impl<'a> Packed<'a> {
             tgt_other: x != d,
             tgt_slot: j as u8,
             tgt_gen: Slot::from_bits(v).gen,
-            off: off as u32,
+            fp: Slot::from_bits(v).fp,
             ..Intent::FRESH
         };
         self.propose(g, snap, t, 0).is_some()

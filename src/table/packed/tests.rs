@@ -1,4 +1,4 @@
-use super::word::{Intent, Op, Slot, FP_MASK, GEN_MASK, STATE_MASK};
+use super::word::{Intent, Op, Slot, FP_MASK, GEN_MASK, SEQ_MASK, STATE_MASK};
 use super::*;
 use crate::engine::layout_for;
 use crate::policy::parse;
@@ -108,25 +108,39 @@ fn slot_and_intent_fields_round_trip_through_their_bit_layout() {
     assert_eq!(Slot::from_bits(w.bumped(false).to_bits()).gen, 0, "generations wrap");
     for op in [Op::Claim, Op::Move, Op::Reset, Op::Thaw] {
         let i = Intent {
-            seq: u32::MAX,
+            seq: SEQ_MASK,
             op,
             pending: true,
             member: 3,
             tgt_other: true,
             tgt_slot: 3,
-            src_slot: if op == Op::Move { 2 } else { 0 },
-            ovr: op == Op::Claim,
             tgt_gen: GEN_MASK,
-            fp: if op == Op::Claim { FP_MASK } else { 0 },
-            src_gen: if op == Op::Claim { 0 } else { GEN_MASK - 1 },
-            off: if op == Op::Claim { 0 } else { u32::MAX },
+            fp: FP_MASK,
+            ovr: op == Op::Claim,
+            src_slot: if op == Op::Move { 3 } else { 0 },
+            src_gen: if op == Op::Move { GEN_MASK - 1 } else { 0 },
         };
         assert_eq!(Intent::from_bits(i.to_bits()), i, "{op:?}");
         assert_eq!(Intent::from_bits(i.done().to_bits()), i.done());
+        assert_eq!(Intent::done_bits(i.to_bits()), i.done().to_bits());
     }
+    let m = Intent {
+        op: Op::Move,
+        seq: SEQ_MASK,
+        pending: true,
+        member: 3,
+        tgt_other: true,
+        tgt_slot: 3,
+        tgt_gen: GEN_MASK,
+        fp: FP_MASK,
+        src_slot: 3,
+        src_gen: GEN_MASK,
+        ovr: false,
+    };
+    assert_eq!(m.to_bits() | 7 << 30, u128::MAX, "a move's intent uses every bit");
     assert_eq!(Intent::from_bits(0), Intent::FRESH);
     // An op no writer uses (a corrupt file) reads as none.
-    assert_eq!(Intent::from_bits(7 << 32).op, Op::None);
+    assert_eq!(Intent::from_bits(7 << 30).op, Op::None);
 }
 
 #[test]
@@ -381,7 +395,7 @@ fn a_pending_transaction_left_by_a_killed_process_is_completed_by_the_next_check
         src_slot: j as u8,
         tgt_gen: 0,
         src_gen: w.gen,
-        off: off as u32,
+        fp: w.fp,
         ..Intent::FRESH
     };
     t.intent(g).compare_exchange(i.done().to_bits(), m.to_bits()).unwrap();
@@ -430,7 +444,7 @@ fn a_step_of_a_finished_move_never_lands_when_the_key_comes_back() {
         src_slot: slot as u8,
         tgt_gen: e,
         src_gen: w.gen,
-        off: off as u32,
+        fp: w.fp,
         ..Intent::FRESH
     };
     let m1 = move_of(j, w, y, 0);

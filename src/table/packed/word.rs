@@ -135,18 +135,17 @@ impl Op {
 ///
 /// | bits     | field     | meaning                                              |
 /// |----------|-----------|------------------------------------------------------|
-/// | 0..32    | seq       | the transaction's sequence number in its group        |
-/// | 32..35   | op        | [`Op`]                                                |
-/// | 35       | pending   | not every step is done yet                            |
-/// | 36..38   | member    | the key's designated bucket within the group          |
-/// | 38       | tgt_other | the target slot is in the key's other bucket          |
-/// | 39..41   | tgt_slot  | the target slot within its bucket                     |
-/// | 41..43   | src_slot  | Move: the source slot, in the target's partner bucket |
-/// | 43       | ovr       | Claim: the key has a quota override                   |
-/// | 44..68   | tgt_gen   | the target slot's generation the transaction acts on |
-/// | 68..107  | fp        | Claim: the key's fingerprint                          |
-/// | 68..92   | src_gen   | Move: the source slot's generation                    |
-/// | 92..124  | off       | Move, Reset, Thaw: the key's bucket offset (partner = bucket XOR off) |
+/// | 0..30    | seq       | the transaction's sequence number in its group (wraps at 2^30) |
+/// | 30..33   | op        | [`Op`]                                                |
+/// | 33       | pending   | not every step is done yet                            |
+/// | 34..36   | member    | the key's designated bucket within the group          |
+/// | 36       | tgt_other | the target slot is in the key's other bucket          |
+/// | 37..39   | tgt_slot  | the target slot within its bucket                     |
+/// | 39..63   | tgt_gen   | the target slot's generation the transaction acts on |
+/// | 63..102  | fp        | the key's fingerprint (its other bucket follows)      |
+/// | 102      | ovr       | Claim: the key has a quota override                   |
+/// | 102..104 | src_slot  | Move: the source slot, in the target's partner bucket |
+/// | 104..128 | src_gen   | Move: the source slot's generation                    |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Intent {
     pub seq: u32,
@@ -155,13 +154,18 @@ pub(super) struct Intent {
     pub member: u8,
     pub tgt_other: bool,
     pub tgt_slot: u8,
-    pub src_slot: u8,
-    pub ovr: bool,
     pub tgt_gen: u32,
     pub fp: u64,
+    pub ovr: bool,
+    pub src_slot: u8,
     pub src_gen: u32,
-    pub off: u32,
 }
+
+/// Bits of an intent's seq.
+pub(super) const SEQ_MASK: u32 = (1 << 30) - 1;
+
+/// The pending bit of an intent word.
+const PENDING: u128 = 1 << 33;
 
 impl Intent {
     /// A group's state before its first transaction.
@@ -172,56 +176,53 @@ impl Intent {
         member: 0,
         tgt_other: false,
         tgt_slot: 0,
-        src_slot: 0,
-        ovr: false,
         tgt_gen: 0,
         fp: 0,
+        ovr: false,
+        src_slot: 0,
         src_gen: 0,
-        off: 0,
     };
 
     #[inline(always)]
     pub fn from_bits(v: u128) -> Intent {
-        let op = Op::from_bits(((v >> 32) & 7) as u8);
-        let claim = op == Op::Claim;
+        let op = Op::from_bits(((v >> 30) & 7) as u8);
+        let moves = op == Op::Move;
         Intent {
-            seq: v as u32,
+            seq: v as u32 & SEQ_MASK,
             op,
-            pending: (v >> 35) & 1 != 0,
-            member: ((v >> 36) & 3) as u8,
-            tgt_other: (v >> 38) & 1 != 0,
-            tgt_slot: ((v >> 39) & 3) as u8,
-            src_slot: ((v >> 41) & 3) as u8,
-            ovr: (v >> 43) & 1 != 0,
-            tgt_gen: ((v >> 44) as u32) & GEN_MASK,
-            fp: if claim { ((v >> 68) as u64) & FP_MASK } else { 0 },
-            src_gen: if claim { 0 } else { ((v >> 68) as u32) & GEN_MASK },
-            off: if claim { 0 } else { (v >> 92) as u32 },
+            pending: v & PENDING != 0,
+            member: ((v >> 34) & 3) as u8,
+            tgt_other: (v >> 36) & 1 != 0,
+            tgt_slot: ((v >> 37) & 3) as u8,
+            tgt_gen: ((v >> 39) as u32) & GEN_MASK,
+            fp: ((v >> 63) as u64) & FP_MASK,
+            ovr: op == Op::Claim && (v >> 102) & 1 != 0,
+            src_slot: if moves { ((v >> 102) & 3) as u8 } else { 0 },
+            src_gen: if moves { ((v >> 104) as u32) & GEN_MASK } else { 0 },
         }
     }
 
     #[inline(always)]
     pub fn to_bits(self) -> u128 {
-        let mut v = self.seq as u128
-            | (self.op as u128) << 32
-            | (self.pending as u128) << 35
-            | ((self.member & 3) as u128) << 36
-            | (self.tgt_other as u128) << 38
-            | ((self.tgt_slot & 3) as u128) << 39
-            | ((self.src_slot & 3) as u128) << 41
-            | (self.ovr as u128) << 43
-            | ((self.tgt_gen & GEN_MASK) as u128) << 44;
-        if self.op == Op::Claim {
-            v |= ((self.fp & FP_MASK) as u128) << 68;
-        } else {
-            v |= ((self.src_gen & GEN_MASK) as u128) << 68 | (self.off as u128) << 92;
+        let mut v = (self.seq & SEQ_MASK) as u128
+            | (self.op as u128) << 30
+            | if self.pending { PENDING } else { 0 }
+            | ((self.member & 3) as u128) << 34
+            | (self.tgt_other as u128) << 36
+            | ((self.tgt_slot & 3) as u128) << 37
+            | ((self.tgt_gen & GEN_MASK) as u128) << 39
+            | ((self.fp & FP_MASK) as u128) << 63;
+        match self.op {
+            Op::Claim => v |= (self.ovr as u128) << 102,
+            Op::Move => v |= ((self.src_slot & 3) as u128) << 102 | ((self.src_gen & GEN_MASK) as u128) << 104,
+            _ => {}
         }
         v
     }
 
     /// The intent word `bits`, marked done (every other bit as it is).
     pub fn done_bits(bits: u128) -> u128 {
-        bits & !(1 << 35)
+        bits & !PENDING
     }
 
     /// This transaction, marked done.
