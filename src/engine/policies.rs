@@ -170,12 +170,10 @@ fn region_units(layout: &Layout, buckets: usize) -> usize {
     TABLE_BASE + Table::units_needed(layout, buckets)
 }
 
-/// `region_units`, or `None` if it overflows (`buckets` from a shared
-/// file is hostile). A table's units grow linearly with its buckets.
+/// `region_units`, or `None` if it overflows or `buckets` is no valid
+/// count for the layout (`buckets` from a shared file is hostile).
 fn region_units_checked(layout: &Layout, buckets: usize) -> Option<usize> {
-    Table::units_needed(layout, 1)
-        .checked_mul(buckets)?
-        .checked_add(TABLE_BASE)
+    Table::units_needed_checked(layout, buckets)?.checked_add(TABLE_BASE)
 }
 
 /// Validates a parsed spec against the engine's limits and lays it out.
@@ -240,7 +238,7 @@ impl Engine {
             return Err(Error::TooManyPolicies(MAX_POLICIES));
         }
         let layout = layout_for(&parsed, options.penalty)?;
-        let buckets = Table::buckets_for(capacity);
+        let buckets = Table::buckets_for(&layout, capacity);
         let mem = Memory::heap(region_units(&layout, buckets))?;
         let seed = self.seed.for_policy(n as u32);
         let policy = Policy::new(name, parsed, layout, options, buckets, mem, seed);
@@ -291,7 +289,7 @@ impl Engine {
             }
         }
         let layout = layout_for(&parsed, options.penalty)?;
-        let buckets = Table::buckets_for(capacity);
+        let buckets = Table::buckets_for(&layout, capacity);
         let bytes = region_units_checked(&layout, buckets)
             .and_then(|units| (units as u64).checked_mul(16))
             .ok_or_else(|| Error::OutOfMemory(format!("a table of {buckets} buckets")))?;

@@ -75,7 +75,10 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RATEKEEP");
 /// key"), which a version-3 reader would not look in.
 /// Version 5: an intent's op has 4 bits and its slot 3, for MOVE and
 /// MOVE-IN (table, "Moving a key"); a version-4 reader would misread them.
-pub(crate) const LAYOUT_VERSION: u32 = 5;
+/// Version 6: a policy of one GCRA limit keeps the packed table (table,
+/// `packed.rs`: 16-byte words, four to a bucket, an intent per four
+/// buckets); a version-5 reader would read it as a slots table.
+pub(crate) const LAYOUT_VERSION: u32 = 6;
 /// The magic word while the file is being reset for a new boot (or left so
 /// by a crash during a reset, which the next open completes).
 pub(crate) const MAGIC_RESETTING: u64 = u64::from_le_bytes(*b"RKRESET!");

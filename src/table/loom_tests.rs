@@ -17,7 +17,7 @@ const S: u64 = 1_000_000_000;
 
 /// A one-bucket table for `spec`.
 fn table(spec: &str) -> Arc<Table> {
-    let layout = layout_for(&parse(spec).unwrap(), None).unwrap();
+    let layout = layout_for(&parse(spec).unwrap(), None).unwrap().unpacked();
     let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
     Arc::new(Table::new(layout, WhenFull::Evict, 1, mem, 0))
 }
@@ -271,7 +271,9 @@ fn loom_racing_strikes_start_exactly_one_ban() {
 #[test]
 fn loom_an_override_set_while_its_key_is_claimed_always_reaches_the_slot() {
     loom::model(|| {
-        let layout = layout_for(&parse("2/second").unwrap(), None).unwrap();
+        let layout = layout_for(&parse("2/second").unwrap(), None)
+            .unwrap()
+            .unpacked();
         let units = Table::units_needed(&layout, 1);
         let mem = Memory::heap(2 + units).unwrap();
         let t = Arc::new(Table::with_overrides(
@@ -454,7 +456,7 @@ fn loom_a_second_release_never_frees_a_lease_taken_in_between() {
 /// A two-bucket table for `spec`: every key's first bucket is its hash's
 /// low bit, its second the other bucket.
 fn table2(spec: &str) -> Arc<Table> {
-    let layout = layout_for(&parse(spec).unwrap(), None).unwrap();
+    let layout = layout_for(&parse(spec).unwrap(), None).unwrap().unpacked();
     let mem = Memory::heap(Table::units_needed(&layout, 2)).unwrap();
     Arc::new(Table::new(layout, WhenFull::Evict, 2, mem, 0))
 }

@@ -1,6 +1,12 @@
 //! The sharded atomic table: fixed capacity, allocated once, updated by
 //! compare-and-swap only.
 //!
+//! A policy of one GCRA limit and no penalty box (`Layout::packed`) keeps
+//! the packed table instead (`packed/`: one 16-byte word per key, four to a
+//! line); [`Table`] hands every operation of such a policy to it, and
+//! everything below describes the *slots table* that every other policy
+//! keeps.
+//!
 //! # Layout
 //!
 //! A table is an array of buckets; a key lives in one of two buckets its
@@ -186,9 +192,6 @@
 mod lease;
 pub(crate) mod memory;
 mod overrides;
-// Built and tested, not yet used by the engine (issue #14): the next step
-// wires it behind the store seam.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod packed;
 mod txn;
 mod words;
@@ -284,15 +287,30 @@ pub(crate) struct Layout {
     /// Penalty box, with its two words at `penalty_offset`.
     pub penalty: Option<Penalty>,
     pub penalty_offset: usize,
+    /// One GCRA limit and nothing else: the table is the packed one
+    /// (`packed.rs`: one 16-byte word per key).
+    pub packed: bool,
 }
 
 impl Layout {
+    /// This layout on the slots table even if it could be packed (tests of
+    /// that table's protocol).
+    #[cfg(test)]
+    pub fn unpacked(self) -> Layout {
+        Layout {
+            packed: false,
+            ..self
+        }
+    }
+
     pub fn new(limits: Vec<LimitParams>, penalty: Option<Penalty>) -> Layout {
         let limit_words: usize = limits.iter().map(|l| l.words()).sum();
         let words = limit_words + if penalty.is_some() { 2 } else { 0 };
         let concurrency = limits.len() == 1 && limits[0].algorithm == Algorithm::Concurrency;
+        let single_word = words == 1 && !concurrency;
         Layout {
-            single_word: words == 1 && !concurrency,
+            packed: single_word && limits[0].algorithm == Algorithm::Gcra,
+            single_word,
             first: limits[0],
             concurrency,
             words,
@@ -521,17 +539,48 @@ pub(crate) struct Table {
     /// [`MOVE_SKIP`] when a search finds nothing (see [`Table::make_room`]).
     /// Per process, not in the shared file.
     move_skip: HintU32,
+    /// The packed table's shape, for a `layout.packed` policy: every
+    /// operation goes there (over `mem`), and the fields above for slots
+    /// tables go unused.
+    packed: Option<packed::Shape>,
 }
 
 impl Table {
-    /// Units a table of `buckets` buckets needs for `layout`.
-    pub fn units_needed(layout: &Layout, buckets: usize) -> usize {
-        buckets * (2 + SLOTS + SLOTS * layout.words)
+    /// Units a table of `buckets` buckets needs for `layout`, or `None` if
+    /// that overflows or `buckets` is not a valid count for it (a count
+    /// from a shared file is hostile).
+    pub fn units_needed_checked(layout: &Layout, buckets: usize) -> Option<usize> {
+        if !buckets.is_power_of_two() {
+            return None;
+        }
+        if layout.packed {
+            if buckets < packed::GROUP {
+                return None;
+            }
+            // `Shape::units_needed` is at most this: no overflow past here.
+            buckets.checked_mul(packed::WAYS + 1)?.checked_add(3)?;
+            return Some(packed::Shape::units_needed(buckets));
+        }
+        buckets.checked_mul(2 + SLOTS + SLOTS * layout.words)
     }
 
-    /// Buckets for at least `capacity` keys (a power of two).
-    pub fn buckets_for(capacity: usize) -> usize {
+    /// Units a table of `buckets` buckets (from `buckets_for`) needs for `layout`.
+    pub fn units_needed(layout: &Layout, buckets: usize) -> usize {
+        Self::units_needed_checked(layout, buckets).expect("a valid bucket count")
+    }
+
+    /// Buckets for at least `capacity` keys with `layout` (a power of two).
+    pub fn buckets_for(layout: &Layout, capacity: usize) -> usize {
+        if layout.packed {
+            return packed::Shape::buckets_for(capacity);
+        }
         capacity.div_ceil(SLOTS).next_power_of_two().max(1)
+    }
+
+    /// The packed table, for a packed layout.
+    #[inline(always)]
+    fn packed(&self) -> Option<packed::Packed<'_>> {
+        self.packed.as_ref().map(|s| s.over(self.mem.units()))
     }
 
     /// A table over `mem[base..]`, which must hold `units_needed(layout,
@@ -560,9 +609,13 @@ impl Table {
     ) -> Table {
         assert!(buckets.is_power_of_two());
         let bucket_units = 2 + SLOTS + SLOTS * layout.words;
-        assert!(mem.units().len() >= base + buckets * bucket_units);
+        assert!(mem.units().len() >= base + Self::units_needed(&layout, buckets));
         assert!(overrides_base + overrides_len <= base || overrides_len == 0);
+        let packed = layout
+            .packed
+            .then(|| packed::Shape::new(layout.first, when_full, buckets, mem.units().len(), base));
         Table {
+            packed,
             layout,
             when_full,
             mask: buckets - 1,
@@ -582,11 +635,17 @@ impl Table {
 
     /// Keys the table can hold.
     pub fn capacity(&self) -> usize {
+        if let Some(p) = &self.packed {
+            return p.capacity();
+        }
         (self.mask + 1) * SLOTS
     }
 
     /// Bytes of memory the table uses.
     pub fn bytes(&self) -> usize {
+        if let Some(p) = &self.packed {
+            return p.bytes();
+        }
         (self.mask + 1) * self.bucket_units * std::mem::size_of::<Atomic128>()
     }
 
@@ -687,6 +746,9 @@ impl Table {
     pub fn fresh_verdict(&self, h: u64, cost: u64, now: u64) -> Verdict {
         let now = now.min(algo::MAX_TIME_NS);
         let factor = self.override_of(h);
+        if let Some(p) = self.packed() {
+            return p.fresh_verdict(factor, cost, now);
+        }
         if self.layout.single_word && factor == 0 {
             // The step a located key of a single-word policy takes
             // (`single_at`), on the fresh state: what a flood of new keys
@@ -1146,6 +1208,15 @@ impl Table {
         if !self.layout.single_word {
             return None;
         }
+        if let Some(p) = self.packed() {
+            let (bucket, slot, key) = p.spot_of(h)?;
+            return Some(Spot {
+                bucket,
+                slot,
+                key,
+                ..Spot::EMPTY
+            });
+        }
         let p = self.present(h)?;
         let key = p.b[self.key_unit(p.slot)].load();
         (Word::from_bits(key).hash() == h && Self::still(p.b, &p.snap)).then_some(Spot {
@@ -1174,6 +1245,13 @@ impl Table {
     #[inline(always)]
     pub fn decide_at(&self, s: &Spot, cost: u64, now: u64, mode: Mode) -> Option<Outcome> {
         let now = now.min(algo::MAX_TIME_NS);
+        if let Some(p) = self.packed() {
+            let verdict = p.decide_at(s.bucket, s.slot, s.key, cost, now, mode.charges())?;
+            return Some(Outcome::Decided {
+                verdict,
+                evicted: false,
+            });
+        }
         let b = self.bucket(s.bucket);
         // The key word, then (in `single_at`) the state word, then the
         // intents compared with the spot's: if they are unchanged, both
@@ -1194,6 +1272,9 @@ impl Table {
     /// (Always inlined: the hot path of `check`, where `mode` is a constant.)
     #[inline(always)]
     pub fn decide(&self, h: u64, cost: u64, now: u64, mode: Mode) -> Outcome {
+        if let Some(p) = self.packed() {
+            return p.decide(h, cost, now, mode.charges(), || self.override_of(h));
+        }
         let (charge, strike_denials) = (mode.charges(), mode.strikes());
         let now = now.min(algo::MAX_TIME_NS);
         let mut evicted = false;
@@ -1273,6 +1354,9 @@ impl Table {
     /// Gives back `cost` previously charged to `h`. Returns false if the
     /// key holds no state (never seen, reset or evicted).
     pub fn refund(&self, h: u64, cost: u64, now: u64) -> bool {
+        if let Some(p) = self.packed() {
+            return p.refund(h, cost, now, || self.override_of(h));
+        }
         let now = now.min(algo::MAX_TIME_NS);
         if self.layout.concurrency {
             return false;
@@ -1316,6 +1400,9 @@ impl Table {
 
     /// Forgets all state of `h`. Returns false if there was none.
     pub fn reset(&self, h: u64) -> bool {
+        if let Some(p) = self.packed() {
+            return p.reset(h);
+        }
         loop {
             let Some(Place {
                 b, snap, slot: j, ..
@@ -1334,6 +1421,9 @@ impl Table {
     /// key inserted while it runs may stay). Returns how many keys held
     /// state.
     pub fn reset_all(&self) -> u64 {
+        if let Some(p) = self.packed() {
+            return p.reset_all();
+        }
         let mut count = 0;
         for bi in 0..=self.mask {
             let b = self.bucket(bi);
@@ -1349,6 +1439,9 @@ impl Table {
 
     /// Keys currently held (a scan: for statistics, not the hot path).
     pub fn occupancy(&self) -> u64 {
+        if let Some(p) = self.packed() {
+            return p.occupancy();
+        }
         (0..=self.mask)
             .map(|bi| {
                 let b = self.bucket(bi);

@@ -64,6 +64,10 @@ impl Table {
                 "the policy's override table is full ({n} keys)"
             )));
         }
+        if let Some(p) = self.packed() {
+            p.set_override_flag(h, factor_milli != 0);
+            return Ok(());
+        }
         // Bring the live slot in line; with no slot, a no-op transaction
         // makes any claim proposed from an older snapshot (which may have
         // read the old override) fail and read it again.

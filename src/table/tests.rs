@@ -7,7 +7,7 @@ use crate::policy::parse;
 const S: u64 = 1_000_000_000;
 
 fn table(spec: &str, buckets: usize) -> Table {
-    let layout = layout_for(&parse(spec).unwrap(), None).unwrap();
+    let layout = layout_for(&parse(spec).unwrap(), None).unwrap().unpacked();
     let mem = Memory::heap(Table::units_needed(&layout, buckets)).unwrap();
     Table::new(layout, WhenFull::Evict, buckets, mem, 0)
 }
@@ -181,13 +181,44 @@ fn a_stale_helper_never_rewrites_a_word_of_a_completed_transaction() {
 
 #[test]
 fn capacity_rounds_up_to_whole_power_of_two_buckets() {
-    assert_eq!(Table::buckets_for(1), 1);
-    assert_eq!(Table::buckets_for(8), 1);
-    assert_eq!(Table::buckets_for(9), 2);
-    assert_eq!(Table::buckets_for(65_536), 8192);
-    let t = table("1/second", Table::buckets_for(100));
+    let slots = layout_for(&parse("1/second").unwrap(), None)
+        .unwrap()
+        .unpacked();
+    assert_eq!(Table::buckets_for(&slots, 1), 1);
+    assert_eq!(Table::buckets_for(&slots, 8), 1);
+    assert_eq!(Table::buckets_for(&slots, 9), 2);
+    assert_eq!(Table::buckets_for(&slots, 65_536), 8192);
+    let t = table("1/second", Table::buckets_for(&slots, 100));
     assert_eq!(t.capacity(), 128);
     assert_eq!(t.bytes(), 16 * (2 + 8 + 8) * 16);
+    // The packed layout (one GCRA limit): four 16-byte slots a bucket, at
+    // least one group of four buckets, and one intent word per group.
+    let packed = layout_for(&parse("1/second").unwrap(), None).unwrap();
+    assert!(packed.packed);
+    assert_eq!(Table::buckets_for(&packed, 1), 4);
+    assert_eq!(Table::buckets_for(&packed, 100), 32);
+    assert_eq!(Table::buckets_for(&packed, 65_536), 16_384);
+    assert_eq!(Table::units_needed_checked(&packed, 2), None);
+    assert_eq!(Table::units_needed_checked(&packed, 12), None);
+    assert_eq!(
+        Table::units_needed_checked(&packed, 32),
+        Some(32 * 4 + 8 + 3)
+    );
+    assert_eq!(
+        Table::units_needed_checked(&packed, 1 << 62),
+        None,
+        "overflow"
+    );
+    assert!(
+        !layout_for(&parse("1/second;10/minute").unwrap(), None)
+            .unwrap()
+            .packed
+    );
+    assert!(
+        !layout_for(&parse("fixed_window 1/second").unwrap(), None)
+            .unwrap()
+            .packed
+    );
 }
 
 /// Runs `f` on another thread and fails if it has not returned within a

@@ -7,9 +7,9 @@
 
 use super::word::{Intent, Op, Slot};
 use super::*;
-use crate::table::memory::Memory;
 use crate::engine::layout_for;
 use crate::policy::parse;
+use crate::table::memory::Memory;
 use loom::sync::Arc;
 use loom::thread;
 
@@ -55,7 +55,9 @@ fn put(t: &Packed<'_>, x: usize, j: usize, h: u64, state: u64) {
         state,
         ovr: false,
     };
-    t.line(x)[j].compare_exchange(w.to_bits(), k.to_bits()).unwrap();
+    t.line(x)[j]
+        .compare_exchange(w.to_bits(), k.to_bits())
+        .unwrap();
 }
 
 /// The `n`th key hash whose first bucket is `a` and second `b` (searched:
@@ -133,14 +135,17 @@ fn loom_packed_racing_claims_of_one_new_key_hold_it_once_with_exact_quota() {
         let th: Vec<_> = (0..2)
             .map(|_| {
                 let o = o.clone();
-                thread::spawn(move || allowed(o.t().decide(h, 1, S, true)))
+                thread::spawn(move || allowed(o.t().decide(h, 1, S, true, || 0)))
             })
             .collect();
         let admitted = th.into_iter().map(|j| j.join().unwrap());
         let admitted = admitted.filter(|&a| a).count();
         assert_eq!(admitted, 2);
         assert!(single(&t, h).is_some());
-        assert!(!allowed(t.decide(h, 1, S, true)), "a third request over a limit of two");
+        assert!(
+            !allowed(t.decide(h, 1, S, true, || 0)),
+            "a third request over a limit of two"
+        );
     });
 }
 
@@ -150,12 +155,12 @@ fn loom_packed_a_charge_racing_a_move_of_its_key_is_kept_and_the_key_stays_singl
         let o = table("3/hour");
         let t = o.t();
         let h = key(&t, 0, 1, 0);
-        assert!(allowed(t.decide(h, 1, S, true)));
+        assert!(allowed(t.decide(h, 1, S, true, || 0)));
         let (x, j, _) = words(&t)[0];
         let (g, m) = commit_move(&t, x, j, 1);
         let charger = {
             let o = o.clone();
-            thread::spawn(move || allowed(o.t().decide(h, 1, S, true)))
+            thread::spawn(move || allowed(o.t().decide(h, 1, S, true, || 0)))
         };
         let helper = {
             let o = o.clone();
@@ -166,8 +171,11 @@ fn loom_packed_a_charge_racing_a_move_of_its_key_is_kept_and_the_key_stays_singl
         assert!(charger.join().unwrap());
         helper.join().unwrap();
         assert!(single(&t, h).is_some());
-        assert!(allowed(t.decide(h, 1, S, true)), "the third of three");
-        assert!(!allowed(t.decide(h, 1, S, true)), "the charge racing the move was lost");
+        assert!(allowed(t.decide(h, 1, S, true, || 0)), "the third of three");
+        assert!(
+            !allowed(t.decide(h, 1, S, true, || 0)),
+            "the charge racing the move was lost"
+        );
     });
 }
 
@@ -179,7 +187,12 @@ fn loom_packed_a_claim_and_a_move_racing_for_one_empty_slot_keep_every_key_singl
         // intent) claims that same slot (its first bucket, on a tie with 5).
         let o = table_of("3/hour", 8);
         let t = o.t();
-        let (k, f, g5, jh) = (key(&t, 0, 4, 0), key(&t, 4, 5, 0), key(&t, 5, 6, 0), key(&t, 4, 5, 1));
+        let (k, f, g5, jh) = (
+            key(&t, 0, 4, 0),
+            key(&t, 4, 5, 0),
+            key(&t, 5, 6, 0),
+            key(&t, 4, 5, 1),
+        );
         let charged = S + 1200 * S; // one request of three an hour, at S
         put(&t, 0, 0, k, charged);
         put(&t, 4, 0, f, charged);
@@ -188,7 +201,7 @@ fn loom_packed_a_claim_and_a_move_racing_for_one_empty_slot_keep_every_key_singl
         assert_ne!(g, Packed::group_of(4, 4 ^ 5).0);
         let claimer = {
             let o = o.clone();
-            thread::spawn(move || allowed(o.t().decide(jh, 1, S, true)))
+            thread::spawn(move || allowed(o.t().decide(jh, 1, S, true, || 0)))
         };
         let helper = {
             let o = o.clone();
@@ -200,7 +213,11 @@ fn loom_packed_a_claim_and_a_move_racing_for_one_empty_slot_keep_every_key_singl
         helper.join().unwrap();
         assert!(single(&t, jh).is_some());
         for h in [k, f, g5] {
-            assert_eq!(single(&t, h).map(|w| w.state), Some(charged), "a key was lost");
+            assert_eq!(
+                single(&t, h).map(|w| w.state),
+                Some(charged),
+                "a key was lost"
+            );
         }
     });
 }
@@ -213,7 +230,12 @@ fn loom_packed_an_eviction_racing_a_move_of_its_victim_keeps_every_key_single() 
         // (V is the soonest to expire) or makes room.
         let o = table_of("2/hour", 8);
         let t = o.t();
-        let (v, x, y, z) = (key(&t, 4, 0, 0), key(&t, 4, 5, 0), key(&t, 5, 6, 0), key(&t, 5, 6, 1));
+        let (v, x, y, z) = (
+            key(&t, 4, 0, 0),
+            key(&t, 4, 5, 0),
+            key(&t, 5, 6, 0),
+            key(&t, 5, 6, 1),
+        );
         put(&t, 4, 0, v, S + 10);
         put(&t, 4, 1, x, S + 20);
         put(&t, 5, 0, y, S + 30);
@@ -223,7 +245,7 @@ fn loom_packed_an_eviction_racing_a_move_of_its_victim_keeps_every_key_single() 
         assert_ne!(g, Packed::group_of(4, 4 ^ 5).0);
         let claimer = {
             let o = o.clone();
-            thread::spawn(move || allowed(o.t().decide(n, 1, S, true)))
+            thread::spawn(move || allowed(o.t().decide(n, 1, S, true, || 0)))
         };
         let helper = {
             let o = o.clone();
@@ -249,7 +271,7 @@ fn loom_packed_a_stalled_helper_of_a_finished_move_changes_nothing_when_the_key_
         let o = table("2/hour");
         let t = o.t();
         let h = key(&t, 0, 1, 0);
-        assert!(allowed(t.decide(h, 1, S, true)));
+        assert!(allowed(t.decide(h, 1, S, true, || 0)));
         let (x, j, w) = words(&t)[0];
         let (g, m1) = commit_move(&t, x, j, 0);
         // The stalled helper: any prefix of its steps may run before the

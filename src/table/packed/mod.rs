@@ -96,7 +96,7 @@ pub(crate) const WAYS: usize = 4;
 pub(crate) const WAYS: usize = 2;
 
 /// Buckets per intent word.
-const GROUP: usize = 4;
+pub(crate) const GROUP: usize = 4;
 
 /// Bucket examinations a claim may spend looking for a chain of moves
 /// (`examples/layout_sim.rs`: 4-slot buckets, moves both ways, 64
@@ -183,7 +183,13 @@ impl Shape {
     /// The shape of a table of `buckets` buckets at unit `base` of a
     /// region of `units` units (the region itself aligned to 64 bytes), for
     /// one GCRA limit.
-    pub fn new(limit: LimitParams, when_full: WhenFull, buckets: usize, units: usize, base: usize) -> Shape {
+    pub fn new(
+        limit: LimitParams,
+        when_full: WhenFull,
+        buckets: usize,
+        units: usize,
+        base: usize,
+    ) -> Shape {
         assert!(buckets.is_power_of_two() && buckets >= GROUP);
         assert_eq!(limit.algorithm, algo::Algorithm::Gcra);
         assert!(units >= base + Self::units_needed(buckets));
@@ -214,7 +220,6 @@ impl Shape {
     pub fn bytes(&self) -> usize {
         ((self.mask + 1) * WAYS + (self.mask + 1) / GROUP) * std::mem::size_of::<Atomic128>()
     }
-
 }
 
 impl<'a> Packed<'a> {
@@ -251,19 +256,20 @@ impl<'a> Packed<'a> {
         (d / GROUP, d)
     }
 
-    /// The verdict of the limit on a key with state `state`.
+    /// The verdict of limit `l` on a key with state `state`.
     #[inline(always)]
-    fn verdict(&self, state: u64, cost: u64, now: u64) -> Verdict {
-        let l = &self.limit;
+    fn verdict(l: &LimitParams, state: u64, cost: u64, now: u64) -> Verdict {
         let p = Payload { a: 0, b: state };
-        let mut e = algo::gcra::evaluate(l, p, cost.min(algo::MAX_COST), now);
-        if cost > algo::MAX_COST {
-            // As the layout-4 table decides an impossible cost: the state
-            // as it is, and never allowed.
-            e = algo::gcra::evaluate(l, p, 0, now);
+        let e = if cost > algo::MAX_COST {
+            // As the slots table decides an impossible cost: the state as
+            // it is, and never allowed.
+            let mut e = algo::gcra::evaluate(l, p, 0, now);
             e.allowed = false;
             e.retry_after_ns = u64::MAX;
-        }
+            e
+        } else {
+            algo::gcra::evaluate(l, p, cost, now)
+        };
         Verdict {
             allowed: e.allowed,
             limit: e.limit,
@@ -297,24 +303,42 @@ impl<'a> Packed<'a> {
     }
 
     /// Decides `cost` for the key at slot `j` of bucket `x`, whose word was
-    /// `v`, and charges it if allowed and `charge`. `None` if the word no
-    /// longer holds the key live: the caller looks again.
+    /// `v`, and charges it if allowed and `charge`; `factor` gives the
+    /// key's quota override if its word says it has one. `None` if the word
+    /// no longer holds the key live: the caller looks again.
     #[inline(always)]
-    fn decide_live(&self, x: usize, j: usize, mut v: u128, cost: u64, now: u64, charge: bool) -> Option<Verdict> {
+    #[allow(clippy::too_many_arguments)]
+    fn decide_live(
+        &self,
+        x: usize,
+        j: usize,
+        mut v: u128,
+        cost: u64,
+        now: u64,
+        charge: bool,
+        factor: impl Fn() -> u32,
+    ) -> Option<Verdict> {
         let unit = &self.line(x)[j];
-        let fp = Slot::from_bits(v).fp;
+        let first = Slot::from_bits(v);
+        // No override (nearly every key): the limit by reference.
+        let scaled;
+        let l = if first.ovr {
+            scaled = self.limit.scaled(factor());
+            &scaled
+        } else {
+            &self.limit
+        };
         loop {
             let w = Slot::from_bits(v);
-            if !w.is_live() || w.fp != fp {
+            if !w.is_live() || w.fp != first.fp || w.ovr != first.ovr {
                 return None;
             }
-            let verdict = self.verdict(w.state, cost, now);
+            let verdict = Self::verdict(l, w.state, cost, now);
             if !charge || !verdict.allowed || cost == 0 {
                 return Some(verdict);
             }
-            let state = algo::gcra::charge(&self.limit, Payload { a: 0, b: w.state }, cost, now).b;
-            let new = Slot { state, ..w };
-            match unit.compare_exchange(v, new.to_bits()) {
+            let state = algo::gcra::charge(l, Payload { a: 0, b: w.state }, cost, now).b;
+            match unit.compare_exchange(v, Slot { state, ..w }.to_bits()) {
                 Ok(_) => return Some(verdict),
                 // Another charge won (or a transaction moved the word on):
                 // decide again on what the CAS found.
@@ -324,8 +348,17 @@ impl<'a> Packed<'a> {
     }
 
     /// Decides `cost` for key hash `h` at `now`; charges it if allowed and
-    /// `charge`.
-    pub fn decide(&self, h: u64, cost: u64, now: u64, charge: bool) -> Outcome {
+    /// `charge`. `factor` gives the key's quota override (0: none), read
+    /// only for a key that has one or is new.
+    #[inline(always)]
+    pub fn decide(
+        &self,
+        h: u64,
+        cost: u64,
+        now: u64,
+        charge: bool,
+        factor: impl Fn() -> u32,
+    ) -> Outcome {
         let now = now.min(algo::MAX_TIME_NS);
         let fp = Self::fp_of(h);
         let a = h as usize & self.mask;
@@ -335,7 +368,7 @@ impl<'a> Packed<'a> {
         loop {
             match self.find(a, b, fp) {
                 Found::Live(x, j, v) => {
-                    if let Some(verdict) = self.decide_live(x, j, v, cost, now, charge) {
+                    if let Some(verdict) = self.decide_live(x, j, v, cost, now, charge, &factor) {
                         return Outcome::Decided { verdict, evicted };
                     }
                 }
@@ -344,11 +377,14 @@ impl<'a> Packed<'a> {
                     let Some(snap) = self.absent(a, b, fp, now) else {
                         continue;
                     };
-                    let verdict = self.verdict(0, cost, now);
+                    // Read after the snapshot: a racing `set_override`
+                    // fences claims proposed before its write.
+                    let f = factor();
+                    let verdict = self.fresh_verdict(f, cost, now);
                     if !charge || !verdict.allowed || cost == 0 {
                         return Outcome::Decided { verdict, evicted };
                     }
-                    match self.claim(fp, a, b, snap, now) {
+                    match self.claim(fp, a, b, snap, f != 0, now) {
                         Ok(e) => evicted |= e,
                         Err(full) => return full,
                     }
@@ -357,9 +393,81 @@ impl<'a> Packed<'a> {
         }
     }
 
-    /// The verdict for a key with no state yet.
-    pub fn fresh_verdict(&self, cost: u64, now: u64) -> Verdict {
-        self.verdict(0, cost, now.min(algo::MAX_TIME_NS))
+    /// The verdict for a key with no state yet and override `factor`.
+    pub fn fresh_verdict(&self, factor: u32, cost: u64, now: u64) -> Verdict {
+        let now = now.min(algo::MAX_TIME_NS);
+        if factor == 0 {
+            return Self::verdict(&self.limit, 0, cost, now);
+        }
+        Self::verdict(&self.limit.scaled(factor), 0, cost, now)
+    }
+
+    /// Where key `h` lives now, for [`decide_at`](Self::decide_at): its
+    /// bucket, slot, and the low half of its word (fingerprint, generation,
+    /// frozen bit); `None` if absent, or if it has a quota override.
+    pub fn spot_of(&self, h: u64) -> Option<(usize, usize, u128)> {
+        let (x, j, v, _) = self.present(h, 0)?;
+        (!Slot::from_bits(v).ovr).then_some((x, j, v as u64 as u128))
+    }
+
+    /// Decides for the key at a spot from [`spot_of`](Self::spot_of),
+    /// without hashing or probing: `None` if the slot no longer holds it as
+    /// it did (any transaction on the slot changed its generation), which
+    /// it never will again.
+    #[inline(always)]
+    pub fn decide_at(
+        &self,
+        x: usize,
+        j: usize,
+        key: u128,
+        cost: u64,
+        now: u64,
+        charge: bool,
+    ) -> Option<Verdict> {
+        let (x, j) = (x & self.mask, j % WAYS);
+        let v = self.line(x)[j].load();
+        if v as u64 != key as u64 || Slot::from_bits(v).ovr {
+            return None;
+        }
+        self.decide_live(x, j, v, cost, now, charge, || 0)
+    }
+
+    /// Marks key `h`'s word as having a quota override (`on`) or not, after
+    /// the overrides table was written. With no word, a no-op transaction
+    /// of the key's group makes any claim proposed from an older snapshot
+    /// (which may have read the table before the write) fail and read it
+    /// again.
+    pub fn set_override_flag(&self, h: u64, on: bool) {
+        let fp = Self::fp_of(h);
+        let a = h as usize & self.mask;
+        let off = self.off_of(fp);
+        let b = a ^ off;
+        let (g, d) = Self::group_of(a, off);
+        loop {
+            match self.find(a, b, fp) {
+                Found::Live(x, j, v) => {
+                    let w = Slot::from_bits(v);
+                    let flagged = Slot { ovr: on, ..w }.to_bits();
+                    if w.ovr == on || self.line(x)[j].compare_exchange(v, flagged).is_ok() {
+                        return;
+                    }
+                }
+                Found::Frozen(x, j, v) => self.unfreeze(x, j, v, off, 0),
+                Found::Absent => {
+                    let Some(snap) = self.absent(a, b, fp, 0) else {
+                        continue;
+                    };
+                    let touch = Intent {
+                        member: (d % GROUP) as u8,
+                        fp,
+                        ..Intent::FRESH
+                    };
+                    if self.propose(g, snap, touch, 0).is_some() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// The intent of the group of the key in buckets `a`/`b`, done, under
@@ -392,15 +500,20 @@ impl<'a> Packed<'a> {
             return;
         };
         let w = Slot::from_bits(v);
-        self.propose(g, i, Intent {
-            op: Op::Thaw,
-            member: (d % GROUP) as u8,
-            tgt_other: x != d,
-            tgt_slot: j as u8,
-            tgt_gen: w.gen,
-            fp: w.fp,
-            ..Intent::FRESH
-        }, now);
+        self.propose(
+            g,
+            i,
+            Intent {
+                op: Op::Thaw,
+                member: (d % GROUP) as u8,
+                tgt_other: x != d,
+                tgt_slot: j as u8,
+                tgt_gen: w.gen,
+                fp: w.fp,
+                ..Intent::FRESH
+            },
+            now,
+        );
     }
 
     /// Commits `t` as the transaction after `i` (done) in group `g` and
@@ -517,7 +630,9 @@ impl<'a> Packed<'a> {
             Op::Move => self.complete_move(g, &t, &current),
             Op::None => {}
         }
-        let _ = self.intent(g).compare_exchange(bits, Intent::done_bits(bits));
+        let _ = self
+            .intent(g)
+            .compare_exchange(bits, Intent::done_bits(bits));
         evicted
     }
 
@@ -607,12 +722,23 @@ impl<'a> Packed<'a> {
     /// proposed (or a move made room; or a race was lost): the caller
     /// looks again. `Err(outcome)`: both buckets are full and the policy
     /// does not evict.
-    fn claim(&self, fp: u64, a: usize, b: usize, snap: u128, now: u64) -> Result<bool, Outcome> {
+    #[allow(clippy::too_many_arguments)]
+    fn claim(
+        &self,
+        fp: u64,
+        a: usize,
+        b: usize,
+        snap: u128,
+        ovr: bool,
+        now: u64,
+    ) -> Result<bool, Outcome> {
         let (g, d) = Self::group_of(a, a ^ b);
         let (ra, rb) = (self.room(a, now), self.room(b, now));
         // (bucket, slot, generation, evicts a live entry)
         let pick = match (ra, rb) {
-            (Room::Empty(n, j, e), Room::Empty(m, k, f)) => Some(if m > n { (b, k, f) } else { (a, j, e) }),
+            (Room::Empty(n, j, e), Room::Empty(m, k, f)) => {
+                Some(if m > n { (b, k, f) } else { (a, j, e) })
+            }
             (Room::Empty(_, j, e), _) => Some((a, j, e)),
             (_, Room::Empty(_, k, f)) => Some((b, k, f)),
             (Room::Expired(j, e), _) => Some((a, j, e)),
@@ -626,7 +752,9 @@ impl<'a> Packed<'a> {
                     return Ok(false);
                 }
                 let victim = match (ra, rb) {
-                    (Room::Live(j, e, x), Room::Live(k, f, y)) => Some(if y < x { (b, k, f, y) } else { (a, j, e, x) }),
+                    (Room::Live(j, e, x), Room::Live(k, f, y)) => {
+                        Some(if y < x { (b, k, f, y) } else { (a, j, e, x) })
+                    }
                     (Room::Live(j, e, x), _) => Some((a, j, e, x)),
                     (_, Room::Live(k, f, y)) => Some((b, k, f, y)),
                     _ => None,
@@ -653,15 +781,21 @@ impl<'a> Packed<'a> {
         };
         let (x, j, e) = pick;
         Ok(self
-            .propose(g, snap, Intent {
-            op: Op::Claim,
-            member: (d % GROUP) as u8,
-            tgt_other: x != d,
-            tgt_slot: j as u8,
-            tgt_gen: e,
-            fp,
-            ..Intent::FRESH
-        }, now)
+            .propose(
+                g,
+                snap,
+                Intent {
+                    op: Op::Claim,
+                    member: (d % GROUP) as u8,
+                    tgt_other: x != d,
+                    tgt_slot: j as u8,
+                    tgt_gen: e,
+                    fp,
+                    ovr,
+                    ..Intent::FRESH
+                },
+                now,
+            )
             .unwrap_or(false))
     }
 
@@ -674,7 +808,9 @@ impl<'a> Packed<'a> {
         // Relaxed: a hint (see `Table::make_room`).
         let skip = self.move_skip.load(Relaxed);
         if skip > 0 {
-            let _ = self.move_skip.compare_exchange(skip, skip - 1, Relaxed, Relaxed);
+            let _ = self
+                .move_skip
+                .compare_exchange(skip, skip - 1, Relaxed, Relaxed);
             return false;
         }
         let mut reached = [0usize; MOVE_BUDGET + 2];
@@ -702,17 +838,22 @@ impl<'a> Packed<'a> {
                     let Some(snap) = self.settled(g, now) else {
                         return true;
                     };
-                    self.propose(g, snap, Intent {
-                        op: Op::Move,
-                        member: (d % GROUP) as u8,
-                        tgt_other: y != d,
-                        tgt_slot: j as u8,
-                        src_slot: i as u8,
-                        tgt_gen: e,
-                        src_gen: w.gen,
-                        fp: w.fp,
-                        ..Intent::FRESH
-                    }, now);
+                    self.propose(
+                        g,
+                        snap,
+                        Intent {
+                            op: Op::Move,
+                            member: (d % GROUP) as u8,
+                            tgt_other: y != d,
+                            tgt_slot: j as u8,
+                            src_slot: i as u8,
+                            tgt_gen: e,
+                            src_gen: w.gen,
+                            fp: w.fp,
+                            ..Intent::FRESH
+                        },
+                        now,
+                    );
                     return true;
                 }
                 if len < reached.len() && !reached[..len].contains(&y) {
@@ -745,8 +886,9 @@ impl<'a> Packed<'a> {
         }
     }
 
-    /// Gives back `cost` charged to `h` earlier; false if the key holds no state.
-    pub fn refund(&self, h: u64, cost: u64, now: u64) -> bool {
+    /// Gives back `cost` charged to `h` earlier; false if the key holds no
+    /// state. `factor` gives its quota override if it has one.
+    pub fn refund(&self, h: u64, cost: u64, now: u64, factor: impl Fn() -> u32) -> bool {
         let now = now.min(algo::MAX_TIME_NS);
         let cost = cost.min(algo::MAX_COST);
         loop {
@@ -754,8 +896,19 @@ impl<'a> Packed<'a> {
                 return false;
             };
             let w = Slot::from_bits(v);
-            let state = algo::gcra::refund(&self.limit, Payload { a: 0, b: w.state }, cost, now).b;
-            if cost == 0 || self.line(x)[j].compare_exchange(v, Slot { state, ..w }.to_bits()).is_ok() {
+            if cost == 0 {
+                return true;
+            }
+            let l = if w.ovr {
+                self.limit.scaled(factor())
+            } else {
+                self.limit
+            };
+            let state = algo::gcra::refund(&l, Payload { a: 0, b: w.state }, cost, now).b;
+            if self.line(x)[j]
+                .compare_exchange(v, Slot { state, ..w }.to_bits())
+                .is_ok()
+            {
                 return true;
             }
         }

@@ -36,8 +36,8 @@ fn packed(spec: &str, capacity: usize, when_full: WhenFull) -> Owned {
 
 /// The layout-4 table, for the same policy.
 fn reference(spec: &str, capacity: usize) -> Table {
-    let l = layout(spec);
-    let buckets = Table::buckets_for(capacity);
+    let l = layout(spec).unpacked();
+    let buckets = Table::buckets_for(&l, capacity);
     let mem = Memory::heap(Table::units_needed(&l, buckets)).unwrap();
     Table::new(l, WhenFull::Evict, buckets, mem, 0)
 }
@@ -85,10 +85,16 @@ fn assert_single_and_thawed(t: &Packed<'_>) {
     let n = fps.len();
     fps.dedup();
     assert_eq!(fps.len(), n, "a key is held in two slots");
-    assert!(ws.iter().all(|w| !w.2.frozen), "a frozen word outlived its move");
+    assert!(
+        ws.iter().all(|w| !w.2.frozen),
+        "a frozen word outlived its move"
+    );
     for (x, _, w) in ws {
         let (a, b) = (x, x ^ t.off_of(w.fp));
-        assert!(a.min(b) <= t.mask && a != b, "a key outside its two buckets");
+        assert!(
+            a.min(b) <= t.mask && a != b,
+            "a key outside its two buckets"
+        );
     }
 }
 
@@ -105,7 +111,11 @@ fn slot_and_intent_fields_round_trip_through_their_bit_layout() {
     assert_eq!(w.to_bits(), u128::MAX, "every bit of the word is a field");
     let z = Slot::empty(0);
     assert_eq!(z.to_bits(), 0, "a zeroed table is empty");
-    assert_eq!(Slot::from_bits(w.bumped(false).to_bits()).gen, 0, "generations wrap");
+    assert_eq!(
+        Slot::from_bits(w.bumped(false).to_bits()).gen,
+        0,
+        "generations wrap"
+    );
     for op in [Op::Claim, Op::Move, Op::Reset, Op::Thaw] {
         let i = Intent {
             seq: SEQ_MASK,
@@ -137,7 +147,11 @@ fn slot_and_intent_fields_round_trip_through_their_bit_layout() {
         src_gen: GEN_MASK,
         ovr: false,
     };
-    assert_eq!(m.to_bits() | 7 << 30, u128::MAX, "a move's intent uses every bit");
+    assert_eq!(
+        m.to_bits() | 7 << 30,
+        u128::MAX,
+        "a move's intent uses every bit"
+    );
     assert_eq!(Intent::from_bits(0), Intent::FRESH);
     // An op no writer uses (a corrupt file) reads as none.
     assert_eq!(Intent::from_bits(7 << 30).op, Op::None);
@@ -158,9 +172,16 @@ fn buckets_are_lines_and_a_key_can_find_its_other_bucket_from_either() {
         let b = a ^ t.off_of(fp);
         assert!(b != a && b <= t.mask);
         assert_eq!(b ^ t.off_of(fp), a);
-        assert_eq!(Packed::group_of(a, t.off_of(fp)), Packed::group_of(b, t.off_of(fp)));
+        assert_eq!(
+            Packed::group_of(a, t.off_of(fp)),
+            Packed::group_of(b, t.off_of(fp))
+        );
     }
-    assert_eq!(Packed::fp_of(1), 1, "a hash whose top bits are 0 still has a key");
+    assert_eq!(
+        Packed::fp_of(1),
+        1,
+        "a hash whose top bits are 0 still has a key"
+    );
     // A table base that is not a multiple of a line is rounded up.
     let buckets = Shape::buckets_for(64);
     let units = 1 + Shape::units_needed(buckets);
@@ -207,15 +228,15 @@ proptest! {
             match s {
                 Step::Check { key, cost, dt } => {
                     now = now.saturating_add_signed(dt);
-                    let (a, b) = (new.decide(keys[key], cost, now, true), old.decide(keys[key], cost, now, Mode::Charge));
+                    let (a, b) = (new.decide(keys[key], cost, now, true, || 0), old.decide(keys[key], cost, now, Mode::Charge));
                     prop_assert_eq!(verdict(a), verdict(b));
                 }
                 Step::Peek { key, cost } => {
-                    let (a, b) = (new.decide(keys[key], cost, now, false), old.decide(keys[key], cost, now, Mode::Peek));
+                    let (a, b) = (new.decide(keys[key], cost, now, false, || 0), old.decide(keys[key], cost, now, Mode::Peek));
                     prop_assert_eq!(verdict(a), verdict(b));
                 }
                 Step::Refund { key, cost } => {
-                    prop_assert_eq!(new.refund(keys[key], cost, now), old.refund(keys[key], cost, now));
+                    prop_assert_eq!(new.refund(keys[key], cost, now, || 0), old.refund(keys[key], cost, now));
                 }
                 Step::Reset { key } => prop_assert_eq!(new.reset(keys[key]), old.reset(keys[key])),
             }
@@ -229,11 +250,11 @@ proptest! {
 fn a_cost_above_the_largest_is_denied_without_a_charge() {
     let o = packed("5/second", 64, WhenFull::Evict);
     let t = o.t();
-    let v = verdict(t.decide(9, algo::MAX_COST + 1, S, true));
+    let v = verdict(t.decide(9, algo::MAX_COST + 1, S, true, || 0));
     assert!(!v.allowed);
     assert_eq!(v.retry_after_ns, u64::MAX);
     assert_eq!(t.occupancy(), 0, "a denied new key is not claimed");
-    assert!(verdict(t.decide(9, 5, S, true)).allowed);
+    assert!(verdict(t.decide(9, 5, S, true, || 0)).allowed);
 }
 
 /// Fills a table of `slots` with live keys until a claim evicts one;
@@ -242,7 +263,7 @@ fn first_live_eviction(slots: usize, seed: u64) -> f64 {
     let o = packed("1000/hour", slots, WhenFull::Evict);
     let t = o.t();
     for (n, h) in hashes(seed).enumerate() {
-        if evicted(t.decide(h, 1, S, true)) {
+        if evicted(t.decide(h, 1, S, true, || 0)) {
             return n as f64 / slots as f64;
         }
     }
@@ -254,7 +275,9 @@ fn live_keys_fill_most_of_the_table_before_one_is_evicted() {
     // layout_sim: 4-slot buckets, moves both ways, budget 64: 0.924 of
     // 2^17 slots (median of 5). A table that placed keys without moves
     // evicts at about 0.6; one with moves one way only at about 0.83.
-    let fills: Vec<f64> = (1..=3).map(|seed| first_live_eviction(1 << 14, seed)).collect();
+    let fills: Vec<f64> = (1..=3)
+        .map(|seed| first_live_eviction(1 << 14, seed))
+        .collect();
     assert!(fills.iter().all(|&f| f > 0.88), "{fills:?}");
 }
 
@@ -267,25 +290,36 @@ fn keys_keep_their_state_through_the_moves_that_make_room() {
     let t = o.t();
     let early: Vec<u64> = hashes(3).take(slots / 2).collect();
     for &h in &early {
-        assert!(verdict(t.decide(h, 1, S, true)).allowed);
+        assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
     }
     let late: Vec<u64> = hashes(4).take(slots * 85 / 100 - slots / 2).collect();
     for &h in &late {
-        assert!(!evicted(t.decide(h, 1, S, true)));
+        assert!(!evicted(t.decide(h, 1, S, true, || 0)));
     }
     let moved = early
         .iter()
         .filter(|&&h| {
             let a = h as usize & t.mask;
-            !t.line(a).iter().any(|u| Slot::from_bits(u.load()).fp == Packed::fp_of(h))
+            !t.line(a)
+                .iter()
+                .any(|u| Slot::from_bits(u.load()).fp == Packed::fp_of(h))
         })
         .count();
-    assert!(moved > slots / 40, "too few keys left their first bucket to test moves: {moved}");
+    assert!(
+        moved > slots / 40,
+        "too few keys left their first bucket to test moves: {moved}"
+    );
     for &h in &early {
-        let v = verdict(t.decide(h, 1, S, false));
+        let v = verdict(t.decide(h, 1, S, false, || 0));
         assert_eq!(v.remaining, 0, "a key lost its charge when it moved");
-        assert!(verdict(t.decide(h, 1, S, true)).allowed, "the second request of two");
-        assert!(!verdict(t.decide(h, 1, S, true)).allowed, "a third over a limit of two");
+        assert!(
+            verdict(t.decide(h, 1, S, true, || 0)).allowed,
+            "the second request of two"
+        );
+        assert!(
+            !verdict(t.decide(h, 1, S, true, || 0)).allowed,
+            "a third over a limit of two"
+        );
     }
     assert_single_and_thawed(&t);
 }
@@ -298,7 +332,7 @@ fn a_full_table_evicts_the_soonest_to_expire_or_fails_as_the_policy_says() {
         let keys: Vec<u64> = hashes(5).take(64).collect();
         let (mut evictions, mut full) = (0, 0);
         for (i, &h) in keys.iter().enumerate() {
-            match t.decide(h, 1, S + i as u64, true) {
+            match t.decide(h, 1, S + i as u64, true, || 0) {
                 Outcome::Decided { evicted, verdict } => {
                     assert!(verdict.allowed);
                     evictions += evicted as usize;
@@ -323,13 +357,16 @@ fn expired_entries_make_room_without_counting_as_evictions() {
     let o = packed("1/second", 16, WhenFull::Evict);
     let t = o.t();
     for h in hashes(6).take(200) {
-        t.decide(h, 1, S, true); // fills it, evicting as it goes
+        t.decide(h, 1, S, true, || 0); // fills it, evicting as it goes
     }
     let later = 10 * S;
     // Up to 7 new keys: a key's two buckets (8 slots) always hold an
     // expired entry then.
     for h in hashes(7).take(7) {
-        assert!(!evicted(t.decide(h, 1, later, true)), "an expired entry counted as evicted");
+        assert!(
+            !evicted(t.decide(h, 1, later, true, || 0)),
+            "an expired entry counted as evicted"
+        );
     }
 }
 
@@ -339,13 +376,13 @@ fn reset_all_forgets_every_key_and_counts_them() {
     let t = o.t();
     let keys: Vec<u64> = hashes(8).take(100).collect();
     for &h in &keys {
-        t.decide(h, 1, S, true);
+        t.decide(h, 1, S, true, || 0);
     }
     assert_eq!(t.reset_all(), 100);
     assert_eq!(t.occupancy(), 0);
     for &h in &keys {
         assert!(!t.reset(h));
-        assert!(verdict(t.decide(h, 1, S, true)).allowed);
+        assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
     }
 }
 
@@ -372,11 +409,18 @@ fn a_pending_transaction_left_by_a_killed_process_is_completed_by_the_next_check
         ..Intent::FRESH
     };
     t.intent(g).compare_exchange(0, i.to_bits()).unwrap();
-    assert!(verdict(t.decide(h, 1, S, true)).allowed);
+    assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
     assert!(!Intent::from_bits(t.intent(g).load()).pending);
-    assert_eq!(Slot::from_bits(t.line(a)[2].load()).fp, fp, "the dead claim's slot");
-    assert!(verdict(t.decide(h, 1, S, true)).allowed);
-    assert!(!verdict(t.decide(h, 1, S, true)).allowed, "held once, charged twice");
+    assert_eq!(
+        Slot::from_bits(t.line(a)[2].load()).fp,
+        fp,
+        "the dead claim's slot"
+    );
+    assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
+    assert!(
+        !verdict(t.decide(h, 1, S, true, || 0)).allowed,
+        "held once, charged twice"
+    );
     assert_eq!(t.occupancy(), 1);
 
     // A move frozen half-way (its source frozen, its target not yet
@@ -398,10 +442,21 @@ fn a_pending_transaction_left_by_a_killed_process_is_completed_by_the_next_check
         fp: w.fp,
         ..Intent::FRESH
     };
-    t.intent(g).compare_exchange(i.done().to_bits(), m.to_bits()).unwrap();
-    t.line(x)[j].compare_exchange(w.to_bits(), w.bumped(true).to_bits()).unwrap();
-    assert!(!verdict(t.decide(h, 1, S, true)).allowed, "the state moved with the key");
-    assert_eq!(Slot::from_bits(t.line(y)[1].load()).fp, fp, "completed into its target");
+    t.intent(g)
+        .compare_exchange(i.done().to_bits(), m.to_bits())
+        .unwrap();
+    t.line(x)[j]
+        .compare_exchange(w.to_bits(), w.bumped(true).to_bits())
+        .unwrap();
+    assert!(
+        !verdict(t.decide(h, 1, S, true, || 0)).allowed,
+        "the state moved with the key"
+    );
+    assert_eq!(
+        Slot::from_bits(t.line(y)[1].load()).fp,
+        fp,
+        "completed into its target"
+    );
     assert!(Slot::from_bits(t.line(x)[j].load()).is_empty());
     assert_single_and_thawed(&t);
 }
@@ -412,11 +467,16 @@ fn a_frozen_word_no_move_explains_is_thawed_with_its_state() {
     let o = packed("2/hour", 64, WhenFull::Evict);
     let t = o.t();
     let h = hashes(10).next().unwrap();
-    assert!(verdict(t.decide(h, 1, S, true)).allowed);
+    assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
     let (x, j, w) = words(&t)[0];
-    t.line(x)[j].compare_exchange(w.to_bits(), w.bumped(true).to_bits()).unwrap();
-    assert!(verdict(t.decide(h, 1, S, true)).allowed, "thawed, with one charge");
-    assert!(!verdict(t.decide(h, 1, S, true)).allowed);
+    t.line(x)[j]
+        .compare_exchange(w.to_bits(), w.bumped(true).to_bits())
+        .unwrap();
+    assert!(
+        verdict(t.decide(h, 1, S, true, || 0)).allowed,
+        "thawed, with one charge"
+    );
+    assert!(!verdict(t.decide(h, 1, S, true, || 0)).allowed);
     assert_single_and_thawed(&t);
 }
 
@@ -430,7 +490,7 @@ fn a_step_of_a_finished_move_never_lands_when_the_key_comes_back() {
     let o = packed("2/hour", 64, WhenFull::Evict);
     let t = o.t();
     let h = hashes(11).next().unwrap();
-    assert!(verdict(t.decide(h, 1, S, true)).allowed);
+    assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
     let fp = Packed::fp_of(h);
     let off = t.off_of(fp);
     let (x, j, w) = words(&t)[0];
@@ -454,7 +514,10 @@ fn a_step_of_a_finished_move_never_lands_when_the_key_comes_back() {
     assert_eq!((y2, j2), (y, 0));
     let e_back = Slot::from_bits(t.line(x)[j].load()).gen;
     let m2 = move_of(0, w2, x, e_back);
-    let m2 = Intent { tgt_slot: j as u8, ..m2 };
+    let m2 = Intent {
+        tgt_slot: j as u8,
+        ..m2
+    };
     let snap2 = t.intent(g).load();
     t.propose(g, snap2, m2, S).unwrap();
     let back = Slot::from_bits(t.line(x)[j].load());
@@ -466,7 +529,9 @@ fn a_step_of_a_finished_move_never_lands_when_the_key_comes_back() {
         ..m1
     };
     let now_bits = t.intent(g).load();
-    t.intent(g).compare_exchange(now_bits, stale.to_bits()).unwrap();
+    t.intent(g)
+        .compare_exchange(now_bits, stale.to_bits())
+        .unwrap();
     let before: Vec<_> = words(&t);
     t.complete(g, stale.to_bits(), S);
     assert_eq!(words(&t), before, "a finished move's step landed");
@@ -491,10 +556,10 @@ fn a_table_of_random_bytes_neither_panics_nor_hangs() {
             let now = S * (i as u64 % 50);
             match i % 4 {
                 0 | 1 => {
-                    t.decide(h, 1, now, true);
+                    t.decide(h, 1, now, true, || 0);
                 }
                 2 => {
-                    t.refund(h, 1, now);
+                    t.refund(h, 1, now, || 0);
                 }
                 _ => {
                     t.reset(h);

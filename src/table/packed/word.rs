@@ -198,7 +198,11 @@ impl Intent {
             fp: ((v >> 63) as u64) & FP_MASK,
             ovr: op == Op::Claim && (v >> 102) & 1 != 0,
             src_slot: if moves { ((v >> 102) & 3) as u8 } else { 0 },
-            src_gen: if moves { ((v >> 104) as u32) & GEN_MASK } else { 0 },
+            src_gen: if moves {
+                ((v >> 104) as u32) & GEN_MASK
+            } else {
+                0
+            },
         }
     }
 
@@ -214,7 +218,10 @@ impl Intent {
             | ((self.fp & FP_MASK) as u128) << 63;
         match self.op {
             Op::Claim => v |= (self.ovr as u128) << 102,
-            Op::Move => v |= ((self.src_slot & 3) as u128) << 102 | ((self.src_gen & GEN_MASK) as u128) << 104,
+            Op::Move => {
+                v |= ((self.src_slot & 3) as u128) << 102
+                    | ((self.src_gen & GEN_MASK) as u128) << 104
+            }
             _ => {}
         }
         v
