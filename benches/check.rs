@@ -108,9 +108,9 @@ fn many_keys(c: &mut Criterion) {
         });
         // Keys that stay live (10^6 an hour: each check is allowed and moves
         // the key's TAT further ahead), in the capacity the README advises
-        // (1.1x the live keys, rounded up to a power of two of slots): the
-        // keys a first bucket had no room for sit in their second bucket,
-        // whose lookup first scans the whole first bucket.
+        // (1.1x the live keys, rounded up to a power of two of slots): some
+        // keys sit in their second bucket, whose lookup first scans the
+        // whole first bucket.
         let live = Engine::new(EngineOptions {
             capacity: (n as usize) * 11 / 10,
             clock: Clock::MonotonicCoarse,
@@ -295,8 +295,8 @@ fn threads(c: &mut Criterion) {
     // the slots holding keys with 2 threads (no claim evicts: the cases
     // measure checks of tracked keys; in 2^17 slots, 200,000 keys made
     // every check of 2 threads a claim that evicts): 100,000 keys per
-    // thread in 2^18 slots (a 9.4 MB table: each core's L2 holds a fifth
-    // of it), 800,000 in 2^21 (75 MB).
+    // thread in 2^18 slots (a 4.5 MB table: each core's 2 MB L2 holds a
+    // large part of it), 800,000 in 2^21 (36 MB).
     for (n, slots, size) in [(100_000u64, 1usize << 18, ""), (800_000, 1 << 21, "_800k")] {
         let (e, p) = engine(slots, Clock::MonotonicCoarse);
         for k in 0..2 * n {

@@ -293,3 +293,37 @@ fn loom_packed_a_stalled_helper_of_a_finished_move_changes_nothing_when_the_key_
         assert_eq!(words(&t)[0].0, x, "the key is back where it started");
     });
 }
+
+#[test]
+fn loom_packed_an_override_set_while_the_key_is_claimed_reaches_its_word() {
+    use loom::sync::atomic::{AtomicU32, Ordering};
+    loom::model(|| {
+        // The override table, reduced to the one key: written before the
+        // flag, as `Table::set_override` does.
+        let factor = Arc::new(AtomicU32::new(0));
+        let o = table("2/hour");
+        let t = o.t();
+        let h = key(&t, 0, 1, 0);
+        let claimer = {
+            let (o, factor) = (o.clone(), factor.clone());
+            thread::spawn(move || {
+                allowed(
+                    o.t()
+                        .decide(h, 1, S, true, || factor.load(Ordering::SeqCst)),
+                )
+            })
+        };
+        let setter = {
+            let (o, factor) = (o.clone(), factor.clone());
+            thread::spawn(move || {
+                factor.store(2000, Ordering::SeqCst);
+                o.t().set_override_flag(h, true);
+            })
+        };
+        assert!(claimer.join().unwrap());
+        setter.join().unwrap();
+        // The claim read the table before the write and raced the setter:
+        // either way the key's word must say it has an override.
+        assert!(single(&t, h).expect("the key was claimed").ovr);
+    });
+}

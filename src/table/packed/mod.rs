@@ -98,10 +98,12 @@ pub(crate) const WAYS: usize = 2;
 /// Buckets per intent word.
 pub(crate) const GROUP: usize = 4;
 
-/// Bucket examinations a claim may spend looking for a chain of moves
-/// (`examples/layout_sim.rs`: 4-slot buckets, moves both ways, 64
-/// examinations fit 91% of the slots with live keys before a live eviction).
-const MOVE_BUDGET: usize = 64;
+/// Bucket examinations a claim may spend looking for a chain of moves. The
+/// first live eviction (`cargo bench --bench memory`, medians of 3 tables
+/// of 2^20 slots, min in brackets): 64, 0.905–0.913 (0.900); 128, 0.934
+/// (0.930); 256, 0.952 (0.951), at a cost to a flood of new keys into a
+/// full table (callgrind `flood`: 1,506, 1,527, 1,579 instructions a check).
+const MOVE_BUDGET: usize = 128;
 
 /// Claims that evict without searching after a search found nothing (see
 /// `Table`'s `MOVE_SKIP`: a flood of new keys into a full table pays for

@@ -272,13 +272,14 @@ fn first_live_eviction(slots: usize, seed: u64) -> f64 {
 
 #[test]
 fn live_keys_fill_most_of_the_table_before_one_is_evicted() {
-    // layout_sim: 4-slot buckets, moves both ways, budget 64: 0.924 of
-    // 2^17 slots (median of 5). A table that placed keys without moves
-    // evicts at about 0.6; one with moves one way only at about 0.83.
+    // benches/memory.rs, budget 128: 0.93 of 2^20 slots, 0.95 of 2^17. A
+    // table that placed keys without moves evicts at about 0.6; one with
+    // moves one way only at about 0.83; this one with budget 64 at 0.90
+    // of 2^20 slots.
     let fills: Vec<f64> = (1..=3)
         .map(|seed| first_live_eviction(1 << 14, seed))
         .collect();
-    assert!(fills.iter().all(|&f| f > 0.88), "{fills:?}");
+    assert!(fills.iter().all(|&f| f > 0.92), "{fills:?}");
 }
 
 #[test]
