@@ -233,6 +233,37 @@ const _: () = assert!(SLOTS as u128 <= Intent::SLOT_MASK + 1);
 /// [`LeaseId`]): Linux pids are below `PID_MAX_LIMIT` = 2^22.
 pub(crate) const PID_MASK: u32 = LeaseId::PID_MASK;
 
+/// Claims left that skip the search for a key to move, after a search
+/// found none: a table that a flood of new keys keeps full pays for one
+/// search per `rest + 1` claims. Per process, not in the shared file (both
+/// tables keep one).
+pub(crate) struct MoveSkip(HintU32);
+
+impl MoveSkip {
+    pub fn new() -> MoveSkip {
+        MoveSkip(HintU32::new(0))
+    }
+
+    /// True if this claim skips the search (one fewer is then left).
+    #[inline]
+    pub fn skip(&self) -> bool {
+        // Relaxed: a hint; a racing claim that misreads it searches once
+        // more or once less, and every decision stays exact either way.
+        let left = self.0.load(Relaxed);
+        if left == 0 {
+            return false;
+        }
+        let _ = self.0.compare_exchange(left, left - 1, Relaxed, Relaxed);
+        true
+    }
+
+    /// A search found nothing: the next `claims` claims skip theirs.
+    pub fn rest(&self, claims: u32) {
+        // Relaxed: a hint, as in `skip`.
+        self.0.store(claims, Relaxed);
+    }
+}
+
 /// What a check does besides deciding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -538,7 +569,7 @@ pub(crate) struct Table {
     /// Claims left that evict without looking for a key to move: set to
     /// [`MOVE_SKIP`] when a search finds nothing (see [`Table::make_room`]).
     /// Per process, not in the shared file.
-    move_skip: HintU32,
+    move_skip: MoveSkip,
     /// The packed table's shape, for a `layout.packed` policy: every
     /// operation goes there (over `mem`), and the fields above for slots
     /// tables go unused.
@@ -624,7 +655,7 @@ impl Table {
             overrides_base,
             overrides_len,
             mem,
-            move_skip: HintU32::new(0),
+            move_skip: MoveSkip::new(),
         }
     }
 
@@ -1004,19 +1035,13 @@ impl Table {
         let (Some((_, sb)), Some(bi)) = (absent.second, self.second_of(h)) else {
             return false;
         };
-        // Relaxed: a hint; a racing claim that misreads it searches once
-        // more or once less, and every decision stays exact either way.
-        let skip = self.move_skip.load(Relaxed);
-        if skip > 0 {
-            let _ = self
-                .move_skip
-                .compare_exchange(skip, skip - 1, Relaxed, Relaxed);
+        if self.move_skip.skip() {
             return false;
         }
         if self.search_move(h, bi, absent.first.1, sb, now) {
             return true;
         }
-        self.move_skip.store(MOVE_SKIP, Relaxed);
+        self.move_skip.rest(MOVE_SKIP);
         false
     }
 

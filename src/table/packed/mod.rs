@@ -82,10 +82,9 @@
 
 mod word;
 
-use super::{Outcome, Verdict, WhenFull};
+use super::{MoveSkip, Outcome, Verdict, WhenFull};
 use crate::algo::{self, LimitParams, Payload};
-use crate::sync::{self, Atomic128, HintU32};
-use std::sync::atomic::Ordering::Relaxed;
+use crate::sync::{self, Atomic128};
 use word::{gens_since, next_gen, Intent, Op, Slot, FP_BITS};
 
 /// Slots per bucket: four 16-byte words, one 64-byte line (two under loom,
@@ -144,7 +143,7 @@ pub(crate) struct Shape {
     /// Unit index of group 0's intent.
     intents: usize,
     /// Claims left that skip the move search (per process; a hint).
-    move_skip: HintU32,
+    move_skip: MoveSkip,
 }
 
 /// A packed table: its shape over its memory (two pointers, built per call).
@@ -202,7 +201,7 @@ impl Shape {
             mask: buckets - 1,
             base: aligned,
             intents: aligned + buckets * WAYS,
-            move_skip: HintU32::new(0),
+            move_skip: MoveSkip::new(),
         }
     }
 
@@ -807,12 +806,7 @@ impl<'a> Packed<'a> {
     /// bucket examinations, and proposes the chain's last move (into an
     /// empty slot). True if a move was proposed.
     fn make_room(&self, a: usize, b: usize, now: u64) -> bool {
-        // Relaxed: a hint (see `Table::make_room`).
-        let skip = self.move_skip.load(Relaxed);
-        if skip > 0 {
-            let _ = self
-                .move_skip
-                .compare_exchange(skip, skip - 1, Relaxed, Relaxed);
+        if self.move_skip.skip() {
             return false;
         }
         let mut reached = [0usize; MOVE_BUDGET + 2];
@@ -829,7 +823,7 @@ impl<'a> Packed<'a> {
                     continue;
                 }
                 let Some(left) = budget.checked_sub(1) else {
-                    self.move_skip.store(MOVE_SKIP, Relaxed);
+                    self.move_skip.rest(MOVE_SKIP);
                     return false;
                 };
                 budget = left;
@@ -864,7 +858,7 @@ impl<'a> Packed<'a> {
                 }
             }
         }
-        self.move_skip.store(MOVE_SKIP, Relaxed);
+        self.move_skip.rest(MOVE_SKIP);
         false
     }
 
