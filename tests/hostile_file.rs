@@ -270,6 +270,44 @@ fn a_directory_entry_with_a_huge_bucket_count_is_refused_not_mapped() {
     assert_eq!(out, Outcome::Exited(0), "2^59 buckets");
 }
 
+#[test]
+fn a_bucket_count_too_small_for_the_packed_table_is_refused_with_a_clear_error() {
+    // Entry 0 is a one-limit GCRA policy: the packed table, whose smallest
+    // size is 4 buckets (one group of intents). Counts of 1 and 2 pass the
+    // directory's power-of-two check and must be refused when the policy is
+    // attached; 3 is no power of two at all.
+    for (buckets, why) in [
+        (1u64, "1 buckets is not a valid table size"),
+        (2, "2 buckets is not a valid table size"),
+        (3, "bad table parameters"),
+    ] {
+        let p = template(&format!("small-buckets-{buckets}"));
+        write_u64(&p, DIR + E_BUCKETS, buckets);
+        let out = in_child(move || {
+            let e = match Engine::open_shared(&p, opts()) {
+                Ok(e) => e,
+                Err(Error::Corrupt(m)) if m.contains(why) => return 0,
+                Err(other) => {
+                    say(&format!("unexpected error at open: {other}"));
+                    return 2;
+                }
+            };
+            match e.add_policy("gcra", "10/second") {
+                Err(Error::Corrupt(m)) if m.contains(why) => 0,
+                Err(other) => {
+                    say(&format!("unexpected error: {other}"));
+                    3
+                }
+                Ok(_) => {
+                    say("accepted");
+                    4
+                }
+            }
+        });
+        assert_eq!(out, Outcome::Exited(0), "{buckets} buckets");
+    }
+}
+
 /// A copy of `original` with the 8-byte word at `o` set to `v`, opened in
 /// a child process that adds the policies and runs `rounds` rounds of every
 /// operation. Returns the child's pid.

@@ -321,17 +321,19 @@ impl Engine {
         let parsed = policy::parse(&spec)
             .map_err(|err| corrupt(format!("unreadable spec {spec:?}: {err}")))?;
         let layout = layout_for(&parsed, options.penalty)?;
-        let units = region_units_checked(&layout, buckets)
-            .filter(|&units| {
-                (units as u64)
-                    .checked_mul(16)
-                    .is_some_and(|b| b <= region_bytes)
-            })
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "region of {region_bytes} bytes is too small for a table of {buckets} buckets"
-                ))
-            })?;
+        let units = region_units_checked(&layout, buckets).ok_or_else(|| {
+            corrupt(format!(
+                "{buckets} buckets is not a valid table size for the spec {spec:?}"
+            ))
+        })?;
+        if (units as u64)
+            .checked_mul(16)
+            .is_none_or(|b| b > region_bytes)
+        {
+            return Err(corrupt(format!(
+                "region of {region_bytes} bytes is too small for a table of {buckets} buckets"
+            )));
+        }
         let mem = Memory::mapped(
             map.at(region_offset) as *const crate::sync::Atomic128,
             units,

@@ -222,14 +222,25 @@ fn capacity_rounds_up_to_whole_power_of_two_buckets() {
 }
 
 /// Runs `f` on another thread and fails if it has not returned within a
-/// generous bound: a corrupt bucket must never make an operation loop.
-fn returns<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+/// generous bound: a corrupt bucket must never make an operation loop
+/// (the packed table's tests use it too).
+pub(super) fn returns<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    use std::sync::mpsc::RecvTimeoutError;
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let run = std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(std::time::Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("{what}: no answer within 30 s (an endless loop)"))
+    match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(r) => r,
+        // `f` panicked: fail with its message, not as a hang.
+        Err(RecvTimeoutError::Disconnected) => match run.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => unreachable!("the thread returned without sending"),
+        },
+        Err(RecvTimeoutError::Timeout) => {
+            panic!("{what}: no answer within 30 s (an endless loop)")
+        }
+    }
 }
 
 /// Sets bucket 0's intents as if no-op transactions had run up to seq `to`

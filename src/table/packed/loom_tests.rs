@@ -5,27 +5,13 @@
 //! atomic step. The smallest table has 4 buckets (one group), so every key
 //! shares its intent with every other.
 
-use super::word::{Intent, Op, Slot};
+use super::testkit::{commit_move, words, Owned};
+use super::word::{Intent, Slot};
 use super::*;
-use crate::engine::layout_for;
-use crate::policy::parse;
-use crate::table::memory::Memory;
 use loom::sync::Arc;
 use loom::thread;
 
 const S: u64 = 1_000_000_000;
-
-/// A packed table with its memory.
-struct Owned {
-    shape: Shape,
-    mem: Memory,
-}
-
-impl Owned {
-    fn t(&self) -> Packed<'_> {
-        self.shape.over(self.mem.units())
-    }
-}
 
 /// The smallest table (one group) for `spec`.
 fn table(spec: &str) -> Arc<Owned> {
@@ -34,12 +20,20 @@ fn table(spec: &str) -> Arc<Owned> {
 
 /// A table of `buckets` buckets for `spec`.
 fn table_of(spec: &str, buckets: usize) -> Arc<Owned> {
-    let layout = layout_for(&parse(spec).unwrap(), None).unwrap();
-    let units = Shape::units_needed(buckets);
-    let mem = Memory::heap(units).unwrap();
-    Arc::new(Owned {
-        shape: Shape::new(layout.first, WhenFull::Evict, buckets, units, 0),
-        mem,
+    Arc::new(Owned::new(spec, WhenFull::Evict, buckets))
+}
+
+/// A thread that checks `h` once, at `S`: true if allowed.
+fn spawn_decide(o: &Arc<Owned>, h: u64) -> thread::JoinHandle<bool> {
+    let o = o.clone();
+    thread::spawn(move || allowed(o.t().decide(h, 1, S, true, || 0)))
+}
+
+/// A thread that helps group `g`'s intent `m` along, as any check would.
+fn spawn_complete(o: &Arc<Owned>, g: usize, m: Intent) -> thread::JoinHandle<()> {
+    let o = o.clone();
+    thread::spawn(move || {
+        o.t().complete(g, m.to_bits(), S);
     })
 }
 
@@ -75,20 +69,6 @@ fn allowed(o: Outcome) -> bool {
     matches!(o, Outcome::Decided { verdict, .. } if verdict.allowed)
 }
 
-/// (bucket, slot, word) of every non-empty slot.
-fn words(t: &Packed<'_>) -> Vec<(usize, usize, Slot)> {
-    let mut out = Vec::new();
-    for x in 0..=t.mask {
-        for (j, u) in t.line(x).iter().enumerate() {
-            let w = Slot::from_bits(u.load());
-            if !w.is_empty() {
-                out.push((x, j, w));
-            }
-        }
-    }
-    out
-}
-
 /// The slot word holding `h`'s key, asserting it is held once and live.
 fn single(t: &Packed<'_>, h: u64) -> Option<Slot> {
     let ws: Vec<Slot> = words(t)
@@ -101,43 +81,13 @@ fn single(t: &Packed<'_>, h: u64) -> Option<Slot> {
     ws.first().copied()
 }
 
-/// Commits a MOVE of the key at slot `j` of bucket `x` into slot `k` of its
-/// other bucket, without completing it.
-fn commit_move(t: &Packed<'_>, x: usize, j: usize, k: usize) -> (usize, Intent) {
-    let w = Slot::from_bits(t.line(x)[j].load());
-    let off = t.off_of(w.fp);
-    let y = x ^ off;
-    let (g, d) = Packed::group_of(x, off);
-    let snap = t.intent(g).load();
-    let m = Intent {
-        seq: Intent::from_bits(snap).seq + 1,
-        op: Op::Move,
-        pending: true,
-        member: (d % GROUP) as u8,
-        tgt_other: y != d,
-        tgt_slot: k as u8,
-        src_slot: j as u8,
-        tgt_gen: Slot::from_bits(t.line(y)[k].load()).gen,
-        src_gen: w.gen,
-        fp: w.fp,
-        ..Intent::FRESH
-    };
-    t.intent(g).compare_exchange(snap, m.to_bits()).unwrap();
-    (g, m)
-}
-
 #[test]
 fn loom_packed_racing_claims_of_one_new_key_hold_it_once_with_exact_quota() {
     loom::model(|| {
         let o = table("2/second");
         let t = o.t();
         let h = key(&t, 0, 1, 0);
-        let th: Vec<_> = (0..2)
-            .map(|_| {
-                let o = o.clone();
-                thread::spawn(move || allowed(o.t().decide(h, 1, S, true, || 0)))
-            })
-            .collect();
+        let th: Vec<_> = (0..2).map(|_| spawn_decide(&o, h)).collect();
         let admitted = th.into_iter().map(|j| j.join().unwrap());
         let admitted = admitted.filter(|&a| a).count();
         assert_eq!(admitted, 2);
@@ -158,16 +108,8 @@ fn loom_packed_a_charge_racing_a_move_of_its_key_is_kept_and_the_key_stays_singl
         assert!(allowed(t.decide(h, 1, S, true, || 0)));
         let (x, j, _) = words(&t)[0];
         let (g, m) = commit_move(&t, x, j, 1);
-        let charger = {
-            let o = o.clone();
-            thread::spawn(move || allowed(o.t().decide(h, 1, S, true, || 0)))
-        };
-        let helper = {
-            let o = o.clone();
-            thread::spawn(move || {
-                o.t().complete(g, m.to_bits(), S);
-            })
-        };
+        let charger = spawn_decide(&o, h);
+        let helper = spawn_complete(&o, g, m);
         assert!(charger.join().unwrap());
         helper.join().unwrap();
         assert!(single(&t, h).is_some());
@@ -199,16 +141,8 @@ fn loom_packed_a_claim_and_a_move_racing_for_one_empty_slot_keep_every_key_singl
         put(&t, 5, 0, g5, charged);
         let (g, m) = commit_move(&t, 0, 0, 1);
         assert_ne!(g, Packed::group_of(4, 4 ^ 5).0);
-        let claimer = {
-            let o = o.clone();
-            thread::spawn(move || allowed(o.t().decide(jh, 1, S, true, || 0)))
-        };
-        let helper = {
-            let o = o.clone();
-            thread::spawn(move || {
-                o.t().complete(g, m.to_bits(), S);
-            })
-        };
+        let claimer = spawn_decide(&o, jh);
+        let helper = spawn_complete(&o, g, m);
         assert!(claimer.join().unwrap());
         helper.join().unwrap();
         assert!(single(&t, jh).is_some());
@@ -243,16 +177,8 @@ fn loom_packed_an_eviction_racing_a_move_of_its_victim_keeps_every_key_single() 
         let (g, m) = commit_move(&t, 4, 0, 0);
         let n = key(&t, 4, 5, 1);
         assert_ne!(g, Packed::group_of(4, 4 ^ 5).0);
-        let claimer = {
-            let o = o.clone();
-            thread::spawn(move || allowed(o.t().decide(n, 1, S, true, || 0)))
-        };
-        let helper = {
-            let o = o.clone();
-            thread::spawn(move || {
-                o.t().complete(g, m.to_bits(), S);
-            })
-        };
+        let claimer = spawn_decide(&o, n);
+        let helper = spawn_complete(&o, g, m);
         assert!(claimer.join().unwrap());
         helper.join().unwrap();
         assert!(single(&t, n).is_some());
@@ -276,12 +202,7 @@ fn loom_packed_a_stalled_helper_of_a_finished_move_changes_nothing_when_the_key_
         let (g, m1) = commit_move(&t, x, j, 0);
         // The stalled helper: any prefix of its steps may run before the
         // mover finishes M1 and moves the key back.
-        let stalled = {
-            let o = o.clone();
-            thread::spawn(move || {
-                o.t().complete(g, m1.to_bits(), S);
-            })
-        };
+        let stalled = spawn_complete(&o, g, m1);
         t.complete(g, m1.to_bits(), S);
         let (y, k, _) = words(&t)[0];
         let (g2, m2) = commit_move(&t, y, k, j);

@@ -943,6 +943,9 @@ impl<'a> Packed<'a> {
     }
 
     /// Forgets every key (a scan: a key claimed while it runs may stay).
+    /// A frozen word is helped along first (its move completed, or thawed
+    /// if no move explains it), so a key a dead process left frozen, or a
+    /// corrupt file's frozen garbage, does not come back with its state.
     /// Returns how many keys it reset.
     pub fn reset_all(&self) -> u64 {
         let mut n = 0;
@@ -951,8 +954,12 @@ impl<'a> Packed<'a> {
                 loop {
                     let v = self.line(x)[j].load();
                     let w = Slot::from_bits(v);
-                    if !w.is_live() {
+                    if w.is_empty() {
                         break;
+                    }
+                    if w.frozen {
+                        self.unfreeze(x, j, v, self.off_of(w.fp), 0);
+                        continue;
                     }
                     if self.reset_at(x, j, v, self.off_of(w.fp)) {
                         n += 1;
@@ -979,5 +986,7 @@ impl<'a> Packed<'a> {
 
 #[cfg(all(test, loom))]
 mod loom_tests;
+#[cfg(test)]
+mod testkit;
 #[cfg(all(test, not(loom)))]
 mod tests;

@@ -1,8 +1,10 @@
+use super::testkit::{commit_move, move_of, words, Owned};
 use super::word::{Intent, Op, Slot, FP_MASK, GEN_MASK, SEQ_MASK, STATE_MASK};
 use super::*;
 use crate::engine::layout_for;
 use crate::policy::parse;
 use crate::table::memory::Memory;
+use crate::table::tests::returns;
 use crate::table::{Layout, Mode, Table};
 use proptest::prelude::*;
 
@@ -12,26 +14,8 @@ fn layout(spec: &str) -> Layout {
     layout_for(&parse(spec).unwrap(), None).unwrap()
 }
 
-/// A packed table with its memory.
-struct Owned {
-    shape: Shape,
-    mem: Memory,
-}
-
-impl Owned {
-    fn t(&self) -> Packed<'_> {
-        self.shape.over(self.mem.units())
-    }
-}
-
 fn packed(spec: &str, capacity: usize, when_full: WhenFull) -> Owned {
-    let buckets = Shape::buckets_for(capacity);
-    let units = Shape::units_needed(buckets);
-    let mem = Memory::heap(units).unwrap();
-    Owned {
-        shape: Shape::new(layout(spec).first, when_full, buckets, units, 0),
-        mem,
-    }
+    Owned::new(spec, when_full, Shape::buckets_for(capacity))
 }
 
 /// The layout-4 table, for the same policy.
@@ -60,20 +44,6 @@ fn hashes(seed: u64) -> impl Iterator<Item = u64> {
         x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
         Some(mix(x).max(1))
     })
-}
-
-/// Every live or frozen word of the table, as (bucket, slot, word).
-fn words(t: &Packed<'_>) -> Vec<(usize, usize, Slot)> {
-    let mut out = Vec::new();
-    for x in 0..=t.mask {
-        for (j, u) in t.line(x).iter().enumerate() {
-            let w = Slot::from_bits(u.load());
-            if !w.is_empty() {
-                out.push((x, j, w));
-            }
-        }
-    }
-    out
 }
 
 /// No fingerprint is held twice (the keys of these tests have distinct
@@ -426,26 +396,11 @@ fn a_pending_transaction_left_by_a_killed_process_is_completed_by_the_next_check
 
     // A move frozen half-way (its source frozen, its target not yet
     // written) by a dead process: a check of the key completes it.
-    let x = a;
-    let j = 2;
+    let (x, j) = (a, 2);
     let y = x ^ off;
     let w = Slot::from_bits(t.line(x)[j].load());
-    let m = Intent {
-        seq: 2,
-        op: Op::Move,
-        pending: true,
-        member: (d % GROUP) as u8,
-        tgt_other: y != d,
-        tgt_slot: 1,
-        src_slot: j as u8,
-        tgt_gen: 0,
-        src_gen: w.gen,
-        fp: w.fp,
-        ..Intent::FRESH
-    };
-    t.intent(g)
-        .compare_exchange(i.done().to_bits(), m.to_bits())
-        .unwrap();
+    let (g2, m) = commit_move(&t, x, j, 1);
+    assert_eq!((g2, m.seq), (g, 2), "the move follows the claim's intent");
     t.line(x)[j]
         .compare_exchange(w.to_bits(), w.bumped(true).to_bits())
         .unwrap();
@@ -492,33 +447,15 @@ fn a_step_of_a_finished_move_never_lands_when_the_key_comes_back() {
     let t = o.t();
     let h = hashes(11).next().unwrap();
     assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
-    let fp = Packed::fp_of(h);
-    let off = t.off_of(fp);
     let (x, j, w) = words(&t)[0];
-    let y = x ^ off;
-    let (g, d) = Packed::group_of(x, off);
-    let move_of = |slot: usize, w: Slot, to: usize, e: u32| Intent {
-        op: Op::Move,
-        member: (d % GROUP) as u8,
-        tgt_other: to != d,
-        tgt_slot: 0,
-        src_slot: slot as u8,
-        tgt_gen: e,
-        src_gen: w.gen,
-        fp: w.fp,
-        ..Intent::FRESH
-    };
-    let m1 = move_of(j, w, y, 0);
+    let y = x ^ t.off_of(w.fp);
+    let (g, m1) = move_of(&t, x, j, 0);
     let snap = t.intent(g).load();
     t.propose(g, snap, m1, S).unwrap();
-    let (y2, j2, w2) = words(&t)[0];
+    let (y2, j2, _) = words(&t)[0];
     assert_eq!((y2, j2), (y, 0));
-    let e_back = Slot::from_bits(t.line(x)[j].load()).gen;
-    let m2 = move_of(0, w2, x, e_back);
-    let m2 = Intent {
-        tgt_slot: j as u8,
-        ..m2
-    };
+    let (g2, m2) = move_of(&t, y, 0, j);
+    assert_eq!(g2, g);
     let snap2 = t.intent(g).load();
     t.propose(g, snap2, m2, S).unwrap();
     let back = Slot::from_bits(t.line(x)[j].load());
@@ -542,32 +479,38 @@ fn a_step_of_a_finished_move_never_lands_when_the_key_comes_back() {
 #[test]
 fn a_table_of_random_bytes_neither_panics_nor_hangs() {
     // A corrupt or hostile file: every word random. Checks, refunds and
-    // resets of any key return, and afterwards no key is held twice that
-    // the table itself put there.
+    // resets of any key return; reset_all then leaves an empty table that
+    // holds a new key's limit exactly.
     for seed in 0..20u64 {
-        let o = packed("5/second", 256, WhenFull::Evict);
-        let t = o.t();
-        let mut r = hashes(seed * 7919);
-        for u in o.mem.units() {
-            let v = (r.next().unwrap() as u128) << 64 | r.next().unwrap() as u128;
-            // Keep GCRA states below the limit a valid writer keeps.
-            let _ = u.compare_exchange(0, v & !(1u128 << 127));
-        }
-        for (i, h) in hashes(seed).take(500).enumerate() {
-            let now = S * (i as u64 % 50);
-            match i % 4 {
-                0 | 1 => {
-                    t.decide(h, 1, now, true, || 0);
-                }
-                2 => {
-                    t.refund(h, 1, now, || 0);
-                }
-                _ => {
-                    t.reset(h);
+        returns("a table of random bytes", move || {
+            let o = packed("5/second", 256, WhenFull::Evict);
+            let t = o.t();
+            let mut r = hashes(seed * 7919);
+            for u in o.mem.units() {
+                let v = (r.next().unwrap() as u128) << 64 | r.next().unwrap() as u128;
+                // Keep GCRA states below the limit a valid writer keeps.
+                let _ = u.compare_exchange(0, v & !(1u128 << 127));
+            }
+            for (i, h) in hashes(seed).take(500).enumerate() {
+                let now = S * (i as u64 % 50);
+                match i % 4 {
+                    0 | 1 => {
+                        t.decide(h, 1, now, true, || 0);
+                    }
+                    2 => {
+                        t.refund(h, 1, now, || 0);
+                    }
+                    _ => {
+                        t.reset(h);
+                    }
                 }
             }
-        }
-        t.occupancy();
-        t.reset_all();
+            t.occupancy();
+            t.reset_all();
+            assert_eq!(t.occupancy(), 0, "reset_all left words behind");
+            let h = hashes(seed + 1000).next().unwrap();
+            let allowed = (0..7).filter(|_| verdict(t.decide(h, 1, S, true, || 0)).allowed);
+            assert_eq!(allowed.count(), 5, "a new key's limit after reset_all");
+        });
     }
 }

@@ -233,7 +233,7 @@ impl Intent {
     }
 
     /// This transaction, marked done.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub fn done(self) -> Intent {
         Intent {
             pending: false,
