@@ -3,7 +3,8 @@
 //! Reads the source tree (no build, no extra dependencies) and collects, for
 //! each top-level module (`src/<m>.rs` or `src/<m>/**.rs`), the other
 //! modules it names as `crate::<m>` or, through a re-export of `src/lib.rs`,
-//! as `crate::<Name>`. Unit-test files (`tests.rs`, `loom_tests.rs`) and
+//! as `crate::<Name>`. Unit-test files (`tests.rs`, `loom_tests.rs`, and
+//! `testkit.rs`, the helpers they share, compiled only in tests) and
 //! `src/lib.rs` itself (the crate root: re-exports and the `__private` test
 //! hooks) are not modules of the graph. `//` comments and doc comments are
 //! stripped first, so a `crate::x` in prose does not count.
@@ -66,7 +67,7 @@ fn modules() -> BTreeMap<String, Vec<PathBuf>> {
         }
         files.retain(|f| {
             let file = f.file_name().unwrap().to_str().unwrap();
-            file != "tests.rs" && file != "loom_tests.rs"
+            !matches!(file, "tests.rs" | "loom_tests.rs" | "testkit.rs")
         });
         if !files.is_empty() {
             modules.entry(name).or_insert_with(Vec::new).extend(files);
