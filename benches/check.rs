@@ -297,6 +297,19 @@ fn threads(c: &mut Criterion) {
     // every check of 2 threads a claim that evicts): 100,000 keys per
     // thread in 2^18 slots (a 4.5 MB table: each core's 2 MB L2 holds a
     // large part of it), 800,000 in 2^21 (36 MB).
+    // One key whose every check is denied (a flood): reads only, so with 2
+    // threads the key's line can stay shared by both cores.
+    let flood = Engine::new(EngineOptions {
+        capacity: 1024,
+        clock: Clock::MonotonicCoarse,
+        ..Default::default()
+    })
+    .unwrap();
+    let fp_denied = flood.add_policy("denied", "1/hour").unwrap();
+    assert!(flood.check(fp_denied, b"flood", 1).allowed);
+    let gov_denied: governor::DefaultKeyedRateLimiter<u64> =
+        RateLimiter::keyed(Quota::per_hour(NonZeroU32::new(1).unwrap()));
+    assert!(gov_denied.check_key(&7).is_ok());
     for (n, slots, size) in [(100_000u64, 1usize << 18, ""), (800_000, 1 << 21, "_800k")] {
         let (e, p) = engine(slots, Clock::MonotonicCoarse);
         for k in 0..2 * n {
@@ -325,6 +338,20 @@ fn threads(c: &mut Criterion) {
                     b.iter_custom(|iters| {
                         parallel(threads, iters, &|t, _| {
                             black_box(e.check(p, &(7 + t).to_le_bytes(), 1));
+                        })
+                    })
+                });
+                g.bench_function(id("ratekeeper", "denied_hot_key"), |b| {
+                    b.iter_custom(|iters| {
+                        parallel(threads, iters, &|_, _| {
+                            black_box(flood.check(fp_denied, b"flood", 1));
+                        })
+                    })
+                });
+                g.bench_function(id("governor", "denied_hot_key"), |b| {
+                    b.iter_custom(|iters| {
+                        parallel(threads, iters, &|_, _| {
+                            let _ = black_box(gov_denied.check_key(&7u64));
                         })
                     })
                 });
