@@ -958,7 +958,18 @@ impl<'a> Packed<'a> {
                         break;
                     }
                     if w.frozen {
-                        self.unfreeze(x, j, v, self.off_of(w.fp), 0);
+                        let off = self.off_of(w.fp);
+                        self.unfreeze(x, j, v, off, 0);
+                        // Helping may have completed a move into the key's
+                        // other bucket, which this scan may have passed:
+                        // reset the key there too (a later bucket is
+                        // reached by the scan itself).
+                        let y = (x ^ off) & self.mask;
+                        if let Found::Live(z, k, u) = self.find(x, y, w.fp) {
+                            if z < x && self.reset_at(z, k, u, off) {
+                                n += 1;
+                            }
+                        }
                         continue;
                     }
                     if self.reset_at(x, j, v, self.off_of(w.fp)) {

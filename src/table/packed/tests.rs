@@ -418,6 +418,37 @@ fn a_pending_transaction_left_by_a_killed_process_is_completed_by_the_next_check
 }
 
 #[test]
+fn reset_all_completes_a_dead_processs_move_into_a_bucket_it_scanned_already() {
+    // The key sits in its higher bucket; a dead process froze it for a move
+    // into its lower bucket. reset_all reaches the frozen word after the
+    // lower bucket: completing the move there must not leave the key held.
+    let o = packed("2/hour", 64, WhenFull::Evict);
+    let t = o.t();
+    let (h, x, j) = hashes(12)
+        .find_map(|h| {
+            assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
+            let (x, j, w) = words(&t).into_iter().find(|w| w.2.fp == Packed::fp_of(h))?;
+            (x > x ^ t.off_of(w.fp)).then_some((h, x, j))
+        })
+        .unwrap();
+    let y = x ^ t.off_of(Packed::fp_of(h));
+    let free = (0..WAYS)
+        .find(|&k| Slot::from_bits(t.line(y)[k].load()).is_empty())
+        .unwrap();
+    let w = Slot::from_bits(t.line(x)[j].load());
+    commit_move(&t, x, j, free);
+    t.line(x)[j]
+        .compare_exchange(w.to_bits(), w.bumped(true).to_bits())
+        .unwrap();
+    let held = t.occupancy();
+    assert_eq!(t.reset_all(), held, "every key reset once");
+    assert_eq!(t.occupancy(), 0, "the moved key survived reset_all");
+    assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
+    assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
+    assert!(!verdict(t.decide(h, 1, S, true, || 0)).allowed);
+}
+
+#[test]
 fn a_frozen_word_no_move_explains_is_thawed_with_its_state() {
     // Only a corrupt file has one: a check must neither hang nor lose it.
     let o = packed("2/hour", 64, WhenFull::Evict);
