@@ -3,9 +3,10 @@
 //! present key reads its bucket line (two when the key sits in its second
 //! bucket), finds its live word and CASes it; nothing else.
 //!
-//! Not yet wired into the engine: this module is the table and its
-//! protocol, tested against the layout-4 table (`tests.rs`) and in loom
-//! models (`loom_tests.rs`). README "Design notes" (the packed layout)
+//! Every operation of such a policy's [`Table`](super::Table) comes here
+//! (`Table::packed`); the slots table serves every other policy. It is
+//! tested against the slots table on one GCRA limit (`tests.rs`) and in
+//! loom models (`loom_tests.rs`). README "Design notes" (the packed layout)
 //! explains the choices; this header is the protocol.
 //!
 //! # Layout
