@@ -22,7 +22,9 @@
 //! is to a C caller), `flood` (a new
 //! key every check, each live for an hour, into a table of
 //! 2^14 slots: past the first 16,384 checks every claim finds its two
-//! buckets full of live keys, looks for a key to move, and evicts).
+//! buckets full of live keys, looks for a key to move, and evicts; a lone
+//! GCRA limit, so the packed table), `flood-fw` (the same on a fixed
+//! window: the slots table).
 //!
 //! `gov-hot`, `gov-deny`, `gov-mixed` and `gov-keys` run the same cases
 //! through governor's keyed limiter (`DefaultKeyedRateLimiter`'s DashMap
@@ -152,7 +154,11 @@ fn main() {
         return;
     }
     let e = Engine::new(EngineOptions {
-        capacity: if what == "flood" { 1 << 14 } else { 1 << 17 },
+        capacity: if what.starts_with("flood") {
+            1 << 14
+        } else {
+            1 << 17
+        },
         ..Default::default()
     })
     .unwrap();
@@ -162,6 +168,7 @@ fn main() {
         "two" => "1000000000/second; fixed_window 4000000000/hour",
         "deny" => "1/second",
         "flood" => "1/hour",
+        "flood-fw" => "fixed_window 1/hour",
         "mixed" => "1000000/second",
         // Every key stays live (its TAT is ahead of `now`) and allowed.
         "live" => "1000000/hour",
@@ -182,7 +189,7 @@ fn main() {
         now += if what == "mixed" { 200 } else { 1 };
         let key = if keyed {
             scatter(i).to_le_bytes()
-        } else if what == "flood" {
+        } else if what.starts_with("flood") {
             i.to_le_bytes()
         } else {
             7u64.to_le_bytes()

@@ -148,10 +148,11 @@
 //! again, and the next search finds the chain one move shorter. Only a key
 //! in its *first* bucket moves, and only to its second, so every move is
 //! serialised through the key's first bucket like its claims, and keys
-//! never move back and forth. With it, 95% of the capacity in live,
-//! uniformly random keys fits without a live eviction (the first comes at
-//! about 96–98%: `benches/memory.rs`; a search of direct moves and one move
-//! before them, within 16 examinations, reached 92–94%). Concurrency
+//! never move back and forth. With it, 93% of the capacity in live,
+//! uniformly random keys fits without a live eviction (the first came at
+//! 0.937–0.953 of 2^20 slots and 0.960–0.964 of 2^17 in three tables each:
+//! `benches/memory.rs`, `first_live_eviction_slots`; a search of direct
+//! moves and one move before them, within 16 examinations, reached 92–94%). Concurrency
 //! policies never move keys (a key holding a live lease is never evicted
 //! anyway).
 //!
@@ -216,15 +217,17 @@ pub(crate) const SLOTS: usize = 2;
 /// Buckets a claim may examine for a key to move out of its way before it
 /// evicts a live entry (see "Moving a key" in the module docs): the bound
 /// on what a flood of new keys into a full table costs per key. 64 puts
-/// the first live eviction at about 97% of the capacity (16: about 92%;
-/// `examples/layout_sim.rs` simulates both).
+/// the first live eviction at about 95% of the capacity with first-fit
+/// placement (97% with placement in the emptier bucket; 16: about 92%;
+/// `examples/layout_sim.rs` simulates these).
 const MOVE_BUDGET: usize = 64;
 
 /// Claims that evict without searching after a search found no key to
 /// move: a table that a flood of new keys keeps full pays for one search
 /// per `MOVE_SKIP + 1` claims, not one per claim — about a fifth of a
 /// bucket examination per key (callgrind, `examples/instructions.rs
-/// flood`: 150 of 2,872 instructions per check).
+/// flood-fw`: 2,972 instructions per check in all, of which the search
+/// was 150 when last measured apart).
 const MOVE_SKIP: u32 = 5 * MOVE_BUDGET as u32;
 
 const _: () = assert!(SLOTS as u128 <= Intent::SLOT_MASK + 1);
