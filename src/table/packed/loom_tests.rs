@@ -5,7 +5,7 @@
 //! atomic step. The smallest table has 4 buckets (one group), so every key
 //! shares its intent with every other.
 
-use super::testkit::{commit_move, words, Owned};
+use super::testkit::{commit_move, move_of, words, Owned};
 use super::word::{Intent, Slot};
 use super::*;
 use loom::sync::Arc;
@@ -246,5 +246,72 @@ fn loom_packed_an_override_set_while_the_key_is_claimed_reaches_its_word() {
         // The claim read the table before the write and raced the setter:
         // either way the key's word must say it has an override.
         assert!(single(&t, h).expect("the key was claimed").ovr);
+    });
+}
+
+#[test]
+fn loom_packed_a_reset_racing_a_move_of_its_key_forgets_it_wherever_it_went() {
+    loom::model(|| {
+        let o = table("2/hour");
+        let t = o.t();
+        let h = key(&t, 0, 1, 0);
+        assert!(allowed(t.decide(h, 1, S, true, || 0)));
+        let (x, j, _) = words(&t)[0];
+        // The move is proposed (committed and completed) while the reset
+        // runs: either commits first.
+        let (g, m) = move_of(&t, x, j, 0);
+        let snap = t.intent(g).load();
+        let mover = {
+            let o = o.clone();
+            thread::spawn(move || {
+                o.t().propose(g, snap, m, S);
+            })
+        };
+        assert!(t.reset(h), "the key held state");
+        mover.join().unwrap();
+        assert!(single(&t, h).is_none(), "the key survived its reset");
+    });
+}
+
+#[test]
+fn loom_packed_a_claim_of_an_expired_slot_racing_a_charge_of_its_key_keeps_the_charge() {
+    loom::model(|| {
+        // Both buckets of K (0 and 1) are full; M's word in bucket 0 has
+        // expired, so K's claim takes it, while M is charged again.
+        // Nothing may be evicted (fail closed): either M's charge lands
+        // first (K then finds no room) or K's claim does (M then finds no
+        // room); a charge allowed is never wiped.
+        let o = Arc::new(Owned::new("1/second", WhenFull::FailClosed, GROUP));
+        let t = o.t();
+        let (m, n, p, q, k) = (
+            key(&t, 0, 1, 0),
+            key(&t, 0, 1, 1),
+            key(&t, 1, 0, 0),
+            key(&t, 1, 0, 1),
+            key(&t, 0, 1, 2),
+        );
+        let later = 10 * S;
+        put(&t, 0, 0, m, S); // expired at `later`
+        for (x, j, h) in [(0, 1, n), (1, 0, p), (1, 1, q)] {
+            put(&t, x, j, h, 100 * S);
+        }
+        let spawn = |h: u64| {
+            let o = o.clone();
+            thread::spawn(move || allowed(o.t().decide(h, 1, later, true, || 0)))
+        };
+        let (claimer, charger) = (spawn(k), spawn(m));
+        let (k_in, m_charged) = (claimer.join().unwrap(), charger.join().unwrap());
+        assert!(k_in != m_charged, "exactly one of them got the slot");
+        if m_charged {
+            let w = single(&t, m).expect("M's charge was wiped");
+            assert!(w.state > later, "M holds its charge");
+            assert!(single(&t, k).is_none());
+        } else {
+            assert!(single(&t, k).is_some());
+            assert!(single(&t, m).is_none());
+        }
+        for h in [n, p, q] {
+            assert_eq!(single(&t, h).map(|w| w.state), Some(100 * S));
+        }
     });
 }

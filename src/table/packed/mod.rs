@@ -54,9 +54,18 @@
 //!   since the scan, and the key is still absent: two racing claims of
 //!   one key, or a claim racing a move of it, can never leave it in two
 //!   slots. The CLAIM names the target slot's generation; it lands on
-//!   whatever the slot held at that generation (empty, expired, or the
-//!   live victim of an eviction: evictions are claims). The claimer then
-//!   charges the key like any check.
+//!   what the slot holds at that generation: empty, expired, or (with its
+//!   `evict` bit) the live victim of an eviction (evictions are claims).
+//!   A charge keeps the generation, so a charge of an expired word's key
+//!   may land between the claim's commit and its step: the step then
+//!   finds the word live at its `now` and lands on nothing (without the
+//!   `evict` bit a live word is never overwritten), and the claimer looks
+//!   again. The claimer then charges the key like any check.
+//! * **Resets.** A RESET names the key's live word and its generation.
+//!   The word is read before the group's snapshot, so after it the reset
+//!   reads the word again: a move of the key, or a reset and a new claim
+//!   of it, completed in between would leave the RESET landing on nothing
+//!   while the key kept its state; the reset then looks for the key again.
 //! * **Moves.** A MOVE of key K names the source slot (K, live, at
 //!   generation `p`) and an empty target slot in K's other bucket (at
 //!   generation `e`). Its steps, each a CAS from a named generation:
@@ -592,6 +601,14 @@ impl<'a> Packed<'a> {
                     if w.gen != t.tgt_gen || (w.frozen && !w.is_empty()) || !current() {
                         break;
                     }
+                    // The word's key may have been charged since the claim
+                    // saw it expired (charges keep the generation): unless
+                    // the claimer chose it as a victim, a word live at
+                    // `now` is never overwritten. The claim then lands on
+                    // nothing, and the claimer looks again.
+                    if !w.is_empty() && !t.evict && w.state > now {
+                        break;
+                    }
                     let new = Slot {
                         fp: t.fp,
                         gen: next_gen(w.gen),
@@ -736,15 +753,17 @@ impl<'a> Packed<'a> {
     ) -> Result<bool, Outcome> {
         let (g, d) = Self::group_of(a, a ^ b);
         let (ra, rb) = (self.room(a, now), self.room(b, now));
-        // (bucket, slot, generation, evicts a live entry)
+        // (bucket, slot, generation, the slot's live key is the victim)
         let pick = match (ra, rb) {
-            (Room::Empty(n, j, e), Room::Empty(m, k, f)) => {
-                Some(if m > n { (b, k, f) } else { (a, j, e) })
-            }
-            (Room::Empty(_, j, e), _) => Some((a, j, e)),
-            (_, Room::Empty(_, k, f)) => Some((b, k, f)),
-            (Room::Expired(j, e), _) => Some((a, j, e)),
-            (_, Room::Expired(k, f)) => Some((b, k, f)),
+            (Room::Empty(n, j, e), Room::Empty(m, k, f)) => Some(if m > n {
+                (b, k, f, false)
+            } else {
+                (a, j, e, false)
+            }),
+            (Room::Empty(_, j, e), _) => Some((a, j, e, false)),
+            (_, Room::Empty(_, k, f)) => Some((b, k, f, false)),
+            (Room::Expired(j, e), _) => Some((a, j, e, false)),
+            (_, Room::Expired(k, f)) => Some((b, k, f, false)),
             _ => None,
         };
         let pick = match pick {
@@ -762,7 +781,7 @@ impl<'a> Packed<'a> {
                     _ => None,
                 };
                 match victim {
-                    Some((x, j, e, _)) if self.when_full == WhenFull::Evict => (x, j, e),
+                    Some((x, j, e, _)) if self.when_full == WhenFull::Evict => (x, j, e, true),
                     _ => {
                         // Slots frozen by moves in flight are not full:
                         // help those moves and look again.
@@ -781,7 +800,7 @@ impl<'a> Packed<'a> {
                 }
             }
         };
-        let (x, j, e) = pick;
+        let (x, j, e, evict) = pick;
         Ok(self
             .propose(
                 g,
@@ -794,6 +813,7 @@ impl<'a> Packed<'a> {
                     tgt_gen: e,
                     fp,
                     ovr,
+                    evict,
                     ..Intent::FRESH
                 },
                 now,
@@ -869,10 +889,23 @@ impl<'a> Packed<'a> {
         let fp = Self::fp_of(h);
         let a = h as usize & self.mask;
         let off = self.off_of(fp);
-        let b = a ^ off;
+        let (x, j, v) = self.present_in(a, a ^ off, fp, off, now)?;
+        Some((x, j, v, off))
+    }
+
+    /// The live word of the key with fingerprint `fp` (buckets `a`, `b`,
+    /// offset `off`) as (bucket, slot, bits), or `None` if it is absent.
+    fn present_in(
+        &self,
+        a: usize,
+        b: usize,
+        fp: u64,
+        off: usize,
+        now: u64,
+    ) -> Option<(usize, usize, u128)> {
         loop {
             match self.find(a, b, fp) {
-                Found::Live(x, j, v) => return Some((x, j, v, off)),
+                Found::Live(x, j, v) => return Some((x, j, v)),
                 Found::Frozen(x, j, v) => self.unfreeze(x, j, v, off, now),
                 Found::Absent => {
                     if self.absent(a, b, fp, now).is_some() {
@@ -913,8 +946,17 @@ impl<'a> Packed<'a> {
 
     /// Forgets `h`; false if it held no state.
     pub fn reset(&self, h: u64) -> bool {
+        let fp = Self::fp_of(h);
+        let a = h as usize & self.mask;
+        let off = self.off_of(fp);
+        self.forget(a, a ^ off, fp, off)
+    }
+
+    /// Forgets the key with fingerprint `fp` (buckets `a`, `b`, offset
+    /// `off`) wherever it is now; false if it held no state.
+    fn forget(&self, a: usize, b: usize, fp: u64, off: usize) -> bool {
         loop {
-            let Some((x, j, v, off)) = self.present(h, 0) else {
+            let Some((x, j, v)) = self.present_in(a, b, fp, off, 0) else {
                 return false;
             };
             if self.reset_at(x, j, v, off) {
@@ -925,58 +967,57 @@ impl<'a> Packed<'a> {
 
     /// Proposes a RESET of the key whose live word `v` is at slot `j` of
     /// bucket `x`. True if it committed (the key is then gone: nothing of
-    /// its group can run before the reset lands).
+    /// its group can run before the reset lands); false if the group moved
+    /// on or the word did (the caller looks for the key again).
     fn reset_at(&self, x: usize, j: usize, v: u128, off: usize) -> bool {
         let (g, d) = Self::group_of(x, off);
         let Some(snap) = self.settled(g, 0) else {
             return false;
         };
+        // `v` was read before `snap`: a move of the key, or a reset and a
+        // new claim of it, may have completed in between, and a RESET
+        // naming the generation `v` had would then land on nothing while
+        // the key kept its state elsewhere. Read after `snap`, the word
+        // still at that generation is the key's live word, and nothing of
+        // its group runs before the commit.
+        let w = Slot::from_bits(v);
+        let now = Slot::from_bits(self.line(x)[j].load());
+        if now.gen != w.gen || now.fp != w.fp || !now.is_live() {
+            return false;
+        }
         let t = Intent {
             op: Op::Reset,
             member: (d % GROUP) as u8,
             tgt_other: x != d,
             tgt_slot: j as u8,
-            tgt_gen: Slot::from_bits(v).gen,
-            fp: Slot::from_bits(v).fp,
+            tgt_gen: w.gen,
+            fp: w.fp,
             ..Intent::FRESH
         };
         self.propose(g, snap, t, 0).is_some()
     }
 
     /// Forgets every key (a scan: a key claimed while it runs may stay).
-    /// A frozen word is helped along first (its move completed, or thawed
-    /// if no move explains it), so a key a dead process left frozen, or a
-    /// corrupt file's frozen garbage, does not come back with its state.
-    /// Returns how many keys it reset.
+    /// Each key met is forgotten wherever it is by then: a frozen word is
+    /// helped along first (its move completed, or thawed if no move
+    /// explains it), so a key a dead process left frozen, a key that moved
+    /// into a bucket the scan passed, or a corrupt file's frozen garbage
+    /// does not come back with its state. Returns how many keys it reset.
     pub fn reset_all(&self) -> u64 {
         let mut n = 0;
         for x in 0..=self.mask {
             for j in 0..WAYS {
-                loop {
-                    let v = self.line(x)[j].load();
-                    let w = Slot::from_bits(v);
+                // A corrupt file may hold a fingerprint twice in one pair
+                // of buckets: each pass forgets the first copy found, so
+                // the slot is empty after at most one pass per slot of
+                // the pair (more only if other threads keep claiming it).
+                for _ in 0..2 * WAYS {
+                    let w = Slot::from_bits(self.line(x)[j].load());
                     if w.is_empty() {
                         break;
                     }
-                    if w.frozen {
-                        let off = self.off_of(w.fp);
-                        self.unfreeze(x, j, v, off, 0);
-                        // Helping may have completed a move into the key's
-                        // other bucket, which this scan may have passed:
-                        // reset the key there too (a later bucket is
-                        // reached by the scan itself).
-                        let y = (x ^ off) & self.mask;
-                        if let Found::Live(z, k, u) = self.find(x, y, w.fp) {
-                            if z < x && self.reset_at(z, k, u, off) {
-                                n += 1;
-                            }
-                        }
-                        continue;
-                    }
-                    if self.reset_at(x, j, v, self.off_of(w.fp)) {
-                        n += 1;
-                        break;
-                    }
+                    let off = self.off_of(w.fp);
+                    n += self.forget(x, (x ^ off) & self.mask, w.fp, off) as u64;
                 }
             }
         }

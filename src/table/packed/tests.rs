@@ -97,6 +97,7 @@ fn slot_and_intent_fields_round_trip_through_their_bit_layout() {
             tgt_gen: GEN_MASK,
             fp: FP_MASK,
             ovr: op == Op::Claim,
+            evict: op == Op::Claim,
             src_slot: if op == Op::Move { 3 } else { 0 },
             src_gen: if op == Op::Move { GEN_MASK - 1 } else { 0 },
         };
@@ -116,6 +117,7 @@ fn slot_and_intent_fields_round_trip_through_their_bit_layout() {
         src_slot: 3,
         src_gen: GEN_MASK,
         ovr: false,
+        evict: false,
     };
     assert_eq!(
         m.to_bits() | 7 << 30,
@@ -446,6 +448,118 @@ fn reset_all_completes_a_dead_processs_move_into_a_bucket_it_scanned_already() {
     assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
     assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
     assert!(!verdict(t.decide(h, 1, S, true, || 0)).allowed);
+}
+
+/// Commits, as key `h`'s group's next pending intent, a CLAIM of slot `j`
+/// of bucket `x` (one of `h`'s buckets) for `h`, naming the generation the
+/// slot has now, without its step: (the group, the intent).
+fn commit_claim(t: &Packed<'_>, h: u64, x: usize, j: usize, evict: bool) -> (usize, Intent) {
+    let fp = Packed::fp_of(h);
+    let off = t.off_of(fp);
+    let a = h as usize & t.mask;
+    assert!(x == a || x == a ^ off, "bucket {x} is not one of the key's");
+    let (g, d) = Packed::group_of(a, off);
+    let snap = t.intent(g).load();
+    let c = Intent {
+        seq: Intent::from_bits(snap).seq + 1,
+        op: Op::Claim,
+        pending: true,
+        member: (d % GROUP) as u8,
+        tgt_other: x != d,
+        tgt_slot: j as u8,
+        tgt_gen: Slot::from_bits(t.line(x)[j].load()).gen,
+        fp,
+        evict,
+        ..Intent::FRESH
+    };
+    t.intent(g).compare_exchange(snap, c.to_bits()).unwrap();
+    (g, c)
+}
+
+/// A key charged once under "2/hour", then the bucket, slot and bits of
+/// its word: what `reset` reads before it takes its group's snapshot.
+fn charged_once(o: &Owned, seed: u64) -> (u64, usize, usize, u128) {
+    let t = o.t();
+    let h = hashes(seed).next().unwrap();
+    assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
+    let (x, j, _) = words(&t)[0];
+    (h, x, j, t.line(x)[j].load())
+}
+
+/// `h` under "2/hour" holds `charges` charges: exactly `2 - charges` more
+/// are allowed.
+fn assert_charges(t: &Packed<'_>, h: u64, charges: usize) {
+    let allowed = (0..3).filter(|_| verdict(t.decide(h, 1, S, true, || 0)).allowed);
+    assert_eq!(allowed.count(), 2 - charges, "the key's charges");
+}
+
+#[test]
+fn a_reset_decided_on_a_word_a_move_took_away_is_refused_and_the_key_reset_where_it_went() {
+    // `reset` read the key's word, then a move of it completed before its
+    // snapshot: a RESET naming the word's old generation would land on
+    // nothing, and the key would keep its state in the other bucket.
+    let o = packed("2/hour", 64, WhenFull::Evict);
+    let t = o.t();
+    let (h, x, j, v) = charged_once(&o, 13);
+    let (g, m) = move_of(&t, x, j, 0);
+    t.propose(g, t.intent(g).load(), m, S).unwrap();
+    assert_ne!(words(&t)[0].0, x, "the key moved");
+    let off = t.off_of(Packed::fp_of(h));
+    assert!(
+        !t.reset_at(x, j, v, off),
+        "a reset of a word that moved away"
+    );
+    assert_charges(&t, h, 1);
+    assert!(t.reset(h));
+    assert_eq!(t.occupancy(), 0);
+    assert_charges(&t, h, 0);
+}
+
+#[test]
+fn a_reset_decided_on_a_word_of_a_key_reset_and_claimed_since_is_refused() {
+    // The same, when a reset and a new claim of the key (perhaps into the
+    // same slot) completed in between: the new claim's charge stays.
+    let o = packed("2/hour", 64, WhenFull::Evict);
+    let t = o.t();
+    let (h, x, j, v) = charged_once(&o, 14);
+    assert!(t.reset(h));
+    assert!(verdict(t.decide(h, 1, S, true, || 0)).allowed);
+    let off = t.off_of(Packed::fp_of(h));
+    assert!(
+        !t.reset_at(x, j, v, off),
+        "a reset naming a word the key left"
+    );
+    assert_charges(&t, h, 1);
+}
+
+#[test]
+fn a_claim_of_an_expired_slot_never_wipes_a_charge_that_landed_first() {
+    // A claim of an expired word names only its generation, which a charge
+    // keeps. A charge of that word's key landing between the claim's
+    // commit and its step makes the key live again: the step must leave
+    // it (the claimer looks again), under every policy, unless the claimer
+    // chose the key as an eviction victim.
+    for (when_full, evict) in [
+        (WhenFull::FailClosed, false),
+        (WhenFull::Evict, false),
+        (WhenFull::Evict, true),
+    ] {
+        let o = packed("1/second", 64, when_full);
+        let t = o.t();
+        let m = hashes(15).next().unwrap();
+        assert!(verdict(t.decide(m, 1, S, true, || 0)).allowed);
+        let (x, j, _) = words(&t)[0];
+        let later = 10 * S; // m expired
+        let k = (hashes(16).next().unwrap() & !(t.mask as u64)) | x as u64;
+        let (g, c) = commit_claim(&t, k, x, j, evict);
+        assert!(verdict(t.decide(m, 1, later, true, || 0)).allowed);
+        let evicted = t.complete(g, c.to_bits(), later);
+        let held = !verdict(t.decide(m, 1, later, false, || 0)).allowed;
+        assert_eq!(evicted, evict, "{when_full:?}: counted as evicted");
+        assert_eq!(held, !evict, "{when_full:?}, victim {evict}: m's charge");
+        assert!(verdict(t.decide(k, 1, later, true, || 0)).allowed);
+        assert_single_and_thawed(&t);
+    }
 }
 
 #[test]

@@ -107,7 +107,8 @@ impl Slot {
 pub(super) enum Op {
     /// No transaction yet (a fresh group).
     None = 0,
-    /// Puts a key (fresh state) in the target slot, at its generation.
+    /// Puts a key (fresh state) in the target slot, at its generation:
+    /// over an empty word, an expired one, or (`evict`) a live one.
     Claim = 1,
     /// Moves the key at the source slot into the empty target slot.
     Move = 2,
@@ -144,6 +145,7 @@ impl Op {
 /// | 39..63   | tgt_gen   | the target slot's generation the transaction acts on |
 /// | 63..102  | fp        | the key's fingerprint (its other bucket follows)      |
 /// | 102      | ovr       | Claim: the key has a quota override                   |
+/// | 103      | evict     | Claim: the claimer chose the target's live key as its victim |
 /// | 102..104 | src_slot  | Move: the source slot, in the target's partner bucket |
 /// | 104..128 | src_gen   | Move: the source slot's generation                    |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +159,7 @@ pub(super) struct Intent {
     pub tgt_gen: u32,
     pub fp: u64,
     pub ovr: bool,
+    pub evict: bool,
     pub src_slot: u8,
     pub src_gen: u32,
 }
@@ -179,6 +182,7 @@ impl Intent {
         tgt_gen: 0,
         fp: 0,
         ovr: false,
+        evict: false,
         src_slot: 0,
         src_gen: 0,
     };
@@ -197,6 +201,7 @@ impl Intent {
             tgt_gen: ((v >> 39) as u32) & GEN_MASK,
             fp: ((v >> 63) as u64) & FP_MASK,
             ovr: op == Op::Claim && (v >> 102) & 1 != 0,
+            evict: op == Op::Claim && (v >> 103) & 1 != 0,
             src_slot: if moves { ((v >> 102) & 3) as u8 } else { 0 },
             src_gen: if moves {
                 ((v >> 104) as u32) & GEN_MASK
@@ -217,7 +222,7 @@ impl Intent {
             | ((self.tgt_gen & GEN_MASK) as u128) << 39
             | ((self.fp & FP_MASK) as u128) << 63;
         match self.op {
-            Op::Claim => v |= (self.ovr as u128) << 102,
+            Op::Claim => v |= (self.ovr as u128) << 102 | (self.evict as u128) << 103,
             Op::Move => {
                 v |= ((self.src_slot & 3) as u128) << 102
                     | ((self.src_gen & GEN_MASK) as u128) << 104
