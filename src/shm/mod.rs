@@ -78,7 +78,12 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RATEKEEP");
 /// Version 6: a policy of one GCRA limit keeps the packed table (table,
 /// `packed.rs`: 16-byte words, four to a bucket, an intent per four
 /// buckets); a version-5 reader would read it as a slots table.
-pub(crate) const LAYOUT_VERSION: u32 = 6;
+/// Version 7: a claim of a slot whose key had expired lands only if that
+/// key is still expired (EVICT and TOUCH-EVICT, ops 10 and 11, for a claim
+/// of a live victim; the packed CLAIM's evict bit); a version-6 process
+/// sharing the file would complete an EVICT as a no-op and would still
+/// wipe a charge that landed under its own claims.
+pub(crate) const LAYOUT_VERSION: u32 = 7;
 /// The magic word while the file is being reset for a new boot (or left so
 /// by a crash during a reset, which the next open completes).
 pub(crate) const MAGIC_RESETTING: u64 = u64::from_le_bytes(*b"RKRESET!");

@@ -26,7 +26,7 @@ impl Table {
         let l = self.layout.limits[0];
         let mut evicted = false;
         loop {
-            let (b, bi, snap, j) = match self.locate(h) {
+            let (b, bi, snap, j) = match self.locate(h, now) {
                 Located::At(p) => (p.b, p.bi, p.snap, p.slot),
                 Located::Absent(absent) => {
                     let verdict = self.fresh_verdict(h, 1, now);
@@ -65,7 +65,7 @@ impl Table {
             // transaction gives the bucket a new seq first.
             let nonce = (LeaseId::from_a(w.payload.a).nonce + 1) % LeaseId::NONCES;
             if nonce == 0 && w.tag == snap.seq {
-                self.transact(b, &snap, Op::Touch, 0, 0, 0);
+                self.transact(b, &snap, Op::Touch, 0, 0, 0, now);
                 continue;
             }
             let new = Word::new(
@@ -89,7 +89,7 @@ impl Table {
             // claimer may have judged it expired from an older snapshot and
             // not committed yet: fence such claims before handing out the
             // permit (see `fence_lease`).
-            if verdict.remaining + 1 == l.count && !self.fence_lease(b, &snap, &lease) {
+            if verdict.remaining + 1 == l.count && !self.fence_lease(b, &snap, &lease, now) {
                 continue; // the lease was wiped by a claim: take another
             }
             return (Outcome::Decided { verdict, evicted }, Some(lease));
@@ -104,13 +104,19 @@ impl Table {
     /// on the old words: complete whatever is pending, and keep the lease
     /// only if it is still there (then fence again from the new snapshot).
     /// False if the lease was wiped (nothing to undo: its word is gone).
-    pub(super) fn fence_lease(&self, b: &[Atomic128], snap: &Snapshot, lease: &Lease) -> bool {
+    pub(super) fn fence_lease(
+        &self,
+        b: &[Atomic128],
+        snap: &Snapshot,
+        lease: &Lease,
+        now: u64,
+    ) -> bool {
         let mut snap = *snap;
         loop {
-            if self.transact(b, &snap, Op::Touch, 0, 0, 0) {
+            if self.transact(b, &snap, Op::Touch, 0, 0, 0, now) {
                 return true;
             }
-            snap = self.snapshot(b);
+            snap = self.snapshot(b, now);
             let unit = &self.slot_words(b, lease.slot as usize)[lease.index as usize];
             if unit.load() != lease.word {
                 return false;

@@ -397,7 +397,7 @@ fn loom_a_third_thread_helps_a_pending_transaction_exactly_once() {
         // A writer died right after committing a charge of 1.
         let b = t.bucket(0);
         let j = t.find(b, 7).unwrap();
-        let snap = t.snapshot(b);
+        let snap = t.snapshot(b, 0);
         let s1 = snap.seq.wrapping_add(1);
         let e = Intent::pending(s1, Op::Charge, j, 1, S);
         let expected = if e.index() == 0 { snap.e0 } else { snap.e1 };
@@ -536,16 +536,16 @@ fn racing_checks_on(t: &Arc<Table>, h: u64, now: u64) -> usize {
 /// slot of bucket 1, as `make_room` does; true if it committed.
 fn propose_move_of(t: &Table, h: u64, now: u64) -> bool {
     let (f, s) = (t.bucket(0), t.bucket(1));
-    let sf = t.snapshot(f);
+    let sf = t.snapshot(f, now);
     if t.find(f, h).is_none() {
         return false; // moved already
     }
-    let ss = t.snapshot(s);
+    let ss = t.snapshot(s, now);
     let Victim::Empty(j) = t.choose_victim(s, h, now) else {
         return false;
     };
     let at = ss.seq as u64 & Intent::COST_MASK as u64;
-    t.transact(f, &sf, Op::Move, j, at, h)
+    t.transact(f, &sf, Op::Move, j, at, h, now)
 }
 
 /// A key moving into its second bucket while another thread charges it
@@ -687,5 +687,40 @@ fn loom_a_spot_is_never_used_on_the_key_that_took_its_slot() {
         // A peek of cost 1 reports what remains after it: 5 - 1 - 1 (with
         // A's 2 landing on key 3 it would be 1).
         assert_eq!(peek(&t, 3, now).remaining, 3, "key 3 saw key 1's charge");
+    });
+}
+
+#[test]
+fn loom_a_claim_of_an_expired_slot_racing_a_charge_of_its_key_keeps_the_charge() {
+    loom::model(|| {
+        // One bucket, failing closed: key 1's window has ended, key 2's is
+        // open. Key 3's claim takes key 1's slot while key 1 is charged
+        // again: exactly one of them gets the slot, and a charge allowed is
+        // never wiped.
+        let layout = layout_for(&parse("fixed_window 1/second").unwrap(), None)
+            .unwrap()
+            .unpacked();
+        let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
+        let t = Arc::new(Table::new(layout, WhenFull::FailClosed, 1, mem, 0));
+        let now = 5 * S + 1;
+        assert!(allowed(t.decide(1, 1, 0, Mode::Charge)));
+        assert!(allowed(t.decide(2, 1, now, Mode::Charge)));
+        let spawn = |h: u64| {
+            let t = t.clone();
+            thread::spawn(move || allowed(t.decide(h, 1, now, Mode::Charge)))
+        };
+        let (claimer, charger) = (spawn(3), spawn(1));
+        let (in3, charged1) = (claimer.join().unwrap(), charger.join().unwrap());
+        assert!(
+            in3 != charged1,
+            "exactly one of them got the slot: {in3} {charged1}"
+        );
+        let b = t.bucket(0);
+        if charged1 {
+            assert!(t.find(b, 1).is_some(), "key 1's charge was wiped");
+            assert_eq!(peek(&t, 1, now).remaining, 0, "key 1 holds its charge");
+        } else {
+            assert!(t.find(b, 3).is_some() && t.find(b, 1).is_none());
+        }
     });
 }

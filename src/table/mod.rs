@@ -84,6 +84,16 @@
 //!   the value read to the new value, tagged with the snapshot's seq. A slot
 //!   reused by another key in between was rewritten with a newer tag by the
 //!   claim, so the CAS fails: a stale update after reuse is impossible.
+//! * **A claim never wipes a charge it could not see.** A direct update
+//!   commits no transaction, so it may land on a slot's state word after a
+//!   claimer found the slot's key expired and committed. A CLAIM of a
+//!   single-word policy's slot therefore empties the state word first, by
+//!   one CAS from a value expired at the helper's `now` (`take_expired`),
+//!   and lands on nothing if the key is live again; only an EVICT (the
+//!   claimer chose the live key as its victim) overwrites it regardless.
+//!   loom: `loom_a_claim_of_an_expired_slot_racing_a_charge_of_its_key_
+//!   keeps_the_charge`. (A new concurrency lease fences claims itself:
+//!   `fence_lease`.)
 //! * **Duplicates are impossible**: a key is added only by a claim
 //!   transaction proposed from a snapshot in which the key is absent, and
 //!   the proposal fails if any transaction happened since.
@@ -890,6 +900,17 @@ impl Table {
         self.pick_victim(b, h, now, |j| self.expiry(b, j, now))
     }
 
+    /// Single-word policies: when state `p` expires (as `choose_victim`
+    /// judges it: the unscaled limit, as every claimer does).
+    pub(super) fn single_expiry(&self, p: Payload, now: u64) -> u64 {
+        let l = &self.layout.first;
+        match l.algorithm {
+            Algorithm::Gcra => algo::expiry_gcra(p),
+            Algorithm::FixedWindow => algo::fixed_window::expiry(l, p),
+            _ => algo::expiry(l, &[p][..], now),
+        }
+    }
+
     /// The loop of [`choose_victim`](Self::choose_victim), with slot `j`'s
     /// expiry and protection from `expiry(j)`.
     #[inline(always)]
@@ -1001,14 +1022,21 @@ impl Table {
                 retry_after_ns: algo::until(exp(Some(in_first)).min(exp(in_second)), now),
             });
         };
+        // A claim of an empty or expired slot is a CLAIM, which lands only
+        // if the slot's key is still expired when it runs (a charge of it
+        // may land after the claimer's snapshot: see `take_expired`); one
+        // that chose a live victim is an EVICT, which lands regardless.
+        let (claim, touch) = match evicts {
+            false => (Op::Claim, Op::Touch),
+            true => (Op::Evict, Op::TouchEvict),
+        };
         if !second {
-            return Ok(
-                self.transact(a, &sa, Op::Claim, j, self.override_of(h) as u64, h) && evicts,
-            );
+            let factor = self.override_of(h) as u64;
+            return Ok(self.transact(a, &sa, claim, j, factor, h, now) && evicts);
         }
         let (b, sb) = absent.second.expect("a second bucket was chosen");
         let at = sb.seq as u64 & Intent::COST_MASK as u64;
-        if !self.transact(a, &sa, Op::Touch, j, at, h) {
+        if !self.transact(a, &sa, touch, j, at, h, now) {
             return Ok(false);
         }
         // Counted as an eviction if the claim in the second bucket is the
@@ -1018,7 +1046,7 @@ impl Table {
         let e = Intent::from_bits(b[(sb.seq.wrapping_add(1) & 1) as usize].load());
         Ok(evicts
             && e.seq == sb.seq.wrapping_add(1)
-            && e.op == Op::Claim
+            && e.op == Op::Evict
             && e.arg == h
             && e.slot == j)
     }
@@ -1074,9 +1102,9 @@ impl Table {
                 };
                 budget = left;
                 let b = self.bucket(y);
-                let sy = self.snapshot(b);
+                let sy = self.snapshot(b, now);
                 if let Victim::Empty(j) | Victim::Expired(j) = self.choose_victim(b, g, now) {
-                    return self.propose_move(x, &sx, g, j, &sy);
+                    return self.propose_move(x, &sx, g, j, &sy, now);
                 }
                 if !reached[..len].iter().any(|&(z, _)| z == y) {
                     reached[len] = (y, sy);
@@ -1104,17 +1132,26 @@ impl Table {
     /// MOVE of `g` to slot `j` of its second bucket, as of that bucket's
     /// snapshot `sy`. True whether or not it committed: either way the
     /// caller looks again.
-    fn propose_move(&self, x: usize, sx: &Snapshot, g: u64, j: usize, sy: &Snapshot) -> bool {
+    fn propose_move(
+        &self,
+        x: usize,
+        sx: &Snapshot,
+        g: u64,
+        j: usize,
+        sy: &Snapshot,
+        now: u64,
+    ) -> bool {
         let at = sy.seq as u64 & Intent::COST_MASK as u64;
-        self.transact(self.bucket(x), sx, Op::Move, j, at, g);
+        self.transact(self.bucket(x), sx, Op::Move, j, at, g, now);
         true
     }
 
     /// Where key `h` lives: the bucket and slot holding it, with a snapshot
     /// of that bucket, or the snapshots of both its buckets without it. A
-    /// key is looked for in its first bucket, then in its second.
+    /// key is looked for in its first bucket, then in its second. `now`:
+    /// the caller's time (0 if it has none), for the transactions it helps.
     #[inline(always)]
-    fn locate(&self, h: u64) -> Located<'_> {
+    fn locate(&self, h: u64, now: u64) -> Located<'_> {
         let ai = self.bucket_of(h);
         let a = self.bucket(ai);
         // A third of the keys of a table three-quarters full live in their
@@ -1126,7 +1163,7 @@ impl Table {
             sync::prefetch(&b[0]);
             sync::prefetch(&b[self.key_unit((h >> 58) as usize % SLOTS)]);
         }
-        let sa = self.snapshot(a);
+        let sa = self.snapshot(a, now);
         if let Some(j) = self.find(a, h) {
             return Located::At(Place {
                 b: a,
@@ -1135,14 +1172,14 @@ impl Table {
                 slot: j,
             });
         }
-        self.locate_second(h, a, sa)
+        self.locate_second(h, a, sa, now)
     }
 
     /// Where key `h` lives, or `None` if it is absent from both its
     /// buckets (confirmed: neither changed while it was looked for).
-    fn present(&self, h: u64) -> Option<Place<'_>> {
+    fn present(&self, h: u64, now: u64) -> Option<Place<'_>> {
         loop {
-            match self.locate(h) {
+            match self.locate(h, now) {
                 Located::At(p) => return Some(p),
                 Located::Absent(absent) if absent.still() => return None,
                 Located::Absent(_) => continue,
@@ -1152,7 +1189,13 @@ impl Table {
 
     /// [`locate`](Self::locate), once the key is not in its first bucket.
     #[inline(never)]
-    fn locate_second<'t>(&'t self, h: u64, a: &'t [Atomic128], sa: Snapshot) -> Located<'t> {
+    fn locate_second<'t>(
+        &'t self,
+        h: u64,
+        a: &'t [Atomic128],
+        sa: Snapshot,
+        now: u64,
+    ) -> Located<'t> {
         let Some(bi) = self.second_of(h) else {
             return Located::Absent(Absent {
                 first: (a, sa),
@@ -1160,7 +1203,7 @@ impl Table {
             });
         };
         let b = self.bucket(bi);
-        let sb = self.snapshot(b);
+        let sb = self.snapshot(b, now);
         if let Some(j) = self.find(b, h) {
             return Located::At(Place {
                 b,
@@ -1245,7 +1288,7 @@ impl Table {
                 ..Spot::EMPTY
             });
         }
-        let p = self.present(h)?;
+        let p = self.present(h, 0)?;
         let key = p.b[self.key_unit(p.slot)].load();
         (Word::from_bits(key).hash() == h && Self::still(p.b, &p.snap)).then_some(Spot {
             bucket: p.bi,
@@ -1307,7 +1350,7 @@ impl Table {
         let now = now.min(algo::MAX_TIME_NS);
         let mut evicted = false;
         loop {
-            let (b, snap, j) = match self.locate(h) {
+            let (b, snap, j) = match self.locate(h, now) {
                 Located::At(p) => (p.b, p.snap, p.slot),
                 Located::Absent(absent) => {
                     let verdict = self.fresh_verdict(h, cost, now);
@@ -1365,7 +1408,7 @@ impl Table {
                 continue;
             }
             if strike.is_some() {
-                if self.transact(b, &snap, Op::Strike, j, 0, now) {
+                if self.transact(b, &snap, Op::Strike, j, 0, now, now) {
                     return Outcome::Decided { verdict, evicted };
                 }
                 continue;
@@ -1373,7 +1416,7 @@ impl Table {
             if !charge || !verdict.allowed || cost == 0 || self.layout.concurrency {
                 return Outcome::Decided { verdict, evicted };
             }
-            if self.transact(b, &snap, Op::Charge, j, cost, now) {
+            if self.transact(b, &snap, Op::Charge, j, cost, now, now) {
                 return Outcome::Decided { verdict, evicted };
             }
         }
@@ -1393,7 +1436,7 @@ impl Table {
         loop {
             let Some(Place {
                 b, snap, slot: j, ..
-            }) = self.present(h)
+            }) = self.present(h, now)
             else {
                 return false;
             };
@@ -1420,7 +1463,7 @@ impl Table {
                 }
                 continue;
             }
-            if self.transact(b, &snap, Op::Refund, j, cost, now) {
+            if self.transact(b, &snap, Op::Refund, j, cost, now, now) {
                 return true;
             }
         }
@@ -1434,11 +1477,11 @@ impl Table {
         loop {
             let Some(Place {
                 b, snap, slot: j, ..
-            }) = self.present(h)
+            }) = self.present(h, 0)
             else {
                 return false;
             };
-            if self.transact(b, &snap, Op::Reset, j, 0, 0) {
+            if self.transact(b, &snap, Op::Reset, j, 0, 0, 0) {
                 return true;
             }
         }

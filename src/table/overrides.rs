@@ -74,20 +74,20 @@ impl Table {
         // (A key in its second bucket was claimed through its first one,
         // which the TOUCH here fences too: see "Two buckets per key".)
         loop {
-            match self.locate(h) {
+            match self.locate(h, 0) {
                 Located::At(p) if self.key_word(p.b, p.slot).factor() == factor_milli => {
                     if Self::still(p.b, &p.snap) {
                         return Ok(());
                     }
                 }
                 Located::At(p) => {
-                    if self.transact(p.b, &p.snap, Op::Factor, p.slot, factor_milli as u64, 0) {
+                    if self.transact(p.b, &p.snap, Op::Factor, p.slot, factor_milli as u64, 0, 0) {
                         return Ok(());
                     }
                 }
                 Located::Absent(absent) => {
                     let (a, sa) = absent.first;
-                    if self.transact(a, &sa, Op::Touch, 0, 0, 0) {
+                    if self.transact(a, &sa, Op::Touch, 0, 0, 0, 0) {
                         return Ok(());
                     }
                 }

@@ -26,10 +26,11 @@ pub(super) struct Snapshot {
 }
 
 impl Table {
-    /// The latest completed transaction of bucket `b`, helping a pending one.
+    /// The latest completed transaction of bucket `b`, helping a pending one
+    /// (as of `now`, the caller's time, or 0 if it has none: see `apply`).
     /// (Always inlined: it is the first step of every check.)
     #[inline(always)]
-    pub(super) fn snapshot(&self, b: &[Atomic128]) -> Snapshot {
+    pub(super) fn snapshot(&self, b: &[Atomic128], now: u64) -> Snapshot {
         loop {
             let e0 = b[0].load();
             let e1 = b[1].load();
@@ -52,7 +53,7 @@ impl Table {
             }
             let latest = Intent::from_bits(cur);
             if latest.pending {
-                self.apply(b, latest);
+                self.apply(b, latest, now);
                 continue;
             }
             return Snapshot {
@@ -99,7 +100,9 @@ impl Table {
         b[0].load() == s.e0 && b[1].load() == s.e1
     }
 
-    /// Commits transaction `snap.seq + 1`; on success, completes it.
+    /// Commits transaction `snap.seq + 1`; on success, completes it (as of
+    /// `now`, the caller's time, or 0 if it has none: see `apply`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn transact(
         &self,
         b: &[Atomic128],
@@ -108,11 +111,12 @@ impl Table {
         slot: usize,
         cost: u64,
         arg: u64,
+        now: u64,
     ) -> bool {
         let s1 = snap.seq.wrapping_add(1);
         if s1 % RETAG_EVERY == 0 && op != Op::Retag {
             // This seq belongs to a retag; the caller takes a new snapshot.
-            self.transact(b, snap, Op::Retag, 0, 0, 0);
+            self.transact(b, snap, Op::Retag, 0, 0, 0, now);
             return false;
         }
         let e = Intent::pending(s1, op, slot, cost, arg);
@@ -123,7 +127,7 @@ impl Table {
         {
             return false;
         }
-        self.apply(b, e);
+        self.apply(b, e, now);
         true
     }
 
@@ -153,6 +157,46 @@ impl Table {
         }
     }
 
+    /// The first step of CLAIM `e` of slot `slot` in a single-word policy:
+    /// its state word, made empty (tagged `e.seq`) if the slot is empty or
+    /// its key has expired at `now`. A direct charge keeps no tag of its
+    /// own and commits no transaction, so a charge of the slot's key may
+    /// land after the claimer found it expired and committed: the word is
+    /// then live, and `Some(false)` says so (the claim must land on
+    /// nothing). The check and the write are one CAS, so a charge landing
+    /// after it fails its own CAS and looks again. `Some(true)`: the word
+    /// is empty (by this helper or another); `None`: the transaction is
+    /// complete already. A helper with no time (`now` = 0) finds every
+    /// charged key live: the claim then lands on nothing, which is safe.
+    fn take_expired(&self, b: &[Atomic128], slot: usize, e: Intent, now: u64) -> Option<bool> {
+        let unit = &self.slot_words(b, slot)[0];
+        let bits = e.to_bits();
+        loop {
+            let cur = unit.load();
+            let w = Word::from_bits(cur);
+            if w.tag == e.seq {
+                return Some(true);
+            }
+            if b[e.index()].load() != bits {
+                return None;
+            }
+            // The key word changes only by transactions of this bucket: while
+            // this one is pending it holds the victim (or nothing), until a
+            // helper writes the claimed key into it, after this word.
+            let key = Word::from_bits(b[self.key_unit(slot)].load());
+            if key.tag == e.seq {
+                return Some(true);
+            }
+            if key.hash() != 0 && self.single_expiry(w.payload, now) > now {
+                return Some(false);
+            }
+            let empty = Word::new(e.seq, Payload::default());
+            if unit.compare_exchange(cur, empty.to_bits()).is_ok() {
+                return Some(true);
+            }
+        }
+    }
+
     /// Marks pending transaction `e` done; failure means another helper
     /// already did.
     #[inline(always)]
@@ -160,10 +204,12 @@ impl Table {
         let _ = b[e.index()].compare_exchange(e.to_bits(), e.done().to_bits());
     }
 
-    /// Completes transaction `e` (idempotent; any thread may call it).
+    /// Completes transaction `e` (idempotent; any thread may call it) at
+    /// `now`, the helper's time (0 if it has none), which only a CLAIM of a
+    /// slot whose key had expired reads: see [`take_expired`](Self::take_expired).
     /// An intent naming a slot the bucket does not have (a corrupt shared
     /// file) is completed as a no-op.
-    pub(super) fn apply(&self, b: &[Atomic128], e: Intent) {
+    pub(super) fn apply(&self, b: &[Atomic128], e: Intent, now: u64) {
         let slot = e.slot;
         if slot >= SLOTS {
             Self::mark_done(b, e);
@@ -179,7 +225,19 @@ impl Table {
                             .iter()
                             .all(|w| Self::write(b, w, e, |p| p).is_some()))
             }),
-            Op::Claim => {
+            Op::Claim | Op::Evict => {
+                if e.op == Op::Claim && self.layout.single_word {
+                    match self.take_expired(b, slot, e, now) {
+                        Some(true) => {}
+                        Some(false) => {
+                            // The key the claim found expired is live: the
+                            // claim lands on nothing (its claimer looks again).
+                            Self::mark_done(b, e);
+                            return;
+                        }
+                        None => return,
+                    }
+                }
                 let key = Word::key(e.seq, e.arg, e.cost as u32);
                 Self::write(b, &b[self.key_unit(slot)], e, |_| key.payload).is_some()
                     && words
@@ -204,13 +262,13 @@ impl Table {
             }
             // A TOUCH naming a key (arg != 0) claims it in its second
             // bucket (see "Two buckets per key" in the module docs).
-            Op::Touch => {
+            Op::Touch | Op::TouchEvict => {
                 if e.arg != 0 {
-                    self.install_in_second(e, None);
+                    self.install_in_second(e, None, now);
                 }
                 true
             }
-            Op::Move => self.move_out(b, e),
+            Op::Move => self.move_out(b, e, now),
             Op::MoveIn => {
                 let (from, i) = (self.bucket(self.bucket_of(e.arg)), e.cost as usize);
                 if i >= SLOTS || self.layout.concurrency {
@@ -229,12 +287,7 @@ impl Table {
                         Self::write(b, w, e, |_| Word::from_bits(s.load()).payload).is_some()
                     })
             }
-            Op::Reserved10
-            | Op::Reserved11
-            | Op::Reserved12
-            | Op::Reserved13
-            | Op::Reserved14
-            | Op::Reserved15 => true,
+            Op::Reserved12 | Op::Reserved13 | Op::Reserved14 | Op::Reserved15 => true,
             Op::Strike => {
                 let (Some(pen), off, now) =
                     (self.layout.penalty, self.layout.penalty_offset, e.arg)
@@ -285,13 +338,14 @@ impl Table {
     /// is helped, so a chain of such intents (or a cycle, in a corrupt file)
     /// never recurses; a pair it cannot read as consistent has moved on too
     /// (or is corrupt: the next snapshot of it repairs it).
-    fn install_in_second(&self, e: Intent, from: Option<usize>) {
+    fn install_in_second(&self, e: Intent, from: Option<usize>, now: u64) {
         let Some(bi) = self.second_of(e.arg) else {
             return; // a corrupt file: this table has one bucket
         };
         let b = self.bucket(bi);
         let at = e.cost as u32;
         let (op, cost) = match from {
+            None if e.op == Op::TouchEvict => (Op::Evict, self.override_of(e.arg) as u64),
             None => (Op::Claim, self.override_of(e.arg) as u64),
             Some(i) => (Op::MoveIn, i as u64),
         };
@@ -316,7 +370,7 @@ impl Table {
                     && latest.cost == cost
                     && low(latest.seq) == low(at.wrapping_add(1));
                 if ours {
-                    self.apply(b, latest);
+                    self.apply(b, latest, now);
                 }
                 return;
             }
@@ -328,7 +382,7 @@ impl Table {
                 e1,
                 seq: latest.seq,
             };
-            if self.transact(b, &snap, op, e.slot, cost, e.arg) {
+            if self.transact(b, &snap, op, e.slot, cost, e.arg, now) {
                 return;
             }
         }
@@ -342,7 +396,7 @@ impl Table {
     /// holds the key, unchanged if the second bucket moved on without it.
     /// A key no longer in `f` was moved already (or the intent is corrupt):
     /// nothing to do. Returns false if another helper finished first.
-    fn move_out(&self, f: &[Atomic128], e: Intent) -> bool {
+    fn move_out(&self, f: &[Atomic128], e: Intent, now: u64) -> bool {
         if e.arg == 0 || self.layout.concurrency {
             return true; // only a corrupt file holds such a MOVE
         }
@@ -356,7 +410,7 @@ impl Table {
         {
             return false;
         }
-        self.install_in_second(e, Some(i));
+        self.install_in_second(e, Some(i), now);
         let moved = self
             .second_of(e.arg)
             .is_some_and(|s| self.key_word(self.bucket(s), e.slot).hash() == e.arg);

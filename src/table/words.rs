@@ -107,11 +107,16 @@ pub(crate) enum Op {
     /// the key word and state of slot `cost` of its first bucket, which a
     /// pending MOVE there holds still.
     MoveIn = 9,
-    /// Ops 10..16 are never written; an intent holding one (a corrupt
+    /// A CLAIM whose claimer chose the slot's live key as its victim: it
+    /// overwrites that key whatever it holds. (A plain CLAIM of a
+    /// single-word policy's slot lands only if the slot's key is still
+    /// expired when it runs: see `Table::take_expired`.)
+    Evict = 10,
+    /// A TOUCH claiming key hash `arg` in its second bucket by an EVICT.
+    TouchEvict = 11,
+    /// Ops 12..16 are never written; an intent holding one (a corrupt
     /// file) is completed as a no-op. They exist so that every 4-bit op
     /// field decodes to an op and encodes back to the same bits.
-    Reserved10 = 10,
-    Reserved11 = 11,
     Reserved12 = 12,
     Reserved13 = 13,
     Reserved14 = 14,
@@ -133,8 +138,8 @@ impl Op {
             7 => Op::Touch,
             8 => Op::Move,
             9 => Op::MoveIn,
-            10 => Op::Reserved10,
-            11 => Op::Reserved11,
+            10 => Op::Evict,
+            11 => Op::TouchEvict,
             12 => Op::Reserved12,
             13 => Op::Reserved13,
             14 => Op::Reserved14,
@@ -150,7 +155,7 @@ impl Op {
 /// |---------|---------|-----------------------------------------------------|
 /// | 0..32   | seq     | the transaction's sequence number                   |
 /// | 32..56  | cost    | cost of a charge or refund; the override factor of a claim or factor op; a seq for touch and move; a slot for move-in |
-/// | 56..60  | op      | [`Op`]: retag, charge, refund, claim, reset, strike, factor, touch, move, move-in (10..16 reserved) |
+/// | 56..60  | op      | [`Op`]: retag, charge, refund, claim, reset, strike, factor, touch, move, move-in, evict, touch-evict (12..16 reserved) |
 /// | 60      | pending | set until every word of the transaction is written  |
 /// | 61..64  | slot    | the slot the transaction changes                    |
 /// | 64..128 | arg     | `now` for charge/refund/strike, the key hash for a claim, touch or move |
