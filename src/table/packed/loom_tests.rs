@@ -315,3 +315,41 @@ fn loom_packed_a_claim_of_an_expired_slot_racing_a_charge_of_its_key_keeps_the_c
         }
     });
 }
+
+#[test]
+fn loom_packed_an_eviction_a_helper_completes_is_counted_by_its_claimer() {
+    loom::model(|| {
+        // Both buckets of N (0 and 1) are full of live keys that cannot
+        // move: N evicts V, the soonest to expire. Another thread, looking
+        // for an absent key of the same group, may complete N's claim
+        // before N's own step: the eviction is still counted, once.
+        let o = table("2/hour");
+        let t = o.t();
+        let (v, x, y, z) = (
+            key(&t, 0, 1, 0),
+            key(&t, 0, 1, 1),
+            key(&t, 1, 0, 0),
+            key(&t, 1, 0, 1),
+        );
+        put(&t, 0, 0, v, S + 10);
+        put(&t, 0, 1, x, S + 20);
+        put(&t, 1, 0, y, S + 30);
+        put(&t, 1, 1, z, S + 40);
+        let n = key(&t, 0, 1, 2);
+        let helper = {
+            let o = o.clone();
+            thread::spawn(move || {
+                let t = o.t();
+                assert!(!t.reset(key(&t, 2, 3, 0)));
+            })
+        };
+        let claimed = t.decide(n, 1, S, true, || 0);
+        helper.join().unwrap();
+        assert!(
+            matches!(claimed, Outcome::Decided { evicted: true, verdict } if verdict.allowed),
+            "{claimed:?}"
+        );
+        assert!(single(&t, n).is_some());
+        assert!(single(&t, v).is_none(), "the victim");
+    });
+}

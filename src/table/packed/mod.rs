@@ -801,24 +801,34 @@ impl<'a> Packed<'a> {
             }
         };
         let (x, j, e, evict) = pick;
-        Ok(self
-            .propose(
-                g,
-                snap,
-                Intent {
-                    op: Op::Claim,
-                    member: (d % GROUP) as u8,
-                    tgt_other: x != d,
-                    tgt_slot: j as u8,
-                    tgt_gen: e,
-                    fp,
-                    ovr,
-                    evict,
-                    ..Intent::FRESH
-                },
-                now,
-            )
-            .unwrap_or(false))
+        let committed = self.propose(
+            g,
+            snap,
+            Intent {
+                op: Op::Claim,
+                member: (d % GROUP) as u8,
+                tgt_other: x != d,
+                tgt_slot: j as u8,
+                tgt_gen: e,
+                fp,
+                ovr,
+                evict,
+                ..Intent::FRESH
+            },
+            now,
+        );
+        // An eviction is counted by its claimer, once: its own step, or a
+        // helper's that landed first (the slot then holds the key at the
+        // next generation; helpers count nothing). Not counted if the slot
+        // has moved on again since (rare: the count is a statistic).
+        Ok(match committed {
+            Some(true) => true,
+            Some(false) if evict => {
+                let w = Slot::from_bits(self.line(x)[j].load());
+                w.gen == next_gen(e) && w.fp == fp
+            }
+            _ => false,
+        })
     }
 
     /// Looks for a chain of moves that frees a slot in bucket `a` or `b`
