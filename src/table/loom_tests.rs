@@ -724,3 +724,90 @@ fn loom_a_claim_of_an_expired_slot_racing_a_charge_of_its_key_keeps_the_charge()
         }
     });
 }
+
+#[test]
+fn loom_an_aborted_claim_never_writes_its_key_after_done() {
+    loom::model(|| {
+        // One bucket, failing closed, GCRA 2/second (T = 0.5 s, burst 2):
+        // key 1 charged once at 0 (TAT 0.5 s), key 2 live at `late`. Key 3's
+        // claimer runs at `late` (key 1 expired: a CLAIM of its slot); key
+        // 1's checker runs at `early` (key 1 live: as a helper its
+        // take_expired aborts the claim) and charges key 1 (TAT 1.0 s, live
+        // at `late` too, so no helper may wipe it). A charge allowed must
+        // never be wiped, and key 3 must never inherit key 1's state.
+        let layout = layout_for(&parse("2/second").unwrap(), None)
+            .unwrap()
+            .unpacked();
+        let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
+        let t = Arc::new(Table::new(layout, WhenFull::FailClosed, 1, mem, 0));
+        let (early, late) = (S / 4, S / 2 + 1);
+        assert!(allowed(t.decide(1, 1, 0, Mode::Charge)));
+        assert!(allowed(t.decide(2, 1, late, Mode::Charge)));
+        let spawn = |h: u64, now: u64| {
+            let t = t.clone();
+            thread::spawn(move || allowed(t.decide(h, 1, now, Mode::Charge)))
+        };
+        let (claimer, charger) = (spawn(3, late), spawn(1, early));
+        let (in3, charged1) = (claimer.join().unwrap(), charger.join().unwrap());
+        let b = t.bucket(0);
+        // Key 3 charged once at `late` from a fresh state, as a reference.
+        let fresh = {
+            let layout = layout_for(&parse("2/second").unwrap(), None)
+                .unwrap()
+                .unpacked();
+            let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
+            let r = Table::new(layout, WhenFull::FailClosed, 1, mem, 0);
+            assert!(allowed(r.decide(3, 1, late, Mode::Charge)));
+            peek(&r, 3, late)
+        };
+        if in3 {
+            assert_eq!(
+                peek(&t, 3, late),
+                fresh,
+                "key 3 holds only its own charge (charged1 = {charged1})"
+            );
+        }
+        if charged1 {
+            assert!(
+                t.find(b, 1).is_some(),
+                "key 1's charge (live at every helper's time) was allowed, then its slot was taken by key 3"
+            );
+        }
+    });
+}
+
+#[test]
+fn loom_an_aborted_claim_never_puts_its_key_in_a_second_slot() {
+    loom::model(|| {
+        // One bucket, GCRA 2/second, every check at `now`: key 1 in slot 0
+        // has expired (a CLAIM of slot 0 for key 3), key 2 in slot 1 is
+        // live. Another thread resets key 2 (its snapshot helps the pending
+        // CLAIM with no time, `now` = 0, and so aborts it) and then checks
+        // key 3, which takes the slot the reset freed. Key 3 must end up
+        // in one slot.
+        let layout = layout_for(&parse("2/second").unwrap(), None)
+            .unwrap()
+            .unpacked();
+        let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
+        let t = Arc::new(Table::new(layout, WhenFull::FailClosed, 1, mem, 0));
+        let now = 5 * S;
+        assert!(allowed(t.decide(1, 1, 0, Mode::Charge)));
+        assert!(allowed(t.decide(2, 1, now, Mode::Charge)));
+        let b = t.bucket(0);
+        assert_eq!((t.find(b, 1), t.find(b, 2)), (Some(0), Some(1)));
+        let claimer = {
+            let t = t.clone();
+            thread::spawn(move || allowed(t.decide(3, 1, now, Mode::Charge)))
+        };
+        let other = {
+            let t = t.clone();
+            thread::spawn(move || {
+                assert!(t.reset(2));
+                allowed(t.decide(3, 1, now, Mode::Charge))
+            })
+        };
+        let _ = (claimer.join().unwrap(), other.join().unwrap());
+        let copies = (0..SLOTS).filter(|&j| t.key_word(b, j).hash() == 3).count();
+        assert!(copies <= 1, "key 3 is in {copies} slots");
+    });
+}

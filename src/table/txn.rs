@@ -165,8 +165,10 @@ impl Table {
     /// then live, and `Some(false)` says so (the claim must land on
     /// nothing). The check and the write are one CAS, so a charge landing
     /// after it fails its own CAS and looks again. `Some(true)`: the word
-    /// is empty (by this helper or another); `None`: the transaction is
-    /// complete already. A helper with no time (`now` = 0) finds every
+    /// is empty (by this helper or another); `Some(false)` also when
+    /// another helper already landed the claim on nothing (the victim's key
+    /// word carries the claim's tag); `None`: the transaction is complete
+    /// already. A helper with no time (`now` = 0) finds every
     /// charged key live: the claim then lands on nothing, which is safe.
     fn take_expired(&self, b: &[Atomic128], slot: usize, e: Intent, now: u64) -> Option<bool> {
         let unit = &self.slot_words(b, slot)[0];
@@ -185,7 +187,9 @@ impl Table {
             // helper writes the claimed key into it, after this word.
             let key = Word::from_bits(b[self.key_unit(slot)].load());
             if key.tag == e.seq {
-                return Some(true);
+                // Written by this claim: the claimed key, or the victim's
+                // own key if a helper found it live (see `apply`).
+                return Some(key.hash() == e.arg);
             }
             if key.hash() != 0 && self.single_expiry(w.payload, now) > now {
                 return Some(false);
@@ -231,8 +235,18 @@ impl Table {
                         Some(true) => {}
                         Some(false) => {
                             // The key the claim found expired is live: the
-                            // claim lands on nothing (its claimer looks again).
-                            Self::mark_done(b, e);
+                            // claim lands on nothing (its claimer looks
+                            // again). Helpers with other times may judge it
+                            // otherwise, so landing on nothing writes too:
+                            // the key word, as it is, with the claim's tag.
+                            // Whichever write of the key word comes first
+                            // decides, and a helper that read it before can
+                            // never write the claimed key after the claim
+                            // is done.
+                            let key = &b[self.key_unit(slot)];
+                            if Self::write(b, key, e, |p| p).is_some() {
+                                Self::mark_done(b, e);
+                            }
                             return;
                         }
                         None => return,

@@ -5,7 +5,7 @@
 //! atomic step. The smallest table has 4 buckets (one group), so every key
 //! shares its intent with every other.
 
-use super::testkit::{commit_move, move_of, words, Owned};
+use super::testkit::{commit_claim, commit_move, move_of, words, Owned};
 use super::word::{Intent, Slot};
 use super::*;
 use loom::sync::Arc;
@@ -351,5 +351,98 @@ fn loom_packed_an_eviction_a_helper_completes_is_counted_by_its_claimer() {
         );
         assert!(single(&t, n).is_some());
         assert!(single(&t, v).is_none(), "the victim");
+    });
+}
+
+#[test]
+fn loom_packed_an_aborted_claim_never_lands_after_done() {
+    loom::model(|| {
+        // K's buckets are 0 and 1. M's word in bucket 0 expired at S: K's
+        // check at `late` claims it (CLAIM, no evict bit). K's other check,
+        // at `early` (M live then), helps that claim: its step finds M live
+        // and lands on nothing; it then claims P's slot of bucket 1
+        // (expired at both times). The first claimer's own step, read
+        // before, must not land after its claim was marked done.
+        let o = Arc::new(Owned::new("1/second", WhenFull::FailClosed, GROUP));
+        let t = o.t();
+        let (m, n, p, q, k) = (
+            key(&t, 0, 1, 0),
+            key(&t, 0, 1, 1),
+            key(&t, 1, 0, 0),
+            key(&t, 1, 0, 1),
+            key(&t, 0, 1, 2),
+        );
+        let (early, late) = (S / 2, 10 * S);
+        put(&t, 0, 0, m, S); // live at `early`, expired at `late`
+        put(&t, 0, 1, n, 100 * S);
+        put(&t, 1, 0, p, S / 4); // expired at both
+        put(&t, 1, 1, q, 100 * S);
+        let spawn = |now: u64| {
+            let o = o.clone();
+            thread::spawn(move || allowed(o.t().decide(k, 1, now, true, || 0)))
+        };
+        let (a, b) = (spawn(late), spawn(early));
+        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        let _ = (a, b);
+        single(&t, k); // asserts K is held at most once
+    });
+}
+
+#[test]
+fn loom_packed_a_claim_aborted_by_a_reset_never_lands_after_done() {
+    loom::model(|| {
+        // As above, every check at `later`: K's claim takes M's expired
+        // word in bucket 0. Another thread resets P (its snapshot helps the
+        // claim with no time, `now` = 0: M's word is "live", the claim is
+        // aborted), then checks K, which takes the slot the reset freed.
+        let o = Arc::new(Owned::new("1/second", WhenFull::FailClosed, GROUP));
+        let t = o.t();
+        let (m, n, p, q, k) = (
+            key(&t, 0, 1, 0),
+            key(&t, 0, 1, 1),
+            key(&t, 1, 0, 0),
+            key(&t, 1, 0, 1),
+            key(&t, 0, 1, 2),
+        );
+        let later = 10 * S;
+        put(&t, 0, 0, m, S); // expired at `later`
+        for (x, j, h) in [(0, 1, n), (1, 0, p), (1, 1, q)] {
+            put(&t, x, j, h, 100 * S);
+        }
+        let claimer = {
+            let o = o.clone();
+            thread::spawn(move || allowed(o.t().decide(k, 1, later, true, || 0)))
+        };
+        let other = {
+            let o = o.clone();
+            thread::spawn(move || {
+                let t = o.t();
+                assert!(t.reset(p));
+                allowed(t.decide(k, 1, later, true, || 0))
+            })
+        };
+        let _ = (claimer.join().unwrap(), other.join().unwrap());
+        single(&t, k); // asserts K is held at most once
+    });
+}
+
+#[test]
+fn loom_packed_a_reset_racing_a_foreign_claim_that_lands_on_nothing_still_forgets_the_key() {
+    loom::model(|| {
+        // V (buckets 4 and 0: group 0) is live. A claim of group 1 (N,
+        // buckets 4 and 5) names V's slot, judged expired by a claimer
+        // with a later clock; its helper here finds V live and lands on
+        // nothing, moving V's word to its next generation. A reset of V
+        // racing it must still forget V.
+        let o = table_of("2/hour", 8);
+        let t = o.t();
+        let (v, n) = (key(&t, 4, 0, 0), key(&t, 4, 5, 0));
+        put(&t, 4, 0, v, 2 * S);
+        let (g, c) = commit_claim(&t, n, 4, 0, false);
+        assert_ne!(g, Packed::group_of(4, 4 ^ 0).0);
+        let helper = spawn_complete(&o, g, c);
+        assert!(t.reset(v), "V held state");
+        helper.join().unwrap();
+        assert!(single(&t, v).is_none(), "V survived its reset");
     });
 }

@@ -60,12 +60,19 @@
 //!   may land between the claim's commit and its step: the step then
 //!   finds the word live at its `now` and lands on nothing (without the
 //!   `evict` bit a live word is never overwritten), and the claimer looks
-//!   again. The claimer then charges the key like any check.
+//!   again. Landing on nothing is itself a CAS, which moves the word to its
+//!   next generation unchanged, so helpers that judge the word at other
+//!   times never both land: the first CAS decides. The claimer then
+//!   charges the key like any check.
 //! * **Resets.** A RESET names the key's live word and its generation.
 //!   The word is read before the group's snapshot, so after it the reset
 //!   reads the word again: a move of the key, or a reset and a new claim
 //!   of it, completed in between would leave the RESET landing on nothing
 //!   while the key kept its state; the reset then looks for the key again.
+//!   A claim of another group landing on nothing moves the word's
+//!   generation on with the key still in it, so after its RESET the reset
+//!   looks at the slot once more, and looks again if the key is still
+//!   there.
 //! * **Moves.** A MOVE of key K names the source slot (K, live, at
 //!   generation `p`) and an empty target slot in K's other bucket (at
 //!   generation `e`). Its steps, each a CAS from a named generation:
@@ -605,19 +612,27 @@ impl<'a> Packed<'a> {
                     // saw it expired (charges keep the generation): unless
                     // the claimer chose it as a victim, a word live at
                     // `now` is never overwritten. The claim then lands on
-                    // nothing, and the claimer looks again.
-                    if !w.is_empty() && !t.evict && w.state > now {
-                        break;
-                    }
-                    let new = Slot {
-                        fp: t.fp,
-                        gen: next_gen(w.gen),
-                        frozen: false,
-                        state: 0,
-                        ovr: t.ovr,
+                    // nothing, and the claimer looks again. Helpers with
+                    // other times may judge the word otherwise, so landing
+                    // on nothing is a step too: the word moves to the next
+                    // generation as it is (charges compare key and state,
+                    // not generation), and whichever of the two CASes comes
+                    // first decides; a helper that read the word before
+                    // can never land the claim after it is done.
+                    let abort = !w.is_empty() && !t.evict && w.state > now;
+                    let new = if abort {
+                        w.bumped(false)
+                    } else {
+                        Slot {
+                            fp: t.fp,
+                            gen: next_gen(w.gen),
+                            frozen: false,
+                            state: 0,
+                            ovr: t.ovr,
+                        }
                     };
                     if unit.compare_exchange(v, new.to_bits()).is_ok() {
-                        evicted = w.fp != 0 && w.state > now;
+                        evicted = !abort && w.fp != 0 && w.state > now;
                         break;
                     }
                 }
@@ -1004,7 +1019,15 @@ impl<'a> Packed<'a> {
             fp: w.fp,
             ..Intent::FRESH
         };
-        self.propose(g, snap, t, 0).is_some()
+        if self.propose(g, snap, t, 0).is_none() {
+            return false;
+        }
+        // A claim of another group that landed on nothing may have moved
+        // the word to its next generation, as it is, between the read
+        // above and the commit (see `complete`): the RESET then landed on
+        // nothing too, and the key is still here, live.
+        let after = Slot::from_bits(self.line(x)[j].load());
+        !(after.fp == w.fp && after.is_live())
     }
 
     /// Forgets every key (a scan: a key claimed while it runs may stay).

@@ -79,3 +79,35 @@ pub(super) fn commit_move(t: &Packed<'_>, x: usize, j: usize, k: usize) -> (usiz
     t.intent(g).compare_exchange(snap, m.to_bits()).unwrap();
     (g, m)
 }
+
+/// Commits, as key `h`'s group's next pending intent, a CLAIM of slot `j`
+/// of bucket `x` (one of `h`'s buckets) for `h`, naming the generation the
+/// slot has now, without its step: (the group, the intent).
+pub(super) fn commit_claim(
+    t: &Packed<'_>,
+    h: u64,
+    x: usize,
+    j: usize,
+    evict: bool,
+) -> (usize, Intent) {
+    let fp = Packed::fp_of(h);
+    let off = t.off_of(fp);
+    let a = h as usize & t.mask;
+    assert!(x == a || x == a ^ off, "bucket {x} is not one of the key's");
+    let (g, d) = Packed::group_of(a, off);
+    let snap = t.intent(g).load();
+    let c = Intent {
+        seq: Intent::from_bits(snap).seq + 1,
+        op: Op::Claim,
+        pending: true,
+        member: (d % GROUP) as u8,
+        tgt_other: x != d,
+        tgt_slot: j as u8,
+        tgt_gen: Slot::from_bits(t.line(x)[j].load()).gen,
+        fp,
+        evict,
+        ..Intent::FRESH
+    };
+    t.intent(g).compare_exchange(snap, c.to_bits()).unwrap();
+    (g, c)
+}

@@ -1,4 +1,4 @@
-use super::testkit::{commit_move, move_of, words, Owned};
+use super::testkit::{commit_claim, commit_move, move_of, words, Owned};
 use super::word::{Intent, Op, Slot, FP_MASK, GEN_MASK, SEQ_MASK, STATE_MASK};
 use super::*;
 use crate::engine::layout_for;
@@ -450,32 +450,6 @@ fn reset_all_completes_a_dead_processs_move_into_a_bucket_it_scanned_already() {
     assert!(!verdict(t.decide(h, 1, S, true, || 0)).allowed);
 }
 
-/// Commits, as key `h`'s group's next pending intent, a CLAIM of slot `j`
-/// of bucket `x` (one of `h`'s buckets) for `h`, naming the generation the
-/// slot has now, without its step: (the group, the intent).
-fn commit_claim(t: &Packed<'_>, h: u64, x: usize, j: usize, evict: bool) -> (usize, Intent) {
-    let fp = Packed::fp_of(h);
-    let off = t.off_of(fp);
-    let a = h as usize & t.mask;
-    assert!(x == a || x == a ^ off, "bucket {x} is not one of the key's");
-    let (g, d) = Packed::group_of(a, off);
-    let snap = t.intent(g).load();
-    let c = Intent {
-        seq: Intent::from_bits(snap).seq + 1,
-        op: Op::Claim,
-        pending: true,
-        member: (d % GROUP) as u8,
-        tgt_other: x != d,
-        tgt_slot: j as u8,
-        tgt_gen: Slot::from_bits(t.line(x)[j].load()).gen,
-        fp,
-        evict,
-        ..Intent::FRESH
-    };
-    t.intent(g).compare_exchange(snap, c.to_bits()).unwrap();
-    (g, c)
-}
-
 /// A key charged once under "2/hour", then the bucket, slot and bits of
 /// its word: what `reset` reads before it takes its group's snapshot.
 fn charged_once(o: &Owned, seed: u64) -> (u64, usize, usize, u128) {
@@ -658,4 +632,35 @@ fn a_table_of_random_bytes_neither_panics_nor_hangs() {
             assert_eq!(allowed.count(), 5, "a new key's limit after reset_all");
         });
     }
+}
+
+#[test]
+fn reset_all_on_a_pair_full_of_one_fingerprint_returns_and_empties() {
+    // A corrupt file: one fingerprint in every slot of its two buckets,
+    // half of the words frozen. reset_all must return and leave nothing.
+    returns("reset_all over duplicates", || {
+        let o = packed("5/second", 64, WhenFull::Evict);
+        let t = o.t();
+        let h = hashes(7).next().unwrap();
+        let fp = Packed::fp_of(h);
+        let a = h as usize & t.mask;
+        let b = a ^ t.off_of(fp);
+        for (i, x) in [a, b].into_iter().enumerate() {
+            for j in 0..WAYS {
+                let w = Slot {
+                    fp,
+                    gen: 1,
+                    frozen: (i + j) % 2 == 1,
+                    state: 10 * S,
+                    ovr: false,
+                };
+                let u = &t.line(x)[j];
+                u.compare_exchange(u.load(), w.to_bits()).unwrap();
+            }
+        }
+        let n = t.reset_all();
+        assert_eq!(t.occupancy(), 0, "reset_all left words behind");
+        assert_eq!(n, 2 * WAYS as u64, "one reset per word");
+        assert!(!t.reset(h));
+    });
 }
