@@ -27,6 +27,14 @@ fn racing_checks(t: &Arc<Table>, now: u64) -> usize {
     racing_checks_on(t, 7, now)
 }
 
+/// A one-bucket table for `spec` that fails closed when full (it never
+/// evicts a live key).
+fn failing_closed(spec: &str) -> Table {
+    let layout = layout_for(&parse(spec).unwrap(), None).unwrap().unpacked();
+    let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
+    Table::new(layout, WhenFull::FailClosed, 1, mem, 0)
+}
+
 fn allowed(o: Outcome) -> bool {
     matches!(o, Outcome::Decided { verdict, .. } if verdict.allowed)
 }
@@ -697,11 +705,7 @@ fn loom_a_claim_of_an_expired_slot_racing_a_charge_of_its_key_keeps_the_charge()
         // open. Key 3's claim takes key 1's slot while key 1 is charged
         // again: exactly one of them gets the slot, and a charge allowed is
         // never wiped.
-        let layout = layout_for(&parse("fixed_window 1/second").unwrap(), None)
-            .unwrap()
-            .unpacked();
-        let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
-        let t = Arc::new(Table::new(layout, WhenFull::FailClosed, 1, mem, 0));
+        let t = Arc::new(failing_closed("fixed_window 1/second"));
         let now = 5 * S + 1;
         assert!(allowed(t.decide(1, 1, 0, Mode::Charge)));
         assert!(allowed(t.decide(2, 1, now, Mode::Charge)));
@@ -735,11 +739,7 @@ fn loom_an_aborted_claim_never_writes_its_key_after_done() {
         // take_expired aborts the claim) and charges key 1 (TAT 1.0 s, live
         // at `late` too, so no helper may wipe it). A charge allowed must
         // never be wiped, and key 3 must never inherit key 1's state.
-        let layout = layout_for(&parse("2/second").unwrap(), None)
-            .unwrap()
-            .unpacked();
-        let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
-        let t = Arc::new(Table::new(layout, WhenFull::FailClosed, 1, mem, 0));
+        let t = Arc::new(failing_closed("2/second"));
         let (early, late) = (S / 4, S / 2 + 1);
         assert!(allowed(t.decide(1, 1, 0, Mode::Charge)));
         assert!(allowed(t.decide(2, 1, late, Mode::Charge)));
@@ -752,11 +752,7 @@ fn loom_an_aborted_claim_never_writes_its_key_after_done() {
         let b = t.bucket(0);
         // Key 3 charged once at `late` from a fresh state, as a reference.
         let fresh = {
-            let layout = layout_for(&parse("2/second").unwrap(), None)
-                .unwrap()
-                .unpacked();
-            let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
-            let r = Table::new(layout, WhenFull::FailClosed, 1, mem, 0);
+            let r = failing_closed("2/second");
             assert!(allowed(r.decide(3, 1, late, Mode::Charge)));
             peek(&r, 3, late)
         };
@@ -785,11 +781,7 @@ fn loom_an_aborted_claim_never_puts_its_key_in_a_second_slot() {
         // CLAIM with no time, `now` = 0, and so aborts it) and then checks
         // key 3, which takes the slot the reset freed. Key 3 must end up
         // in one slot.
-        let layout = layout_for(&parse("2/second").unwrap(), None)
-            .unwrap()
-            .unpacked();
-        let mem = Memory::heap(Table::units_needed(&layout, 1)).unwrap();
-        let t = Arc::new(Table::new(layout, WhenFull::FailClosed, 1, mem, 0));
+        let t = Arc::new(failing_closed("2/second"));
         let now = 5 * S;
         assert!(allowed(t.decide(1, 1, 0, Mode::Charge)));
         assert!(allowed(t.decide(2, 1, now, Mode::Charge)));

@@ -89,8 +89,11 @@
 //!   claimer found the slot's key expired and committed. A CLAIM of a
 //!   single-word policy's slot therefore empties the state word first, by
 //!   one CAS from a value expired at the helper's `now` (`take_expired`),
-//!   and lands on nothing if the key is live again; only an EVICT (the
-//!   claimer chose the live key as its victim) overwrites it regardless.
+//!   and lands on nothing if the key is live again (a write too: the key
+//!   word, as it is, with the claim's tag, so that helpers judging at
+//!   other times cannot land it after); only an EVICT (the claimer chose
+//!   the live key as its victim) overwrites it regardless. A MOVE-IN into
+//!   a slot whose key had expired is checked the same way.
 //!   loom: `loom_a_claim_of_an_expired_slot_racing_a_charge_of_its_key_
 //!   keeps_the_charge`. (A new concurrency lease fences claims itself:
 //!   `fence_lease`.)

@@ -756,3 +756,50 @@ fn a_claim_of_an_expired_slot_never_wipes_a_charge_that_landed_after_its_commit(
         }
     }
 }
+
+/// As the test above, for a MOVE-IN into a slot whose key had
+/// expired (a move's target may be an expired slot: `search_move`), with
+/// the victim's direct charge landing after the MOVE-IN's commit.
+#[test]
+fn a_move_in_over_an_expired_slot_never_wipes_a_charge_that_landed_after_its_commit() {
+    let t = table("fixed_window 1/second", 2);
+    // Key 1: first bucket 1. Key 2: first bucket 0, second bucket 1.
+    assert!(verdict(t.decide(1, 1, 0, Mode::Charge)).allowed);
+    assert!(verdict(t.decide(2, 1, 0, Mode::Charge)).allowed);
+    let now = 5 * S + 1; // key 1's window ended at 1 s
+    let (f, s) = (t.bucket(0), t.bucket(1));
+    let i = t.find(f, 2).unwrap();
+    let jv = t.find(s, 1).unwrap();
+    let sf = t.snapshot(f, 0);
+    let ss = t.snapshot(s, 0);
+    let e = Intent::pending(sf.seq.wrapping_add(1), Op::Move, jv, ss.seq as u64, 2);
+    f[e.index()]
+        .compare_exchange(if e.index() == 0 { sf.e0 } else { sf.e1 }, e.to_bits())
+        .unwrap();
+    for w in t.slot_words(f, i) {
+        Table::write(f, w, e, |p| p).unwrap();
+    }
+    let m = Intent::pending(ss.seq.wrapping_add(1), Op::MoveIn, jv, i as u64, 2);
+    s[m.index()]
+        .compare_exchange(if m.index() == 0 { ss.e0 } else { ss.e1 }, m.to_bits())
+        .unwrap();
+    // Key 1's charge at `now`, as `single_at` makes it from snapshot `ss`
+    // (its `still` passed before the MOVE-IN's commit): one CAS.
+    let unit = &t.slot_words(s, jv)[0];
+    let cur = unit.load();
+    let state = Word::from_bits(cur).payload;
+    let charged = algo::charge_word(&t.layout.first, state, 1, now);
+    unit.compare_exchange(cur, Word::new(ss.seq, charged).to_bits())
+        .unwrap();
+    // Anyone completes the MOVE (and its MOVE-IN).
+    t.apply(f, e, now);
+    assert!(
+        t.find(s, 1).is_some(),
+        "key 1 (charged, allowed) was overwritten"
+    );
+    let v = verdict(t.decide(1, 1, now, Mode::Charge));
+    assert!(
+        !v.allowed,
+        "key 1 lost its charge: allowed twice in one window"
+    );
+}

@@ -157,8 +157,9 @@ impl Table {
         }
     }
 
-    /// The first step of CLAIM `e` of slot `slot` in a single-word policy:
-    /// its state word, made empty (tagged `e.seq`) if the slot is empty or
+    /// The first step of CLAIM or MOVE-IN `e` of slot `slot` in a
+    /// single-word policy: its state word, set to `fill` (the claim's empty
+    /// state, or the moving key's) tagged `e.seq`, if the slot is empty or
     /// its key has expired at `now`. A direct charge keeps no tag of its
     /// own and commits no transaction, so a charge of the slot's key may
     /// land after the claimer found it expired and committed: the word is
@@ -170,7 +171,14 @@ impl Table {
     /// word carries the claim's tag); `None`: the transaction is complete
     /// already. A helper with no time (`now` = 0) finds every
     /// charged key live: the claim then lands on nothing, which is safe.
-    fn take_expired(&self, b: &[Atomic128], slot: usize, e: Intent, now: u64) -> Option<bool> {
+    fn take_expired(
+        &self,
+        b: &[Atomic128],
+        slot: usize,
+        e: Intent,
+        now: u64,
+        fill: Payload,
+    ) -> Option<bool> {
         let unit = &self.slot_words(b, slot)[0];
         let bits = e.to_bits();
         loop {
@@ -194,10 +202,23 @@ impl Table {
             if key.hash() != 0 && self.single_expiry(w.payload, now) > now {
                 return Some(false);
             }
-            let empty = Word::new(e.seq, Payload::default());
-            if unit.compare_exchange(cur, empty.to_bits()).is_ok() {
+            let taken = Word::new(e.seq, fill);
+            if unit.compare_exchange(cur, taken.to_bits()).is_ok() {
                 return Some(true);
             }
+        }
+    }
+
+    /// Completes CLAIM or MOVE-IN `e` without giving slot `slot` to its
+    /// key, whose victim a helper found live ([`take_expired`](Self::take_expired)).
+    /// Helpers with other times may judge the victim otherwise, so landing
+    /// on nothing writes too: the victim's key word, as it is, with the
+    /// transaction's tag. Whichever write of the key word comes first
+    /// decides, and a helper that read it before can never write the
+    /// transaction's key after it is done.
+    fn land_on_nothing(&self, b: &[Atomic128], slot: usize, e: Intent) {
+        if Self::write(b, &b[self.key_unit(slot)], e, |p| p).is_some() {
+            Self::mark_done(b, e);
         }
     }
 
@@ -231,22 +252,12 @@ impl Table {
             }),
             Op::Claim | Op::Evict => {
                 if e.op == Op::Claim && self.layout.single_word {
-                    match self.take_expired(b, slot, e, now) {
+                    match self.take_expired(b, slot, e, now, Payload::default()) {
                         Some(true) => {}
                         Some(false) => {
-                            // The key the claim found expired is live: the
-                            // claim lands on nothing (its claimer looks
-                            // again). Helpers with other times may judge it
-                            // otherwise, so landing on nothing writes too:
-                            // the key word, as it is, with the claim's tag.
-                            // Whichever write of the key word comes first
-                            // decides, and a helper that read it before can
-                            // never write the claimed key after the claim
-                            // is done.
-                            let key = &b[self.key_unit(slot)];
-                            if Self::write(b, key, e, |p| p).is_some() {
-                                Self::mark_done(b, e);
-                            }
+                            // The key the claim found expired is live: its
+                            // claimer looks again.
+                            self.land_on_nothing(b, slot, e);
                             return;
                         }
                         None => return,
@@ -294,6 +305,21 @@ impl Table {
                 // helper that reads them after that MOVE is done finds this
                 // transaction done too, and its writes fail.
                 let (src_key, src) = (&from[self.key_unit(i)], self.slot_words(from, i));
+                // A MOVE may target a slot whose key had expired: as for a
+                // CLAIM, a charge of that key landing after the commit makes
+                // the MOVE-IN land on nothing (and the key stays in its
+                // first bucket: the MOVE reads the outcome).
+                if self.layout.single_word {
+                    let fill = Word::from_bits(src[0].load()).payload;
+                    match self.take_expired(b, slot, e, now, fill) {
+                        Some(true) => {}
+                        Some(false) => {
+                            self.land_on_nothing(b, slot, e);
+                            return;
+                        }
+                        None => return,
+                    }
+                }
                 let factor =
                     |_| Word::key(0, e.arg, Word::from_bits(src_key.load()).factor()).payload;
                 Self::write(b, &b[self.key_unit(slot)], e, factor).is_some()

@@ -81,6 +81,26 @@ fn single(t: &Packed<'_>, h: u64) -> Option<Slot> {
     ws.first().copied()
 }
 
+/// The smallest table failing closed for "1/second", with buckets 0 and 1
+/// full: M (state `states[0]`) and N in bucket 0, P and Q in bucket 1 (the
+/// same), each key with buckets 0 and 1. Returns the table and
+/// `[m, n, p, q, k]`, where K is a further key of those two buckets.
+fn full_pair(states: [u64; 4]) -> (Arc<Owned>, [u64; 5]) {
+    let o = Arc::new(Owned::new("1/second", WhenFull::FailClosed, GROUP));
+    let t = o.t();
+    let keys = [
+        key(&t, 0, 1, 0),
+        key(&t, 0, 1, 1),
+        key(&t, 1, 0, 0),
+        key(&t, 1, 0, 1),
+        key(&t, 0, 1, 2),
+    ];
+    for (i, (x, j)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+        put(&t, x, j, keys[i], states[i]);
+    }
+    (o, keys)
+}
+
 #[test]
 fn loom_packed_racing_claims_of_one_new_key_hold_it_once_with_exact_quota() {
     loom::model(|| {
@@ -281,20 +301,10 @@ fn loom_packed_a_claim_of_an_expired_slot_racing_a_charge_of_its_key_keeps_the_c
         // Nothing may be evicted (fail closed): either M's charge lands
         // first (K then finds no room) or K's claim does (M then finds no
         // room); a charge allowed is never wiped.
-        let o = Arc::new(Owned::new("1/second", WhenFull::FailClosed, GROUP));
-        let t = o.t();
-        let (m, n, p, q, k) = (
-            key(&t, 0, 1, 0),
-            key(&t, 0, 1, 1),
-            key(&t, 1, 0, 0),
-            key(&t, 1, 0, 1),
-            key(&t, 0, 1, 2),
-        );
         let later = 10 * S;
-        put(&t, 0, 0, m, S); // expired at `later`
-        for (x, j, h) in [(0, 1, n), (1, 0, p), (1, 1, q)] {
-            put(&t, x, j, h, 100 * S);
-        }
+        // M expired at `later`.
+        let (o, [m, n, p, q, k]) = full_pair([S, 100 * S, 100 * S, 100 * S]);
+        let t = o.t();
         let spawn = |h: u64| {
             let o = o.clone();
             thread::spawn(move || allowed(o.t().decide(h, 1, later, true, || 0)))
@@ -363,20 +373,10 @@ fn loom_packed_an_aborted_claim_never_lands_after_done() {
         // and lands on nothing; it then claims P's slot of bucket 1
         // (expired at both times). The first claimer's own step, read
         // before, must not land after its claim was marked done.
-        let o = Arc::new(Owned::new("1/second", WhenFull::FailClosed, GROUP));
-        let t = o.t();
-        let (m, n, p, q, k) = (
-            key(&t, 0, 1, 0),
-            key(&t, 0, 1, 1),
-            key(&t, 1, 0, 0),
-            key(&t, 1, 0, 1),
-            key(&t, 0, 1, 2),
-        );
         let (early, late) = (S / 2, 10 * S);
-        put(&t, 0, 0, m, S); // live at `early`, expired at `late`
-        put(&t, 0, 1, n, 100 * S);
-        put(&t, 1, 0, p, S / 4); // expired at both
-        put(&t, 1, 1, q, 100 * S);
+        // M live at `early`, expired at `late`; P expired at both.
+        let (o, [_, _, _, _, k]) = full_pair([S, 100 * S, S / 4, 100 * S]);
+        let t = o.t();
         let spawn = |now: u64| {
             let o = o.clone();
             thread::spawn(move || allowed(o.t().decide(k, 1, now, true, || 0)))
@@ -395,20 +395,10 @@ fn loom_packed_a_claim_aborted_by_a_reset_never_lands_after_done() {
         // word in bucket 0. Another thread resets P (its snapshot helps the
         // claim with no time, `now` = 0: M's word is "live", the claim is
         // aborted), then checks K, which takes the slot the reset freed.
-        let o = Arc::new(Owned::new("1/second", WhenFull::FailClosed, GROUP));
-        let t = o.t();
-        let (m, n, p, q, k) = (
-            key(&t, 0, 1, 0),
-            key(&t, 0, 1, 1),
-            key(&t, 1, 0, 0),
-            key(&t, 1, 0, 1),
-            key(&t, 0, 1, 2),
-        );
         let later = 10 * S;
-        put(&t, 0, 0, m, S); // expired at `later`
-        for (x, j, h) in [(0, 1, n), (1, 0, p), (1, 1, q)] {
-            put(&t, x, j, h, 100 * S);
-        }
+        // M expired at `later`.
+        let (o, [_, _, p, _, k]) = full_pair([S, 100 * S, 100 * S, 100 * S]);
+        let t = o.t();
         let claimer = {
             let o = o.clone();
             thread::spawn(move || allowed(o.t().decide(k, 1, later, true, || 0)))
@@ -427,13 +417,16 @@ fn loom_packed_a_claim_aborted_by_a_reset_never_lands_after_done() {
 }
 
 #[test]
-fn loom_packed_a_reset_racing_a_foreign_claim_that_lands_on_nothing_still_forgets_the_key() {
+fn loom_packed_a_reset_racing_a_foreign_claim_that_lands_on_nothing_and_a_move_still_forgets_the_key(
+) {
     loom::model(|| {
         // V (buckets 4 and 0: group 0) is live. A claim of group 1 (N,
         // buckets 4 and 5) names V's slot, judged expired by a claimer
         // with a later clock; its helper here finds V live and lands on
-        // nothing, moving V's word to its next generation. A reset of V
-        // racing it must still forget V.
+        // nothing, moving V's word to its next generation, maybe between
+        // the reset's second read of the word and its commit. A third
+        // thread moves V (its own group's MOVE, into bucket 0) if it finds
+        // it live in its slot. The reset must forget V wherever it is.
         let o = table_of("2/hour", 8);
         let t = o.t();
         let (v, n) = (key(&t, 4, 0, 0), key(&t, 4, 5, 0));
@@ -441,8 +434,28 @@ fn loom_packed_a_reset_racing_a_foreign_claim_that_lands_on_nothing_still_forget
         let (g, c) = commit_claim(&t, n, 4, 0, false);
         assert_ne!(g, Packed::group_of(4, 4 ^ 0).0);
         let helper = spawn_complete(&o, g, c);
+        let mover = {
+            let o = o.clone();
+            thread::spawn(move || {
+                let t = o.t();
+                let w = Slot::from_bits(t.line(4)[0].load());
+                if !(w.is_live() && w.fp == Packed::fp_of(v)) {
+                    return;
+                }
+                let (g, m) = move_of(&t, 4, 0, 0);
+                let Some(snap) = t.settled(g, S) else {
+                    return;
+                };
+                t.propose(g, snap, m, S);
+            })
+        };
         assert!(t.reset(v), "V held state");
         helper.join().unwrap();
-        assert!(single(&t, v).is_none(), "V survived its reset");
+        mover.join().unwrap();
+        assert!(
+            single(&t, v).is_none(),
+            "V survived its reset: {:?}",
+            words(&t)
+        );
     });
 }

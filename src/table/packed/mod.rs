@@ -70,9 +70,9 @@
 //!   of it, completed in between would leave the RESET landing on nothing
 //!   while the key kept its state; the reset then looks for the key again.
 //!   A claim of another group landing on nothing moves the word's
-//!   generation on with the key still in it, so after its RESET the reset
-//!   looks at the slot once more, and looks again if the key is still
-//!   there.
+//!   generation on with the key still in it, so a RESET's step also lands
+//!   on its key's live word at a later generation (nothing else can put
+//!   that key there while the RESET is pending).
 //! * **Moves.** A MOVE of key K names the source slot (K, live, at
 //!   generation `p`) and an empty target slot in K's other bucket (at
 //!   generation `e`). Its steps, each a CAS from a named generation:
@@ -642,7 +642,18 @@ impl<'a> Packed<'a> {
                 loop {
                     let v = unit.load();
                     let w = Slot::from_bits(v);
-                    if w.gen != t.tgt_gen || w.is_empty() || !current() {
+                    // A RESET also lands on its key's word at a later
+                    // generation: a claim of another group that landed on
+                    // nothing moves a live word on, unchanged, and while the
+                    // RESET is pending nothing else can put this key (or
+                    // another of its fingerprint, which would be of this
+                    // group) in the slot. The CAS from the word read keeps
+                    // a helper from landing after the RESET is done.
+                    let named = w.gen == t.tgt_gen
+                        || (t.op == Op::Reset
+                            && w.fp == t.fp
+                            && gens_since(w.gen, t.tgt_gen) < 1 << (word::GEN_BITS - 1));
+                    if !named || w.is_empty() || !current() {
                         break;
                     }
                     let new = if t.op == Op::Reset {
@@ -1019,15 +1030,10 @@ impl<'a> Packed<'a> {
             fp: w.fp,
             ..Intent::FRESH
         };
-        if self.propose(g, snap, t, 0).is_none() {
-            return false;
-        }
-        // A claim of another group that landed on nothing may have moved
-        // the word to its next generation, as it is, between the read
-        // above and the commit (see `complete`): the RESET then landed on
-        // nothing too, and the key is still here, live.
-        let after = Slot::from_bits(self.line(x)[j].load());
-        !(after.fp == w.fp && after.is_live())
+        // A claim of another group that lands on nothing may move the word
+        // to a later generation, as it is, before the RESET's step: the
+        // step lands on the key there (see `complete`).
+        self.propose(g, snap, t, 0).is_some()
     }
 
     /// Forgets every key (a scan: a key claimed while it runs may stay).
