@@ -259,6 +259,16 @@ impl<'a> Packed<'a> {
         (h >> (64 - FP_BITS)).max(1)
     }
 
+    /// Key hash `h`'s fingerprint, first and second bucket, and the offset
+    /// between them (module docs: "Layout").
+    #[inline(always)]
+    fn place_of(&self, h: u64) -> (u64, usize, usize, usize) {
+        let fp = Self::fp_of(h);
+        let a = h as usize & self.mask;
+        let off = self.off_of(fp);
+        (fp, a, a ^ off, off)
+    }
+
     /// The offset between a key's two buckets: a hash of its fingerprint,
     /// within the table, never 0.
     #[inline(always)]
@@ -378,10 +388,7 @@ impl<'a> Packed<'a> {
         factor: impl Fn() -> u32,
     ) -> Outcome {
         let now = now.min(algo::MAX_TIME_NS);
-        let fp = Self::fp_of(h);
-        let a = h as usize & self.mask;
-        let off = self.off_of(fp);
-        let b = a ^ off;
+        let (fp, a, b, off) = self.place_of(h);
         let mut evicted = false;
         loop {
             match self.find(a, b, fp) {
@@ -456,10 +463,7 @@ impl<'a> Packed<'a> {
     /// (which may have read the table before the write) fail and read it
     /// again.
     pub fn set_override_flag(&self, h: u64, on: bool) {
-        let fp = Self::fp_of(h);
-        let a = h as usize & self.mask;
-        let off = self.off_of(fp);
-        let b = a ^ off;
+        let (fp, a, b, off) = self.place_of(h);
         let (g, d) = Self::group_of(a, off);
         loop {
             match self.find(a, b, fp) {
@@ -922,10 +926,8 @@ impl<'a> Packed<'a> {
     /// The live word of key `h`, or `None` if it is absent (confirmed under
     /// its group's intent).
     fn present(&self, h: u64, now: u64) -> Option<(usize, usize, u128, usize)> {
-        let fp = Self::fp_of(h);
-        let a = h as usize & self.mask;
-        let off = self.off_of(fp);
-        let (x, j, v) = self.present_in(a, a ^ off, fp, off, now)?;
+        let (fp, a, b, off) = self.place_of(h);
+        let (x, j, v) = self.present_in(a, b, fp, off, now)?;
         Some((x, j, v, off))
     }
 
@@ -982,10 +984,8 @@ impl<'a> Packed<'a> {
 
     /// Forgets `h`; false if it held no state.
     pub fn reset(&self, h: u64) -> bool {
-        let fp = Self::fp_of(h);
-        let a = h as usize & self.mask;
-        let off = self.off_of(fp);
-        self.forget(a, a ^ off, fp, off)
+        let (fp, a, b, off) = self.place_of(h);
+        self.forget(a, b, fp, off)
     }
 
     /// Forgets the key with fingerprint `fp` (buckets `a`, `b`, offset
