@@ -785,3 +785,59 @@ fn the_options_of_a_shared_policy_are_stored_as_numbers_and_read_back() {
         other => panic!("{other:?}"),
     }
 }
+
+// ------------------------------------------------------------ overrides
+
+/// An override entry whose factor is beyond the largest `set_override`
+/// writes (16,777.215, i.e. 2^24 − 1 thousandths) counts as that largest
+/// factor, in every table: the key's first check (a claim, which carries
+/// the factor in a 24-bit field) and its next ones see that quota, and
+/// nothing panics (a debug build asserted on the claim's field; a release
+/// build used the factor as written).
+#[test]
+fn an_override_factor_beyond_the_maximum_in_the_file_counts_as_the_maximum() {
+    const OVERRIDES_IN_REGION: u64 = layout::OVERRIDES_IN_REGION as u64;
+    let specs = [
+        ("gcra", "10/second"),
+        ("fixed", "fixed_window 10/second"),
+        ("composite", "10/second;100/minute"),
+    ];
+    let p = path("override-factor");
+    {
+        let e = Engine::open_shared(&p, opts()).unwrap();
+        for (name, spec) in specs {
+            let id = e.add_policy(name, spec).unwrap();
+            e.set_override(id, b"partner", 2.0).unwrap();
+        }
+    }
+    // Each policy's entry for the key: the unit whose factor (bytes 4..8)
+    // is 2000 with a hash (bytes 8..16) set; its factor becomes 2^24 + 2000,
+    // whose low 24 bits are 2000 again.
+    let bytes = std::fs::read(&p).unwrap();
+    for entry in 0..specs.len() as u64 {
+        let base = region_offset(&p, entry) + OVERRIDES_IN_REGION;
+        let unit = (0..ratekeeper::MAX_OVERRIDES as u64)
+            .map(|u| base + u * 16)
+            .find(|&o| {
+                let word =
+                    |at: u64| u64::from_le_bytes(bytes[at as usize..][..8].try_into().unwrap());
+                word(o) >> 32 == 2000 && word(o + 8) != 0
+            })
+            .expect("the override entry");
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&((1u32 << 24) + 2000).to_le_bytes(), unit + 4)
+            .unwrap();
+    }
+    let e = Engine::open_shared(&p, opts()).unwrap();
+    for (name, spec) in specs {
+        let id = e.add_policy(name, spec).unwrap();
+        e.reset(id, b"partner").unwrap();
+        let first = e.check_at(id, b"partner", 1, NOW);
+        let second = e.check_at(id, b"partner", 1, NOW + 1);
+        assert!(first.allowed && second.allowed, "{name}");
+        assert_eq!(first.limit, second.limit, "{name}: one quota for the key");
+        // 10 a second scaled by 16,777.215 (the composite reports its
+        // first limit, the one nearest denial after one check).
+        assert_eq!(first.limit, 167_772, "{name}");
+    }
+}

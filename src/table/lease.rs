@@ -46,14 +46,22 @@ impl Table {
             let view = SlotView { words };
             let verdict = self.evaluate(&self.layout.limits, &view, 1, now);
             let free = concurrency::free_lease(&l, &view, now);
+            // The word the lease is CASed from is read before `still`, so
+            // that it is the word under `snap`: a claim (or reset) of the
+            // slot committed after `still` rewrites it with a newer tag and
+            // the CAS fails. Read after `still`, it could be the word such a
+            // transaction had already zeroed, and the lease would land in
+            // the slot of the key that claimed it.
+            let cur = free.map(|i| words[i].load());
             if !Self::still(b, &snap) {
                 continue;
             }
             if !verdict.allowed {
                 return (Outcome::Decided { verdict, evicted }, None);
             }
-            let Some(i) = free else { continue };
-            let cur = words[i].load();
+            let (Some(i), Some(cur)) = (free, cur) else {
+                continue;
+            };
             let w = Word::from_bits(cur);
             if w.payload.b > now {
                 continue;
@@ -85,11 +93,13 @@ impl Table {
                 index: i as u16,
                 word: new,
             };
-            // A lease on a key that held none makes it unevictable, but a
-            // claimer may have judged it expired from an older snapshot and
-            // not committed yet: fence such claims before handing out the
-            // permit (see `fence_lease`).
-            if verdict.remaining + 1 == l.count && !self.fence_lease(b, &snap, &lease, now) {
+            // A claimer may have judged the key expired from an older
+            // snapshot and not committed yet: fence such claims before
+            // handing out the permit (see `fence_lease`). Also when the key
+            // held other live leases here: a claimer judges at its own
+            // `now` (which may be past their expiry), and they may have been
+            // released since they were read.
+            if !self.fence_lease(b, &snap, &lease, now) {
                 continue; // the lease was wiped by a claim: take another
             }
             return (Outcome::Decided { verdict, evicted }, Some(lease));

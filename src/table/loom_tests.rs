@@ -803,3 +803,158 @@ fn loom_an_aborted_claim_never_puts_its_key_in_a_second_slot() {
         assert!(copies <= 1, "key 3 is in {copies} slots");
     });
 }
+
+/// Review 3: an acquire loads the free lease word it CASes *after* its
+/// `still` check, so a claim of its key's (expired) slot by another key
+/// that commits and completes in between leaves that word zeroed under the
+/// claim's tag; the acquire's CAS from it succeeds, and its fence (a TOUCH
+/// from the next snapshot) finds the lease word still there. The permit of
+/// key 1 then sits in key 3's slot: key 1 is absent and takes a full quota
+/// of new permits.
+#[test]
+fn loom_a_lease_taken_as_its_key_is_evicted_never_lands_in_the_new_keys_slot() {
+    loom::model(|| {
+        let t = table("concurrency 1 ttl 10 seconds");
+        // Key 1's lease expired at 10 s; key 2's is live until 15 s.
+        assert!(t.acquire(1, 0, 11).1.is_some());
+        let two = t.acquire(2, 5 * S, 12).1.unwrap();
+        let now = 11 * S;
+        let ta = {
+            let t = t.clone();
+            thread::spawn(move || t.acquire(1, now, 21).1)
+        };
+        let tb = {
+            let t = t.clone();
+            thread::spawn(move || t.acquire(3, now, 23).1)
+        };
+        let (a, b) = (ta.join().unwrap(), tb.join().unwrap());
+        let bk = t.bucket(0);
+        let owner = |l: Option<Lease>| l.map(|l| t.key_word(bk, l.slot as usize).hash());
+        let owners = (owner(a), owner(b));
+        // With key 2's permit back, key 1 has room; it holds A's permit
+        // (live until 21 s) if A got one, and concurrency 1 allows no more.
+        assert!(t.release(&two));
+        let more = t.acquire(1, now, 31).1.is_some();
+        assert!(
+            !(a.is_some() && more),
+            "two holders of key 1 under concurrency 1"
+        );
+        assert_eq!(
+            owners.0.unwrap_or(1),
+            1,
+            "key 1's permit sits in another key's slot"
+        );
+        assert_eq!(
+            owners.1.unwrap_or(3),
+            3,
+            "key 3's permit sits in another key's slot"
+        );
+    });
+}
+
+/// Review 3: `acquire` fences claims only when its key held no live lease
+/// (`remaining + 1 == count`), reasoning that a key with a live lease is
+/// never a claim's victim. But a claimer judges at its own `now`: a
+/// thread that read the clock at 9 s sees key 1's first lease (until
+/// 10 s) live and takes the second without a fence, while a claimer at
+/// 11 s, which read key 1's words before that CAS, judged key 1 expired
+/// and commits after it (the CAS committed no transaction): the CLAIM
+/// zeroes every word, the second lease with them. Key 1 is then absent
+/// and takes two more permits: three holders under concurrency 2.
+#[test]
+fn loom_a_second_lease_taken_at_an_earlier_now_is_never_wiped_by_a_claim() {
+    loom::model(|| {
+        let t = table("concurrency 2 ttl 10 seconds");
+        // Key 1 holds a lease until 10 s; key 2 one until 15 s.
+        assert!(t.acquire(1, 0, 11).1.is_some());
+        let two = t.acquire(2, 5 * S, 12).1.unwrap();
+        let ta = {
+            let t = t.clone();
+            thread::spawn(move || t.acquire(1, 9 * S, 21).1)
+        };
+        let tb = {
+            let t = t.clone();
+            thread::spawn(move || t.acquire(3, 11 * S, 23).1)
+        };
+        let (a, _b) = (ta.join().unwrap(), tb.join().unwrap());
+        let now = 11 * S;
+        // A's permit (if any) is live until 19 s: key 1 has one more at most.
+        assert!(t.release(&two));
+        let more = (0..3)
+            .filter(|i| t.acquire(1, now, 31 + i).1.is_some())
+            .count();
+        assert!(
+            a.is_some() as usize + more <= 2,
+            "{} holders of key 1 under concurrency 2",
+            a.is_some() as usize + more
+        );
+        if let Some(a) = a {
+            assert!(t.release(&a), "a live lease was lost");
+        }
+    });
+}
+
+/// Review 3: the same without a clock skew. Key 1's other lease is
+/// released between the acquire's look (which saw it live, so fences
+/// nothing) and its CAS; a claimer at the same `now` reads key 1 free in
+/// between, chooses it and commits after the CAS, wiping the new lease.
+#[test]
+fn loom_a_lease_taken_while_its_keys_other_lease_is_released_is_never_wiped_by_a_claim() {
+    loom::model(|| {
+        let t = table("concurrency 2 ttl 10 seconds");
+        let now = S;
+        let first = t.acquire(1, now, 11).1.unwrap();
+        let two = t.acquire(2, now, 12).1.unwrap();
+        let ta = {
+            let t = t.clone();
+            thread::spawn(move || t.acquire(1, now, 21).1)
+        };
+        let tr = {
+            let t = t.clone();
+            thread::spawn(move || assert!(t.release(&first)))
+        };
+        let tb = {
+            let t = t.clone();
+            thread::spawn(move || t.acquire(3, now, 23).1)
+        };
+        let a = ta.join().unwrap();
+        tr.join().unwrap();
+        tb.join().unwrap();
+        assert!(t.release(&two));
+        let more = (0..3)
+            .filter(|i| t.acquire(1, now, 31 + i).1.is_some())
+            .count();
+        assert!(
+            a.is_some() as usize + more <= 2,
+            "{} holders of key 1 under concurrency 2",
+            a.is_some() as usize + more
+        );
+    });
+}
+
+/// Review 3 (passes): a refund of a single-word key racing the eviction of
+/// that key never lands on the key that took its slot.
+#[test]
+fn loom_a_refund_racing_the_eviction_of_its_key_never_reaches_the_new_key() {
+    loom::model(|| {
+        let t = table("fixed_window 5/second");
+        assert!(allowed(t.decide(1, 2, 0, Mode::Charge)));
+        assert!(allowed(t.decide(2, 1, S / 2, Mode::Charge)));
+        let now = S - 1;
+        let ta = {
+            let t = t.clone();
+            thread::spawn(move || {
+                t.refund(1, 1, now);
+            })
+        };
+        let tb = {
+            let t = t.clone();
+            thread::spawn(move || assert!(allowed(t.decide(3, 1, now, Mode::Charge))))
+        };
+        ta.join().unwrap();
+        tb.join().unwrap();
+        if t.find(t.bucket(0), 3).is_some() {
+            assert_eq!(peek(&t, 3, now).remaining, 3, "key 3 holds only its charge");
+        }
+    });
+}

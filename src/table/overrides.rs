@@ -4,6 +4,7 @@
 
 use super::words::{Op, Word};
 use super::{Located, Table};
+use crate::algo;
 use crate::sync::Atomic128;
 
 impl Table {
@@ -12,7 +13,12 @@ impl Table {
         &self.mem.units()[self.overrides_base..self.overrides_base + self.overrides_len]
     }
 
-    /// The quota override of key `h` in thousandths (0: none).
+    /// The quota override of key `h` in thousandths (0: none), at most
+    /// [`MAX_COST`](algo::MAX_COST), the largest factor `set_override`
+    /// writes: a larger one is a word of a shared file someone else wrote,
+    /// and a claim carries the factor in its intent's 24-bit cost field
+    /// (unclamped, a debug build's assertion on that field panicked in the
+    /// check, and the intent held only the factor's low 24 bits).
     #[inline]
     pub fn override_of(&self, h: u64) -> u32 {
         let units = self.override_units();
@@ -20,7 +26,7 @@ impl Table {
         for i in 0..n {
             let entry = Word::from_bits(units[((h >> 32) as usize + i) % n].load());
             if entry.hash() == h {
-                return entry.factor();
+                return entry.factor().min(algo::MAX_COST as u32);
             }
             if entry.hash() == 0 {
                 return 0;

@@ -803,3 +803,43 @@ fn a_move_in_over_an_expired_slot_never_wipes_a_charge_that_landed_after_its_com
         "key 1 lost its charge: allowed twice in one window"
     );
 }
+
+/// Review 3 (the steps of `claim`, with a second lease of its victim taken
+/// between its choice and its commit, by a thread whose clock read 9 s):
+/// key 1's first lease (until 10 s) is live at 9 s, so that acquire fences
+/// nothing, and commits no transaction; the claimer at 11 s chose key 1
+/// (expired at 11 s) from the words before it, and its CLAIM commits from
+/// its snapshot and zeroes the second lease. Key 1 then takes two more
+/// permits: three holders under concurrency 2.
+#[test]
+fn a_claim_chosen_before_a_second_lease_of_its_victim_never_wipes_that_lease() {
+    let t = table("concurrency 2 ttl 10 seconds", 1);
+    let b = t.bucket(0);
+    assert!(t.acquire(1, 0, 11).1.is_some()); // until 10 s
+    for k in 2..=SLOTS as u64 {
+        assert!(t.acquire(k, 5 * S, 12).1.is_some()); // until 15 s
+    }
+    // A claimer of key 99 at 11 s, as `claim` runs: its snapshot, its victim.
+    let now = 11 * S;
+    let snap = t.snapshot(b, now);
+    let Victim::Expired(j) = t.choose_victim(b, 99, now) else {
+        panic!("key 1 has expired at 11 s");
+    };
+    assert_eq!(t.key_word(b, j).hash(), 1);
+    // Before it commits: key 1's second lease, by a thread at 9 s.
+    let lease = t
+        .acquire(1, 9 * S, 21)
+        .1
+        .expect("one permit of two is free at 9 s");
+    // The claim commits from its snapshot (as `claim` does next).
+    let committed = t.transact(b, &snap, Op::Claim, j, 0, 99, now);
+    let more = (0..3)
+        .filter(|&i| t.acquire(1, now, 30 + i).1.is_some())
+        .count();
+    assert!(
+        more <= 1,
+        "claim committed: {committed}; key 1 has {} holders under concurrency 2",
+        1 + more
+    );
+    assert!(t.release(&lease), "a live lease (until 19 s) was lost");
+}

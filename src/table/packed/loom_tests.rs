@@ -459,3 +459,44 @@ fn loom_packed_a_reset_racing_a_foreign_claim_that_lands_on_nothing_and_a_move_s
         );
     });
 }
+
+/// Review 3 (passes): a refund of a key racing its eviction never lands on
+/// the key that took its word.
+#[test]
+fn loom_packed_a_refund_racing_the_eviction_of_its_key_never_reaches_the_new_key() {
+    loom::model(|| {
+        let o = Arc::new(Owned::new("5/second", WhenFull::Evict, GROUP));
+        let t = o.t();
+        let keys = [
+            key(&t, 0, 1, 0),
+            key(&t, 0, 1, 1),
+            key(&t, 1, 0, 0),
+            key(&t, 1, 0, 1),
+            key(&t, 0, 1, 2),
+        ];
+        let now = 10 * S;
+        // M (keys[0]) expires first, but is live at `now`.
+        let states = [now + S / 2, 100 * S, 100 * S, 100 * S];
+        for (i, (x, j)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+            put(&t, x, j, keys[i], states[i]);
+        }
+        let (m, k) = (keys[0], keys[4]);
+        let ta = {
+            let o = o.clone();
+            thread::spawn(move || {
+                o.t().refund(m, 1, now, || 0);
+            })
+        };
+        let tb = {
+            let o = o.clone();
+            thread::spawn(move || allowed(o.t().decide(k, 1, now, true, || 0)))
+        };
+        ta.join().unwrap();
+        assert!(tb.join().unwrap());
+        let w = single(&t, k).expect("K is in");
+        assert_eq!(w.state, now + S / 5, "K holds only its own charge");
+        if let Some(w) = single(&t, m) {
+            panic!("M was the victim, yet holds {w:?}");
+        }
+    });
+}
