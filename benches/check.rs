@@ -304,8 +304,8 @@ fn threads(c: &mut Criterion) {
     // the slots holding keys with 2 threads (no claim evicts: the cases
     // measure checks of tracked keys; in 2^17 slots, 200,000 keys made
     // every check of 2 threads a claim that evicts): 100,000 keys per
-    // thread in 2^18 slots (a 4.5 MB table: each core's 2 MB L2 holds a
-    // large part of it), 800,000 in 2^21 (36 MB).
+    // thread in 2^18 slots (a 4.5 MB table, which this VM's 32 MB L3
+    // holds), 800,000 in 2^21 (36 MB).
     // One key whose every check is denied (a flood): reads only, so with 2
     // threads the key's line can stay shared by both cores.
     let flood = Engine::new(EngineOptions {
