@@ -316,6 +316,17 @@ fn loom_an_override_set_while_its_key_is_claimed_always_reaches_the_slot() {
     });
 }
 
+/// A thread that takes a lease on key `h` at `now` for `holder`.
+fn spawn_acquire(
+    t: &Arc<Table>,
+    h: u64,
+    now: u64,
+    holder: u32,
+) -> thread::JoinHandle<Option<Lease>> {
+    let t = t.clone();
+    thread::spawn(move || t.acquire(h, now, holder).1)
+}
+
 /// Every live lease word of the table (any slot, any index).
 fn live_leases(t: &Table, now: u64) -> usize {
     let b = t.bucket(0);
@@ -375,14 +386,8 @@ fn loom_acquire_racing_eviction_never_loses_a_live_lease() {
         assert!(t.acquire(1, 0, 11).1.is_some());
         assert!(t.acquire(2, 2 * S, 12).1.is_some());
         let now = 2 * S;
-        let ta = {
-            let t = t.clone();
-            thread::spawn(move || t.acquire(1, now, 21).1)
-        };
-        let tb = {
-            let t = t.clone();
-            thread::spawn(move || t.acquire(3, now, 23).1)
-        };
+        let ta = spawn_acquire(&t, 1, now, 21);
+        let tb = spawn_acquire(&t, 3, now, 23);
         let (a, b) = (ta.join().unwrap(), tb.join().unwrap());
         // One slot was free to reclaim: at most one of them got it, and a
         // lease handed out is still there to release.
@@ -819,14 +824,8 @@ fn loom_a_lease_taken_as_its_key_is_evicted_never_lands_in_the_new_keys_slot() {
         assert!(t.acquire(1, 0, 11).1.is_some());
         let two = t.acquire(2, 5 * S, 12).1.unwrap();
         let now = 11 * S;
-        let ta = {
-            let t = t.clone();
-            thread::spawn(move || t.acquire(1, now, 21).1)
-        };
-        let tb = {
-            let t = t.clone();
-            thread::spawn(move || t.acquire(3, now, 23).1)
-        };
+        let ta = spawn_acquire(&t, 1, now, 21);
+        let tb = spawn_acquire(&t, 3, now, 23);
         let (a, b) = (ta.join().unwrap(), tb.join().unwrap());
         let bk = t.bucket(0);
         let owner = |l: Option<Lease>| l.map(|l| t.key_word(bk, l.slot as usize).hash());
@@ -868,14 +867,8 @@ fn loom_a_second_lease_taken_at_an_earlier_now_is_never_wiped_by_a_claim() {
         // Key 1 holds a lease until 10 s; key 2 one until 15 s.
         assert!(t.acquire(1, 0, 11).1.is_some());
         let two = t.acquire(2, 5 * S, 12).1.unwrap();
-        let ta = {
-            let t = t.clone();
-            thread::spawn(move || t.acquire(1, 9 * S, 21).1)
-        };
-        let tb = {
-            let t = t.clone();
-            thread::spawn(move || t.acquire(3, 11 * S, 23).1)
-        };
+        let ta = spawn_acquire(&t, 1, 9 * S, 21);
+        let tb = spawn_acquire(&t, 3, 11 * S, 23);
         let (a, _b) = (ta.join().unwrap(), tb.join().unwrap());
         let now = 11 * S;
         // A's permit (if any) is live until 19 s: key 1 has one more at most.
@@ -905,18 +898,12 @@ fn loom_a_lease_taken_while_its_keys_other_lease_is_released_is_never_wiped_by_a
         let now = S;
         let first = t.acquire(1, now, 11).1.unwrap();
         let two = t.acquire(2, now, 12).1.unwrap();
-        let ta = {
-            let t = t.clone();
-            thread::spawn(move || t.acquire(1, now, 21).1)
-        };
+        let ta = spawn_acquire(&t, 1, now, 21);
         let tr = {
             let t = t.clone();
             thread::spawn(move || assert!(t.release(&first)))
         };
-        let tb = {
-            let t = t.clone();
-            thread::spawn(move || t.acquire(3, now, 23).1)
-        };
+        let tb = spawn_acquire(&t, 3, now, 23);
         let a = ta.join().unwrap();
         tr.join().unwrap();
         tb.join().unwrap();

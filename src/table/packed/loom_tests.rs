@@ -86,7 +86,12 @@ fn single(t: &Packed<'_>, h: u64) -> Option<Slot> {
 /// same), each key with buckets 0 and 1. Returns the table and
 /// `[m, n, p, q, k]`, where K is a further key of those two buckets.
 fn full_pair(states: [u64; 4]) -> (Arc<Owned>, [u64; 5]) {
-    let o = Arc::new(Owned::new("1/second", WhenFull::FailClosed, GROUP));
+    full_pair_of("1/second", WhenFull::FailClosed, states)
+}
+
+/// [`full_pair`] for a policy of `spec` that does `when_full`.
+fn full_pair_of(spec: &str, when_full: WhenFull, states: [u64; 4]) -> (Arc<Owned>, [u64; 5]) {
+    let o = Arc::new(Owned::new(spec, when_full, GROUP));
     let t = o.t();
     let keys = [
         key(&t, 0, 1, 0),
@@ -465,22 +470,14 @@ fn loom_packed_a_reset_racing_a_foreign_claim_that_lands_on_nothing_and_a_move_s
 #[test]
 fn loom_packed_a_refund_racing_the_eviction_of_its_key_never_reaches_the_new_key() {
     loom::model(|| {
-        let o = Arc::new(Owned::new("5/second", WhenFull::Evict, GROUP));
-        let t = o.t();
-        let keys = [
-            key(&t, 0, 1, 0),
-            key(&t, 0, 1, 1),
-            key(&t, 1, 0, 0),
-            key(&t, 1, 0, 1),
-            key(&t, 0, 1, 2),
-        ];
         let now = 10 * S;
-        // M (keys[0]) expires first, but is live at `now`.
-        let states = [now + S / 2, 100 * S, 100 * S, 100 * S];
-        for (i, (x, j)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
-            put(&t, x, j, keys[i], states[i]);
-        }
-        let (m, k) = (keys[0], keys[4]);
+        // M expires first, but is live at `now`.
+        let (o, [m, _, _, _, k]) = full_pair_of(
+            "5/second",
+            WhenFull::Evict,
+            [now + S / 2, 100 * S, 100 * S, 100 * S],
+        );
+        let t = o.t();
         let ta = {
             let o = o.clone();
             thread::spawn(move || {
