@@ -810,23 +810,18 @@ fn an_override_factor_beyond_the_maximum_in_the_file_counts_as_the_maximum() {
             e.set_override(id, b"partner", 2.0).unwrap();
         }
     }
-    // Each policy's entry for the key: the unit whose factor (bytes 4..8)
-    // is 2000 with a hash (bytes 8..16) set; its factor becomes 2^24 + 2000,
-    // whose low 24 bits are 2000 again.
-    let bytes = std::fs::read(&p).unwrap();
+    // Each policy's entry for the key: the unit whose first word holds
+    // factor 2000 in bits 32..64 (the tag below), with a hash (the second
+    // word) set; its factor becomes 2^24 + 2000, whose low 24 bits are
+    // 2000 again.
     for entry in 0..specs.len() as u64 {
         let base = region_offset(&p, entry) + OVERRIDES_IN_REGION;
         let unit = (0..ratekeeper::MAX_OVERRIDES as u64)
             .map(|u| base + u * 16)
-            .find(|&o| {
-                let word =
-                    |at: u64| u64::from_le_bytes(bytes[at as usize..][..8].try_into().unwrap());
-                word(o) >> 32 == 2000 && word(o + 8) != 0
-            })
+            .find(|&o| read_u64(&p, o) >> 32 == 2000 && read_u64(&p, o + 8) != 0)
             .expect("the override entry");
-        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-        f.write_all_at(&((1u32 << 24) + 2000).to_le_bytes(), unit + 4)
-            .unwrap();
+        let word = read_u64(&p, unit);
+        write_u64(&p, unit, (word & 0xffff_ffff) | ((1 << 24) + 2000) << 32);
     }
     let e = Engine::open_shared(&p, opts()).unwrap();
     for (name, spec) in specs {

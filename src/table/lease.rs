@@ -52,16 +52,14 @@ impl Table {
             // the CAS fails. Read after `still`, it could be the word such a
             // transaction had already zeroed, and the lease would land in
             // the slot of the key that claimed it.
-            let cur = free.map(|i| words[i].load());
+            let free = free.map(|i| (i, words[i].load()));
             if !Self::still(b, &snap) {
                 continue;
             }
             if !verdict.allowed {
                 return (Outcome::Decided { verdict, evicted }, None);
             }
-            let (Some(i), Some(cur)) = (free, cur) else {
-                continue;
-            };
+            let Some((i, cur)) = free else { continue };
             let w = Word::from_bits(cur);
             if w.payload.b > now {
                 continue;

@@ -66,40 +66,45 @@ fn loom_gcra_update_on_one_key_admits_exactly_the_remaining_quota() {
     });
 }
 
+/// A two-slot fixed window (5 a second) full: key 1 charged `cost` at 0
+/// (so it expires first), key 2 charged 1 at S/2. At `now` = S − 1 thread A
+/// runs `a` while thread B brings key 3, evicting key 1, possibly while A is
+/// mid-update. Key 3, if it got in, then carries exactly its own charge: a
+/// stale update of key 1 landing on its slot would show as more. (A peek of
+/// cost 1 reports what remains after it: 5 - 1 - 1.) Returns the table and
+/// `now`.
+fn racing_key_three_in(cost: u64, a: fn(&Table, u64)) -> (Arc<Table>, u64) {
+    let t = table("fixed_window 5/second");
+    assert!(allowed(t.decide(1, cost, 0, Mode::Charge)));
+    assert!(allowed(t.decide(2, 1, S / 2, Mode::Charge)));
+    let now = S - 1;
+    let ta = {
+        let t = t.clone();
+        thread::spawn(move || a(&t, now))
+    };
+    let tb = {
+        let t = t.clone();
+        thread::spawn(move || assert!(allowed(t.decide(3, 1, now, Mode::Charge))))
+    };
+    ta.join().unwrap();
+    tb.join().unwrap();
+    if t.find(t.bucket(0), 3).is_some() {
+        assert_eq!(
+            peek(&t, 3, now).remaining,
+            3,
+            "key 3 saw another key's charge"
+        );
+    }
+    (t, now)
+}
+
 #[test]
 fn loom_slot_reuse_never_applies_a_stale_update_to_the_new_key() {
     loom::model(|| {
-        // Fill both slots; key 1 expires first (charged at an earlier time).
-        let t = table("fixed_window 5/second");
-        assert!(allowed(t.decide(1, 1, 0, Mode::Charge)));
-        assert!(allowed(t.decide(2, 1, S / 2, Mode::Charge)));
-        let now = S - 1;
-        // Thread A charges key 1 twice; thread B brings key 3, evicting key 1
-        // (soonest to expire), possibly while A is mid-update.
-        let ta = {
-            let t = t.clone();
-            thread::spawn(move || {
-                t.decide(1, 2, now, Mode::Charge);
-            })
-        };
-        let tb = {
-            let t = t.clone();
-            thread::spawn(move || {
-                assert!(allowed(t.decide(3, 1, now, Mode::Charge)));
-            })
-        };
-        ta.join().unwrap();
-        tb.join().unwrap();
-        // Key 3, if present, carries exactly its own charge: a stale update
-        // of key 1 landing on its slot would show as more. (A peek of cost 1
-        // reports what remains after it: 5 - 1 - 1.)
-        if t.find(t.bucket(0), 3).is_some() {
-            assert_eq!(
-                peek(&t, 3, now).remaining,
-                3,
-                "key 3 saw another key's charge"
-            );
-        }
+        // Thread A charges key 1 twice.
+        let (t, now) = racing_key_three_in(1, |t, now| {
+            t.decide(1, 2, now, Mode::Charge);
+        });
         // Key 2, if still present, has only its own charge.
         if t.find(t.bucket(0), 2).is_some() {
             assert_eq!(peek(&t, 2, now).remaining, 3);
@@ -851,6 +856,21 @@ fn loom_a_lease_taken_as_its_key_is_evicted_never_lands_in_the_new_keys_slot() {
     });
 }
 
+/// Under "concurrency 2": with key 2's permit `two` released, key 1 (which
+/// holds one permit if `held`) takes as many more as it can at `now`; it
+/// must never hold more than two.
+fn assert_two_holders_at_most(t: &Table, two: Lease, held: bool, now: u64) {
+    assert!(t.release(&two));
+    let more = (0..3)
+        .filter(|i| t.acquire(1, now, 31 + i).1.is_some())
+        .count();
+    assert!(
+        held as usize + more <= 2,
+        "{} holders of key 1 under concurrency 2",
+        held as usize + more
+    );
+}
+
 /// Review 3: `acquire` fences claims only when its key held no live lease
 /// (`remaining + 1 == count`), reasoning that a key with a live lease is
 /// never a claim's victim. But a claimer judges at its own `now`: a
@@ -872,15 +892,7 @@ fn loom_a_second_lease_taken_at_an_earlier_now_is_never_wiped_by_a_claim() {
         let (a, _b) = (ta.join().unwrap(), tb.join().unwrap());
         let now = 11 * S;
         // A's permit (if any) is live until 19 s: key 1 has one more at most.
-        assert!(t.release(&two));
-        let more = (0..3)
-            .filter(|i| t.acquire(1, now, 31 + i).1.is_some())
-            .count();
-        assert!(
-            a.is_some() as usize + more <= 2,
-            "{} holders of key 1 under concurrency 2",
-            a.is_some() as usize + more
-        );
+        assert_two_holders_at_most(&t, two, a.is_some(), now);
         if let Some(a) = a {
             assert!(t.release(&a), "a live lease was lost");
         }
@@ -907,15 +919,7 @@ fn loom_a_lease_taken_while_its_keys_other_lease_is_released_is_never_wiped_by_a
         let a = ta.join().unwrap();
         tr.join().unwrap();
         tb.join().unwrap();
-        assert!(t.release(&two));
-        let more = (0..3)
-            .filter(|i| t.acquire(1, now, 31 + i).1.is_some())
-            .count();
-        assert!(
-            a.is_some() as usize + more <= 2,
-            "{} holders of key 1 under concurrency 2",
-            a.is_some() as usize + more
-        );
+        assert_two_holders_at_most(&t, two, a.is_some(), now);
     });
 }
 
@@ -924,24 +928,8 @@ fn loom_a_lease_taken_while_its_keys_other_lease_is_released_is_never_wiped_by_a
 #[test]
 fn loom_a_refund_racing_the_eviction_of_its_key_never_reaches_the_new_key() {
     loom::model(|| {
-        let t = table("fixed_window 5/second");
-        assert!(allowed(t.decide(1, 2, 0, Mode::Charge)));
-        assert!(allowed(t.decide(2, 1, S / 2, Mode::Charge)));
-        let now = S - 1;
-        let ta = {
-            let t = t.clone();
-            thread::spawn(move || {
-                t.refund(1, 1, now);
-            })
-        };
-        let tb = {
-            let t = t.clone();
-            thread::spawn(move || assert!(allowed(t.decide(3, 1, now, Mode::Charge))))
-        };
-        ta.join().unwrap();
-        tb.join().unwrap();
-        if t.find(t.bucket(0), 3).is_some() {
-            assert_eq!(peek(&t, 3, now).remaining, 3, "key 3 holds only its charge");
-        }
+        racing_key_three_in(2, |t, now| {
+            t.refund(1, 1, now);
+        });
     });
 }

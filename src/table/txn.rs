@@ -163,14 +163,16 @@ impl Table {
     /// its key has expired at `now`. A direct charge keeps no tag of its
     /// own and commits no transaction, so a charge of the slot's key may
     /// land after the claimer found it expired and committed: the word is
-    /// then live, and `Some(false)` says so (the claim must land on
-    /// nothing). The check and the write are one CAS, so a charge landing
-    /// after it fails its own CAS and looks again. `Some(true)`: the word
-    /// is empty (by this helper or another); `Some(false)` also when
-    /// another helper already landed the claim on nothing (the victim's key
-    /// word carries the claim's tag); `None`: the transaction is complete
-    /// already. A helper with no time (`now` = 0) finds every
-    /// charged key live: the claim then lands on nothing, which is safe.
+    /// then live, and the transaction lands on nothing
+    /// ([`land_on_nothing`](Self::land_on_nothing)); its claimer looks
+    /// again. The check and the write are one CAS, so a charge landing
+    /// after it fails its own CAS and looks again. True: the state word is
+    /// the transaction's (by this helper or another), and the caller writes
+    /// the rest; false: the transaction is complete (it landed on nothing,
+    /// here or by another helper, whose write of the victim's key word
+    /// carries its tag, or it was done already). A helper with no time
+    /// (`now` = 0) finds every charged key live: the transaction then lands
+    /// on nothing, which is safe.
     fn take_expired(
         &self,
         b: &[Atomic128],
@@ -178,33 +180,39 @@ impl Table {
         e: Intent,
         now: u64,
         fill: Payload,
-    ) -> Option<bool> {
+    ) -> bool {
         let unit = &self.slot_words(b, slot)[0];
         let bits = e.to_bits();
         loop {
             let cur = unit.load();
             let w = Word::from_bits(cur);
             if w.tag == e.seq {
-                return Some(true);
+                return true;
             }
             if b[e.index()].load() != bits {
-                return None;
+                return false;
             }
             // The key word changes only by transactions of this bucket: while
             // this one is pending it holds the victim (or nothing), until a
-            // helper writes the claimed key into it, after this word.
+            // helper writes the transaction's key into it, after this word.
             let key = Word::from_bits(b[self.key_unit(slot)].load());
-            if key.tag == e.seq {
-                // Written by this claim: the claimed key, or the victim's
-                // own key if a helper found it live (see `apply`).
-                return Some(key.hash() == e.arg);
+            let live = if key.tag == e.seq {
+                // Written by this transaction: its key, or the victim's own
+                // key if a helper found it live.
+                key.hash() != e.arg
+            } else {
+                key.hash() != 0 && self.single_expiry(w.payload, now) > now
+            };
+            if live {
+                self.land_on_nothing(b, slot, e);
+                return false;
             }
-            if key.hash() != 0 && self.single_expiry(w.payload, now) > now {
-                return Some(false);
+            if key.tag == e.seq {
+                return true;
             }
             let taken = Word::new(e.seq, fill);
             if unit.compare_exchange(cur, taken.to_bits()).is_ok() {
-                return Some(true);
+                return true;
             }
         }
     }
@@ -216,6 +224,8 @@ impl Table {
     /// transaction's tag. Whichever write of the key word comes first
     /// decides, and a helper that read it before can never write the
     /// transaction's key after it is done.
+    #[cold]
+    #[inline(never)]
     fn land_on_nothing(&self, b: &[Atomic128], slot: usize, e: Intent) {
         if Self::write(b, &b[self.key_unit(slot)], e, |p| p).is_some() {
             Self::mark_done(b, e);
@@ -251,17 +261,11 @@ impl Table {
                             .all(|w| Self::write(b, w, e, |p| p).is_some()))
             }),
             Op::Claim | Op::Evict => {
-                if e.op == Op::Claim && self.layout.single_word {
-                    match self.take_expired(b, slot, e, now, Payload::default()) {
-                        Some(true) => {}
-                        Some(false) => {
-                            // The key the claim found expired is live: its
-                            // claimer looks again.
-                            self.land_on_nothing(b, slot, e);
-                            return;
-                        }
-                        None => return,
-                    }
+                if e.op == Op::Claim
+                    && self.layout.single_word
+                    && !self.take_expired(b, slot, e, now, Payload::default())
+                {
+                    return;
                 }
                 let key = Word::key(e.seq, e.arg, e.cost as u32);
                 Self::write(b, &b[self.key_unit(slot)], e, |_| key.payload).is_some()
@@ -311,13 +315,8 @@ impl Table {
                 // first bucket: the MOVE reads the outcome).
                 if self.layout.single_word {
                     let fill = Word::from_bits(src[0].load()).payload;
-                    match self.take_expired(b, slot, e, now, fill) {
-                        Some(true) => {}
-                        Some(false) => {
-                            self.land_on_nothing(b, slot, e);
-                            return;
-                        }
-                        None => return,
+                    if !self.take_expired(b, slot, e, now, fill) {
+                        return;
                     }
                 }
                 let factor =
