@@ -73,6 +73,29 @@ def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
+def paired(a, b):
+    """Benchmark `a` ÷ benchmark `b` as (median, lowest, highest) of their
+    per-round ratios. Both ran in every round, seconds apart, so a round's
+    ratio compares them on the host as it was then; the host's slow and
+    fast spells, which move every benchmark together, cancel out (a ratio
+    of two medians taken from different rounds does not). Benchmarks that
+    did not run in rounds: the ratio of their medians, no range."""
+    rounds = json.loads(ROUNDS_FILE.read_text()) if ROUNDS_FILE.exists() else {}
+    ra, rb = rounds.get(a), rounds.get(b)
+    if ra and rb and len(ra) == len(rb) and all(ra + rb):
+        rs = [x / y for x, y in zip(ra, rb)]
+        return statistics.median(rs), min(rs), max(rs)
+    return ratio(median(a), median(b)), None, None
+
+
+def fmt_paired(r):
+    """A `paired` ratio: its median, then the range over the rounds."""
+    med, lo, hi = r
+    if med is None:
+        return "n/a"
+    return f"{med:.2f}" if lo is None else f"{med:.2f} ({lo:.2f}–{hi:.2f})"
+
+
 def fmt(x, unit=""):
     return "n/a" if x is None else f"{x:.1f}{unit}"
 
@@ -313,28 +336,30 @@ def report():
     k1m_rk, k1m_gov = m("gcra_1000k_keys/ratekeeper/check"), m("gcra_1000k_keys/governor/check_key")
     t = {f"{w}_{k}_{n}t": m(f"gcra_threads/{w}_{k}_{n}t/{n}") for w in ["ratekeeper", "governor", "reference_loop"]
          for k in ["hot_key", "denied_hot_key", "own_hot_key", "distinct_keys", "distinct_keys_800k"] for n in [1, 2]}
-    shared_hot = ratio(m("shared_vs_in_process/ratekeeper/shared_hot_key"), m("shared_vs_in_process/ratekeeper/in_process_hot_key"))
-    shared_100k = ratio(m("shared_vs_in_process/ratekeeper/shared_100k_keys"), m("shared_vs_in_process/ratekeeper/in_process_100k_keys"))
+    shared_hot = paired("shared_vs_in_process/ratekeeper/shared_hot_key", "shared_vs_in_process/ratekeeper/in_process_hot_key")
+    shared_100k = paired("shared_vs_in_process/ratekeeper/shared_100k_keys", "shared_vs_in_process/ratekeeper/in_process_100k_keys")
     # The same work on both sides: the policy id and kind validated, the
     # key's length unknown to the compiler (benches/ffi.rs).
-    c_ratio = ratio(m("c_abi_overhead/c_abi/rk_check_at"), m("c_abi_overhead/rust/try_check_at"))
+    c_ratio = paired("c_abi_overhead/c_abi/rk_check_at", "c_abi_overhead/rust/try_check_at")
     mem = memory_figures()
     def scaling(who, kind):
-        return ratio(t[f"{who}_{kind}_1t"], t[f"{who}_{kind}_2t"])
+        return paired(f"gcra_threads/{who}_{kind}_1t/1", f"gcra_threads/{who}_{kind}_2t/2")
     outcome = {o: (m(f"gcra_hot_key_{o}/ratekeeper/check"), m(f"gcra_hot_key_{o}/governor/check_key")) for o in ["allowed", "mixed", "denied"]}
+    versus = {o: paired(f"gcra_hot_key_{o}/ratekeeper/check", f"gcra_hot_key_{o}/governor/check_key") for o in outcome}
+    keyed = {n: paired(f"gcra_{n}_keys/ratekeeper/check", f"gcra_{n}_keys/governor/check_key") for n in ["100k", "1000k"]}
     evict = first_eviction_figures()
     evict_slots = first_eviction_figures("first_live_eviction_slots")
     rows = [
-        ("hot key, every check denied ÷ governor", ratio(*outcome["denied"]), 0.5, True),
-        ("hot key, every check allowed ÷ governor", ratio(*outcome["allowed"]), 0.8, True),
-        ("hot key, quota 10^6/second (mixed) ÷ governor", ratio(*outcome["mixed"]), 0.7, True),
-        ("keyed GCRA check, 1M keys ÷ governor", ratio(k1m_rk, k1m_gov), 0.5, True),
-        ("occupancy at the first eviction of a live key, 2^20 slots (fraction)", evict.get(1 << 20, (None,))[0], 0.9, False),
-        ("2 threads on one key ÷ governor", ratio(t["ratekeeper_hot_key_2t"], t["governor_hot_key_2t"]), 0.5, True),
+        ("hot key, every check denied ÷ governor", versus["denied"], 0.5, True),
+        ("hot key, every check allowed ÷ governor", versus["allowed"], 0.8, True),
+        ("hot key, quota 10^6/second (mixed) ÷ governor", versus["mixed"], 0.7, True),
+        ("keyed GCRA check, 1M keys ÷ governor", keyed["1000k"], 0.5, True),
+        ("occupancy at the first eviction of a live key, 2^20 slots (fraction)", (evict.get(1 << 20, (None,))[0], None, None), 0.9, False),
+        ("2 threads on one key ÷ governor", paired("gcra_threads/ratekeeper_hot_key_2t/2", "gcra_threads/governor_hot_key_2t/2"), 0.5, True),
         ("2 threads on distinct keys, 800,000 each (36 MB table): throughput ÷ 1 thread", scaling("ratekeeper", "distinct_keys_800k"), 1.8, False),
         ("2 threads on distinct keys, 100,000 each (4.5 MB table): throughput ÷ 1 thread"
-         f" (the reference loop: {scaling('reference_loop', 'distinct_keys') or 0:.2f})", scaling("ratekeeper", "distinct_keys"), 1.8, False),
-        ("memory per tracked GCRA key at 1M (bytes)", mem.get(("ratekeeper", 1_000_000)), 20, True),
+         f" (the reference loop: {fmt_paired(scaling('reference_loop', 'distinct_keys'))})", scaling("ratekeeper", "distinct_keys"), 1.8, False),
+        ("memory per tracked GCRA key at 1M (bytes)", (mem.get(("ratekeeper", 1_000_000)), None, None), 20, True),
         ("shared memory ÷ in-process (hot key)", shared_hot, 1.1, True),
         ("shared memory ÷ in-process (100k keys)", shared_100k, 1.1, True),
         ("C ABI `rk_check_at` ÷ Rust `try_check_at`", c_ratio, 1.1, True),
@@ -345,18 +370,21 @@ def report():
         "Regenerate with `python3 benches/report.py` (all figures below come from one run of it,",
         "on one machine: 2 cores, shared; criterion medians). The hot-key, keyed, threads and",
         f"shared-memory benchmarks run {ROUNDS} times, spread over the run, and each of their figures",
-        "is the median of its rounds, ratekeeper and governor alike. Lower is better for times and",
-        "ratios unless stated.",
+        "is the median of its rounds, ratekeeper and governor alike. A ratio of two of them is",
+        "the median of their per-round ratios, the lowest and highest in brackets: the two ran",
+        "seconds apart in each round, so the host's slow and fast spells, which move every",
+        "benchmark together, cancel out. Lower is better for times and ratios unless stated.",
         "",
         "## Targets",
         "",
         "| target | measured | goal | |",
         "|---|---|---|---|",
     ]
-    for name, v, goal, le in rows:
+    for name, r, goal, le in rows:
         # Two decimals (three for a fraction of slots): a ratio printed as
         # 1.1 may be 1.13 and miss a goal of 1.1.
-        shown = "n/a" if v is None else f"{v:.3f}" if goal < 1 and not le else f"{v:.2f}"
+        v = r[0]
+        shown = "n/a" if v is None else f"{v:.3f}" if goal < 1 and not le else fmt_paired(r)
         lines.append(f"| {name} | {shown} | {'≤' if le else '≥'} {goal} | {verdict(v, goal, le)} |")
     lines += [
         "| allocations per check | 0 (tests/alloc.rs: 7 million checks over 100,000 keys) | 0 | **met** |",
@@ -367,12 +395,12 @@ def report():
         "(some: how many depends on the check's speed), 1/second (none: a flood). Both read",
         "their default clocks.",
         "",
-        "| case | ratekeeper | governor | ratio |",
+        "| case | ratekeeper | governor | ratio (rounds) |",
         "|---|---|---|---|",
     ]
     for o in ["allowed", "mixed", "denied"]:
         rk, gov = outcome[o]
-        lines.append(f"| {o} | {fmt(rk)} | {fmt(gov)} | {fmt(ratio(rk, gov))} |")
+        lines.append(f"| {o} | {fmt(rk)} | {fmt(gov)} | {fmt_paired(versus[o])} |")
     ins = instruction_figures()
     lines += [
         "",
@@ -413,11 +441,11 @@ def report():
         "",
         "## Keyed GCRA check (ns, median)",
         "",
-        "| keys | ratekeeper | governor | ratio |",
+        "| keys | ratekeeper | governor | ratio (rounds) |",
         "|---|---|---|---|",
-        f"| 1 (hot) | {fmt(hot_rk)} | {fmt(hot_gov)} | {fmt(ratio(hot_rk, hot_gov))} |",
-        f"| 100k | {fmt(k100_rk)} | {fmt(k100_gov)} | {fmt(ratio(k100_rk, k100_gov))} |",
-        f"| 1M | {fmt(k1m_rk)} | {fmt(k1m_gov)} | {fmt(ratio(k1m_rk, k1m_gov))} |",
+        f"| 1 (hot) | {fmt(hot_rk)} | {fmt(hot_gov)} | {fmt_paired(paired('gcra_hot_key/ratekeeper/check', 'gcra_hot_key/governor/check_key'))} |",
+        f"| 100k | {fmt(k100_rk)} | {fmt(k100_gov)} | {fmt_paired(keyed['100k'])} |",
+        f"| 1M | {fmt(k1m_rk)} | {fmt(k1m_gov)} | {fmt_paired(keyed['1000k'])} |",
         "",
         "ratekeeper `check` reads `CLOCK_MONOTONIC_COARSE` (its default clock); governor reads its",
         "quanta TSC clock. Other ratekeeper variants on the hot key:",
@@ -440,8 +468,9 @@ def report():
             lines.append(f"| {name}, {n} thread{'s' if n > 1 else ''} | {fmt(t[f'ratekeeper_{k}_{n}t'])}"
                          f" | {fmt(t[f'governor_{k}_{n}t'])} | {ref(t[f'reference_loop_{k}_{n}t'])} |")
         if k != "hot_key":
-            lines.append(f"| {name}: 2 threads' throughput ÷ 1 thread's | {fmt(scaling('ratekeeper', k))}"
-                         f" | {fmt(scaling('governor', k))} | {ref(scaling('reference_loop', k))} |")
+            ref_scaling = "—" if k.endswith("hot_key") else fmt_paired(scaling("reference_loop", k))
+            lines.append(f"| {name}: 2 threads' throughput ÷ 1 thread's (rounds) | {fmt_paired(scaling('ratekeeper', k))}"
+                         f" | {fmt_paired(scaling('governor', k))} | {ref_scaling} |")
     lines += [
         "",
         "Each thread checks keys of its own; with 2 threads 76% of the table's slots hold keys",
@@ -505,18 +534,23 @@ def report():
         f"  of 2^20 slots before a live eviction, the 8-slot slots table to {fmt3(evict_slots.get(1 << 20))}.",
         "- **Memory**: a GCRA key takes one 16-byte word, plus one 16-byte intent word per four",
         "  buckets: 17 bytes a slot. The moonshot of 16 would need the intents gone.",
-        "- **Distinct keys on 2 threads, 100,000 each**: on the host of 12-07 this figure swung",
-        "  between runs of one build (1.09x to 2.23x), where the reference loop scales about 2x.",
-        "  A suspect is the prefetch of a key's second bucket before its first is scanned, which",
-        "  with two threads reads lines the other core writes; one build without it scaled 2.48x",
-        "  but was 12-48% slower on one thread (README, Benchmarks: \"100,000 keys per thread on",
-        "  this host: unsettled\").",
+        "- **Distinct keys on 2 threads, 100,000 each**: unsettled on this host. Its rounds in",
+        f"  this run scaled {fmt_paired(scaling('ratekeeper', 'distinct_keys'))}; the reference loop's",
+        f"  {fmt_paired(scaling('reference_loop', 'distinct_keys'))}. Separate runs of one build on 12-07",
+        "  scaled 1.09x to 2.25x. Side by side, a build without the prefetch of a key's second",
+        "  bucket scaled 2.48x in a run where HEAD scaled 1.36x, and one that also placed new keys",
+        "  first-fit 2.08x where HEAD scaled 2.25x: the host moves more than either change (README,",
+        "  Benchmarks: \"100,000 keys per thread on this host: unsettled\").",
         "- **The C ABI** runs each export's body in `catch_unwind` (no panic crosses into C):",
         "  the body stays out of line, its result comes back through memory, and the pointer",
         "  checks and the 48-byte `rk_decision` written through `out` come on top of",
         "  `try_check_at` (README, design notes: \"The C ABI pays for its panic boundary\").",
-        "- The clock is not the bottleneck any more: `check` reads `CLOCK_MONOTONIC_COARSE`",
-        "  (compare `check` with `check_precise_clock` and `check_at` above).",
+        "- **The clock** (hot-key rows): `check` reads `CLOCK_MONOTONIC_COARSE`, which on the VM",
+        "  of 12-07 took 8-10 ns a read in a C loop (a bare `rdtsc`, what governor's clock reads,",
+        "  11.5) and about a quarter of a hot check (`examples/instructions.rs clock` against",
+        "  `hot`: medians 29.5 and 21.6 ns over 10 alternating runs). A denial at 0.5x governor",
+        "  would leave the rest of the check about 13 ns there; `check_at` takes about 20 (README,",
+        "  design notes). Compare `check` with `check_precise_clock` and `check_at` above.",
         "",
     ]
     py = python_figures()

@@ -8,10 +8,11 @@ use std::sync::Arc;
 /// Which clock `Engine::check` reads when no explicit time is given.
 #[derive(Debug, Clone, Default)]
 pub enum Clock {
-    /// `CLOCK_MONOTONIC`: nanosecond resolution, ~20 ns a read.
+    /// `CLOCK_MONOTONIC`: nanosecond resolution, 20–30 ns a read (README,
+    /// design notes: the hosts measured).
     Monotonic,
     /// `CLOCK_MONOTONIC_COARSE` (the default): the same time base, updated
-    /// once per kernel tick (1–4 ms), ~2 ns a read. It never runs ahead of
+    /// once per kernel tick (1–4 ms), 2–10 ns a read. It never runs ahead of
     /// `CLOCK_MONOTONIC`, so a decision made with it is never more lenient
     /// than one made at the same instant with the precise clock: limits can
     /// only be stricter by up to one tick, and retry-after is never short.
