@@ -142,6 +142,64 @@ fn many_keys(c: &mut Criterion) {
     }
 }
 
+/// One request checked against two limits as one batch (`check_many`: all
+/// charged or none), as the Flask extension does for a per-IP and a
+/// per-user limit: 1M keys in each policy, one a lone GCRA limit (the
+/// packed table), the other a fixed window (the slots table). Beside it,
+/// the same two checks one after the other (each charged on its own).
+fn batches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("batch_1000k_keys");
+    g.throughput(Throughput::Elements(1));
+    let n = 1_000_000u64;
+    let e = Engine::new(EngineOptions {
+        capacity: (n as usize) * 2,
+        clock: Clock::MonotonicCoarse,
+        ..Default::default()
+    })
+    .unwrap();
+    let ip = e.add_policy("ip", "1000000000/second").unwrap();
+    let user = e
+        .add_policy("user", "fixed_window 4000000000/second")
+        .unwrap();
+    for k in 0..n {
+        e.check(ip, &k.to_le_bytes(), 1);
+        e.check(user, &k.to_le_bytes(), 1);
+    }
+    // The two keys of a request, independent of each other.
+    let keys = |i: u64| (scatter(i, n), scatter(i.wrapping_mul(7) + 3, n));
+    let mut i = 0u64;
+    g.bench_function(BenchmarkId::new("ratekeeper", "check_many_2"), |b| {
+        b.iter(|| {
+            i += 1;
+            let (a, u) = keys(i);
+            let (a, u) = (a.to_le_bytes(), u.to_le_bytes());
+            e.check_many(&[
+                ratekeeper::CheckItem {
+                    policy: ip,
+                    key: &a,
+                    cost: 1,
+                },
+                ratekeeper::CheckItem {
+                    policy: user,
+                    key: &u,
+                    cost: 1,
+                },
+            ])
+        })
+    });
+    g.bench_function(BenchmarkId::new("ratekeeper", "two_checks"), |b| {
+        b.iter(|| {
+            i += 1;
+            let (a, u) = keys(i);
+            (
+                e.check(ip, &a.to_le_bytes(), 1),
+                e.check(user, &u.to_le_bytes(), 1),
+            )
+        })
+    });
+    g.finish();
+}
+
 fn algorithms(c: &mut Criterion) {
     // Every algorithm with quotas large enough that (nearly) every check
     // charges: one hot key (1 thread), 1M keys (1 thread), one hot key (2 threads).
@@ -447,6 +505,6 @@ fn shared_vs_in_process(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(30);
-    targets = hot_key, hot_key_by_outcome, many_keys, algorithms, threads, shared_vs_in_process
+    targets = hot_key, hot_key_by_outcome, many_keys, batches, algorithms, threads, shared_vs_in_process
 }
 criterion_main!(benches);

@@ -113,8 +113,14 @@ impl Engine {
         for it in items {
             let p = self.get(it.policy)?;
             p.rate_limit("use acquire/release")?;
+            let t = Self::target(p, it.policy, it.key, it.cost);
+            if items.len() > 1 {
+                // Every item's lines are asked for before the first is
+                // decided: on large tables the items' misses overlap.
+                p.table.prefetch(t.hash);
+            }
             ps.push(p);
-            ts.push(Self::target(p, it.policy, it.key, it.cost));
+            ts.push(t);
         }
         let (ps, ts) = (ps.as_slice(), ts.as_slice());
         if ts.len() == 1 {

@@ -427,6 +427,15 @@ impl<'a> Packed<'a> {
         Self::verdict(&self.limit.scaled(factor), 0, cost, now)
     }
 
+    /// Asks for both bucket lines of key hash `h` without waiting for them
+    /// (see [`Table::prefetch`](super::Table::prefetch)).
+    #[inline(always)]
+    pub fn prefetch(&self, h: u64) {
+        let (_, a, b, _) = self.place_of(h);
+        sync::prefetch(&self.line(a)[0]);
+        sync::prefetch(&self.line(b)[0]);
+    }
+
     /// Where key `h` lives now, for [`decide_at`](Self::decide_at): its
     /// bucket, slot, and the low half of its word (fingerprint, generation,
     /// frozen bit); `None` if absent, or if it has a quota override.
