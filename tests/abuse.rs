@@ -390,3 +390,54 @@ fn denials_of_a_batch_are_strikes_too() {
     // The site limit was charged only for the two allowed requests.
     assert_eq!(e.peek_at(site, b"ip:9", 1, S).unwrap().remaining, 997);
 }
+
+/// The policy whose strike starts a ban in a denied batch is the one whose
+/// decision the batch returns (and whose deny event is written): its
+/// `banned` and `bans` counters move, so must its `denied` (which counts
+/// banned requests too), as for a single check.
+#[test]
+fn a_ban_started_by_a_non_binding_batch_item_is_a_denial_of_its_policy() {
+    use ratekeeper::CheckItem;
+    let e = engine();
+    let hourly = e.add_policy("hourly", "1/hour").unwrap();
+    let login = e
+        .add_policy_with(
+            "login",
+            "1/minute",
+            PolicyOptions {
+                penalty: Some(Penalty {
+                    strikes: 1,
+                    window_ns: 10 * MIN,
+                    ban_ns: 15 * MIN,
+                    max_ban_ns: 240 * MIN,
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let items = [
+        CheckItem {
+            policy: hourly,
+            key: b"ip:8",
+            cost: 1,
+        },
+        CheckItem {
+            policy: login,
+            key: b"ip:8",
+            cost: 1,
+        },
+    ];
+    assert!(e.check_many_at(&items, S).unwrap().0.allowed);
+    // Both deny; the hourly limit binds (longer wait), the login item's
+    // strike starts a ban, which is the answer.
+    let (d, i) = e.check_many_at(&items, S).unwrap();
+    assert!(!d.allowed && d.banned && i == 1, "{d:?} {i}");
+    let st = e.stats(login).unwrap();
+    assert_eq!((st.bans, st.banned), (1, 1));
+    assert!(
+        st.denied >= st.banned,
+        "login: denied {} < banned {}",
+        st.denied,
+        st.banned
+    );
+}

@@ -550,3 +550,24 @@ fn policy_memory_bytes_counts_the_table_and_its_head_small_or_mapped() {
         assert!(region < table + (1 << 20), "{region} vs {table}");
     }
 }
+
+/// A batch whose items all pass the first look but whose last charge is
+/// denied (here: one key named twice, 3 + 3 over a quota of 5) is refunded
+/// and answered with that denial: one denied request. The item charged and
+/// refunded on the way was counted as an allowed request.
+#[test]
+fn a_batch_refunded_after_a_charge_counts_no_allowed_request() {
+    use ratekeeper::CheckItem;
+    let e = engine(64);
+    let p = e.add_policy("p", "fixed_window 5/minute").unwrap();
+    let item = CheckItem {
+        policy: p,
+        key: b"k",
+        cost: 3,
+    };
+    let (d, _) = e.check_many_at(&[item, item], S).unwrap();
+    assert!(!d.allowed);
+    let st = e.stats(p).unwrap();
+    assert_eq!((st.allowed, st.denied), (0, 1), "{st:?}");
+    assert!(e.check_at(p, b"k", 5, S).allowed, "the whole quota is back");
+}

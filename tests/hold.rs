@@ -210,3 +210,70 @@ fn a_fail_open_concurrency_policy_admits_without_a_permit_when_full() {
     assert!(d.allowed && none.is_none());
     assert_eq!(e.stats(p).unwrap().table_full, 1);
 }
+
+/// The refund of a batch (`check_many` refunds the items it charged when a
+/// later item is denied) runs at the batch's `now`. If a request of the
+/// same key from another thread, stamped just after a window edge, opened
+/// a new fixed window between that charge and its refund, the refund took
+/// the unit out of the *new* window, whose count then forgot that request:
+/// 3 admitted in a window of 2. Interleaving (one thread's batch, another
+/// thread's check): charge at 70 s − 1 ns, check at 70 s, refund at
+/// 70 s − 1 ns — driven here in that order.
+#[test]
+fn a_refund_stamped_before_a_new_fixed_window_never_takes_a_unit_of_it() {
+    let e = engine();
+    let p = e.add_policy("p", "fixed_window 2/minute").unwrap();
+    assert_eq!(admitted(&e, p, b"k", 1, 10 * S), 1); // window [10 s, 70 s)
+    let edge = 70 * S;
+    assert!(e.check_at(p, b"k", 1, edge - 1).allowed); // the batch's charge
+    assert!(e.check_at(p, b"k", 1, edge).allowed); // opens [70 s, 130 s)
+    e.refund_at(p, b"k", 1, edge - 1).unwrap(); // the batch's refund
+    assert_eq!(
+        1 + admitted(&e, p, b"k", 5, edge + S),
+        2,
+        "admitted in the window [70 s, 130 s) of a 2/minute limit"
+    );
+}
+
+/// The same for a sliding window: the batch's charge sits in the window
+/// before the one a racing request moved the key to; its refund took the
+/// unit from the newer window's count, so the racing request stopped
+/// counting while the refunded charge kept counting (decaying) as the
+/// previous window: 3 admitted where the sliding count allows 2.
+#[test]
+fn a_refund_stamped_before_the_stored_sliding_window_never_takes_a_unit_of_it() {
+    let e = engine();
+    let p = e.add_policy("p", "sliding_window 2/second").unwrap();
+    let edge = 101 * S;
+    assert!(e.check_at(p, b"k", 1, edge - 1).allowed); // the batch's charge
+    assert!(e.check_at(p, b"k", 1, edge).allowed); // moves the key to [101 s, 102 s)
+    e.refund_at(p, b"k", 1, edge - 1).unwrap(); // the batch's refund
+
+    // At the end of window 101 the previous window has decayed to nothing:
+    // only the racing request counts, so one more fits.
+    assert_eq!(admitted(&e, p, b"k", 5, edge + S - 1), 1);
+}
+
+/// The same for a sliding log: the refund takes back the log's *newest*
+/// entry, which is the racing request's (stamped after the batch's `now`),
+/// and leaves the batch's older one, which leaves the window sooner: once
+/// it has, the racing request no longer counts, and two more are admitted
+/// within a minute of it under a limit of 2 a minute.
+#[test]
+fn a_refund_after_a_later_charge_of_its_key_never_forgets_that_charge_in_a_sliding_log() {
+    let e = engine();
+    let p = e.add_policy("p", "sliding_log 2/minute").unwrap();
+    let t1 = 10 * S;
+    let t2 = t1 + S;
+    assert!(e.check_at(p, b"k", 1, t1).allowed); // the batch's charge
+    assert!(e.check_at(p, b"k", 1, t2).allowed); // a racing request
+    e.refund_at(p, b"k", 1, t1).unwrap(); // the batch's refund
+
+    // Half a second before the racing request leaves the window.
+    let t3 = t2 + 60 * S - S / 2;
+    assert_eq!(
+        admitted(&e, p, b"k", 5, t3),
+        1,
+        "admitted in the minute after the racing request (which holds one unit)"
+    );
+}

@@ -836,3 +836,102 @@ fn an_override_factor_beyond_the_maximum_in_the_file_counts_as_the_maximum() {
         assert_eq!(first.limit, 167_772, "{name}");
     }
 }
+
+/// Penalty-box words written by someone else: the strike and ban words of
+/// every occupied slot of a penalty policy set to extremes (bans until
+/// u64::MAX, escalation levels far past 62, strike TATs at the end of
+/// time). Checks, batches, refunds and resets of those keys return (no
+/// panic, also with overflow checks on), a banned key stays denied, and
+/// `reset` lifts whatever the file said.
+#[test]
+fn extreme_ban_and_strike_words_in_the_file_never_panic_and_reset_lifts_them() {
+    let p = path("pen-words-template");
+    let keys: Vec<[u8; 2]> = (0..20u8).map(|i| [b'k', i]).collect();
+    {
+        let e = Engine::open_shared(&p, opts()).unwrap();
+        let id = e.add_policy_with("pen", "5/minute", penalty()).unwrap();
+        for k in &keys {
+            for _ in 0..9 {
+                let _ = e.check_at(id, k, 1, NOW);
+            }
+        }
+    }
+    let original = std::fs::read(&p).unwrap();
+    let buckets = read_u64(&p, DIR + E_BUCKETS);
+    let table = region_offset(&p, 0) + TABLE_IN_REGION;
+    // "5/minute" with a penalty box: 1 limit word + strikes + ban.
+    let words = 3u64;
+    let bucket_units = 2 + 8 * (1 + words);
+    let extremes: [(u64, u64); 6] = [
+        (u64::MAX, u64::MAX),
+        (0xffff_ffff_0000_0000, u64::MAX - 1),
+        (62 << 32, 1 << 62),
+        (u32::MAX as u64, NOW + 1),
+        (0, u64::MAX / 2),
+        (u64::MAX, 1),
+    ];
+    for (n, &(lo, hi)) in extremes.iter().enumerate() {
+        for unit_in_slot in [2u64, 3, 23] {
+            // 2: strikes; 3: ban; 23: both.
+            let f = path(&format!("pen-words-{n}-{unit_in_slot}"));
+            std::fs::write(&f, &original).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+            for b in 0..buckets {
+                for j in 0..8u64 {
+                    let key_unit = table + (b * bucket_units + 2 + j * (1 + words)) * 16;
+                    if read_u64(&f, key_unit + 8) == 0 {
+                        continue;
+                    }
+                    for u in [unit_in_slot / 10, unit_in_slot % 10] {
+                        if u == 0 {
+                            continue;
+                        }
+                        let at = key_unit + u * 16;
+                        // Keep the tag (low 32 bits), replace `a` and `b`.
+                        let tag = read_u64(&f, at) & 0xffff_ffff;
+                        write_u64(&f, at, tag | (lo & !0xffff_ffff));
+                        write_u64(&f, at + 8, hi);
+                    }
+                }
+            }
+            let e = Engine::open_shared(&f, opts()).unwrap();
+            let id = e.add_policy_with("pen", "5/minute", penalty()).unwrap();
+            let other = e.add_policy("other", "100/minute").unwrap();
+            if unit_in_slot != 2 && hi >= 1 << 62 {
+                // The file's ban holds (the words hit are the ban words).
+                let d = e.check_at(id, &keys[0], 1, NOW + 1000 * S);
+                assert!(d.banned && !d.allowed, "case {n}/{unit_in_slot}: {d:?}");
+            }
+            for k in &keys {
+                for t in [0, 1, NOW, NOW + 1, 1 << 61, u64::MAX] {
+                    let d = e.check_at(id, k, 1, t);
+                    assert!(!(d.allowed && d.banned), "{d:?}");
+                    let _ = e.check_at(id, k, 0, t);
+                    let _ = e.peek_at(id, k, 1, t).unwrap();
+                    let _ = e.refund_at(id, k, 1, t).unwrap();
+                    let items = [
+                        ratekeeper::CheckItem {
+                            policy: other,
+                            key: k,
+                            cost: 1,
+                        },
+                        ratekeeper::CheckItem {
+                            policy: id,
+                            key: k,
+                            cost: 1,
+                        },
+                    ];
+                    let (d, _) = e.check_many_at(&items, t).unwrap();
+                    assert!(!(d.allowed && d.banned), "{d:?}");
+                }
+                // Whatever the file said, reset gives the key a fresh start.
+                e.reset(id, k).unwrap();
+                assert!(e.check_at(id, k, 1, NOW).allowed, "case {n}/{unit_in_slot}");
+            }
+            let _ = e.stats(id).unwrap();
+            drop(e);
+            let _ = std::fs::remove_file(&f);
+        }
+    }
+    let _ = std::fs::remove_file(&p);
+}

@@ -381,22 +381,29 @@ fn refund_limit(limit: &Limit, state: &mut LimitState, cost: u64, now: u64) {
             }
         }
         LimitState::Fixed(window) => {
+            // Only from the window open at `now`: not one that opened after it.
             if let Some((start, n)) = window {
-                if now < *start + period {
+                if *start <= now && now < *start + period {
                     *n = n.saturating_sub(cost);
                 }
             }
         }
         LimitState::Sliding { w, prev, cur } => {
-            // At an older `now` a refund acts on the stored window.
-            let nw = sliding_effective((*w, *prev, *cur), period, now) / period;
+            // By the window of `now` itself: the stored one or the one
+            // after it (`cur`), the one before it (`prev`), else nothing.
+            let nw = now / period;
             if *w == nw || (nw >= 1 && *w == nw - 1) {
                 *cur = cur.saturating_sub(cost);
+            } else if *w == nw + 1 {
+                *prev = prev.saturating_sub(cost);
             }
         }
         LimitState::Log(entries) => {
-            let drop = (cost as usize).min(entries.len());
-            entries.truncate(entries.len() - drop);
+            // Only if no entry is newer than `now`.
+            if entries.last().is_none_or(|&newest| newest <= now) {
+                let drop = (cost as usize).min(entries.len());
+                entries.truncate(entries.len() - drop);
+            }
         }
     }
 }
@@ -3081,7 +3088,8 @@ fn a_sliding_window_request_stamped_before_the_stored_window_is_decided_at_its_s
             // = 1); nothing counts from 125 s + 1 ns (floor(2 (P - e) / P) = 0
             // for e > P / 2 in window 12).
             (ck(0, "k", 1), 110 * S - MS),
-            // A refund at an older time acts on the stored window.
+            // A refund stamped in window 10, the one before the stored
+            // window: it comes out of window 10's count (prev 2 -> 1).
             (
                 Call::Refund {
                     p: 0,
@@ -3092,7 +3100,8 @@ fn a_sliding_window_request_stamped_before_the_stored_window_is_decided_at_its_s
             ),
             (ck(0, "k", 1), 105 * S),
             (ck(0, "k", 1), 105 * S),
-            // The state never moved back: at 119 s, 0 + 2 count.
+            // The state never moved back: at 119 s, floor(1 * 1/10) + 3 = 3
+            // count.
             (
                 Call::Peek {
                     p: 0,
@@ -3116,10 +3125,14 @@ fn a_sliding_window_request_stamped_before_the_stored_window_is_decided_at_its_s
                 125 * S + 1 - (110 * S - MS)
             )),
             Out::Bool(true),
-            Out::Decision(decision(true, 4, 0, 0, 125 * S + 1 - 105 * S)),
-            Out::Decision(decision(false, 4, 0, 5 * S + 1, 20 * S + 1)),
-            // 4 in window 11 weigh nothing once e > 3P/4 in window 12.
-            Out::Decision(decision(true, 4, 0, 0, 127_500_000_001 - 119 * S)),
+            // Decided at 110 s: 1 + 2 + 1 = 4 fits. Window 11's 3 weigh
+            // nothing once e > 2P/3 in window 12 (126.67 s).
+            Out::Decision(decision(true, 4, 0, 0, 126_666_666_667 - 105 * S)),
+            // 1 + 3 + 1 = 5: from 110 s + 1 ns window 10's 1 weighs 0.
+            Out::Decision(decision(false, 4, 0, 5 * S + 1, 126_666_666_667 - 105 * S)),
+            // 3 + 2 = 5 > 4, 1 remaining; from 120 s + 1 ns window 11's 3
+            // weigh floor(3 (P - e) / P) = 2, and 2 + 2 fits.
+            Out::Decision(decision(false, 4, 1, S + 1, 126_666_666_667 - 119 * S)),
         ]
     );
 }

@@ -1258,3 +1258,60 @@ fn a_cluster_spreads_keys_over_its_nodes_and_shares_limits() {
         "+1: add_policy"
     );
 }
+
+/// The counters of a denied batch are the same through the script as in
+/// process: a batch refunded on a later item's denial is one denied
+/// request (no allowed one), and a ban started by a non-binding item's
+/// strike is a denial (and a ban) of that item's policy.
+#[test]
+fn denied_batches_count_alike_in_redis_and_in_process() {
+    let server = shared_server();
+    let remote = open(server, &format!("batchcount{}", next_id()));
+    let local = Engine::new(EngineOptions::default()).unwrap();
+    let penalty = PolicyOptions {
+        penalty: Some(Penalty {
+            strikes: 1,
+            window_ns: 600_000_000_000,
+            ban_ns: 900_000_000_000,
+            max_ban_ns: 14_400_000_000_000,
+        }),
+        ..PolicyOptions::default()
+    };
+    let now = 5_000_000_000u64;
+    let mut stats = Vec::new();
+    for e in [&remote, &local] {
+        let fw = e.add_policy("fw", "fixed_window 5/minute").unwrap();
+        let hourly = e.add_policy("hourly", "1/hour").unwrap();
+        let login = e.add_policy_with("login", "1/minute", penalty).unwrap();
+        let twice = CheckItem {
+            policy: fw,
+            key: b"k",
+            cost: 3,
+        };
+        assert!(!e.check_many_at(&[twice, twice], now).unwrap().0.allowed);
+        let items = [
+            CheckItem {
+                policy: hourly,
+                key: b"ip",
+                cost: 1,
+            },
+            CheckItem {
+                policy: login,
+                key: b"ip",
+                cost: 1,
+            },
+        ];
+        assert!(e.check_many_at(&items, now).unwrap().0.allowed);
+        let (d, i) = e.check_many_at(&items, now).unwrap();
+        assert!(d.banned && i == 1, "{d:?} {i}");
+        let s = |p| {
+            let s = e.stats(p).unwrap();
+            (s.allowed, s.denied, s.banned, s.bans)
+        };
+        stats.push([s(fw), s(hourly), s(login)]);
+    }
+    assert_eq!(
+        stats[0], stats[1],
+        "(allowed, denied, banned, bans) of fw, hourly, login: Redis, then in process"
+    );
+}

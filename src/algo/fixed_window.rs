@@ -61,13 +61,20 @@ pub(crate) fn charge(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payloa
     }
 }
 
+/// Gives `cost` back to the window open at `now`, the time of the charge
+/// it undoes. A refund stamped before the stored window's start gives
+/// nothing back: the charge went either into an older window, which has
+/// closed (a request with a later clock opened this one in between), or,
+/// late, into this one; the two cannot be told apart, and taking a unit
+/// of this window in the first case would admit one request too many, so
+/// the second keeps its charge (stricter, never more lenient).
 pub(crate) fn refund(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
     match open_window(l, p, now) {
-        Some((start, count)) => Payload {
+        Some((start, count)) if start <= now => Payload {
             a: count.saturating_sub(cost) as u32,
             b: start + 1,
         },
-        None => p,
+        _ => p,
     }
 }
 

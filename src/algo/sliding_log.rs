@@ -128,6 +128,18 @@ pub(crate) fn refund_meta(
     }
 }
 
+/// Whether a refund at `now` gives anything back to a log with meta word
+/// `meta`: only if its newest entry is not newer than `now`, the time of
+/// the charge it undoes. A newer entry is another request's, charged after
+/// this refund's charge with a later clock; taking it back would keep the
+/// older charge, which leaves the window sooner (one request too many
+/// within a period). Entries are stamped in order (a late charge takes the
+/// newest stamp), so when the newest is not newer than `now`, the newest
+/// `cost` entries are this charge's or stamped like it.
+pub(crate) fn refundable(meta: Payload, now: u64) -> bool {
+    meta.b == 0 || meta.b - 1 <= now
+}
+
 /// Ring position (word index minus 1) of the entry just before the head a
 /// refund of `cost` would leave.
 pub(crate) fn refund_keeper(l: &LimitParams, meta: Payload, cost: u64) -> usize {

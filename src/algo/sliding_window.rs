@@ -134,13 +134,30 @@ pub(crate) fn charge(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payloa
     }
 }
 
+/// Gives `cost` back to the count its charge, at `now`, went into. By the
+/// window of `now` itself (not moved forward as a late request's is):
+/// - the stored window: the charge is in its count (`cur`);
+/// - the window after the stored one (a refund later than its charge):
+///   in the stored count too;
+/// - the window before the stored one (a request with a later clock moved
+///   the key on between the charge and this refund): in `prev`, or, if
+///   the charge was itself late, in `cur`. It comes out of `prev`, which
+///   is exact in the first case and in the second lowers the weighted
+///   count by less than the charge (never more lenient);
+/// - anything else: the charge's window has gone, or the two cases above
+///   cannot be told apart further back: nothing is given back.
 pub(crate) fn refund(l: &LimitParams, p: Payload, cost: u64, now: u64) -> Payload {
-    let w = effective_now(l, p, now).1;
-    match (w as u32).wrapping_sub((p.b >> 32) as u32) {
-        // The charge sits in the stored window (current or previous).
-        0 | 1 => Payload {
-            a: (p.a as u64).saturating_sub(cost) as u32,
+    let w = (now / l.period_ns) as u32;
+    let stored = (p.b >> 32) as u32;
+    let less = |n: u64| n.saturating_sub(cost);
+    match stored.wrapping_sub(w) {
+        0 | u32::MAX => Payload {
+            a: less(p.a as u64) as u32,
             b: p.b,
+        },
+        1 => Payload {
+            a: p.a,
+            b: (p.b & !0xffff_ffff) | less(p.b & 0xffff_ffff),
         },
         _ => p,
     }

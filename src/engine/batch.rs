@@ -11,14 +11,16 @@
 //! 1. **Look**: decide every item without charging. The binding item is
 //!    the denying one with the longest retry-after, else the allowed one
 //!    with the fewest remaining (ties to the lowest index).
-//! 2. **Denied**: if any item denies, nothing is charged. The denial is
-//!    counted (and recorded as a deny event) against the binding item only;
-//!    every item denied by its own limits is a penalty-box strike, and a
-//!    strike that starts a ban makes that ban the answer.
+//! 2. **Denied**: if any item denies, nothing is charged. Every item
+//!    denied by its own limits is a penalty-box strike, and a strike that
+//!    starts a ban makes that ban the answer. The denial is counted (and
+//!    recorded as a deny event) against the item whose decision is the
+//!    answer only (the binding one, or the one whose strike started a ban).
 //! 3. **Charge**: otherwise charge every item in order. If one is denied
 //!    now (a concurrent request took the last unit in between), the items
-//!    already charged are refunded and that denial is the answer; else the
-//!    binding item of the charges is.
+//!    already charged are refunded and that denial is the answer (counted
+//!    as one denied request: the refunded items are not counted as
+//!    allowed); else the binding item of the charges is.
 //!
 //! A batch allocates nothing up to [`INLINE`] items.
 
@@ -179,7 +181,11 @@ impl Engine {
         let mut best: Option<(Decision, usize)> = None;
         let mut denial: Option<(Decision, usize)> = None;
         let mut back = Buf::new();
-        let count = Count::here();
+        // Items allowed by their charge: counted as allowed requests only
+        // once every item is charged (a batch refunded on a later item's
+        // denial is one denied request, not also an allowed one).
+        let mut passed = Buf::new();
+        let shard = super::local::shard();
         keys.decide_each(ts, now, Mode::Charge, &mut |i, o| {
             if charged(&o, &ts[i]) {
                 back.push(ts[i]);
@@ -187,7 +193,12 @@ impl Engine {
             if denial.is_some() {
                 return false; // a store that charged on regardless: refunded below
             }
+            let allowed = matches!(o, Outcome::Decided { verdict, .. } if verdict.allowed);
+            let count = if allowed { Count::No } else { Count::In(shard) };
             let d = conclude(ps[i], &ts[i], o, now.ns, count);
+            if allowed {
+                passed.push((i, d));
+            }
             if !d.allowed {
                 denial = Some((d, i));
                 return false;
@@ -200,6 +211,9 @@ impl Engine {
         if let Some(answer) = denial {
             keys.refund_each(back.as_slice(), now);
             return answer;
+        }
+        for &(i, d) in passed.as_slice() {
+            tally(ps[i], shard, &d, false);
         }
         best.expect("a store decides every item of a batch")
     }
@@ -215,7 +229,6 @@ impl Engine {
         now: Now,
     ) -> (Decision, usize) {
         let shard = super::local::shard();
-        ps[binding.1].head().add_in(shard, Counter::Denied, 1);
         let mut struck = Buf::new();
         let mut index = Buf::new();
         for (j, t) in ts.iter().enumerate() {
@@ -240,6 +253,10 @@ impl Engine {
                 true
             });
         }
+        // The denial is counted against the item whose decision the batch
+        // returns, as its deny event is (the binding one, or the one whose
+        // strike just started a ban): its `denied` includes its `banned`.
+        ps[answer.1].head().add_in(shard, Counter::Denied, 1);
         if answer.0.banned {
             ps[answer.1].head().add_in(shard, Counter::Banned, 1);
         }

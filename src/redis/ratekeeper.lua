@@ -544,17 +544,26 @@ local function library()
         end
         x.t = tat
       elseif a == 'f' then
-        if x.s ~= nil and now - x.s < l.period then
+        -- Only from the window open at now, not one opened after it.
+        if x.s ~= nil and now >= x.s and now - x.s < l.period then
           x.n = max(x.n - cost, 0)
         end
       elseif a == 'w' then
-        local d = fmod(idiv(sw_now(l, x, now), l.period), TWO32) - x.w
+        -- By now's own window: the stored one or the one after it (cur),
+        -- the one before it (prev), else nothing.
+        local d = fmod(idiv(now, l.period), TWO32) - x.w
         if d < 0 then
           d = d + TWO32
         end
         if d <= 1 then
           x.c = max(x.c - cost, 0)
+        elseif d == TWO32 - 1 then
+          x.p = max(x.p - cost, 0)
         end
+      elseif a == 'l' and x.m ~= nil and x.m > now then
+        -- sliding_log::refundable: an entry newer than now is another
+        -- request's; nothing is given back.
+        return
       elseif a == 'l' then
         -- sliding_log::refund_meta, refund_keeper and entries_written: the
         -- newest cost entries go; the one before them is the newest.

@@ -480,6 +480,14 @@ impl Table {
             (Algorithm::Gcra | Algorithm::FixedWindow | Algorithm::SlidingWindow, true) => {
                 Self::write(b, &w[0], e, |p| algo::refund_word(l, p, cost, now)).is_some()
             }
+            (Algorithm::SlidingLog, true)
+                if !sliding_log::refundable(Word::from_bits(w[0].load()).payload, now) =>
+            {
+                // Nothing given back (the key's words are this transaction's
+                // alone while its intent is pending, so every helper reads
+                // the same meta word and skips alike).
+                true
+            }
             (Algorithm::SlidingLog, _) => {
                 let n = l.count as usize;
                 let meta = Self::write(b, &w[0], e, |m| {
