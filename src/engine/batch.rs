@@ -218,8 +218,10 @@ impl Engine {
         best.expect("a store decides every item of a batch")
     }
 
-    /// Step 2 of the rule: a batch that some item denies. Counts the denial
-    /// against the binding item, and strikes every item its own limits deny.
+    /// Step 2 of the rule: a batch that some item denies. Strikes every item
+    /// its own limits deny, and counts the denial against the item whose
+    /// decision is the answer (the binding one, or one whose strike started
+    /// a ban).
     fn denied(
         keys: &dyn Keys,
         ps: &[&Policy],
