@@ -51,12 +51,16 @@ def latest(path):
     return json.loads(f.read_text())["median"]["point_estimate"]
 
 
+def rounds_of(path):
+    """The figures of one benchmark's rounds (None if it did not run in rounds)."""
+    rounds = json.loads(ROUNDS_FILE.read_text()) if ROUNDS_FILE.exists() else {}
+    return rounds.get(path)
+
+
 def median(path):
     """Median ns per iteration of one benchmark: over its rounds if it ran in rounds."""
-    rounds = json.loads(ROUNDS_FILE.read_text()) if ROUNDS_FILE.exists() else {}
-    if path in rounds:
-        return statistics.median(rounds[path])
-    return latest(path)
+    rs = rounds_of(path)
+    return statistics.median(rs) if rs else latest(path)
 
 
 def record_round(rounds, since):
@@ -80,8 +84,7 @@ def paired(a, b):
     fast spells, which move every benchmark together, cancel out (a ratio
     of two medians taken from different rounds does not). Benchmarks that
     did not run in rounds: the ratio of their medians, no range."""
-    rounds = json.loads(ROUNDS_FILE.read_text()) if ROUNDS_FILE.exists() else {}
-    ra, rb = rounds.get(a), rounds.get(b)
+    ra, rb = rounds_of(a), rounds_of(b)
     if ra and rb and len(ra) == len(rb) and all(ra + rb):
         rs = [x / y for x, y in zip(ra, rb)]
         return statistics.median(rs), min(rs), max(rs)

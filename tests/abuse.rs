@@ -400,21 +400,10 @@ fn a_ban_started_by_a_non_binding_batch_item_is_a_denial_of_its_policy() {
     use ratekeeper::CheckItem;
     let e = engine();
     let hourly = e.add_policy("hourly", "1/hour").unwrap();
-    let login = e
-        .add_policy_with(
-            "login",
-            "1/minute",
-            PolicyOptions {
-                penalty: Some(Penalty {
-                    strikes: 1,
-                    window_ns: 10 * MIN,
-                    ban_ns: 15 * MIN,
-                    max_ban_ns: 240 * MIN,
-                }),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    // Login protection as above, banning at the first strike.
+    let mut one_strike = login_options();
+    one_strike.penalty.as_mut().unwrap().strikes = 1;
+    let login = e.add_policy_with("login", "1/minute", one_strike).unwrap();
     let items = [
         CheckItem {
             policy: hourly,

@@ -483,9 +483,12 @@ impl Table {
             (Algorithm::SlidingLog, true)
                 if !sliding_log::refundable(Word::from_bits(w[0].load()).payload, now) =>
             {
-                // Nothing given back (the key's words are this transaction's
-                // alone while its intent is pending, so every helper reads
-                // the same meta word and skips alike).
+                // Nothing given back. The key's words change only by this
+                // transaction while its intent is pending, so a helper reads
+                // either the meta word as it was (not refundable: no helper
+                // writes it, all skip) or, if the original was refundable
+                // and another helper already wrote it, the refunded meta,
+                // whose newest entry is older still: it goes on below.
                 true
             }
             (Algorithm::SlidingLog, _) => {
