@@ -102,5 +102,14 @@ pub mod __private {
         pub const RING_IN_REGION: usize = crate::engine::RING_BASE * 16;
         pub const OVERRIDES_IN_REGION: usize = crate::engine::OVERRIDE_BASE * 16;
         pub const TABLE_IN_REGION: usize = crate::engine::TABLE_BASE * 16;
+        /// The slots table (every policy but a lone GCRA limit): units of
+        /// a bucket, and the unit of slot `j`'s key word in it, for slots of
+        /// `words` state words.
+        pub const fn bucket_units(words: usize) -> usize {
+            crate::table::bucket_units(words)
+        }
+        pub const fn key_unit_in_bucket(words: usize, j: usize) -> usize {
+            crate::table::key_unit_in_bucket(words, j)
+        }
     }
 }

@@ -860,8 +860,8 @@ fn extreme_ban_and_strike_words_in_the_file_never_panic_and_reset_lifts_them() {
     let buckets = read_u64(&p, DIR + E_BUCKETS);
     let table = region_offset(&p, 0) + TABLE_IN_REGION;
     // "5/minute" with a penalty box: 1 limit word + strikes + ban.
-    let words = 3u64;
-    let bucket_units = 2 + 8 * (1 + words);
+    let words = 3;
+    let bucket_units = layout::bucket_units(words) as u64;
     let extremes: [(u64, u64); 6] = [
         (u64::MAX, u64::MAX),
         (0xffff_ffff_0000_0000, u64::MAX - 1),
@@ -877,8 +877,9 @@ fn extreme_ban_and_strike_words_in_the_file_never_panic_and_reset_lifts_them() {
             std::fs::write(&f, &original).unwrap();
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
             for b in 0..buckets {
-                for j in 0..8u64 {
-                    let key_unit = table + (b * bucket_units + 2 + j * (1 + words)) * 16;
+                for j in 0..8 {
+                    let in_bucket = layout::key_unit_in_bucket(words, j) as u64;
+                    let key_unit = table + (b * bucket_units + in_bucket) * 16;
                     if read_u64(&f, key_unit + 8) == 0 {
                         continue;
                     }

@@ -227,6 +227,18 @@ pub(crate) const SLOTS: usize = 8;
 #[cfg(loom)]
 pub(crate) const SLOTS: usize = 2;
 
+/// Units (16 bytes) of a slots-table bucket whose slots keep `words` state
+/// words each: two of intents, then every slot's key word and state words.
+pub(crate) const fn bucket_units(words: usize) -> usize {
+    2 + SLOTS * (1 + words)
+}
+
+/// The unit of slot `j`'s key word within its bucket (its state words
+/// follow it).
+pub(crate) const fn key_unit_in_bucket(words: usize, j: usize) -> usize {
+    2 + j * (1 + words)
+}
+
 /// Buckets a claim may examine for a key to move out of its way before it
 /// evicts a live entry (see "Moving a key" in the module docs): the bound
 /// on what a flood of new keys into a full table costs per key. 64 puts
@@ -608,7 +620,7 @@ impl Table {
             buckets.checked_mul(packed::WAYS + 1)?.checked_add(3)?;
             return Some(packed::Shape::units_needed(buckets));
         }
-        buckets.checked_mul(2 + SLOTS + SLOTS * layout.words)
+        buckets.checked_mul(bucket_units(layout.words))
     }
 
     /// Units a table of `buckets` buckets (from `buckets_for`) needs for `layout`.
@@ -655,7 +667,7 @@ impl Table {
         overrides_len: usize,
     ) -> Table {
         assert!(buckets.is_power_of_two());
-        let bucket_units = 2 + SLOTS + SLOTS * layout.words;
+        let bucket_units = bucket_units(layout.words);
         assert!(mem.units().len() >= base + Self::units_needed(&layout, buckets));
         assert!(overrides_base + overrides_len <= base || overrides_len == 0);
         let packed = layout
@@ -741,12 +753,12 @@ impl Table {
 
     #[inline(always)]
     fn key_unit(&self, j: usize) -> usize {
-        2 + j * (1 + self.layout.words)
+        key_unit_in_bucket(self.layout.words, j)
     }
 
     #[inline(always)]
     fn slot_words<'a>(&self, b: &'a [Atomic128], j: usize) -> &'a [Atomic128] {
-        let start = 2 + j * (1 + self.layout.words) + 1;
+        let start = self.key_unit(j) + 1;
         &b[start..start + self.layout.words]
     }
 
