@@ -526,6 +526,16 @@ class Engine:
         with self._lock:
             return self._policies.setdefault(pid, policy)
 
+    def now_ns(self) -> int:
+        """This engine's clock now, in nanoseconds of ``CLOCK_MONOTONIC``:
+        the time ``check``, ``peek`` and ``refund`` use without ``now_ns``
+        (``CLOCK_MONOTONIC_COARSE`` unless ``clock="monotonic"``). Read it
+        once and pass it to a check and to its later refund, and the refund
+        is placed at the charge's time. On a Redis engine it is the local
+        clock of the fallback tables: calls without ``now_ns`` read Redis's
+        clock, one for every host, so do not pass this one there."""
+        return self._handle.now_ns()
+
     def reset(self) -> int:
         """Forgets every key of every policy (every permit of a concurrency
         policy): every quota is full again — for tests (a pytest fixture,

@@ -295,6 +295,13 @@ impl Handle {
         self.shared.engine.with(py, |e| e.is_none())
     }
 
+    /// The engine clock's time now (`Engine::now_ns`): what a call without
+    /// `now_ns` uses on an in-process or shared engine. On a Redis engine,
+    /// the local clock of its fallback tables (its checks read Redis's).
+    fn now_ns(&self, py: Python<'_>) -> PyResult<u64> {
+        self.shared.run(py, |e| e.now_ns())
+    }
+
     #[getter]
     fn is_redis(&self) -> bool {
         self.shared.redis

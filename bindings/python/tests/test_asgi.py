@@ -268,7 +268,7 @@ def _flask_and_asgi_429(decision, items, decl_kwargs):
     for rk, st in ((frk, fst), (ark, ark.state)):
         plan = [_Entry(LimitDecl(spec, "route", **kw), kw.get("name") or "view", "view", st.default_key, PLAIN)
                 for spec, kw in decl_kwargs]
-        ctx = _Context(st, items, plan, decision, len(items) - 1, False)
+        ctx = _Context(st, items, plan, decision, len(items) - 1, False, None)
         if rk is frk:
             r = rk._breach(st, ctx)
             fields = list(r.headers.items()) + _header_fields(ctx)  # + what its WSGI middleware appends
@@ -434,6 +434,43 @@ def test_deduct_when_refunds_by_the_status_of_the_started_response():
 
     assert [run(app, "/login/1").status_code for _ in range(5)] == [200] * 5  # successes are free
     assert [run(app, "/login/0").status_code for _ in range(3)] == [401, 401, 429]
+
+
+def test_deduct_when_refund_is_placed_at_the_charge_not_in_a_window_opened_since():
+    # As in test_flask.py: request A is charged in window W0 and answered
+    # after W0 ended and request B (a failure, counted) opened W1; A's
+    # refund must not take B's unit from W1.
+    from fastapi import HTTPException
+
+    app = FastAPI()
+    rk = Ratekeeper(app, engine=ratekeeper.Engine())
+    steps: dict = {}
+
+    @app.get("/login/{ok}", dependencies=[
+        Depends(rk.limit("fixed_window 2/2 seconds", deduct_when=lambda r: r.status_code >= 400))])
+    async def login(ok: int):
+        if not ok:
+            raise HTTPException(401)
+        deadline = ratekeeper.now_ns() + 2_050_000_000  # W0, opened by this request's check, is over
+        while ratekeeper.now_ns() < deadline:
+            await asyncio.sleep(0.01)
+        steps["w0_over"].set()
+        await steps["b_answered"].wait()
+        return {}
+
+    async def go():
+        steps["w0_over"], steps["b_answered"] = asyncio.Event(), asyncio.Event()
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            a = asyncio.create_task(c.get("/login/1"))
+            await asyncio.wait_for(steps["w0_over"].wait(), 30)
+            b = (await c.get("/login/0")).status_code
+            steps["b_answered"].set()
+            a_status = (await asyncio.wait_for(a, 30)).status_code
+            rest = [(await c.get("/login/0")).status_code for _ in range(2)]
+        return a_status, b, rest
+
+    assert asyncio.run(go()) == (200, 401, [401, 429])  # W1 holds B and one more
 
 
 def test_redis_engine_calls_run_off_the_event_loop(redis_server, monkeypatch):

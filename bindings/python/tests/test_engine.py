@@ -51,6 +51,22 @@ def test_now_ns_is_monotonic_nanoseconds():
     assert abs(a - time.monotonic_ns()) < 5 * S  # same clock as Python's monotonic
 
 
+def test_engine_now_ns_is_the_clock_a_check_without_now_ns_reads():
+    """A check at engine.now_ns() and its refund at the same time leave the
+    key as a plain check would (the deduct_when pattern): coarse by
+    default, precise with clock="monotonic"."""
+    for clock, tick in (("coarse", 20_000_000), ("monotonic", 0)):
+        e = Engine(clock=clock)
+        before = ratekeeper.now_ns()
+        t = e.now_ns()
+        after = ratekeeper.now_ns()
+        assert before - tick <= t <= after, clock
+        p = e.policy("w", "fixed_window 2/hour")
+        assert p.check("k", 1, t).allowed and p.check("k").remaining == 0
+        assert p.refund("k", 1, t)
+        assert p.check("k").allowed and not p.check("k").allowed
+
+
 def test_check_many_is_the_librarys_batch_every_denied_penalty_box_item_is_struck():
     """check_many is one rk_check_many call: a denied batch strikes every
     item its own limits deny (not only the binding one), on every code path
@@ -551,6 +567,7 @@ def test_a_closed_engine_raises_engine_closed_everywhere():
         lambda: e.policies(),
         lambda: e.find_policy("p"),
         lambda: e.check_many([(p, "k", 1)]),
+        lambda: e.now_ns(),
     ]
     for call in calls:
         with pytest.raises(EngineClosed, match="closed"):

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .._core import U64_MAX, Decision, Policy
+from .._core import U64_MAX, Decision, Engine, Policy
 from .._ratekeeper import rate_limit_fields as _rate_limit_fields
 from ..errors import RatekeeperError
 from .plan import LimitDecl, _Entry, _item_name
@@ -58,14 +58,15 @@ class _Context:
     """What one request's check leaves in the WSGI environ for the response
     fields (headers_middleware) and deduct_when (_deduct)."""
 
-    __slots__ = ("state", "items", "plan", "decision", "allowed", "index", "deduct", "response_is_ours", "fragment")
+    __slots__ = ("state", "items", "plan", "decision", "allowed", "index", "deduct", "charged_at",
+                 "response_is_ours", "fragment")
 
     #: For a request with one limit: its (RateLimit-Policy value, names);
     #: else None (built from every item in start_response).
     fragment: Optional[Tuple[str, Tuple[str, ...]]]
 
     def __init__(self, state: "LimiterState", items: List[Tuple[Policy, Any, int]], plan: List[_Entry],
-                 decision: Decision, index: int, deduct: bool):
+                 decision: Decision, index: int, deduct: bool, charged_at: Optional[int]):
         self.state = state
         self.items = items
         self.plan = plan
@@ -73,6 +74,9 @@ class _Context:
         self.allowed = decision.allowed
         self.index = index
         self.deduct = deduct
+        #: The engine time the items were checked at, for their refunds
+        #: (see charge_time); None: the engine's clock at the refund.
+        self.charged_at = charged_at
         self.response_is_ours = False
         self.fragment = None
 
@@ -123,10 +127,22 @@ def _deduct(ctx: _Context, response: Any) -> Any:
         decl = entry.decl
         if decl.deduct_when is not None and not decl.deduct_when(response):
             try:
-                policy.refund(key, cost)
+                policy.refund(key, cost, ctx.charged_at)
             except RatekeeperError as e:
                 log.warning("ratekeeper: refund failed: %s", e)
     return response
+
+
+def charge_time(engine: Engine) -> Optional[int]:
+    """The time to check a request with a ``deduct_when`` limit at, so that
+    its refund after the response is placed at the charge's time, not at a
+    later one in a window another request may have opened since (README,
+    "refund"): the engine's clock, read once for both. None (each call
+    reads the clock) on a Redis engine, whose checks read Redis's clock:
+    there the refund is at Redis's time after the response."""
+    if engine.redis_url is not None:
+        return None
+    return engine.now_ns()
 
 
 def entry_fragment(st: "LimiterState", entry: _Entry, policy: Policy) -> Tuple[str, Tuple[str, ...]]:

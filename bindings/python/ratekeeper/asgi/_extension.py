@@ -15,7 +15,8 @@ from .._web.constants import _CALLABLE_OPTIONS, _OPTION_NAMES, DEFAULTS
 from .._web.options import Access
 from .._web.plan import KeyFunc, LimitDecl, Spec, _base_name, _decl_kwargs, _Entry, decls_from
 from .._web.responses import (
-    FORBIDDEN_DETAIL, UNAVAILABLE_DETAIL, _Context, _header_fields, breach_of, log_shadow, over_limit_problem,
+    FORBIDDEN_DETAIL, UNAVAILABLE_DETAIL, _Context, _header_fields, breach_of, charge_time, log_shadow,
+    over_limit_problem,
 )
 from .._web.state import LimiterState
 from ..errors import RatekeeperError
@@ -361,17 +362,17 @@ class Ratekeeper:
             _checking.reset(token)
         if not wanted or allowed_by_list:
             return None
-        decide = functools.partial(_decide, st, wanted)
+        decide = functools.partial(_decide, st, wanted, deduct)
         try:
             if st.engine_blocks():
                 # Redis round trips (and opening an engine: a connection or
                 # a file) never run on the event loop.
-                items, decision, index = await run_off_loop(decide)
+                items, decision, index, at = await run_off_loop(decide)
             else:
-                items, decision, index = decide()
+                items, decision, index, at = decide()
         except RatekeeperError as e:
             return self._engine_failed(st, scope, e)
-        ctx = _Context(st, items, used, decision, index, deduct)  # type: ignore[arg-type]
+        ctx = _Context(st, items, used, decision, index, deduct, at)  # type: ignore[arg-type]
         if record.ctx is None:
             record.ctx = ctx
         if st.any_shadow and decision.shadow_denied:
@@ -420,10 +421,13 @@ class Ratekeeper:
         return reply
 
 
-def _decide(st: _AsgiState, wanted: List[Tuple[str, Any, Any, int]]) -> Tuple[List[Tuple[Policy, Any, int]], Any, int]:
+def _decide(st: _AsgiState, wanted: List[Tuple[str, Any, Any, int]],
+            deduct: bool) -> Tuple[List[Tuple[Policy, Any, int]], Any, int, Optional[int]]:
     """The engine call of a request (inline, or in a thread for Redis): its
     policies, then one check (one limit) or one ``check_many`` (several:
-    all charged or none)."""
+    all charged or none). Also returns the time they were checked at:
+    ``charge_time`` when a ``deduct`` limit will refund after the response,
+    else None (the engine's clock)."""
     engine = st.engine
     items: List[Tuple[Policy, Any, int]] = []
     for spec, opts, k, cost in wanted:
@@ -431,11 +435,12 @@ def _decide(st: _AsgiState, wanted: List[Tuple[str, Any, Any, int]]) -> Tuple[Li
         if policy is None or policy._engine is not engine:
             policy = st.policy(engine, spec, opts)
         items.append((policy, k, cost))
+    at = charge_time(engine) if deduct else None
     if len(items) == 1:
         policy, k, cost = items[0]
-        return items, policy.check(k, cost), 0
-    decision, index = engine.check_many(items)
-    return items, decision, index
+        return items, policy.check(k, cost, at), 0, at
+    decision, index = engine.check_many(items, at)
+    return items, decision, index, at
 
 
 __all__ = ["Ratekeeper", "SCOPE_KEY"]
