@@ -171,6 +171,52 @@ mod stamp {
     }
 }
 
+/// What [`Ring::offer`] did with a denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Offered {
+    /// The event was written.
+    pub written: bool,
+    /// Until this time (ns), as long as no other key takes the key's
+    /// sampler word, the ring samples out every further denial of the key
+    /// offered at or after the offer's time: the key's event (this one or
+    /// the one that sampled it out) is then a whole interval old. The spot
+    /// memo keeps it, so that a flood on one key stops before the sampler
+    /// (`engine/memo.rs`, "Quiet").
+    pub quiet_until_ns: u64,
+}
+
+impl Offered {
+    /// Not written: `old` (a stamp of the same key, recent at `new`, the
+    /// offer's stamp at `time_ns`) sampled it out.
+    #[inline(always)]
+    fn sampled_out(old: u64, new: u64, time_ns: u64) -> Offered {
+        // `recent(old, new)`: age < INTERVAL. A later offer, at tick
+        // n' >= n, is sampled out while n' - n + age < INTERVAL.
+        let age = new.wrapping_sub(old) & stamp::TIME_MASK;
+        debug_assert!(age < stamp::INTERVAL);
+        let next = (time_ns >> stamp::TICK_SHIFT) + (stamp::INTERVAL - age);
+        Offered {
+            written: false,
+            // Saturating: a time within an interval of 2^64 ns.
+            quiet_until_ns: u64::try_from((next as u128) << stamp::TICK_SHIFT).unwrap_or(u64::MAX),
+        }
+    }
+
+    #[inline(always)]
+    fn written(self) -> Offered {
+        Offered {
+            written: true,
+            ..self
+        }
+    }
+}
+
+/// The sampler word of a key hash (tests that make keys share one).
+#[cfg(test)]
+pub(crate) fn sampler_word_of(key_hash: u64) -> usize {
+    stamp::slot(key_hash, SAMPLER_SLOTS)
+}
+
 /// What a writer records.
 pub(crate) struct Record<'k> {
     pub time_ns: u64,
@@ -185,9 +231,8 @@ pub(crate) struct Record<'k> {
 impl Ring<'_> {
     /// Writes the event `record()` builds unless an event for the same key
     /// was written less than [`DENY_SAMPLE_NS`] before `time_ns` (see
-    /// "Sampling"), or always if `always` (a denial that starts a ban); true
-    /// if written. A repeated denial costs one shared load and builds
-    /// nothing.
+    /// "Sampling"), or always if `always` (a denial that starts a ban). A
+    /// repeated denial costs one shared load and builds nothing.
     #[inline(always)]
     pub fn offer<'k>(
         &self,
@@ -195,7 +240,7 @@ impl Ring<'_> {
         time_ns: u64,
         always: bool,
         record: impl FnOnce() -> Record<'k>,
-    ) -> bool {
+    ) -> Offered {
         let word = &self.sampler[stamp::slot(key_hash, self.sampler.len())];
         let new = stamp::of(key_hash, time_ns);
         if !always {
@@ -203,7 +248,7 @@ impl Ring<'_> {
             // memory; the entry's own sequence word orders the event.
             let old = word.load(Ordering::Relaxed);
             if stamp::recent(old, new) {
-                return false;
+                return Offered::sampled_out(old, new, time_ns);
             }
             // Relaxed as above. On failure another denial changed the word
             // just now: if it stamped this key, that one writes the event; if
@@ -213,7 +258,7 @@ impl Ring<'_> {
                 word.compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed)
             {
                 if stamp::recent(current, new) {
-                    return false;
+                    return Offered::sampled_out(current, new, time_ns);
                 }
             }
         } else {
@@ -221,7 +266,7 @@ impl Ring<'_> {
             word.store(new, Ordering::Relaxed);
         }
         self.push(&record());
-        true
+        Offered::sampled_out(new, new, time_ns).written()
     }
 
     /// Appends an event (never blocks; may overwrite the oldest).
@@ -338,6 +383,7 @@ mod tests {
 
     fn offer(r: &Ring<'_>, rec: &Record<'_>, always: bool) -> bool {
         r.offer(rec.key_hash, rec.time_ns, always, || Record { ..*rec })
+            .written
     }
 
     fn sampler(n: usize) -> Vec<AtomicU64> {
@@ -682,6 +728,7 @@ mod loom_tests {
                             banned: false,
                             shadow: false,
                         })
+                        .written
                     })
                 })
                 .collect();

@@ -265,7 +265,7 @@ impl Engine {
         // The event names the item whose decision the batch returns: the
         // binding one, or the one whose strike just started a ban.
         let j = answer.1;
-        record(ps[j], &answer.0, &ts[j], now.ns, new_ban);
+        let _ = record(ps[j], &answer.0, &ts[j], now.ns, new_ban);
         answer
     }
 }

@@ -2,8 +2,9 @@
 //! policy's counters, its table-full behaviour, retry jitter, shadow mode
 //! and the deny-event ring.
 
+use super::memo::Quiet;
 use super::policies::Policy;
-use crate::events::Record;
+use crate::events::{Offered, Record};
 use crate::stats::Counter;
 use crate::store::Target;
 use crate::table::{Outcome, Verdict, WhenFull};
@@ -91,6 +92,20 @@ pub(super) fn conclude(
     now: u64,
     count: Count,
 ) -> Decision {
+    conclude_quiet(p, t, outcome, now, count, None)
+}
+
+/// [`conclude`] for a key decided through the spot memo, whose denials
+/// are offered to the deny-event ring only outside its [`Quiet`].
+#[inline(always)]
+pub(super) fn conclude_quiet(
+    p: &Policy,
+    t: &Target<'_>,
+    outcome: Outcome,
+    now: u64,
+    count: Count,
+    quiet: Option<&Quiet>,
+) -> Decision {
     let (d, new_ban): (Decision, bool) = match outcome {
         Outcome::Decided { verdict, evicted } => {
             if evicted {
@@ -123,7 +138,7 @@ pub(super) fn conclude(
             (d, false)
         }
     };
-    finish(p, d, t, now, count, new_ban)
+    finish(p, d, t, now, count, new_ban, quiet)
 }
 
 /// Counts a decision in the policy's counters.
@@ -148,7 +163,8 @@ pub(super) fn tally(p: &Policy, shard: usize, d: &Decision, new_ban: bool) {
 }
 
 /// Applies a policy's options to a decision: retry jitter and shadow
-/// mode on a denial, which is also recorded in the deny-event ring.
+/// mode on a denial, which is also recorded in the deny-event ring
+/// (outside the memo's `quiet`, if the key was decided through it).
 #[inline(always)]
 fn finish(
     p: &Policy,
@@ -157,6 +173,7 @@ fn finish(
     now: u64,
     count: Count,
     new_ban: bool,
+    quiet: Option<&Quiet>,
 ) -> Decision {
     if !d.allowed {
         if p.options.retry_jitter_ns > 0 && d.retry_after_ns != u64::MAX {
@@ -172,7 +189,15 @@ fn finish(
             d.shadow_denied = true;
         }
         if count != Count::No {
-            record(p, &d, t, now, new_ban);
+            match quiet {
+                Some(q) if !new_ban && q.holds(now) => {}
+                _ => {
+                    let offered = record(p, &d, t, now, new_ban);
+                    if let Some(q) = quiet {
+                        q.set(now, offered.quiet_until_ns);
+                    }
+                }
+            }
         }
     }
     d
@@ -182,8 +207,8 @@ fn finish(
 /// the key had no event in the last `DENY_SAMPLE_NS` (events.rs,
 /// "Sampling"): a flood of denials on one key reads one shared word. A
 /// denial that starts a ban (`new_ban`) is always written.
-#[inline]
-pub(super) fn record(p: &Policy, d: &Decision, t: &Target<'_>, now: u64, new_ban: bool) {
+#[inline(always)]
+pub(super) fn record(p: &Policy, d: &Decision, t: &Target<'_>, now: u64, new_ban: bool) -> Offered {
     p.ring().offer(t.hash, now, new_ban, || Record {
         time_ns: now,
         key_hash: t.hash,
@@ -192,5 +217,5 @@ pub(super) fn record(p: &Policy, d: &Decision, t: &Target<'_>, now: u64, new_ban
         limit_index: d.limit_index,
         banned: d.banned,
         shadow: d.shadow_denied,
-    });
+    })
 }

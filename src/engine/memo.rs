@@ -53,6 +53,48 @@ pub(crate) struct Entry {
     spot: Cell<Spot>,
     /// The hash of the last key that missed this entry.
     missed: Cell<u64>,
+    /// See [`Quiet`].
+    quiet: Quiet,
+}
+
+/// Quiet: when this thread's denials of the remembered key need not be
+/// offered to the policy's deny-event ring. After an offer at time `from`,
+/// the ring ([`Ring::offer`](crate::events::Ring::offer)) reports until
+/// when it would sample out every later denial of the key (its event is
+/// less than an interval old); a denial decided through the memo at a time
+/// in `from..until` is then not offered at all, and costs no read of the
+/// ring's shared sampler word. That only differs from offering it when
+/// another key took the sampler word within the interval, which would
+/// have written this key's event again (displaced keys are written more
+/// often); the key still had its event less than an interval ago, so every
+/// denying key still reaches the ring at least once an interval. A time
+/// before `from` (time going backwards) is offered, as the ring treats it
+/// as a new interval; a denial that starts a ban is always offered. A new
+/// fill resets it.
+pub(crate) struct Quiet {
+    from: Cell<u64>,
+    until: Cell<u64>,
+}
+
+impl Quiet {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const NONE: Quiet = Quiet {
+        from: Cell::new(0),
+        until: Cell::new(0),
+    };
+
+    /// A denial at `now` need not be offered.
+    #[inline(always)]
+    pub(crate) fn holds(&self, now: u64) -> bool {
+        now < self.until.get() && now >= self.from.get()
+    }
+
+    /// An offer at `now` found the ring quiet until `until`.
+    #[inline(always)]
+    pub(crate) fn set(&self, now: u64, until: u64) {
+        self.from.set(now);
+        self.until.set(until);
+    }
 }
 
 impl Entry {
@@ -66,6 +108,7 @@ impl Entry {
         hash: Cell::new(0),
         spot: Cell::new(Spot::EMPTY),
         missed: Cell::new(0),
+        quiet: Quiet::NONE,
     };
 
     #[inline(always)]
@@ -113,8 +156,9 @@ pub(crate) struct Way {
 
 /// The decision on `key` (of `policy` of engine `engine`, table `table`)
 /// at the spot this thread remembers for it in `entries` (this thread's:
-/// [`Local::memo`](super::local::Local::memo)), with the key's hash; else
-/// the key's [`Way`] for [`missed`] (`None`: too long to remember).
+/// [`Local::memo`](super::local::Local::memo)), with the key's hash and
+/// its [`Quiet`]; else the key's [`Way`] for [`missed`] (`None`: too long
+/// to remember).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decide(
@@ -126,7 +170,7 @@ pub(crate) fn decide(
     cost: u64,
     now: u64,
     mode: Mode,
-) -> Result<(Outcome, u64), Option<Way>> {
+) -> Result<(Outcome, u64, &'static Quiet), Option<Way>> {
     if key.len() > KEY_BYTES {
         return Err(None);
     }
@@ -144,7 +188,7 @@ pub(crate) fn decide(
     #[cfg(test)]
     HITS.with(|h| h.set(h.get() + outcome.is_some() as u64));
     match outcome {
-        Some(o) => Ok((o, e.hash.get())),
+        Some(o) => Ok((o, e.hash.get(), &e.quiet)),
         None => Err(Some(forget(e, head))),
     }
 }
@@ -188,6 +232,7 @@ pub(crate) fn fill(engine: u64, policy: u32, table: &Table, key: &[u8], hash: u6
     }
     e.hash.set(hash);
     e.spot.set(spot);
+    e.quiet.set(0, 0);
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use super::hits;
 use crate::engine::Engine;
+use crate::events::DENY_SAMPLE_NS;
 use crate::hash::Seed;
 use crate::{EngineOptions, PolicyId};
 use proptest::prelude::*;
@@ -224,4 +225,117 @@ fn a_key_longer_than_the_memo_keeps_never_hits() {
         e.check_at(id, &key, 1, S + i);
     }
     assert_eq!(hits(), before);
+}
+
+/// Three keys of one policy: `a` and `b` share a sampler word of the
+/// deny-event ring, `c` has another.
+fn sampler_keys(e: &Engine, id: PolicyId) -> [Vec<u8>; 3] {
+    let p = e.get(id).unwrap();
+    let word = |k: &[u8]| crate::events::sampler_word_of(p.hash(k));
+    let a = b"user:a".to_vec();
+    let b = (0..)
+        .map(|i| format!("user:b{i}").into_bytes())
+        .find(|k| word(k) == word(&a))
+        .unwrap();
+    let c = (0..)
+        .map(|i| format!("user:c{i}").into_bytes())
+        .find(|k| word(k) != word(&a))
+        .unwrap();
+    [a, b, c]
+}
+
+/// (key hash, time) of each event in the policy's ring.
+fn events(e: &Engine, id: PolicyId) -> Vec<(u64, u64)> {
+    let ring = e.recent_denials(id, 0).unwrap();
+    ring.iter().map(|d| (d.key_hash, d.time_ns)).collect()
+}
+
+/// A flood on a key the memo holds stops before the ring's sampler word
+/// (the memo's `Quiet`): when another key takes that word within the
+/// interval, the plain ring writes the flooding key's event again, the
+/// memo does not, and both write it once the interval has passed, or
+/// when the time goes back. The decisions stay the same.
+#[test]
+fn a_memoised_flood_is_offered_to_the_ring_once_an_interval() {
+    let ((with, a), (without, b)) = twins("1/hour", 1024);
+    let [k, other, _] = sampler_keys(&with, a);
+    let hash = with.get(a).unwrap().hash(&k);
+    let t = 1_000 * S;
+    let both = |key: &[u8], now: u64| {
+        let d = with.check_at(a, key, 1, now);
+        assert_eq!(d, without.check_at(b, key, 1, now));
+        d.allowed
+    };
+    assert!(both(&k, t));
+    let before = hits();
+    for i in 1..=100 {
+        assert!(!both(&k, t + i * 1_000_000));
+    }
+    assert!(hits() >= before + 98, "the flood went through the memo");
+    let once = vec![(hash, t + 1_000_000)];
+    assert_eq!(events(&with, a), once);
+    assert_eq!(events(&without, b), once);
+    // Another key takes the sampler word: the plain ring writes `k` again
+    // at its next denial; the memo stays quiet until `k`'s event is an
+    // interval old.
+    assert!(both(&other, t + 200_000_000));
+    assert!(!both(&other, t + 200_000_001));
+    assert!(!both(&k, t + 300_000_000));
+    assert_eq!(events(&with, a).len(), 2, "k, other");
+    assert_eq!(events(&without, b).len(), 3, "k, other, k again");
+    let late = t + 1_000_000 + DENY_SAMPLE_NS + (1 << 20);
+    assert!(!both(&k, late));
+    assert_eq!(events(&with, a).last(), Some(&(hash, late)));
+    // Time goes back before the memo's last offer: offered, and written,
+    // as the ring writes a time that went backwards.
+    assert!(!both(&k, late - 500_000_000));
+    assert_eq!(events(&with, a).last(), Some(&(hash, late - 500_000_000)));
+    assert_eq!(with.stats(a).unwrap(), without.stats(b).unwrap());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Denials of three keys (two of them sharing a sampler word) at times
+    /// that move both ways, through the memo: every denial has an event of
+    /// its key less than an interval before it (in the sampler's ticks),
+    /// and each event is of a denial. (The memo may write fewer events than the plain ring,
+    /// as the test above shows, or, over a long trace, one more: after it
+    /// stayed quiet through a displacement, its next event comes an
+    /// interval after the first, where the ring's came an interval after
+    /// the displaced one.)
+    #[test]
+    fn every_denied_key_has_an_event_an_interval_with_the_memo(
+        steps in proptest::collection::vec((0usize..3, -300i64..900), 1..200)
+    ) {
+        let ((with, a), (without, b)) = twins("3/minute", 1024);
+        let keys = sampler_keys(&with, a);
+        let hashes: Vec<u64> = keys.iter().map(|k| with.get(a).unwrap().hash(k)).collect();
+        let mut now = 1_000 * S;
+        let mut denials = Vec::new();
+        for (k, ms) in steps {
+            now = now.saturating_add_signed(ms * 1_000_000);
+            let d = with.check_at(a, &keys[k], 1, now);
+            prop_assert_eq!(d, without.check_at(b, &keys[k], 1, now));
+            if !d.allowed {
+                denials.push((hashes[k], now));
+            }
+        }
+        let with_events = events(&with, a);
+        // The sampler counts in ticks of 2^20 ns: an event in the same
+        // tick samples out a denial, even one a little earlier (time that
+        // went back less than a tick).
+        let tick = |ns: u64| ns >> 20;
+        for &(hash, t) in &denials {
+            prop_assert!(
+                with_events.iter().any(|&(h, e)| h == hash
+                    && tick(e) <= tick(t)
+                    && tick(t) - tick(e) < tick(DENY_SAMPLE_NS)),
+                "denial of {:x} at {} has no event in the interval before it: {:?}", hash, t, with_events
+            );
+        }
+        for event in &with_events {
+            prop_assert!(denials.contains(event), "{:?} is no denial", event);
+        }
+    }
 }

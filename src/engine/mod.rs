@@ -27,7 +27,7 @@ use crate::stats::{Counter, Stats};
 use crate::store::{Local, Now, Store, Target};
 use crate::table::Mode;
 use crate::Error;
-use decision::{conclude, Count};
+use decision::{conclude, conclude_quiet, Count};
 use policies::Policy;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -105,6 +105,7 @@ impl Engine {
     }
 
     fn with(seed: Seed, options: EngineOptions, shared: Option<Arc<Mapping>>) -> Engine {
+        crate::clock::vdso::resolve();
         let mut id = [0u8; 8];
         crate::clock::fill_random(&mut id);
         Engine {
@@ -407,9 +408,9 @@ impl Engine {
             now.ns,
             mode,
         ) {
-            Ok((outcome, hash)) => {
+            Ok((outcome, hash, quiet)) => {
                 let t = Self::target_hashed(p, policy, key, cost, hash);
-                return conclude(p, &t, outcome, now.ns, count);
+                return conclude_quiet(p, &t, outcome, now.ns, count, Some(quiet));
             }
             Err(way) => way,
         };
