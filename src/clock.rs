@@ -191,30 +191,28 @@ pub(crate) mod vdso {
         // SAFETY: the vDSO exports this symbol as a function with
         // clock_gettime's C signature (its architecture's `vdso.lds`).
         let f = unsafe { std::mem::transmute::<*mut libc::c_void, ClockGettime>(sym) };
-        let read = |clock, via_vdso: bool| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: `ts` is a valid, writable timespec; `f` as above.
-            let rc = unsafe {
-                if via_vdso {
-                    f(clock, &mut ts)
-                } else {
-                    libc::clock_gettime(clock, &mut ts)
-                }
-            };
-            (rc == 0).then_some((ts.tv_sec as i128) * 1_000_000_000 + ts.tv_nsec as i128)
-        };
-        // Both clocks agree with libc's, read around them, within a second.
+        // Both clocks, read through it, fall between two reads through libc.
         for clock in [libc::CLOCK_MONOTONIC, libc::CLOCK_MONOTONIC_COARSE] {
-            let (before, direct, after) =
-                (read(clock, false)?, read(clock, true)?, read(clock, false)?);
-            if direct < before || direct > after || after - before > 1_000_000_000 {
+            let before = read(libc::clock_gettime, clock)?;
+            let direct = read(f, clock)?;
+            if direct < before || direct > read(libc::clock_gettime, clock)? {
                 return None;
             }
         }
         Some(f)
+    }
+
+    /// `clock` read through `f` (libc's `clock_gettime` or the vDSO's), in
+    /// nanoseconds; `None` if it failed.
+    pub(crate) fn read(f: ClockGettime, clock: libc::clockid_t) -> Option<u64> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; `f` is libc's
+        // clock_gettime or the vDSO's, which has its signature (`lookup`).
+        let rc = unsafe { f(clock, &mut ts) };
+        (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -286,15 +284,7 @@ mod tests {
                 "the kernel mapped a vDSO, but it was not used"
             );
         }
-        let libc_ns = |clock| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: `ts` is a valid, writable timespec.
-            assert_eq!(unsafe { libc::clock_gettime(clock, &mut ts) }, 0);
-            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-        };
+        let libc_ns = |clock| vdso::read(libc::clock_gettime, clock).unwrap();
         for clock in [libc::CLOCK_MONOTONIC, libc::CLOCK_MONOTONIC_COARSE] {
             for _ in 0..1000 {
                 let (before, t, after) = (libc_ns(clock), monotonic_ns(clock), libc_ns(clock));

@@ -186,27 +186,20 @@ pub(crate) struct Offered {
 }
 
 impl Offered {
-    /// Not written: `old` (a stamp of the same key, recent at `new`, the
-    /// offer's stamp at `time_ns`) sampled it out.
+    /// The offer of stamp `new` at `time_ns`, `written` or not, after
+    /// which the key's stamp in its word is `old` (recent at `new`: `new`
+    /// itself if written, else the stamp that sampled it out).
     #[inline(always)]
-    fn sampled_out(old: u64, new: u64, time_ns: u64) -> Offered {
+    fn after(written: bool, old: u64, new: u64, time_ns: u64) -> Offered {
         // `recent(old, new)`: age < INTERVAL. A later offer, at tick
         // n' >= n, is sampled out while n' - n + age < INTERVAL.
         let age = new.wrapping_sub(old) & stamp::TIME_MASK;
         debug_assert!(age < stamp::INTERVAL);
         let next = (time_ns >> stamp::TICK_SHIFT) + (stamp::INTERVAL - age);
         Offered {
-            written: false,
+            written,
             // Saturating: a time within an interval of 2^64 ns.
             quiet_until_ns: u64::try_from((next as u128) << stamp::TICK_SHIFT).unwrap_or(u64::MAX),
-        }
-    }
-
-    #[inline(always)]
-    fn written(self) -> Offered {
-        Offered {
-            written: true,
-            ..self
         }
     }
 }
@@ -248,7 +241,7 @@ impl Ring<'_> {
             // memory; the entry's own sequence word orders the event.
             let old = word.load(Ordering::Relaxed);
             if stamp::recent(old, new) {
-                return Offered::sampled_out(old, new, time_ns);
+                return Offered::after(false, old, new, time_ns);
             }
             // Relaxed as above. On failure another denial changed the word
             // just now: if it stamped this key, that one writes the event; if
@@ -258,7 +251,7 @@ impl Ring<'_> {
                 word.compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed)
             {
                 if stamp::recent(current, new) {
-                    return Offered::sampled_out(current, new, time_ns);
+                    return Offered::after(false, current, new, time_ns);
                 }
             }
         } else {
@@ -266,7 +259,7 @@ impl Ring<'_> {
             word.store(new, Ordering::Relaxed);
         }
         self.push(&record());
-        Offered::sampled_out(new, new, time_ns).written()
+        Offered::after(true, new, new, time_ns)
     }
 
     /// Appends an event (never blocks; may overwrite the oldest).
@@ -388,6 +381,38 @@ mod tests {
 
     fn sampler(n: usize) -> Vec<AtomicU64> {
         (0..n).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    proptest::proptest! {
+        /// A sampler word written by anyone (a shared file is open to
+        /// every process of the host, and to whoever corrupts it): the
+        /// quiet an offer reports — how long the spot memo then offers
+        /// none of the key's denials — ends after the offer and at most
+        /// one interval (and a tick) after it, written or not; a later
+        /// offer past it reads the word again.
+        #[test]
+        fn any_sampler_word_quiets_a_key_for_at_most_an_interval(
+            word in proptest::prelude::any::<u64>(),
+            key_hash in proptest::prelude::any::<u64>(),
+            time_ns in 0u64..1 << 62,
+            own_print in proptest::prelude::any::<bool>(),
+        ) {
+            let (head, entries) = ring(8);
+            let sampler = sampler(1);
+            // Half the cases carry the key's own fingerprint, so that the
+            // word's time decides.
+            let word = if own_print {
+                stamp::of(key_hash, 0) & !stamp::TIME_MASK | word & stamp::TIME_MASK
+            } else {
+                word
+            };
+            sampler[0].store(word, Ordering::Relaxed);
+            let r = Ring { head: &head, entries: &entries, sampler: &sampler };
+            let o = r.offer(key_hash, time_ns, false, || rec(time_ns, None));
+            proptest::prop_assert!(o.quiet_until_ns > time_ns);
+            proptest::prop_assert!(o.quiet_until_ns <= time_ns + DENY_SAMPLE_NS + (1 << stamp::TICK_SHIFT));
+            proptest::prop_assert_eq!(o.written, r.read(0).len() == 1);
+        }
     }
 
     /// What each `offer` of `(key hash, time)` wrote, in order.
