@@ -394,7 +394,8 @@ mod tests {
         fn any_sampler_word_quiets_a_key_for_at_most_an_interval(
             word in proptest::prelude::any::<u64>(),
             key_hash in proptest::prelude::any::<u64>(),
-            time_ns in 0u64..1 << 62,
+            // Below 2^60: `rec` derives fields as 7 × the time.
+            time_ns in 0u64..1 << 60,
             own_print in proptest::prelude::any::<bool>(),
         ) {
             let (head, entries) = ring(8);
