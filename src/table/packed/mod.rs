@@ -340,14 +340,16 @@ impl<'a> Packed<'a> {
         &self,
         x: usize,
         j: usize,
-        mut v: u128,
+        v: u128,
         cost: u64,
         now: u64,
         charge: bool,
         factor: impl Fn() -> u32,
     ) -> Option<Verdict> {
-        let unit = &self.line(x)[j];
         let first = Slot::from_bits(v);
+        if !first.is_live() {
+            return None;
+        }
         // No override (nearly every key): the limit by reference.
         let scaled;
         let l = if first.ovr {
@@ -356,11 +358,29 @@ impl<'a> Packed<'a> {
         } else {
             &self.limit
         };
+        Self::settle(&self.line(x)[j], v, l, cost, now, charge)
+    }
+
+    /// Decides `cost` under limit `l` on `v`, a live word of `unit`, and
+    /// charges it if allowed and `charge`: the CAS from `v` is the
+    /// decision's linearisation point. After a failed CAS it decides again
+    /// on the word found, as long as that is the same key's live word with
+    /// the same override bit (a charge keeps the generation; a
+    /// transaction's moves change it, which the key's own compare in the
+    /// CAS then catches); else `None`. The caller has checked that `v` is
+    /// live (`decide_at` by comparing its low half with a spot's), so the
+    /// first decision reads `v` as it is, without decoding it.
+    #[inline(always)]
+    fn settle(
+        unit: &Atomic128,
+        mut v: u128,
+        l: &LimitParams,
+        cost: u64,
+        now: u64,
+        charge: bool,
+    ) -> Option<Verdict> {
         loop {
             let w = Slot::from_bits(v);
-            if !w.is_live() || w.fp != first.fp || w.ovr != first.ovr {
-                return None;
-            }
             let verdict = Self::verdict(l, w.state, cost, now);
             if !charge || !verdict.allowed || cost == 0 {
                 return Some(verdict);
@@ -369,8 +389,15 @@ impl<'a> Packed<'a> {
             match unit.compare_exchange(v, Slot { state, ..w }.to_bits()) {
                 Ok(_) => return Some(verdict),
                 // Another charge won (or a transaction moved the word on):
-                // decide again on what the CAS found.
-                Err(actual) => v = actual,
+                // decide again on what the CAS found, if it still holds
+                // the key live.
+                Err(actual) => {
+                    let a = Slot::from_bits(actual);
+                    if !a.is_live() || a.fp != w.fp || a.ovr != w.ovr {
+                        return None;
+                    }
+                    v = actual;
+                }
             }
         }
     }
@@ -459,11 +486,14 @@ impl<'a> Packed<'a> {
         charge: bool,
     ) -> Option<Verdict> {
         let (x, j) = (x & self.mask, j % WAYS);
-        let v = self.line(x)[j].load();
+        let unit = &self.line(x)[j];
+        let v = unit.load();
+        // The spot's low half: the key's fingerprint, at the generation it
+        // was found, unfrozen; so the word still holds the key live.
         if v as u64 != key as u64 || Slot::from_bits(v).ovr {
             return None;
         }
-        self.decide_live(x, j, v, cost, now, charge, || 0)
+        Self::settle(unit, v, &self.limit, cost, now, charge)
     }
 
     /// Marks key `h`'s word as having a quota override (`on`) or not, after
