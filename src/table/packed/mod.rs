@@ -364,12 +364,13 @@ impl<'a> Packed<'a> {
     /// Decides `cost` under limit `l` on `v`, a live word of `unit`, and
     /// charges it if allowed and `charge`: the CAS from `v` is the
     /// decision's linearisation point. After a failed CAS it decides again
-    /// on the word found, as long as that is the same key's live word with
-    /// the same override bit (a charge keeps the generation; a
-    /// transaction's moves change it, which the key's own compare in the
-    /// CAS then catches); else `None`. The caller has checked that `v` is
-    /// live (`decide_at` by comparing its low half with a spot's), so the
-    /// first decision reads `v` as it is, without decoding it.
+    /// on the word found if that still holds the same key live with the
+    /// same override bit (at any generation, as before this split: a claim
+    /// of another group that lands on nothing moves the word on with the
+    /// key still in it); else `None`, and the caller looks again. The
+    /// caller has checked that `v` is live (`decide_live` by decoding it,
+    /// `decide_at` by comparing its low half with the spot's), so the first
+    /// pass decides without checking it again.
     #[inline(always)]
     fn settle(
         unit: &Atomic128,
