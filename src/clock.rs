@@ -37,20 +37,11 @@ impl Clock {
     /// tick for `MonotonicCoarse`; 1 for the others).
     pub fn resolution_ns(&self) -> u64 {
         match self {
-            Clock::MonotonicCoarse => {
-                let mut ts = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                // SAFETY:
-                // - `ts` is a valid, writable timespec owned by this frame;
-                // - CLOCK_MONOTONIC_COARSE always exists on Linux, so the call
-                //   cannot fail (on failure `ts` stays 0 and 1 is returned).
-                unsafe {
-                    libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts);
-                }
-                ((ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64).max(1)
-            }
+            // CLOCK_MONOTONIC_COARSE always exists on Linux, so the call
+            // cannot fail (if it did, 1).
+            Clock::MonotonicCoarse => vdso::read(libc::clock_getres, libc::CLOCK_MONOTONIC_COARSE)
+                .unwrap_or(1)
+                .max(1),
             Clock::Monotonic | Clock::Manual(_) => 1,
         }
     }
@@ -97,6 +88,13 @@ fn monotonic_ns(clock: libc::clockid_t) -> u64 {
         tv_nsec: 0,
     };
     vdso::clock_gettime(clock, &mut ts);
+    ns(&ts)
+}
+
+/// A timespec in nanoseconds (wrapping: the kernel's monotonic clocks
+/// count from boot, far below 2^64 ns).
+#[inline(always)]
+fn ns(ts: &libc::timespec) -> u64 {
     (ts.tv_sec as u64)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(ts.tv_nsec as u64)
@@ -202,17 +200,19 @@ pub(crate) mod vdso {
         Some(f)
     }
 
-    /// `clock` read through `f` (libc's `clock_gettime` or the vDSO's), in
-    /// nanoseconds; `None` if it failed.
+    /// `clock` read through `f`, in nanoseconds; `None` if it failed. `f`
+    /// is libc's `clock_gettime` or `clock_getres`, or the vDSO's
+    /// `clock_gettime`: all three have this signature.
     pub(crate) fn read(f: ClockGettime, clock: libc::clockid_t) -> Option<u64> {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        // SAFETY: `ts` is a valid, writable timespec; `f` is libc's
-        // clock_gettime or the vDSO's, which has its signature (`lookup`).
+        // SAFETY: `ts` is a valid, writable timespec; `f` is one of the
+        // functions above, whose C signature `ClockGettime` is (`lookup`
+        // for the vDSO's).
         let rc = unsafe { f(clock, &mut ts) };
-        (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+        (rc == 0).then(|| super::ns(&ts))
     }
 
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]

@@ -330,10 +330,11 @@ impl<'a> Packed<'a> {
         Found::Absent
     }
 
-    /// Decides `cost` for the key at slot `j` of bucket `x`, whose word was
-    /// `v`, and charges it if allowed and `charge`; `factor` gives the
-    /// key's quota override if its word says it has one. `None` if the word
-    /// no longer holds the key live: the caller looks again.
+    /// Decides `cost` for the key at slot `j` of bucket `x`, whose live
+    /// word (`find`'s `Found::Live`) was `v`, and charges it if allowed and
+    /// `charge`; `factor` gives the key's quota override if its word says
+    /// it has one. `None` if the word no longer holds the key live: the
+    /// caller looks again.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn decide_live(
@@ -347,9 +348,7 @@ impl<'a> Packed<'a> {
         factor: impl Fn() -> u32,
     ) -> Option<Verdict> {
         let first = Slot::from_bits(v);
-        if !first.is_live() {
-            return None;
-        }
+        debug_assert!(first.is_live());
         // No override (nearly every key): the limit by reference.
         let scaled;
         let l = if first.ovr {
@@ -368,9 +367,10 @@ impl<'a> Packed<'a> {
     /// same override bit (at any generation, as before this split: a claim
     /// of another group that lands on nothing moves the word on with the
     /// key still in it); else `None`, and the caller looks again. The
-    /// caller has checked that `v` is live (`decide_live` by decoding it,
-    /// `decide_at` by comparing its low half with the spot's), so the first
-    /// pass decides without checking it again.
+    /// caller knows that `v` is live (`decide_live` from `find`, which
+    /// matched its fingerprint and found it unfrozen; `decide_at` by
+    /// comparing its low half with the spot's), so the first pass decides
+    /// without checking it again.
     #[inline(always)]
     fn settle(
         unit: &Atomic128,

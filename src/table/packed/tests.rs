@@ -664,3 +664,72 @@ fn reset_all_on_a_pair_full_of_one_fingerprint_returns_and_empties() {
         assert!(!t.reset(h));
     });
 }
+
+#[test]
+fn a_spot_decides_on_any_state_another_writer_left_as_the_probe_does_and_refuses_a_changed_word() {
+    // A remembered spot (the memo's `decide_at`) over a shared file that
+    // another process, or a corruption, wrote: whatever state the key's word
+    // holds, the spot decides and charges exactly as a check that probes
+    // for the key (`decide`) does on the same word; a word whose low half
+    // (fingerprint, generation, frozen bit) or override bit changed is
+    // refused, and the caller looks the key up again.
+    let o = packed("5/second", 64, WhenFull::Evict);
+    let t = o.t();
+    let h = hashes(17).next().unwrap();
+    verdict(t.decide(h, 1, S, true, || 0));
+    let (x, j, key) = t.spot_of(h).unwrap();
+    let unit = &t.line(x)[j];
+    let live = Slot::from_bits(unit.load());
+    let put = |w: Slot| {
+        let _ = unit.compare_exchange(unit.load(), w.to_bits());
+    };
+    let now = 2 * S;
+    for state in [0, 1, now - 1, now, now + S, STATE_MASK - 1, STATE_MASK] {
+        let w = Slot { state, ..live };
+        for cost in [1, 5, 6] {
+            put(w);
+            let at = t.decide_at(x, j, key, cost, now, false);
+            let probed = verdict(t.decide(h, cost, now, false, || 0));
+            assert_eq!(at, Some(probed), "state {state}, cost {cost}: a peek");
+            put(w);
+            let at = t.decide_at(x, j, key, cost, now, true).unwrap();
+            let after_at = unit.load();
+            put(w);
+            let probed = verdict(t.decide(h, cost, now, true, || 0));
+            assert_eq!(at, probed, "state {state}, cost {cost}: a charge");
+            assert_eq!(
+                after_at,
+                unit.load(),
+                "state {state}, cost {cost}: the word"
+            );
+        }
+    }
+    put(live);
+    assert!(
+        t.decide_at(x, j, key, 1, now, false).is_some(),
+        "the spot holds its own word before the changes below"
+    );
+    for (what, w) in [
+        ("a new generation", live.bumped(false)),
+        (
+            "frozen",
+            Slot {
+                frozen: true,
+                ..live
+            },
+        ),
+        ("an override", Slot { ovr: true, ..live }),
+        (
+            "another key",
+            Slot {
+                fp: live.fp ^ 1,
+                ..live
+            },
+        ),
+        ("empty", Slot::empty(live.gen)),
+    ] {
+        put(w);
+        assert_eq!(t.decide_at(x, j, key, 1, now, true), None, "{what}");
+        assert_eq!(unit.load(), w.to_bits(), "{what}: refused, but written");
+    }
+}
