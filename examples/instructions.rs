@@ -27,6 +27,11 @@
 //! GCRA limit, so the packed table), `flood-fw` (the same on a fixed
 //! window: the slots table).
 //!
+//! Under valgrind glibc cannot register its restartable-sequence area
+//! (valgrind refuses `rseq(2)`), so every count is added through the
+//! atomic shards (`src/rseq.rs`): these figures include a `lock xadd` that
+//! a native run on x86_64 with glibc 2.35+ replaces by a per-CPU `add`.
+//!
 //! `gov-hot`, `gov-deny`, `gov-mixed` and `gov-keys` run the same cases
 //! through governor's keyed limiter (`DefaultKeyedRateLimiter`'s DashMap
 //! store, same quotas), on its fake clock advanced by the same steps.

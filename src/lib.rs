@@ -32,6 +32,7 @@ mod os;
 pub mod policy;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+mod rseq;
 pub(crate) mod shm;
 mod stats;
 pub(crate) mod store;

@@ -98,7 +98,9 @@ impl Policy {
         //   `RegionHead` (see `region_units`), 128-byte aligned (heap regions
         //   are allocated with that alignment, shared regions are 4096-aligned);
         // - `RegionHead` is repr(C) of atomics, valid for all-zero bytes, and
-        //   only ever accessed through atomic operations;
+        //   only ever accessed through atomic operations (a CPU line's words
+        //   through `rseq::add`'s single `add`, exclusive to the CPU it
+        //   runs on);
         // - the memory lives as long as the table that owns it.
         unsafe { &*(units.as_ptr() as *const RegionHead) }
     }

@@ -83,7 +83,10 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RATEKEEP");
 /// of a live victim; the packed CLAIM's evict bit); a version-6 process
 /// sharing the file would complete an EVICT as a no-op and would still
 /// wipe a charge that landed under its own claims.
-pub(crate) const LAYOUT_VERSION: u32 = 7;
+/// Version 8: each policy's head ends with a counter line per CPU
+/// (`stats.rs`, `rseq.rs`), which moves the deny-event ring; a version-7
+/// process would read and write the ring at the wrong place.
+pub(crate) const LAYOUT_VERSION: u32 = 8;
 /// The magic word while the file is being reset for a new boot (or left so
 /// by a crash during a reset, which the next open completes).
 pub(crate) const MAGIC_RESETTING: u64 = u64::from_le_bytes(*b"RKRESET!");
