@@ -48,8 +48,10 @@
 pub(crate) const CPUS: usize = 128;
 
 /// Bytes of one CPU's counter line (a power of two: the sequence shifts the
-/// CPU number by its log2).
-pub(crate) const LINE: usize = 64;
+/// CPU number by its log2): 128, as the atomic shards (`stats::Shard`), so
+/// that a CPU's writes never pull its neighbour's line along (the adjacent-
+/// line prefetcher of x86 works on 128-byte pairs).
+pub(crate) const LINE: usize = 128;
 
 #[cfg(all(
     target_arch = "x86_64",

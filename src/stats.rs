@@ -35,13 +35,6 @@ pub(crate) struct Shard {
     counts: [AtomicU64; 16],
 }
 
-/// One CPU's counters (`rseq::LINE` bytes): written only by
-/// [`crate::rseq::add`] running on that CPU, read by atomic loads.
-#[repr(C, align(64))]
-pub(crate) struct CpuLine {
-    counts: [AtomicU64; 8],
-}
-
 /// Wait/wake words of a policy (for blocking `acquire`).
 #[repr(C, align(128))]
 pub(crate) struct Cells {
@@ -56,7 +49,9 @@ pub(crate) struct Cells {
 pub(crate) struct RegionHead {
     pub cells: Cells,
     pub shards: [Shard; SHARDS],
-    pub cpus: [CpuLine; CPUS],
+    /// One [`Shard`] per CPU, written only by [`rseq::add`] running on
+    /// that CPU, read by atomic loads.
+    pub cpus: [Shard; CPUS],
 }
 
 const _: () = {
@@ -65,7 +60,7 @@ const _: () = {
         std::mem::size_of::<Shard>()
             == std::mem::size_of::<crossbeam_utils::CachePadded<[u64; 16]>>()
     );
-    assert!(std::mem::size_of::<CpuLine>() == LINE);
+    assert!(std::mem::size_of::<Shard>() == LINE);
     assert!(LINE.is_power_of_two());
     assert!(Counter::Bans as usize * 8 + 8 <= LINE);
     assert!(std::mem::size_of::<RegionHead>() == 128 * (1 + SHARDS) + LINE * CPUS);
@@ -82,8 +77,8 @@ impl RegionHead {
     /// write different lines either way.
     #[inline(always)]
     pub fn add_in(&self, shard: usize, c: Counter, n: u64) {
-        // SAFETY: `cpus` is `CPUS` lines of `LINE` bytes, 64-byte aligned
-        // (`CpuLine`), each counter word of which is written only by
+        // SAFETY: `cpus` is `CPUS` lines of `LINE` bytes, 128-byte aligned
+        // (`Shard`), each counter word of which is written only by
         // `rseq::add` and read only by atomic loads (`sum`); `c as usize * 8
         // + 8 <= LINE` (asserted above); the `AtomicU64`s are `UnsafeCell`s,
         // so writing them through a pointer from `&self` is allowed.
