@@ -26,7 +26,8 @@
 //! lock and no atomic read-modify-write.
 //!
 //! Where the sequence cannot run, [`add`] returns `false` and the caller
-//! uses an atomic add on a line no sequence writes (`stats.rs`): on CPUs
+//! uses an atomic add on a line no sequence writes (`stats.rs`): before
+//! the process has created an engine (which calls [`resolve`]), on CPUs
 //! numbered [`CPUS`] and above, in a thread whose registration failed
 //! (glibc marks it with a CPU number of -1 or -2, both refused by the same
 //! bounds check), in a process where glibc did not register (glibc before
@@ -62,18 +63,28 @@ pub(crate) const LINE: usize = 128;
 mod imp {
     use std::sync::atomic::{AtomicI64, Ordering};
 
-    /// `__rseq_offset` once looked up; [`UNKNOWN`] before, [`NONE`] when the
-    /// process has no usable rseq area.
-    static OFFSET: AtomicI64 = AtomicI64::new(UNKNOWN);
-    const UNKNOWN: i64 = i64::MIN;
-    const NONE: i64 = i64::MIN + 1;
+    /// `__rseq_offset` once [`resolve`] looked it up; [`NONE`] before, and
+    /// when the process has no usable rseq area.
+    static OFFSET: AtomicI64 = AtomicI64::new(NONE);
+    const NONE: i64 = i64::MIN;
 
     /// Bytes of `struct rseq` the sequence uses: `cpu_id` at 4, `rseq_cs`
     /// at 8 (linux/rseq.h).
     const NEEDED: u32 = 16;
 
-    #[cold]
-    #[inline(never)]
+    /// Looks `__rseq_offset` up, once: at engine creation, off the check
+    /// path, and before a pre-fork server forks (`dlsym` takes the loader's
+    /// lock, which another thread may hold across a `fork`). Until then
+    /// every [`add`] takes the atomic path.
+    pub(crate) fn resolve() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // Relaxed: the value is the only data published, and a thread
+            // that still reads NONE only takes the atomic path.
+            OFFSET.store(lookup(), Ordering::Relaxed);
+        });
+    }
+
     fn lookup() -> i64 {
         // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no
         // other precondition; it returns null when the symbol is absent.
@@ -83,23 +94,18 @@ mod imp {
                 libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()),
             )
         };
-        let v = if off.is_null() || size.is_null() {
-            NONE
+        if off.is_null() || size.is_null() {
+            return NONE;
+        }
+        // SAFETY: glibc defines `__rseq_offset` as a `ptrdiff_t` and
+        // `__rseq_size` as an `unsigned int`, both written once before
+        // `main` (or before `dlopen` returns) and constant afterwards.
+        let (off, size) = unsafe { (*(off as *const isize), *(size as *const u32)) };
+        if size >= NEEDED {
+            off as i64
         } else {
-            // SAFETY: glibc defines `__rseq_offset` as a `ptrdiff_t` and
-            // `__rseq_size` as an `unsigned int`, both written once before
-            // `main` (or before `dlopen` returns) and constant afterwards.
-            let (off, size) = unsafe { (*(off as *const isize), *(size as *const u32)) };
-            if size >= NEEDED {
-                off as i64
-            } else {
-                NONE
-            }
-        };
-        // Relaxed: the value is the only data published, and every thread
-        // that computes it computes the same value.
-        OFFSET.store(v, Ordering::Relaxed);
-        v
+            NONE
+        }
     }
 
     /// Adds `n` to the `u64` at byte `at` of the line of the CPU this runs
@@ -114,11 +120,8 @@ mod imp {
     /// and read only by atomic loads.
     #[inline(always)]
     pub(crate) unsafe fn add(lines: *mut u8, at: usize, n: u64) -> bool {
-        // Relaxed: see `lookup`.
-        let mut off = OFFSET.load(Ordering::Relaxed);
-        if off == UNKNOWN {
-            off = lookup();
-        }
+        // Relaxed: see `resolve`.
+        let off = OFFSET.load(Ordering::Relaxed);
         if off == NONE {
             return false;
         }
@@ -189,10 +192,9 @@ mod imp {
     /// Whether this thread's adds take the sequence (tests).
     #[cfg(test)]
     pub(crate) fn active() -> bool {
-        let mut off = OFFSET.load(Ordering::Relaxed);
-        if off == UNKNOWN {
-            off = lookup();
-        }
+        resolve();
+        // Relaxed: see `resolve`.
+        let off = OFFSET.load(Ordering::Relaxed);
         if off == NONE {
             return false;
         }
@@ -231,8 +233,10 @@ mod imp {
     pub(crate) fn active() -> bool {
         false
     }
+
+    pub(crate) fn resolve() {}
 }
 
 #[cfg(test)]
 pub(crate) use imp::active;
-pub(crate) use imp::add;
+pub(crate) use imp::{add, resolve};

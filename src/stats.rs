@@ -89,6 +89,16 @@ impl RegionHead {
         self.shards[shard % SHARDS].counts[c as usize].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// What the CPU lines hold of counter `c` (tests: the rest is in the
+    /// atomic shards).
+    #[cfg(test)]
+    pub(crate) fn in_cpu_lines(&self, c: Counter) -> u64 {
+        self.cpus
+            .iter()
+            .map(|l| l.counts[c as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn sum(&self, c: Counter) -> u64 {
         let atomic = self.shards.iter().map(|s| &s.counts[c as usize]);
         let cpus = self.cpus.iter().map(|l| &l.counts[c as usize]);
@@ -157,14 +167,6 @@ mod tests {
             assert!(!p.is_null(), "out of memory");
             Box::from_raw(p)
         }
-    }
-
-    /// What the CPU lines hold of counter `c` (the rest is in the shards).
-    fn in_cpu_lines(h: &RegionHead, c: Counter) -> u64 {
-        h.cpus
-            .iter()
-            .map(|l| l.counts[c as usize].load(SeqCst))
-            .sum()
     }
 
     /// The head the signal handler adds to, and how often it did.
@@ -274,7 +276,7 @@ mod tests {
             0,
             "an add landed in another counter"
         );
-        let lines = in_cpu_lines(&head, Counter::Denied);
+        let lines = head.in_cpu_lines(Counter::Denied);
         assert_eq!(
             lines > 0,
             active,

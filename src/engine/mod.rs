@@ -106,6 +106,7 @@ impl Engine {
 
     fn with(seed: Seed, options: EngineOptions, shared: Option<Arc<Mapping>>) -> Engine {
         crate::clock::vdso::resolve();
+        crate::rseq::resolve();
         let mut id = [0u8; 8];
         crate::clock::fill_random(&mut id);
         Engine {

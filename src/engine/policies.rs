@@ -370,3 +370,30 @@ impl Engine {
             .collect()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::stats::Counter;
+    use crate::{Engine, EngineOptions};
+
+    /// An engine's checks count in the CPU lines wherever this thread's
+    /// restartable sequence runs (x86_64, glibc 2.35+, not under valgrind
+    /// or qemu-user), and in the atomic shards elsewhere: so the engine
+    /// resolves the rseq area when it is created, and the check path adds
+    /// through it. The totals are exact either way.
+    #[test]
+    fn an_engines_counts_land_in_the_cpu_lines_where_the_sequence_runs() {
+        let e = Engine::new(EngineOptions::default()).unwrap();
+        let p = e.add_policy("cpu-lines", "10/hour").unwrap();
+        let t = 1_000_000_000;
+        let allowed = (0..1000)
+            .filter(|_| e.check_at(p, b"k", 1, t).allowed)
+            .count() as u64;
+        assert_eq!(allowed, 10);
+        let s = e.stats(p).unwrap();
+        assert_eq!((s.allowed, s.denied), (10, 990));
+        let head = e.get(p).unwrap().head();
+        let lines = head.in_cpu_lines(Counter::Allowed) + head.in_cpu_lines(Counter::Denied);
+        assert_eq!(lines, if crate::rseq::active() { 1000 } else { 0 });
+    }
+}
