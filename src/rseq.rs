@@ -229,7 +229,7 @@ mod imp {
         false
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn active() -> bool {
         false
     }
@@ -237,6 +237,6 @@ mod imp {
     pub(crate) fn resolve() {}
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 pub(crate) use imp::active;
 pub(crate) use imp::{add, resolve};
