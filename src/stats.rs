@@ -91,7 +91,7 @@ impl RegionHead {
 
     /// What the CPU lines hold of counter `c` (tests: the rest is in the
     /// atomic shards).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn in_cpu_lines(&self, c: Counter) -> u64 {
         self.cpus
             .iter()
