@@ -221,3 +221,36 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Waits for child `pid` to exit and returns its exit code; `None` if it
+/// had not exited after `secs` seconds (it is then killed and reaped), a
+/// generous bound for a child that only computes. Under qemu-user (CI's
+/// aarch64 step) a child forked from a process whose other threads are
+/// running has been seen, rarely, to stall on a lock inherited held
+/// (tests/hostile_file.rs); without the bound the test run would hang.
+/// Tests only.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn wait_exit(pid: libc::pid_t, secs: u64) -> Option<libc::c_int> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut status = 0;
+    loop {
+        // SAFETY: `pid` is the caller's child; `status` is a valid out-pointer.
+        match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
+            0 if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            0 => {
+                // SAFETY: our child, not yet reaped: the pid is still ours.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SAFETY: as above.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                return None;
+            }
+            r => {
+                assert_eq!(r, pid, "waitpid failed");
+                assert!(libc::WIFEXITED(status), "child status {status:#x}");
+                return Some(libc::WEXITSTATUS(status));
+            }
+        }
+    }
+}

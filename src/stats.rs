@@ -247,8 +247,9 @@ mod tests {
                 let mut sent = 0u64;
                 let mut i = 0;
                 while !done.load(SeqCst) {
-                    // SAFETY: the workers are joined only after `done` is
-                    // set and this thread has stopped sending.
+                    // SAFETY: the workers are joined only after this
+                    // thread has stopped sending (it is joined first), so
+                    // every pthread_t names a thread not yet joined.
                     if unsafe { libc::pthread_kill(threads[i % THREADS], signal) } == 0 {
                         sent += 1;
                     }
@@ -257,15 +258,16 @@ mod tests {
                 }
                 sent
             });
-            let mut added = 0;
-            for w in workers {
-                while !w.is_finished() {
-                    std::thread::yield_now();
-                }
-                added += w.join().unwrap();
+            // Every worker finished (exited, not yet joined, so its
+            // pthread_t stays valid) before the signaller stops; only
+            // then are the workers joined.
+            while !workers.iter().all(|w| w.is_finished()) {
+                std::thread::yield_now();
             }
             done.store(true, SeqCst);
-            (signaller.join().unwrap(), added)
+            let sent = signaller.join().unwrap();
+            let added: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+            (sent, added)
         });
         TARGET.store(std::ptr::null_mut(), SeqCst);
         let handled = HANDLED.load(SeqCst);
@@ -329,12 +331,11 @@ mod tests {
             head.add_in(KIDS, Counter::Allowed, 1);
         }
         for pid in kids {
-            let mut status = 0;
-            // SAFETY: our child; `status` is a valid out-pointer.
-            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-            assert!(
-                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                "{status:#x}"
+            let code = crate::os::wait_exit(pid, 60);
+            assert_eq!(
+                code,
+                Some(0),
+                "a child failed or stalled (None: killed after 60 s)"
             );
         }
         assert_eq!(head.sum(Counter::Allowed), (KIDS as u64 + 1) * EACH);

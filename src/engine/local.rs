@@ -90,10 +90,7 @@ mod tests {
     use super::*;
 
     /// Forks a child that reports whether it forgot its shard; `None` if
-    /// it had not exited after 60 s (then killed). Under qemu-user (CI's
-    /// aarch64 step) a child forked from a process whose other threads are
-    /// running has been seen, rarely, to stall on a lock inherited held
-    /// (tests/hostile_file.rs); a native child exits at once.
+    /// it had not exited after 60 s (then killed: `os::wait_exit`).
     fn fork_and_ask() -> Option<bool> {
         // SAFETY: the child runs only async-signal-safe code (a `Cell`
         // read through an already-initialised thread-local, `_exit`).
@@ -105,28 +102,7 @@ mod tests {
             // atexit handlers or destructors.
             unsafe { libc::_exit(if forgot { 0 } else { 1 }) };
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let mut status = 0;
-        loop {
-            // SAFETY: `pid` is our child; `status` is a valid out-pointer.
-            match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
-                0 if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(1))
-                }
-                0 => {
-                    // SAFETY: our child, not yet reaped: the pid is still ours.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                    // SAFETY: as above.
-                    unsafe { libc::waitpid(pid, &mut status, 0) };
-                    return None;
-                }
-                r => {
-                    assert_eq!(r, pid, "waitpid failed");
-                    assert!(libc::WIFEXITED(status), "child status {status:#x}");
-                    return Some(libc::WEXITSTATUS(status) == 0);
-                }
-            }
-        }
+        crate::os::wait_exit(pid, 60).map(|code| code == 0)
     }
 
     /// A forked child forgets the counter shard its parent's thread
