@@ -449,6 +449,7 @@ fn limits_decision(limits: &[Limit], states: &[LimitState], cost: u64, now: u64)
         limit_index: i as u32,
         banned: false,
         shadow_denied: false,
+        at_ns: 0,
     }
 }
 
@@ -592,8 +593,8 @@ impl Pair {
         let (e, p) = (&self.engine, self.policy);
         let (key, cost, now) = (&step.key[..], step.cost, step.now);
         match step.action {
-            Action::Check => Outcome::Decision(e.check_at(p, key, cost, now)),
-            Action::Peek => Outcome::Decision(e.peek_at(p, key, cost, now).unwrap()),
+            Action::Check => Outcome::Decision(timeless(e.check_at(p, key, cost, now), now)),
+            Action::Peek => Outcome::Decision(timeless(e.peek_at(p, key, cost, now).unwrap(), now)),
             Action::Refund => Outcome::Bool(e.refund_at(p, key, cost, now).unwrap()),
             Action::Reset => Outcome::Bool(e.reset(p, key).unwrap()),
         }
@@ -1159,6 +1160,14 @@ proptest! {
 // Hand-computed examples: model and engine must both give these numbers
 // ---------------------------------------------------------------------------
 
+/// An engine's decision of a `*_at` call, as the model writes decisions:
+/// the engine's is made at the call's `now` (checked here), the model's
+/// carry no time.
+fn timeless(d: Decision, now: u64) -> Decision {
+    assert_eq!(d.at_ns, now, "a decision of a *_at call is made at its now");
+    Decision { at_ns: 0, ..d }
+}
+
 fn dec(allowed: bool, limit: u64, remaining: u64, retry: u64, reset: u64, index: u32) -> Outcome {
     Outcome::Decision(Decision {
         allowed,
@@ -1169,6 +1178,7 @@ fn dec(allowed: bool, limit: u64, remaining: u64, retry: u64, reset: u64, index:
         limit_index: index,
         banned: false,
         shadow_denied: false,
+        at_ns: 0,
     })
 }
 
@@ -1641,6 +1651,7 @@ fn lease_decision(limit: &Limit, leases: &[Held], now: u64) -> Decision {
         limit_index: 0,
         banned: false,
         shadow_denied: false,
+        at_ns: 0,
     };
     if n < limit.count {
         Decision {
@@ -2078,6 +2089,7 @@ fn acquire(
                         limit_index: 0,
                         banned: false,
                         shadow_denied: false,
+                        at_ns: 0,
                     };
                     vec![(Out::Acquired(d, false), w.clone())]
                 }
@@ -2244,11 +2256,12 @@ impl Harness {
         let e = &self.engine;
         match call {
             Call::Check { p, key, cost } => {
-                Out::Decision(e.check_at(self.ids[*p], key, *cost, now))
+                Out::Decision(timeless(e.check_at(self.ids[*p], key, *cost, now), now))
             }
-            Call::Peek { p, key, cost } => {
-                Out::Decision(e.peek_at(self.ids[*p], key, *cost, now).unwrap())
-            }
+            Call::Peek { p, key, cost } => Out::Decision(timeless(
+                e.peek_at(self.ids[*p], key, *cost, now).unwrap(),
+                now,
+            )),
             Call::Refund { p, key, cost } => {
                 Out::Bool(e.refund_at(self.ids[*p], key, *cost, now).unwrap())
             }
@@ -2264,6 +2277,7 @@ impl Harness {
             }
             Call::Acquire { p, key } => {
                 let (d, permit) = e.acquire_at(self.ids[*p], key, now).unwrap();
+                let d = timeless(d, now);
                 let got = permit.is_some();
                 if let Some(permit) = permit {
                     self.permits.push(permit.into_raw_parts());
@@ -2284,7 +2298,7 @@ impl Harness {
                     })
                     .collect();
                 let (d, i) = e.check_many_at(&items, now).unwrap();
-                Out::Many(d, i)
+                Out::Many(timeless(d, now), i)
             }
         }
     }
@@ -2334,7 +2348,7 @@ impl Harness {
                 // What would a permit at time 0 see? Every lease taken and
                 // not released (expired or not) is live then.
                 for key in &self.keys {
-                    let seen = self.engine.peek_at(self.ids[p], key, 1, 0).unwrap();
+                    let seen = timeless(self.engine.peek_at(self.ids[p], key, 1, 0).unwrap(), 0);
                     next.retain(|w| check_key(&self.defs, w, p, key, 1, 0, false)[0].0 == seen);
                     if next.is_empty() {
                         return Err(self.story(
@@ -2843,6 +2857,7 @@ fn decision(allowed: bool, limit: u64, remaining: u64, retry: u64, reset: u64) -
         limit_index: 0,
         banned: false,
         shadow_denied: false,
+        at_ns: 0,
     }
 }
 

@@ -934,6 +934,106 @@ fn redis_time_is_one_clock_for_every_engine() {
     );
 }
 
+/// Redis's clock as the script reads it: nanoseconds since
+/// `REDIS_EPOCH_UNIX_S`, from `TIME` on the server at `url`.
+fn redis_now_ns(url: &str) -> u64 {
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let (s, us): (u64, u64) = redis::cmd("TIME").query(&mut con).unwrap();
+    (s - ratekeeper::REDIS_EPOCH_UNIX_S) * 1_000_000_000 + us * 1_000
+}
+
+/// A deduct_when login limit on Redis: request A is charged in window W0
+/// and answered after W0 ended and request B opened W1. A's refund,
+/// placed at `a.at_ns` (the Redis time A was charged at), must not take
+/// B's unit out of W1; at Redis's time after the response it would, and
+/// one more failure would pass in W1 (README, "refund").
+#[test]
+fn a_decision_carries_redis_time_and_a_refund_at_it_stays_in_the_charged_window() {
+    let server = shared_server();
+    let url = server.url();
+    let e = open(server, &format!("at{}", next_id()));
+    let p = e.add_policy("login", "fixed_window 2/second").unwrap();
+    let before = redis_now_ns(&url);
+    let a = e.check(p, b"k", 1);
+    let after = redis_now_ns(&url);
+    assert!(a.allowed, "{a:?}");
+    assert!(
+        before <= a.at_ns && a.at_ns <= after,
+        "{before} <= {a:?} <= {after}"
+    );
+    // Wait (polling Redis's clock, 30 s at most) until W0, opened by A, is over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis_now_ns(&url) < a.at_ns + 1_000_000_000 {
+        assert!(
+            Instant::now() < deadline,
+            "Redis's clock did not move by a second"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let b = e.check(p, b"k", 1);
+    assert!(
+        b.allowed && b.at_ns >= a.at_ns + 1_000_000_000,
+        "{a:?} then {b:?}"
+    );
+    assert!(e.refund_at(p, b"k", 1, a.at_ns).unwrap());
+    // W1 still holds B's unit (read at B's time, so however long this took).
+    assert_eq!(e.peek_at(p, b"k", 1, b.at_ns).unwrap().remaining, 0);
+    // A batch decided whole by the script is at Redis's time too; a local
+    // engine's check at its clock's reading, and a `*_at` call at its time.
+    let q = e.add_policy("ip", "1000/second").unwrap();
+    let items = [
+        CheckItem {
+            policy: p,
+            key: b"x",
+            cost: 1,
+        },
+        CheckItem {
+            policy: q,
+            key: b"x",
+            cost: 1,
+        },
+    ];
+    let before = redis_now_ns(&url);
+    let (m, _) = e.check_many(&items).unwrap();
+    assert!(before <= m.at_ns && m.at_ns <= redis_now_ns(&url), "{m:?}");
+    assert_eq!(e.check_at(q, b"y", 1, 12_345).at_ns, 12_345);
+    let local = Engine::new(EngineOptions::default()).unwrap();
+    let l = local.add_policy("p", "10/second").unwrap();
+    let before = local.now_ns();
+    let d = local.check(l, b"k", 1);
+    assert!(before <= d.at_ns && d.at_ns <= local.now_ns(), "{d:?}");
+}
+
+/// On a cluster the batch rule charges each item on its key's node: the
+/// decision is at that node's time.
+#[test]
+fn a_cluster_batch_decision_is_at_redis_time() {
+    let e = open_cluster(&format!("clat{}", next_id()));
+    let a = e.add_policy("a", "100/second").unwrap();
+    let b = e.add_policy("b", "fixed_window 100/second").unwrap();
+    let url = format!("redis://127.0.0.1:{}/", shared_cluster().ports()[0]);
+    let items = [
+        CheckItem {
+            policy: a,
+            key: b"k1",
+            cost: 1,
+        },
+        CheckItem {
+            policy: b,
+            key: b"k2",
+            cost: 1,
+        },
+    ];
+    let before = redis_now_ns(&url);
+    let (d, _) = e.check_many(&items).unwrap();
+    let after = redis_now_ns(&url);
+    assert!(d.allowed, "{d:?}");
+    assert!(
+        before <= d.at_ns && d.at_ns <= after,
+        "{before} <= {d:?} <= {after}"
+    );
+}
+
 #[test]
 fn permits_are_shared_through_redis() {
     let server = shared_server();

@@ -190,6 +190,7 @@ fn reply(v: &Value) -> Reply {
             limit_index: r[6] as u32,
             banned: flag(7),
             shadow_denied: false,
+            at_ns: r[9] as u64,
         },
         item: r[1] as usize,
         new_ban: flag(8),

@@ -133,7 +133,7 @@ impl Engine {
         }
         let whole = ps.iter().all(|p| !p.options.shadow);
         Ok(match self.store.batch(ts, now, whole)? {
-            Batch::Done { item, outcome } => Self::whole(ps, ts, item, outcome, now),
+            Batch::Done { item, outcome, at } => Self::whole(ps, ts, item, outcome, now, at),
             Batch::Rule(keys) => Self::rule(keys, ps, ts, now),
         })
     }
@@ -146,9 +146,17 @@ impl Engine {
         item: usize,
         outcome: Outcome,
         now: Now,
+        at: Now,
     ) -> (Decision, usize) {
         let shard = super::local::shard();
-        let d = conclude(ps[item], &ts[item], outcome, now.ns, Count::In(shard));
+        let d = conclude(
+            ps[item],
+            &ts[item],
+            outcome,
+            now.ns,
+            at.ns,
+            Count::In(shard),
+        );
         if let Outcome::Decided { verdict, .. } = outcome {
             if verdict.allowed {
                 let others = ps.iter().enumerate().filter(|&(j, _)| j != item);
@@ -165,8 +173,8 @@ impl Engine {
         // 1. Look at every item.
         let mut best: Option<(Decision, usize)> = None;
         let mut denied = Buf::new();
-        keys.decide_each(ts, now, Mode::Peek, &mut |i, o| {
-            let d = conclude(ps[i], &ts[i], o, now.ns, Count::No);
+        keys.decide_each(ts, now, Mode::Peek, &mut |i, o, at| {
+            let d = conclude(ps[i], &ts[i], o, now.ns, at.ns, Count::No);
             denied.push(!d.allowed);
             if best.as_ref().is_none_or(|(b, _)| d.binds_over(b)) {
                 best = Some((d, i));
@@ -186,16 +194,17 @@ impl Engine {
         // denial is one denied request, not also an allowed one).
         let mut passed = Buf::new();
         let shard = super::local::shard();
-        keys.decide_each(ts, now, Mode::Charge, &mut |i, o| {
+        keys.decide_each(ts, now, Mode::Charge, &mut |i, o, at| {
             if charged(&o, &ts[i]) {
-                back.push(ts[i]);
+                // Refunded, if it comes to that, at its charge's time.
+                back.push((ts[i], at));
             }
             if denial.is_some() {
                 return false; // a store that charged on regardless: refunded below
             }
             let allowed = matches!(o, Outcome::Decided { verdict, .. } if verdict.allowed);
             let count = if allowed { Count::No } else { Count::In(shard) };
-            let d = conclude(ps[i], &ts[i], o, now.ns, count);
+            let d = conclude(ps[i], &ts[i], o, now.ns, at.ns, count);
             if allowed {
                 passed.push((i, d));
             }
@@ -209,7 +218,7 @@ impl Engine {
             true
         });
         if let Some(answer) = denial {
-            keys.refund_each(back.as_slice(), now);
+            keys.refund_each(back.as_slice());
             return answer;
         }
         for &(i, d) in passed.as_slice() {
@@ -243,17 +252,23 @@ impl Engine {
         let mut new_ban = false;
         if !struck.is_empty() {
             let index = index.as_slice();
-            keys.decide_each(struck.as_slice(), now, Mode::StrikeIfDenied, &mut |k, o| {
-                if let Outcome::Decided { verdict, .. } = o {
-                    if verdict.new_ban {
-                        let j = index[k];
-                        ps[j].head().add_in(shard, Counter::Bans, 1);
-                        answer = (verdict.into(), j);
-                        new_ban = true;
+            keys.decide_each(
+                struck.as_slice(),
+                now,
+                Mode::StrikeIfDenied,
+                &mut |k, o, at| {
+                    if let Outcome::Decided { verdict, .. } = o {
+                        if verdict.new_ban {
+                            let j = index[k];
+                            ps[j].head().add_in(shard, Counter::Bans, 1);
+                            let d: Decision = verdict.into();
+                            answer = (Decision { at_ns: at.ns, ..d }, j);
+                            new_ban = true;
+                        }
                     }
-                }
-                true
-            });
+                    true
+                },
+            );
         }
         // The denial is counted against the item whose decision the batch
         // returns, as its deny event is (the binding one, or the one whose

@@ -34,6 +34,13 @@ pub struct Decision {
     /// Shadow mode: the request passes (`allowed` is true) but would have
     /// been denied; the other fields describe that denial.
     pub shadow_denied: bool,
+    /// The time the decision was made at: the `now_ns` of a `*_at` call,
+    /// else the engine clock's reading — or, for a decision Redis made,
+    /// Redis's clock (nanoseconds since 2026-01-01 UTC: `REDIS_EPOCH_UNIX_S`).
+    /// A refund
+    /// of the charge at this time (`refund_at(.., d.at_ns)`) lands where
+    /// the charge did, even after a window edge (README, "refund").
+    pub at_ns: u64,
 }
 
 impl From<Verdict> for Decision {
@@ -47,6 +54,7 @@ impl From<Verdict> for Decision {
             limit_index: v.limit_index,
             banned: v.banned,
             shadow_denied: false,
+            at_ns: 0,
         }
     }
 }
@@ -83,26 +91,31 @@ impl Count {
 }
 
 /// Turns what the store reported for `t` into the decision, counting it
-/// as `count` says.
+/// as `count` says. `now` is the engine's time of the call (deny events,
+/// the penalty box), `at` the time the store decided at (the decision's
+/// `at_ns`: `now`, or Redis's).
 #[inline(always)]
 pub(super) fn conclude(
     p: &Policy,
     t: &Target<'_>,
     outcome: Outcome,
     now: u64,
+    at: u64,
     count: Count,
 ) -> Decision {
-    conclude_quiet(p, t, outcome, now, count, None)
+    conclude_quiet(p, t, outcome, now, at, count, None)
 }
 
 /// [`conclude`] for a key decided through the spot memo, whose denials
 /// are offered to the deny-event ring only outside its [`Quiet`].
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn conclude_quiet(
     p: &Policy,
     t: &Target<'_>,
     outcome: Outcome,
     now: u64,
+    at: u64,
     count: Count,
     quiet: Option<&Quiet>,
 ) -> Decision {
@@ -138,7 +151,15 @@ pub(super) fn conclude_quiet(
             (d, false)
         }
     };
-    finish(p, d, t, now, count, new_ban, quiet)
+    finish(
+        p,
+        Decision { at_ns: at, ..d },
+        t,
+        now,
+        count,
+        new_ban,
+        quiet,
+    )
 }
 
 /// Counts a decision in the policy's counters.

@@ -411,7 +411,7 @@ impl Engine {
         ) {
             Ok((outcome, hash, quiet)) => {
                 let t = Self::target_hashed(p, policy, key, cost, hash);
-                return conclude_quiet(p, &t, outcome, now.ns, count, Some(quiet));
+                return conclude_quiet(p, &t, outcome, now.ns, now.ns, count, Some(quiet));
             }
             Err(way) => way,
         };
@@ -428,7 +428,8 @@ impl Engine {
     /// Asks the store about one key and concludes the decision.
     #[inline(always)]
     fn decide(&self, p: &Policy, t: &Target<'_>, now: Now, mode: Mode, count: Count) -> Decision {
-        conclude(p, t, self.store.decide(t, now, mode), now.ns, count)
+        let (outcome, at) = self.store.decide(t, now, mode);
+        conclude(p, t, outcome, now.ns, at.ns, count)
     }
 
     /// Checks and charges `cost` for `key` at the engine clock's time.

@@ -109,8 +109,8 @@ impl Engine {
         // SAFETY: getpid has no preconditions and cannot fail.
         let holder = unsafe { libc::getpid() } as u32;
         let t = Self::target(p, policy, key, 1);
-        let (outcome, lease) = self.store.acquire(&t, now, holder);
-        let d = super::decision::conclude(p, &t, outcome, now.ns, Count::here());
+        let (outcome, lease, at) = self.store.acquire(&t, now, holder);
+        let d = super::decision::conclude(p, &t, outcome, now.ns, at.ns, Count::here());
         let permit = lease.map(|lease| Permit {
             engine: self.id,
             policy: policy.0,

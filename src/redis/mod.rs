@@ -332,6 +332,9 @@ pub(crate) struct Reply {
     pub verdict: Verdict,
     pub item: usize,
     pub lease: Option<u32>,
+    /// The time the script decided at: the call's explicit time, else
+    /// Redis's clock (ns since [`REDIS_EPOCH_UNIX_S`]).
+    pub at_ns: u64,
 }
 
 /// Health: up, or down until `retry_at` (local monotonic ns) with one
@@ -920,8 +923,9 @@ impl Remote {
         })
     }
 
-    /// One round trip on a cluster: the script with `op` once per item, in
-    /// one pipeline (each call goes to its key's node). The caller passes
+    /// One round trip on a cluster: the script with `op` once per item, at
+    /// that item's time (`None`: its node's clock), in one pipeline (each
+    /// call goes to its key's node). The caller passes
     /// `retry` only for operations that change nothing (`peek`): a
     /// pipeline that hit a node without the script is then run again; a
     /// charging one is not, and fails (some items may have been charged:
@@ -929,8 +933,7 @@ impl Remote {
     pub fn call_each(
         &self,
         op: &str,
-        now: Option<u64>,
-        items: &[Item<'_>],
+        items: &[(Item<'_>, Option<u64>)],
         retry: bool,
     ) -> Result<Vec<Value>, Down> {
         self.with_conn(|con| {
@@ -938,16 +941,16 @@ impl Remote {
             let Conn::Cluster(cluster) = con else {
                 return items
                     .iter()
-                    .map(|it| {
+                    .map(|(it, now)| {
                         let one = std::slice::from_ref(it);
-                        self.script(&seeds, op, now, one, &[]).query(con.link())
+                        self.script(&seeds, op, *now, one, &[]).query(con.link())
                     })
                     .collect();
             };
             let pipe = || {
                 let mut pipe = redis::cluster::cluster_pipe();
-                for it in items {
-                    pipe.add_command(self.script(&seeds, op, now, std::slice::from_ref(it), &[]));
+                for (it, now) in items {
+                    pipe.add_command(self.script(&seeds, op, *now, std::slice::from_ref(it), &[]));
                 }
                 pipe
             };
@@ -1246,6 +1249,7 @@ pub(crate) fn reply(v: &Value) -> Result<Reply, Down> {
         },
         item: r[1] as usize,
         lease: u32::try_from(r[10]).ok(),
+        at_ns: u(9),
     })
 }
 

@@ -71,18 +71,18 @@ impl Keys for Local {
         ts: &[Target<'_>],
         now: Now,
         mode: Mode,
-        seen: &mut dyn FnMut(usize, Outcome) -> bool,
+        seen: &mut dyn FnMut(usize, Outcome, Now) -> bool,
     ) {
         for (i, t) in ts.iter().enumerate() {
-            if !seen(i, self.decide(t, now, mode)) {
+            if !seen(i, self.decide(t, now, mode), now) {
                 return;
             }
         }
     }
 
-    fn refund_each(&self, ts: &[Target<'_>], now: Now) {
-        for t in ts {
-            self.refund(t, now);
+    fn refund_each(&self, ts: &[(Target<'_>, Now)]) {
+        for (t, at) in ts {
+            self.refund(t, *at);
         }
     }
 }

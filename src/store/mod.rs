@@ -60,8 +60,13 @@ pub(crate) struct Now {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Batch<'s> {
     /// The store decided the batch whole, atomically for every item (all
-    /// charged, or none): the binding item and what the store reported.
-    Done { item: usize, outcome: Outcome },
+    /// charged, or none): the binding item, what the store reported, and
+    /// the time it decided at.
+    Done {
+        item: usize,
+        outcome: Outcome,
+        at: Now,
+    },
     /// Run the batch rule over these per-key operations.
     Rule(&'s dyn Keys),
 }
@@ -70,7 +75,8 @@ pub(crate) enum Batch<'s> {
 /// (a store that can send them in one round trip does).
 pub(crate) trait Keys {
     /// Decides each of `ts` with `mode`, in order, and reports each outcome
-    /// to `seen(i, outcome)`, which returns whether to go on. A store that
+    /// and the time it was decided at (see [`Store::decide`]) to
+    /// `seen(i, outcome, at)`, which returns whether to go on. A store that
     /// decides one key at a time stops when told; one that sends them all
     /// at once (a Redis Cluster pipeline) reports every outcome anyway.
     fn decide_each(
@@ -78,12 +84,12 @@ pub(crate) trait Keys {
         ts: &[Target<'_>],
         now: Now,
         mode: Mode,
-        seen: &mut dyn FnMut(usize, Outcome) -> bool,
+        seen: &mut dyn FnMut(usize, Outcome, Now) -> bool,
     );
 
-    /// Gives back each target's cost (items of a batch that was denied
-    /// after they were charged).
-    fn refund_each(&self, ts: &[Target<'_>], now: Now);
+    /// Gives back each target's cost at the time its charge was decided
+    /// at (items of a batch that was denied after they were charged).
+    fn refund_each(&self, ts: &[(Target<'_>, Now)]);
 }
 
 /// The store of an engine: local, or Redis in front of a local one.
@@ -108,9 +114,16 @@ macro_rules! each_store {
 
 impl Store {
     /// Decides one key: charges it if `mode` says so and it is allowed.
+    /// Also returns the time it decided at: `now`, or for a decision Redis
+    /// made, Redis's time as an explicit [`Now`] (a refund of the charge
+    /// placed at it lands where the charge did).
     #[inline(always)]
-    pub fn decide(&self, t: &Target<'_>, now: Now, mode: Mode) -> Outcome {
-        each_store!(self, s => s.decide(t, now, mode))
+    pub fn decide(&self, t: &Target<'_>, now: Now, mode: Mode) -> (Outcome, Now) {
+        match self {
+            Store::Local(s) => (s.decide(t, now, mode), now),
+            #[cfg(feature = "redis")]
+            Store::Redis(s) => s.decide(t, now, mode),
+        }
     }
 
     /// Decides a batch whole if `whole` allows it and the store can, or
@@ -147,9 +160,17 @@ impl Store {
         each_store!(self, s => s.override_of(t))
     }
 
-    /// Takes a permit for process `holder` if one is free.
-    pub fn acquire(&self, t: &Target<'_>, now: Now, holder: u32) -> (Outcome, Option<Lease>) {
-        each_store!(self, s => s.acquire(t, now, holder))
+    /// Takes a permit for process `holder` if one is free; also returns
+    /// the time it decided at (as [`decide`](Self::decide) does).
+    pub fn acquire(&self, t: &Target<'_>, now: Now, holder: u32) -> (Outcome, Option<Lease>, Now) {
+        match self {
+            Store::Local(s) => {
+                let (o, lease) = s.acquire(t, now, holder);
+                (o, lease, now)
+            }
+            #[cfg(feature = "redis")]
+            Store::Redis(s) => s.acquire(t, now, holder),
+        }
     }
 
     /// Gives a lease back: `Ok(false)` if it was no longer held.

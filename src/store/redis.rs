@@ -43,6 +43,15 @@ fn when(now: Now) -> Option<u64> {
     now.explicit.then_some(now.ns)
 }
 
+/// The time a reply was decided at, as the explicit time a refund of its
+/// charge is placed at (on a call without one, Redis's clock then).
+fn at(rep: &Reply) -> Now {
+    Now {
+        ns: rep.at_ns,
+        explicit: true,
+    }
+}
+
 /// The deny cache's key for target `t`.
 fn cache_tag(t: &Target<'_>) -> u64 {
     t.hash ^ (u64::from(t.policy) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -137,10 +146,13 @@ impl Redis {
         }
     }
 
-    pub fn decide(&self, t: &Target<'_>, now: Now, mode: Mode) -> Outcome {
+    /// Decides one key (see [`Store::decide`](super::Store::decide)):
+    /// through Redis, at the time Redis reports; from the deny cache or
+    /// the failure policy, at `now`.
+    pub fn decide(&self, t: &Target<'_>, now: Now, mode: Mode) -> (Outcome, Now) {
         let Ok(rp) = self.policy(t.policy) else {
             // A policy another process added to a shared fallback file.
-            return self.local.decide(t, now, mode);
+            return (self.local.decide(t, now, mode), now);
         };
         let tag = cache_tag(t);
         let cost = t.cost as u32;
@@ -148,7 +160,7 @@ impl Redis {
         if cacheable {
             if let Some((v, _)) = self.remote.cache.get(&[tag], [cost].into_iter(), now.ns) {
                 self.remote.cache_hit();
-                return decided(v);
+                return (decided(v), now);
             }
         }
         let op = if mode == Mode::Peek { "peek" } else { "check" };
@@ -159,17 +171,18 @@ impl Redis {
             .and_then(|v| reply(&v))
         {
             Ok(rep) => {
+                let at = at(&rep);
                 if mode == Mode::StrikeIfDenied && rep.verdict.allowed {
                     // The strike's check charged a key that a refill let
                     // through meanwhile: give it back (the batch is denied).
-                    self.refund(t, now);
+                    self.refund(t, at);
                 }
                 if mode != Mode::Peek {
                     self.cache_charge(&[tag], &[cost], now, &rep, cacheable);
                 }
-                decided(rep.verdict)
+                (decided(rep.verdict), at)
             }
-            Err(_) => self.failed(t, now, mode),
+            Err(_) => (self.failed(t, now, mode), now),
         }
     }
 
@@ -201,6 +214,7 @@ impl Redis {
                 return Ok(Batch::Done {
                     item: i,
                     outcome: decided(v),
+                    at: now,
                 });
             }
         }
@@ -214,6 +228,7 @@ impl Redis {
                 Ok(Batch::Done {
                     item: rep.item,
                     outcome: decided(rep.verdict),
+                    at: at(&rep),
                 })
             }
             Ok(_) | Err(_) => Ok(match self.on_failure() {
@@ -224,6 +239,7 @@ impl Redis {
                 OnFailure::Open | OnFailure::Closed => Batch::Done {
                     item: 0,
                     outcome: self.failed(&ts[0], now, Mode::Charge),
+                    at: now,
                 },
             }),
         }
@@ -305,9 +321,10 @@ impl Redis {
             .clamp(0, u32::MAX as i64) as u32)
     }
 
-    pub fn acquire(&self, t: &Target<'_>, now: Now, holder: u32) -> (Outcome, Option<Lease>) {
+    pub fn acquire(&self, t: &Target<'_>, now: Now, holder: u32) -> (Outcome, Option<Lease>, Now) {
         let Ok(rp) = self.policy(t.policy) else {
-            return self.local.acquire(t, now, holder);
+            let (o, lease) = self.local.acquire(t, now, holder);
+            return (o, lease, now);
         };
         let mut token = [0u8; 4];
         crate::clock::fill_random(&mut token);
@@ -329,13 +346,14 @@ impl Redis {
                     }),
                     _ => None,
                 };
-                (decided(rep.verdict), lease)
+                (decided(rep.verdict), lease, at(&rep))
             }
             Err(_) if self.on_failure() == OnFailure::Local => {
                 self.remote.fell_back();
-                self.local.acquire(t, now, holder)
+                let (o, lease) = self.local.acquire(t, now, holder);
+                (o, lease, now)
             }
-            Err(_) => (self.failed(t, now, Mode::Charge), None),
+            Err(_) => (self.failed(t, now, Mode::Charge), None, now),
         }
     }
 
@@ -388,14 +406,14 @@ impl Keys for Redis {
         ts: &[Target<'_>],
         now: Now,
         mode: Mode,
-        seen: &mut dyn FnMut(usize, Outcome) -> bool,
+        seen: &mut dyn FnMut(usize, Outcome, Now) -> bool,
     ) {
         let items = self.items(ts);
         let op = if mode == Mode::Peek { "peek" } else { "check" };
         let replies = items.ok().and_then(|items| {
-            let values = self
-                .remote
-                .call_each(op, when(now), &items, mode == Mode::Peek);
+            let timed: Vec<(Item<'_>, Option<u64>)> =
+                items.iter().map(|&it| (it, when(now))).collect();
+            let values = self.remote.call_each(op, &timed, mode == Mode::Peek);
             let replies: Option<Vec<Reply>> = values.ok()?.iter().map(|v| reply(v).ok()).collect();
             Some((items, replies?))
         });
@@ -405,19 +423,19 @@ impl Keys for Redis {
                 return self.local.decide_each(ts, now, mode, seen);
             }
             for (i, t) in ts.iter().enumerate() {
-                seen(i, self.failed(t, now, mode));
+                seen(i, self.failed(t, now, mode), now);
             }
             return;
         };
         if mode == Mode::StrikeIfDenied {
             // A struck item that a refill let through meanwhile was charged:
-            // give it back (the batch is denied).
-            let back: Vec<Item<'_>> = (0..ts.len())
+            // give it back (the batch is denied), at its charge's time.
+            let back: Vec<(Item<'_>, Option<u64>)> = (0..ts.len())
                 .filter(|&i| replies[i].verdict.allowed)
-                .map(|i| items[i])
+                .map(|i| (items[i], when(at(&replies[i]))))
                 .collect();
             if !back.is_empty() {
-                let _ = self.remote.call_each("refund", when(now), &back, false);
+                let _ = self.remote.call_each("refund", &back, false);
             }
         }
         for (i, rep) in replies.iter().enumerate() {
@@ -425,17 +443,25 @@ impl Keys for Redis {
                 self.remote.cache.changed(cache_tag(&ts[i]));
             }
             // Every item was decided (and charged if allowed): report them all.
-            seen(i, decided(rep.verdict));
+            seen(i, decided(rep.verdict), at(rep));
         }
     }
 
-    fn refund_each(&self, ts: &[Target<'_>], now: Now) {
-        let items = self.items(ts);
-        ts.iter()
+    fn refund_each(&self, ts: &[(Target<'_>, Now)]) {
+        let targets: Vec<Target<'_>> = ts.iter().map(|&(t, _)| t).collect();
+        targets
+            .iter()
             .for_each(|t| self.remote.cache.changed(cache_tag(t)));
-        let sent = items.map(|items| self.remote.call_each("refund", when(now), &items, false));
+        let sent = self.items(&targets).map(|items| {
+            let timed: Vec<(Item<'_>, Option<u64>)> = items
+                .into_iter()
+                .zip(ts)
+                .map(|(it, &(_, at))| (it, when(at)))
+                .collect();
+            self.remote.call_each("refund", &timed, false)
+        });
         if !matches!(sent, Ok(Ok(_))) && self.on_failure() == OnFailure::Local {
-            self.local.refund_each(ts, now);
+            self.local.refund_each(ts);
         }
     }
 }

@@ -23,6 +23,7 @@ class Decision:
     retry_after_ns: int
     reset_after_ns: int
     limit_index: int
+    at_ns: int
     def __new__(
         cls,
         allowed: bool,
@@ -33,13 +34,14 @@ class Decision:
         limit_index: int = ...,
         banned: bool = ...,
         shadow_denied: bool = ...,
+        at_ns: int = ...,
     ) -> Decision: ...
     @property
     def retry_after(self) -> float: ...
     @property
     def reset_after(self) -> float: ...
     def to_dict(self) -> Dict[str, Any]: ...
-    def _astuple(self) -> Tuple[bool, int, int, int, int, int, bool, bool]: ...
+    def _astuple(self) -> Tuple[bool, int, int, int, int, int, bool, bool, int]: ...
 
 class Handle:
     @staticmethod

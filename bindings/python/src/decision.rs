@@ -31,6 +31,7 @@ struct DecisionObject {
     remaining: u64,
     retry_after_ns: u64,
     reset_after_ns: u64,
+    at_ns: u64,
     limit_index: u32,
     allowed: c_char,
     banned: c_char,
@@ -42,7 +43,7 @@ struct DecisionObject {
 static TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 
 /// The fields as a tuple, in the constructor's order.
-type Fields = (bool, u64, u64, u64, u64, u32, bool, bool);
+type Fields = (bool, u64, u64, u64, u64, u32, bool, bool, u64);
 
 /// The decision `d` as a new `Decision` object.
 #[inline(always)]
@@ -68,6 +69,7 @@ pub(crate) fn new_decision<'py>(
         (*o).remaining = d.remaining;
         (*o).retry_after_ns = d.retry_after_ns;
         (*o).reset_after_ns = d.reset_after_ns;
+        (*o).at_ns = d.at_ns;
         (*o).limit_index = d.limit_index;
         (*o).allowed = d.allowed as c_char;
         (*o).banned = d.banned as c_char;
@@ -97,6 +99,7 @@ pub(crate) fn decision_of(obj: &Bound<'_, PyAny>) -> Option<ratekeeper::Decision
             limit_index: o.limit_index,
             banned: o.banned != 0,
             shadow_denied: o.shadow_denied != 0,
+            at_ns: o.at_ns,
         })
     }
 }
@@ -111,6 +114,7 @@ fn fields(d: &ratekeeper::Decision) -> Fields {
         d.limit_index,
         d.banned,
         d.shadow_denied,
+        d.at_ns,
     )
 }
 
@@ -209,6 +213,7 @@ unsafe extern "C" fn to_dict(obj: *mut ffi::PyObject, _: *mut ffi::PyObject) -> 
         out.set_item("limit_index", d.limit_index)?;
         out.set_item("banned", d.banned)?;
         out.set_item("shadow_denied", d.shadow_denied)?;
+        out.set_item("at_ns", d.at_ns)?;
         Ok(out.into_ptr())
     })
 }
@@ -248,6 +253,9 @@ unsafe extern "C" fn repr(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
         }
         if d.shadow_denied {
             s.push_str(", shadow_denied=True");
+        }
+        if d.at_ns != 0 {
+            write!(s, ", at_ns={}", d.at_ns).expect("writing to a String");
         }
         s.push(')');
         Ok(PyString::new(py, &s).into_ptr())
@@ -301,9 +309,9 @@ unsafe extern "C" fn hash(obj: *mut ffi::PyObject) -> ffi::Py_hash_t {
 
 /// The constructor's argument parser: `Decision(allowed, limit, remaining,
 /// retry_after_ns, reset_after_ns, limit_index=0, banned=False,
-/// shadow_denied=False)`.
+/// shadow_denied=False, at_ns=0)`.
 #[pyfunction]
-#[pyo3(signature = (allowed, limit, remaining, retry_after_ns, reset_after_ns, limit_index=0, banned=None, shadow_denied=None))]
+#[pyo3(signature = (allowed, limit, remaining, retry_after_ns, reset_after_ns, limit_index=0, banned=None, shadow_denied=None, at_ns=0))]
 #[allow(clippy::too_many_arguments)]
 fn _decision_new<'py>(
     allowed: &Bound<'py, PyAny>,
@@ -314,6 +322,7 @@ fn _decision_new<'py>(
     limit_index: u32,
     banned: Option<&Bound<'py, PyAny>>,
     shadow_denied: Option<&Bound<'py, PyAny>>,
+    at_ns: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let truthy = |v: Option<&Bound<'py, PyAny>>| v.map_or(Ok(false), |v| v.is_truthy());
     let d = ratekeeper::Decision {
@@ -325,6 +334,7 @@ fn _decision_new<'py>(
         limit_index,
         banned: truthy(banned)?,
         shadow_denied: truthy(shadow_denied)?,
+        at_ns,
     };
     new_decision(allowed.py(), &d)
 }
@@ -354,10 +364,13 @@ quota); ``limit_index`` (index of the binding limit in its policy).
 ``retry_after`` and ``reset_after`` are the same in seconds, as floats
 (``retry_after`` is ``math.inf`` for \"never\"). Where the library reports them
 (penalty box, shadow mode): ``banned`` and ``shadow_denied``, else always False.
+``at_ns``: the time the decision was made at (the call's ``now_ns``, else the
+engine's clock; Redis's clock for a decision Redis made): refund a charge at it
+(``policy.refund(key, cost, d.at_ns)``) to place the refund where the charge was.
 
 ``Decision(allowed, limit, remaining, retry_after_ns, reset_after_ns,
-limit_index=0, banned=False, shadow_denied=False)`` builds one by hand (e.g. in
-tests).";
+limit_index=0, banned=False, shadow_denied=False, at_ns=0)`` builds one by hand
+(e.g. in tests).";
 
 fn member(
     name: &'static CStr,
@@ -440,6 +453,12 @@ pub(crate) fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
             ffi::Py_T_BOOL,
             offset_of!(O, shadow_denied),
             c"Shadow mode: passed, but would have been denied.",
+        ),
+        member(
+            c"at_ns",
+            ffi::Py_T_ULONGLONG,
+            offset_of!(O, at_ns),
+            c"The time the decision was made at (ns; Redis's clock for a decision Redis made): refund its charge at it.",
         ),
         ffi::PyMemberDef::default(),
     ]));

@@ -347,6 +347,21 @@ def test_decision_is_an_immutable_hashable_value():
     flagged = Decision(False, 10, 0, 1, 2, 0, banned=True)
     assert flagged.banned and flagged != Decision(False, 10, 0, 1, 2, 0)
     assert Decision(False, 1, 0, ratekeeper.U64_MAX, 0).retry_after == math.inf
+    # at_ns, the time a decision was made at, is part of its value.
+    assert d.at_ns == 0 and "at_ns" not in repr(d)
+    timed = Decision(True, 10, 9, 0, 1, at_ns=123)
+    assert timed.at_ns == 123 and "at_ns=123" in repr(timed) and timed.to_dict()["at_ns"] == 123
+    assert timed != Decision(True, 10, 9, 0, 1) and pickle.loads(pickle.dumps(timed)) == timed
+
+
+def test_a_decision_is_made_at_the_calls_time_or_the_engines_clock(engine):
+    p = engine.policy("at", "10/second")
+    assert p.check("k", now_ns=5 * 10**9).at_ns == 5 * 10**9
+    assert p.peek("k", now_ns=6 * 10**9).at_ns == 6 * 10**9
+    before = engine.now_ns()
+    d = p.check("k")
+    assert before <= d.at_ns <= engine.now_ns()
+    assert engine.check_many([(p, "k", 1), (p, "j", 1)], 7 * 10**9)[0].at_ns == 7 * 10**9
 
 
 # ------------------------------------------------------------------ concurrency permits

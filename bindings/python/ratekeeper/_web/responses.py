@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .._core import U64_MAX, Decision, Engine, Policy
+from .._core import U64_MAX, Decision, Policy
 from .._ratekeeper import rate_limit_fields as _rate_limit_fields
 from ..errors import RatekeeperError
 from .plan import LimitDecl, _Entry, _item_name
@@ -74,8 +74,9 @@ class _Context:
         self.allowed = decision.allowed
         self.index = index
         self.deduct = deduct
-        #: The engine time the items were checked at, for their refunds
-        #: (see charge_time); None: the engine's clock at the refund.
+        #: The time the items were decided at (the decision's ``at_ns``:
+        #: the engine's clock, or Redis's for a decision Redis made), where
+        #: a ``deduct_when`` refund is placed (README, "refund").
         self.charged_at = charged_at
         self.response_is_ours = False
         self.fragment = None
@@ -131,18 +132,6 @@ def _deduct(ctx: _Context, response: Any) -> Any:
             except RatekeeperError as e:
                 log.warning("ratekeeper: refund failed: %s", e)
     return response
-
-
-def charge_time(engine: Engine) -> Optional[int]:
-    """The time to check a request with a ``deduct_when`` limit at, so that
-    its refund after the response is placed at the charge's time, not at a
-    later one in a window another request may have opened since (README,
-    "refund"): the engine's clock, read once for both. None (each call
-    reads the clock) on a Redis engine, whose checks read Redis's clock:
-    there the refund is at Redis's time after the response."""
-    if engine.redis_url is not None:
-        return None
-    return engine.now_ns()
 
 
 def entry_fragment(st: "LimiterState", entry: _Entry, policy: Policy) -> Tuple[str, Tuple[str, ...]]:

@@ -15,7 +15,7 @@ from .._web.constants import _CALLABLE_OPTIONS, _OPTION_NAMES, DEFAULTS
 from .._web.options import Access
 from .._web.plan import KeyFunc, LimitDecl, Spec, _base_name, _decl_kwargs, _Entry, decls_from
 from .._web.responses import (
-    FORBIDDEN_DETAIL, UNAVAILABLE_DETAIL, _Context, _header_fields, breach_of, charge_time, log_shadow,
+    FORBIDDEN_DETAIL, UNAVAILABLE_DETAIL, _Context, _header_fields, breach_of, log_shadow,
     over_limit_problem,
 )
 from .._web.state import LimiterState
@@ -425,9 +425,9 @@ def _decide(st: _AsgiState, wanted: List[Tuple[str, Any, Any, int]],
             deduct: bool) -> Tuple[List[Tuple[Policy, Any, int]], Any, int, Optional[int]]:
     """The engine call of a request (inline, or in a thread for Redis): its
     policies, then one check (one limit) or one ``check_many`` (several:
-    all charged or none). Also returns the time they were checked at:
-    ``charge_time`` when a ``deduct`` limit will refund after the response,
-    else None (the engine's clock)."""
+    all charged or none). Also returns the time they were decided at (the
+    decision's ``at_ns``: Redis's clock for a decision Redis made) when a
+    ``deduct`` limit will refund after the response, else None."""
     engine = st.engine
     items: List[Tuple[Policy, Any, int]] = []
     for spec, opts, k, cost in wanted:
@@ -435,12 +435,12 @@ def _decide(st: _AsgiState, wanted: List[Tuple[str, Any, Any, int]],
         if policy is None or policy._engine is not engine:
             policy = st.policy(engine, spec, opts)
         items.append((policy, k, cost))
-    at = charge_time(engine) if deduct else None
     if len(items) == 1:
         policy, k, cost = items[0]
-        return items, policy.check(k, cost, at), 0, at
-    decision, index = engine.check_many(items, at)
-    return items, decision, index, at
+        decision, index = policy.check(k, cost), 0
+    else:
+        decision, index = engine.check_many(items)
+    return items, decision, index, decision.at_ns if deduct else None
 
 
 __all__ = ["Ratekeeper", "SCOPE_KEY"]

@@ -20,7 +20,7 @@ from .._web.state import LimiterState
 from ._keys import KeyFunc, _state_of, remote_addr
 from .._web.plan import decls_from
 from ._plan import LimitDecl, Spec, _decl_kwargs, _Entry, build_plan
-from ._responses import _Context, _deduct, _problem, charge_time, entry_fragment, headers_middleware
+from ._responses import _Context, _deduct, _problem, entry_fragment, headers_middleware
 
 _new_context = object.__new__
 
@@ -413,12 +413,11 @@ class Ratekeeper:
                 if not items or allowed_by_list:
                     return None
                 shadow_hits: Sequence[Tuple[int, Decision]] = ()
-                at = charge_time(engine) if deduct else None  # deduct_when: refund at the charge's time
                 if len(items) == 1:  # one limit: a plain check
                     policy, k, cost = items[0]
-                    decision, index = policy.check(k, cost, at), 0
+                    decision, index = policy.check(k, cost), 0
                 else:  # the library's batch: binding item, strikes, shadow mode
-                    decision, index = engine.check_many(items, at)
+                    decision, index = engine.check_many(items)
                 # (Only an app with a shadow-mode policy can get a shadow denial.)
                 if st.any_shadow and decision.shadow_denied:
                     shadow_hits = ((index, decision),)
@@ -433,7 +432,7 @@ class Ratekeeper:
             ctx.allowed = allowed
             ctx.index = index
             ctx.deduct = deduct
-            ctx.charged_at = at
+            ctx.charged_at = decision.at_ns  # deduct_when: refund at the charge's time
             ctx.response_is_ours = False
             if len(items) == 1:
                 cached = used[0].fragment

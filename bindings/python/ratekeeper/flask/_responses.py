@@ -12,14 +12,14 @@ import flask
 from .._ratekeeper import rate_limit_fields as _rate_limit_fields
 from .._web.constants import _CTX_ENV
 from .._web.responses import (
-    PROBLEM_JSON, Breach, _ceil_s, _Context, _deduct, _header_fields, _sf_string, charge_time, entry_fragment,
+    PROBLEM_JSON, Breach, _ceil_s, _Context, _deduct, _header_fields, _sf_string, entry_fragment,
     problem_json,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._extension import _State
 
-__all__ = ["Breach", "_ceil_s", "_Context", "_deduct", "_header_fields", "_sf_string", "charge_time", "entry_fragment",
+__all__ = ["Breach", "_ceil_s", "_Context", "_deduct", "_header_fields", "_sf_string", "entry_fragment",
            "_problem", "headers_middleware"]
 
 
