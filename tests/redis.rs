@@ -942,6 +942,24 @@ fn redis_now_ns(url: &str) -> u64 {
     (s - ratekeeper::REDIS_EPOCH_UNIX_S) * 1_000_000_000 + us * 1_000
 }
 
+/// Checks two items (cost 1) as one batch: allowed, at a time Redis's
+/// clock (read on the server at `url`) was at during the call.
+fn batch_at_redis_time(e: &Engine, url: &str, items: [(ratekeeper::PolicyId, &[u8]); 2]) {
+    let items = items.map(|(policy, key)| CheckItem {
+        policy,
+        key,
+        cost: 1,
+    });
+    let before = redis_now_ns(url);
+    let (d, _) = e.check_many(&items).unwrap();
+    let after = redis_now_ns(url);
+    assert!(d.allowed, "{d:?}");
+    assert!(
+        before <= d.at_ns && d.at_ns <= after,
+        "{before} <= {d:?} <= {after}"
+    );
+}
+
 /// A deduct_when login limit on Redis: request A is charged in window W0
 /// and answered after W0 ended and request B opened W1. A's refund,
 /// placed at `a.at_ns` (the Redis time A was charged at), must not take
@@ -981,21 +999,7 @@ fn a_decision_carries_redis_time_and_a_refund_at_it_stays_in_the_charged_window(
     // A batch decided whole by the script is at Redis's time too; a local
     // engine's check at its clock's reading, and a `*_at` call at its time.
     let q = e.add_policy("ip", "1000/second").unwrap();
-    let items = [
-        CheckItem {
-            policy: p,
-            key: b"x",
-            cost: 1,
-        },
-        CheckItem {
-            policy: q,
-            key: b"x",
-            cost: 1,
-        },
-    ];
-    let before = redis_now_ns(&url);
-    let (m, _) = e.check_many(&items).unwrap();
-    assert!(before <= m.at_ns && m.at_ns <= redis_now_ns(&url), "{m:?}");
+    batch_at_redis_time(&e, &url, [(p, b"x"), (q, b"x")]);
     assert_eq!(e.check_at(q, b"y", 1, 12_345).at_ns, 12_345);
     let local = Engine::new(EngineOptions::default()).unwrap();
     let l = local.add_policy("p", "10/second").unwrap();
@@ -1012,26 +1016,7 @@ fn a_cluster_batch_decision_is_at_redis_time() {
     let a = e.add_policy("a", "100/second").unwrap();
     let b = e.add_policy("b", "fixed_window 100/second").unwrap();
     let url = format!("redis://127.0.0.1:{}/", shared_cluster().ports()[0]);
-    let items = [
-        CheckItem {
-            policy: a,
-            key: b"k1",
-            cost: 1,
-        },
-        CheckItem {
-            policy: b,
-            key: b"k2",
-            cost: 1,
-        },
-    ];
-    let before = redis_now_ns(&url);
-    let (d, _) = e.check_many(&items).unwrap();
-    let after = redis_now_ns(&url);
-    assert!(d.allowed, "{d:?}");
-    assert!(
-        before <= d.at_ns && d.at_ns <= after,
-        "{before} <= {d:?} <= {after}"
-    );
+    batch_at_redis_time(&e, &url, [(a, b"k1"), (b, b"k2")]);
 }
 
 #[test]
