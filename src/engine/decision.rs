@@ -37,9 +37,8 @@ pub struct Decision {
     /// The time the decision was made at: the `now_ns` of a `*_at` call,
     /// else the engine clock's reading — or, for a decision Redis made,
     /// Redis's clock (nanoseconds since 2026-01-01 UTC: `REDIS_EPOCH_UNIX_S`).
-    /// A refund
-    /// of the charge at this time (`refund_at(.., d.at_ns)`) lands where
-    /// the charge did, even after a window edge (README, "refund").
+    /// A refund of the charge at this time (`refund_at(.., d.at_ns)`) lands
+    /// where the charge did, even after a window edge (README, "refund").
     pub at_ns: u64,
 }
 
