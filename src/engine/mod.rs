@@ -13,7 +13,7 @@ mod policies;
 
 pub use decision::Decision;
 pub use permits::Permit;
-#[cfg(any(test, loom))]
+#[cfg(test)]
 pub(crate) use policies::layout_for;
 pub use policies::MAX_OVERRIDES;
 pub(crate) use policies::{OVERRIDE_BASE, RING_BASE, TABLE_BASE};
