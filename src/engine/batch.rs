@@ -161,7 +161,7 @@ impl Engine {
             if verdict.allowed {
                 let others = ps.iter().enumerate().filter(|&(j, _)| j != item);
                 for (_, q) in others {
-                    tally(q, shard, &verdict.into(), false);
+                    tally(q, shard, &Decision::of(verdict, at.ns), false);
                 }
             }
         }
@@ -261,8 +261,7 @@ impl Engine {
                         if verdict.new_ban {
                             let j = index[k];
                             ps[j].head().add_in(shard, Counter::Bans, 1);
-                            let d: Decision = verdict.into();
-                            answer = (Decision { at_ns: at.ns, ..d }, j);
+                            answer = (Decision::of(verdict, at.ns), j);
                             new_ban = true;
                         }
                     }

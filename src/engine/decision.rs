@@ -42,8 +42,11 @@ pub struct Decision {
     pub at_ns: u64,
 }
 
-impl From<Verdict> for Decision {
-    fn from(v: Verdict) -> Self {
+impl Decision {
+    /// The decision of verdict `v`, made at `at_ns` (no shadow denial:
+    /// `finish` applies shadow mode).
+    #[inline(always)]
+    pub(super) fn of(v: Verdict, at_ns: u64) -> Decision {
         Decision {
             allowed: v.allowed,
             limit: v.limit,
@@ -53,7 +56,7 @@ impl From<Verdict> for Decision {
             limit_index: v.limit_index,
             banned: v.banned,
             shadow_denied: false,
-            at_ns: 0,
+            at_ns,
         }
     }
 }
@@ -124,7 +127,7 @@ pub(super) fn conclude_quiet(
                 p.head()
                     .add_in(super::local::shard(), Counter::Evictions, 1);
             }
-            let d = verdict.into();
+            let d = Decision::of(verdict, at);
             if let Count::In(shard) = count {
                 tally(p, shard, &d, verdict.new_ban);
             }
@@ -136,7 +139,7 @@ pub(super) fn conclude_quiet(
             }
             let fresh = p.table.fresh_verdict(t.hash, t.cost, now);
             let d = match p.table.when_full {
-                WhenFull::FailOpen => fresh.into(),
+                WhenFull::FailOpen => Decision::of(fresh, at),
                 // Fail closed, or an evicting policy that may not evict
                 // (every key of the bucket holds a live lease).
                 WhenFull::FailClosed | WhenFull::Evict => Decision {
@@ -144,21 +147,13 @@ pub(super) fn conclude_quiet(
                     remaining: 0,
                     retry_after_ns: retry_after_ns.max(1),
                     reset_after_ns: retry_after_ns.max(1),
-                    ..fresh.into()
+                    ..Decision::of(fresh, at)
                 },
             };
             (d, false)
         }
     };
-    finish(
-        p,
-        Decision { at_ns: at, ..d },
-        t,
-        now,
-        count,
-        new_ban,
-        quiet,
-    )
+    finish(p, d, t, now, count, new_ban, quiet)
 }
 
 /// Counts a decision in the policy's counters.

@@ -923,9 +923,9 @@ impl Remote {
         })
     }
 
-    /// One round trip on a cluster: the script with `op` once per item, at
-    /// that item's time (`None`: its node's clock), in one pipeline (each
-    /// call goes to its key's node). The caller passes
+    /// One round trip on a cluster: the script with `op` once per item,
+    /// item `i` at time `at(i)` (`None`: its node's clock), in one pipeline
+    /// (each call goes to its key's node). The caller passes
     /// `retry` only for operations that change nothing (`peek`): a
     /// pipeline that hit a node without the script is then run again; a
     /// charging one is not, and fails (some items may have been charged:
@@ -933,7 +933,8 @@ impl Remote {
     pub fn call_each(
         &self,
         op: &str,
-        items: &[(Item<'_>, Option<u64>)],
+        items: &[Item<'_>],
+        at: &dyn Fn(usize) -> Option<u64>,
         retry: bool,
     ) -> Result<Vec<Value>, Down> {
         self.with_conn(|con| {
@@ -941,16 +942,17 @@ impl Remote {
             let Conn::Cluster(cluster) = con else {
                 return items
                     .iter()
-                    .map(|(it, now)| {
+                    .enumerate()
+                    .map(|(i, it)| {
                         let one = std::slice::from_ref(it);
-                        self.script(&seeds, op, *now, one, &[]).query(con.link())
+                        self.script(&seeds, op, at(i), one, &[]).query(con.link())
                     })
                     .collect();
             };
             let pipe = || {
                 let mut pipe = redis::cluster::cluster_pipe();
-                for (it, now) in items {
-                    pipe.add_command(self.script(&seeds, op, *now, std::slice::from_ref(it), &[]));
+                for (i, it) in items.iter().enumerate() {
+                    pipe.add_command(self.script(&seeds, op, at(i), std::slice::from_ref(it), &[]));
                 }
                 pipe
             };
@@ -1232,7 +1234,12 @@ pub(crate) fn ints(v: &Value) -> Result<Vec<i64>, Down> {
 /// Reads a `check`/`peek`/`acquire` reply (`PROTOCOL.md`, "Replies").
 pub(crate) fn reply(v: &Value) -> Result<Reply, Down> {
     let r = ints(v)?;
-    if r.len() != 11 || r.iter().take(10).any(|&x| x < -1) {
+    // The time (field 10) becomes the decision's `at_ns` and the time its
+    // refund is placed at: never negative, never past the script's clamp.
+    if r.len() != 11
+        || r.iter().take(10).any(|&x| x < -1)
+        || !(0..=crate::MAX_TIME_NS as i64).contains(&r[9])
+    {
         return Err(Down(format!("malformed script reply {r:?}")));
     }
     let u = |i: usize| r[i] as u64;
@@ -1445,6 +1452,27 @@ impl DenyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply of `n` integers, `now` in field 10 (the rest a plausible
+    /// allowed decision).
+    fn reply_of(now: i64, n: usize) -> Value {
+        let mut r = vec![1, 0, 10, 9, 0, 1_000, 0, 0, 0, now, 0];
+        r.resize(n, 0);
+        Value::Array(r.into_iter().map(Value::Int).collect())
+    }
+
+    #[test]
+    fn a_reply_with_a_time_out_of_range_is_malformed_not_a_decision() {
+        let at = |now| reply(&reply_of(now, 11)).map(|r| r.at_ns);
+        assert_eq!(at(0).unwrap(), 0);
+        assert_eq!(at(crate::MAX_TIME_NS as i64).unwrap(), crate::MAX_TIME_NS);
+        // -1 would read as u64::MAX; past MAX_TIME_NS the script never answers.
+        for bad in [-1, -2, crate::MAX_TIME_NS as i64 + 1, i64::MAX] {
+            assert!(at(bad).is_err(), "now = {bad}");
+        }
+        assert!(reply(&reply_of(5, 10)).is_err());
+        assert!(reply(&reply_of(5, 12)).is_err());
+    }
 
     #[test]
     fn glob_characters_of_a_prefix_match_only_themselves() {

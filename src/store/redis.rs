@@ -96,8 +96,11 @@ impl Redis {
     }
 
     /// The script items of `ts` (every policy must be known to Redis).
-    fn items<'a>(&'a self, ts: &[Target<'a>]) -> Result<Vec<Item<'a>>, Error> {
-        ts.iter()
+    fn items<'a>(
+        &'a self,
+        ts: impl IntoIterator<Item = Target<'a>>,
+    ) -> Result<Vec<Item<'a>>, Error> {
+        ts.into_iter()
             .map(|t| Ok(Item::raw(self.policy(t.policy)?, t.key, t.cost as u32)))
             .collect()
     }
@@ -204,7 +207,7 @@ impl Redis {
             // cluster, nor treat a shadow-mode item as the engine does.
             return Ok(Batch::Rule(self));
         }
-        let items = self.items(ts)?;
+        let items = self.items(ts.iter().copied())?;
         let tags: Vec<u64> = ts.iter().map(cache_tag).collect();
         let costs: Vec<u32> = ts.iter().map(|t| t.cost as u32).collect();
         let cacheable = items.iter().all(|it| !it.policy.penalty);
@@ -408,12 +411,12 @@ impl Keys for Redis {
         mode: Mode,
         seen: &mut dyn FnMut(usize, Outcome, Now) -> bool,
     ) {
-        let items = self.items(ts);
+        let items = self.items(ts.iter().copied());
         let op = if mode == Mode::Peek { "peek" } else { "check" };
         let replies = items.ok().and_then(|items| {
-            let timed: Vec<(Item<'_>, Option<u64>)> =
-                items.iter().map(|&it| (it, when(now))).collect();
-            let values = self.remote.call_each(op, &timed, mode == Mode::Peek);
+            let values = self
+                .remote
+                .call_each(op, &items, &|_| when(now), mode == Mode::Peek);
             let replies: Option<Vec<Reply>> = values.ok()?.iter().map(|v| reply(v).ok()).collect();
             Some((items, replies?))
         });
@@ -430,12 +433,13 @@ impl Keys for Redis {
         if mode == Mode::StrikeIfDenied {
             // A struck item that a refill let through meanwhile was charged:
             // give it back (the batch is denied), at its charge's time.
-            let back: Vec<(Item<'_>, Option<u64>)> = (0..ts.len())
+            let charged: Vec<usize> = (0..ts.len())
                 .filter(|&i| replies[i].verdict.allowed)
-                .map(|i| (items[i], when(at(&replies[i]))))
                 .collect();
-            if !back.is_empty() {
-                let _ = self.remote.call_each("refund", &back, false);
+            if !charged.is_empty() {
+                let back: Vec<Item<'_>> = charged.iter().map(|&i| items[i]).collect();
+                let times = |k: usize| when(at(&replies[charged[k]]));
+                let _ = self.remote.call_each("refund", &back, &times, false);
             }
         }
         for (i, rep) in replies.iter().enumerate() {
@@ -448,17 +452,11 @@ impl Keys for Redis {
     }
 
     fn refund_each(&self, ts: &[(Target<'_>, Now)]) {
-        let targets: Vec<Target<'_>> = ts.iter().map(|&(t, _)| t).collect();
-        targets
-            .iter()
-            .for_each(|t| self.remote.cache.changed(cache_tag(t)));
-        let sent = self.items(&targets).map(|items| {
-            let timed: Vec<(Item<'_>, Option<u64>)> = items
-                .into_iter()
-                .zip(ts)
-                .map(|(it, &(_, at))| (it, when(at)))
-                .collect();
-            self.remote.call_each("refund", &timed, false)
+        ts.iter()
+            .for_each(|(t, _)| self.remote.cache.changed(cache_tag(t)));
+        let sent = self.items(ts.iter().map(|&(t, _)| t)).map(|items| {
+            self.remote
+                .call_each("refund", &items, &|i| when(ts[i].1), false)
         });
         if !matches!(sent, Ok(Ok(_))) && self.on_failure() == OnFailure::Local {
             self.local.refund_each(ts);

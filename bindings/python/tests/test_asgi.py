@@ -268,7 +268,7 @@ def _flask_and_asgi_429(decision, items, decl_kwargs):
     for rk, st in ((frk, fst), (ark, ark.state)):
         plan = [_Entry(LimitDecl(spec, "route", **kw), kw.get("name") or "view", "view", st.default_key, PLAIN)
                 for spec, kw in decl_kwargs]
-        ctx = _Context(st, items, plan, decision, len(items) - 1, False, None)
+        ctx = _Context(st, items, plan, decision, len(items) - 1, False)
         if rk is frk:
             r = rk._breach(st, ctx)
             fields = list(r.headers.items()) + _header_fields(ctx)  # + what its WSGI middleware appends

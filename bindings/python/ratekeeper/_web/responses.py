@@ -58,7 +58,7 @@ class _Context:
     """What one request's check leaves in the WSGI environ for the response
     fields (headers_middleware) and deduct_when (_deduct)."""
 
-    __slots__ = ("state", "items", "plan", "decision", "allowed", "index", "deduct", "charged_at",
+    __slots__ = ("state", "items", "plan", "decision", "allowed", "index", "deduct",
                  "response_is_ours", "fragment")
 
     #: For a request with one limit: its (RateLimit-Policy value, names);
@@ -66,7 +66,7 @@ class _Context:
     fragment: Optional[Tuple[str, Tuple[str, ...]]]
 
     def __init__(self, state: "LimiterState", items: List[Tuple[Policy, Any, int]], plan: List[_Entry],
-                 decision: Decision, index: int, deduct: bool, charged_at: Optional[int]):
+                 decision: Decision, index: int, deduct: bool):
         self.state = state
         self.items = items
         self.plan = plan
@@ -74,10 +74,6 @@ class _Context:
         self.allowed = decision.allowed
         self.index = index
         self.deduct = deduct
-        #: The time the items were decided at (the decision's ``at_ns``:
-        #: the engine's clock, or Redis's for a decision Redis made), where
-        #: a ``deduct_when`` refund is placed (README, "refund").
-        self.charged_at = charged_at
         self.response_is_ours = False
         self.fragment = None
 
@@ -123,12 +119,16 @@ def over_limit_problem(breach: Breach) -> Tuple[str, Dict[str, Any]]:
 def _deduct(ctx: _Context, response: Any) -> Any:
     """After the response of a request with a ``deduct_when`` limit
     (Flask: an after_this_request hook; ASGI: at http.response.start):
-    refunds the charges whose ``deduct_when(response)`` is False."""
+    refunds the charges whose ``deduct_when(response)`` is False, at the
+    time they were decided at (the decision's ``at_ns``: the engine's clock,
+    or Redis's for a decision Redis made), so that a refund lands in the
+    window its charge did (README, "refund")."""
+    at = ctx.decision.at_ns
     for entry, (policy, key, cost) in zip(ctx.plan, ctx.items):
         decl = entry.decl
         if decl.deduct_when is not None and not decl.deduct_when(response):
             try:
-                policy.refund(key, cost, ctx.charged_at)
+                policy.refund(key, cost, at)
             except RatekeeperError as e:
                 log.warning("ratekeeper: refund failed: %s", e)
     return response

@@ -362,17 +362,17 @@ class Ratekeeper:
             _checking.reset(token)
         if not wanted or allowed_by_list:
             return None
-        decide = functools.partial(_decide, st, wanted, deduct)
+        decide = functools.partial(_decide, st, wanted)
         try:
             if st.engine_blocks():
                 # Redis round trips (and opening an engine: a connection or
                 # a file) never run on the event loop.
-                items, decision, index, at = await run_off_loop(decide)
+                items, decision, index = await run_off_loop(decide)
             else:
-                items, decision, index, at = decide()
+                items, decision, index = decide()
         except RatekeeperError as e:
             return self._engine_failed(st, scope, e)
-        ctx = _Context(st, items, used, decision, index, deduct, at)  # type: ignore[arg-type]
+        ctx = _Context(st, items, used, decision, index, deduct)  # type: ignore[arg-type]
         if record.ctx is None:
             record.ctx = ctx
         if st.any_shadow and decision.shadow_denied:
@@ -421,13 +421,11 @@ class Ratekeeper:
         return reply
 
 
-def _decide(st: _AsgiState, wanted: List[Tuple[str, Any, Any, int]],
-            deduct: bool) -> Tuple[List[Tuple[Policy, Any, int]], Any, int, Optional[int]]:
+def _decide(st: _AsgiState,
+            wanted: List[Tuple[str, Any, Any, int]]) -> Tuple[List[Tuple[Policy, Any, int]], Any, int]:
     """The engine call of a request (inline, or in a thread for Redis): its
     policies, then one check (one limit) or one ``check_many`` (several:
-    all charged or none). Also returns the time they were decided at (the
-    decision's ``at_ns``: Redis's clock for a decision Redis made) when a
-    ``deduct`` limit will refund after the response, else None."""
+    all charged or none)."""
     engine = st.engine
     items: List[Tuple[Policy, Any, int]] = []
     for spec, opts, k, cost in wanted:
@@ -437,10 +435,9 @@ def _decide(st: _AsgiState, wanted: List[Tuple[str, Any, Any, int]],
         items.append((policy, k, cost))
     if len(items) == 1:
         policy, k, cost = items[0]
-        decision, index = policy.check(k, cost), 0
-    else:
-        decision, index = engine.check_many(items)
-    return items, decision, index, decision.at_ns if deduct else None
+        return items, policy.check(k, cost), 0
+    decision, index = engine.check_many(items)
+    return items, decision, index
 
 
 __all__ = ["Ratekeeper", "SCOPE_KEY"]

@@ -432,7 +432,6 @@ class Ratekeeper:
             ctx.allowed = allowed
             ctx.index = index
             ctx.deduct = deduct
-            ctx.charged_at = decision.at_ns  # deduct_when: refund at the charge's time
             ctx.response_is_ours = False
             if len(items) == 1:
                 cached = used[0].fragment
